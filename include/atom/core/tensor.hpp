@@ -24,38 +24,65 @@ struct View {
 
   T* data = nullptr;
   std::array<index_t, Rank> shape{};
+  std::array<index_t, Rank> strides{};  // in elements; make_view() fills row-major strides
 
   ATOM_HD constexpr index_t size(int d) const { return shape[d]; }
+  ATOM_HD constexpr index_t stride(int d) const { return strides[d]; }
   ATOM_HD constexpr index_t numel() const {
     index_t n = 1;
     for (int d = 0; d < Rank; ++d) n *= shape[d];
     return n;
   }
-  // Elements between consecutive indices of dimension d.
-  ATOM_HD constexpr index_t stride(int d) const {
+  ATOM_HD constexpr bool contiguous() const {
     index_t s = 1;
-    for (int i = Rank - 1; i > d; --i) s *= shape[i];
-    return s;
+    for (int d = Rank - 1; d >= 0; --d) {
+      if (shape[d] != 1 && strides[d] != s) return false;
+      s *= shape[d];
+    }
+    return true;
   }
   template <class... I>
   ATOM_HD constexpr T& operator()(I... idx) const {
     static_assert(sizeof...(I) == Rank, "index count must equal the rank");
     const index_t ix[] = {static_cast<index_t>(idx)...};
     index_t off = 0;
-    for (int d = 0; d < Rank; ++d) off = off * shape[d] + ix[d];
+    for (int d = 0; d < Rank; ++d) off += ix[d] * strides[d];
     return data[off];
   }
-  // The row-major sub-view at index i of the first dimension.
-  ATOM_HD constexpr View<T, (Rank > 1 ? Rank - 1 : 1)> operator[](index_t i) const
-      requires(Rank > 1) {
+  // The sub-view at index i of the first dimension.
+  ATOM_HD constexpr auto operator[](index_t i) const requires(Rank > 1) {
     View<T, Rank - 1> v;
-    v.data = data + i * stride(0);
-    for (int d = 1; d < Rank; ++d) v.shape[d - 1] = shape[d];
+    v.data = data + i * strides[0];
+    for (int d = 1; d < Rank; ++d) {
+      v.shape[d - 1] = shape[d];
+      v.strides[d - 1] = strides[d];
+    }
+    return v;
+  }
+  // Elements [begin, begin + count) of dimension d, same memory.
+  constexpr View slice(int d, index_t begin, index_t count) const {
+    View v = *this;
+    v.data = data + begin * strides[d];
+    v.shape[d] = count;
     return v;
   }
   // The same memory seen as read-only.
-  constexpr operator View<const T, Rank>() const { return {data, shape}; }
+  constexpr operator View<const T, Rank>() const { return {data, shape, strides}; }
 };
+
+// A row-major view of `data` with the given shape.
+template <class T, class... Extent>
+constexpr View<T, static_cast<int>(sizeof...(Extent))> make_view(T* data, Extent... extent) {
+  View<T, static_cast<int>(sizeof...(Extent))> v;
+  v.data = data;
+  v.shape = {static_cast<index_t>(extent)...};
+  index_t s = 1;
+  for (int d = v.rank - 1; d >= 0; --d) {
+    v.strides[d] = s;
+    s *= v.shape[d];
+  }
+  return v;
+}
 
 template <class T>
 using View1 = View<T, 1>;
