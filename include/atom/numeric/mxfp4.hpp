@@ -2,6 +2,8 @@
 // e2m1: sign bit 3, 2 exponent bits with bias 1, 1 mantissa bit; magnitudes 0, 0.5, 1, 1.5, 2, 3,
 // 4, 6. e8m0: an unsigned power-of-two exponent with bias 127; 0xFF is NaN.
 // Packing: element 2i in the low nibble of byte i, element 2i+1 in the high nibble.
+// Scales down to 2^-127 make float subnormals part of the arithmetic: device code must be built
+// without flush-to-zero (no fast-math) to match the host.
 #pragma once
 
 #include <cstdint>
@@ -111,7 +113,10 @@ ATOM_HD inline void quantize_mx_block(const float* x, int n, std::uint8_t* packe
   }
 }
 
+// Element i of a packed block. A NaN scale gives the quiet NaN 0x7FC00000 itself: multiplying by
+// NaN would leave the NaN's bits to the hardware, which differ between host and device.
 ATOM_HD constexpr float mxfp4_value(const std::uint8_t* packed, std::int64_t i, e8m0 scale) {
+  if (scale.bits == e8m0_nan_code) return float_of(float_quiet_nan_bits);
   const std::uint8_t byte = packed[i / 2];
   const auto code = static_cast<std::uint8_t>((i & 1) ? byte >> 4 : byte & 0xf);
   return e2m1_to_float(code) * to_float(scale);
