@@ -149,6 +149,31 @@ void expect_disjoint(std::string_view op, std::string_view out_arg, const View<T
          "output '" + std::string(out_arg) + "' overlaps input '" + std::string(in_arg) + "'");
 }
 
+// A format output against an input view: every member view must be disjoint from it.
+template <class T, int R>
+void expect_disjoint(std::string_view op, std::string_view out_arg, const Bf16Act& out,
+                     std::string_view in_arg, const View<T, R>& in) {
+  expect_disjoint(op, std::string(out_arg) + ".x", out.x, in_arg, in);
+}
+template <class T, int R>
+void expect_disjoint(std::string_view op, std::string_view out_arg, const Fp8TokenAct& out,
+                     std::string_view in_arg, const View<T, R>& in) {
+  expect_disjoint(op, std::string(out_arg) + ".q", out.q, in_arg, in);
+  expect_disjoint(op, std::string(out_arg) + ".scale", out.scale, in_arg, in);
+}
+template <class T, int R>
+void expect_disjoint(std::string_view op, std::string_view out_arg, const Fp8GroupAct& out,
+                     std::string_view in_arg, const View<T, R>& in) {
+  expect_disjoint(op, std::string(out_arg) + ".q", out.q, in_arg, in);
+  expect_disjoint(op, std::string(out_arg) + ".scale", out.scale, in_arg, in);
+}
+template <class T, int R>
+void expect_disjoint(std::string_view op, std::string_view out_arg, const Mxfp4Act& out,
+                     std::string_view in_arg, const View<T, R>& in) {
+  expect_disjoint(op, std::string(out_arg) + ".packed", out.packed, in_arg, in);
+  expect_disjoint(op, std::string(out_arg) + ".scale", out.scale, in_arg, in);
+}
+
 // Each format checked against [rows, cols]; -1 accepts any row count. `arg` prefixes the member
 // names in messages (e.g. "out.packed").
 inline void expect_format(std::string_view op, std::string_view arg, const Bf16Act& a, index_t rows,

@@ -1,0 +1,51 @@
+// Mixture-of-experts ops: routing, the expert activation, the grouped expert GEMM and the combine.
+#pragma once
+
+#include <cstdint>
+
+#include "atom/core/tensor.hpp"
+#include "atom/numeric/numeric.hpp"
+#include "atom/ops/backend.hpp"
+#include "atom/ops/formats.hpp"
+
+namespace atom::ops {
+
+// DeepSeek-V3 routing (noaux_tc). logits [T, E], bias [E], ids and weights [T, k].
+// In float: s_e = 1 / (1 + exp(-logit_e)), c_e = s_e + bias_e. The E experts form n_group
+// consecutive groups of E / n_group; a group's score is the sum of its two largest c (its only
+// c when a group holds one expert). The topk_group best groups are kept; the k experts with the
+// largest c among them are chosen, in descending c (slot order). weights_j = s_j / (sum of the
+// chosen s, in slot order) * routed_scaling. Ties (equal group scores, equal c) go to the lower
+// index. NaN logits or bias are rejected.
+void route_grouped_topk(const Host&, View2<const float> logits, View1<const float> bias,
+                        int n_group, int topk_group, float routed_scaling, View2<std::int32_t> ids,
+                        View2<float> weights);
+
+// Qwen3 routing. logits [T, E], ids and weights [T, k]. In float: p = softmax(logits)
+// (max-subtracted exp, sum in expert order); the k largest p in descending order, ties to the
+// lower index; weights = p, or p / (sum of the chosen p, in slot order) when renormalize.
+// NaN logits are rejected.
+void route_softmax_topk(const Host&, View2<const float> logits, bool renormalize,
+                        View2<std::int32_t> ids, View2<float> weights);
+
+// gate_up [R, 2I] (gate columns first, then up); out [R, I] in Epi's format with
+// y = silu(gate) * up = gate / (1 + exp(-gate)) * up in float. Epi::Mxfp4 quantizes the float y
+// for the down projection (the fused form); Epi::Bf16 rounds it (the separate form).
+template <class Epi>
+requires Epilogue<Epi>
+void silu_mul(const Host&, View2<const bf16> gate_up, typename Epi::Output out);
+
+// Routed expert GEMM: out row r = t * k + j is gemm_a4w4 of input row a[t] (a has T rows) or
+// a[r] (a has T * k rows) with expert ids(t, j)'s weight w[ids(t, j)] [N, K]. ids [T, k],
+// w [E, N, K], out [T * k, N] bf16. Same arithmetic as gemm_a4w4; ids outside [0, E) are
+// rejected.
+void moe_gemm_a4w4(const Host&, const Mxfp4Act& a, View2<const std::int32_t> ids,
+                   const Mxfp4Experts& w, View2<bf16> out);
+
+// out[t] = bf16(sum over j in slot order of weights(t, j) * expert_out[t * k + j] + shared[t]),
+// in float, the shared expert's output added last. expert_out [T * k, H], weights [T, k],
+// shared_out [T, H] or empty (no data, shape [0, 0]) when there is no shared expert, out [T, H].
+void moe_combine(const Host&, View2<const bf16> expert_out, View2<const float> weights,
+                 View2<const bf16> shared_out, View2<bf16> out);
+
+}  // namespace atom::ops

@@ -1,0 +1,270 @@
+#include "atom/ops/moe.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "atom/ops/gemm.hpp"
+#include "atom/ops/quant.hpp"
+
+namespace atom::ops {
+namespace {
+
+std::size_t at(index_t i) {
+  return static_cast<std::size_t>(i);
+}
+
+void expect_no_nan(const char* op, const char* arg, const float* values, index_t n, index_t row) {
+  for (index_t i = 0; i < n; ++i)
+    expect(!std::isnan(values[i]), op,
+           "argument '" + std::string(arg) + "' holds NaN at row " + std::to_string(row) +
+               ", column " + std::to_string(i));
+}
+
+// Indices [0, n) ordered by descending key, the lower index first among equal keys; only the
+// first `count` are needed. Keys are NaN-free (checked by the callers).
+void rank_descending(const std::vector<float>& key, std::vector<index_t>& order, index_t count) {
+  std::iota(order.begin(), order.end(), index_t{0});
+  std::partial_sort(order.begin(), order.begin() + count, order.end(), [&](index_t x, index_t y) {
+    return key[at(x)] > key[at(y)] || (key[at(x)] == key[at(y)] && x < y);
+  });
+}
+
+void expect_routing_outputs(const char* op, index_t tokens, index_t experts,
+                            View2<std::int32_t> ids, View2<float> weights) {
+  expect_view(op, "ids", ids, {tokens, -1});
+  const index_t k = ids.shape[1];
+  expect(k >= 1 && k <= experts, op,
+         "argument 'ids' asks for " + std::to_string(k) + " experts per token, expected 1.." +
+             std::to_string(experts));
+  expect_view(op, "weights", weights, {tokens, k});
+  expect_disjoint(op, "weights", weights, "ids", ids);
+}
+
+}  // namespace
+
+void route_grouped_topk(const Host&, View2<const float> logits, View1<const float> bias,
+                        int n_group, int topk_group, float routed_scaling, View2<std::int32_t> ids,
+                        View2<float> weights) {
+  constexpr const char* op = "route_grouped_topk";
+  expect_view(op, "logits", logits, {-1, -1});
+  const index_t tokens = logits.shape[0];
+  const index_t experts = logits.shape[1];
+  expect_view(op, "bias", bias, {experts});
+  expect(n_group >= 1 && experts % n_group == 0, op,
+         "n_group = " + std::to_string(n_group) + " must divide the " + std::to_string(experts) +
+             " experts");
+  expect(topk_group >= 1 && topk_group <= n_group, op,
+         "topk_group = " + std::to_string(topk_group) +
+             " must be in 1..n_group = " + std::to_string(n_group));
+  const index_t group_size = experts / n_group;
+  expect_routing_outputs(op, tokens, topk_group * group_size, ids, weights);
+  expect_disjoint(op, "ids", ids, "logits", logits);
+  expect_disjoint(op, "weights", weights, "logits", logits);
+  expect_disjoint(op, "weights", weights, "bias", bias);
+  expect_no_nan(op, "bias", bias.data, experts, 0);
+  const index_t k = ids.shape[1];
+
+  std::vector<float> sig(at(experts));
+  std::vector<float> choice(at(experts));
+  std::vector<float> group_score(at(n_group));
+  std::vector<index_t> group_order(at(n_group));
+  std::vector<float> kept_choice;
+  std::vector<index_t> kept_experts;
+  std::vector<index_t> expert_order;
+  for (index_t t = 0; t < tokens; ++t) {
+    const float* row = logits[t].data;
+    expect_no_nan(op, "logits", row, experts, t);
+    for (index_t e = 0; e < experts; ++e) {
+      sig[at(e)] = 1.0f / (1.0f + std::exp(-row[e]));
+      choice[at(e)] = sig[at(e)] + bias(e);
+    }
+    for (index_t g = 0; g < n_group; ++g) {
+      const auto first = choice.begin() + g * group_size;
+      std::vector<float> members(first, first + group_size);
+      const index_t top = std::min<index_t>(2, group_size);
+      std::partial_sort(members.begin(), members.begin() + top, members.end(),
+                        [](float x, float y) { return x > y; });
+      group_score[at(g)] = top == 2 ? members[0] + members[1] : members[0];
+    }
+    rank_descending(group_score, group_order, topk_group);
+    // Candidates in increasing expert index, so ranking ties still go to the lower expert.
+    std::vector<index_t> kept_groups(group_order.begin(), group_order.begin() + topk_group);
+    std::sort(kept_groups.begin(), kept_groups.end());
+    kept_experts.clear();
+    kept_choice.clear();
+    for (index_t g : kept_groups)
+      for (index_t e = g * group_size; e < (g + 1) * group_size; ++e) {
+        kept_experts.push_back(e);
+        kept_choice.push_back(choice[at(e)]);
+      }
+    expert_order.resize(kept_experts.size());
+    rank_descending(kept_choice, expert_order, k);
+    float total = 0.0f;
+    for (index_t j = 0; j < k; ++j) total += sig[at(kept_experts[at(expert_order[at(j)])])];
+    for (index_t j = 0; j < k; ++j) {
+      const index_t e = kept_experts[at(expert_order[at(j)])];
+      ids(t, j) = static_cast<std::int32_t>(e);
+      weights(t, j) = sig[at(e)] / total * routed_scaling;
+    }
+  }
+}
+
+void route_softmax_topk(const Host&, View2<const float> logits, bool renormalize,
+                        View2<std::int32_t> ids, View2<float> weights) {
+  constexpr const char* op = "route_softmax_topk";
+  expect_view(op, "logits", logits, {-1, -1});
+  const index_t tokens = logits.shape[0];
+  const index_t experts = logits.shape[1];
+  expect_routing_outputs(op, tokens, experts, ids, weights);
+  expect_disjoint(op, "ids", ids, "logits", logits);
+  expect_disjoint(op, "weights", weights, "logits", logits);
+  const index_t k = ids.shape[1];
+  std::vector<float> prob(at(experts));
+  std::vector<index_t> order(at(experts));
+  for (index_t t = 0; t < tokens; ++t) {
+    const float* row = logits[t].data;
+    expect_no_nan(op, "logits", row, experts, t);
+    const float peak = *std::max_element(row, row + experts);
+    float sum = 0.0f;
+    for (index_t e = 0; e < experts; ++e) {
+      prob[at(e)] = std::exp(row[e] - peak);
+      sum += prob[at(e)];
+    }
+    for (index_t e = 0; e < experts; ++e) prob[at(e)] /= sum;
+    rank_descending(prob, order, k);
+    float chosen = 0.0f;
+    for (index_t j = 0; j < k; ++j) chosen += prob[at(order[at(j)])];
+    for (index_t j = 0; j < k; ++j) {
+      const index_t e = order[at(j)];
+      ids(t, j) = static_cast<std::int32_t>(e);
+      weights(t, j) = renormalize ? prob[at(e)] / chosen : prob[at(e)];
+    }
+  }
+}
+
+template <class Epi>
+requires Epilogue<Epi>
+void silu_mul(const Host&, View2<const bf16> gate_up, typename Epi::Output out) {
+  constexpr const char* op = "silu_mul";
+  expect_view(op, "gate_up", gate_up, {-1, -1});
+  expect(gate_up.shape[1] % 2 == 0, op,
+         "argument 'gate_up' has " + std::to_string(gate_up.shape[1]) +
+             " columns, expected an even count (gate then up)");
+  const index_t inter = gate_up.shape[1] / 2;
+  expect_format(op, "out", out, gate_up.shape[0], inter);
+  expect_disjoint(op, "out", out, "gate_up", gate_up);
+  std::vector<float> y(at(inter));
+  for (index_t r = 0; r < gate_up.shape[0]; ++r) {
+    const bf16* gate = gate_up[r].data;
+    const bf16* up = gate + inter;
+    for (index_t i = 0; i < inter; ++i) {
+      const float g = to_float(gate[i]);
+      y[at(i)] = g / (1.0f + std::exp(-g)) * to_float(up[i]);
+    }
+    store_row(y.data(), r, out);
+  }
+}
+
+template void silu_mul<epi::Bf16>(const Host&, View2<const bf16>, Bf16Act);
+template void silu_mul<epi::Fp8PerToken>(const Host&, View2<const bf16>, Fp8TokenAct);
+template void silu_mul<epi::Fp8PerGroup128>(const Host&, View2<const bf16>, Fp8GroupAct);
+template void silu_mul<epi::Mxfp4>(const Host&, View2<const bf16>, Mxfp4Act);
+
+void moe_gemm_a4w4(const Host& host, const Mxfp4Act& a, View2<const std::int32_t> ids,
+                   const Mxfp4Experts& w, View2<bf16> out) {
+  constexpr const char* op = "moe_gemm_a4w4";
+  expect_view(op, "ids", ids, {-1, -1});
+  const index_t tokens = ids.shape[0];
+  const index_t k = ids.shape[1];
+  expect(w.k >= 0, op, "argument 'w' has a negative K");
+  expect_view(op, "w.packed", w.packed, {-1, -1, mxfp4_packed_cols(w.k)});
+  const index_t experts = w.packed.shape[0];
+  const index_t n_count = w.packed.shape[1];
+  expect_view(op, "w.scale", w.scale, {experts, n_count, mxfp4_scale_cols(w.k)});
+  expect_format(op, "a", a, -1, w.k);
+  const index_t a_rows = a.packed.shape[0];
+  expect(a_rows == tokens || a_rows == tokens * k, op,
+         "argument 'a' has " + std::to_string(a_rows) + " rows, expected T = " +
+             std::to_string(tokens) + " or T * k = " + std::to_string(tokens * k));
+  expect_view(op, "out", out, {tokens * k, n_count});
+  expect_disjoint(op, "out", out, "a.packed", a.packed);
+  expect_disjoint(op, "out", out, "a.scale", a.scale);
+  expect_disjoint(op, "out", out, "ids", ids);
+  expect_disjoint(op, "out", out, "w.packed", w.packed);
+  expect_disjoint(op, "out", out, "w.scale", w.scale);
+  std::vector<std::vector<index_t>> rows_of(at(experts));
+  for (index_t t = 0; t < tokens; ++t)
+    for (index_t j = 0; j < k; ++j) {
+      const std::int32_t e = ids(t, j);
+      expect(e >= 0 && e < experts, op,
+             "argument 'ids' holds expert " + std::to_string(e) + " at (" + std::to_string(t) +
+                 ", " + std::to_string(j) + "), expected 0.." + std::to_string(experts - 1));
+      rows_of[at(e)].push_back(t * k + j);
+    }
+  // Each expert's rows are gathered (an exact byte copy), multiplied as one GEMM and scattered
+  // back; the arithmetic per row is gemm_a4w4's.
+  const index_t packed_cols = a.packed.shape[1];
+  const index_t scale_cols = a.scale.shape[1];
+  std::vector<std::uint8_t> packed;
+  std::vector<e8m0> scale;
+  std::vector<bf16> result;
+  for (index_t e = 0; e < experts; ++e) {
+    const std::vector<index_t>& rows = rows_of[at(e)];
+    if (rows.empty()) continue;
+    const auto count = static_cast<index_t>(rows.size());
+    packed.resize(at(count * packed_cols));
+    scale.resize(at(count * scale_cols));
+    result.resize(at(count * n_count));
+    for (index_t i = 0; i < count; ++i) {
+      const index_t src = a_rows == tokens ? rows[at(i)] / k : rows[at(i)];
+      std::copy_n(a.packed[src].data, packed_cols, packed.data() + i * packed_cols);
+      std::copy_n(a.scale[src].data, scale_cols, scale.data() + i * scale_cols);
+    }
+    const Mxfp4Act gathered{make_view(packed.data(), count, packed_cols),
+                            make_view(scale.data(), count, scale_cols), a.cols};
+    gemm_a4w4(host, gathered, Mxfp4Weight{w.packed[e], w.scale[e], w.k},
+              make_view(result.data(), count, n_count));
+    for (index_t i = 0; i < count; ++i)
+      std::copy_n(result.data() + i * n_count, n_count, out[rows[at(i)]].data);
+  }
+}
+
+void moe_combine(const Host&, View2<const bf16> expert_out, View2<const float> weights,
+                 View2<const bf16> shared_out, View2<bf16> out) {
+  constexpr const char* op = "moe_combine";
+  expect_view(op, "weights", weights, {-1, -1});
+  const index_t tokens = weights.shape[0];
+  const index_t k = weights.shape[1];
+  expect_view(op, "expert_out", expert_out, {tokens * k, -1});
+  const index_t hidden = expert_out.shape[1];
+  const bool has_shared = shared_out.data != nullptr;
+  if (has_shared)
+    expect_view(op, "shared_out", shared_out, {tokens, hidden});
+  else
+    expect_shape(op, "shared_out", shared_out, {0, 0});
+  expect_view(op, "out", out, {tokens, hidden});
+  expect_disjoint(op, "out", out, "expert_out", expert_out);
+  expect_disjoint(op, "out", out, "weights", weights);
+  expect_disjoint(op, "out", out, "shared_out", shared_out);
+  std::vector<float> acc(at(hidden));
+  for (index_t t = 0; t < tokens; ++t) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (index_t j = 0; j < k; ++j) {
+      const float wj = weights(t, j);
+      const bf16* src = expert_out[t * k + j].data;
+      for (index_t h = 0; h < hidden; ++h) acc[at(h)] += wj * to_float(src[h]);
+    }
+    if (has_shared) {
+      const bf16* shared = shared_out[t].data;
+      for (index_t h = 0; h < hidden; ++h) acc[at(h)] += to_float(shared[h]);
+    }
+    bf16* dst = out[t].data;
+    for (index_t h = 0; h < hidden; ++h) dst[h] = to_bf16(acc[at(h)]);
+  }
+}
+
+}  // namespace atom::ops
