@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -75,6 +76,7 @@ void route_grouped_topk(const Host&, View2<const float> logits, View1<const floa
   std::vector<float> kept_choice;
   std::vector<index_t> kept_experts;
   std::vector<index_t> expert_order;
+  std::vector<index_t> kept_groups;
   for (index_t t = 0; t < tokens; ++t) {
     const float* row = logits[t].data;
     expect_no_nan(op, "logits", row, experts, t);
@@ -83,16 +85,22 @@ void route_grouped_topk(const Host&, View2<const float> logits, View1<const floa
       choice[at(e)] = sig[at(e)] + bias(e);
     }
     for (index_t g = 0; g < n_group; ++g) {
-      const auto first = choice.begin() + g * group_size;
-      std::vector<float> members(first, first + group_size);
-      const index_t top = std::min<index_t>(2, group_size);
-      std::partial_sort(members.begin(), members.begin() + top, members.end(),
-                        [](float x, float y) { return x > y; });
-      group_score[at(g)] = top == 2 ? members[0] + members[1] : members[0];
+      float best = -std::numeric_limits<float>::infinity();
+      float second = best;
+      for (index_t e = g * group_size; e < (g + 1) * group_size; ++e) {
+        const float v = choice[at(e)];
+        if (v > best) {
+          second = best;
+          best = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      group_score[at(g)] = group_size >= 2 ? best + second : best;
     }
     rank_descending(group_score, group_order, topk_group);
     // Candidates in increasing expert index, so ranking ties still go to the lower expert.
-    std::vector<index_t> kept_groups(group_order.begin(), group_order.begin() + topk_group);
+    kept_groups.assign(group_order.begin(), group_order.begin() + topk_group);
     std::sort(kept_groups.begin(), kept_groups.end());
     kept_experts.clear();
     kept_choice.clear();

@@ -10,8 +10,43 @@ using namespace ops_test;
 namespace ops = atom::ops;
 
 namespace {
+
 const ops::Host host;
-}
+
+// A consumer takes exactly the format it reads: wiring another format to it does not compile.
+template <class Act>
+concept GemmA4w4Reads = requires(const Act& a, const ops::Mxfp4Weight& w, atom::View2<bf16> out) {
+  ops::gemm_a4w4(host, a, w, out);
+};
+static_assert(GemmA4w4Reads<ops::Mxfp4Act>);
+static_assert(!GemmA4w4Reads<ops::Bf16Act>);
+static_assert(!GemmA4w4Reads<ops::Fp8GroupAct>);
+static_assert(!GemmA4w4Reads<ops::Fp8TokenAct>);
+
+template <class Act>
+concept BmmFp8Reads = requires(const Act& a, const ops::Fp8HeadWeight& w, atom::View3<bf16> out) {
+  ops::bmm_fp8(host, a, w, out);
+};
+static_assert(BmmFp8Reads<ops::Fp8GroupAct>);
+static_assert(!BmmFp8Reads<ops::Fp8TokenAct>);
+static_assert(!BmmFp8Reads<ops::Mxfp4Act>);
+
+// A producer writes the format its epilogue names, and quantize has no bf16 "quantization".
+template <class Epi, class Out>
+concept NormWrites = requires(atom::View2<const bf16> x, atom::View1<const bf16> w, Out out) {
+  ops::rms_norm<Epi>(host, x, w, 1e-6f, out);
+};
+static_assert(NormWrites<ops::epi::Mxfp4, ops::Mxfp4Act>);
+static_assert(!NormWrites<ops::epi::Mxfp4, ops::Bf16Act>);
+static_assert(!NormWrites<ops::epi::Bf16, ops::Mxfp4Act>);
+template <class Epi>
+concept Quantizes = requires(atom::View2<const bf16> x, typename Epi::Output out) {
+  ops::quantize<Epi>(host, x, out);
+};
+static_assert(Quantizes<ops::epi::Fp8PerGroup128>);
+static_assert(!Quantizes<ops::epi::Bf16>);
+
+}  // namespace
 
 TEST_CASE("norm ops reject wrong shapes and aliasing") {
   const auto x = random_bf16(3 * 64);
