@@ -1,0 +1,47 @@
+// Decode attention over paged caches: each token of a ragged batch attends to its own context,
+// found through its row of the block table.
+//
+// Context position j of token t lives in cache block block_table[t, j / block_size] at offset
+// j % block_size, for 0 <= j < context_lens[t]. Each context length must be at least 1 and fit
+// the token's block table row, and every block id it reaches must lie inside the cache; a bad
+// table or length is rejected before anything is written.
+//
+// Arithmetic (the reference the device kernels are compared against, to float reassociation):
+// every dot product is one fp32 sum in index order; softmax subtracts the maximum score, takes
+// p_j = exp(s_j - max) and l = sum_j p_j in context order; out = (sum_j p_j v_j) / l, rounded to
+// bf16 once.
+#pragma once
+
+#include <cstdint>
+
+#include "atom/core/tensor.hpp"
+#include "atom/numeric/numeric.hpp"
+#include "atom/ops/backend.hpp"
+#include "atom/ops/cache.hpp"
+
+namespace atom::ops {
+
+// DeepSeek MLA decode in the absorbed form: the queries are already multiplied by W_UK, so the
+// keys and values are the cached latents themselves.
+//   q_latent [T, heads, kv_lora]   (q_nope x W_UK per head)
+//   q_pe     [T, heads, rope]      (rotated; may be a slice of a wider q)
+//   cache    [num_blocks, block_size, kv_lora + rope]  (mla_cache_write's layout: latent c_j,
+//            then rotated key k_pe_j)
+//   out      [T, heads, kv_lora]   (to be multiplied by W_UV)
+// score_j = (q_latent . c_j + q_pe . k_pe_j) * softmax_scale, summed over the latent dims then
+// the rope dims; out = softmax-weighted sum of c_j.
+void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
+                View3<const bf16> cache, View2<const std::int32_t> block_table,
+                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out);
+
+// Grouped-query decode over the FP8 paged cache.
+//   q   [T, q_heads, head_dim], q_heads a multiple of cache.kv_heads(); query head h reads kv
+//       head h / (q_heads / kv_heads)
+//   out [T, q_heads, head_dim]
+// Keys and values are dequantized as to_float(code) * scale in float; score_j = (q . k_j) *
+// softmax_scale.
+void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
+                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
+                float softmax_scale, View3<bf16> out);
+
+}  // namespace atom::ops

@@ -1,0 +1,182 @@
+#include "atom/ops/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "atom/ops/formats.hpp"
+
+namespace atom::ops {
+namespace {
+
+// Checks block_table [tokens, *] and context_lens [tokens] against a cache of num_blocks blocks
+// of block_size slots.
+void expect_block_table(std::string_view op, View2<const std::int32_t> block_table,
+                        View1<const std::int32_t> context_lens, index_t tokens, index_t num_blocks,
+                        index_t block_size) {
+  expect_shape(op, "block_table", block_table, {tokens, -1});
+  expect_shape(op, "context_lens", context_lens, {tokens});
+  const index_t max_context = block_table.size(1) * block_size;
+  for (index_t t = 0; t < tokens; ++t) {
+    const index_t n = context_lens(t);
+    expect(n >= 1 && n <= max_context, op,
+           "argument 'context_lens' holds " + std::to_string(n) + " at token " + std::to_string(t) +
+               ", expected 1 to " + std::to_string(max_context) + " (block_table has " +
+               std::to_string(block_table.size(1)) + " blocks of " + std::to_string(block_size) +
+               " per token)");
+    for (index_t b = 0; b < (n + block_size - 1) / block_size; ++b) {
+      const index_t id = block_table(t, b);
+      expect(id >= 0 && id < num_blocks, op,
+             "argument 'block_table' holds block " + std::to_string(id) + " at [" +
+                 std::to_string(t) + ", " + std::to_string(b) + "], outside the cache's " +
+                 std::to_string(num_blocks) + " blocks");
+    }
+  }
+}
+
+void expect_scale(std::string_view op, float softmax_scale) {
+  expect(std::isfinite(softmax_scale), op,
+         "argument 'softmax_scale' must be finite, got " + std::to_string(softmax_scale));
+}
+
+// Turns scores[0, n) into unnormalized weights exp(s - max) in place; returns their sum.
+float softmax_weights(float* scores, index_t n) {
+  float max = scores[0];
+  for (index_t j = 1; j < n; ++j) max = scores[j] > max ? scores[j] : max;
+  float sum = 0.0f;
+  for (index_t j = 0; j < n; ++j) {
+    scores[j] = std::exp(scores[j] - max);
+    sum += scores[j];
+  }
+  return sum;
+}
+
+float dot(const float* a, const float* b, index_t n) {
+  float s = 0.0f;
+  for (index_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// out[0, dim) = bf16((sum_j weights[j] * rows[j * row_stride + i]) / sum).
+void weighted_sum_bf16(const float* weights, float sum, const float* rows, index_t n,
+                       index_t row_stride, index_t dim, float* acc, bf16* out) {
+  for (index_t i = 0; i < dim; ++i) acc[i] = 0.0f;
+  for (index_t j = 0; j < n; ++j) {
+    const float* row = rows + j * row_stride;
+    for (index_t i = 0; i < dim; ++i) acc[i] += weights[j] * row[i];
+  }
+  for (index_t i = 0; i < dim; ++i) out[i] = to_bf16(acc[i] / sum);
+}
+
+std::size_t sz(index_t n) {
+  return static_cast<std::size_t>(n);
+}
+
+}  // namespace
+
+void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
+                View3<const bf16> cache, View2<const std::int32_t> block_table,
+                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out) {
+  constexpr std::string_view op = "mla_decode";
+  const index_t tokens = q_latent.size(0);
+  const index_t heads = q_latent.size(1);
+  const index_t kv_lora = q_latent.size(2);
+  const index_t rope_dim = q_pe.size(2);
+  const index_t width = kv_lora + rope_dim;
+  expect_view(op, "q_latent", q_latent, {tokens, heads, kv_lora});
+  expect_view(op, "q_pe", q_pe, {tokens, heads, rope_dim});
+  expect_view(op, "cache", cache, {-1, -1, width});
+  expect_view(op, "out", out, {tokens, heads, kv_lora});
+  expect(cache.size(1) > 0, op, "argument 'cache' has block_size 0");
+  expect_disjoint(op, "out", out, "q_latent", q_latent);
+  expect_disjoint(op, "out", out, "q_pe", q_pe);
+  expect_disjoint(op, "out", out, "cache", cache);
+  expect_scale(op, softmax_scale);
+  const index_t block_size = cache.size(1);
+  expect_block_table(op, block_table, context_lens, tokens, cache.size(0), block_size);
+
+  index_t longest = 0;
+  for (index_t t = 0; t < tokens; ++t) longest = std::max<index_t>(longest, context_lens(t));
+  // The latent rows double as keys (all width dims) and values (the first kv_lora dims).
+  std::vector<float> context(sz(longest * width));
+  std::vector<float> query(sz(width));
+  std::vector<float> scores(sz(longest));
+  std::vector<float> acc(sz(kv_lora));
+  for (index_t t = 0; t < tokens; ++t) {
+    const index_t n = context_lens(t);
+    for (index_t j = 0; j < n; ++j) {
+      const bf16* row = &cache(block_table(t, j / block_size), j % block_size, 0);
+      for (index_t i = 0; i < width; ++i) context[sz(j * width + i)] = to_float(row[i]);
+    }
+    for (index_t h = 0; h < heads; ++h) {
+      for (index_t i = 0; i < kv_lora; ++i) query[sz(i)] = to_float(q_latent(t, h, i));
+      for (index_t i = 0; i < rope_dim; ++i) query[sz(kv_lora + i)] = to_float(q_pe(t, h, i));
+      for (index_t j = 0; j < n; ++j)
+        scores[sz(j)] = dot(query.data(), &context[sz(j * width)], width) * softmax_scale;
+      const float sum = softmax_weights(scores.data(), n);
+      weighted_sum_bf16(scores.data(), sum, context.data(), n, width, kv_lora, acc.data(),
+                        &out(t, h, 0));
+    }
+  }
+}
+
+void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
+                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
+                float softmax_scale, View3<bf16> out) {
+  constexpr std::string_view op = "gqa_decode";
+  expect_kv_cache(op, "cache", cache, -1, -1);
+  const index_t tokens = q.size(0);
+  const index_t q_heads = q.size(1);
+  const index_t kv_heads = cache.kv_heads();
+  const index_t dim = cache.head_dim();
+  expect_view(op, "q", q, {tokens, q_heads, dim});
+  expect(q_heads % kv_heads == 0, op,
+         "argument 'q' has " + std::to_string(q_heads) + " heads, not a multiple of the cache's " +
+             std::to_string(kv_heads) + " kv heads");
+  expect_view(op, "out", out, {tokens, q_heads, dim});
+  expect_disjoint(op, "out", out, "q", q);
+  expect_disjoint(op, "out", out, "cache.key", cache.key);
+  expect_disjoint(op, "out", out, "cache.value", cache.value);
+  expect_disjoint(op, "out", out, "cache.key_scale", cache.key_scale);
+  expect_disjoint(op, "out", out, "cache.value_scale", cache.value_scale);
+  expect_scale(op, softmax_scale);
+  const index_t block_size = cache.block_size();
+  expect_block_table(op, block_table, context_lens, tokens, cache.num_blocks(), block_size);
+
+  index_t longest = 0;
+  for (index_t t = 0; t < tokens; ++t) longest = std::max<index_t>(longest, context_lens(t));
+  const index_t group = q_heads / kv_heads;
+  std::vector<float> keys(sz(longest * dim));
+  std::vector<float> values(sz(longest * dim));
+  std::vector<float> query(sz(dim));
+  std::vector<float> scores(sz(longest));
+  std::vector<float> acc(sz(dim));
+  for (index_t t = 0; t < tokens; ++t) {
+    const index_t n = context_lens(t);
+    for (index_t kvh = 0; kvh < kv_heads; ++kvh) {
+      for (index_t j = 0; j < n; ++j) {
+        const index_t block = block_table(t, j / block_size);
+        const index_t offset = j % block_size;
+        const float k_scale = cache.key_scale(block, offset, kvh);
+        const float v_scale = cache.value_scale(block, offset, kvh);
+        const fp8_e4m3* k_row = &cache.key(block, offset, kvh, 0);
+        const fp8_e4m3* v_row = &cache.value(block, offset, kvh, 0);
+        for (index_t d = 0; d < dim; ++d) {
+          keys[sz(j * dim + d)] = to_float(k_row[d]) * k_scale;
+          values[sz(j * dim + d)] = to_float(v_row[d]) * v_scale;
+        }
+      }
+      for (index_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+        for (index_t d = 0; d < dim; ++d) query[sz(d)] = to_float(q(t, h, d));
+        for (index_t j = 0; j < n; ++j)
+          scores[sz(j)] = dot(query.data(), &keys[sz(j * dim)], dim) * softmax_scale;
+        const float sum = softmax_weights(scores.data(), n);
+        weighted_sum_bf16(scores.data(), sum, values.data(), n, dim, dim, acc.data(),
+                          &out(t, h, 0));
+      }
+    }
+  }
+}
+
+}  // namespace atom::ops
