@@ -20,17 +20,19 @@ void expect_block_table(std::string_view op, View2<const std::int32_t> block_tab
   const index_t max_context = block_table.size(1) * block_size;
   for (index_t t = 0; t < tokens; ++t) {
     const index_t n = context_lens(t);
-    expect(n >= 1 && n <= max_context, op,
-           "argument 'context_lens' holds " + std::to_string(n) + " at token " + std::to_string(t) +
-               ", expected 1 to " + std::to_string(max_context) + " (block_table has " +
-               std::to_string(block_table.size(1)) + " blocks of " + std::to_string(block_size) +
-               " per token)");
+    if (n < 1 || n > max_context)
+      expect(false, op,
+             "argument 'context_lens' holds " + std::to_string(n) + " at token " +
+                 std::to_string(t) + ", expected 1 to " + std::to_string(max_context) +
+                 " (block_table has " + std::to_string(block_table.size(1)) + " blocks of " +
+                 std::to_string(block_size) + " per token)");
     for (index_t b = 0; b < (n + block_size - 1) / block_size; ++b) {
       const index_t id = block_table(t, b);
-      expect(id >= 0 && id < num_blocks, op,
-             "argument 'block_table' holds block " + std::to_string(id) + " at [" +
-                 std::to_string(t) + ", " + std::to_string(b) + "], outside the cache's " +
-                 std::to_string(num_blocks) + " blocks");
+      if (id < 0 || id >= num_blocks)
+        expect(false, op,
+               "argument 'block_table' holds block " + std::to_string(id) + " at [" +
+                   std::to_string(t) + ", " + std::to_string(b) + "], outside the cache's " +
+                   std::to_string(num_blocks) + " blocks");
     }
   }
 }

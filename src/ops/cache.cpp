@@ -14,17 +14,17 @@ void expect_slots(std::string_view op, View1<const std::int64_t> slots, index_t 
   for (index_t t = 0; t < tokens; ++t) {
     const std::int64_t s = slots(t);
     if (s == skip_slot) continue;
-    expect(s >= 0 && s < capacity, op,
-           "argument 'slots' holds " + std::to_string(s) + " at token " + std::to_string(t) +
-               ", outside the cache's " + std::to_string(capacity) + " slots (or -1 to skip)");
+    if (s < 0 || s >= capacity)
+      expect(false, op,
+             "argument 'slots' holds " + std::to_string(s) + " at token " + std::to_string(t) +
+                 ", outside the cache's " + std::to_string(capacity) + " slots (or -1 to skip)");
     used.push_back(s);
   }
   std::sort(used.begin(), used.end());
   const auto repeated = std::adjacent_find(used.begin(), used.end());
-  expect(repeated == used.end(), op,
-         "argument 'slots' names slot " +
-             (repeated == used.end() ? std::string() : std::to_string(*repeated)) +
-             " for more than one token");
+  if (repeated != used.end())
+    expect(false, op,
+           "argument 'slots' names slot " + std::to_string(*repeated) + " for more than one token");
 }
 
 void expect_kv_cache(std::string_view op, std::string_view arg, const ConstKvCacheFp8& cache,

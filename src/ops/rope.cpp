@@ -32,10 +32,11 @@ void expect_positions(std::string_view op, View1<const std::int64_t> positions, 
                       index_t max_positions) {
   expect_shape(op, "positions", positions, {tokens});
   for (index_t t = 0; t < tokens; ++t)
-    expect(positions(t) >= 0 && positions(t) < max_positions, op,
-           "argument 'positions' holds " + std::to_string(positions(t)) + " at token " +
-               std::to_string(t) + ", outside the cos_sin cache [0, " +
-               std::to_string(max_positions) + ")");
+    if (positions(t) < 0 || positions(t) >= max_positions)
+      expect(false, op,
+             "argument 'positions' holds " + std::to_string(positions(t)) + " at token " +
+                 std::to_string(t) + ", outside the cos_sin cache [0, " +
+                 std::to_string(max_positions) + ")");
 }
 
 template <RopeStyle S>
