@@ -255,6 +255,14 @@ TEST_CASE("moe ops reject wrong shapes and arguments") {
       },
       {"route_grouped_topk", "'logits'", "NaN"});
 
+  std::vector<float> inf_bias = bias;
+  inf_bias[3] = INFINITY;
+  require_shape_error(
+      [&] {
+        ops::route_grouped_topk(host, lv, atom::make_view(inf_bias.data(), 16), 4, 2, 1.0f, iv, wv);
+      },
+      {"route_grouped_topk", "'bias'", "non-finite value at column 3"});
+
   const auto gate_up = random_bf16(2 * 9);
   Bf16Buffer out(2, 4);
   require_shape_error(

@@ -16,7 +16,7 @@ namespace atom::ops {
 // c when a group holds one expert). The topk_group best groups are kept; the k experts with the
 // largest c among them are chosen, in descending c (slot order). weights_j = s_j / (sum of the
 // chosen s, in slot order) * routed_scaling. Ties (equal group scores, equal c) go to the lower
-// index. NaN logits or bias are rejected.
+// index. NaN logits and non-finite bias values are rejected.
 void route_grouped_topk(const Host&, View2<const float> logits, View1<const float> bias,
                         int n_group, int topk_group, float routed_scaling, View2<std::int32_t> ids,
                         View2<float> weights);
