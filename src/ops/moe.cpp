@@ -20,9 +20,9 @@ std::size_t at(index_t i) {
 
 void expect_no_nan(const char* op, const char* arg, const float* values, index_t n, index_t row) {
   for (index_t i = 0; i < n; ++i)
-    expect(!std::isnan(values[i]), op,
-           "argument '" + std::string(arg) + "' holds NaN at row " + std::to_string(row) +
-               ", column " + std::to_string(i));
+    if (std::isnan(values[i]))
+      fail(op, "argument '" + std::string(arg) + "' holds NaN at row " + std::to_string(row) +
+                   ", column " + std::to_string(i));
 }
 
 // Indices [0, n) ordered by descending key, the lower index first among equal keys; only the
@@ -68,8 +68,8 @@ void route_grouped_topk(const Host&, View2<const float> logits, View1<const floa
   expect_disjoint(op, "weights", weights, "bias", bias);
   // Finite bias keeps every choice score finite (sigmoid is in [0, 1]), so scores always order.
   for (index_t e = 0; e < experts; ++e)
-    expect(std::isfinite(bias(e)), op,
-           "argument 'bias' holds a non-finite value at column " + std::to_string(e));
+    if (!std::isfinite(bias(e)))
+      fail(op, "argument 'bias' holds a non-finite value at column " + std::to_string(e));
   const index_t k = ids.shape[1];
 
   std::vector<float> sig(at(experts));
@@ -211,9 +211,9 @@ void moe_gemm_a4w4(const Host& host, const Mxfp4Act& a, View2<const std::int32_t
   for (index_t t = 0; t < tokens; ++t)
     for (index_t j = 0; j < k; ++j) {
       const std::int32_t e = ids(t, j);
-      expect(e >= 0 && e < experts, op,
-             "argument 'ids' holds expert " + std::to_string(e) + " at (" + std::to_string(t) +
-                 ", " + std::to_string(j) + "), expected 0.." + std::to_string(experts - 1));
+      if (e < 0 || e >= experts)
+        fail(op, "argument 'ids' holds expert " + std::to_string(e) + " at (" + std::to_string(t) +
+                     ", " + std::to_string(j) + "), expected 0.." + std::to_string(experts - 1));
       rows_of[at(e)].push_back(t * k + j);
     }
   // Each expert's rows are gathered (an exact byte copy), multiplied as one GEMM and scattered

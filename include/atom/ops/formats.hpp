@@ -106,14 +106,19 @@ concept Epilogue = requires {
 };
 
 // ---- boundary checks shared by the ops ----
+// Each check builds its message only when it fails, so checks inside loops cost a comparison.
+
+[[noreturn]] inline void fail(std::string_view op, const std::string& what) {
+  throw ShapeError(std::string(op) + ": " + what);
+}
 
 // The innermost dimension must have stride 1 (a column slice keeps it); rows may be strided.
 template <class T, int R>
 void expect_rows_contiguous(std::string_view op, std::string_view arg, const View<T, R>& v) {
-  expect(v.shape[R - 1] <= 1 || v.strides[R - 1] == 1, op,
-         "argument '" + std::string(arg) +
-             "' must have a contiguous last dimension (stride 1), got " + "stride " +
-             std::to_string(v.strides[R - 1]));
+  if (v.shape[R - 1] > 1 && v.strides[R - 1] != 1)
+    fail(op, "argument '" + std::string(arg) +
+                 "' must have a contiguous last dimension (stride 1), got stride " +
+                 std::to_string(v.strides[R - 1]));
 }
 
 // Shape and row contiguity in one step.
@@ -145,8 +150,8 @@ bool overlaps(const View<T, R>& a, const View<U, S>& b) {
 template <class T, int R, class U, int S>
 void expect_disjoint(std::string_view op, std::string_view out_arg, const View<T, R>& out,
                      std::string_view in_arg, const View<U, S>& in) {
-  expect(!overlaps(out, in), op,
-         "output '" + std::string(out_arg) + "' overlaps input '" + std::string(in_arg) + "'");
+  if (overlaps(out, in))
+    fail(op, "output '" + std::string(out_arg) + "' overlaps input '" + std::string(in_arg) + "'");
 }
 
 // A format output against an input view: every member view must be disjoint from it.
@@ -197,11 +202,10 @@ inline void expect_format(std::string_view op, std::string_view arg, const Fp8Gr
 inline void expect_format(std::string_view op, std::string_view arg, const Mxfp4Act& a,
                           index_t rows, index_t cols) {
   const std::string name(arg);
-  if (cols >= 0)
-    expect(a.cols == cols, op,
-           "argument '" + name + "' has " + std::to_string(a.cols) + " columns, expected " +
-               std::to_string(cols));
-  expect(a.cols >= 0, op, "argument '" + name + "' has a negative column count");
+  if (cols >= 0 && a.cols != cols)
+    fail(op, "argument '" + name + "' has " + std::to_string(a.cols) + " columns, expected " +
+                 std::to_string(cols));
+  if (a.cols < 0) fail(op, "argument '" + name + "' has a negative column count");
   expect_view(op, name + ".packed", a.packed, {rows, mxfp4_packed_cols(a.cols)});
   expect_view(op, name + ".scale", a.scale, {a.packed.shape[0], mxfp4_scale_cols(a.cols)});
 }
@@ -210,11 +214,10 @@ inline void expect_format(std::string_view op, std::string_view arg, const Mxfp4
 inline void expect_weight(std::string_view op, std::string_view arg, const Mxfp4Weight& w,
                           index_t n, index_t k) {
   const std::string name(arg);
-  if (k >= 0)
-    expect(w.k == k, op,
-           "argument '" + name + "' has K = " + std::to_string(w.k) + ", expected " +
-               std::to_string(k));
-  expect(w.k >= 0, op, "argument '" + name + "' has a negative K");
+  if (k >= 0 && w.k != k)
+    fail(op, "argument '" + name + "' has K = " + std::to_string(w.k) + ", expected " +
+                 std::to_string(k));
+  if (w.k < 0) fail(op, "argument '" + name + "' has a negative K");
   expect_view(op, name + ".packed", w.packed, {n, mxfp4_packed_cols(w.k)});
   expect_view(op, name + ".scale", w.scale, {w.packed.shape[0], mxfp4_scale_cols(w.k)});
 }
