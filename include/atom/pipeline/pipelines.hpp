@@ -1,0 +1,313 @@
+// The pipelines as templates over a policy point and a backend. Every fusion choice is an
+// `if constexpr` on the point; a fused producer is wired to its consumer through link<>, which
+// fails to compile when the producer's output format is not the consumer's input format.
+#pragma once
+
+#include <cmath>
+#include <future>
+#include <string>
+#include <type_traits>
+
+#include "atom/ops/attention.hpp"
+#include "atom/ops/bmm.hpp"
+#include "atom/ops/cache.hpp"
+#include "atom/ops/gemm.hpp"
+#include "atom/ops/moe.hpp"
+#include "atom/ops/norm.hpp"
+#include "atom/ops/quant.hpp"
+#include "atom/ops/qwen_qk.hpp"
+#include "atom/ops/rope.hpp"
+#include "atom/pipeline/args.hpp"
+#include "atom/pipeline/link.hpp"
+
+namespace atom::pipeline {
+
+namespace detail {
+
+// Tensor parallelism beyond one rank needs a TP communicator, which the host backend has not.
+inline void expect_single_rank(std::string_view pipeline, const BlockIo& io) {
+  expect(io.tp.size == 1 && io.tp.rank == 0, pipeline,
+         "tensor parallel size " + std::to_string(io.tp.size) +
+             " needs a TP communicator; this backend runs tensor parallel size 1");
+  expect(io.model != nullptr && io.workspace != nullptr, pipeline,
+         "model and workspace must be set");
+}
+
+template <class Act>
+Act take_act(Workspace& ws, index_t rows, index_t cols) {
+  if constexpr (std::is_same_v<Act, ops::Bf16Act>) {
+    return {ws.take<bf16>(rows, cols)};
+  } else if constexpr (std::is_same_v<Act, ops::Mxfp4Act>) {
+    return {ws.take<std::uint8_t>(rows, ops::mxfp4_packed_cols(cols)),
+            ws.take<e8m0>(rows, ops::mxfp4_scale_cols(cols)), cols};
+  } else if constexpr (std::is_same_v<Act, ops::Fp8GroupAct>) {
+    return {ws.take<fp8_e4m3>(rows, cols), ws.take<float>(rows, ops::fp8_group_cols(cols))};
+  } else {
+    static_assert(std::is_same_v<Act, ops::Fp8TokenAct>);
+    return {ws.take<fp8_e4m3>(rows, cols), ws.take<float>(rows)};
+  }
+}
+
+// [AR +] residual add + RMSNorm, producing MXFP4 activations for the next GEMM. With the
+// input-norm quant fusion the norm writes MXFP4 itself; otherwise it writes bf16 and a separate
+// quant follows. At tensor parallel size 1 the all-reduce is the identity in both forms.
+template <policy::InputNormQuant Fusion, class Backend>
+ops::Mxfp4Act norm_to_mxfp4(const Backend& b, const BlockIo& io, View1<const bf16> weight) {
+  Workspace& ws = *io.workspace;
+  const index_t t = io.x.size(0);
+  const index_t h = io.x.size(1);
+  auto act = take_act<ops::Mxfp4Act>(ws, t, h);
+  if constexpr (Fusion == policy::InputNormQuant::fused) {
+    using Epi = link<ops::epi::Mxfp4, GemmInput>;
+    ops::add_rms_norm<Epi>(b, io.x, io.residual, weight, io.model->rms_eps, act);
+  } else {
+    auto normed = take_act<ops::Bf16Act>(ws, t, h);
+    ops::add_rms_norm<ops::epi::Bf16>(b, io.x, io.residual, weight, io.model->rms_eps, normed);
+    ops::quantize<link<ops::epi::Mxfp4, GemmInput>>(b, normed.x, act);
+  }
+  return act;
+}
+
+template <class Backend>
+ops::Mxfp4Act quantize_rows(const Backend& b, Workspace& ws, View2<const bf16> x) {
+  auto act = take_act<ops::Mxfp4Act>(ws, x.size(0), x.size(1));
+  ops::quantize<link<ops::epi::Mxfp4, GemmInput>>(b, x, act);
+  return act;
+}
+
+// Views of a contiguous [T, H, D] tensor: as [T, H * D] (one row per token) and as [T * H, D]
+// (one row per token and head).
+template <class T>
+View2<T> merge_heads(View3<T> v) {
+  return make_view(v.data, v.size(0), v.size(1) * v.size(2));
+}
+template <class T>
+View2<T> rows_per_head(View3<T> v) {
+  return make_view(v.data, v.size(0) * v.size(1), v.size(2));
+}
+
+template <policy::GemmBackend G, class Backend>
+void gemm(const Backend& b, const ops::Mxfp4Act& a, const ops::Mxfp4Weight& w, View2<bf16> out) {
+  // Both GEMM backends compute the same function; on the host they share the reference kernel.
+  ops::gemm_a4w4(b, a, w, out);
+}
+
+}  // namespace detail
+
+// DeepSeek MLA attention, decode: [AR+]add+RMSNorm[+MXFP4 quant] -> qkv_a GEMM -> q_a/kv_a norms
+// -> q_b GEMM -> absorbed W_UK BMM -> RoPE, latent cache write -> MLA decode -> W_UV BMM -> o_proj.
+template <policy::Point P, class Backend>
+struct MlaAttention {
+  static void run(const MlaArgs& a) {
+    constexpr std::string_view name = "mla_attention";
+    detail::expect_single_rank(name, a.io);
+    expect(a.weights != nullptr, name, "weights must be set");
+    const Backend b{};
+    const ModelConfig& m = *a.io.model;
+    const MlaWeights& w = *a.weights;
+    Workspace& ws = *a.io.workspace;
+    const index_t t = a.io.x.size(0);
+    const index_t heads = m.num_heads / a.io.tp.size;
+    const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
+
+    const auto x_act = detail::norm_to_mxfp4<P.input_norm_quant>(b, a.io, w.input_norm);
+    auto qkv_a = ws.take<bf16>(t, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim);
+    detail::gemm<P.gemm>(b, x_act, w.qkv_a, qkv_a);
+
+    auto kv_c = ws.take<bf16>(t, m.kv_lora_rank);
+    auto k_pe = ws.take<bf16>(t, m.qk_rope_dim);
+    ops::Mxfp4Act q_c_act;
+    if constexpr (P.qk_norm == policy::QkNorm::fused_quant) {
+      q_c_act = detail::take_act<ops::Mxfp4Act>(ws, t, m.q_lora_rank);
+      ops::qk_norm_fused<link<ops::epi::Mxfp4, GemmInput>>(b, qkv_a, w.q_a_norm, w.kv_a_norm,
+                                                           m.rms_eps, q_c_act, kv_c, k_pe);
+    } else {
+      auto q_c = detail::take_act<ops::Bf16Act>(ws, t, m.q_lora_rank);
+      if constexpr (P.qk_norm == policy::QkNorm::fused) {
+        ops::qk_norm_fused<ops::epi::Bf16>(b, qkv_a, w.q_a_norm, w.kv_a_norm, m.rms_eps, q_c, kv_c,
+                                           k_pe);
+      } else {
+        ops::rms_norm<ops::epi::Bf16>(b, qkv_a.slice(1, 0, m.q_lora_rank), w.q_a_norm, m.rms_eps,
+                                      q_c);
+        ops::rms_norm<ops::epi::Bf16>(b, qkv_a.slice(1, m.q_lora_rank, m.kv_lora_rank), w.kv_a_norm,
+                                      m.rms_eps, ops::Bf16Act{kv_c});
+        ops::copy(b, qkv_a.slice(1, m.q_lora_rank + m.kv_lora_rank, m.qk_rope_dim), k_pe);
+      }
+      q_c_act = detail::quantize_rows(b, ws, q_c.x);
+    }
+
+    auto q = ws.take<bf16>(t, heads, qk_head);
+    detail::gemm<P.gemm>(b, q_c_act, w.q_b, detail::merge_heads(q));
+    const View3<bf16> q_nope = q.slice(2, 0, m.qk_nope_dim);
+    const View3<bf16> q_pe = q.slice(2, m.qk_nope_dim, m.qk_rope_dim);
+
+    auto q_latent = ws.take<bf16>(t, heads, m.kv_lora_rank);
+    absorbed_bmm(b, ws, q_nope, w.w_uk_fp8, w.w_uk_mxfp4, q_latent);
+
+    ops::rope<ops::RopeStyle::interleaved>(b, a.batch.positions, w.cos_sin, q_pe);
+    ops::rope<ops::RopeStyle::interleaved>(b, a.batch.positions, w.cos_sin,
+                                           make_view(k_pe.data, t, index_t{1}, m.qk_rope_dim));
+    ops::mla_cache_write(b, kv_c, k_pe, a.batch.slots, a.cache);
+
+    auto o_latent = ws.take<bf16>(t, heads, m.kv_lora_rank);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(qk_head));
+    ops::mla_decode(b, q_latent, q_pe, a.cache, a.batch.block_table, a.batch.context_lens, scale,
+                    o_latent);
+
+    auto o = ws.take<bf16>(t, heads, m.v_head_dim);
+    absorbed_bmm(b, ws, o_latent, w.w_uv_fp8, w.w_uv_mxfp4, o);
+    detail::gemm<P.gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj,
+                         a.io.out);
+  }
+
+ private:
+  // in [T, H, K] -> out [T, H, N] through the per-head weight of the policy's BMM format.
+  static void absorbed_bmm(const Backend& b, Workspace& ws, View3<bf16> in,
+                           const ops::Fp8HeadWeight& w_fp8, const ops::Mxfp4HeadWeight& w_mxfp4,
+                           View3<bf16> out) {
+    if constexpr (P.bmm == policy::BmmFormat::fp8) {
+      // Activations FP8 per token-group of 128, one row per (token, head).
+      auto dense = ws.take<bf16>(in.size(0), in.size(1), in.size(2));
+      for (index_t i = 0; i < in.size(0); ++i) ops::copy(b, in[i], dense[i]);
+      auto act = detail::take_act<ops::Fp8GroupAct>(ws, in.size(0) * in.size(1), in.size(2));
+      ops::quantize<link<ops::epi::Fp8PerGroup128, BmmFp8Input>>(b, detail::rows_per_head(dense),
+                                                                 act);
+      ops::bmm_fp8(b, act, w_fp8, out);
+    } else {
+      ops::bmm_mxfp4(b, in, w_mxfp4, out);
+    }
+  }
+};
+
+// Qwen3 attention, decode: [AR+]add+RMSNorm -> MXFP4 quant -> qkv GEMM -> per-head Q/K norm +
+// RoPE + FP8 KV-cache write (one fused op or the separate chain) -> GQA decode -> o_proj.
+template <policy::Point P, class Backend>
+struct Qwen3Attention {
+  static void run(const Qwen3AttentionArgs& a) {
+    constexpr std::string_view name = "qwen3_attention";
+    detail::expect_single_rank(name, a.io);
+    expect(a.weights != nullptr, name, "weights must be set");
+    const Backend b{};
+    const ModelConfig& m = *a.io.model;
+    const Qwen3AttentionWeights& w = *a.weights;
+    Workspace& ws = *a.io.workspace;
+    const index_t t = a.io.x.size(0);
+    const index_t heads = m.num_heads / a.io.tp.size;
+    const index_t kv_heads = m.num_kv_heads / a.io.tp.size;
+
+    const auto x_act =
+        detail::norm_to_mxfp4<policy::InputNormQuant::separate>(b, a.io, w.input_norm);
+    auto qkv = ws.take<bf16>(t, (heads + 2 * kv_heads) * m.head_dim);
+    detail::gemm<P.gemm>(b, x_act, w.qkv, qkv);
+
+    auto q = ws.take<bf16>(t, heads, m.head_dim);
+    if constexpr (P.qk_norm_rope_cache == policy::QkNormRopeCache::fused) {
+      ops::qk_norm_rope_cache_fused<ops::RopeStyle::neox>(b, qkv, w.q_norm, w.k_norm, m.rms_eps,
+                                                          a.batch.positions, w.cos_sin,
+                                                          a.batch.slots, a.cache, q);
+    } else {
+      ops::qk_norm_rope_cache_separate<ops::RopeStyle::neox>(b, qkv, w.q_norm, w.k_norm, m.rms_eps,
+                                                             a.batch.positions, w.cos_sin,
+                                                             a.batch.slots, a.cache, q);
+    }
+    auto o = ws.take<bf16>(t, heads, m.head_dim);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
+    ops::gqa_decode(b, q, a.cache, a.batch.block_table, a.batch.context_lens, scale, o);
+    detail::gemm<P.gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj,
+                         a.io.out);
+  }
+};
+
+// MoE block: [AR+]add+RMSNorm -> router -> routed experts (MXFP4 grouped GEMMs, SiLU*mul) and the
+// shared expert -> combine. With dual streams the shared expert runs concurrently with the routed
+// ones for 0 < tokens <= threshold.
+template <policy::Point P, class Backend>
+struct MoeBlock {
+  static void run(const MoeArgs& a) {
+    constexpr std::string_view name = "moe_block";
+    detail::expect_single_rank(name, a.io);
+    expect(a.weights != nullptr, name, "weights must be set");
+    const Backend b{};
+    const ModelConfig& m = *a.io.model;
+    const MoeWeights& w = *a.weights;
+    Workspace& ws = *a.io.workspace;
+    const index_t t = a.io.x.size(0);
+    const index_t k = m.top_k;
+
+    // The router reads the bf16 normed activations, the experts their MXFP4 quant.
+    auto normed = detail::take_act<ops::Bf16Act>(ws, t, m.hidden);
+    ops::add_rms_norm<ops::epi::Bf16>(b, a.io.x, a.io.residual, w.post_norm, m.rms_eps, normed);
+    const auto x_act = detail::quantize_rows(b, ws, normed.x);
+
+    auto logits = ws.take<float>(t, m.num_experts);
+    ops::gemm_bf16(b, normed.x, w.router, logits);
+    auto ids = ws.take<std::int32_t>(t, k);
+    auto weights = ws.take<float>(t, k);
+    if (m.router == RouterKind::sigmoid_grouped)
+      ops::route_grouped_topk(b, logits, w.router_bias, static_cast<int>(m.n_group),
+                              static_cast<int>(m.topk_group), m.routed_scaling, ids, weights);
+    else
+      ops::route_softmax_topk(b, logits, m.renormalize, ids, weights);
+
+    const bool has_shared = m.num_shared_experts > 0;
+    auto shared_out = has_shared ? ws.take<bf16>(t, m.hidden) : View2<bf16>{};
+    auto shared_inter =
+        has_shared ? detail::take_act<ops::Mxfp4Act>(ws, t, w.shared_gate_up.packed.size(0) / 2)
+                   : ops::Mxfp4Act{};
+    auto shared_gate_up =
+        has_shared ? ws.take<bf16>(t, w.shared_gate_up.packed.size(0)) : View2<bf16>{};
+    auto shared_expert = [&] {
+      detail::gemm<P.gemm>(b, x_act, w.shared_gate_up, shared_gate_up);
+      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(b, shared_gate_up, shared_inter);
+      detail::gemm<P.gemm>(b, shared_inter, w.shared_down, shared_out);
+    };
+
+    auto gate_up = ws.take<bf16>(t * k, 2 * m.moe_intermediate);
+    auto inter = detail::take_act<ops::Mxfp4Act>(ws, t * k, m.moe_intermediate);
+    auto expert_out = ws.take<bf16>(t * k, m.hidden);
+    auto routed_experts = [&] {
+      ops::moe_gemm_a4w4(b, x_act, ids, w.gate_up, gate_up);
+      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(b, gate_up, inter);
+      ops::moe_gemm_a4w4(b, inter, ids, w.down, expert_out);
+    };
+
+    const bool concurrent = P.moe_streams == policy::MoeStreams::dual && has_shared && t > 0 &&
+                            t <= a.dual_stream_threshold;
+    if (concurrent) {
+      // The host's second stream is a second thread; the GPU backend uses a second stream.
+      auto shared_done = std::async(std::launch::async, shared_expert);
+      routed_experts();
+      shared_done.get();
+    } else {
+      routed_experts();
+      if (has_shared) shared_expert();
+    }
+    ops::moe_combine(b, expert_out, weights, shared_out, a.io.out);
+  }
+};
+
+// A decoder layer: the attention block, then the MoE block on its output.
+template <template <policy::Point, class> class Attention, policy::Point P, class Backend>
+struct DecoderLayer {
+  template <class AttentionArgs>
+  static void run(const LayerArgs<AttentionArgs>& a) {
+    Attention<policy::canonical(attention_pipeline, P), Backend>::run(a.attention);
+    MoeArgs moe{a.attention.io, a.moe_weights, a.dual_stream_threshold};
+    moe.io.x = a.attention.io.out;
+    moe.io.out = a.out;
+    MoeBlock<policy::canonical(policy::PipelineId::moe_block, P), Backend>::run(moe);
+  }
+
+ private:
+  static constexpr policy::PipelineId attention_pipeline =
+      std::is_same_v<Attention<P, Backend>, MlaAttention<P, Backend>>
+          ? policy::PipelineId::mla_attention
+          : policy::PipelineId::qwen3_attention;
+};
+
+template <policy::Point P, class Backend>
+using DsLayer = DecoderLayer<MlaAttention, P, Backend>;
+template <policy::Point P, class Backend>
+using Qwen3Layer = DecoderLayer<Qwen3Attention, P, Backend>;
+
+}  // namespace atom::pipeline

@@ -1,0 +1,62 @@
+// Owners of host memory behind the pipeline views: random weights of one decoder layer, and a
+// decode batch with its caches already holding each token's earlier context. Deterministic in
+// their seed, so two owners made alike hold identical bytes. For tests, benchmarks and atom-run.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "atom/pipeline/args.hpp"
+
+namespace atom::pipeline {
+
+class LayerWeights {
+ public:
+  LayerWeights(const ModelConfig& model, std::uint64_t seed);
+  LayerWeights(const LayerWeights&) = delete;
+  LayerWeights& operator=(const LayerWeights&) = delete;
+
+  const MlaWeights& mla() const { return mla_; }
+  const Qwen3AttentionWeights& qwen3() const { return qwen3_; }
+  const MoeWeights& moe() const { return moe_; }
+
+ private:
+  std::vector<std::unique_ptr<std::byte[]>> buffers_;
+  MlaWeights mla_;
+  Qwen3AttentionWeights qwen3_;
+  MoeWeights moe_;
+};
+
+class DecodeState {
+ public:
+  // One token per entry of context_lens, each with its own context of that length (>= 1).
+  DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed);
+  DecodeState(const DecodeState&) = delete;
+  DecodeState& operator=(const DecodeState&) = delete;
+
+  index_t tokens() const { return static_cast<index_t>(context_lens_.size()); }
+  DecodeBatch batch() const;
+  View2<const bf16> x() const { return x_; }
+  View2<bf16> residual() const { return residual_; }
+  View2<bf16> out() const { return out_; }
+  View2<bf16> intermediate() const { return intermediate_; }
+  View3<bf16> mla_cache() const { return mla_cache_; }
+  ops::KvCacheFp8 kv_cache() const { return kv_cache_; }
+
+ private:
+  std::vector<std::int32_t> context_lens_;
+  std::vector<std::int64_t> positions_;
+  std::vector<std::int64_t> slots_;
+  std::vector<std::int32_t> block_table_;
+  index_t max_blocks_ = 0;
+  std::vector<std::unique_ptr<std::byte[]>> buffers_;
+  View2<bf16> x_;
+  View2<bf16> residual_;
+  View2<bf16> out_;
+  View2<bf16> intermediate_;
+  View3<bf16> mla_cache_;
+  ops::KvCacheFp8 kv_cache_;
+};
+
+}  // namespace atom::pipeline

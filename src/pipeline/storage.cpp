@@ -1,0 +1,225 @@
+#include "atom/pipeline/storage.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "atom/ops/rope.hpp"
+
+namespace atom::pipeline {
+
+namespace {
+
+using Buffers = std::vector<std::unique_ptr<std::byte[]>>;
+
+template <class T, class... Extent>
+View<T, static_cast<int>(sizeof...(Extent))> alloc(Buffers& buffers, Extent... extent) {
+  index_t n = 1;
+  ((n *= static_cast<index_t>(extent)), ...);
+  buffers.push_back(std::make_unique<std::byte[]>(static_cast<std::size_t>(n) * sizeof(T)));
+  return make_view(reinterpret_cast<T*>(buffers.back().get()), extent...);
+}
+
+struct Random {
+  std::mt19937_64 rng;
+  std::normal_distribution<float> normal{0.0f, 1.0f};
+  float operator()(float mean, float stddev) { return mean + stddev * normal(rng); }
+};
+
+template <int R>
+void fill_bf16(View<bf16, R> v, Random& r, float mean, float stddev) {
+  bf16* p = v.data;
+  for (index_t i = 0; i < v.numel(); ++i) p[i] = to_bf16(r(mean, stddev));
+}
+
+// Rows of K values drawn with stddev 1/sqrt(K) (activations keep unit scale through a GEMM),
+// quantized into MXFP4 blocks along each row.
+void quantize_rows(Random& r, index_t rows, index_t k, std::uint8_t* packed, e8m0* scale) {
+  std::vector<float> row(static_cast<std::size_t>(k));
+  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
+  const index_t packed_cols = ops::mxfp4_packed_cols(k);
+  const index_t scale_cols = ops::mxfp4_scale_cols(k);
+  for (index_t i = 0; i < rows; ++i) {
+    for (auto& v : row) v = r(0.0f, stddev);
+    for (index_t blk = 0; blk < scale_cols; ++blk) {
+      const index_t begin = blk * mx_block;
+      const int n = static_cast<int>(std::min<index_t>(mx_block, k - begin));
+      quantize_mx_block(row.data() + begin, n, packed + i * packed_cols + begin / 2,
+                        scale + i * scale_cols + blk);
+    }
+  }
+}
+
+ops::Mxfp4Weight mxfp4_weight(Buffers& b, Random& r, index_t n, index_t k) {
+  ops::Mxfp4Weight w{alloc<std::uint8_t>(b, n, ops::mxfp4_packed_cols(k)),
+                     alloc<e8m0>(b, n, ops::mxfp4_scale_cols(k)), k};
+  quantize_rows(r, n, k, w.packed.data, w.scale.data);
+  return w;
+}
+
+ops::Mxfp4Experts mxfp4_experts(Buffers& b, Random& r, index_t e, index_t n, index_t k) {
+  ops::Mxfp4Experts w{alloc<std::uint8_t>(b, e, n, ops::mxfp4_packed_cols(k)),
+                      alloc<e8m0>(b, e, n, ops::mxfp4_scale_cols(k)), k};
+  quantize_rows(r, e * n, k, w.packed.data, w.scale.data);
+  return w;
+}
+
+ops::Mxfp4HeadWeight mxfp4_heads(Buffers& b, Random& r, index_t h, index_t n, index_t k) {
+  ops::Mxfp4HeadWeight w{alloc<std::uint8_t>(b, h, n, ops::mxfp4_packed_cols(k)),
+                         alloc<e8m0>(b, h, n, ops::mxfp4_scale_cols(k)), k};
+  quantize_rows(r, h * n, k, w.packed.data, w.scale.data);
+  return w;
+}
+
+// FP8 with one scale per head: scale = amax / 448 over the head's matrix.
+ops::Fp8HeadWeight fp8_heads(Buffers& b, Random& r, index_t h, index_t n, index_t k) {
+  ops::Fp8HeadWeight w{alloc<fp8_e4m3>(b, h, n, k), alloc<float>(b, h)};
+  std::vector<float> m(static_cast<std::size_t>(n * k));
+  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
+  for (index_t i = 0; i < h; ++i) {
+    float amax = 0.0f;
+    for (auto& v : m) {
+      v = r(0.0f, stddev);
+      amax = std::max(amax, std::fabs(v));
+    }
+    const float scale = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
+    w.scale(i) = scale;
+    for (index_t j = 0; j < n * k; ++j)
+      w.w.data[i * n * k + j] = to_fp8<Fp8Kind::e4m3fn>(m[static_cast<std::size_t>(j)] / scale);
+  }
+  return w;
+}
+
+View1<bf16> norm_weight(Buffers& b, Random& r, index_t n) {
+  auto w = alloc<bf16>(b, n);
+  fill_bf16(w, r, 1.0f, 0.1f);
+  return w;
+}
+
+View2<float> rope_table(Buffers& b, const ModelConfig& m, index_t rot_dim) {
+  const auto table = ops::make_cos_sin_cache(m.max_position, rot_dim, m.rope_theta);
+  auto v = alloc<float>(b, m.max_position, rot_dim);
+  std::copy(table.begin(), table.end(), v.data);
+  return v;
+}
+
+}  // namespace
+
+LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed) {
+  Random r{std::mt19937_64(seed)};
+  Buffers& b = buffers_;
+  if (m.attention == AttentionKind::mla) {
+    const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
+    mla_.input_norm = norm_weight(b, r, m.hidden);
+    mla_.qkv_a = mxfp4_weight(b, r, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim, m.hidden);
+    mla_.q_a_norm = norm_weight(b, r, m.q_lora_rank);
+    mla_.kv_a_norm = norm_weight(b, r, m.kv_lora_rank);
+    mla_.q_b = mxfp4_weight(b, r, m.num_heads * qk_head, m.q_lora_rank);
+    mla_.w_uk_fp8 = fp8_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
+    mla_.w_uv_fp8 = fp8_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
+    mla_.w_uk_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
+    mla_.w_uv_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
+    mla_.o_proj = mxfp4_weight(b, r, m.hidden, m.num_heads * m.v_head_dim);
+    mla_.cos_sin = rope_table(b, m, m.qk_rope_dim);
+  } else {
+    qwen3_.input_norm = norm_weight(b, r, m.hidden);
+    qwen3_.qkv = mxfp4_weight(b, r, (m.num_heads + 2 * m.num_kv_heads) * m.head_dim, m.hidden);
+    qwen3_.q_norm = norm_weight(b, r, m.head_dim);
+    qwen3_.k_norm = norm_weight(b, r, m.head_dim);
+    qwen3_.o_proj = mxfp4_weight(b, r, m.hidden, m.num_heads * m.head_dim);
+    qwen3_.cos_sin = rope_table(b, m, m.head_dim);
+  }
+  moe_.post_norm = norm_weight(b, r, m.hidden);
+  auto router = alloc<bf16>(b, m.num_experts, m.hidden);
+  fill_bf16(router, r, 0.0f, 1.0f / std::sqrt(static_cast<float>(m.hidden)));
+  moe_.router = router;
+  auto bias = alloc<float>(b, m.num_experts);
+  for (index_t e = 0; e < m.num_experts; ++e) bias(e) = r(0.0f, 0.1f);
+  moe_.router_bias = bias;
+  moe_.gate_up = mxfp4_experts(b, r, m.num_experts, 2 * m.moe_intermediate, m.hidden);
+  moe_.down = mxfp4_experts(b, r, m.num_experts, m.hidden, m.moe_intermediate);
+  if (m.num_shared_experts > 0) {
+    const index_t shared = m.num_shared_experts * m.moe_intermediate;
+    moe_.shared_gate_up = mxfp4_weight(b, r, 2 * shared, m.hidden);
+    moe_.shared_down = mxfp4_weight(b, r, m.hidden, shared);
+  }
+}
+
+DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
+                         std::uint64_t seed)
+    : context_lens_(std::move(context_lens)) {
+  Random r{std::mt19937_64(seed)};
+  const index_t t = tokens();
+  const index_t bs = m.block_size;
+  for (const auto len : context_lens_) {
+    if (len < 1 || len > m.max_position)
+      throw std::invalid_argument("context length " + std::to_string(len) + " is outside 1.." +
+                                  std::to_string(m.max_position) + " for model " + m.name);
+    max_blocks_ = std::max<index_t>(max_blocks_, (len + bs - 1) / bs);
+  }
+  // Every token owns distinct blocks, handed out in a shuffled order so that tables are not
+  // contiguous.
+  index_t total_blocks = 0;
+  for (const auto len : context_lens_) total_blocks += (len + bs - 1) / bs;
+  std::vector<std::int32_t> pool(static_cast<std::size_t>(total_blocks));
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), r.rng);
+  block_table_.assign(static_cast<std::size_t>(t * std::max<index_t>(max_blocks_, 1)), 0);
+  std::size_t next = 0;
+  std::vector<std::int64_t> prior_slots;
+  for (index_t i = 0; i < t; ++i) {
+    const index_t len = context_lens_[static_cast<std::size_t>(i)];
+    for (index_t j = 0; j < (len + bs - 1) / bs; ++j)
+      block_table_[static_cast<std::size_t>(i * max_blocks_ + j)] = pool[next++];
+    auto slot_of = [&](index_t pos) {
+      return block_table_[static_cast<std::size_t>(i * max_blocks_ + pos / bs)] * bs + pos % bs;
+    };
+    positions_.push_back(len - 1);
+    slots_.push_back(slot_of(len - 1));
+    for (index_t pos = 0; pos + 1 < len; ++pos) prior_slots.push_back(slot_of(pos));
+  }
+
+  Buffers& b = buffers_;
+  x_ = alloc<bf16>(b, t, m.hidden);
+  fill_bf16(x_, r, 0.0f, 1.0f);
+  residual_ = alloc<bf16>(b, t, m.hidden);
+  fill_bf16(residual_, r, 0.0f, 1.0f);
+  out_ = alloc<bf16>(b, t, m.hidden);
+  intermediate_ = alloc<bf16>(b, t, m.hidden);
+  const bf16 poison = to_bf16(std::nanf(""));
+  std::fill_n(out_.data, out_.numel(), poison);
+  std::fill_n(intermediate_.data, intermediate_.numel(), poison);
+
+  // The caches hold random earlier context, written by the cache ops themselves.
+  const auto prior = static_cast<index_t>(prior_slots.size());
+  const auto prior_view = make_view(static_cast<const std::int64_t*>(prior_slots.data()), prior);
+  const ops::Host host;
+  if (m.attention == AttentionKind::mla) {
+    mla_cache_ = alloc<bf16>(b, total_blocks, bs, m.kv_lora_rank + m.qk_rope_dim);
+    fill_bf16(mla_cache_, r, 0.0f, 1.0f);
+    auto kv_c = alloc<bf16>(b, prior, m.kv_lora_rank);
+    auto k_pe = alloc<bf16>(b, prior, m.qk_rope_dim);
+    fill_bf16(kv_c, r, 0.0f, 1.0f);
+    fill_bf16(k_pe, r, 0.0f, 1.0f);
+    ops::mla_cache_write(host, kv_c, k_pe, prior_view, mla_cache_);
+  } else {
+    const index_t kvh = m.num_kv_heads;
+    kv_cache_ = {alloc<fp8_e4m3>(b, total_blocks, bs, kvh, m.head_dim),
+                 alloc<fp8_e4m3>(b, total_blocks, bs, kvh, m.head_dim),
+                 alloc<float>(b, total_blocks, bs, kvh), alloc<float>(b, total_blocks, bs, kvh)};
+    auto k = alloc<bf16>(b, prior, kvh, m.head_dim);
+    auto v = alloc<bf16>(b, prior, kvh, m.head_dim);
+    fill_bf16(k, r, 0.0f, 1.0f);
+    fill_bf16(v, r, 0.0f, 1.0f);
+    ops::kv_cache_write_fp8(host, k, v, prior_view, kv_cache_);
+  }
+}
+
+DecodeBatch DecodeState::batch() const {
+  const index_t t = tokens();
+  return {make_view(positions_.data(), t), make_view(slots_.data(), t),
+          make_view(block_table_.data(), t, max_blocks_), make_view(context_lens_.data(), t)};
+}
+
+}  // namespace atom::pipeline

@@ -1,0 +1,61 @@
+#include <catch2/catch.hpp>
+
+#include "atom/dispatch/dispatch.hpp"
+#include "atom/policy/space.hpp"
+
+using namespace atom;
+using namespace atom::policy;
+
+TEST_CASE("the table is sorted by key and names each entry by its point") {
+  const auto rows = dispatch::table<PipelineId::mla_attention>();
+  REQUIRE(rows.size() == 48);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (i > 0) CHECK(rows[i - 1].key < rows[i].key);
+    CHECK(rows[i].name == instance_name(PipelineId::mla_attention, key_backend(rows[i].key),
+                                        key_point(rows[i].key)));
+    CHECK(rows[i].run != nullptr);
+  }
+}
+
+TEST_CASE("resolving the default environment") {
+  const auto h = dispatch::resolve<PipelineId::mla_attention>(env::Config{}, BackendId::host);
+  CHECK(h.name() == "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant");
+  CHECK(h.point().qk_norm == QkNorm::fused_quant);
+  const auto q = dispatch::resolve<PipelineId::qwen3_attention>(
+      env::Config::from(
+          {{"ATOM_USE_TRITON_GEMM", "yes"}, {"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", "on"}}),
+      BackendId::host);
+  CHECK(q.name() == "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused");
+}
+
+TEST_CASE("a miss names the requested point, the missing axis value and what exists") {
+  // This build has no GPU instantiations: the miss says so and lists the table.
+  try {
+    (void)dispatch::resolve<PipelineId::moe_block>(env::Config{}, BackendId::gpu);
+    FAIL("no exception");
+  } catch (const dispatch::DispatchError& e) {
+    const std::string m = e.what();
+    CHECK_THAT(m, Catch::StartsWith("no instantiation of moe_block on the gpu backend for "
+                                    "gemm_backend=asm allreduce_norm=fused moe_streams=dual: "));
+    CHECK_THAT(m, Catch::Contains("this build has no gpu instantiation of it"));
+    CHECK_THAT(m, Catch::Contains("\n  moe_block.host.gemm-asm.ar-separate.moe-single"));
+  }
+  // A profile without any triton GEMM: the miss names that axis value.
+  const Point want{.gemm = GemmBackend::portable};
+  std::vector<std::pair<Key, std::string_view>> available;
+  for (const auto& p : canonical_points<PipelineId::moe_block>)
+    if (p.gemm == GemmBackend::matrix_core)
+      available.emplace_back(key(PipelineId::moe_block, BackendId::host, p), "x");
+  const std::string m = dispatch::miss_message(PipelineId::moe_block, BackendId::host,
+                                               canonical(PipelineId::moe_block, want), available);
+  CHECK_THAT(m, Catch::Contains(": no instantiation has gemm_backend=triton; available:"));
+  // Every value present but not the combination.
+  available.resize(1);
+  const Point combo{.allreduce_norm = AllReduceNorm::fused};
+  available.emplace_back(
+      key(PipelineId::moe_block, BackendId::host, Point{.moe_streams = MoeStreams::dual}), "y");
+  const std::string c = dispatch::miss_message(
+      PipelineId::moe_block, BackendId::host,
+      canonical(PipelineId::moe_block, combo.with(AxisId::moe_streams, 1)), available);
+  CHECK_THAT(c, Catch::Contains("no instantiation has allreduce_norm=fused"));
+}
