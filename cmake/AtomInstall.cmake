@@ -5,7 +5,6 @@ install(TARGETS atom EXPORT atomTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(EXPORT atomTargets NAMESPACE atom:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
 configure_package_config_file(cmake/atomConfig.cmake.in
   ${PROJECT_BINARY_DIR}/atomConfig.cmake
   INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
@@ -13,3 +12,11 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/atomConfigVersion.cmake
   COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/atomConfig.cmake ${PROJECT_BINARY_DIR}/atomConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
+
+install(TARGETS atom_instances EXPORT atomTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(FILES instantiations/instances.hpp
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/atom/instantiations)
+
+install(EXPORT atomTargets NAMESPACE atom:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
