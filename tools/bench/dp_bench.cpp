@@ -1,0 +1,146 @@
+// Per-step latency of the DP group's step collectives on loopback. The program spawns itself as
+// the ranks of a group for each requested size; rank 0 prints the medians.
+//
+//   atom-bench-dp-bench [--procs 2,4,8] [--steps 5000] [--port 29517]
+//
+// "separate" is sync_step followed by gather_token_counts (two collectives, as an engine calls
+// them); "fused" is exchange_step (one collective carrying both).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atom/dist/dp_group.hpp>
+#include <atom/env/config.hpp>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double median_us(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+double percentile_us(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[static_cast<std::size_t>(p * static_cast<double>(v.size() - 1))];
+}
+
+template <class Step>
+std::vector<double> time_steps(atom::dist::DpGroup& group, long steps, Step&& step) {
+  for (long i = 0; i < steps / 10; ++i) step(i);  // warm-up
+  group.barrier();
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(steps));
+  for (long i = 0; i < steps; ++i) {
+    const auto t0 = Clock::now();
+    step(i);
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  return us;
+}
+
+int run_rank(long steps) {
+  const auto config = atom::env::Config::from_process();
+  atom::dist::DpGroup group(config);
+  const auto tokens = [&](long i) {
+    return atom::dist::RankBatch{(i * 7 + group.rank() * 13) % 769, i % 5 == 0};
+  };
+  const auto separate = time_steps(group, steps, [&](long i) {
+    const auto state = group.sync_step({i % 3 != 0, false});
+    const auto batches = group.gather_token_counts(tokens(i));
+    if (!state.has_unfinished && batches.empty()) std::abort();
+  });
+  const auto fused = time_steps(group, steps, [&](long i) {
+    const auto plan = group.exchange_step({i % 3 != 0, false}, tokens(i));
+    if (plan.padding.padded_tokens < 0) std::abort();
+  });
+  group.shutdown();
+  if (group.rank() == 0) {
+    std::printf(
+        "%5ld procs  separate: median %7.1f us  p90 %7.1f us   fused: median %7.1f us  "
+        "p90 %7.1f us\n",
+        static_cast<long>(group.size()), median_us(separate), percentile_us(separate, 0.9),
+        median_us(fused), percentile_us(fused, 0.9));
+  }
+  return 0;
+}
+
+std::vector<long> parse_list(const std::string& text) {
+  std::vector<long> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) out.push_back(std::stol(item));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<long> procs{2, 4, 8};
+  long steps = 5000;
+  long port = 29517;
+  bool worker = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--worker") {
+      worker = true;
+    } else if (arg == "--procs" && has_value) {
+      procs = parse_list(argv[++i]);
+    } else if (arg == "--steps" && has_value) {
+      steps = std::stol(argv[++i]);
+    } else if (arg == "--port" && has_value) {
+      port = std::stol(argv[++i]);
+    } else {
+      std::cerr << "usage: atom-bench-dp-bench [--procs 2,4,8] [--steps N] [--port P]\n";
+      return 2;
+    }
+  }
+  if (steps < 10) {
+    std::cerr << "--steps must be at least 10\n";
+    return 2;
+  }
+  try {
+    if (worker) return run_rank(steps);
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << "\n";
+    return 1;
+  }
+  std::printf("DP step collectives on loopback, %ld timed steps per size\n", steps);
+  for (const auto n : procs) {
+    std::vector<pid_t> pids;
+    for (long r = 0; r < n; ++r) {
+      const pid_t pid = fork();
+      if (pid == 0) {
+        setenv("ATOM_DP_RANK", std::to_string(r).c_str(), 1);
+        setenv("ATOM_DP_RANK_LOCAL", std::to_string(r).c_str(), 1);
+        setenv("ATOM_DP_SIZE", std::to_string(n).c_str(), 1);
+        setenv("ATOM_DP_MASTER_IP", "127.0.0.1", 1);
+        setenv("ATOM_DP_MASTER_PORT", std::to_string(port).c_str(), 1);
+        const auto steps_text = std::to_string(steps);
+        execl("/proc/self/exe", argv[0], "--worker", "--steps", steps_text.c_str(),
+              static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      pids.push_back(pid);
+    }
+    int failures = 0;
+    for (const auto pid : pids) {
+      int status = 0;
+      waitpid(pid, &status, 0);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++failures;
+    }
+    if (failures) {
+      std::cerr << failures << " of " << n << " ranks failed\n";
+      return 1;
+    }
+  }
+  return 0;
+}
