@@ -1,0 +1,78 @@
+// The host-side GPU API of atom/gpu/device.hpp on the built backend's runtime.
+#include "atom/gpu/runtime.hpp"
+
+namespace atom::gpu {
+
+const char* backend_name() {
+#if defined(__HIPCC__)
+  return "hip";
+#else
+  return "cuda";
+#endif
+}
+
+int device_count() {
+  int n = 0;
+  if (hipGetDeviceCount(&n) != hipSuccess) {
+    (void)hipGetLastError();  // no driver or no device: not an error, just none
+    return 0;
+  }
+  return n;
+}
+
+std::string device_name(int device) {
+  hipDeviceProp_t p;
+  ATOM_GPU_CHECK(hipGetDeviceProperties(&p, device));
+  return p.name;
+}
+
+void* malloc_bytes(std::size_t bytes) {
+  void* p = nullptr;
+  if (bytes > 0) ATOM_GPU_CHECK(hipMalloc(&p, bytes));
+  return p;
+}
+
+void free_bytes(void* p) noexcept {
+  if (p != nullptr) (void)hipFree(p);
+}
+
+void copy_to_device(void* dst, const void* src, std::size_t bytes) {
+  if (bytes > 0) ATOM_GPU_CHECK(hipMemcpy(dst, src, bytes, hipMemcpyHostToDevice));
+}
+
+void copy_to_host(void* dst, const void* src, std::size_t bytes) {
+  if (bytes > 0) ATOM_GPU_CHECK(hipMemcpy(dst, src, bytes, hipMemcpyDeviceToHost));
+}
+
+void fill_bytes(void* dst, int value, std::size_t bytes) {
+  if (bytes > 0) ATOM_GPU_CHECK(hipMemsetAsync(dst, value, bytes, nullptr));
+}
+
+void synchronize() { ATOM_GPU_CHECK(hipDeviceSynchronize()); }
+
+Timer::Timer() {
+  hipEvent_t a = nullptr;
+  hipEvent_t b = nullptr;
+  ATOM_GPU_CHECK(hipEventCreate(&a));
+  ATOM_GPU_CHECK(hipEventCreate(&b));
+  start_ = a;
+  stop_ = b;
+}
+
+Timer::~Timer() {
+  (void)hipEventDestroy(static_cast<hipEvent_t>(start_));
+  (void)hipEventDestroy(static_cast<hipEvent_t>(stop_));
+}
+
+void Timer::start() { ATOM_GPU_CHECK(hipEventRecord(static_cast<hipEvent_t>(start_), nullptr)); }
+
+float Timer::stop_ms() {
+  ATOM_GPU_CHECK(hipEventRecord(static_cast<hipEvent_t>(stop_), nullptr));
+  ATOM_GPU_CHECK(hipEventSynchronize(static_cast<hipEvent_t>(stop_)));
+  float ms = 0;
+  ATOM_GPU_CHECK(hipEventElapsedTime(&ms, static_cast<hipEvent_t>(start_),
+                                     static_cast<hipEvent_t>(stop_)));
+  return ms;
+}
+
+}  // namespace atom::gpu

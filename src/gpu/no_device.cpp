@@ -1,0 +1,47 @@
+// The host-side GPU API in a build without a GPU backend: no device, and a clear error for any
+// operation that needs one.
+#include "atom/gpu/device.hpp"
+
+namespace atom::gpu {
+
+namespace {
+[[noreturn]] void no_gpu(const char* what) {
+  throw GpuError(std::string(what) +
+                 ": this build has no GPU backend (configure with ATOM_GPU=cuda or hip)");
+}
+}  // namespace
+
+const char* backend_name() {
+  return "none";
+}
+int device_count() {
+  return 0;
+}
+std::string device_name(int) {
+  no_gpu("device_name");
+}
+void* malloc_bytes(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  no_gpu("malloc_bytes");
+}
+void free_bytes(void*) noexcept {}
+void copy_to_device(void*, const void*, std::size_t bytes) {
+  if (bytes > 0) no_gpu("copy_to_device");
+}
+void copy_to_host(void*, const void*, std::size_t bytes) {
+  if (bytes > 0) no_gpu("copy_to_host");
+}
+void fill_bytes(void*, int, std::size_t bytes) {
+  if (bytes > 0) no_gpu("fill_bytes");
+}
+void synchronize() {}
+Timer::Timer() {
+  no_gpu("Timer");
+}
+Timer::~Timer() = default;
+void Timer::start() {}
+float Timer::stop_ms() {
+  return 0;
+}
+
+}  // namespace atom::gpu
