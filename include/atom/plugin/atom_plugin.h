@@ -1,0 +1,233 @@
+/* The atom plugin ABI: how a host inference engine discovers and runs what atom provides.
+ *
+ * A plain C99 header. Nothing of C++ crosses it: opaque handles, fixed-width integers, structs
+ * of plain data, and one table of function pointers. The shared library libatom_plugin.so
+ * exports exactly one symbol, atom_plugin_get_api (ATOM_PLUGIN_ENTRY_POINT); a host dlopens
+ * the library, looks that symbol up and asks for the ABI version it was compiled against.
+ *
+ * Registration honours two variables (read through atom's Config, so their spellings and
+ * errors are those of every other ATOM_* variable):
+ *   ATOM_DISABLE_VLLM_PLUGIN=1            nothing is registered: no models, no attention
+ *                                         backends; every pipeline request is refused.
+ *   ATOM_DISABLE_VLLM_PLUGIN_ATTENTION=1  the models are registered with their MoE pipelines
+ *                                         only; the attention backends are not, so the host
+ *                                         engine's own attention is used (pipelines that
+ *                                         contain attention, "attention" and "layer", are
+ *                                         refused).
+ *
+ * Errors. Every function that can fail returns an atom_plugin_status; ATOM_PLUGIN_OK is 0. On
+ * failure api->last_error() returns a message naming what was wrong (the argument, the buffer,
+ * the variable); it is per thread and stays valid until the next call on that thread. Bad input
+ * never crashes: null pointers, short buffers, unknown names and out-of-range batch data are
+ * reported before anything is written.
+ *
+ * Strings returned in the info structs are owned by the plugin: those of registrations and
+ * models live as long as the library is loaded, those of a pipeline until it is destroyed.
+ *
+ * Weights. A pipeline owns its weights. In this ABI version they are deterministic random
+ * weights generated from a seed (as atom's tests and atom-run use them), which makes a run
+ * reproducible bit for bit; loading checkpoint weights goes through atom's io layer (C++) and
+ * is not part of this ABI version.
+ *
+ * Streams. run() takes a `stream` pointer owned by the host (a hipStream_t or cudaStream_t
+ * for device backends). The host (CPU) backend, the only one in this build, runs synchronously
+ * on the calling thread and ignores it; NULL is accepted.
+ *
+ * Threads. Registrations are immutable and may be shared between threads. A pipeline holds
+ * scratch memory: run one pipeline from one thread at a time.
+ */
+#ifndef ATOM_PLUGIN_H
+#define ATOM_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any change to the structs or the function table below. */
+#define ATOM_PLUGIN_ABI_VERSION 1u
+#define ATOM_PLUGIN_ENTRY_POINT "atom_plugin_get_api"
+
+typedef int32_t atom_plugin_status;
+#define ATOM_PLUGIN_OK 0
+#define ATOM_PLUGIN_ERROR_ABI_VERSION 1          /* the requested ABI version is not provided */
+#define ATOM_PLUGIN_ERROR_NULL_POINTER 2         /* a required pointer is NULL */
+#define ATOM_PLUGIN_ERROR_INVALID_ARGUMENT 3     /* a value is out of range or inconsistent */
+#define ATOM_PLUGIN_ERROR_BUFFER_TOO_SMALL 4     /* a buffer holds fewer elements than needed */
+#define ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE 5 /* no model serves that architecture */
+#define ATOM_PLUGIN_ERROR_UNKNOWN_NAME 6         /* unknown pipeline kind, preset or setting */
+#define ATOM_PLUGIN_ERROR_CONFIG 7               /* an ATOM_* value does not parse */
+#define ATOM_PLUGIN_ERROR_NOT_REGISTERED 8       /* disabled by ATOM_DISABLE_VLLM_PLUGIN* */
+#define ATOM_PLUGIN_ERROR_NO_INSTANCE 9          /* this build has no instantiation for it */
+#define ATOM_PLUGIN_ERROR_OUT_OF_MEMORY 10
+#define ATOM_PLUGIN_ERROR_INTERNAL 11
+
+typedef struct atom_plugin_registration atom_plugin_registration;
+typedef struct atom_plugin_pipeline atom_plugin_pipeline;
+
+typedef struct atom_plugin_registration_info {
+  int32_t plugin_enabled;    /* 0 when ATOM_DISABLE_VLLM_PLUGIN is set */
+  int32_t attention_enabled; /* 0 when either variable is set */
+  size_t model_count;
+  size_t attention_backend_count;
+  /* Warnings while reading the settings (unknown ATOM_* names), one per line; "" if none. */
+  const char* warnings;
+} atom_plugin_registration_info;
+
+/* A model: which pipelines serve a Hugging Face architecture. A pipeline name is NULL when
+ * that kind is not registered (the attention-bearing kinds under
+ * ATOM_DISABLE_VLLM_PLUGIN_ATTENTION). */
+typedef struct atom_plugin_model {
+  const char* architecture;       /* "DeepseekV3ForCausalLM", "Qwen3MoeForCausalLM" */
+  const char* layer_pipeline;     /* kind "layer": attention then MoE, e.g. "ds_layer" */
+  const char* attention_pipeline; /* kind "attention", e.g. "mla_attention" */
+  const char* moe_pipeline;       /* kind "moe": "moe_block" */
+  const char* attention_backend;  /* name of its attention backend, NULL if not registered */
+  const char* const* presets;     /* model presets a pipeline can be created from */
+  size_t preset_count;
+} atom_plugin_model;
+
+typedef struct atom_plugin_attention_backend {
+  const char* name;         /* "mla", "paged_gqa" */
+  const char* pipeline;     /* "mla_attention", "qwen3_attention" */
+  const char* cache_layout; /* the KV cache it reads and writes, in words */
+} atom_plugin_attention_backend;
+
+typedef int32_t atom_plugin_cache_kind;
+#define ATOM_PLUGIN_CACHE_NONE 0       /* the MoE block reads no cache */
+#define ATOM_PLUGIN_CACHE_MLA_LATENT 1 /* bf16 [num_blocks, block_size, kv_lora + rope] */
+#define ATOM_PLUGIN_CACHE_FP8_KV 2     /* fp8 e4m3 key/value, float scale per token and head */
+
+typedef struct atom_plugin_pipeline_info {
+  const char* architecture;
+  const char* kind;     /* "layer", "attention" or "moe" */
+  const char* preset;   /* "deepseek-v3-tiny", ... */
+  const char* pipeline; /* "ds_layer", ... */
+  const char* instance; /* the instantiation the settings selected */
+  const char* backend;  /* "host" */
+  int64_t hidden;
+  int64_t block_size;   /* tokens per KV-cache block */
+  int64_t max_position; /* positions must be below it */
+  atom_plugin_cache_kind cache_kind;
+  int64_t cache_row;      /* MLA: kv_lora + rope per slot; FP8 KV: kv_heads * head_dim */
+  int64_t cache_kv_heads; /* FP8 KV only, else 0 */
+  int64_t cache_head_dim; /* FP8 KV only, else 0 */
+} atom_plugin_pipeline_info;
+
+/* The size of a decode batch: `tokens` tokens, each with its own context, a block table of
+ * `max_blocks_per_token` columns and a cache of `num_blocks` blocks. */
+typedef struct atom_plugin_batch_shape {
+  int64_t tokens;
+  int64_t max_blocks_per_token; /* ignored by the "moe" kind */
+  int64_t num_blocks;           /* ignored by the "moe" kind */
+} atom_plugin_batch_shape;
+
+/* Element counts each buffer of atom_plugin_run_args needs; 0 for buffers the kind does not
+ * read. */
+typedef struct atom_plugin_buffer_sizes {
+  size_t x, residual, out;          /* bf16 */
+  size_t positions, slots;          /* int64 */
+  size_t block_table, context_lens; /* int32 */
+  size_t mla_cache;                 /* bf16 */
+  size_t key_cache, value_cache;    /* fp8 e4m3 codes, one byte each */
+  size_t key_scale, value_scale;    /* float */
+} atom_plugin_buffer_sizes;
+
+/* One run on host-owned memory. bf16 values are passed as their 16 bits. Each pointer comes
+ * with the number of elements it holds; buffers a kind does not read may be NULL.
+ *   x            [tokens, hidden]  the previous block's output
+ *   residual     [tokens, hidden]  the residual stream, updated in place to x + residual
+ *   out          [tokens, hidden]  this block's output
+ *   positions    [tokens]          position of each decoded token
+ *   slots        [tokens]          cache slot it writes (block * block_size + offset), -1 none
+ *   block_table  [tokens, max_blocks_per_token]  cache blocks of each token's context
+ *   context_lens [tokens]          context length including the token itself
+ * and the cache of the pipeline's cache_kind (written at `slots`):
+ *   mla_cache    [num_blocks, block_size, kv_lora + rope]
+ *   key_cache, value_cache  [num_blocks, block_size, kv_heads, head_dim]
+ *   key_scale, value_scale  [num_blocks, block_size, kv_heads] */
+typedef struct atom_plugin_run_args {
+  atom_plugin_batch_shape shape;
+  const uint16_t* x;
+  size_t x_count;
+  uint16_t* residual;
+  size_t residual_count;
+  uint16_t* out;
+  size_t out_count;
+  const int64_t* positions;
+  size_t positions_count;
+  const int64_t* slots;
+  size_t slots_count;
+  const int32_t* block_table;
+  size_t block_table_count;
+  const int32_t* context_lens;
+  size_t context_lens_count;
+  uint16_t* mla_cache;
+  size_t mla_cache_count;
+  uint8_t* key_cache;
+  size_t key_cache_count;
+  uint8_t* value_cache;
+  size_t value_cache_count;
+  float* key_scale;
+  size_t key_scale_count;
+  float* value_scale;
+  size_t value_scale_count;
+} atom_plugin_run_args;
+
+typedef struct atom_plugin_api {
+  uint32_t abi_version; /* ATOM_PLUGIN_ABI_VERSION of the plugin */
+  uint32_t struct_size; /* sizeof(atom_plugin_api) of the plugin */
+
+  /* The message of the last failed call on this thread ("" if none). */
+  const char* (*last_error)(void);
+
+  /* Reads the settings and registers what they allow. `settings` is NULL to read the process
+   * environment, or a NULL-terminated list of name/value pairs, e.g.
+   * {"ATOM_DISABLE_VLLM_PLUGIN_ATTENTION", "1", NULL}, read instead of the environment (names
+   * not given take their defaults; unknown or repeated names are errors). Invalid values give
+   * ATOM_PLUGIN_ERROR_CONFIG naming each variable. Release with release_registration. */
+  atom_plugin_status (*register_plugin)(const char* const* settings,
+                                        atom_plugin_registration** out);
+  void (*release_registration)(atom_plugin_registration* registration); /* NULL is a no-op */
+  atom_plugin_status (*registration_info)(const atom_plugin_registration* registration,
+                                          atom_plugin_registration_info* out);
+  atom_plugin_status (*model)(const atom_plugin_registration* registration, size_t index,
+                              atom_plugin_model* out);
+  atom_plugin_status (*attention_backend)(const atom_plugin_registration* registration,
+                                          size_t index, atom_plugin_attention_backend* out);
+
+  /* A pipeline of `kind` ("layer", "attention" or "moe") for `architecture`, with the
+   * dimensions of model `preset` and weights generated from `seed`, running the instantiation
+   * the registration's settings select. Independent of the registration once created. */
+  atom_plugin_status (*create_pipeline)(const atom_plugin_registration* registration,
+                                        const char* architecture, const char* kind,
+                                        const char* preset, uint64_t seed,
+                                        atom_plugin_pipeline** out);
+  void (*destroy_pipeline)(atom_plugin_pipeline* pipeline); /* NULL is a no-op */
+  atom_plugin_status (*pipeline_info)(const atom_plugin_pipeline* pipeline,
+                                      atom_plugin_pipeline_info* out);
+  atom_plugin_status (*buffer_sizes)(const atom_plugin_pipeline* pipeline,
+                                     const atom_plugin_batch_shape* shape,
+                                     atom_plugin_buffer_sizes* out);
+  /* Runs once. Checks every pointer, count and batch entry before writing anything. */
+  atom_plugin_status (*run)(atom_plugin_pipeline* pipeline, const atom_plugin_run_args* args,
+                            void* stream);
+} atom_plugin_api;
+
+/* The entry point. Sets *api to the function table of `abi_version`, or returns
+ * ATOM_PLUGIN_ERROR_ABI_VERSION when this plugin does not provide it. When `error` is not NULL
+ * it receives the failure's message (plugin-owned, valid until the next call on this thread),
+ * since the table that would offer last_error is not handed out on a mismatch. */
+typedef atom_plugin_status (*atom_plugin_get_api_fn)(uint32_t abi_version,
+                                                     const atom_plugin_api** api,
+                                                     const char** error);
+atom_plugin_status atom_plugin_get_api(uint32_t abi_version, const atom_plugin_api** api,
+                                       const char** error);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATOM_PLUGIN_H */

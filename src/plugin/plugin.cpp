@@ -1,0 +1,569 @@
+// libatom_plugin.so: the C ABI of atom_plugin.h over the dispatch table and the host pipelines.
+// Every entry point catches everything: a host sees a status and a message, never an exception.
+#include "atom/plugin/atom_plugin.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "atom/dispatch/dispatch.hpp"
+#include "atom/pipeline/storage.hpp"
+#include "atom/plugin/models.hpp"
+
+using namespace atom;
+using policy::PipelineId;
+
+struct atom_plugin_registration {
+  plugin::Registration allowed;
+  env::Config config;
+  std::string warnings;
+};
+
+namespace {
+
+using AnyHandle =
+    std::variant<dispatch::Handle<PipelineId::mla_attention>,
+                 dispatch::Handle<PipelineId::moe_block>,
+                 dispatch::Handle<PipelineId::qwen3_attention>,
+                 dispatch::Handle<PipelineId::ds_layer>, dispatch::Handle<PipelineId::qwen3_layer>>;
+
+AnyHandle resolve_handle(PipelineId p, const env::Config& c) {
+  constexpr auto host = policy::BackendId::host;
+  switch (p) {
+    case PipelineId::mla_attention:
+      return dispatch::resolve<PipelineId::mla_attention>(c, host);
+    case PipelineId::moe_block:
+      return dispatch::resolve<PipelineId::moe_block>(c, host);
+    case PipelineId::qwen3_attention:
+      return dispatch::resolve<PipelineId::qwen3_attention>(c, host);
+    case PipelineId::ds_layer:
+      return dispatch::resolve<PipelineId::ds_layer>(c, host);
+    case PipelineId::qwen3_layer:
+      return dispatch::resolve<PipelineId::qwen3_layer>(c, host);
+  }
+  throw std::logic_error("unhandled pipeline id");
+}
+
+}  // namespace
+
+struct atom_plugin_pipeline {
+  const plugin::ModelSpec* spec = nullptr;
+  plugin::Kind kind = plugin::Kind::layer;
+  PipelineId id = PipelineId::ds_layer;
+  pipeline::ModelConfig model;
+  std::unique_ptr<pipeline::LayerWeights> weights;
+  std::int64_t dual_stream_threshold = 0;
+  AnyHandle handle;
+  std::string instance;
+  pipeline::Workspace workspace;
+  std::vector<bf16> intermediate;  // a layer's attention output, the MoE block's input
+};
+
+namespace {
+
+thread_local std::string last_error_text;
+
+// A failure with the status the host sees; thrown inside an entry point, caught at its edge.
+struct Failure {
+  atom_plugin_status status;
+  std::string message;
+};
+
+[[noreturn]] void raise(atom_plugin_status status, std::string message) {
+  throw Failure{status, std::move(message)};
+}
+
+template <class T>
+void require(const T* p, std::string_view name) {
+  if (p == nullptr)
+    raise(ATOM_PLUGIN_ERROR_NULL_POINTER, "argument '" + std::string(name) + "' is NULL");
+}
+
+std::string joined(const std::vector<std::string>& lines, std::string_view sep) {
+  std::string out;
+  for (const auto& l : lines) out += (out.empty() ? "" : std::string(sep)) + l;
+  return out;
+}
+
+template <class F>
+atom_plugin_status guarded(std::string_view function, F&& body) noexcept {
+  auto fail = [&](atom_plugin_status s, std::string_view what) noexcept {
+    try {
+      last_error_text = std::string(function) + ": " + std::string(what);
+    } catch (...) {
+      last_error_text.clear();
+    }
+    return s;
+  };
+  try {
+    body();
+    return ATOM_PLUGIN_OK;
+  } catch (const Failure& e) {
+    return fail(e.status, e.message);
+  } catch (const env::ConfigError& e) {
+    return fail(ATOM_PLUGIN_ERROR_CONFIG, joined(e.errors(), "; "));
+  } catch (const dispatch::DispatchError& e) {
+    return fail(ATOM_PLUGIN_ERROR_NO_INSTANCE, e.what());
+  } catch (const std::invalid_argument& e) {
+    return fail(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(ATOM_PLUGIN_ERROR_OUT_OF_MEMORY, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(ATOM_PLUGIN_ERROR_INTERNAL, e.what());
+  } catch (...) {
+    return fail(ATOM_PLUGIN_ERROR_INTERNAL, "unknown exception");
+  }
+}
+
+const char* last_error() {
+  return last_error_text.c_str();
+}
+
+// The name/value list of register_plugin, checked against the registry.
+env::Environment settings_environment(const char* const* settings) {
+  env::Environment e;
+  for (std::size_t i = 0; settings[i] != nullptr; i += 2) {
+    const std::string_view name = settings[i];
+    if (settings[i + 1] == nullptr)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "settings[" + std::to_string(i) + "] = '" + env::printable(name) +
+                "' has no value; the list holds name/value pairs and ends with NULL");
+    const bool known = std::any_of(env::registry.begin(), env::registry.end(),
+                                   [&](const env::VarSpec& s) { return s.name == name; });
+    if (!known) {
+      std::string msg =
+          "settings[" + std::to_string(i) + "]: unknown variable '" + env::printable(name) + "'";
+      if (auto near = env::nearest_name(name)) msg += "; did you mean " + std::string(*near) + "?";
+      raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME, msg);
+    }
+    if (!e.emplace(std::string(name), settings[i + 1]).second)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "settings[" + std::to_string(i) + "]: " + std::string(name) + " is given twice");
+  }
+  return e;
+}
+
+atom_plugin_status register_plugin(const char* const* settings, atom_plugin_registration** out) {
+  if (out != nullptr) *out = nullptr;
+  return guarded("register_plugin", [&] {
+    require(out, "out");
+    const env::Environment environment =
+        settings == nullptr ? env::process_environment() : settings_environment(settings);
+    env::Reading reading = env::Config::read(environment);
+    if (!reading.config) raise(ATOM_PLUGIN_ERROR_CONFIG, joined(reading.errors, "; "));
+    auto r = std::make_unique<atom_plugin_registration>(
+        atom_plugin_registration{plugin::registration_from(*reading.config), *reading.config,
+                                 joined(reading.warnings, "\n")});
+    *out = r.release();
+  });
+}
+
+void release_registration(atom_plugin_registration* r) {
+  delete r;
+}
+
+atom_plugin_status registration_info(const atom_plugin_registration* r,
+                                     atom_plugin_registration_info* out) {
+  return guarded("registration_info", [&] {
+    require(r, "registration");
+    require(out, "out");
+    *out = {r->allowed.plugin ? 1 : 0, r->allowed.attention ? 1 : 0, r->allowed.model_count(),
+            r->allowed.attention_backend_count(), r->warnings.c_str()};
+  });
+}
+
+void expect_index(std::size_t index, std::size_t count, std::string_view what,
+                  const atom_plugin_registration& r) {
+  if (index < count) return;
+  std::string why = "index " + std::to_string(index) + " is not below the " +
+                    std::to_string(count) + " registered " + std::string(what);
+  if (!r.allowed.plugin)
+    why += " (ATOM_DISABLE_VLLM_PLUGIN is set)";
+  else if (what == "attention backends" && !r.allowed.attention)
+    why += " (ATOM_DISABLE_VLLM_PLUGIN_ATTENTION is set)";
+  raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, why);
+}
+
+atom_plugin_status model(const atom_plugin_registration* r, std::size_t index,
+                         atom_plugin_model* out) {
+  return guarded("model", [&] {
+    require(r, "registration");
+    require(out, "out");
+    expect_index(index, r->allowed.model_count(), "models", *r);
+    const plugin::ModelSpec& m = plugin::models[index];
+    auto name_of = [&](plugin::Kind k) {
+      return r->allowed.serves(k) ? m.pipeline_names[static_cast<std::size_t>(k)] : nullptr;
+    };
+    *out = {m.architecture,
+            name_of(plugin::Kind::layer),
+            name_of(plugin::Kind::attention),
+            name_of(plugin::Kind::moe),
+            r->allowed.attention ? plugin::attention_backends[m.attention_backend].name : nullptr,
+            m.presets.data(),
+            m.presets.size()};
+  });
+}
+
+atom_plugin_status attention_backend(const atom_plugin_registration* r, std::size_t index,
+                                     atom_plugin_attention_backend* out) {
+  return guarded("attention_backend", [&] {
+    require(r, "registration");
+    require(out, "out");
+    expect_index(index, r->allowed.attention_backend_count(), "attention backends", *r);
+    const auto& b = plugin::attention_backends[index];
+    *out = {b.name, b.pipeline_name, b.cache_layout};
+  });
+}
+
+std::string known_architectures() {
+  std::string s;
+  for (const auto& m : plugin::models) s += (s.empty() ? "" : ", ") + std::string(m.architecture);
+  return s;
+}
+
+atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char* architecture,
+                                   const char* kind, const char* preset, std::uint64_t seed,
+                                   atom_plugin_pipeline** out) {
+  if (out != nullptr) *out = nullptr;
+  return guarded("create_pipeline", [&] {
+    require(r, "registration");
+    require(architecture, "architecture");
+    require(kind, "kind");
+    require(preset, "preset");
+    require(out, "out");
+    const plugin::ModelSpec* spec = plugin::find_model(architecture);
+    if (spec == nullptr)
+      raise(ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE, "unknown architecture '" +
+                                                        env::printable(architecture) +
+                                                        "'; atom serves " + known_architectures());
+    const auto k = plugin::kind_from(kind);
+    if (!k)
+      raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME, "unknown pipeline kind '" + env::printable(kind) +
+                                                "'; expected layer, attention or moe");
+    if (!r->allowed.plugin)
+      raise(ATOM_PLUGIN_ERROR_NOT_REGISTERED, std::string(spec->architecture) +
+                                                  " is not registered: ATOM_DISABLE_VLLM_PLUGIN "
+                                                  "is set, so atom registers nothing");
+    if (!r->allowed.serves(*k))
+      raise(ATOM_PLUGIN_ERROR_NOT_REGISTERED,
+            "the " + std::string(kind) + " pipeline of " + spec->architecture +
+                " contains attention, and ATOM_DISABLE_VLLM_PLUGIN_ATTENTION is set: the host "
+                "engine's attention is used; only the moe kind is registered");
+    const auto preset_it =
+        std::find_if(spec->presets.begin(), spec->presets.end(),
+                     [&](const char* p) { return std::string_view(p) == preset; });
+    if (preset_it == spec->presets.end())
+      raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME,
+            "preset '" + env::printable(preset) + "' is not a model of " + spec->architecture +
+                "; expected " + spec->presets[0] + " or " + spec->presets[1]);
+
+    const PipelineId id = plugin::pipeline_of(*spec, *k);
+    auto p = std::make_unique<atom_plugin_pipeline>(
+        atom_plugin_pipeline{spec,
+                             *k,
+                             id,
+                             pipeline::preset(*preset_it),
+                             nullptr,
+                             r->config.get<env::Var::dual_stream_moe_token_threshold>(),
+                             resolve_handle(id, r->config),
+                             {},
+                             {},
+                             {}});
+    p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
+    p->weights = std::make_unique<pipeline::LayerWeights>(p->model, seed);
+    *out = p.release();
+  });
+}
+
+void destroy_pipeline(atom_plugin_pipeline* p) {
+  delete p;
+}
+
+bool reads_batch(PipelineId id) {
+  return id != PipelineId::moe_block;
+}
+
+atom_plugin_cache_kind cache_kind_of(const atom_plugin_pipeline& p) {
+  if (!reads_batch(p.id)) return ATOM_PLUGIN_CACHE_NONE;
+  return p.model.attention == pipeline::AttentionKind::mla ? ATOM_PLUGIN_CACHE_MLA_LATENT
+                                                           : ATOM_PLUGIN_CACHE_FP8_KV;
+}
+
+index_t cache_row(const pipeline::ModelConfig& m) {
+  return m.attention == pipeline::AttentionKind::mla ? m.kv_lora_rank + m.qk_rope_dim
+                                                     : m.num_kv_heads * m.head_dim;
+}
+
+atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipeline_info* out) {
+  return guarded("pipeline_info", [&] {
+    require(p, "pipeline");
+    require(out, "out");
+    const bool fp8 = cache_kind_of(*p) == ATOM_PLUGIN_CACHE_FP8_KV;
+    *out = {p->spec->architecture,
+            plugin::kind_name(p->kind),
+            p->model.name.c_str(),
+            p->spec->pipeline_names[static_cast<std::size_t>(p->kind)],
+            p->instance.c_str(),
+            "host",
+            p->model.hidden,
+            p->model.block_size,
+            p->model.max_position,
+            cache_kind_of(*p),
+            cache_kind_of(*p) == ATOM_PLUGIN_CACHE_NONE ? 0 : cache_row(p->model),
+            fp8 ? p->model.num_kv_heads : 0,
+            fp8 ? p->model.head_dim : 0};
+  });
+}
+
+// Bounds that keep every element count below 2^63 for any model, so no size computation
+// overflows; far beyond what a host can allocate anyway.
+constexpr std::int64_t max_tokens = std::int64_t{1} << 24;
+constexpr std::int64_t max_blocks_per_token = std::int64_t{1} << 24;
+constexpr std::int64_t max_num_blocks = std::numeric_limits<std::int32_t>::max();
+
+void expect_extent(std::string_view name, std::int64_t v, std::int64_t max) {
+  if (v < 1 || v > max)
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "shape." + std::string(name) + " is " +
+                                                  std::to_string(v) + ", expected 1.." +
+                                                  std::to_string(max));
+}
+
+atom_plugin_buffer_sizes sizes_for(const atom_plugin_pipeline& p,
+                                   const atom_plugin_batch_shape& s) {
+  expect_extent("tokens", s.tokens, max_tokens);
+  const auto t = static_cast<std::size_t>(s.tokens);
+  const auto act = t * static_cast<std::size_t>(p.model.hidden);
+  atom_plugin_buffer_sizes z{};
+  z.x = z.residual = z.out = act;
+  if (!reads_batch(p.id)) return z;
+  expect_extent("max_blocks_per_token", s.max_blocks_per_token, max_blocks_per_token);
+  expect_extent("num_blocks", s.num_blocks, max_num_blocks);
+  z.positions = z.slots = z.context_lens = t;
+  z.block_table = t * static_cast<std::size_t>(s.max_blocks_per_token);
+  const auto slots = static_cast<std::size_t>(s.num_blocks * p.model.block_size);
+  if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT) {
+    z.mla_cache = slots * static_cast<std::size_t>(cache_row(p.model));
+  } else {
+    z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p.model));
+    z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.model.num_kv_heads);
+  }
+  return z;
+}
+
+atom_plugin_status buffer_sizes(const atom_plugin_pipeline* p, const atom_plugin_batch_shape* s,
+                                atom_plugin_buffer_sizes* out) {
+  return guarded("buffer_sizes", [&] {
+    require(p, "pipeline");
+    require(s, "shape");
+    require(out, "out");
+    *out = sizes_for(*p, *s);
+  });
+}
+
+// One host buffer of run's arguments, for the pointer, size and overlap checks.
+struct Buffer {
+  const char* name;
+  const void* data;
+  std::size_t count;
+  std::size_t element_size;
+  std::size_t needed;
+  const char* layout;
+  bool written;
+};
+
+void expect_buffers(const std::vector<Buffer>& buffers) {
+  for (const auto& b : buffers) {
+    if (b.needed == 0) continue;
+    if (b.data == nullptr)
+      raise(ATOM_PLUGIN_ERROR_NULL_POINTER, "args." + std::string(b.name) + " is NULL");
+    if (b.count < b.needed)
+      raise(ATOM_PLUGIN_ERROR_BUFFER_TOO_SMALL,
+            "args." + std::string(b.name) + " holds " + std::to_string(b.count) + " elements; " +
+                b.layout + " needs " + std::to_string(b.needed));
+  }
+  // A buffer the run writes must not alias any other, or the run would read what it has written.
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    for (std::size_t j = i + 1; j < buffers.size(); ++j) {
+      const Buffer& a = buffers[i];
+      const Buffer& b = buffers[j];
+      if (a.needed == 0 || b.needed == 0 || !(a.written || b.written)) continue;
+      const auto a0 = reinterpret_cast<std::uintptr_t>(a.data);
+      const auto b0 = reinterpret_cast<std::uintptr_t>(b.data);
+      if (a0 < b0 + b.needed * b.element_size && b0 < a0 + a.needed * a.element_size)
+        raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+              "args." + std::string(a.name) + " overlaps args." + b.name);
+    }
+  }
+}
+
+// Every entry a run will index, checked before anything is written.
+void expect_batch(const atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
+  const auto& s = a.shape;
+  const std::int64_t bs = p.model.block_size;
+  const std::int64_t max_context = std::min(p.model.max_position, s.max_blocks_per_token * bs);
+  const std::int64_t capacity = s.num_blocks * bs;
+  std::set<std::int64_t> written;
+  for (std::int64_t t = 0; t < s.tokens; ++t) {
+    // Messages are built only on failure: this loop runs on every call.
+    auto entry = [t](const char* name) {
+      return "args." + std::string(name) + "[" + std::to_string(t) + "]";
+    };
+    const std::int64_t len = a.context_lens[t];
+    if (len < 1 || len > max_context)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            entry("context_lens") + " is " + std::to_string(len) + ", expected 1.." +
+                std::to_string(max_context) + " (max_position " +
+                std::to_string(p.model.max_position) + ", " +
+                std::to_string(s.max_blocks_per_token) + " blocks of " + std::to_string(bs) +
+                " per token)");
+    const std::int64_t pos = a.positions[t];
+    if (pos < 0 || pos >= p.model.max_position)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, entry("positions") + " is " + std::to_string(pos) +
+                                                    ", expected 0.." +
+                                                    std::to_string(p.model.max_position - 1));
+    for (std::int64_t b = 0; b < (len + bs - 1) / bs; ++b) {
+      const std::int32_t id = a.block_table[t * s.max_blocks_per_token + b];
+      if (id < 0 || id >= s.num_blocks)
+        raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+              "args.block_table[" + std::to_string(t) + ", " + std::to_string(b) + "] is " +
+                  std::to_string(id) + ", outside the cache's " + std::to_string(s.num_blocks) +
+                  " blocks");
+    }
+    const std::int64_t slot = a.slots[t];
+    if (slot == -1) continue;
+    if (slot < 0 || slot >= capacity)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, entry("slots") + " is " + std::to_string(slot) +
+                                                    ", expected -1 or 0.." +
+                                                    std::to_string(capacity - 1));
+    if (!written.insert(slot).second)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            entry("slots") + " is " + std::to_string(slot) + ", written by an earlier token");
+  }
+}
+
+template <PipelineId P>
+pipeline::RunArgs<P> run_args(atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
+  const index_t t = a.shape.tokens;
+  const index_t h = p.model.hidden;
+  const pipeline::BlockIo io{&p.model,
+                             pipeline::TpShape{},
+                             make_view(reinterpret_cast<const bf16*>(a.x), t, h),
+                             make_view(reinterpret_cast<bf16*>(a.residual), t, h),
+                             make_view(reinterpret_cast<bf16*>(a.out), t, h),
+                             &p.workspace};
+  if constexpr (P == PipelineId::moe_block) {
+    return pipeline::MoeArgs{io, &p.weights->moe(), p.dual_stream_threshold};
+  } else {
+    const pipeline::DecodeBatch batch{make_view(a.positions, t), make_view(a.slots, t),
+                                      make_view(a.block_table, t, a.shape.max_blocks_per_token),
+                                      make_view(a.context_lens, t)};
+    const index_t blocks = a.shape.num_blocks;
+    const index_t bs = p.model.block_size;
+    auto attention = [&](const pipeline::BlockIo& block_io) {
+      if constexpr (P == PipelineId::mla_attention || P == PipelineId::ds_layer) {
+        return pipeline::MlaArgs{
+            block_io, &p.weights->mla(), batch,
+            make_view(reinterpret_cast<bf16*>(a.mla_cache), blocks, bs, cache_row(p.model))};
+      } else {
+        const index_t kvh = p.model.num_kv_heads;
+        const index_t d = p.model.head_dim;
+        const ops::KvCacheFp8 cache{
+            make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
+            make_view(reinterpret_cast<fp8_e4m3*>(a.value_cache), blocks, bs, kvh, d),
+            make_view(a.key_scale, blocks, bs, kvh), make_view(a.value_scale, blocks, bs, kvh)};
+        return pipeline::Qwen3AttentionArgs{block_io, &p.weights->qwen3(), batch, cache};
+      }
+    };
+    if constexpr (P == PipelineId::mla_attention || P == PipelineId::qwen3_attention) {
+      return attention(io);
+    } else {
+      p.intermediate.resize(static_cast<std::size_t>(t * h));
+      pipeline::BlockIo attention_io = io;
+      attention_io.out = make_view(p.intermediate.data(), t, h);
+      return pipeline::RunArgs<P>{attention(attention_io), &p.weights->moe(),
+                                  p.dual_stream_threshold, io.out};
+    }
+  }
+}
+
+atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, void* stream) {
+  // The host backend runs synchronously on the calling thread; device backends take the stream.
+  static_cast<void>(stream);
+  return guarded("run", [&] {
+    require(p, "pipeline");
+    require(a, "args");
+    const atom_plugin_buffer_sizes n = sizes_for(*p, a->shape);
+    const std::string act = "[tokens, hidden] = [" + std::to_string(a->shape.tokens) + ", " +
+                            std::to_string(p->model.hidden) + "]";
+    const std::string per_token = "[tokens] = [" + std::to_string(a->shape.tokens) + "]";
+    const std::string table = "[tokens, max_blocks_per_token] = [" +
+                              std::to_string(a->shape.tokens) + ", " +
+                              std::to_string(a->shape.max_blocks_per_token) + "]";
+    const std::string cache = "[num_blocks, block_size, ...] = [" +
+                              std::to_string(a->shape.num_blocks) + ", " +
+                              std::to_string(p->model.block_size) + ", ...]";
+    const char* c = cache.c_str();
+    expect_buffers(
+        {{"x", a->x, a->x_count, 2, n.x, act.c_str(), false},
+         {"residual", a->residual, a->residual_count, 2, n.residual, act.c_str(), true},
+         {"out", a->out, a->out_count, 2, n.out, act.c_str(), true},
+         {"positions", a->positions, a->positions_count, 8, n.positions, per_token.c_str(), false},
+         {"slots", a->slots, a->slots_count, 8, n.slots, per_token.c_str(), false},
+         {"block_table", a->block_table, a->block_table_count, 4, n.block_table, table.c_str(),
+          false},
+         {"context_lens", a->context_lens, a->context_lens_count, 4, n.context_lens,
+          per_token.c_str(), false},
+         {"mla_cache", a->mla_cache, a->mla_cache_count, 2, n.mla_cache, c, true},
+         {"key_cache", a->key_cache, a->key_cache_count, 1, n.key_cache, c, true},
+         {"value_cache", a->value_cache, a->value_cache_count, 1, n.value_cache, c, true},
+         {"key_scale", a->key_scale, a->key_scale_count, 4, n.key_scale, c, true},
+         {"value_scale", a->value_scale, a->value_scale_count, 4, n.value_scale, c, true}});
+    if (reads_batch(p->id)) expect_batch(*p, *a);
+    std::visit(
+        [&]<PipelineId P>(const dispatch::Handle<P>& h) {
+          const auto args = run_args<P>(*p, *a);
+          h(args);
+        },
+        p->handle);
+    p->workspace.reset();
+  });
+}
+
+constexpr atom_plugin_api api_v1{ATOM_PLUGIN_ABI_VERSION,
+                                 sizeof(atom_plugin_api),
+                                 last_error,
+                                 register_plugin,
+                                 release_registration,
+                                 registration_info,
+                                 model,
+                                 attention_backend,
+                                 create_pipeline,
+                                 destroy_pipeline,
+                                 pipeline_info,
+                                 buffer_sizes,
+                                 run};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) atom_plugin_status atom_plugin_get_api(
+    std::uint32_t abi_version, const atom_plugin_api** api, const char** error) {
+  if (api != nullptr) *api = nullptr;
+  const atom_plugin_status s = guarded("atom_plugin_get_api", [&] {
+    require(api, "api");
+    if (abi_version != ATOM_PLUGIN_ABI_VERSION)
+      raise(ATOM_PLUGIN_ERROR_ABI_VERSION,
+            "the host asks for ABI version " + std::to_string(abi_version) +
+                "; this plugin provides version " + std::to_string(ATOM_PLUGIN_ABI_VERSION));
+    *api = &api_v1;
+  });
+  if (error != nullptr) *error = s == ATOM_PLUGIN_OK ? "" : last_error_text.c_str();
+  return s;
+}
