@@ -1,12 +1,14 @@
 #include "atom/dist/rendezvous.hpp"
 
 #include <algorithm>
-#include <boost/asio.hpp>
 #include <cstring>
 #include <map>
 #include <optional>
 #include <thread>
 #include <utility>
+
+// After <utility>: this Boost release's asio uses std::exchange without including it.
+#include <boost/asio.hpp>
 
 namespace atom::dist {
 
