@@ -3,11 +3,12 @@
  * input of every kind, and runs of tiny layers.
  *
  *   plugin_abi_test <libatom_plugin.so> registration <plugin 0|1> <attention 0|1>
- *   plugin_abi_test <libatom_plugin.so> settings | invalid-env | version | bad-input | run
+ *   plugin_abi_test <libatom_plugin.so> settings | invalid-env | env-warning | version |
+ *                                       bad-input | run
  *
  * `registration` reads the process environment (ctest sets it per test) and checks that what is
  * registered is what the flags say; `invalid-env` expects ATOM_DISABLE_VLLM_PLUGIN to hold a
- * value that does not parse. */
+ * value that does not parse, `env-warning` ATOM_DISABLE_VLLM_PLUGN (a misspelt name) to be set. */
 #define _POSIX_C_SOURCE 200809L
 
 #include <dlfcn.h>
@@ -180,10 +181,28 @@ static void test_settings(void) {
 }
 
 static void test_invalid_env(void) {
+  const char* const defaults[1] = {NULL};
   atom_plugin_registration* r = (atom_plugin_registration*)&r;
   CHECK_FAILS(api->register_plugin(NULL, &r), ATOM_PLUGIN_ERROR_CONFIG, "ATOM_DISABLE_VLLM_PLUGIN");
   CHECK(r == NULL);
   CHECK(strstr(api->last_error(), "true/false") != NULL);
+  /* Explicit settings do not read the environment. */
+  CHECK_OK(api->register_plugin(defaults, &r));
+  if (r != NULL) check_registration(r, 1, 1);
+  api->release_registration(r);
+}
+
+/* An unknown ATOM_* name in the environment is a warning the host can read, not an error. */
+static void test_env_warning(void) {
+  atom_plugin_registration* r = NULL;
+  atom_plugin_registration_info info;
+  CHECK_OK(api->register_plugin(NULL, &r));
+  if (r == NULL) return;
+  CHECK_OK(api->registration_info(r, &info));
+  CHECK(strstr(info.warnings, "unknown variable ATOM_DISABLE_VLLM_PLUGN is ignored") != NULL);
+  CHECK(strstr(info.warnings, "did you mean ATOM_DISABLE_VLLM_PLUGIN?") != NULL);
+  check_registration(r, 1, 1);
+  api->release_registration(r);
 }
 
 static void test_version(atom_plugin_get_api_fn get_api) {
@@ -489,6 +508,8 @@ int main(int argc, char** argv) {
     test_settings();
   else if (strcmp(mode, "invalid-env") == 0)
     test_invalid_env();
+  else if (strcmp(mode, "env-warning") == 0)
+    test_env_warning();
   else if (strcmp(mode, "version") == 0)
     test_version(get_api);
   else if (strcmp(mode, "bad-input") == 0)

@@ -26,8 +26,9 @@
  *
  * Weights. A pipeline owns its weights. In this ABI version they are deterministic random
  * weights generated from a seed (as atom's tests and atom-run use them), which makes a run
- * reproducible bit for bit; loading checkpoint weights goes through atom's io layer (C++) and
- * is not part of this ABI version.
+ * reproducible bit for bit (the full-size presets get full-size weights: gigabytes, generated in
+ * seconds to minutes). Loading checkpoint weights goes through atom's io layer (C++) and is not
+ * part of this ABI version.
  *
  * Streams. run() takes a `stream` pointer owned by the host (a hipStream_t or cudaStream_t
  * for device backends). The host (CPU) backend, the only one in this build, runs synchronously
