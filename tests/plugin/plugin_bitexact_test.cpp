@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
@@ -283,4 +284,30 @@ TEST_CASE("plugin registration follows the C++ table for every combination of th
       api.release_registration(r);
     }
   }
+}
+
+TEST_CASE("plugin error messages are per thread") {
+  const atom_plugin_api& api = plugin_api();
+  atom_plugin_registration* r = nullptr;
+  const std::vector<const char*> defaults{nullptr};
+  REQUIRE(api.register_plugin(defaults.data(), &r) == ATOM_PLUGIN_OK);
+  atom_plugin_pipeline* p = nullptr;
+  REQUIRE(api.create_pipeline(r, "GPT2LMHeadModel", "layer", "gpt2", 1, &p) ==
+          ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE);
+  const std::string here = api.last_error();
+  CHECK(here.find("unknown architecture 'GPT2LMHeadModel'") != std::string::npos);
+  std::string there_before;
+  std::string there_after;
+  std::thread other([&] {
+    there_before = api.last_error();
+    atom_plugin_pipeline* q = nullptr;
+    CHECK(api.create_pipeline(r, "DeepseekV3ForCausalLM", "mlp", "deepseek-v3-tiny", 1, &q) ==
+          ATOM_PLUGIN_ERROR_UNKNOWN_NAME);
+    there_after = api.last_error();
+  });
+  other.join();
+  CHECK(there_before.empty());
+  CHECK(there_after.find("unknown pipeline kind 'mlp'") != std::string::npos);
+  CHECK(std::string(api.last_error()) == here);
+  api.release_registration(r);
 }
