@@ -82,6 +82,10 @@ function(atom_add_gpu_library name)
     target_compile_options(${name} PRIVATE
       $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -Xcompiler=-Wall -Werror=all-warnings>)
     target_link_libraries(${name} PUBLIC CUDA::cudart)
+    # CMake 3.25 would turn the project's CXX_STANDARD 20 into a "CUDA20" dialect it cannot map
+    # to nvcc; the standard is passed with -std=c++20 above instead.
+    set_property(TARGET ${name} PROPERTY CXX_STANDARD)
+    set_property(TARGET ${name} PROPERTY CUDA_STANDARD)
   elseif(ATOM_GPU_BACKEND STREQUAL "hip")
     _atom_hipcc_objects(objects ${name}.hip ${ARGN})
     add_library(${name} STATIC ${objects})
