@@ -19,4 +19,9 @@ install(TARGETS atom_instances EXPORT atomTargets
 install(FILES instantiations/instances.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/atom/instantiations)
 
+# The plugin is dlopened by host engines, not linked: installed outside the export.
+if(TARGET atom_plugin)
+  install(TARGETS atom_plugin LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+endif()
+
 install(EXPORT atomTargets NAMESPACE atom:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)

@@ -3,7 +3,8 @@
 file(GLOB_RECURSE files
   ${ROOT}/include/*.hpp ${ROOT}/include/*.h ${ROOT}/src/*.cpp ${ROOT}/src/*.hpp
   ${ROOT}/tools/*.cpp ${ROOT}/tools/*.hpp ${ROOT}/tests/*.cpp ${ROOT}/tests/*.hpp
-  ${ROOT}/kernels/*.hip ${ROOT}/kernels/*.hpp)
+  ${ROOT}/kernels/*.hip ${ROOT}/kernels/*.hpp ${ROOT}/tests/*.c ${ROOT}/tests/*.h
+  ${ROOT}/examples/*.c ${ROOT}/include/*.h)
 # instantiations/ is generated; the generator's layout is its own and a test keeps it current.
 set(bad)
 foreach(f IN LISTS files)
