@@ -1,10 +1,15 @@
 // Per-step latency of the DP group's step collectives on loopback. The program spawns itself as
 // the ranks of a group for each requested size; rank 0 prints the medians.
 //
-//   atom-bench-dp-bench [--procs 2,4,8] [--steps 5000] [--port 29517]
+//   atom-bench-dp-bench [--procs 2,4,8] [--steps 5000] [--port P]
+//
+// Without --port each group takes a loopback port that is free at the time.
 //
 // "separate" is sync_step followed by gather_token_counts (two collectives, as an engine calls
 // them); "fused" is exchange_step (one collective carrying both).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -72,6 +77,21 @@ int run_rank(long steps) {
   return 0;
 }
 
+long free_loopback_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::perror("picking a free port");
+    std::exit(1);
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
 std::vector<long> parse_list(const std::string& text) {
   std::vector<long> out;
   std::stringstream in(text);
@@ -85,7 +105,7 @@ std::vector<long> parse_list(const std::string& text) {
 int main(int argc, char** argv) {
   std::vector<long> procs{2, 4, 8};
   long steps = 5000;
-  long port = 29517;
+  long port = 0;
   bool worker = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -114,7 +134,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("DP step collectives on loopback, %ld timed steps per size\n", steps);
+  std::fflush(stdout);  // before fork, or every child inherits the unwritten line
   for (const auto n : procs) {
+    const auto group_port = port != 0 ? port : free_loopback_port();
     std::vector<pid_t> pids;
     for (long r = 0; r < n; ++r) {
       const pid_t pid = fork();
@@ -123,7 +145,7 @@ int main(int argc, char** argv) {
         setenv("ATOM_DP_RANK_LOCAL", std::to_string(r).c_str(), 1);
         setenv("ATOM_DP_SIZE", std::to_string(n).c_str(), 1);
         setenv("ATOM_DP_MASTER_IP", "127.0.0.1", 1);
-        setenv("ATOM_DP_MASTER_PORT", std::to_string(port).c_str(), 1);
+        setenv("ATOM_DP_MASTER_PORT", std::to_string(group_port).c_str(), 1);
         const auto steps_text = std::to_string(steps);
         execl("/proc/self/exe", argv[0], "--worker", "--steps", steps_text.c_str(),
               static_cast<char*>(nullptr));

@@ -59,6 +59,9 @@ struct StepPlan {
   PaddingDecision padding;
 };
 
+// One DP group per process, used from one thread at a time. Joining a group of more than one
+// rank sets SIGPIPE to ignored if it was at its default, so a peer that dies is an error here
+// rather than a signal that kills this rank.
 class DpGroup {
  public:
   // The most values one sync_state call carries.
