@@ -1,0 +1,294 @@
+// Qwen3's QK step: per-head Q/K RMSNorm + RoPE + FP8 paged KV-cache write in one launch, and the
+// separate chain of standalone GPU ops.
+#include "detail/nvcc_views.hpp"  // first: see there
+
+#include "atom/ops/gpu/qwen_qk.hpp"
+
+#include <string>
+
+#include "atom/ops/formats.hpp"
+#include "atom/ops/gpu/cache.hpp"
+#include "atom/ops/gpu/rope.hpp"
+#include "detail/kv_cache.hpp"
+#include "detail/norm_launch.hpp"
+
+namespace atom::kernels {
+namespace {
+
+struct QkArgs {
+  const bf16* qkv;
+  index_t qkv_stride;
+  const bf16* q_weight;
+  const bf16* k_weight;
+  float eps;
+  const std::int64_t* positions;
+  index_t position_stride;
+  const float* cos_sin;
+  index_t cos_sin_stride;
+  index_t max_positions;
+  const std::int64_t* slots;
+  index_t slot_stride;
+  bf16* q_out;
+  index_t q_token_stride;
+  index_t q_head_stride;
+  int q_heads;
+  int kv_heads;
+  int head_dim;
+};
+
+inline constexpr int qk_threads = 128;
+// Heads per block: 4 warps of 32 lanes on NVIDIA take one head each; AMD's 2 wavefronts of 64
+// take two rounds. Fixed on the host, so the grid does not depend on the vendor's warp size.
+inline constexpr int qk_heads_per_block = 4;
+inline constexpr bf16 bf16_nan{0x7fc0};
+
+// RMSNorm + RoPE of one head held by one warp (lane l holds elements l, l + warp_size, ...); the
+// normalized head goes through shared memory `normed` so each lane can read its RoPE partner.
+// Every thread of the block calls this (it holds two block barriers).
+template <ops::RopeStyle S, int PerLane>
+__device__ void norm_rope_head(bool active, const bf16* src, const bf16* weight, int dim, float eps,
+                               const float* cos_sin_row, float* normed, float (&y)[PerLane]) {
+  const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
+  const int half = dim / 2;
+  if (active) {
+    float sum_sq = 0.0f;
+    for (int k = 0; k < PerLane; ++k) {
+      const int d = lane + k * gpu::warp_size;
+      y[k] = d < dim ? to_float(src[d]) : 0.0f;
+      sum_sq = add(sum_sq, mul(y[k], y[k]));
+    }
+    sum_sq = warp_reduce(sum_sq, Sum{});
+    const float r = rms_inverse(sum_sq, static_cast<float>(dim), eps);
+    for (int k = 0; k < PerLane; ++k) {
+      const int d = lane + k * gpu::warp_size;
+      if (d < dim) {
+        y[k] = mul(mul(y[k], r), to_float(weight[d]));
+        normed[d] = y[k];
+      }
+    }
+  }
+  __syncthreads();
+  if (active) {
+    for (int k = 0; k < PerLane; ++k) {
+      const int d = lane + k * gpu::warp_size;
+      if (d >= dim) continue;
+      const bool first = S == ops::RopeStyle::neox ? d < half : d % 2 == 0;
+      const int f = S == ops::RopeStyle::neox ? (first ? d : d - half) : d / 2;
+      const int partner = S == ops::RopeStyle::neox ? (first ? d + half : d - half) : d ^ 1;
+      const float c = cos_sin_row[f];
+      const float s = cos_sin_row[half + f];
+      const float other = normed[partner];
+      // rotate_pair: first = a cos - b sin, second = b cos + a sin, each operation rounded.
+      y[k] = first ? sub(mul(y[k], c), mul(other, s)) : add(mul(y[k], c), mul(other, s));
+    }
+  }
+  __syncthreads();  // `normed` is free again
+}
+
+// Grid (tokens, head groups): block (t, g) takes heads g * qk_heads_per_block .. of token t in
+// the order q heads, k heads, v heads, one warp per head.
+template <ops::RopeStyle S>
+__global__ void __launch_bounds__(qk_threads)
+    qk_norm_rope_cache_kernel(QkArgs a, KvCacheRows cache) {
+  constexpr int per_lane = static_cast<int>(ops::gpu_qk_max_head_dim) / gpu::warp_size;
+  constexpr int max_warps = qk_threads / gpu::warp_size;
+  __shared__ float normed[max_warps][ops::gpu_qk_max_head_dim];
+  const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
+  const int warp = static_cast<int>(threadIdx.x) / gpu::warp_size;
+  const int warps = static_cast<int>(blockDim.x) / gpu::warp_size;
+  const index_t t = blockIdx.x;
+  const int dim = a.head_dim;
+  const std::int64_t p = a.positions[t * a.position_stride];
+  const bool valid_position = p >= 0 && p < a.max_positions;
+  const std::int64_t slot = a.slots[t * a.slot_stride];
+  const bool write_cache = valid_position && slot >= 0 && slot < cache.capacity;
+  const float* cos_sin_row = a.cos_sin + (valid_position ? p : 0) * a.cos_sin_stride;
+  const int first_head = static_cast<int>(blockIdx.y) * qk_heads_per_block;
+  for (int round = 0; round * warps < qk_heads_per_block; ++round) {
+    const int local = round * warps + warp;
+    const int h = first_head + local;
+    const bool in_block = local < qk_heads_per_block;
+    const bool is_q = in_block && h < a.q_heads;
+    const bool is_k = in_block && h >= a.q_heads && h < a.q_heads + a.kv_heads;
+    const bool is_v = in_block && h >= a.q_heads + a.kv_heads && h < a.q_heads + 2 * a.kv_heads;
+    const bf16* src = a.qkv + t * a.qkv_stride + static_cast<index_t>(h) * dim;
+    if (is_v && write_cache) {
+      const int kv_head = h - a.q_heads - a.kv_heads;
+      warp_quantize_kv_row(src, dim, cache.codes(true, slot, kv_head),
+                           cache.scale(true, slot, kv_head));
+    }
+    const bool rotate = is_q || (is_k && write_cache);
+    float y[per_lane];
+    norm_rope_head<S>(rotate, src, is_q ? a.q_weight : a.k_weight, dim, a.eps, cos_sin_row,
+                      normed[warp], y);
+    if (is_q) {
+      bf16* out = a.q_out + t * a.q_token_stride + static_cast<index_t>(h) * a.q_head_stride;
+      for (int k = 0; k < per_lane; ++k) {
+        const int d = lane + k * gpu::warp_size;
+        if (d < dim) out[d] = valid_position ? to_bf16(y[k]) : bf16_nan;
+      }
+    } else if (is_k && write_cache) {
+      // quantize_kv_row straight from the float result.
+      const int kv_head = h - a.q_heads;
+      float amax = 0.0f;
+      for (int k = 0; k < per_lane; ++k)
+        if (lane + k * gpu::warp_size < dim) amax = MaxOrdered{}(amax, kv_magnitude(y[k]));
+      amax = warp_reduce(amax, MaxOrdered{});
+      const float scale = kv_scale_for(amax);
+      fp8_e4m3* codes = cache.codes(false, slot, kv_head);
+      for (int k = 0; k < per_lane; ++k) {
+        const int d = lane + k * gpu::warp_size;
+        if (d < dim) codes[d] = to_fp8<Fp8Kind::e4m3fn>(div(y[k], scale));
+      }
+      if (lane == 0) *cache.scale(false, slot, kv_head) = scale;
+    }
+  }
+}
+
+struct QkShape {
+  index_t tokens;
+  index_t q_heads;
+  index_t kv_heads;
+  index_t head_dim;
+};
+
+// The host op's boundary checks, less the two that read device memory (positions and slots are
+// checked in the kernels).
+QkShape expect_qk_args(std::string_view op, View2<const bf16> qkv, View1<const bf16> q_norm_weight,
+                       View1<const bf16> k_norm_weight, View1<const std::int64_t> positions,
+                       View2<const float> cos_sin, View1<const std::int64_t> slots,
+                       const ops::KvCacheFp8& cache, View3<bf16> q_out) {
+  ops::expect_kv_cache(op, "cache", cache, -1, -1);
+  const QkShape s{qkv.size(0), q_out.size(1), cache.kv_heads(), cache.head_dim()};
+  expect(s.head_dim % 2 == 0, op,
+         "the cache's head_dim must be even for RoPE, got " + std::to_string(s.head_dim));
+  expect(s.head_dim <= ops::gpu_qk_max_head_dim, op,
+         "head_dim " + std::to_string(s.head_dim) + " exceeds the GPU kernel's limit of " +
+             std::to_string(ops::gpu_qk_max_head_dim));
+  ops::expect_view(op, "qkv", qkv, {s.tokens, (s.q_heads + 2 * s.kv_heads) * s.head_dim});
+  ops::expect_view(op, "q_out", q_out, {s.tokens, s.q_heads, s.head_dim});
+  ops::expect_view(op, "q_norm_weight", q_norm_weight, {s.head_dim});
+  ops::expect_view(op, "k_norm_weight", k_norm_weight, {s.head_dim});
+  ops::expect_view(op, "cos_sin", cos_sin, {-1, s.head_dim});
+  expect_shape(op, "positions", positions, {s.tokens});
+  expect_shape(op, "slots", slots, {s.tokens});
+  ops::expect_disjoint(op, "q_out", q_out, "qkv", qkv);
+  ops::expect_disjoint(op, "q_out", q_out, "q_norm_weight", q_norm_weight);
+  ops::expect_disjoint(op, "q_out", q_out, "k_norm_weight", k_norm_weight);
+  ops::expect_disjoint(op, "q_out", q_out, "cos_sin", cos_sin);
+  ops::expect_disjoint_from_cache(op, cache, "qkv", qkv);
+  ops::expect_disjoint_from_cache(op, cache, "q_out", q_out);
+  ops::expect_disjoint_from_cache(op, cache, "q_norm_weight", q_norm_weight);
+  ops::expect_disjoint_from_cache(op, cache, "k_norm_weight", k_norm_weight);
+  ops::expect_disjoint_from_cache(op, cache, "cos_sin", cos_sin);
+  return s;
+}
+
+// Device memory for the separate chain's normed k, kept per host thread and grown on demand.
+class Scratch {
+ public:
+  ~Scratch() { gpu::free_bytes(p_); }
+  void* get(std::size_t bytes) {
+    if (bytes > n_) {
+      gpu::free_bytes(p_);  // synchronizes the device, so no launch still reads the old buffer
+      p_ = nullptr;
+      n_ = 0;
+      p_ = gpu::malloc_bytes(bytes);
+      n_ = bytes;
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+}  // namespace
+}  // namespace atom::kernels
+
+namespace atom::ops {
+
+template <RopeStyle S>
+void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
+                              View1<const bf16> q_norm_weight, View1<const bf16> k_norm_weight,
+                              float eps, View1<const std::int64_t> positions,
+                              View2<const float> cos_sin, View1<const std::int64_t> slots,
+                              const KvCacheFp8& cache, View3<bf16> q_out) {
+  const kernels::QkShape s =
+      kernels::expect_qk_args("qk_norm_rope_cache_fused", qkv, q_norm_weight, k_norm_weight,
+                              positions, cos_sin, slots, cache, q_out);
+  if (s.tokens == 0) return;
+  const kernels::QkArgs args{qkv.data,
+                             qkv.stride(0),
+                             q_norm_weight.data,
+                             k_norm_weight.data,
+                             eps,
+                             positions.data,
+                             positions.stride(0),
+                             cos_sin.data,
+                             cos_sin.stride(0),
+                             cos_sin.size(0),
+                             slots.data,
+                             slots.stride(0),
+                             q_out.data,
+                             q_out.stride(0),
+                             q_out.stride(1),
+                             static_cast<int>(s.q_heads),
+                             static_cast<int>(s.kv_heads),
+                             static_cast<int>(s.head_dim)};
+  const index_t heads = s.q_heads + 2 * s.kv_heads;
+  const index_t groups = (heads + kernels::qk_heads_per_block - 1) / kernels::qk_heads_per_block;
+  expect(groups <= 65535, "qk_norm_rope_cache_fused",
+         "too many heads (" + std::to_string(heads) + ")");
+  const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(groups));
+  kernels::qk_norm_rope_cache_kernel<S>
+      <<<grid, kernels::qk_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
+          args, kernels::kv_cache_rows(cache));
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+template <RopeStyle S>
+void qk_norm_rope_cache_separate(const Gpu& gpu, View2<const bf16> qkv,
+                                 View1<const bf16> q_norm_weight, View1<const bf16> k_norm_weight,
+                                 float eps, View1<const std::int64_t> positions,
+                                 View2<const float> cos_sin, View1<const std::int64_t> slots,
+                                 const KvCacheFp8& cache, View3<bf16> q_out) {
+  const kernels::QkShape s =
+      kernels::expect_qk_args("qk_norm_rope_cache_separate", qkv, q_norm_weight, k_norm_weight,
+                              positions, cos_sin, slots, cache, q_out);
+  if (s.tokens == 0) return;
+  const index_t dim = s.head_dim;
+  thread_local kernels::Scratch scratch;
+  auto* k_normed = static_cast<bf16*>(
+      scratch.get(static_cast<std::size_t>(s.tokens * s.kv_heads * dim) * sizeof(bf16)));
+  kernels::launch_rms_norm_bf16(gpu, qkv.data, kernels::RowMap{s.q_heads, qkv.stride(0), dim},
+                                s.tokens * s.q_heads, dim, q_norm_weight.data, eps, q_out.data,
+                                kernels::RowMap{s.q_heads, q_out.stride(0), q_out.stride(1)});
+  kernels::launch_rms_norm_bf16(gpu, qkv.data + s.q_heads * dim,
+                                kernels::RowMap{s.kv_heads, qkv.stride(0), dim},
+                                s.tokens * s.kv_heads, dim, k_norm_weight.data, eps, k_normed,
+                                kernels::RowMap{s.kv_heads, s.kv_heads * dim, dim});
+  const View3<bf16> k_rows = make_view(k_normed, s.tokens, s.kv_heads, dim);
+  const View2<const bf16> v_columns =
+      qkv.slice(1, (s.q_heads + s.kv_heads) * dim, s.kv_heads * dim);
+  const View3<const bf16> v{v_columns.data, {s.tokens, s.kv_heads, dim}, {qkv.stride(0), dim, 1}};
+  rope<S>(gpu, positions, cos_sin, q_out);
+  rope<S>(gpu, positions, cos_sin, k_rows);
+  kv_cache_write_fp8(gpu, k_rows, v, slots, cache);
+}
+
+#define ATOM_INSTANTIATE_GPU_QK(S)                                                                 \
+  template void qk_norm_rope_cache_fused<S>(const Gpu&, View2<const bf16>, View1<const bf16>,      \
+                                            View1<const bf16>, float, View1<const std::int64_t>,   \
+                                            View2<const float>, View1<const std::int64_t>,         \
+                                            const KvCacheFp8&, View3<bf16>);                       \
+  template void qk_norm_rope_cache_separate<S>(                                                    \
+      const Gpu&, View2<const bf16>, View1<const bf16>, View1<const bf16>, float,                  \
+      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCacheFp8&, \
+      View3<bf16>);
+
+ATOM_INSTANTIATE_GPU_QK(RopeStyle::neox)
+ATOM_INSTANTIATE_GPU_QK(RopeStyle::interleaved)
+
+}  // namespace atom::ops
