@@ -442,6 +442,8 @@ StepPlan DpGroup::exchange_step(StepState local_state, RankBatch local_batch) {
       g.fail("exchange_step", "rank " + std::to_string(r) + " reported " +
                                   std::to_string(plan.batches[r].num_tokens) + " tokens");
   plan.padding = decide_padding(plan.batches);
+  plan.run_dummy_batch =
+      plan.state.has_unfinished && plan.batches[static_cast<std::size_t>(g.rank)].num_tokens == 0;
   return plan;
 }
 

@@ -111,7 +111,9 @@ int run_steps(DpGroup& group, const std::map<std::string, std::int64_t>& opt) {
     const auto batches = group.gather_token_counts(mine.batch);
     if (batches != want_batches) return fail("gather_token_counts at step " + std::to_string(step));
     const auto plan = group.exchange_step(mine.state, mine.batch);
-    if (plan.state != want_state || plan.batches != want_batches || plan.padding != want_padding)
+    const bool want_dummy = want_state.has_unfinished && mine.batch.num_tokens == 0;
+    if (plan.state != want_state || plan.batches != want_batches || plan.padding != want_padding ||
+        plan.run_dummy_batch != want_dummy)
       return fail("exchange_step at step " + std::to_string(step));
   }
   const auto fds_after = open_fds();

@@ -167,6 +167,9 @@ TEST_CASE("DP size 1: collectives are local and no socket is opened") {
     const auto plan = group.exchange_step({false, true}, {769, false});
     CHECK(plan.state == atom::dist::StepState{false, true});
     CHECK(plan.padding == atom::dist::PaddingDecision{769, BatchShape::uniform_decode});
+    CHECK_FALSE(plan.run_dummy_batch);
+    CHECK(group.exchange_step({true, false}, {0, false}).run_dummy_batch);
+    CHECK_FALSE(group.exchange_step({false, false}, {0, false}).run_dummy_batch);
     CHECK_THROWS_AS(group.gather_token_counts({-1, false}), atom::dist::DistError);
     std::vector<std::int64_t> too_many(DpGroup::max_state_values + 1, 1);
     CHECK_THROWS_AS(group.sync_state(too_many), std::invalid_argument);

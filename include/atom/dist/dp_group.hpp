@@ -57,6 +57,9 @@ struct StepPlan {
   StepState state;
   std::vector<RankBatch> batches;
   PaddingDecision padding;
+  // Some rank has work and this one has no tokens: it runs a dummy batch of padded_tokens so
+  // that the MoE collectives of the others do not wait for it.
+  bool run_dummy_batch = false;
 };
 
 // One DP group per process, used from one thread at a time. Joining a group of more than one
