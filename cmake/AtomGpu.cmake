@@ -55,12 +55,13 @@ function(_atom_hipcc_objects out_var dir)
     get_filename_component(abs ${src} ABSOLUTE)
     file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${abs})
     set(obj ${CMAKE_CURRENT_BINARY_DIR}/${dir}/${rel}.o)
+    get_filename_component(obj_dir ${obj} DIRECTORY)
     set(arch_flags)
     foreach(a IN LISTS ATOM_HIP_ARCHS)
       list(APPEND arch_flags --offload-arch=${a})
     endforeach()
     add_custom_command(OUTPUT ${obj}
-      COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/${dir}
+      COMMAND ${CMAKE_COMMAND} -E make_directory ${obj_dir}
       COMMAND ${ATOM_HIPCC} -std=c++20 -O3 -fPIC -Wall -Werror -DATOM_GPU_HIP=1
               -I${PROJECT_SOURCE_DIR}/include -I${PROJECT_SOURCE_DIR} ${arch_flags}
               -c ${abs} -o ${obj}

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "atom/numeric/host_device.hpp"
 
@@ -66,8 +67,10 @@ struct View {
     v.shape[d] = count;
     return v;
   }
-  // The same memory seen as read-only.
-  constexpr operator View<const T, Rank>() const { return {data, shape, strides}; }
+  // The same memory seen as read-only (views of const data need no conversion).
+  constexpr operator View<const T, Rank>() const requires(!std::is_const_v<T>) {
+    return {data, shape, strides};
+  }
 };
 
 // A row-major view of `data` with the given shape.
