@@ -19,3 +19,16 @@ inline constexpr Fp8Kind native_fp8 = Fp8Kind::e4m3fn;
 #endif
 
 }  // namespace atom::gpu
+
+namespace atom::gpu {
+
+// Whether this build's device code targets NVIDIA (sm_80 or newer), so that warp-level mma.sync
+// and prmt may be issued through inline PTX. nvcc's host pass sees the same answer, so launchers
+// pick kernels with it; on AMD (and in plain host code) it is false.
+#if defined(__CUDACC__) && !defined(__HIPCC__)
+inline constexpr bool nvidia_ptx = true;
+#else
+inline constexpr bool nvidia_ptx = false;
+#endif
+
+}  // namespace atom::gpu
