@@ -40,7 +40,11 @@ option(ATOM_HIP_COMPILE_CHECK "Also compile the device code for AMD with hipcc" 
 if(ATOM_GPU_BACKEND STREQUAL "cuda")
   set(CMAKE_CUDA_COMPILER ${ATOM_NVCC})
   set(CMAKE_CUDA_ARCHITECTURES ${ATOM_CUDA_ARCHS})
-  enable_language(CUDA)  # C++20 is passed as a flag: CMake 3.25 knows no CUDA20 for nvcc
+  enable_language(CUDA)
+  # CMake 3.25 predates nvcc's C++20 support: teach it the flag, so that the CUDA20 dialect
+  # (also what atom's cxx_std_20 requirement turns into for CUDA targets) maps to -std=c++20.
+  set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+  set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
   find_package(CUDAToolkit REQUIRED)
 elseif(ATOM_GPU_BACKEND STREQUAL "hip")
   find_library(ATOM_AMDHIP64 amdhip64 REQUIRED)
@@ -81,12 +85,10 @@ function(atom_add_gpu_library name)
     set_source_files_properties(${ARGN} PROPERTIES LANGUAGE CUDA)
     target_compile_definitions(${name} PUBLIC ATOM_GPU_CUDA=1)
     target_compile_options(${name} PRIVATE
-      $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -Xcompiler=-Wall -Werror=all-warnings>)
+      $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall -Werror=all-warnings>)
     target_link_libraries(${name} PUBLIC CUDA::cudart)
-    # CMake 3.25 would turn the project's CXX_STANDARD 20 into a "CUDA20" dialect it cannot map
-    # to nvcc; the standard is passed with -std=c++20 above instead.
-    set_property(TARGET ${name} PROPERTY CXX_STANDARD)
-    set_property(TARGET ${name} PROPERTY CUDA_STANDARD)
+    set_target_properties(${name} PROPERTIES CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON
+                                             CUDA_EXTENSIONS OFF)
   elseif(ATOM_GPU_BACKEND STREQUAL "hip")
     _atom_hipcc_objects(objects ${name}.hip ${ARGN})
     add_library(${name} STATIC ${objects})

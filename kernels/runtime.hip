@@ -48,7 +48,9 @@ void fill_bytes(void* dst, int value, std::size_t bytes) {
   if (bytes > 0) ATOM_GPU_CHECK(hipMemsetAsync(dst, value, bytes, nullptr));
 }
 
-void synchronize() { ATOM_GPU_CHECK(hipDeviceSynchronize()); }
+void synchronize() {
+  ATOM_GPU_CHECK(hipDeviceSynchronize());
+}
 
 Timer::Timer() {
   hipEvent_t a = nullptr;
@@ -64,14 +66,16 @@ Timer::~Timer() {
   (void)hipEventDestroy(static_cast<hipEvent_t>(stop_));
 }
 
-void Timer::start() { ATOM_GPU_CHECK(hipEventRecord(static_cast<hipEvent_t>(start_), nullptr)); }
+void Timer::start() {
+  ATOM_GPU_CHECK(hipEventRecord(static_cast<hipEvent_t>(start_), nullptr));
+}
 
 float Timer::stop_ms() {
   ATOM_GPU_CHECK(hipEventRecord(static_cast<hipEvent_t>(stop_), nullptr));
   ATOM_GPU_CHECK(hipEventSynchronize(static_cast<hipEvent_t>(stop_)));
   float ms = 0;
-  ATOM_GPU_CHECK(hipEventElapsedTime(&ms, static_cast<hipEvent_t>(start_),
-                                     static_cast<hipEvent_t>(stop_)));
+  ATOM_GPU_CHECK(
+      hipEventElapsedTime(&ms, static_cast<hipEvent_t>(start_), static_cast<hipEvent_t>(stop_)));
   return ms;
 }
 

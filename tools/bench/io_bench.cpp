@@ -2,10 +2,10 @@
 // against the read path (sequential aligned reads), each consumed two ways: a checksum over the
 // delivered pieces (touching every byte, no copy) and a copy into host buffers (HostSink).
 //
-//   atom-bench-io-bench [--shards 4] [--shard-mb 512] [--runs 5] [--chunk-mb 16] [--dir /tmp]
+//   atom-bench-io [--shards 4] [--shard-mb 512] [--runs 5] [--chunk-mb 16] [--dir /tmp]
 //
 // Notes. 16-core H100 host, 4 x 512 MiB shards (2.15 GB) on /tmp, from the page cache, one thread,
-// median of 7 runs, two invocations of `atom-bench-io-bench --shards 4 --shard-mb 512 --runs 7`:
+// median of 7 runs, two invocations of `atom-bench-io --shards 4 --shard-mb 512 --runs 7`:
 //   mmap, checksum (zero-copy views)   9.3 / 7.3 GB/s
 //   read, checksum (16 MiB reads)      5.1 / 4.0 GB/s
 //   mmap, copy into host buffers       3.1 / 3.0 GB/s
@@ -46,7 +46,7 @@ Options parse(int argc, char** argv) {
     const std::string_view a = argv[i];
     const auto value = [&]() -> std::string {
       if (i + 1 >= argc) {
-        std::fprintf(stderr, "atom-bench-io-bench: %s needs a value\n", argv[i]);
+        std::fprintf(stderr, "atom-bench-io: %s needs a value\n", argv[i]);
         std::exit(2);
       }
       return argv[++i];
@@ -56,7 +56,7 @@ Options parse(int argc, char** argv) {
       char* end = nullptr;
       const long long n = std::strtoll(v.c_str(), &end, 10);
       if (end == v.c_str() || *end != '\0' || n < lo) {
-        std::fprintf(stderr, "atom-bench-io-bench: %s wants an integer >= %lld, got \"%s\"\n",
+        std::fprintf(stderr, "atom-bench-io: %s wants an integer >= %lld, got \"%s\"\n",
                      std::string(a).c_str(), lo, v.c_str());
         std::exit(2);
       }
@@ -75,7 +75,7 @@ Options parse(int argc, char** argv) {
     else {
       std::fprintf(
           stderr,
-          "usage: atom-bench-io-bench [--shards N] [--shard-mb MB] [--runs R] [--chunk-mb MB] "
+          "usage: atom-bench-io [--shards N] [--shard-mb MB] [--runs R] [--chunk-mb MB] "
           "[--dir DIR]\n");
       std::exit(2);
     }
@@ -104,7 +104,7 @@ class ChecksumSink final : public TensorSink {
 
 // Writes `o.shards` shards of 64 BF16 tensors each, with non-constant contents.
 std::filesystem::path write_checkpoint(const Options& o) {
-  const auto dir = o.dir / ("atom-bench-io-bench-" + std::to_string(::getpid()));
+  const auto dir = o.dir / ("atom-bench-io-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   const std::uint64_t tensor_bytes = o.shard_mb * (std::uint64_t{1} << 20) / 64 / 2 * 2;
   std::vector<std::byte> data(tensor_bytes);
@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   const double gb = static_cast<double>(c.data_bytes()) / 1e9;
   const std::size_t chunk = o.chunk_mb << 20;
   std::printf(
-      "atom-bench-io-bench: %d shards, %.2f GB of tensor data in %s, chunk %llu MiB, %d runs\n",
+      "atom-bench-io: %d shards, %.2f GB of tensor data in %s, chunk %llu MiB, %d runs\n",
       o.shards, gb, dir.c_str(), static_cast<unsigned long long>(o.chunk_mb), o.runs);
 
   // Warm-up: both paths once, so that every shard is in the page cache.
@@ -160,7 +160,7 @@ int main(int argc, char** argv) {
     ChecksumSink sink;
     c.load(mode, sink, chunk);
     if (mode == LoadMode::mmap && sink.sum != reference_sum) {
-      std::fprintf(stderr, "atom-bench-io-bench: the two paths disagree on the checksum\n");
+      std::fprintf(stderr, "atom-bench-io: the two paths disagree on the checksum\n");
       return 1;
     }
     reference_sum = sink.sum;
