@@ -1,7 +1,7 @@
 // Per-step latency of the DP group's step collectives on loopback. The program spawns itself as
 // the ranks of a group for each requested size; rank 0 prints the medians.
 //
-//   atom-bench-dp-bench [--procs 2,4,8] [--steps 5000] [--port P]
+//   atom-bench-dp [--procs 2,4,8] [--steps 5000] [--port P]
 //
 // Without --port each group takes a loopback port that is free at the time.
 //
@@ -137,7 +137,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--port" && has_value) {
       port = std::stol(argv[++i]);
     } else {
-      std::cerr << "usage: atom-bench-dp-bench [--procs 2,4,8] [--steps N] [--port P]\n";
+      std::cerr << "usage: atom-bench-dp [--procs 2,4,8] [--steps N] [--port P]\n";
       return 2;
     }
   }
