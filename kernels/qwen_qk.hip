@@ -9,6 +9,7 @@
 #include "atom/ops/formats.hpp"
 #include "atom/ops/gpu/cache.hpp"
 #include "atom/ops/gpu/rope.hpp"
+#include "detail/fast_quant.hpp"
 #include "detail/kv_cache.hpp"
 #include "detail/norm_launch.hpp"
 
@@ -145,6 +146,144 @@ __global__ void __launch_bounds__(qk_threads)
   }
 }
 
+// The vector kernel, for head_dim a multiple of 16 up to 8 * HeadLanes (and 16-byte aligned
+// rows): HeadLanes consecutive lanes take one (token, head) item, lane l holding elements
+// 8l .. 8l + 7 of the head from one 16-byte load. The norm's sum and the amax are butterflies over
+// those lanes; a neox RoPE partner sits head_dim / 16 lanes away (a shuffle), an interleaved one
+// in the same lane. Items run token-major, q heads then k then v, so a warp reads consecutive
+// heads of one token. Every lane runs every shuffle (v heads and idle lanes included), keeping the
+// warp converged; only loads and stores are predicated.
+inline constexpr int qk_vec_threads = 256;
+
+template <ops::RopeStyle S, int HeadLanes>
+__global__ void __launch_bounds__(qk_vec_threads)
+    qk_norm_rope_cache_vec_kernel(QkArgs a, KvCacheRows cache, index_t items) {
+  constexpr int width = vec_width;
+  const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
+  const int head_lane = lane % HeadLanes;
+  const index_t item =
+      (static_cast<index_t>(blockIdx.x) * qk_vec_threads + threadIdx.x) / HeadLanes;
+  const int heads = a.q_heads + 2 * a.kv_heads;
+  const int dim = a.head_dim;
+  const int half = dim / 2;
+  const int lanes_used = dim / width;
+  const bool in_range = item < items;
+  const index_t t = in_range ? item / heads : 0;
+  const int h = in_range ? static_cast<int>(item % heads) : 0;
+  const bool is_q = in_range && h < a.q_heads;
+  const bool is_k = in_range && h >= a.q_heads && h < a.q_heads + a.kv_heads;
+  const bool is_v = in_range && h >= a.q_heads + a.kv_heads;
+  const int first = head_lane * width;
+  const bool holds = in_range && head_lane < lanes_used;
+
+  const std::int64_t p = in_range ? a.positions[t * a.position_stride] : 0;
+  const bool valid_position = p >= 0 && p < a.max_positions;
+  const std::int64_t slot = in_range ? a.slots[t * a.slot_stride] : -1;
+  const bool write_cache = valid_position && slot >= 0 && slot < cache.capacity;
+
+  float x[width];
+  if (holds)
+    unpack_bf16x8(*reinterpret_cast<const uint4*>(a.qkv + t * a.qkv_stride +
+                                                  static_cast<index_t>(h) * dim + first),
+                  x);
+  else
+#pragma unroll
+    for (int j = 0; j < width; ++j) x[j] = 0.0f;
+
+  // RMSNorm (q, k): each lane sums its values in column order, then the butterfly.
+  float sum_sq = 0.0f;
+#pragma unroll
+  for (int j = 0; j < width; ++j) sum_sq = add(sum_sq, mul(x[j], x[j]));
+  sum_sq = lanes_reduce<HeadLanes>(sum_sq, Sum{});
+  const float r = rms_inverse(sum_sq, static_cast<float>(dim), a.eps);
+  float w[width];
+  if (holds && !is_v)
+    unpack_bf16x8(*reinterpret_cast<const uint4*>((is_q ? a.q_weight : a.k_weight) + first), w);
+  else
+#pragma unroll
+    for (int j = 0; j < width; ++j) w[j] = 0.0f;
+  float y[width];
+#pragma unroll
+  for (int j = 0; j < width; ++j) y[j] = mul(mul(x[j], r), w[j]);
+
+  // RoPE: rotate_pair on (first, second) = (a cos - b sin, b cos + a sin), each step rounded.
+  const float* cos_sin_row = a.cos_sin + (valid_position ? p : 0) * a.cos_sin_stride;
+  float rotated[width];
+  if constexpr (S == ops::RopeStyle::neox) {
+    const int partner_offset = lanes_used / 2;
+    const bool first_half = head_lane < partner_offset;
+    const int partner =
+        lane - head_lane + (first_half ? head_lane + partner_offset : head_lane - partner_offset);
+    const int f = first_half ? first : first - half;
+    float c[width];
+    float sn[width];
+    if (holds) {
+      const float4* cp = reinterpret_cast<const float4*>(cos_sin_row + f);
+      const float4* sp = reinterpret_cast<const float4*>(cos_sin_row + half + f);
+      const float4 c0 = cp[0], c1 = cp[1], s0 = sp[0], s1 = sp[1];
+      const float cv[width] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+      const float sv[width] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+#pragma unroll
+      for (int j = 0; j < width; ++j) {
+        c[j] = cv[j];
+        sn[j] = sv[j];
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < width; ++j) c[j] = sn[j] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < width; ++j) {
+      const float other = __shfl(y[j], partner);
+      rotated[j] = first_half ? sub(mul(y[j], c[j]), mul(other, sn[j]))
+                              : add(mul(y[j], c[j]), mul(other, sn[j]));
+    }
+  } else {
+    float c[width / 2];
+    float sn[width / 2];
+    if (holds) {
+      const float4 cv = *reinterpret_cast<const float4*>(cos_sin_row + first / 2);
+      const float4 sv = *reinterpret_cast<const float4*>(cos_sin_row + half + first / 2);
+      c[0] = cv.x, c[1] = cv.y, c[2] = cv.z, c[3] = cv.w;
+      sn[0] = sv.x, sn[1] = sv.y, sn[2] = sv.z, sn[3] = sv.w;
+    } else {
+#pragma unroll
+      for (int i = 0; i < width / 2; ++i) c[i] = sn[i] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < width / 2; ++i) {
+      rotated[2 * i] = sub(mul(y[2 * i], c[i]), mul(y[2 * i + 1], sn[i]));
+      rotated[2 * i + 1] = add(mul(y[2 * i + 1], c[i]), mul(y[2 * i], sn[i]));
+    }
+  }
+
+  if (is_q) {
+    if (holds) {
+      float out[width];
+#pragma unroll
+      for (int j = 0; j < width; ++j) out[j] = valid_position ? rotated[j] : float_of(0x7fc00000u);
+      *reinterpret_cast<uint4*>(a.q_out + t * a.q_token_stride +
+                                static_cast<index_t>(h) * a.q_head_stride + first) =
+          pack_bf16x8(out);
+    }
+  }
+  // quantize_kv_row on the rotated k or the raw v.
+  float kv[width];
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < width; ++j) {
+    kv[j] = is_v ? x[j] : rotated[j];
+    amax = MaxOrdered{}(amax, kv_magnitude(kv[j]));
+  }
+  amax = lanes_reduce<HeadLanes>(amax, MaxOrdered{});
+  if ((is_k || is_v) && write_cache) {
+    const int kv_head = is_v ? h - a.q_heads - a.kv_heads : h - a.q_heads;
+    const Fp8Divisor d(kv_scale_for(amax));
+    if (holds) *reinterpret_cast<uint2*>(cache.codes(is_v, slot, kv_head) + first) = fp8x8(kv, d);
+    if (head_lane == 0) *cache.scale(is_v, slot, kv_head) = d.scale;
+  }
+}
+
 struct QkShape {
   index_t tokens;
   index_t q_heads;
@@ -182,6 +321,12 @@ QkShape expect_qk_args(std::string_view op, View2<const bf16> qkv, View1<const b
   ops::expect_disjoint_from_cache(op, cache, "k_norm_weight", k_norm_weight);
   ops::expect_disjoint_from_cache(op, cache, "cos_sin", cos_sin);
   return s;
+}
+
+// A cache tensor [blocks, block_size, heads, head_dim] whose head rows take 8-byte stores.
+bool aligned8_rows(const View4<fp8_e4m3>& v) {
+  return reinterpret_cast<std::uintptr_t>(v.data) % 8 == 0 && v.stride(0) % 8 == 0 &&
+         v.stride(1) % 8 == 0 && v.stride(2) % 8 == 0;
 }
 
 // Device memory for the separate chain's normed k, kept per host thread and grown on demand.
@@ -238,13 +383,43 @@ void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
                              static_cast<int>(s.kv_heads),
                              static_cast<int>(s.head_dim)};
   const index_t heads = s.q_heads + 2 * s.kv_heads;
-  const index_t groups = (heads + kernels::qk_heads_per_block - 1) / kernels::qk_heads_per_block;
-  expect(groups <= 65535, "qk_norm_rope_cache_fused",
-         "too many heads (" + std::to_string(heads) + ")");
-  const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(groups));
-  kernels::qk_norm_rope_cache_kernel<S>
-      <<<grid, kernels::qk_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
-          args, kernels::kv_cache_rows(cache));
+  const bool vec = s.head_dim % 16 == 0 && s.head_dim <= 32 * kernels::vec_width &&
+                   kernels::aligned16(qkv.data) && qkv.stride(0) % kernels::vec_width == 0 &&
+                   kernels::aligned16(q_out.data) && q_out.stride(0) % kernels::vec_width == 0 &&
+                   q_out.stride(1) % kernels::vec_width == 0 &&
+                   kernels::aligned16(q_norm_weight.data) &&
+                   kernels::aligned16(k_norm_weight.data) && kernels::aligned16(cos_sin.data) &&
+                   cos_sin.stride(0) % 4 == 0 && kernels::aligned8_rows(cache.key) &&
+                   kernels::aligned8_rows(cache.value);
+  const auto stream = static_cast<hipStream_t>(gpu.stream);
+  if (vec) {
+    const index_t items = s.tokens * heads;
+    const auto launch = [&]<int HeadLanes>() {
+      constexpr index_t per_block = kernels::qk_vec_threads / HeadLanes;
+      const index_t blocks = (items + per_block - 1) / per_block;
+      expect(blocks <= 0x7fffffff, "qk_norm_rope_cache_fused",
+             "too many tokens x heads (" + std::to_string(items) + ")");
+      kernels::qk_norm_rope_cache_vec_kernel<S, HeadLanes>
+          <<<static_cast<unsigned>(blocks), kernels::qk_vec_threads, 0, stream>>>(
+              args, kernels::kv_cache_rows(cache), items);
+    };
+    const index_t lanes = s.head_dim / kernels::vec_width;
+    if (lanes <= 4)
+      launch.template operator()<4>();
+    else if (lanes <= 8)
+      launch.template operator()<8>();
+    else if (lanes <= 16)
+      launch.template operator()<16>();
+    else
+      launch.template operator()<32>();
+  } else {
+    const index_t groups = (heads + kernels::qk_heads_per_block - 1) / kernels::qk_heads_per_block;
+    expect(groups <= 65535, "qk_norm_rope_cache_fused",
+           "too many heads (" + std::to_string(heads) + ")");
+    const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(groups));
+    kernels::qk_norm_rope_cache_kernel<S>
+        <<<grid, kernels::qk_threads, 0, stream>>>(args, kernels::kv_cache_rows(cache));
+  }
   ATOM_GPU_CHECK(hipGetLastError());
 }
 

@@ -15,6 +15,7 @@
 
 #include "atom/core/tensor.hpp"
 #include "atom/ops/formats.hpp"
+#include "fast_quant.hpp"
 #include "reduce.hpp"
 
 namespace atom::kernels {
@@ -39,15 +40,18 @@ __device__ inline int chunk_base(int c) {
 // Columns past `cols` read as 0.
 template <int Chunks, bool Vec>
 __device__ inline void load_row(const bf16* src, int cols, RowValues<Chunks>& x) {
+#pragma unroll
   for (int c = 0; c < Chunks; ++c) {
     const int base = chunk_base<Chunks>(c);
     if constexpr (Vec) {
       if (base < cols) {
         unpack_bf16x8(*reinterpret_cast<const uint4*>(src + base), x[c]);
       } else {
+#pragma unroll
         for (int j = 0; j < vec_width; ++j) x[c][j] = 0.0f;
       }
     } else {
+#pragma unroll
       for (int j = 0; j < vec_width; ++j)
         x[c][j] = base + j < cols ? to_float(src[base + j]) : 0.0f;
     }
@@ -56,11 +60,13 @@ __device__ inline void load_row(const bf16* src, int cols, RowValues<Chunks>& x)
 
 template <int Chunks, bool Vec>
 __device__ inline void store_bf16_row(bf16* dst, int cols, const RowValues<Chunks>& y) {
+#pragma unroll
   for (int c = 0; c < Chunks; ++c) {
     const int base = chunk_base<Chunks>(c);
     if constexpr (Vec) {
       if (base < cols) *reinterpret_cast<uint4*>(dst + base) = pack_bf16x8(y[c]);
     } else {
+#pragma unroll
       for (int j = 0; j < vec_width; ++j)
         if (base + j < cols) dst[base + j] = to_bf16(y[c][j]);
     }
@@ -75,11 +81,15 @@ __device__ inline void normalize_row(RowValues<Chunks>& x, const bf16* weight, i
   RowValues<Chunks> w;
   load_row<Chunks, Vec>(weight, cols, w);
   float sum_sq = 0.0f;
+#pragma unroll
   for (int c = 0; c < Chunks; ++c)
+#pragma unroll
     for (int j = 0; j < vec_width; ++j) sum_sq = add(sum_sq, mul(x[c][j], x[c][j]));
   sum_sq = block_reduce(sum_sq, Sum{}, scratch);
   const float r = rms_inverse(sum_sq, static_cast<float>(cols), eps);
+#pragma unroll
   for (int c = 0; c < Chunks; ++c)
+#pragma unroll
     for (int j = 0; j < vec_width; ++j) x[c][j] = mul(mul(x[c][j], r), w[c][j]);
 }
 
@@ -121,23 +131,18 @@ __device__ inline float fp8_scale_for(std::uint32_t amax_bits) {
 }
 
 template <int Chunks, bool Vec>
-__device__ inline void store_fp8_codes(fp8_e4m3* q, int cols, int c, const float* y, float scale) {
+__device__ inline void store_fp8_codes(fp8_e4m3* q, int cols, int c, const float* y,
+                                       const Fp8Divisor& d) {
   const int base = chunk_base<Chunks>(c);
-  std::uint8_t codes[vec_width];
-  for (int j = 0; j < vec_width; ++j) codes[j] = to_fp8<Fp8Kind::e4m3fn>(div(y[j], scale)).bits;
+  const uint2 codes = fp8x8(y, d);
   if constexpr (Vec) {
-    if (base < cols) {
-      std::uint32_t lo = 0;
-      std::uint32_t hi = 0;
-      for (int j = 0; j < 4; ++j) {
-        lo |= static_cast<std::uint32_t>(codes[j]) << (8 * j);
-        hi |= static_cast<std::uint32_t>(codes[j + 4]) << (8 * j);
-      }
-      *reinterpret_cast<uint2*>(q + base) = make_uint2(lo, hi);
-    }
+    if (base < cols) *reinterpret_cast<uint2*>(q + base) = codes;
   } else {
+#pragma unroll
     for (int j = 0; j < vec_width; ++j)
-      if (base + j < cols) q[base + j] = fp8_e4m3{codes[j]};
+      if (base + j < cols)
+        q[base + j] =
+            fp8_e4m3{static_cast<std::uint8_t>((j < 4 ? codes.x : codes.y) >> (8 * (j % 4)))};
   }
 }
 
@@ -151,28 +156,33 @@ template <int Chunks, bool Vec>
 __device__ inline void store_row(const Fp8TokenRows& out, index_t row, int cols,
                                  const RowValues<Chunks>& y, std::uint32_t* scratch) {
   std::uint32_t amax = 0;
+#pragma unroll
   for (int c = 0; c < Chunks; ++c)
+#pragma unroll
     for (int j = 0; j < vec_width; ++j) amax = MaxBits{}(amax, abs_bits(y[c][j]));
   amax = block_reduce(amax, MaxBits{}, scratch);
-  const float scale = fp8_scale_for(amax);
-  if (threadIdx.x == 0) out.scale[row * out.scale_stride] = scale;
+  const Fp8Divisor d(fp8_scale_for(amax));
+  if (threadIdx.x == 0) out.scale[row * out.scale_stride] = d.scale;
+#pragma unroll
   for (int c = 0; c < Chunks; ++c)
-    store_fp8_codes<Chunks, Vec>(out.q + row * out.q_stride, cols, c, y[c], scale);
+    store_fp8_codes<Chunks, Vec>(out.q + row * out.q_stride, cols, c, y[c], d);
 }
 
 template <int Chunks, bool Vec>
 __device__ inline void store_row(const Fp8GroupRows& out, index_t row, int cols,
                                  const RowValues<Chunks>& y, std::uint32_t*) {
   constexpr int lanes = static_cast<int>(ops::fp8_group) / vec_width;
+#pragma unroll
   for (int c = 0; c < Chunks; ++c) {
     std::uint32_t amax = 0;
+#pragma unroll
     for (int j = 0; j < vec_width; ++j) amax = MaxBits{}(amax, abs_bits(y[c][j]));
     amax = lanes_reduce<lanes>(amax, MaxBits{});
-    const float scale = fp8_scale_for(amax);
+    const Fp8Divisor d(fp8_scale_for(amax));
     const int base = chunk_base<Chunks>(c);
     if (base < cols && base % static_cast<int>(ops::fp8_group) == 0)
-      out.scale[row * out.scale_stride + base / static_cast<int>(ops::fp8_group)] = scale;
-    store_fp8_codes<Chunks, Vec>(out.q + row * out.q_stride, cols, c, y[c], scale);
+      out.scale[row * out.scale_stride + base / static_cast<int>(ops::fp8_group)] = d.scale;
+    store_fp8_codes<Chunks, Vec>(out.q + row * out.q_stride, cols, c, y[c], d);
   }
 }
 
@@ -181,33 +191,32 @@ template <int Chunks, bool Vec>
 __device__ inline void store_row(const Mxfp4Rows& out, index_t row, int cols,
                                  const RowValues<Chunks>& y, std::uint32_t*) {
   constexpr int lanes = mx_block / vec_width;
+#pragma unroll
   for (int c = 0; c < Chunks; ++c) {
     const int base = chunk_base<Chunks>(c);
     std::uint32_t amax = 0;
+#pragma unroll
     for (int j = 0; j < vec_width; ++j)
       if (base + j < cols) amax = MaxBits{}(amax, abs_bits(y[c][j]));
     amax = lanes_reduce<lanes>(amax, MaxBits{});
     const e8m0 scale = mx_scale_for(float_of(amax > float_inf_bits ? float_inf_bits : amax));
     const bool nan_scale = scale.bits == e8m0_nan_code;
     const float inv = nan_scale ? 0.0f : inverse_scale(scale);
-    std::uint8_t bytes[vec_width / 2];
-    for (int j = 0; j < vec_width; j += 2) {
-      const bool lo_in = base + j < cols;
-      const bool hi_in = base + j + 1 < cols;
-      const std::uint8_t lo = nan_scale || !lo_in ? 0 : to_e2m1(mul(y[c][j], inv));
-      const std::uint8_t hi = nan_scale || !hi_in ? 0 : to_e2m1(mul(y[c][j + 1], inv));
-      bytes[j / 2] = static_cast<std::uint8_t>(lo | (hi << 4));
+    // A NaN scale zeroes every code; so does a column past the row (the padding nibble).
+    std::uint32_t word = 0;
+#pragma unroll
+    for (int j = 0; j < vec_width; ++j) {
+      const bool in = Vec || base + j < cols;
+      const std::uint32_t code = e2m1_code(mul(y[c][j], inv));
+      word |= (nan_scale || !in ? 0u : code) << (4 * j);
     }
     std::uint8_t* packed = out.packed + row * out.packed_stride + base / 2;
     if constexpr (Vec) {
-      if (base < cols)
-        *reinterpret_cast<std::uint32_t*>(packed) = static_cast<std::uint32_t>(bytes[0]) |
-                                                    (static_cast<std::uint32_t>(bytes[1]) << 8) |
-                                                    (static_cast<std::uint32_t>(bytes[2]) << 16) |
-                                                    (static_cast<std::uint32_t>(bytes[3]) << 24);
+      if (base < cols) *reinterpret_cast<std::uint32_t*>(packed) = word;
     } else {
+#pragma unroll
       for (int j = 0; j < vec_width; j += 2)
-        if (base + j < cols) packed[j / 2] = bytes[j / 2];
+        if (base + j < cols) packed[j / 2] = static_cast<std::uint8_t>(word >> (4 * j));
     }
     if (base < cols && base % mx_block == 0)
       out.scale[row * out.scale_stride + base / mx_block] = scale;

@@ -311,6 +311,9 @@ void check_qwen(Variant variant, index_t q_heads, index_t kv_heads, index_t dim)
 TEST_CASE("gpu qk_norm_rope_cache_fused (neox) matches the host") {
   check_qwen<RopeStyle::neox>(Variant::fused, 32, 4, 128);
   check_qwen<RopeStyle::neox>(Variant::fused, 5, 1, 18);
+  // The vector kernel's other lane counts: 32 lanes a head, and 10 of 16 lanes holding values.
+  check_qwen<RopeStyle::neox>(Variant::fused, 8, 2, 256);
+  check_qwen<RopeStyle::neox>(Variant::fused, 5, 1, 80);
 }
 
 TEST_CASE("gpu qk_norm_rope_cache_fused (interleaved) matches the host") {

@@ -136,7 +136,7 @@ void report(const std::string& what, const Diff& d) {
 }
 
 // Input rows: random, with special rows mixed in by `kind`.
-enum class Rows { random, zero_rows, huge, nan };
+enum class Rows { random, zero_rows, huge, tiny, nan };
 
 std::vector<bf16> make_input(Rng& rng, index_t rows, index_t cols, Rows kind) {
   std::vector<bf16> x = rng.bf16s(rows * cols);
@@ -154,6 +154,12 @@ std::vector<bf16> make_input(Rng& rng, index_t rows, index_t cols, Rows kind) {
         // amax, so the other values of the row sit at the bottom of the format.
         for (index_t c = 0; c < cols; ++c)
           if ((c + r) % 7 == 0) row[c] = atom::to_bf16(rng.nonzero(1e30f, 1e36f));
+        break;
+      case Rows::tiny:
+        // Even rows below the fast FP8 division's range (scales under 2^-64), odd rows inside it
+        // near its lower end.
+        for (index_t c = 0; c < cols; ++c)
+          row[c] = atom::to_bf16(atom::to_float(row[c]) * (r % 2 == 0 ? 1e-30f : 1e-16f));
         break;
       case Rows::nan:
         if (r % 2 == 1) row[(r * 31) % cols] = bf16{0x7fc0};
@@ -225,6 +231,11 @@ TEMPLATE_TEST_CASE("gpu norms and quantizers on all-zero rows", "", epi::Bf16, e
 TEMPLATE_TEST_CASE("gpu norms and quantizers on huge values (saturation)", "", epi::Bf16,
                    epi::Fp8PerToken, epi::Fp8PerGroup128, epi::Mxfp4) {
   check_norms<TestType>(Rows::huge, few_tokens);
+}
+
+TEMPLATE_TEST_CASE("gpu norms and quantizers on tiny values", "", epi::Bf16, epi::Fp8PerToken,
+                   epi::Fp8PerGroup128, epi::Mxfp4) {
+  check_norms<TestType>(Rows::tiny, few_tokens);
 }
 
 TEMPLATE_TEST_CASE("gpu norms and quantizers propagate NaN as the host does", "", epi::Bf16,

@@ -1,30 +1,48 @@
 """PyTorch peers of atom-bench-norm: the same kernels and shapes in eager mode and under
-torch.compile, timed the same way (median of 25 batches of 20 back-to-back calls, CUDA events).
+torch.compile, timed as atom-bench-norm times its graph column: `per_graph` calls captured into
+one CUDA graph, the graph replayed with CUDA events around each replay, the median per call.
+torch.compile runs with its defaults (static shapes at T=1, then one dynamic-T graph per function).
 
-Usage: python3 tools/bench/norm_bench_torch.py [--compile-budget SECONDS]
+Usage: python3 tools/bench/norm_bench_torch.py [--ours ours.csv] [--compile-budget SECONDS]
+                                               [--ready FILE --go FILE]
+With --ours, prints the joint table (atom's graph time, GB/s and % of copy next to eager and
+compiled). With --ready/--go, compiles and warms up every case first, creates the --ready file,
+and waits for the --go file before timing (so compilation can overlap other work on the machine).
 """
 import argparse
+import csv
+import os
 import time
 
 import torch
 
 EPS = 1e-6
 dev = "cuda"
+SWEEP = (1, 16, 64, 256, 1024, 4096, 16384)
 
 
-def time_us(fn):
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(25):
-        start.record()
-        for _ in range(20):
+def graph_us(fn, per_graph=20, replays=15):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
             fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(per_graph):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(replays):
+        start.record()
+        g.replay()
         stop.record()
         stop.synchronize()
-        samples.append(start.elapsed_time(stop) * 1000.0 / 20)
+        samples.append(start.elapsed_time(stop) * 1000.0 / per_graph)
     samples.sort()
     return samples[len(samples) // 2]
 
@@ -43,7 +61,8 @@ def fp8_quant(y, group):
     return q.reshape(shape), scale.squeeze(-1)
 
 
-E2M1_BOUNDS = None
+# RNE ties of the e2m1 grid (made once: no host-to-device copies inside a graph capture).
+E2M1_BOUNDS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], device=dev)
 
 
 def mxfp4_quant(y):
@@ -51,13 +70,10 @@ def mxfp4_quant(y):
     g = y.reshape(t, -1, 32)
     amax = g.abs().amax(-1, keepdim=True)
     e = torch.floor(torch.log2(amax)) - 2
-    scale = torch.exp2(e)
-    v = g / scale
-    bounds = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], device=y.device)
-    code = torch.bucketize(v.abs(), bounds).to(torch.uint8) | ((v < 0).to(torch.uint8) << 3)
+    v = g / torch.exp2(e)
+    code = torch.bucketize(v.abs(), E2M1_BOUNDS).to(torch.uint8) | ((v < 0).to(torch.uint8) << 3)
     code = code.reshape(t, c)
-    packed = code[:, 0::2] | (code[:, 1::2] << 4)
-    return packed, (e + 127).to(torch.uint8)
+    return code[:, 0::2] | (code[:, 1::2] << 4), (e + 127).to(torch.uint8)
 
 
 def rms_bf16(x, w):
@@ -127,64 +143,101 @@ def qwen_fused(qkv, qw, kw, pos, cos_sin, slots, k_cache, v_cache, k_scale, v_sc
 
 
 def cases():
+    """(name, shape label as atom-bench-norm prints it, function, argument builder), grouped by
+    function so each function compiles once per specialisation."""
     g = torch.Generator(device=dev).manual_seed(0)
 
     def r(*shape):
         return (torch.rand(*shape, device=dev, generator=g) * 4 - 2).bfloat16()
 
-    for t in (1, 64, 4096):
-        yield "rms_norm bf16", f"[{t}, 7168]", rms_bf16, (r(t, 7168), r(7168))
-    for t in (1, 4096):
-        yield "rms_norm bf16", f"[{t}, 2048]", rms_bf16, (r(t, 2048), r(2048))
-    for t in (1, 4096):
-        yield "add_rms_norm bf16", f"[{t}, 7168]", add_rms_bf16, (r(t, 7168), r(t, 7168), r(7168))
-    for t in (1, 4096):
-        yield "rms_norm fp8/token", f"[{t}, 7168]", rms_fp8_token, (r(t, 7168), r(7168))
-    for t in (1, 4096):
-        yield "rms_norm fp8/1x128", f"[{t}, 7168]", rms_fp8_group, (r(t, 7168), r(7168))
-    for t in (1, 4096):
-        yield "add_rms_norm mxfp4", f"[{t}, 7168]", add_rms_mxfp4, (r(t, 7168), r(t, 7168), r(7168))
-    for t in (1, 4096):
-        yield "quantize fp8/token", f"[{t}, 7168]", quant_token, (r(t, 7168),)
-    for t in (1, 4096):
-        yield "quantize fp8/1x128", f"[{t}, 7168]", quant_group, (r(t, 7168),)
-    for t in (1, 4096):
-        yield "quantize mxfp4", f"[{t}, 7168]", quant_mx, (r(t, 7168),)
-    for t in (1, 4096):
-        yield "ds qk_norm_fused bf16", f"[{t}, 2112]", ds_qk_bf16, (r(t, 2112), r(1536), r(512))
-    for t in (1, 4096):
-        yield "ds qk_norm_fused mxfp4", f"[{t}, 2112]", ds_qk_mx, (r(t, 2112), r(1536), r(512))
-    for t in (1, 64, 4096):
+    def qwen_args(t):
         blocks = t // 16 + 1
-        args = (r(t, 5120), r(128), r(128), torch.arange(t, device=dev) * 7919 % 32768,
-                torch.rand(32768, 128, device=dev, generator=g),
-                torch.arange(t, device=dev),
+        return (r(t, 5120), r(128), r(128), torch.arange(t, device=dev) * 7919 % 32768,
+                torch.rand(32768, 128, device=dev, generator=g), torch.arange(t, device=dev),
                 torch.empty(blocks, 16, 4, 128, device=dev, dtype=torch.float8_e4m3fn),
                 torch.empty(blocks, 16, 4, 128, device=dev, dtype=torch.float8_e4m3fn),
                 torch.empty(blocks, 16, 4, device=dev), torch.empty(blocks, 16, 4, device=dev))
-        yield "qwen qk fused", f"T={t}", qwen_fused, args
+
+    sweep = [
+        ("rms_norm bf16", rms_bf16, lambda t: (r(t, 7168), r(7168))),
+        ("add_rms_norm bf16", add_rms_bf16, lambda t: (r(t, 7168), r(t, 7168), r(7168))),
+        ("rms_norm fp8/token", rms_fp8_token, lambda t: (r(t, 7168), r(7168))),
+        ("rms_norm fp8/1x128", rms_fp8_group, lambda t: (r(t, 7168), r(7168))),
+        ("add_rms_norm mxfp4", add_rms_mxfp4, lambda t: (r(t, 7168), r(t, 7168), r(7168))),
+    ]
+    out = []
+    for name, fn, build in sweep:
+        out.append((name, fn, [(f"[{t},7168]", (lambda t=t, b=build: b(t))) for t in SWEEP]))
+    out.append(("qwen qk fused", qwen_fused, [(f"T={t}", (lambda t=t: qwen_args(t))) for t in SWEEP]))
+    for name, fn, build in [("quantize fp8/token", quant_token, lambda t: (r(t, 7168),)),
+                            ("quantize fp8/1x128", quant_group, lambda t: (r(t, 7168),)),
+                            ("quantize mxfp4", quant_mx, lambda t: (r(t, 7168),))]:
+        out.append((name, fn, [(f"[{t},7168]", (lambda t=t, b=build: b(t))) for t in (1, 4096)]))
+    for name, fn in [("ds qk_norm bf16", ds_qk_bf16), ("ds qk_norm mxfp4", ds_qk_mx)]:
+        out.append((name, fn, [(f"[{t},2112]", (lambda t=t: (r(t, 2112), r(1536), r(512))))
+                               for t in (1, 4096)]))
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--ours")
     ap.add_argument("--compile-budget", type=float, default=240.0)
+    ap.add_argument("--ready")
+    ap.add_argument("--go")
     opts = ap.parse_args()
-    print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__)
+    print("device:", torch.cuda.get_device_name(0), "torch", torch.__version__, flush=True)
+    began = time.time()
+    prepared = []
+    for name, fn, shapes in cases():
+        compiled = torch.compile(fn)
+        for shape, build in shapes:
+            args = build()
+            comp = None
+            if time.time() - began < opts.compile_budget:
+                comp = compiled
+                comp(*args)  # compiles this specialisation now
+            prepared.append((name, shape, fn, comp, args))
+    torch.cuda.synchronize()
+    print(f"compiled and warmed up in {time.time() - began:.0f} s", flush=True)
+    if opts.ready:
+        open(opts.ready, "w").close()
+        while not os.path.exists(opts.go):
+            time.sleep(0.5)
+
+    ours = {}
+    copy_gbps = None
+    if opts.ours:
+        with open(opts.ours) as f:
+            for rec in csv.reader(f):
+                if rec[0].startswith("policy"):
+                    continue
+                # name, shape (may hold a comma), stream us, graph us, GB/s, % copy
+                shape = ",".join(rec[1:-4])
+                ours[(rec[0], shape)] = (float(rec[-3]), float(rec[-2]), float(rec[-1]))
+                if rec[0] == "copy (reference)":
+                    copy_gbps = float(rec[-2])
     x = torch.empty(32768 * 16384, dtype=torch.bfloat16, device=dev)
     y = torch.empty_like(x)
-    us = time_us(lambda: y.copy_(x))
-    print(f"{'copy (torch copy_)':30s} {'1 GiB':16s} {us:9.2f} us {2 * x.numel() * 2 / us * 1e-3:8.1f} GB/s")
+    us = graph_us(lambda: y.copy_(x), per_graph=5, replays=9)
+    print(f"torch copy_ 1 GiB: {us:.1f} us, {2 * x.numel() * 2 / us * 1e-3:.0f} GB/s"
+          f" (atom copy: {copy_gbps} GB/s)")
     del x, y
-    began = time.time()
-    for name, shape, fn, args in cases():
-        eager = time_us(lambda: fn(*args))
-        if time.time() - began < opts.compile_budget:
-            torch._dynamo.reset()
-            compiled = torch.compile(fn, dynamic=False)
-            comp = f"{time_us(lambda: compiled(*args)):9.2f} us"
-        else:
-            comp = "  (compile budget spent)"
-        print(f"{name:30s} {shape:16s} eager {eager:9.2f} us   compile {comp}", flush=True)
+    print("| kernel | shape | atom us | atom GB/s | % copy | torch eager us | torch.compile us |"
+          " compile / atom |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, shape, fn, comp, args in prepared:
+        eager = graph_us(lambda: fn(*args))
+        try:
+            c_us = graph_us(lambda: comp(*args)) if comp else None
+        except Exception as e:  # a capture failure is reported, not fatal
+            print(f"  {name} {shape}: torch.compile capture failed: {type(e).__name__}")
+            c_us = None
+        a = ours.get((name, shape))
+        a_txt = f"{a[0]:.2f} | {a[1]:.0f} | {a[2]:.1f}" if a else "- | - | -"
+        c_txt = f"{c_us:.2f}" if c_us else "-"
+        ratio = f"{c_us / a[0]:.2f}x" if (a and c_us) else "-"
+        print(f"| {name} | {shape} | {a_txt} | {eager:.2f} | {c_txt} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

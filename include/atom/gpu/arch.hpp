@@ -32,3 +32,17 @@ inline constexpr bool nvidia_ptx = false;
 #endif
 
 }  // namespace atom::gpu
+
+namespace atom::gpu {
+
+// Whether device code converts a pair of floats to OCP e4m3fn codes with one instruction
+// (cvt.rn.satfinite.e4m3x2.f32, NVIDIA sm_89 and newer): round to nearest even, finite values
+// past the largest code saturating to it. Only the device pass of such a target sees true, so it
+// may choose code inside device functions, never a kernel's signature or a launch.
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && __CUDA_ARCH__ >= 890
+inline constexpr bool fp8_e4m3fn_cvt = true;
+#else
+inline constexpr bool fp8_e4m3fn_cvt = false;
+#endif
+
+}  // namespace atom::gpu

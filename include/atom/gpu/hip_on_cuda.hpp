@@ -71,6 +71,18 @@ inline hipError_t hipEventSynchronize(hipEvent_t e) {
 inline hipError_t hipEventElapsedTime(float* ms, hipEvent_t a, hipEvent_t b) {
   return cudaEventElapsedTime(ms, a, b);
 }
+inline hipError_t hipMemGetInfo(size_t* free, size_t* total) {
+  return cudaMemGetInfo(free, total);
+}
+inline constexpr unsigned hipHostMallocDefault = cudaHostAllocDefault;
+inline constexpr unsigned hipStreamNonBlocking = cudaStreamNonBlocking;
+inline hipError_t hipStreamCreateWithFlags(hipStream_t* s, unsigned flags) {
+  return cudaStreamCreateWithFlags(s, flags);
+}
+inline constexpr unsigned hipEventDisableTiming = cudaEventDisableTiming;
+inline hipError_t hipEventCreateWithFlags(hipEvent_t* e, unsigned flags) {
+  return cudaEventCreateWithFlags(e, flags);
+}
 inline hipError_t hipGetLastError() {
   return cudaGetLastError();
 }
@@ -82,3 +94,72 @@ inline const char* hipGetErrorString(hipError_t e) {
 #define __shfl_xor(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
 #define __shfl_down(v, d) __shfl_down_sync(0xffffffffu, (v), (d))
 #define __shfl(v, l) __shfl_sync(0xffffffffu, (v), (l))
+
+// Peer memory between processes (the tensor-parallel group's registered buffers), pinned host
+// memory the device writes, occupancy and graphs.
+using hipIpcMemHandle_t = cudaIpcMemHandle_t;
+using hipGraph_t = cudaGraph_t;
+using hipGraphExec_t = cudaGraphExec_t;
+using hipGraphNode_t = cudaGraphNode_t;
+using hipStreamCaptureMode = cudaStreamCaptureMode;
+inline constexpr unsigned hipIpcMemLazyEnablePeerAccess = cudaIpcMemLazyEnablePeerAccess;
+inline constexpr unsigned hipHostMallocMapped = cudaHostAllocMapped;
+inline constexpr hipError_t hipErrorNotReady = cudaErrorNotReady;
+inline constexpr hipStreamCaptureMode hipStreamCaptureModeThreadLocal =
+    cudaStreamCaptureModeThreadLocal;
+
+inline hipError_t hipIpcGetMemHandle(hipIpcMemHandle_t* h, void* p) {
+  return cudaIpcGetMemHandle(h, p);
+}
+inline hipError_t hipIpcOpenMemHandle(void** p, hipIpcMemHandle_t h, unsigned flags) {
+  return cudaIpcOpenMemHandle(p, h, flags);
+}
+inline hipError_t hipIpcCloseMemHandle(void* p) {
+  return cudaIpcCloseMemHandle(p);
+}
+inline hipError_t hipHostMalloc(void** p, size_t n, unsigned flags) {
+  return cudaHostAlloc(p, n, flags);
+}
+inline hipError_t hipHostFree(void* p) {
+  return cudaFreeHost(p);
+}
+inline hipError_t hipHostGetDevicePointer(void** d, void* h, unsigned flags) {
+  return cudaHostGetDevicePointer(d, h, flags);
+}
+inline hipError_t hipMemset(void* d, int v, size_t n) {
+  return cudaMemset(d, v, n);
+}
+inline hipError_t hipStreamQuery(hipStream_t s) {
+  return cudaStreamQuery(s);
+}
+template <class Kernel>
+hipError_t hipOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel kernel, int threads,
+                                                        size_t shared_bytes) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, kernel, threads, shared_bytes);
+}
+inline hipError_t hipStreamBeginCapture(hipStream_t s, hipStreamCaptureMode mode) {
+  return cudaStreamBeginCapture(s, mode);
+}
+inline hipError_t hipStreamEndCapture(hipStream_t s, hipGraph_t* g) {
+  return cudaStreamEndCapture(s, g);
+}
+// HIP keeps the CUDA 11 signature (error node and log buffer); CUDA 12 reports through the error.
+inline hipError_t hipGraphInstantiate(hipGraphExec_t* e, hipGraph_t g, hipGraphNode_t*, char*,
+                                      size_t) {
+  return cudaGraphInstantiate(e, g, 0);
+}
+inline hipError_t hipGraphLaunch(hipGraphExec_t e, hipStream_t s) {
+  return cudaGraphLaunch(e, s);
+}
+inline hipError_t hipGraphExecDestroy(hipGraphExec_t e) {
+  return cudaGraphExecDestroy(e);
+}
+inline hipError_t hipGraphDestroy(hipGraph_t g) {
+  return cudaGraphDestroy(g);
+}
+
+// Kernel attributes (registers, local memory) as the compiler left them.
+using hipFuncAttributes = cudaFuncAttributes;
+inline hipError_t hipFuncGetAttributes(hipFuncAttributes* a, const void* f) {
+  return cudaFuncGetAttributes(a, f);
+}

@@ -1,12 +1,17 @@
 // atom-bench-norm: the GPU norm / quant / RoPE / cache kernels on DeepSeek-V3 and Qwen3 shapes.
-// Prints, per kernel and shape, the median time per launch (batches of back-to-back launches
-// timed with device events), the bytes it must move (each input read once, each output written
-// once), the bandwidth that gives, and its fraction of the copy bandwidth measured in the same
-// run. tools/bench/norm_bench_torch.py times the PyTorch versions of the same shapes.
-#include <algorithm>
+//
+// Per kernel and shape: the median time per launch with device events, (a) launched back to back
+// from the host and (b) replayed from a graph of captured launches (the kernel time without host
+// launch cost), the bytes it must move (each input read once, each output written once), the
+// bandwidth from (b) and its fraction of the copy bandwidth measured in the same run. Then the
+// policy comparison: the RMSNorm kernel specialised per epilogue against one kernel taking the
+// epilogue as a run-time argument (registers, local memory, time).
+//
+// Usage: atom-bench-norm [results.csv]  (the CSV feeds tools/bench/norm_bench_torch.py --ours)
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <numeric>
 #include <string>
@@ -14,46 +19,50 @@
 #include <vector>
 
 #include "atom/gpu/device.hpp"
-#include "atom/ops/gpu/cache.hpp"
 #include "atom/ops/gpu/norm.hpp"
 #include "atom/ops/gpu/quant.hpp"
 #include "atom/ops/gpu/qwen_qk.hpp"
-#include "atom/ops/gpu/rope.hpp"
 #include "atom/ops/rope.hpp"
+#include "norm_bench_gpu.hpp"
 
 namespace {
 
 namespace ops = atom::ops;
 namespace gpu = atom::gpu;
+namespace bench = atom::bench;
 using atom::bf16;
 using atom::index_t;
 using atom::make_view;
 
-const ops::Gpu device{};
 constexpr float eps = 1e-6f;
+const std::vector<index_t> token_sweep = {1, 16, 64, 256, 1024, 4096, 16384};
 
-// Median over 25 batches of 20 launches, per launch, in microseconds.
-double time_us(const std::function<void()>& launch) {
-  for (int i = 0; i < 10; ++i) launch();
-  gpu::synchronize();
-  constexpr int batch = 20;
-  std::vector<double> samples;
-  gpu::Timer timer;
-  for (int b = 0; b < 25; ++b) {
-    timer.start();
-    for (int i = 0; i < batch; ++i) launch();
-    samples.push_back(static_cast<double>(timer.stop_ms()) * 1000.0 / batch);
-  }
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
-
+bench::Stream stream;
+std::ofstream csv;
 double copy_gbps = 0;
 
-void row(const std::string& name, const std::string& shape, double bytes, double us) {
-  const double gbps = bytes / us * 1e-3;
-  std::printf("%-30s %-16s %9.2f us %8.1f GB/s %6.1f%% of copy\n", name.c_str(), shape.c_str(), us,
-              gbps, copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 0.0);
+ops::Gpu on_stream() {
+  return ops::Gpu{stream.get()};
+}
+
+struct Times {
+  double stream_us;
+  double graph_us;
+};
+
+Times time_launch(const std::function<void()>& launch) {
+  return {bench::stream_us(stream.get(), launch, 20, 15),
+          bench::graph_us(stream.get(), launch, 20, 15)};
+}
+
+void row(const std::string& name, const std::string& shape, double bytes, const Times& t) {
+  const double gbps = bytes / t.graph_us * 1e-3;
+  std::printf("%-24s %-14s %9.2f %9.2f %9.1f %6.1f%%\n", name.c_str(), shape.c_str(), t.stream_us,
+              t.graph_us, gbps, copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 0.0);
+  std::fflush(stdout);
+  if (csv)
+    csv << name << ',' << shape << ',' << t.stream_us << ',' << t.graph_us << ',' << gbps << ','
+        << (copy_gbps > 0 ? 100.0 * gbps / copy_gbps : 0.0) << '\n';
 }
 
 template <class T>
@@ -74,21 +83,23 @@ gpu::Buffer<T> filled(std::size_t n, std::uint32_t seed) {
 }
 
 std::string shape_of(index_t a, index_t b) {
-  return "[" + std::to_string(a) + ", " + std::to_string(b) + "]";
+  return "[" + std::to_string(a) + "," + std::to_string(b) + "]";
 }
 
 void bench_copy() {
-  const index_t rows = 32768, cols = 16384;  // 1 GiB
+  const index_t rows = 32768, cols = 16384;  // 1 GiB each way
   gpu::Buffer<bf16> src(static_cast<std::size_t>(rows * cols));
   gpu::Buffer<bf16> dst(static_cast<std::size_t>(rows * cols));
   src.fill(0x3c);
-  const double us = time_us([&] {
-    ops::copy(device, make_view(static_cast<const bf16*>(src.data()), rows, cols),
+  const auto launch = [&] {
+    ops::copy(on_stream(), make_view(static_cast<const bf16*>(src.data()), rows, cols),
               make_view(dst.data(), rows, cols));
-  });
+  };
+  const Times t{bench::stream_us(stream.get(), launch, 5, 9),
+                bench::graph_us(stream.get(), launch, 5, 9)};
   const double bytes = 2.0 * static_cast<double>(rows * cols) * 2.0;
-  copy_gbps = bytes / us * 1e-3;
-  row("copy (reference)", shape_of(rows, cols), bytes, us);
+  copy_gbps = bytes / t.graph_us * 1e-3;
+  row("copy (reference)", shape_of(rows, cols), bytes, t);
 }
 
 template <class Epi>
@@ -101,34 +112,33 @@ struct Act<ops::epi::Bf16> {
   ops::Bf16Act act() { return {make_view(x.data(), r, c)}; }
   double bytes() const { return 2.0 * static_cast<double>(r * c); }
 };
-template <>
-struct Act<ops::epi::Fp8PerToken> {
+template <class Act8, index_t (*ScaleCols)(index_t)>
+struct Fp8Act {
   gpu::Buffer<atom::fp8_e4m3> q;
   gpu::Buffer<float> s;
   index_t r, c;
-  Act(index_t rows, index_t cols)
+  Fp8Act(index_t rows, index_t cols)
       : q(static_cast<std::size_t>(rows * cols)),
-        s(static_cast<std::size_t>(rows)),
+        s(static_cast<std::size_t>(rows * ScaleCols(cols))),
         r(rows),
         c(cols) {}
+  double bytes() const {
+    return static_cast<double>(r * c) + 4.0 * static_cast<double>(r * ScaleCols(c));
+  }
+};
+index_t one_scale(index_t) {
+  return 1;
+}
+template <>
+struct Act<ops::epi::Fp8PerToken> : Fp8Act<ops::Fp8TokenAct, one_scale> {
+  using Fp8Act::Fp8Act;
   ops::Fp8TokenAct act() { return {make_view(q.data(), r, c), make_view(s.data(), r)}; }
-  double bytes() const { return static_cast<double>(r * c) + 4.0 * static_cast<double>(r); }
 };
 template <>
-struct Act<ops::epi::Fp8PerGroup128> {
-  gpu::Buffer<atom::fp8_e4m3> q;
-  gpu::Buffer<float> s;
-  index_t r, c;
-  Act(index_t rows, index_t cols)
-      : q(static_cast<std::size_t>(rows * cols)),
-        s(static_cast<std::size_t>(rows * ops::fp8_group_cols(cols))),
-        r(rows),
-        c(cols) {}
+struct Act<ops::epi::Fp8PerGroup128> : Fp8Act<ops::Fp8GroupAct, ops::fp8_group_cols> {
+  using Fp8Act::Fp8Act;
   ops::Fp8GroupAct act() {
     return {make_view(q.data(), r, c), make_view(s.data(), r, ops::fp8_group_cols(c))};
-  }
-  double bytes() const {
-    return static_cast<double>(r * c) + 4.0 * static_cast<double>(r * ops::fp8_group_cols(c));
   }
 };
 template <>
@@ -159,13 +169,14 @@ void bench_norm(const std::string& name, index_t rows, index_t cols, bool add) {
   const auto xv = make_view(static_cast<const bf16*>(x.data()), rows, cols);
   const auto wv = make_view(static_cast<const bf16*>(w.data()), cols);
   const double in_bytes = 2.0 * static_cast<double>(rows * cols) * (add ? 3.0 : 1.0);
-  const double us = time_us([&] {
+  const Times t = time_launch([&] {
     if (add)
-      ops::add_rms_norm<Epi>(device, xv, make_view(res.data(), rows, cols), wv, eps, out.act());
+      ops::add_rms_norm<Epi>(on_stream(), xv, make_view(res.data(), rows, cols), wv, eps,
+                             out.act());
     else
-      ops::rms_norm<Epi>(device, xv, wv, eps, out.act());
+      ops::rms_norm<Epi>(on_stream(), xv, wv, eps, out.act());
   });
-  row(name, shape_of(rows, cols), in_bytes + out.bytes(), us);
+  row(name, shape_of(rows, cols), in_bytes + out.bytes(), t);
 }
 
 template <class Epi>
@@ -173,8 +184,8 @@ void bench_quant(const std::string& name, index_t rows, index_t cols) {
   auto x = filled<bf16>(static_cast<std::size_t>(rows * cols), 4);
   Act<Epi> out(rows, cols);
   const auto xv = make_view(static_cast<const bf16*>(x.data()), rows, cols);
-  const double us = time_us([&] { ops::quantize<Epi>(device, xv, out.act()); });
-  row(name, shape_of(rows, cols), 2.0 * static_cast<double>(rows * cols) + out.bytes(), us);
+  const Times t = time_launch([&] { ops::quantize<Epi>(on_stream(), xv, out.act()); });
+  row(name, shape_of(rows, cols), 2.0 * static_cast<double>(rows * cols) + out.bytes(), t);
 }
 
 template <class Epi>
@@ -186,8 +197,8 @@ void bench_qk_norm(const std::string& name, index_t rows) {
   Act<Epi> qo(rows, q);
   gpu::Buffer<bf16> kvo(static_cast<std::size_t>(rows * kv)),
       peo(static_cast<std::size_t>(rows * pe));
-  const double us = time_us([&] {
-    ops::qk_norm_fused<Epi>(device, make_view(static_cast<const bf16*>(x.data()), rows, cols),
+  const Times t = time_launch([&] {
+    ops::qk_norm_fused<Epi>(on_stream(), make_view(static_cast<const bf16*>(x.data()), rows, cols),
                             make_view(static_cast<const bf16*>(qw.data()), q),
                             make_view(static_cast<const bf16*>(kw.data()), kv), eps, qo.act(),
                             make_view(kvo.data(), rows, kv), make_view(peo.data(), rows, pe));
@@ -195,7 +206,7 @@ void bench_qk_norm(const std::string& name, index_t rows) {
   row(name, shape_of(rows, cols),
       2.0 * static_cast<double>(rows * cols) + qo.bytes() +
           2.0 * static_cast<double>(rows * (kv + pe)),
-      us);
+      t);
 }
 
 void bench_qwen(const std::string& name, index_t tokens, bool fused) {
@@ -221,7 +232,7 @@ void bench_qwen(const std::string& name, index_t tokens, bool fused) {
                               make_view(vs.data(), blocks, block_size, kvh)};
   gpu::Buffer<bf16> q(static_cast<std::size_t>(tokens * qh * dim));
   const auto args = [&](auto&& op) {
-    op(device, make_view(static_cast<const bf16*>(qkv.data()), tokens, width),
+    op(on_stream(), make_view(static_cast<const bf16*>(qkv.data()), tokens, width),
        make_view(static_cast<const bf16*>(qw.data()), dim),
        make_view(static_cast<const bf16*>(kw.data()), dim), eps,
        make_view(static_cast<const std::int64_t*>(dpos.data()), tokens),
@@ -229,42 +240,91 @@ void bench_qwen(const std::string& name, index_t tokens, bool fused) {
        make_view(static_cast<const std::int64_t*>(dslots.data()), tokens), cache,
        make_view(q.data(), tokens, qh, dim));
   };
-  const double us = time_us([&] {
+  const Times t = time_launch([&] {
     if (fused)
       args([](auto&&... a) { ops::qk_norm_rope_cache_fused<ops::RopeStyle::neox>(a...); });
     else
       args([](auto&&... a) { ops::qk_norm_rope_cache_separate<ops::RopeStyle::neox>(a...); });
   });
-  const double t = static_cast<double>(tokens);
+  const double n = static_cast<double>(tokens);
   // qkv in, q out (bf16), k and v codes + scales, positions, slots and the cos/sin rows.
   const double bytes =
-      t * (2.0 * static_cast<double>(width) + 2.0 * static_cast<double>(qh * dim) +
+      n * (2.0 * static_cast<double>(width) + 2.0 * static_cast<double>(qh * dim) +
            2.0 * static_cast<double>(kvh * (dim + 4)) + 16.0 + 4.0 * static_cast<double>(dim));
-  row(name, "T=" + std::to_string(tokens), bytes, us);
+  row(name, "T=" + std::to_string(tokens), bytes, t);
+}
+
+// The policy comparison at [rows, 7168]: the same kernel body, specialised per epilogue or
+// switching on a run-time argument.
+void bench_policies(index_t rows) {
+  const index_t cols = 7168;
+  auto x = filled<bf16>(static_cast<std::size_t>(rows * cols), 11);
+  auto w = filled<bf16>(static_cast<std::size_t>(cols), 12);
+  gpu::Buffer<bf16> out(static_cast<std::size_t>(rows * cols));
+  gpu::Buffer<float> scale(static_cast<std::size_t>(rows * ops::fp8_group_cols(cols)));
+  struct Named {
+    bench::Epilogue e;
+    const char* name;
+    double out_bytes_per_value;
+    double scales_per_row;
+  };
+  const Named epilogues[] = {{bench::Epilogue::bf16, "bf16", 2.0, 0},
+                             {bench::Epilogue::fp8_token, "fp8/token", 1.0, 4.0},
+                             {bench::Epilogue::fp8_group128, "fp8/1x128", 1.0, 4.0 * 56},
+                             {bench::Epilogue::mxfp4, "mxfp4", 0.5, 224}};
+  const bench::KernelInfo rt = bench::runtime_rms_norm_info();
+  std::printf("\npolicy comparison, rms_norm [%lld, %lld]: registers / local bytes / graph us\n",
+              static_cast<long long>(rows), static_cast<long long>(cols));
+  std::printf("%-10s %22s %22s\n", "epilogue", "policy template", "run-time switch");
+  for (const Named& n : epilogues) {
+    const bench::KernelInfo pi = bench::policy_rms_norm_info(n.e);
+    const auto run = [&](bool policy) {
+      return bench::graph_us(
+          stream.get(),
+          [&] {
+            (policy ? bench::policy_rms_norm : bench::runtime_rms_norm)(
+                stream.get(), n.e, x.data(), w.data(), static_cast<int>(rows),
+                static_cast<int>(cols), eps, out.data(), scale.data());
+          },
+          20, 15);
+    };
+    const double p_us = run(true);
+    const double r_us = run(false);
+    std::printf("%-10s %5d %6zu %9.2f %5d %6zu %9.2f\n", n.name, pi.registers, pi.local_bytes, p_us,
+                rt.registers, rt.local_bytes, r_us);
+    if (csv)
+      csv << "policy " << n.name << ',' << shape_of(rows, cols) << ',' << pi.registers << ','
+          << p_us << ',' << rt.registers << ',' << r_us << '\n';
+  }
 }
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   if (gpu::device_count() == 0) {
     std::fprintf(stderr, "atom-bench-norm: no GPU (%s backend)\n", gpu::backend_name());
     return 1;
   }
+  if (argc > 1) csv.open(argv[1]);
   std::printf("device: %s\n", gpu::device_name(0).c_str());
+  std::printf("%-24s %-14s %9s %9s %9s %7s\n", "kernel", "shape", "stream us", "graph us", "GB/s",
+              "% copy");
   bench_copy();
   namespace epi = ops::epi;
-  for (index_t t : {1, 64, 4096}) bench_norm<epi::Bf16>("rms_norm bf16", t, 7168, false);
-  for (index_t t : {1, 4096}) bench_norm<epi::Bf16>("rms_norm bf16", t, 2048, false);
-  for (index_t t : {1, 4096}) bench_norm<epi::Bf16>("add_rms_norm bf16", t, 7168, true);
-  for (index_t t : {1, 4096}) bench_norm<epi::Fp8PerToken>("rms_norm fp8/token", t, 7168, false);
-  for (index_t t : {1, 4096}) bench_norm<epi::Fp8PerGroup128>("rms_norm fp8/1x128", t, 7168, false);
-  for (index_t t : {1, 4096}) bench_norm<epi::Mxfp4>("add_rms_norm mxfp4", t, 7168, true);
+  for (index_t t : token_sweep) bench_norm<epi::Bf16>("rms_norm bf16", t, 7168, false);
+  for (index_t t : token_sweep) bench_norm<epi::Bf16>("add_rms_norm bf16", t, 7168, true);
+  for (index_t t : token_sweep) bench_norm<epi::Fp8PerToken>("rms_norm fp8/token", t, 7168, false);
+  for (index_t t : token_sweep)
+    bench_norm<epi::Fp8PerGroup128>("rms_norm fp8/1x128", t, 7168, false);
+  for (index_t t : token_sweep) bench_norm<epi::Mxfp4>("add_rms_norm mxfp4", t, 7168, true);
+  for (index_t t : token_sweep) bench_qwen("qwen qk fused", t, true);
   for (index_t t : {1, 4096}) bench_quant<epi::Fp8PerToken>("quantize fp8/token", t, 7168);
   for (index_t t : {1, 4096}) bench_quant<epi::Fp8PerGroup128>("quantize fp8/1x128", t, 7168);
   for (index_t t : {1, 4096}) bench_quant<epi::Mxfp4>("quantize mxfp4", t, 7168);
-  for (index_t t : {1, 4096}) bench_qk_norm<epi::Bf16>("ds qk_norm_fused bf16", t);
-  for (index_t t : {1, 4096}) bench_qk_norm<epi::Mxfp4>("ds qk_norm_fused mxfp4", t);
-  for (index_t t : {1, 64, 4096}) bench_qwen("qwen qk fused", t, true);
+  for (index_t t : {1, 4096}) bench_qk_norm<epi::Bf16>("ds qk_norm bf16", t);
+  for (index_t t : {1, 4096}) bench_qk_norm<epi::Mxfp4>("ds qk_norm mxfp4", t);
   for (index_t t : {1, 64, 4096}) bench_qwen("qwen qk separate", t, false);
+  bench_policies(4096);
+  bench_policies(1);
   return 0;
 }
