@@ -1,7 +1,14 @@
 // The host-side GPU API of atom/gpu/device.hpp on the built backend's runtime.
 #include "atom/gpu/runtime.hpp"
 
+#include <atomic>
+
 namespace atom::gpu {
+
+namespace {
+std::atomic<std::size_t> live_device{0};
+std::atomic<std::size_t> live_pinned{0};
+}  // namespace
 
 const char* backend_name() {
 #if defined(__HIPCC__)
@@ -28,12 +35,77 @@ std::string device_name(int device) {
 
 void* malloc_bytes(std::size_t bytes) {
   void* p = nullptr;
-  if (bytes > 0) ATOM_GPU_CHECK(hipMalloc(&p, bytes));
+  if (bytes > 0) {
+    ATOM_GPU_CHECK(hipMalloc(&p, bytes));
+    ++live_device;
+  }
   return p;
 }
 
 void free_bytes(void* p) noexcept {
-  if (p != nullptr) (void)hipFree(p);
+  if (p != nullptr && hipFree(p) == hipSuccess) --live_device;
+}
+
+MemoryInfo memory_info() {
+  MemoryInfo m;
+  ATOM_GPU_CHECK(hipMemGetInfo(&m.free_bytes, &m.total_bytes));
+  return m;
+}
+
+void* malloc_pinned(std::size_t bytes) {
+  void* p = nullptr;
+  if (bytes > 0) {
+    ATOM_GPU_CHECK(hipHostMalloc(&p, bytes, hipHostMallocDefault));
+    ++live_pinned;
+  }
+  return p;
+}
+
+void free_pinned(void* p) noexcept {
+  if (p != nullptr && hipHostFree(p) == hipSuccess) --live_pinned;
+}
+
+LiveAllocations live_allocations() {
+  return {live_device.load(), live_pinned.load()};
+}
+
+Stream::Stream() {
+  hipStream_t s = nullptr;
+  ATOM_GPU_CHECK(hipStreamCreateWithFlags(&s, hipStreamNonBlocking));
+  stream_ = s;
+}
+
+Stream::~Stream() {
+  (void)hipStreamDestroy(static_cast<hipStream_t>(stream_));
+}
+
+void Stream::synchronize() {
+  ATOM_GPU_CHECK(hipStreamSynchronize(static_cast<hipStream_t>(stream_)));
+}
+
+Event::Event() {
+  hipEvent_t e = nullptr;
+  ATOM_GPU_CHECK(hipEventCreateWithFlags(&e, hipEventDisableTiming));
+  event_ = e;
+}
+
+Event::~Event() {
+  (void)hipEventDestroy(static_cast<hipEvent_t>(event_));
+}
+
+void Event::record(Stream& stream) {
+  ATOM_GPU_CHECK(
+      hipEventRecord(static_cast<hipEvent_t>(event_), static_cast<hipStream_t>(stream.handle())));
+}
+
+void Event::synchronize() {
+  ATOM_GPU_CHECK(hipEventSynchronize(static_cast<hipEvent_t>(event_)));
+}
+
+void copy_to_device_async(void* dst, const void* src, std::size_t bytes, Stream& stream) {
+  if (bytes > 0)
+    ATOM_GPU_CHECK(hipMemcpyAsync(dst, src, bytes, hipMemcpyHostToDevice,
+                                  static_cast<hipStream_t>(stream.handle())));
 }
 
 void copy_to_device(void* dst, const void* src, std::size_t bytes) {

@@ -35,6 +35,31 @@ void fill_bytes(void*, int, std::size_t bytes) {
   if (bytes > 0) no_gpu("fill_bytes");
 }
 void synchronize() {}
+MemoryInfo memory_info() {
+  no_gpu("memory_info");
+}
+void* malloc_pinned(std::size_t bytes) {
+  if (bytes == 0) return nullptr;
+  no_gpu("malloc_pinned");
+}
+void free_pinned(void*) noexcept {}
+LiveAllocations live_allocations() {
+  return {};
+}
+Stream::Stream() {
+  no_gpu("Stream");
+}
+Stream::~Stream() = default;
+void Stream::synchronize() {}
+Event::Event() {
+  no_gpu("Event");
+}
+Event::~Event() = default;
+void Event::record(Stream&) {}
+void Event::synchronize() {}
+void copy_to_device_async(void*, const void*, std::size_t bytes, Stream&) {
+  if (bytes > 0) no_gpu("copy_to_device_async");
+}
 Timer::Timer() {
   no_gpu("Timer");
 }

@@ -186,8 +186,7 @@ void load_file(const std::filesystem::path& path, LoadMode mode, TensorSink& sin
       std::max<std::size_t>(page_bytes, (chunk_bytes + page_bytes - 1) / page_bytes * page_bytes);
   const std::uint64_t data_start = header.data_start();
   const std::uint64_t file_end = fd.size();
-  AlignedBytes staging(static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, file_end)),
-                       page_bytes);
+  AlignedBytes own_staging;  // allocated on first use: a sink may supply every read buffer
   auto tensor = header.tensors.begin();
   std::uint64_t tensor_done = 0;  // bytes of *tensor already delivered
   // Tensors of zero bytes take no room in the data section; deliver them as soon as they come up.
@@ -202,12 +201,19 @@ void load_file(const std::filesystem::path& path, LoadMode mode, TensorSink& sin
        at < file_end && tensor != header.tensors.end(); at += chunk_bytes) {
     const std::size_t n =
         static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, file_end - at));
-    fd.read_exact(at, staging.span().first(n));
+    std::span<std::byte> staging = sink.read_buffer(n);
+    if (staging.size() < n) {
+      if (own_staging.size() == 0)
+        own_staging = AlignedBytes(
+            static_cast<std::size_t>(std::min<std::uint64_t>(chunk_bytes, file_end)), page_bytes);
+      staging = own_staging.span();
+    }
+    fd.read_exact(at, staging.first(n));
     std::uint64_t pos = std::max(at, data_start);  // file offset of the next undelivered byte
     while (pos < at + n && tensor != header.tensors.end()) {
       const std::uint64_t tensor_end = data_start + tensor->end;
       const std::uint64_t take = std::min(at + n, tensor_end) - pos;
-      sink.piece(path, *tensor, tensor_done, staging.span().subspan(pos - at, take));
+      sink.piece(path, *tensor, tensor_done, staging.subspan(pos - at, take));
       pos += take;
       tensor_done += take;
       if (pos == tensor_end) {
@@ -217,6 +223,10 @@ void load_file(const std::filesystem::path& path, LoadMode mode, TensorSink& sin
       }
     }
   }
+}
+
+std::span<std::byte> TensorSink::read_buffer(std::size_t) {
+  return {};
 }
 
 void HostSink::piece(const std::filesystem::path& file, const TensorInfo& info,

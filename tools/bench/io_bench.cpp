@@ -73,10 +73,9 @@ Options parse(int argc, char** argv) {
     else if (a == "--dir")
       o.dir = value();
     else {
-      std::fprintf(
-          stderr,
-          "usage: atom-bench-io [--shards N] [--shard-mb MB] [--runs R] [--chunk-mb MB] "
-          "[--dir DIR]\n");
+      std::fprintf(stderr,
+                   "usage: atom-bench-io [--shards N] [--shard-mb MB] [--runs R] [--chunk-mb MB] "
+                   "[--dir DIR]\n");
       std::exit(2);
     }
   }
@@ -150,9 +149,8 @@ int main(int argc, char** argv) {
   const Checkpoint c = Checkpoint::open(dir);
   const double gb = static_cast<double>(c.data_bytes()) / 1e9;
   const std::size_t chunk = o.chunk_mb << 20;
-  std::printf(
-      "atom-bench-io: %d shards, %.2f GB of tensor data in %s, chunk %llu MiB, %d runs\n",
-      o.shards, gb, dir.c_str(), static_cast<unsigned long long>(o.chunk_mb), o.runs);
+  std::printf("atom-bench-io: %d shards, %.2f GB of tensor data in %s, chunk %llu MiB, %d runs\n",
+              o.shards, gb, dir.c_str(), static_cast<unsigned long long>(o.chunk_mb), o.runs);
 
   // Warm-up: both paths once, so that every shard is in the page cache.
   std::uint64_t reference_sum = 0;

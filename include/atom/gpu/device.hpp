@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace atom::gpu {
@@ -27,6 +28,59 @@ void copy_to_device(void* dst, const void* src, std::size_t bytes);
 void copy_to_host(void* dst, const void* src, std::size_t bytes);
 void fill_bytes(void* dst, int value, std::size_t bytes);
 void synchronize();
+
+// Free and total memory of the current device, in bytes.
+struct MemoryInfo {
+  std::size_t free_bytes = 0;
+  std::size_t total_bytes = 0;
+};
+MemoryInfo memory_info();
+
+// Page-locked host memory: the source that lets host-to-device copies run asynchronously, at the
+// full link rate.
+void* malloc_pinned(std::size_t bytes);
+void free_pinned(void* p) noexcept;
+
+// Allocations made through malloc_bytes and malloc_pinned and not yet freed, so that callers can
+// check that a failed operation released what it took.
+struct LiveAllocations {
+  std::size_t device = 0;
+  std::size_t pinned = 0;
+};
+LiveAllocations live_allocations();
+
+// A stream that does not synchronize with the default stream: copies queued on it overlap host
+// work and kernels elsewhere.
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  void* handle() const { return stream_; }
+  void synchronize();
+
+ private:
+  void* stream_ = nullptr;
+};
+
+// A point in a stream's queue that the host can wait for (no timing).
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record(Stream& stream);
+  void synchronize();
+
+ private:
+  void* event_ = nullptr;
+};
+
+// Queues a host-to-device copy on `stream`. `src` must stay valid and unchanged until the stream
+// has passed the copy; from pinned memory the call returns at once.
+void copy_to_device_async(void* dst, const void* src, std::size_t bytes, Stream& stream);
 
 // Elapsed device time between two points on the default stream, in milliseconds.
 class Timer {
@@ -52,6 +106,16 @@ class Buffer {
   ~Buffer() { free_bytes(p_); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& other) noexcept
+      : n_(std::exchange(other.n_, 0)), p_(std::exchange(other.p_, nullptr)) {}
+  Buffer& operator=(Buffer&& other) noexcept {
+    if (this != &other) {
+      free_bytes(p_);
+      n_ = std::exchange(other.n_, 0);
+      p_ = std::exchange(other.p_, nullptr);
+    }
+    return *this;
+  }
 
   T* data() const { return p_; }
   std::size_t size() const { return n_; }
@@ -70,6 +134,34 @@ class Buffer {
  private:
   std::size_t n_;
   T* p_;
+};
+
+// Pinned host memory for n values of T. Move-only.
+template <class T>
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t n) : n_(n), p_(static_cast<T*>(malloc_pinned(n * sizeof(T)))) {}
+  ~PinnedBuffer() { free_pinned(p_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  PinnedBuffer(PinnedBuffer&& other) noexcept
+      : n_(std::exchange(other.n_, 0)), p_(std::exchange(other.p_, nullptr)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept {
+    if (this != &other) {
+      free_pinned(p_);
+      n_ = std::exchange(other.n_, 0);
+      p_ = std::exchange(other.p_, nullptr);
+    }
+    return *this;
+  }
+
+  T* data() const { return p_; }
+  std::size_t size() const { return n_; }
+
+ private:
+  std::size_t n_ = 0;
+  T* p_ = nullptr;
 };
 
 }  // namespace atom::gpu

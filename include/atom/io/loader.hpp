@@ -77,7 +77,7 @@ class SafetensorsFile {
   const std::byte* file_bytes_ = nullptr;  // the whole file: mapping_ or read_buffer_
 };
 
-// A destination for streamed tensors (host memory here; device buffers plug in the same way).
+// A destination for streamed tensors (host memory, or device memory through io/gpu_sink.hpp).
 // Each tensor arrives as one or more pieces in increasing `offset` (the position within the
 // tensor), starting at 0 and covering it exactly; a tensor of zero bytes arrives as one empty
 // piece. Pieces are valid only during the call. Tensors arrive in file order.
@@ -86,13 +86,18 @@ class TensorSink {
   virtual ~TensorSink() = default;
   virtual void piece(const std::filesystem::path& file, const TensorInfo& info,
                      std::uint64_t offset, std::span<const std::byte> bytes) = 0;
+  // Read path only: the buffer the next chunk of `bytes` bytes is read into, so that a sink can
+  // have the file read straight into memory of its own (pinned staging, say). Every piece cut
+  // from that chunk is delivered before the next call. An empty span (the default), or one
+  // shorter than `bytes`, leaves the read to the loader's own staging buffer.
+  virtual std::span<std::byte> read_buffer(std::size_t bytes);
 };
 
 inline constexpr std::size_t default_chunk_bytes = std::size_t{16} << 20;
 
 // Streams every tensor of a file into `sink`. mmap: one piece per tensor, a view of the mapping.
-// read: sequential reads of `chunk_bytes` (rounded up to the page size) into one page-aligned
-// staging buffer, each cut into pieces at tensor boundaries.
+// read: sequential reads of `chunk_bytes` (rounded up to the page size) into the sink's
+// read_buffer or else one page-aligned staging buffer, each cut into pieces at tensor boundaries.
 void load_file(const std::filesystem::path& path, LoadMode mode, TensorSink& sink,
                std::size_t chunk_bytes = default_chunk_bytes);
 
