@@ -184,8 +184,10 @@ struct RendezvousServer::Impl {
       asio::async_write(socket, asio::buffer(out),
                         [self](boost::system::error_code ec, std::size_t) {
                           --self->impl.writes_in_flight;
-                          if (self->impl.stopping) return self->impl.stop_when_drained();
                           if (ec) return self->impl.disconnected(*self);
+                          // A failed store keeps answering until its peers have heard why.
+                          if (self->impl.stopping && !self->impl.failure)
+                            return self->impl.stop_when_drained();
                           self->read_next();
                         });
     }
@@ -211,6 +213,7 @@ struct RendezvousServer::Impl {
       }
       s.set_option(tcp::no_delay(true), ec);
       auto session = std::make_shared<Session>(*this, std::move(s));
+      ++open_sessions;
       session->read_next();
       accept_next();
     });
@@ -335,17 +338,21 @@ struct RendezvousServer::Impl {
     }
   }
 
-  // Stops once every reply already queued (a failure reason above all) has been written, so a
-  // rank 0 that exits right after failing does not cut the others off before they hear why.
+  // Stops once every reply already queued has been written and, when the store failed, once
+  // every peer has disconnected (each request gets the failure reason as its answer), so a rank 0
+  // that exits right after failing does not cut the others off before they hear why. The
+  // destructor's grace timer bounds the wait.
   void stop_when_drained() {
-    if (writes_in_flight == 0) io.stop();
+    if (writes_in_flight == 0 && (!failure || open_sessions == 0)) io.stop();
   }
 
   void close(Session& s) {
     if (s.closed) return;
     s.closed = true;
+    --open_sessions;
     boost::system::error_code ignored;
     s.socket.close(ignored);
+    if (stopping) stop_when_drained();
   }
 
   void disconnected(Session& s) {
@@ -369,6 +376,7 @@ struct RendezvousServer::Impl {
   std::vector<std::shared_ptr<Parked>> waiting;
   std::optional<std::string> failure;
   int writes_in_flight = 0;
+  int open_sessions = 0;
   bool stopping = false;
   std::thread thread;
 };

@@ -27,17 +27,22 @@ const pipeline::LayerWeights& weights_for(const pipeline::ModelConfig& m) {
 }
 
 // Relative L2 bounds of fused against separate. A fused producer quantizes float values where the
-// separate chain quantizes their bf16 rounding; on the coarse e2m1 grid a value next to a rounding
+// separate chain quantizes their bf16 rounding. On the coarse e2m1 grid a value next to a rounding
 // boundary then lands one step apart (and a block whose amax crosses a power of two gets another
 // scale), so the MXFP4 re-quantizations in MLA attention leave differences of the order of MXFP4's
-// own quantization noise. The MoE block's fusions compute the same function at TP size 1 (the
-// all-reduce is the identity and streams only reorder independent work): it must match exactly.
+// own quantization noise (~0.1 measured; bound 0.25). In Qwen3 attention the fused op writes K to
+// the FP8 cache from float instead of from bf16: a few percent of the codes move by one e4m3 step
+// (2^-3 relative), which the attention and the o_proj's MXFP4 re-quantization carry to the output
+// (~0.025 measured; bound 0.06). A wrong rotation, norm or cache slot gives errors near 1. The MoE
+// block's fusions compute the same function at TP size 1 (the all-reduce is the identity and
+// streams only reorder independent work): it must match exactly.
 double bound_for(PipelineId p) {
   switch (p) {
     case PipelineId::moe_block:
       return 0.0;
     case PipelineId::qwen3_attention:
-      return 0.02;
+    case PipelineId::qwen3_layer:
+      return 0.06;
     default:
       return 0.25;
   }
