@@ -33,6 +33,54 @@ inline constexpr bool nvidia_ptx = false;
 
 }  // namespace atom::gpu
 
+// Cross-device polling for device code: a clock for bounded waits, and 16-byte loads that read
+// memory every time, for data that a peer device pushes.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#include <cstdint>
+
+#include "atom/gpu/runtime.hpp"
+
+namespace atom::gpu {
+
+// Nanoseconds of a clock that runs at a fixed rate whatever the multiprocessor clock does.
+__device__ inline std::uint64_t clock_ns() {
+#if defined(__HIP_DEVICE_COMPILE__)
+  return wall_clock64() * 10;  // gfx90a and gfx94x run the wall clock at 100 MHz
+#elif defined(__CUDA_ARCH__)
+  std::uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+#else
+  return 0;
+#endif
+}
+
+// Never served from a cache line that a peer's write would leave stale. Each 2-byte lane is read
+// whole (the 16 bytes need not be one access).
+__device__ inline uint4 load_volatile_16(const void* p) {
+#if defined(__HIP_DEVICE_COMPILE__)
+  const auto* w = static_cast<const std::uint32_t*>(p);
+  uint4 v;
+  v.x = __hip_atomic_load(w, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_SYSTEM);
+  v.y = __hip_atomic_load(w + 1, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_SYSTEM);
+  v.z = __hip_atomic_load(w + 2, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_SYSTEM);
+  v.w = __hip_atomic_load(w + 3, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_SYSTEM);
+  return v;
+#elif defined(__CUDA_ARCH__)
+  uint4 v;
+  asm volatile("ld.volatile.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+#else
+  return *static_cast<const uint4*>(p);
+#endif
+}
+
+}  // namespace atom::gpu
+#endif
+
 namespace atom::gpu {
 
 // Whether device code converts a pair of floats to OCP e4m3fn codes with one instruction
