@@ -12,7 +12,9 @@
 #include "atom/gpu/runtime.hpp"
 #include "detail/gemm_args.hpp"
 #include "detail/gemm_mma.hpp"
+#include "detail/gemm_mma_decode.hpp"
 #include "detail/gemm_portable.hpp"
+#include "detail/gemm_portable_decode.hpp"
 
 namespace atom::ops {
 
@@ -96,12 +98,49 @@ void launch_mma(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream
   kernels::gemm_a4w4_mma<MT, NG, KW, PREFETCH><<<grid, 32 * KW, 0, stream>>>(p);
 }
 
-// Decode sizes (M <= 16) stream the weight once: enough warps must be in flight to cover the
-// memory latency, so K is split over more warps per CTA when there are few CTAs. A template, so
-// that builds without inline PTX never instantiate the mma kernels.
+// Warps per CTA for a decode kernel whose warps take U k tiles at a time: enough to cover K in
+// one round where K allows.
+int decode_warps(int k_tiles, int u, int max_warps) {
+  const int warps = (k_tiles + u - 1) / u;
+  return warps < max_warps ? warps : max_warps;
+}
+
+template <int NT, int U>
+void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
+  const int warps = decode_warps(p.k_tiles, U, kernels::mma_decode_max_warps);
+  kernels::gemm_a4w4_mma_decode<NT, U>
+      <<<grid_extent(padded_n / 16), static_cast<unsigned>(32 * warps), 0, stream>>>(p);
+}
+
+template <int NT>
+void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeKernel decode,
+                       hipStream_t stream) {
+  switch (decode) {
+    case GemmDecodeKernel::stream_u1:
+      return launch_mma_decode<NT, 1>(p, padded_n, stream);
+    case GemmDecodeKernel::stream_u2:
+      return launch_mma_decode<NT, 2>(p, padded_n, stream);
+    case GemmDecodeKernel::stream_u4:
+      return launch_mma_decode<NT, 4>(p, padded_n, stream);
+    case GemmDecodeKernel::stream_u8:
+      return launch_mma_decode<NT, 8>(p, padded_n, stream);
+    case GemmDecodeKernel::split_k:
+      break;
+  }
+}
+
+// Decode sizes (M <= 16) stream the weight once. split_k: enough warps must be in flight to cover
+// the memory latency, so K is split over more warps per CTA when there are few CTAs. A template,
+// so that builds without inline PTX never instantiate the mma kernels.
 template <GemmBackend G>
-void launch_matrix_core(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
-  if (p.m <= 16) {
+void launch_matrix_core(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeKernel decode,
+                        hipStream_t stream) {
+  if (p.m <= 16 && decode != GemmDecodeKernel::split_k) {
+    if (p.m <= 8)
+      launch_mma_decode<1>(p, padded_n, decode, stream);
+    else
+      launch_mma_decode<2>(p, padded_n, decode, stream);
+  } else if (p.m <= 16) {
     const index_t ctas = padded_n / 16;
     int kw = 16;
     while (kw > 4 && (ctas * kw / 2 >= 2112 || kw / 2 >= p.k_tiles)) kw /= 2;
@@ -118,7 +157,41 @@ void launch_matrix_core(const kernels::A4W4Args& p, index_t padded_n, hipStream_
   }
 }
 
-void launch_portable(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
+template <int MT, int U>
+void launch_portable_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
+  const int groups = decode_warps(p.k_tiles, U, kernels::portable_decode_max_groups);
+  const dim3 grid(grid_extent(ceil_div(p.m, MT)), grid_extent(padded_n / 8));
+  kernels::gemm_a4w4_portable_decode<MT, U>
+      <<<grid, static_cast<unsigned>(32 * groups), 0, stream>>>(p);
+}
+
+template <int U>
+void launch_portable_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
+  if (p.m == 1)
+    launch_portable_decode<1, U>(p, padded_n, stream);
+  else if (p.m == 2)
+    launch_portable_decode<2, U>(p, padded_n, stream);
+  else
+    launch_portable_decode<4, U>(p, padded_n, stream);
+}
+
+void launch_portable(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeKernel decode,
+                     hipStream_t stream) {
+  // The decode kernel's row groups run along grid y (at most 65535).
+  if (p.m <= 16 && padded_n / 8 <= 65535) {
+    switch (decode) {
+      case GemmDecodeKernel::stream_u1:
+        return launch_portable_decode<1>(p, padded_n, stream);
+      case GemmDecodeKernel::stream_u2:
+        return launch_portable_decode<2>(p, padded_n, stream);
+      case GemmDecodeKernel::stream_u4:
+        return launch_portable_decode<4>(p, padded_n, stream);
+      case GemmDecodeKernel::stream_u8:
+        return launch_portable_decode<8>(p, padded_n, stream);
+      case GemmDecodeKernel::split_k:
+        break;
+    }
+  }
   const dim3 grid(grid_extent(padded_n / 8), grid_extent(ceil_div(p.m, kernels::portable_rows)));
   if (p.k_tiles >= 8)
     kernels::gemm_a4w4_portable<8><<<grid, 256, 0, stream>>>(p);
@@ -131,6 +204,12 @@ void launch_portable(const kernels::A4W4Args& p, index_t padded_n, hipStream_t s
 template <GemmBackend G>
 void gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w,
                View2<bf16> out) {
+  gemm_a4w4(gpu, a, w, out, default_decode_kernel<G>);
+}
+
+template <GemmBackend G>
+void gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, View2<bf16> out,
+               GemmDecodeKernel decode) {
   using Layout = Mxfp4WeightLayout<G>;
   constexpr const char* op = "gemm_a4w4";
   expect_format(op, "a", a, -1, w.k());
@@ -168,9 +247,9 @@ void gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& 
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   const index_t padded_n = Layout::padded_n(w.n());
   if constexpr (G == GemmBackend::portable) {
-    launch_portable(p, padded_n, stream);
+    launch_portable(p, padded_n, decode, stream);
   } else if constexpr (gpu::nvidia_ptx) {
-    launch_matrix_core<G>(p, padded_n, stream);
+    launch_matrix_core<G>(p, padded_n, decode, stream);
   } else {
     const dim3 grid(grid_extent(ceil_div(w.n(), 256)), grid_extent(rows));
     kernels::gemm_a4w4_by_index<Layout><<<grid, 256, 0, stream>>>(p);
@@ -188,5 +267,11 @@ template void gemm_a4w4(const Gpu&, const Mxfp4Act&,
                         const PreparedMxfp4Weight<GemmBackend::matrix_core>&, View2<bf16>);
 template void gemm_a4w4(const Gpu&, const Mxfp4Act&,
                         const PreparedMxfp4Weight<GemmBackend::portable>&, View2<bf16>);
+template void gemm_a4w4(const Gpu&, const Mxfp4Act&,
+                        const PreparedMxfp4Weight<GemmBackend::matrix_core>&, View2<bf16>,
+                        GemmDecodeKernel);
+template void gemm_a4w4(const Gpu&, const Mxfp4Act&,
+                        const PreparedMxfp4Weight<GemmBackend::portable>&, View2<bf16>,
+                        GemmDecodeKernel);
 
 }  // namespace atom::ops

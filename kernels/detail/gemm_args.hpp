@@ -31,6 +31,15 @@ __device__ inline int e2m1_twice(std::uint32_t code) {
   return (code & 8u) ? -magnitude : magnitude;
 }
 
+// to_float(e8m0{s}) with selects instead of branches: in the decode kernels a branch here sits
+// between the weight loads and delays the later ones until the first have arrived.
+__device__ inline float scale_value(std::uint32_t s) {
+  std::uint32_t bits = s << 23;
+  bits = s == 0u ? 0x00400000u : bits;
+  bits = s == 255u ? float_quiet_nan_bits : bits;
+  return float_of(bits);
+}
+
 // The factor that turns a block's sum of (2 e2m1) x (2 e2m1) products into its value:
 // sa * sw / 4. A power of two, so each step is exact while it stays at or above 2^-149; a NaN
 // scale gives NaN.

@@ -19,6 +19,7 @@
 #include "support.hpp"
 
 using namespace gpu_gemm_test;
+using atom::ops::GemmDecodeKernel;
 using atom::ops::Gpu;
 using atom::ops::Host;
 using atom::policy::GemmBackend;
@@ -66,15 +67,17 @@ Reference host_reference(Mxfp4Host& a, Mxfp4Host& w) {
 
 template <GemmBackend G>
 void check_backend(const char* name, const Mxfp4Device& a, index_t n, index_t k,
-                   const atom::ops::PreparedMxfp4Weight<G>& w, const Reference& ref) {
+                   const atom::ops::PreparedMxfp4Weight<G>& w, const Reference& ref,
+                   GemmDecodeKernel decode = atom::ops::default_decode_kernel<G>) {
   const index_t m = a.rows;
   atom::gpu::Buffer<bf16> out(static_cast<std::size_t>(m * n));
   out.fill(0xFF);  // NaN in every output until the kernel writes it
-  atom::ops::gemm_a4w4(Gpu{}, a.act(), w, atom::make_view(out.data(), m, n));
+  atom::ops::gemm_a4w4(Gpu{}, a.act(), w, atom::make_view(out.data(), m, n), decode);
   const std::vector<bf16> got = out.download();
   index_t unwritten = 0;
   for (const bf16 v : got) unwritten += std::isnan(atom::to_float(v)) ? 1 : 0;
-  INFO(name << " M=" << m << " N=" << n << " K=" << k);
+  INFO(name << " M=" << m << " N=" << n << " K=" << k << " decode kernel "
+            << static_cast<int>(decode));
   REQUIRE(unwritten == 0);
   index_t bad = 0;
   double worst = 0;
@@ -106,6 +109,25 @@ void check_shape(index_t n, index_t k, const std::vector<index_t>& ms = test_row
     const Mxfp4Device a_dev(a);
     check_backend("asm", a_dev, n, k, w_mc, ref);
     check_backend("triton", a_dev, n, k, w_pt, ref);
+  }
+}
+
+// Every decode kernel (M <= 16) of both backends, not only the default one.
+void check_decode_kernels(index_t n, index_t k, const std::vector<index_t>& ms) {
+  REQUIRE(have_gpu());
+  Mxfp4Host w = Mxfp4Host::random(n, k);
+  const auto w_mc = atom::ops::prepare_weight<GemmBackend::matrix_core>(w.weight());
+  const auto w_pt = atom::ops::prepare_weight<GemmBackend::portable>(w.weight());
+  for (const index_t m : ms) {
+    Mxfp4Host a = Mxfp4Host::random(m, k);
+    const Reference ref = host_reference(a, w);
+    const Mxfp4Device a_dev(a);
+    for (const GemmDecodeKernel decode :
+         {GemmDecodeKernel::split_k, GemmDecodeKernel::stream_u1, GemmDecodeKernel::stream_u2,
+          GemmDecodeKernel::stream_u4, GemmDecodeKernel::stream_u8}) {
+      check_backend("asm", a_dev, n, k, w_mc, ref, decode);
+      check_backend("triton", a_dev, n, k, w_pt, ref, decode);
+    }
   }
 }
 
@@ -184,6 +206,13 @@ TEST_CASE("gpu gemm: small odd shapes") {
   check_shape(13, 96, {1, 3, 16, 17, 65});
   check_shape(77, 288, {1, 5, 17, 129});
   check_shape(200, 800, {1, 16, 17, 300});
+}
+
+TEST_CASE("gpu gemm: every decode kernel, odd and round shapes") {
+  check_decode_kernels(13, 96, {1, 2, 3, 5, 8, 9, 16});
+  check_decode_kernels(77, 1056, {1, 3, 16});
+  check_decode_kernels(2112, 7168, {1, 4, 13, 16});
+  check_decode_kernels(200, 16384, {1, 16});
 }
 
 TEST_CASE("gpu gemm: DeepSeek qkv_a 7168 -> 2112") {

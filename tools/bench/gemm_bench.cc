@@ -1,7 +1,11 @@
 // MXFP4 GEMM (both backends) and MLA BMM (both formats) timings on the GPU. Prints one CSV line per
 // measurement (kind, backend, M, N, K, microseconds per call, weight bytes streamed per call);
 // gemm_bench_torch.py times the PyTorch peers on the same shapes and prints the joint table.
-// Weights rotate over enough copies to exceed the L2 cache; each time is the median of batches.
+// Backend "asm" / "triton" is the default path; "asm:<kernel>" names one of the decode kernels
+// (GemmDecodeKernel) at M <= 16, so one run compares them. Weights rotate over enough copies to
+// exceed the L2 cache; each time is the median of batches.
+// Usage: atom-bench-gemm [OUT_CSV] | atom-bench-gemm --profile (a few launches of each decode
+// kernel, for a profiler).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -48,17 +52,22 @@ int copies_for(std::size_t bytes) {
 }
 
 // Median microseconds per call of call(i) over batches of batch_calls calls (i counts calls).
+// Slow calls (above 2 ms) run in batches of one.
 template <class Call>
 double time_us(Call call) {
   for (int i = 0; i < 5; ++i) call(i);
   atom::gpu::synchronize();
   std::vector<double> per_call;
   atom::gpu::Timer timer;
-  int i = 0;
+  timer.start();
+  call(5);
+  const bool slow = timer.stop_ms() > 2.0f;
+  const int calls = slow ? 1 : batch_calls;
+  int i = 6;
   for (int b = 0; b < batches; ++b) {
     timer.start();
-    for (int c = 0; c < batch_calls; ++c) call(i++);
-    per_call.push_back(static_cast<double>(timer.stop_ms()) * 1000.0 / batch_calls);
+    for (int c = 0; c < calls; ++c) call(i++);
+    per_call.push_back(static_cast<double>(timer.stop_ms()) * 1000.0 / calls);
   }
   std::sort(per_call.begin(), per_call.end());
   return per_call[per_call.size() / 2];
@@ -77,28 +86,101 @@ struct Report {
   }
 };
 
+using atom::ops::GemmDecodeKernel;
+
+struct Variant {
+  GemmDecodeKernel kernel;
+  const char* name;
+};
+constexpr Variant decode_variants[] = {{GemmDecodeKernel::split_k, "split_k"},
+                                       {GemmDecodeKernel::stream_u1, "stream_u1"},
+                                       {GemmDecodeKernel::stream_u2, "stream_u2"},
+                                       {GemmDecodeKernel::stream_u4, "stream_u4"},
+                                       {GemmDecodeKernel::stream_u8, "stream_u8"}};
+
+// One backend's weight for [N, K], prepared once and copied enough times to exceed the L2 cache.
 template <GemmBackend G>
-void bench_gemm(Report& report, const char* name, index_t m, index_t n, index_t k) {
+struct Weights {
+  std::vector<std::unique_ptr<atom::ops::PreparedMxfp4Weight<G>>> copies;
+  Weights(const atom::ops::Mxfp4Weight& host_w, index_t n, index_t k) {
+    const int count = copies_for(static_cast<std::size_t>(n * k / 2));
+    for (int c = 0; c < count; ++c)
+      copies.push_back(std::make_unique<atom::ops::PreparedMxfp4Weight<G>>(
+          atom::ops::prepare_weight<G>(host_w)));
+  }
+  const atom::ops::PreparedMxfp4Weight<G>& at(int i) const {
+    return *copies[static_cast<std::size_t>(i) % copies.size()];
+  }
+};
+
+struct Activation {
+  atom::gpu::Buffer<std::uint8_t> packed;
+  atom::gpu::Buffer<e8m0> scale;
+  atom::gpu::Buffer<bf16> out;
+  atom::ops::Mxfp4Act act;
+  atom::View2<bf16> out_view;
+  Activation(index_t m, index_t n, index_t k)
+      : packed(random_bytes(m * k / 2)),
+        scale(random_scales(m * k / 32)),
+        out(static_cast<std::size_t>(m * n)),
+        act{atom::make_view(packed.data(), m, k / 2), atom::make_view(scale.data(), m, k / 32), k},
+        out_view(atom::make_view(out.data(), m, n)) {}
+};
+
+// Times the default path for every M and, for M <= 16, each decode kernel ("asm:stream_u4").
+template <GemmBackend G>
+void bench_backend(Report& report, const char* name, const Weights<G>& w, index_t n, index_t k,
+                   const std::vector<index_t>& ms, bool variants) {
+  for (const index_t m : ms) {
+    Activation a(m, n, k);
+    const double us =
+        time_us([&](int i) { atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, w.at(i), a.out_view); });
+    report.line("gemm", name, m, n, k, us, w.at(0).bytes());
+    if (!variants || m > 16) continue;
+    for (const Variant& v : decode_variants) {
+      const double vus = time_us([&](int i) {
+        atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, w.at(i), a.out_view, v.kernel);
+      });
+      const std::string label = std::string(name) + ":" + v.name;
+      report.line("gemm", label.c_str(), m, n, k, vus, w.at(0).bytes());
+    }
+  }
+}
+
+void bench_shape(Report& report, index_t n, index_t k, const std::vector<index_t>& ms,
+                 bool variants) {
   std::vector<std::uint8_t> w_packed = random_bytes(n * k / 2);
   std::vector<e8m0> w_scale = random_scales(n * k / 32);
   const atom::ops::Mxfp4Weight host_w{atom::make_view(w_packed.data(), n, k / 2),
                                       atom::make_view(w_scale.data(), n, k / 32), k};
-  std::vector<std::unique_ptr<atom::ops::PreparedMxfp4Weight<G>>> weights;
-  const int copies = copies_for(static_cast<std::size_t>(n * k / 2));
-  for (int c = 0; c < copies; ++c)
-    weights.push_back(
-        std::make_unique<atom::ops::PreparedMxfp4Weight<G>>(atom::ops::prepare_weight<G>(host_w)));
-  atom::gpu::Buffer<std::uint8_t> a_packed(random_bytes(m * k / 2));
-  atom::gpu::Buffer<e8m0> a_scale(random_scales(m * k / 32));
-  atom::gpu::Buffer<bf16> out(static_cast<std::size_t>(m * n));
-  const atom::ops::Mxfp4Act a{atom::make_view(a_packed.data(), m, k / 2),
-                              atom::make_view(a_scale.data(), m, k / 32), k};
-  const auto out_view = atom::make_view(out.data(), m, n);
-  const double us = time_us([&](int i) {
-    atom::ops::gemm_a4w4(atom::ops::Gpu{}, a, *weights[static_cast<std::size_t>(i % copies)],
-                         out_view);
-  });
-  report.line("gemm", name, m, n, k, us, weights[0]->bytes());
+  {
+    const Weights<GemmBackend::matrix_core> w(host_w, n, k);
+    bench_backend(report, "asm", w, n, k, ms, variants);
+  }
+  const Weights<GemmBackend::portable> w(host_w, n, k);
+  bench_backend(report, "triton", w, n, k, ms, variants);
+}
+
+// A few launches of each decode kernel on the DeepSeek qkv_a shape, for a profiler to read the
+// kernels' own durations (no launch gaps).
+void profile_decode() {
+  const index_t n = 2112;
+  const index_t k = 7168;
+  std::vector<std::uint8_t> w_packed = random_bytes(n * k / 2);
+  std::vector<e8m0> w_scale = random_scales(n * k / 32);
+  const atom::ops::Mxfp4Weight host_w{atom::make_view(w_packed.data(), n, k / 2),
+                                      atom::make_view(w_scale.data(), n, k / 32), k};
+  const auto mc = atom::ops::prepare_weight<GemmBackend::matrix_core>(host_w);
+  const auto pt = atom::ops::prepare_weight<GemmBackend::portable>(host_w);
+  for (const index_t m : {1, 16}) {
+    Activation a(m, n, k);
+    for (const Variant& v : decode_variants)
+      for (int i = 0; i < 3; ++i) {
+        atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, mc, a.out_view, v.kernel);
+        atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, pt, a.out_view, v.kernel);
+      }
+  }
+  atom::gpu::synchronize();
 }
 
 void bench_bmm(Report& report, index_t tokens, index_t heads, index_t n, index_t k) {
@@ -160,6 +242,10 @@ int main(int argc, char** argv) {
     std::fputs("atom-bench-gemm: no GPU\n", stderr);
     return 1;
   }
+  if (argc > 1 && std::string(argv[1]) == "--profile") {
+    profile_decode();
+    return 0;
+  }
   Report report;
   if (argc > 1) {
     report.file.open(argv[1]);
@@ -172,11 +258,7 @@ int main(int argc, char** argv) {
   };
   const Shape shapes[] = {{2112, 7168}, {24576, 1536}, {7168, 16384}, {4096, 7168}, {7168, 2048},
                           {5120, 2048}, {2048, 4096},  {1536, 2048},  {2048, 768}};
-  for (const Shape& s : shapes)
-    for (const index_t m : {1, 16, 64, 4096}) {
-      bench_gemm<GemmBackend::matrix_core>(report, "asm", m, s.n, s.k);
-      bench_gemm<GemmBackend::portable>(report, "triton", m, s.n, s.k);
-    }
+  for (const Shape& s : shapes) bench_shape(report, s.n, s.k, {1, 16, 64, 4096}, true);
   for (const index_t tokens : {1, 16, 128}) {
     bench_bmm(report, tokens, 128, 512, 128);
     bench_bmm(report, tokens, 128, 128, 512);

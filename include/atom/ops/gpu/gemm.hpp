@@ -153,8 +153,25 @@ PreparedMxfp4Weight<G> prepare_weight(const Mxfp4Weight& host_weight);
 template <policy::GemmBackend G>
 Mxfp4WeightHost unshuffle(const PreparedMxfp4Weight<G>& w);
 
+// The kernels that can serve decode sizes (M <= 16). `split_k` is the first version (a CTA's
+// warps take interleaved k tiles, one tile ahead); `stream_u<U>` has each warp issue the loads of
+// U consecutive k tiles before it multiplies any of them, with cheaper per-byte arithmetic (see
+// kernels/detail/gemm_*_decode.hpp). All compute the same function within the same bound.
+enum class GemmDecodeKernel : std::uint8_t { split_k, stream_u1, stream_u2, stream_u4, stream_u8 };
+
+// What gemm_a4w4 uses for M <= 16: stream_u2 had the lowest geometric mean over the benchmark's
+// decode shapes for both backends (docs/bench-notes.md).
+template <policy::GemmBackend G>
+inline constexpr GemmDecodeKernel default_decode_kernel = GemmDecodeKernel::stream_u2;
+
 // a [M, K] MXFP4 (device), w prepared [N, K], out [M, N] bf16 (device); any M >= 0.
 template <policy::GemmBackend G>
 void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, View2<bf16> out);
+
+// The same with the decode kernel named (ignored for M > 16, and by the matrix-core backend on
+// AMD, which has one kernel): for comparing the variants in one benchmark run and in the tests.
+template <policy::GemmBackend G>
+void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, View2<bf16> out,
+               GemmDecodeKernel decode);
 
 }  // namespace atom::ops
