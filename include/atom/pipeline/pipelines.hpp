@@ -24,13 +24,16 @@ namespace atom::pipeline {
 
 namespace detail {
 
-// Tensor parallelism beyond one rank needs a TP communicator, which the host backend has not.
-inline void expect_single_rank(std::string_view pipeline, const BlockIo& io) {
+// The checks every pipeline runs first; returns its weights. Tensor parallelism beyond one rank
+// needs a TP communicator, which the pipelines' backends do not take yet.
+template <class Weights>
+const Weights& checked(std::string_view pipeline, const BlockIo& io, const Weights* weights) {
   expect(io.tp.size == 1 && io.tp.rank == 0, pipeline,
          "tensor parallel size " + std::to_string(io.tp.size) +
              " needs a TP communicator; this backend runs tensor parallel size 1");
-  expect(io.model != nullptr && io.workspace != nullptr, pipeline,
-         "model and workspace must be set");
+  expect(io.model != nullptr && io.workspace != nullptr && weights != nullptr, pipeline,
+         "model, workspace and weights must be set");
+  return *weights;
 }
 
 template <class Act>
@@ -99,12 +102,9 @@ void gemm(const Backend& b, const ops::Mxfp4Act& a, const ops::Mxfp4Weight& w, V
 template <policy::Point P, class Backend>
 struct MlaAttention {
   static void run(const MlaArgs& a) {
-    constexpr std::string_view name = "mla_attention";
-    detail::expect_single_rank(name, a.io);
-    expect(a.weights != nullptr, name, "weights must be set");
+    const MlaWeights& w = detail::checked("mla_attention", a.io, a.weights);
     const Backend b{};
     const ModelConfig& m = *a.io.model;
-    const MlaWeights& w = *a.weights;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
     const index_t heads = m.num_heads / a.io.tp.size;
@@ -184,12 +184,9 @@ struct MlaAttention {
 template <policy::Point P, class Backend>
 struct Qwen3Attention {
   static void run(const Qwen3AttentionArgs& a) {
-    constexpr std::string_view name = "qwen3_attention";
-    detail::expect_single_rank(name, a.io);
-    expect(a.weights != nullptr, name, "weights must be set");
+    const Qwen3AttentionWeights& w = detail::checked("qwen3_attention", a.io, a.weights);
     const Backend b{};
     const ModelConfig& m = *a.io.model;
-    const Qwen3AttentionWeights& w = *a.weights;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
     const index_t heads = m.num_heads / a.io.tp.size;
@@ -224,12 +221,9 @@ struct Qwen3Attention {
 template <policy::Point P, class Backend>
 struct MoeBlock {
   static void run(const MoeArgs& a) {
-    constexpr std::string_view name = "moe_block";
-    detail::expect_single_rank(name, a.io);
-    expect(a.weights != nullptr, name, "weights must be set");
+    const MoeWeights& w = detail::checked("moe_block", a.io, a.weights);
     const Backend b{};
     const ModelConfig& m = *a.io.model;
-    const MoeWeights& w = *a.weights;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
     const index_t k = m.top_k;
