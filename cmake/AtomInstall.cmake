@@ -19,6 +19,11 @@ install(TARGETS atom_instances EXPORT atomTargets
 install(FILES instantiations/instances.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/atom/instantiations)
 
+# The kernels and the host-side GPU API, when a GPU backend is built.
+if(TARGET atom_gpu)
+  install(TARGETS atom_gpu EXPORT atomTargets ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+endif()
+
 # The plugin is dlopened by host engines, not linked: installed outside the export.
 if(TARGET atom_plugin)
   install(TARGETS atom_plugin LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})

@@ -1,7 +1,6 @@
 // The tensor-parallel group (atom/dist/tp.hpp): bootstrap through the rendezvous store, NCCL /
 // RCCL through the run-time loader, peer memory through IPC handles, and the fused all-reduce +
 // residual add + RMSNorm kernel (detail/allreduce_norm.hpp) with its separate-path fallback.
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include <algorithm>
 #include <array>

@@ -1,6 +1,5 @@
 // The MLA absorbed BMMs on the GPU: FP8 weights with FP8 per-group activations, and MXFP4
 // weights with bf16 activations. One thread per (head, output feature), several tokens each.
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/bmm.hpp"
 

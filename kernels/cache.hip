@@ -1,6 +1,5 @@
 // Cache writers: the MLA latent cache (a copy of kv_c and k_pe into the token's slot) and the FP8
 // paged KV cache (one warp per (token, head) row).
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/cache.hpp"
 

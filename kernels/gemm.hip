@@ -1,6 +1,5 @@
 // The MXFP4 GEMM on the GPU: weight preparation (preshuffle and upload, and its inverse) and
 // gemm_a4w4 for the matrix-core and the portable backend.
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/gemm.hpp"
 

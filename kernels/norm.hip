@@ -1,6 +1,5 @@
 // RMSNorm (plain and with the residual add), the DeepSeek fused q_a/kv_a norm and the row copy.
 // One kernel template per op, the output format an epilogue policy composed at compile time.
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/norm.hpp"
 

@@ -1,6 +1,5 @@
 // The standalone quantizers of the separate path: bf16 rows to FP8 per token, FP8 per 1x128 group
 // and MXFP4, with the epilogues the fused norms use (kernels/detail/rows.hpp).
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/quant.hpp"
 

@@ -1,6 +1,5 @@
 // Qwen3's QK step: per-head Q/K RMSNorm + RoPE + FP8 paged KV-cache write in one launch, and the
 // separate chain of standalone GPU ops.
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/qwen_qk.hpp"
 

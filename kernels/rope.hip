@@ -1,5 +1,4 @@
 // RoPE in place over [tokens, heads, rot_dim] with a cos/sin cache and per-token positions.
-#include "detail/nvcc_views.hpp"  // first: see there
 
 #include "atom/ops/gpu/rope.hpp"
 

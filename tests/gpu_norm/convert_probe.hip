@@ -1,5 +1,4 @@
 // Sweeps for convert_probe.hpp: one thread per float bit pattern, mismatches counted atomically.
-#include "kernels/detail/nvcc_views.hpp"  // first: see there
 
 #include "convert_probe.hpp"
 

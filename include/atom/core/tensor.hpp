@@ -67,8 +67,10 @@ struct View {
     v.shape[d] = count;
     return v;
   }
-  // The same memory seen as read-only (views of const data need no conversion).
-  constexpr operator View<const T, Rank>() const requires(!std::is_const_v<T>) {
+  // The same memory seen as read-only. A template, so that View<const T> declares no conversion to
+  // itself (which nvcc warns about).
+  template <class U, class = std::enable_if_t<std::is_same_v<U, const T> && !std::is_const_v<T>>>
+  constexpr operator View<U, Rank>() const {
     return {data, shape, strides};
   }
 };

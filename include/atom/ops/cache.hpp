@@ -42,9 +42,12 @@ struct PagedKvCacheFp8 {
   index_t kv_heads() const { return key.size(2); }
   index_t head_dim() const { return key.size(3); }
 
-  // The same cache seen as read-only (what attention takes).
-  constexpr operator PagedKvCacheFp8<const Code, const Scale>() const
-      requires(!std::is_const_v<Code>) {
+  // The same cache seen as read-only (what attention takes). A template, so that the read-only
+  // cache declares no conversion to itself (which nvcc warns about).
+  template <class C, class S,
+            class = std::enable_if_t<std::is_same_v<C, const Code> &&
+                                     std::is_same_v<S, const Scale> && !std::is_const_v<Code>>>
+  constexpr operator PagedKvCacheFp8<C, S>() const {
     return {key, value, key_scale, value_scale};
   }
 };

@@ -2,7 +2,6 @@
 // library's row engine (kernels/detail/rows.hpp): the policy kernel is the library's kernel for
 // one epilogue type; the run-time kernel holds every epilogue and branches on an argument, as a
 // kernel without compile-time policies would.
-#include "kernels/detail/nvcc_views.hpp"  // first: see there
 
 #include "norm_bench_gpu.hpp"
 
