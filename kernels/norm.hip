@@ -1,10 +1,12 @@
 // RMSNorm (plain and with the residual add), the DeepSeek fused q_a/kv_a norm and the row copy.
-// One kernel template per op, the output format an epilogue policy composed at compile time.
+// One kernel template per op, the output format an epilogue policy composed at compile time; the
+// RMSNorm in two forms (block-wide float rows, packed rows in groups), chosen per size.
 
 #include "atom/ops/gpu/norm.hpp"
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "detail/norm_launch.hpp"
 #include "detail/rows.hpp"
@@ -12,20 +14,10 @@
 namespace atom::kernels {
 namespace {
 
-enum class Prologue { norm, add_norm };
-
-struct NormArgs {
-  const bf16* x;
-  RowMap x_map;
-  bf16* residual;  // add_norm: in and out, row stride residual_stride
-  index_t residual_stride;
-  const bf16* weight;
-  int cols;
-  float eps;
-};
-
+// The block-wide form: one row per block, kept as floats. Measured faster than the packed-row
+// kernel for the plain norms below streaming_rows (decode), so those sizes keep it.
 template <Prologue P, class Out, int Chunks, bool Vec>
-__global__ void rms_norm_kernel(NormArgs a, Out out) {
+__global__ void rms_norm_block_kernel(NormArgs a, Out out) {
   __shared__ float sum_scratch[32];
   __shared__ std::uint32_t max_scratch[32];
   const index_t row = blockIdx.x;
@@ -164,15 +156,35 @@ void expect_cols(std::string_view op, index_t cols) {
 }
 
 template <Prologue P, class Out>
+constexpr EpilogueWeight weight_of() {
+  if constexpr (P == Prologue::norm && std::is_same_v<Out, Bf16Rows>)
+    return EpilogueWeight::bf16_plain;
+  else if constexpr (P == Prologue::norm && std::is_same_v<Out, Fp8TokenRows>)
+    return EpilogueWeight::token_plain;
+  else
+    return EpilogueWeight::other;
+}
+
+template <Prologue P, class Out>
 void launch_norm(const ops::Gpu& gpu, const NormArgs& args, index_t rows, const Out& out,
                  bool vec) {
   if (rows == 0) return;
-  const RowShape shape = row_shape(args.cols);
-  with_shape(shape, vec, [&]<int Chunks, bool Vec>() {
-    rms_norm_kernel<P, Out, Chunks, Vec>
-        <<<static_cast<unsigned>(rows), static_cast<unsigned>(shape.threads), 0, stream_of(gpu)>>>(
-            args, out);
-  });
+  if (P == Prologue::norm && rows < streaming_rows) {
+    const RowShape shape = row_shape(args.cols);
+    with_shape(shape, vec, [&]<int Chunks, bool Vec>() {
+      rms_norm_block_kernel<P, Out, Chunks, Vec>
+          <<<static_cast<unsigned>(rows), static_cast<unsigned>(shape.threads), 0,
+             stream_of(gpu)>>>(args, out);
+    });
+  } else {
+    const GroupShape shape = norm_shape(args.cols, rows, weight_of<P, Out>());
+    const index_t blocks = (rows + shape.rows_per_block - 1) / shape.rows_per_block;
+    with_shape(RowShape{shape.chunks, shape.threads()}, vec, [&]<int Chunks, bool Vec>() {
+      rms_norm_kernel<P, Out, Chunks, Vec>
+          <<<static_cast<unsigned>(blocks), static_cast<unsigned>(shape.threads()), 0,
+             stream_of(gpu)>>>(args, rows, shape.group, out);
+    });
+  }
   ATOM_GPU_CHECK(hipGetLastError());
 }
 

@@ -76,6 +76,26 @@ __device__ inline T block_reduce(T v, Op op, T* scratch) {
   return v;
 }
 
+// Reduction over each group of `group` consecutive threads (a multiple of the warp size dividing
+// blockDim.x): within each warp, then across the group's warps, the same tree as block_reduce for
+// a group of the whole block. A group of one warp needs no barrier; otherwise every thread of the
+// block must call it. Every thread gets its group's result; `scratch` may be reused right after.
+template <class T, class Op>
+__device__ inline T group_reduce(T v, Op op, T* scratch, int group) {
+  v = warp_reduce(v, op);
+  if (group == gpu::warp_size) return v;
+  const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
+  const int warp = static_cast<int>(threadIdx.x) / gpu::warp_size;
+  const int warps = group / gpu::warp_size;
+  const int first = static_cast<int>(threadIdx.x) / group * warps;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[first + lane] : Op::identity;
+  v = warp_reduce(v, op);
+  __syncthreads();
+  return v;
+}
+
 // Eight bf16 values in one 16-byte access.
 inline constexpr int vec_width = 8;
 

@@ -298,6 +298,74 @@ void bench_policies(index_t rows) {
   }
 }
 
+// The library's RMSNorm kernel on explicit shapes (chunks per thread x rows per block) against
+// the shape the library picks, per epilogue, hidden size and token count: the data behind
+// norm_shape (kernels/detail/rows.hpp).
+void bench_shapes() {
+  struct Variant {
+    bench::Epilogue e;
+    bool add;
+    const char* name;
+  };
+  const Variant variants[] = {{bench::Epilogue::bf16, false, "rms_norm bf16"},
+                              {bench::Epilogue::bf16, true, "add_rms_norm bf16"},
+                              {bench::Epilogue::fp8_token, false, "rms_norm fp8/token"},
+                              {bench::Epilogue::fp8_group128, false, "rms_norm fp8/1x128"},
+                              {bench::Epilogue::mxfp4, true, "add_rms_norm mxfp4"}};
+  struct Hidden {
+    int cols;
+    std::vector<bench::Shape> shapes;
+  };
+  // 7168 = 896 vectors of 8: 4 chunks make 224-thread rows exactly, 8 chunks 112 (128 with the
+  // idle warp lanes). 2048 = 256 vectors: from 256 threads x 1 chunk down to one warp x 8 chunks.
+  const Hidden hiddens[] = {
+      {7168, {{2, 1}, {4, 1}, {4, 2}, {8, 1}, {8, 2}}},
+      {2048, {{1, 1}, {2, 1}, {2, 2}, {4, 1}, {4, 4}, {8, 2}, {8, 8}}},
+  };
+  const std::vector<int> tokens = {64, 1024, 4096, 16384};
+  std::printf(
+      "\nshapes: chunks x rows per block (threads per row), registers, graph us; "
+      "* = the library's pick\n");
+  for (const Hidden& h : hiddens) {
+    const std::size_t max_n = static_cast<std::size_t>(tokens.back()) * h.cols;
+    auto x = filled<bf16>(max_n, 13);
+    auto res = filled<bf16>(max_n, 14);
+    auto w = filled<bf16>(static_cast<std::size_t>(h.cols), 15);
+    gpu::Buffer<bf16> out(max_n);
+    gpu::Buffer<float> scale(static_cast<std::size_t>(tokens.back()) *
+                             static_cast<std::size_t>(ops::fp8_group_cols(h.cols)));
+    for (const Variant& v : variants) {
+      for (int t : tokens) {
+        const bench::Shape lib = bench::library_shape(v.e, v.add, h.cols, t);
+        std::printf("%-20s [%5d,%4d]", v.name, t, h.cols);
+        double best = 1e30;
+        std::string best_name;
+        for (const bench::Shape& sh : h.shapes) {
+          const bench::KernelInfo info = bench::shaped_rms_norm_info(v.e, v.add, sh.chunks);
+          const double us = bench::graph_us(
+              stream.get(),
+              [&] {
+                bench::shaped_rms_norm(stream.get(), v.e, v.add, x.data(), res.data(), w.data(), t,
+                                       h.cols, eps, out.data(), scale.data(), sh);
+              },
+              20, 15);
+          const std::string name = std::to_string(sh.chunks) + "x" +
+                                   std::to_string(sh.rows_per_block) + "(" +
+                                   std::to_string(bench::shaped_group(h.cols, sh)) + ")";
+          const bool picked = sh.chunks == lib.chunks && sh.rows_per_block == lib.rows_per_block;
+          std::printf(" | %s%s r%d %.2f", name.c_str(), picked ? "*" : "", info.registers, us);
+          if (us < best) {
+            best = us;
+            best_name = name;
+          }
+        }
+        std::printf(" | best %s\n", best_name.c_str());
+        std::fflush(stdout);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -326,5 +394,6 @@ int main(int argc, char** argv) {
   for (index_t t : {1, 64, 4096}) bench_qwen("qwen qk separate", t, false);
   bench_policies(4096);
   bench_policies(1);
+  bench_shapes();
   return 0;
 }

@@ -11,6 +11,7 @@
 
 #include "atom/gpu/runtime.hpp"
 #include "atom/ops/formats.hpp"
+#include "kernels/detail/norm_launch.hpp"
 #include "kernels/detail/rows.hpp"
 
 namespace atom::bench {
@@ -220,6 +221,105 @@ void runtime_rms_norm(void* stream, Epilogue e, const bf16* x, const bf16* weigh
   runtime_kernel<<<static_cast<unsigned>(rows), block_for(cols), 0,
                    static_cast<hipStream_t>(stream)>>>(a, rows_for(cols, out, scale), e);
   ATOM_GPU_CHECK(hipGetLastError());
+}
+
+namespace {
+
+// Calls f.template operator()<Chunks>() for chunks in {1, 2, 4, 8}.
+template <class F>
+void with_chunks(int chunks, F&& f) {
+  switch (chunks) {
+    case 1:
+      f.template operator()<1>();
+      break;
+    case 2:
+      f.template operator()<2>();
+      break;
+    case 4:
+      f.template operator()<4>();
+      break;
+    case 8:
+      f.template operator()<8>();
+      break;
+    default:
+      throw gpu::GpuError("atom-bench-norm: chunks must be 1, 2, 4 or 8; got " +
+                          std::to_string(chunks));
+  }
+}
+
+// Calls f(kernel pointer, epilogue rows) for the shaped kernel of (e, add, Chunks).
+template <int Chunks, class F>
+void with_shaped_kernel(Epilogue e, bool add, const AnyRows& r, F&& f) {
+  using k::Prologue;
+  const auto pick = [&]<class Out>(const Out& out) {
+    if (add)
+      f(&k::rms_norm_kernel<Prologue::add_norm, Out, Chunks, true>, out);
+    else
+      f(&k::rms_norm_kernel<Prologue::norm, Out, Chunks, true>, out);
+  };
+  switch (e) {
+    case Epilogue::bf16:
+      pick(r.bf16);
+      break;
+    case Epilogue::fp8_token:
+      pick(r.token);
+      break;
+    case Epilogue::fp8_group128:
+      pick(r.group);
+      break;
+    case Epilogue::mxfp4:
+      pick(r.mxfp4);
+      break;
+  }
+}
+
+}  // namespace
+
+void shaped_rms_norm(void* stream, Epilogue e, bool add, const bf16* x, bf16* residual,
+                     const bf16* weight, int rows, int cols, float eps, void* out, void* scale,
+                     Shape shape) {
+  if (cols % k::vec_width != 0)
+    throw gpu::GpuError("atom-bench-norm: shaped rows need a multiple of 8 columns; got " +
+                        std::to_string(cols));
+  const k::GroupShape g = k::group_shape(cols, shape.chunks, shape.rows_per_block);
+  if (g.threads() > 1024)
+    throw gpu::GpuError("atom-bench-norm: shape of " + std::to_string(g.threads()) +
+                        " threads per block");
+  const k::NormArgs a{x, k::RowMap{1, cols, 0}, residual, cols, weight, cols, eps};
+  const auto blocks =
+      static_cast<unsigned>((rows + shape.rows_per_block - 1) / shape.rows_per_block);
+  const AnyRows r = rows_for(cols, out, scale);
+  with_chunks(shape.chunks, [&]<int Chunks>() {
+    with_shaped_kernel<Chunks>(e, add, r, [&](auto kernel, const auto& o) {
+      kernel<<<blocks, static_cast<unsigned>(g.threads()), 0, static_cast<hipStream_t>(stream)>>>(
+          a, static_cast<index_t>(rows), g.group, o);
+    });
+  });
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+KernelInfo shaped_rms_norm_info(Epilogue e, bool add, int chunks) {
+  KernelInfo info{};
+  with_chunks(chunks, [&]<int Chunks>() {
+    with_shaped_kernel<Chunks>(
+        e, add, rows_for(8, nullptr, nullptr),
+        [&](auto kernel, const auto&) { info = info_of(reinterpret_cast<const void*>(kernel)); });
+  });
+  return info;
+}
+
+int shaped_group(int cols, Shape shape) {
+  return k::group_shape(cols, shape.chunks, shape.rows_per_block).group;
+}
+
+Shape library_shape(Epilogue e, bool add, int cols, int rows) {
+  if (!add && rows < k::streaming_rows) return {0, 0};
+  const k::EpilogueWeight weight = add                        ? k::EpilogueWeight::other
+                                   : e == Epilogue::bf16      ? k::EpilogueWeight::bf16_plain
+                                   : e == Epilogue::fp8_token ? k::EpilogueWeight::token_plain
+                                                              : k::EpilogueWeight::other;
+  const k::GroupShape g = k::norm_shape(cols, rows, weight);
+  return {g.chunks, g.rows_per_block};
 }
 
 KernelInfo policy_rms_norm_info(Epilogue e) {

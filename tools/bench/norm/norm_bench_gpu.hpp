@@ -50,4 +50,21 @@ void runtime_rms_norm(void* stream, Epilogue e, const bf16* x, const bf16* weigh
 KernelInfo policy_rms_norm_info(Epilogue e);
 KernelInfo runtime_rms_norm_info();
 
+// The library's RMSNorm kernel (kernels/detail/norm_launch.hpp) on a shape given explicitly, over
+// contiguous rows (cols a multiple of 8): `chunks` vectors of 8 values per thread (1, 2, 4 or 8)
+// and `rows_per_block` rows per block, the threads per row following from cols. add: add_rms_norm
+// with `residual` (read and written); otherwise residual is unused.
+struct Shape {
+  int chunks;
+  int rows_per_block;
+};
+void shaped_rms_norm(void* stream, Epilogue e, bool add, const bf16* x, bf16* residual,
+                     const bf16* weight, int rows, int cols, float eps, void* out, void* scale,
+                     Shape shape);
+KernelInfo shaped_rms_norm_info(Epilogue e, bool add, int chunks);
+// Threads per row of `shape` for rows of `cols` values, and the shape the library picks ({0, 0}
+// where it runs its block-wide kernel instead: the plain norms below 1024 rows).
+int shaped_group(int cols, Shape shape);
+Shape library_shape(Epilogue e, bool add, int cols, int rows);
+
 }  // namespace atom::bench
