@@ -6,569 +6,768 @@
 #include "atom/dispatch/table.hpp"
 
 namespace atom::instances {
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void moe_block_host_gemm_asm_ar_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_asm_ar_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_asm_ar_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_asm_ar_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused(const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void moe_block_host_gemm_asm_ar_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_asm_ar_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_asm_ar_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_asm_ar_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_triton_ar_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_triton_ar_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_triton_ar_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_host_gemm_triton_ar_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
 }  // namespace atom::instances
 
 namespace atom::dispatch {
 
 template <>
-std::span<const Entry<policy::PipelineId::mla_attention>> table<policy::PipelineId::mla_attention>() {
+std::span<const Entry<policy::PipelineId::mla_attention>>
+table<policy::PipelineId::mla_attention>() {
+  using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::mla_attention> rows[] = {
       {0x0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate},
       {0x10u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused},
       {0x20u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
       {0x40u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate},
       {0x50u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused},
       {0x60u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
       {0x100u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate},
       {0x110u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused},
       {0x120u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
       {0x140u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate},
       {0x150u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused},
       {0x160u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
       {0x400u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
       {0x410u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
       {0x420u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
       {0x440u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
       {0x450u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
       {0x460u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
       {0x500u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
       {0x510u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
       {0x520u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
       {0x540u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
       {0x550u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
       {0x560u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
       {0x1000u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate},
       {0x1010u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused},
       {0x1020u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
       {0x1040u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate},
       {0x1050u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused},
       {0x1060u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
       {0x1100u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate},
       {0x1110u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused},
       {0x1120u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
       {0x1140u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate},
       {0x1150u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused},
       {0x1160u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
       {0x1400u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
       {0x1410u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
       {0x1420u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
       {0x1440u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
       {0x1450u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
       {0x1460u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
       {0x1500u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
       {0x1510u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
       {0x1520u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
       {0x1540u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
       {0x1550u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
       {0x1560u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
-       &instances::mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
   };
   return rows;
 }
 
 template <>
 std::span<const Entry<policy::PipelineId::moe_block>> table<policy::PipelineId::moe_block>() {
+  using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::moe_block> rows[] = {
       {0x8000u, "moe_block.host.gemm-asm.ar-separate.moe-single",
-       &instances::moe_block_host_gemm_asm_ar_separate_moe_single},
+       &moe_block_host_gemm_asm_ar_separate_moe_single},
       {0x8004u, "moe_block.host.gemm-asm.ar-separate.moe-dual",
-       &instances::moe_block_host_gemm_asm_ar_separate_moe_dual},
+       &moe_block_host_gemm_asm_ar_separate_moe_dual},
       {0x8100u, "moe_block.host.gemm-asm.ar-fused.moe-single",
-       &instances::moe_block_host_gemm_asm_ar_fused_moe_single},
+       &moe_block_host_gemm_asm_ar_fused_moe_single},
       {0x8104u, "moe_block.host.gemm-asm.ar-fused.moe-dual",
-       &instances::moe_block_host_gemm_asm_ar_fused_moe_dual},
+       &moe_block_host_gemm_asm_ar_fused_moe_dual},
       {0x9000u, "moe_block.host.gemm-triton.ar-separate.moe-single",
-       &instances::moe_block_host_gemm_triton_ar_separate_moe_single},
+       &moe_block_host_gemm_triton_ar_separate_moe_single},
       {0x9004u, "moe_block.host.gemm-triton.ar-separate.moe-dual",
-       &instances::moe_block_host_gemm_triton_ar_separate_moe_dual},
+       &moe_block_host_gemm_triton_ar_separate_moe_dual},
       {0x9100u, "moe_block.host.gemm-triton.ar-fused.moe-single",
-       &instances::moe_block_host_gemm_triton_ar_fused_moe_single},
+       &moe_block_host_gemm_triton_ar_fused_moe_single},
       {0x9104u, "moe_block.host.gemm-triton.ar-fused.moe-dual",
-       &instances::moe_block_host_gemm_triton_ar_fused_moe_dual},
+       &moe_block_host_gemm_triton_ar_fused_moe_dual},
   };
   return rows;
 }
 
 template <>
-std::span<const Entry<policy::PipelineId::qwen3_attention>> table<policy::PipelineId::qwen3_attention>() {
+std::span<const Entry<policy::PipelineId::qwen3_attention>>
+table<policy::PipelineId::qwen3_attention>() {
+  using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::qwen3_attention> rows[] = {
       {0x10000u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate",
-       &instances::qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate},
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate},
       {0x10001u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused",
-       &instances::qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused},
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused},
       {0x10100u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate",
-       &instances::qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate},
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate},
       {0x10101u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused",
-       &instances::qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused},
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused},
       {0x11000u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate",
-       &instances::qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate},
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate},
       {0x11001u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused",
-       &instances::qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused},
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused},
       {0x11100u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate",
-       &instances::qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate},
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate},
       {0x11101u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused",
-       &instances::qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused},
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused},
   };
   return rows;
 }
 
 template <>
 std::span<const Entry<policy::PipelineId::ds_layer>> table<policy::PipelineId::ds_layer>() {
+  using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::ds_layer> rows[] = {
       {0x18000u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
       {0x18004u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
       {0x18010u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
       {0x18014u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x18020u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x18020u,
+       "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
       {0x18024u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
       {0x18040u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
       {0x18044u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
       {0x18050u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
       {0x18054u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
       {0x18060u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
       {0x18064u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
       {0x18100u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
       {0x18104u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
       {0x18110u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
       {0x18114u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
       {0x18120u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
       {0x18124u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
       {0x18140u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
       {0x18144u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
       {0x18150u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
       {0x18154u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
       {0x18160u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
       {0x18164u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
       {0x18400u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
       {0x18404u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
       {0x18410u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
       {0x18414u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x18420u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x18424u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x18420u,
+       "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x18424u,
+       "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
       {0x18440u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
       {0x18444u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
       {0x18450u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
       {0x18454u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
       {0x18460u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
       {0x18464u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
       {0x18500u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
       {0x18504u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
       {0x18510u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
       {0x18514u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
       {0x18520u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
       {0x18524u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
       {0x18540u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
       {0x18544u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
       {0x18550u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
       {0x18554u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
       {0x18560u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
       {0x18564u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x19000u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+      {0x19000u,
+       "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
       {0x19004u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
       {0x19010u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
       {0x19014u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x19020u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x19024u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x19020u,
+       "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x19024u,
+       "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
       {0x19040u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
       {0x19044u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
       {0x19050u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
       {0x19054u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x19060u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
+      {0x19060u,
+       "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
       {0x19064u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
       {0x19100u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
       {0x19104u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
       {0x19110u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
       {0x19114u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x19120u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
+      {0x19120u,
+       "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
       {0x19124u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
       {0x19140u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
       {0x19144u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
       {0x19150u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
       {0x19154u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
       {0x19160u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
       {0x19164u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x19400u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x19404u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+      {0x19400u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
+      {0x19404u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
       {0x19410u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
       {0x19414u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x19420u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x19424u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x19420u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x19424u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
       {0x19440u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
       {0x19444u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
       {0x19450u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
       {0x19454u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x19460u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x19464u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
+      {0x19460u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
+      {0x19464u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
       {0x19500u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
       {0x19504u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
       {0x19510u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
       {0x19514u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x19520u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x19524u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
+      {0x19520u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
+      {0x19524u,
+       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
       {0x19540u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
       {0x19544u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
       {0x19550u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
       {0x19554u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
       {0x19560u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
       {0x19564u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &instances::ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
   };
   return rows;
 }
 
 template <>
 std::span<const Entry<policy::PipelineId::qwen3_layer>> table<policy::PipelineId::qwen3_layer>() {
+  using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::qwen3_layer> rows[] = {
       {0x20000u, "qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate},
+       &qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate},
       {0x20001u, "qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused},
+       &qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused},
       {0x20004u, "qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_separate},
+       &qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_separate},
       {0x20005u, "qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_fused},
+       &qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_fused},
       {0x20100u, "qwen3_layer.host.gemm-asm.ar-fused.moe-single.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_separate},
+       &qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_separate},
       {0x20101u, "qwen3_layer.host.gemm-asm.ar-fused.moe-single.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_fused},
+       &qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_fused},
       {0x20104u, "qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_separate},
+       &qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_separate},
       {0x20105u, "qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused},
+       &qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused},
       {0x21000u, "qwen3_layer.host.gemm-triton.ar-separate.moe-single.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_separate},
+       &qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_separate},
       {0x21001u, "qwen3_layer.host.gemm-triton.ar-separate.moe-single.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_fused},
+       &qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_fused},
       {0x21004u, "qwen3_layer.host.gemm-triton.ar-separate.moe-dual.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate},
+       &qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate},
       {0x21005u, "qwen3_layer.host.gemm-triton.ar-separate.moe-dual.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_fused},
+       &qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_fused},
       {0x21100u, "qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_separate},
+       &qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_separate},
       {0x21101u, "qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused},
+       &qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused},
       {0x21104u, "qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-separate",
-       &instances::qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate},
+       &qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate},
       {0x21105u, "qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-fused",
-       &instances::qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused},
+       &qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused},
   };
   return rows;
 }

@@ -2,21 +2,21 @@
 // `atom-codegen instantiations` instead.
 //
 // ds_layer on the host backend:
-//   gemm_backend=asm bmm_format=fp8 allreduce_norm=fused input_norm_quant=separate qk_norm=separate moe_streams=single
+//   gemm_backend=asm bmm_format=fp8 allreduce_norm=fused input_norm_quant=separate qk_norm=separate
+//   moe_streams=single
 
 #include "atom/pipeline/pipelines.hpp"
 
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::matrix_core,
-    .bmm = policy::BmmFormat::fp8,
-    .allreduce_norm = policy::AllReduceNorm::fused,
-    .input_norm_quant = policy::InputNormQuant::separate,
-    .qk_norm = policy::QkNorm::separate,
-    .moe_streams = policy::MoeStreams::single,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::matrix_core,
+                              .bmm = policy::BmmFormat::fp8,
+                              .allreduce_norm = policy::AllReduceNorm::fused,
+                              .input_norm_quant = policy::InputNormQuant::separate,
+                              .qk_norm = policy::QkNorm::separate,
+                              .moe_streams = policy::MoeStreams::single,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(

@@ -2,21 +2,21 @@
 // `atom-codegen instantiations` instead.
 //
 // ds_layer on the host backend:
-//   gemm_backend=asm bmm_format=fp8 allreduce_norm=separate input_norm_quant=fused qk_norm=separate moe_streams=dual
+//   gemm_backend=asm bmm_format=fp8 allreduce_norm=separate input_norm_quant=fused qk_norm=separate
+//   moe_streams=dual
 
 #include "atom/pipeline/pipelines.hpp"
 
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::matrix_core,
-    .bmm = policy::BmmFormat::fp8,
-    .allreduce_norm = policy::AllReduceNorm::separate,
-    .input_norm_quant = policy::InputNormQuant::fused,
-    .qk_norm = policy::QkNorm::separate,
-    .moe_streams = policy::MoeStreams::dual,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::matrix_core,
+                              .bmm = policy::BmmFormat::fp8,
+                              .allreduce_norm = policy::AllReduceNorm::separate,
+                              .input_norm_quant = policy::InputNormQuant::fused,
+                              .qk_norm = policy::QkNorm::separate,
+                              .moe_streams = policy::MoeStreams::dual,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(

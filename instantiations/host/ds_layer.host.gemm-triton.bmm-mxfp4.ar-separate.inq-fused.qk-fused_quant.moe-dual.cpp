@@ -2,21 +2,21 @@
 // `atom-codegen instantiations` instead.
 //
 // ds_layer on the host backend:
-//   gemm_backend=triton bmm_format=mxfp4 allreduce_norm=separate input_norm_quant=fused qk_norm=fused_quant moe_streams=dual
+//   gemm_backend=triton bmm_format=mxfp4 allreduce_norm=separate input_norm_quant=fused
+//   qk_norm=fused_quant moe_streams=dual
 
 #include "atom/pipeline/pipelines.hpp"
 
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::portable,
-    .bmm = policy::BmmFormat::mxfp4,
-    .allreduce_norm = policy::AllReduceNorm::separate,
-    .input_norm_quant = policy::InputNormQuant::fused,
-    .qk_norm = policy::QkNorm::fused_quant,
-    .moe_streams = policy::MoeStreams::dual,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::portable,
+                              .bmm = policy::BmmFormat::mxfp4,
+                              .allreduce_norm = policy::AllReduceNorm::separate,
+                              .input_norm_quant = policy::InputNormQuant::fused,
+                              .qk_norm = policy::QkNorm::fused_quant,
+                              .moe_streams = policy::MoeStreams::dual,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(

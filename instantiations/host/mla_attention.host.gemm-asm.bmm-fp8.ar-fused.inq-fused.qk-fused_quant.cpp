@@ -9,14 +9,13 @@
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::matrix_core,
-    .bmm = policy::BmmFormat::fp8,
-    .allreduce_norm = policy::AllReduceNorm::fused,
-    .input_norm_quant = policy::InputNormQuant::fused,
-    .qk_norm = policy::QkNorm::fused_quant,
-    .moe_streams = policy::MoeStreams::single,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::matrix_core,
+                              .bmm = policy::BmmFormat::fp8,
+                              .allreduce_norm = policy::AllReduceNorm::fused,
+                              .input_norm_quant = policy::InputNormQuant::fused,
+                              .qk_norm = policy::QkNorm::fused_quant,
+                              .moe_streams = policy::MoeStreams::single,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(

@@ -9,14 +9,13 @@
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::portable,
-    .bmm = policy::BmmFormat::fp8,
-    .allreduce_norm = policy::AllReduceNorm::separate,
-    .input_norm_quant = policy::InputNormQuant::fused,
-    .qk_norm = policy::QkNorm::fused,
-    .moe_streams = policy::MoeStreams::single,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::portable,
+                              .bmm = policy::BmmFormat::fp8,
+                              .allreduce_norm = policy::AllReduceNorm::separate,
+                              .input_norm_quant = policy::InputNormQuant::fused,
+                              .qk_norm = policy::QkNorm::fused,
+                              .moe_streams = policy::MoeStreams::single,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused(

@@ -2,21 +2,21 @@
 // `atom-codegen instantiations` instead.
 //
 // mla_attention on the host backend:
-//   gemm_backend=triton bmm_format=mxfp4 allreduce_norm=fused input_norm_quant=separate qk_norm=fused_quant
+//   gemm_backend=triton bmm_format=mxfp4 allreduce_norm=fused input_norm_quant=separate
+//   qk_norm=fused_quant
 
 #include "atom/pipeline/pipelines.hpp"
 
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::portable,
-    .bmm = policy::BmmFormat::mxfp4,
-    .allreduce_norm = policy::AllReduceNorm::fused,
-    .input_norm_quant = policy::InputNormQuant::separate,
-    .qk_norm = policy::QkNorm::fused_quant,
-    .moe_streams = policy::MoeStreams::single,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::portable,
+                              .bmm = policy::BmmFormat::mxfp4,
+                              .allreduce_norm = policy::AllReduceNorm::fused,
+                              .input_norm_quant = policy::InputNormQuant::separate,
+                              .qk_norm = policy::QkNorm::fused_quant,
+                              .moe_streams = policy::MoeStreams::single,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(

@@ -9,14 +9,13 @@
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::matrix_core,
-    .bmm = policy::BmmFormat::fp8,
-    .allreduce_norm = policy::AllReduceNorm::fused,
-    .input_norm_quant = policy::InputNormQuant::separate,
-    .qk_norm = policy::QkNorm::separate,
-    .moe_streams = policy::MoeStreams::dual,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::fused};
+constexpr policy::Point point{.gemm = policy::GemmBackend::matrix_core,
+                              .bmm = policy::BmmFormat::fp8,
+                              .allreduce_norm = policy::AllReduceNorm::fused,
+                              .input_norm_quant = policy::InputNormQuant::separate,
+                              .qk_norm = policy::QkNorm::separate,
+                              .moe_streams = policy::MoeStreams::dual,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::fused};
 }  // namespace
 
 void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused(

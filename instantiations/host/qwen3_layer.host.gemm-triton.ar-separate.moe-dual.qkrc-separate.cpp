@@ -9,14 +9,13 @@
 namespace atom::instances {
 
 namespace {
-constexpr policy::Point point{
-    .gemm = policy::GemmBackend::portable,
-    .bmm = policy::BmmFormat::fp8,
-    .allreduce_norm = policy::AllReduceNorm::separate,
-    .input_norm_quant = policy::InputNormQuant::separate,
-    .qk_norm = policy::QkNorm::separate,
-    .moe_streams = policy::MoeStreams::dual,
-    .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
+constexpr policy::Point point{.gemm = policy::GemmBackend::portable,
+                              .bmm = policy::BmmFormat::fp8,
+                              .allreduce_norm = policy::AllReduceNorm::separate,
+                              .input_norm_quant = policy::InputNormQuant::separate,
+                              .qk_norm = policy::QkNorm::separate,
+                              .moe_streams = policy::MoeStreams::dual,
+                              .qk_norm_rope_cache = policy::QkNormRopeCache::separate};
 }  // namespace
 
 void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate(

@@ -59,9 +59,16 @@ std::string cpp_identifier(const std::string& name) {
   return id;
 }
 
-// `policy::Point{.gemm = policy::GemmBackend::portable, ...}` listing every axis, one per line.
-std::string point_literal(Point x, const std::string& head = "policy::Point{\n") {
-  std::string s = head;
+// The generated files are laid out as the repository's .clang-format lays them out (Google
+// style, 100 columns), so that they read like the hand-written code and pass the format check.
+constexpr std::size_t column_limit = 100;
+
+// `<lead>policy::Point<var>{.gemm = policy::GemmBackend::portable,` then one designated
+// initializer per line, aligned after the brace (every point is too long for one line). `lead` is
+// what precedes `policy::Point` on the first line, `var` an optional variable name, `indent` the
+// column at which the first line starts.
+std::string point_literal(Point x, const std::string& lead, const std::string& var,
+                          std::size_t indent) {
   const char* fields[] = {"gemm",    "bmm",         "allreduce_norm",    "input_norm_quant",
                           "qk_norm", "moe_streams", "qk_norm_rope_cache"};
   const char* enums[] = {"GemmBackend", "BmmFormat",  "AllReduceNorm",  "InputNormQuant",
@@ -73,11 +80,43 @@ std::string point_literal(Point x, const std::string& head = "policy::Point{\n")
                                                           {"separate", "fused", "fused_quant"},
                                                           {"single", "dual"},
                                                           {"separate", "fused"}};
+  const std::string head = lead + "policy::Point" + (var.empty() ? "" : " " + var) + "{";
+  const std::string align(indent + head.size(), ' ');
+  std::string s = head;
   for (std::size_t a = 0; a < axis_count; ++a) {
-    s += std::string("    .") + fields[a] + " = policy::" + enums[a] +
-         "::" + enumerators[a][x.get(static_cast<AxisId>(a))] + (a + 1 < axis_count ? ",\n" : "");
+    if (a > 0) s += ",\n" + align;
+    s += std::string(".") + fields[a] + " = policy::" + enums[a] +
+         "::" + enumerators[a][x.get(static_cast<AxisId>(a))];
   }
   return s + "}";
+}
+
+// `void name(params)<tail>` on one line when it fits, else with the parameters on a continuation
+// line indented by four.
+std::string function_head(const std::string& name, const std::string& params,
+                          const std::string& tail) {
+  const std::string one_line = "void " + name + "(" + params + ")" + tail;
+  if (one_line.size() <= column_limit) return one_line + "\n";
+  return "void " + name + "(\n    " + params + ")" + tail + "\n";
+}
+
+// A `//` comment: words filled up to the column limit, continuation lines starting with `cont`.
+std::string comment(const std::string& first, const std::string& cont, const std::string& text) {
+  std::string out;
+  std::string line = first;
+  std::istringstream words(text);
+  std::string w;
+  bool empty = true;
+  while (words >> w) {
+    if (!empty && line.size() + 1 + w.size() > column_limit) {
+      out += line + "\n";
+      line = cont;
+      empty = true;
+    }
+    line += (empty ? "" : " ") + w;
+    empty = false;
+  }
+  return out + line + "\n";
 }
 
 std::string pipeline_type(PipelineId p) {
@@ -105,19 +144,20 @@ const char* const banner =
     "// `atom-codegen instantiations` instead.\n";
 
 std::string translation_unit(const Instance& i) {
+  const std::string params =
+      "const pipeline::RunArgs<policy::PipelineId::" + std::string(pipeline_name(i.pipeline)) +
+      ">& args";
   std::ostringstream o;
   o << banner << "//\n// " << pipeline_name(i.pipeline) << " on the " << backend_name(i.backend)
-    << " backend:\n//   " << describe(i.pipeline, i.point) << "\n\n"
+    << " backend:\n"
+    << comment("//   ", "//   ", describe(i.pipeline, i.point)) << "\n"
     << "#include \"atom/pipeline/pipelines.hpp\"\n\n"
     << "namespace atom::instances {\n\n"
     << "namespace {\n"
-    << "constexpr " << point_literal(i.point, "policy::Point point{\n") << ";\n"
+    << point_literal(i.point, "constexpr ", "point", 0) << ";\n"
     << "}  // namespace\n\n"
-    << "void " << cpp_identifier(i.name) << "(\n"
-    << "    const pipeline::RunArgs<policy::PipelineId::" << pipeline_name(i.pipeline)
-    << ">& args) {\n"
-    << "  " << pipeline_type(i.pipeline) << "<point, " << backend_type(i.backend)
-    << ">::run(args);\n"
+    << function_head(cpp_identifier(i.name), params, " {") << "  " << pipeline_type(i.pipeline)
+    << "<point, " << backend_type(i.backend) << ">::run(args);\n"
     << "}\n\n"
     << "}  // namespace atom::instances\n";
   return o.str();
@@ -129,24 +169,34 @@ std::string table_unit(const std::vector<Instance>& list) {
     << "#include \"atom/dispatch/table.hpp\"\n\n"
     << "namespace atom::instances {\n";
   for (const auto& i : list)
-    o << "void " << cpp_identifier(i.name)
-      << "(const pipeline::RunArgs<policy::PipelineId::" << pipeline_name(i.pipeline) << ">&);\n";
+    o << function_head(cpp_identifier(i.name),
+                       "const pipeline::RunArgs<policy::PipelineId::" +
+                           std::string(pipeline_name(i.pipeline)) + ">&",
+                       ";");
   o << "}  // namespace atom::instances\n\nnamespace atom::dispatch {\n";
   for (PipelineId p : pipelines) {
     std::vector<const Instance*> rows;
     for (const auto& i : list)
       if (i.pipeline == p) rows.push_back(&i);
     const std::string entry = "Entry<policy::PipelineId::" + std::string(pipeline_name(p)) + ">";
-    o << "\ntemplate <>\nstd::span<const " << entry
-      << "> table<policy::PipelineId::" << pipeline_name(p) << ">() {\n";
+    const std::string result = "std::span<const " + entry + ">";
+    const std::string fn = "table<policy::PipelineId::" + std::string(pipeline_name(p)) + ">() {";
+    o << "\ntemplate <>\n"
+      << result << (result.size() + 1 + fn.size() <= column_limit ? " " : "\n") << fn << "\n";
     if (rows.empty()) {
       o << "  return {};\n}\n";
       continue;
     }
-    o << "  static constexpr " << entry << " rows[] = {\n";
-    for (const auto* i : rows)
-      o << "      {0x" << std::hex << i->key << std::dec << "u, \"" << i->name
-        << "\",\n       &instances::" << cpp_identifier(i->name) << "},\n";
+    o << "  using namespace instances;  // the run functions declared above\n"
+      << "  static constexpr " << entry << " rows[] = {\n";
+    for (const auto* i : rows) {
+      std::ostringstream key;
+      key << "      {0x" << std::hex << i->key << "u,";
+      const std::string name = "\"" + i->name + "\",";
+      // Key and name share a line when they fit, as clang-format packs them.
+      o << key.str() << (key.str().size() + 1 + name.size() <= column_limit ? " " : "\n       ")
+        << name << "\n       &" << cpp_identifier(i->name) << "},\n";
+    }
     o << "  };\n  return rows;\n}\n";
   }
   o << "\n}  // namespace atom::dispatch\n";
@@ -160,11 +210,13 @@ std::string instances_header(const std::vector<Instance>& list) {
     << "namespace atom::instances {\n\nusing all = std::tuple<\n";
   for (std::size_t n = 0; n < list.size(); ++n) {
     const auto& i = list[n];
-    o << "    dispatch::Instance<policy::PipelineId::" << pipeline_name(i.pipeline)
-      << ", policy::BackendId::" << backend_name(i.backend) << ",\n                       "
-      << point_literal(i.point) << ">" << (n + 1 < list.size() ? "," : "") << "\n";
+    const std::string lead = "    dispatch::Instance<";
+    o << lead << "policy::PipelineId::" << pipeline_name(i.pipeline)
+      << ", policy::BackendId::" << backend_name(i.backend) << ",\n"
+      << std::string(lead.size(), ' ') << point_literal(i.point, "", "", lead.size()) << ">"
+      << (n + 1 < list.size() ? ",\n" : ">;\n");
   }
-  o << ">;\n\n}  // namespace atom::instances\n";
+  o << "\n}  // namespace atom::instances\n";
   return o.str();
 }
 
