@@ -209,14 +209,17 @@ void TpGroup::Impl::join() {
   comm = nccl->init_rank(static_cast<int>(size()), id, static_cast<int>(r));
   scratch = static_cast<bf16*>(gpu::malloc_bytes(
       static_cast<std::size_t>(std::max<index_t>(options.max_elements, 1)) * sizeof(bf16)));
-  if (options.fusion && options.fused_max_bytes > 0) map_peers();
+  if (options.fusion) map_peers();
   client->set("tp/ready/" + std::to_string(r), "1");
   wait_all("tp/ready/", "joining the group");
 }
 
 void TpGroup::Impl::map_peers() {
   const auto r = rank();
-  slot_bytes = (options.fused_max_bytes + 255) / 256 * 256;
+  const std::size_t limit = options.fused_max_bytes != 0
+                                ? options.fused_max_bytes
+                                : dist::tp_default_fused_max_bytes(options.size);
+  slot_bytes = (limit + 255) / 256 * 256;
   const std::size_t bytes = 2 * static_cast<std::size_t>(size()) * slot_bytes;
   ATOM_GPU_CHECK(hipMalloc(&region, bytes));
   const std::size_t words = bytes / sizeof(std::uint32_t);

@@ -59,6 +59,19 @@ TEST_CASE("TP options: every invalid field is named") {
   CHECK_THAT(error_of(o), Catch::Contains("TP rank 3: joining the group failed: rank 3"));
 }
 
+TEST_CASE("TP options: the fused path's default limit shrinks with the group size") {
+  using atom::dist::tp_default_fused_max_bytes;
+  // Inside the measured windows (hidden 7168): fused up to T = 1024 at TP 2, T = 128 at TP 4.
+  const std::size_t row = 7168 * 2;
+  CHECK(tp_default_fused_max_bytes(2) >= 1024 * row);
+  CHECK(tp_default_fused_max_bytes(2) < 2048 * row);
+  CHECK(tp_default_fused_max_bytes(4) >= 128 * row);
+  CHECK(tp_default_fused_max_bytes(4) < 256 * row);
+  for (std::int64_t size = 2; size < atom::dist::tp_max_ranks; ++size)
+    CHECK(tp_default_fused_max_bytes(size + 1) < tp_default_fused_max_bytes(size));
+  CHECK(atom::dist::TpOptions{}.fused_max_bytes == 0);
+}
+
 TEST_CASE("TP options: fusion follows ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION") {
   using atom::env::Config;
   CHECK(atom::dist::tp_options(Config{}, 1, 2, 1).fusion);

@@ -1,6 +1,6 @@
 // atom-bench-allreduce-norm: the TP all-reduce + residual add + RMSNorm (bf16 out) at hidden 7168
-// on 2 GPUs, fused kernel against NCCL all-reduce + the separate add_rms_norm kernel, T = 1 to
-// 8192. Forks one process per GPU (rank 1 is the child); rank 0 prints.
+// on N GPUs, fused kernel against NCCL all-reduce + the separate add_rms_norm kernel, T = 1 to
+// 8192. Forks one process per GPU (ranks 1..N-1 are children); rank 0 prints.
 //
 // Method, per path and T: median over 25 samples of the time per call, where a sample is 20
 // back-to-back calls, either launched from the host one by one (eager) or replayed as one
@@ -8,7 +8,7 @@
 // (graph), the copy bandwidth of one GPU (1 GiB device-to-device copy) and, for the fused path,
 // the rate at which it moves the peer's rows (T * 7168 * 2 bytes per call).
 //
-// Usage: atom-bench-allreduce-norm [--port P]
+// Usage: atom-bench-allreduce-norm [--size N] [--port P]   (N defaults to 2)
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -104,10 +104,10 @@ std::vector<bf16> random_bf16(std::size_t n, std::uint32_t seed) {
   return v;
 }
 
-int run_rank(int rank, std::uint16_t port) {
+int run_rank(int rank, int size, std::uint16_t port) {
   atom::dist::TpOptions o;
   o.rank = rank;
-  o.size = 2;
+  o.size = size;
   o.device = rank;
   o.port = port;
   o.fused_max_bytes = static_cast<std::size_t>(max_tokens * hidden) * sizeof(bf16);
@@ -135,11 +135,11 @@ int run_rank(int rank, std::uint16_t port) {
     copy_gbps = 2.0 * static_cast<double>(rows * cols) * 2.0 / us * 1e-3;
   }
   if (rank == 0) {
-    std::printf("device: %s x2; copy bandwidth %.0f GB/s (1 GiB, one GPU)\n",
-                gpu::device_name(0).c_str(), copy_gbps);
+    std::printf("device: %s x%d; copy bandwidth %.0f GB/s (1 GiB, one GPU)\n",
+                gpu::device_name(0).c_str(), size, copy_gbps);
     std::printf(
-        "all-reduce + residual add + RMSNorm (bf16 out), hidden %lld, 2 ranks; us per call\n",
-        static_cast<long long>(hidden));
+        "all-reduce + residual add + RMSNorm (bf16 out), hidden %lld, %d ranks; us per call\n",
+        static_cast<long long>(hidden), size);
     std::printf("%6s | %9s %9s | %9s %9s %9s | %7s %8s | %s\n", "T", "fused", "separate", "fused",
                 "separate", "nccl-ar", "speedup", "peer GB/s", "automatic (default limit)");
     std::printf("%6s | %9s %9s | %9s %9s %9s | %7s %8s |\n", "", "eager", "eager", "graph", "graph",
@@ -165,7 +165,7 @@ int run_rank(int rank, std::uint16_t port) {
       const double peer_bytes = static_cast<double>(t * hidden) * 2.0;
       // What an automatic call takes under the default size limit.
       const bool automatic_fused =
-          static_cast<std::size_t>(peer_bytes) <= atom::dist::tp_default_fused_max_bytes;
+          static_cast<std::size_t>(peer_bytes) <= atom::dist::tp_default_fused_max_bytes(size);
       std::printf("%6lld | %9.2f %9.2f | %9.2f %9.2f %9.2f | %6.2fx %8.0f | %s\n",
                   static_cast<long long>(t), fused_eager, separate_eager, fused_graph,
                   separate_graph, ar_graph, separate_graph / fused_graph,
@@ -180,25 +180,47 @@ int run_rank(int rank, std::uint16_t port) {
 
 int main(int argc, char** argv) {
   std::uint16_t port = 0;
-  for (int i = 1; i + 1 < argc; i += 2)
+  int size = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--port") == 0)
       port = static_cast<std::uint16_t>(std::atoi(argv[i + 1]));
+    else if (std::strcmp(argv[i], "--size") == 0)
+      size = std::atoi(argv[i + 1]);
+  }
+  if (size < 2 || size > 8) {
+    std::fprintf(stderr, "--size %d: the benchmark runs 2 to 8 ranks\n", size);
+    return 2;
+  }
   if (port == 0) port = free_port();
   std::fflush(stdout);
-  // No GPU call before the fork: each process initializes its own device.
-  const pid_t child = ::fork();
-  if (child < 0) {
-    std::perror("fork");
-    return 1;
+  // No GPU call before the forks: each process initializes its own device.
+  std::vector<pid_t> children;
+  int rank = 0;
+  for (int r = 1; r < size; ++r) {
+    const pid_t child = ::fork();
+    if (child < 0) {
+      std::perror("fork");
+      return 1;
+    }
+    if (child == 0) {
+      rank = r;
+      children.clear();
+      break;
+    }
+    children.push_back(child);
   }
   try {
-    if (child == 0) std::_Exit(run_rank(1, port));
-    const int rc = run_rank(0, port);
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    return rc != 0 ? rc : (WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+    int rc = run_rank(rank, size, port);
+    if (rank != 0) std::_Exit(rc);
+    for (const pid_t child : children) {
+      int status = 0;
+      ::waitpid(child, &status, 0);
+      if (rc == 0) rc = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+    }
+    return rc;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "rank %d: %s\n", child == 0 ? 1 : 0, e.what());
+    std::fprintf(stderr, "rank %d: %s\n", rank, e.what());
+    if (rank != 0) std::_Exit(1);
     return 1;
   }
 }

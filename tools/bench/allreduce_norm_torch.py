@@ -1,6 +1,6 @@
 """PyTorch peer of atom-bench-allreduce-norm: NCCL all-reduce (torch.distributed) + residual add +
-RMSNorm at hidden 7168 on 2 GPUs, timed the same way (median of 25 samples of 20 back-to-back
-calls, CUDA events): eager, eager captured in a CUDA graph, and with the add + norm under
+RMSNorm at hidden 7168 on N GPUs (--size N, default 2), timed the same way (median of 25 samples
+of 20 back-to-back calls, CUDA events): eager, eager captured in a CUDA graph, and with the add + norm under
 torch.compile (the all-reduce stays a collective call). Rank 0 prints.
 
 Usage: python3 tools/bench/allreduce_norm_torch.py [--compile-tokens 1,64,1024,8192]
@@ -68,12 +68,12 @@ def add_norm(x, residual, weight):
     return r, F.rms_norm(r, (HIDDEN,), weight, EPS)
 
 
-def worker(rank, port, compile_tokens):
+def worker(rank, port, compile_tokens, size):
     torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
     compiled = torch.compile(add_norm, dynamic=False)
     if rank == 0:
-        print(f"torch {torch.__version__}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+        print(f"torch {torch.__version__}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, {size} ranks")
         print(f"{'T':>6} | {'eager':>9} {'graph':>9} {'compile':>9}   (us per call)")
     gen = torch.Generator(device="cuda").manual_seed(1 + rank)
     t = 1
@@ -109,13 +109,14 @@ def worker(rank, port, compile_tokens):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--compile-tokens", default="1,64,1024,8192")
+    parser.add_argument("--size", type=int, default=2, help="ranks, one GPU each")
     args = parser.parse_args()
     compile_tokens = {int(v) for v in args.compile_tokens.split(",") if v}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    mp.spawn(worker, args=(port, compile_tokens), nprocs=2)
+    mp.spawn(worker, args=(port, compile_tokens, args.size), nprocs=args.size)
 
 
 if __name__ == "__main__":

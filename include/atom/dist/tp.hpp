@@ -56,11 +56,17 @@ class TpError : public std::runtime_error {
 inline constexpr std::int64_t tp_max_ranks = 8;
 
 // The fused path's default size limit per call (rows * cols * 2 bytes of this rank's partial
-// sums). Above it the call takes the separate path: on 2 x H100 the fused kernel is faster up to
-// 14.7 MB (T = 1024 at hidden 7168) and slower from 29 MB (docs/bench-notes.md). Each rank
-// registers 2 * size buffers of this many bytes: two call slots (alternating, so a call never
-// writes where a peer may still read the call before) for every source rank.
-inline constexpr std::size_t tp_default_fused_max_bytes = std::size_t{16} << 20;
+// sums) for a group of `size` ranks. Above it the call takes the separate path. The one-shot
+// kernel has every rank read all size - 1 peers' rows, so its advantage shrinks with the size:
+// on H100s (docs/bench-notes.md, hidden 7168) it is faster up to 14.7 MB (T = 1024) and slower
+// from 29 MB at TP 2, faster up to 1.8 MB (T = 128) and slower from 3.7 MB at TP 4. The limit
+// 16 MiB / (size - 1)^2 sits inside both windows. Each rank registers 2 * size buffers of this
+// many bytes: two call slots (alternating, so a call never writes where a peer may still read the
+// call before) for every source rank.
+constexpr std::size_t tp_default_fused_max_bytes(std::int64_t size) {
+  const auto peers = static_cast<std::size_t>(size > 1 ? size - 1 : 1);
+  return (std::size_t{16} << 20) / (peers * peers);
+}
 
 struct TpOptions {
   std::int64_t rank = 0;
@@ -73,7 +79,8 @@ struct TpOptions {
   std::chrono::milliseconds timeout{30000};
   // ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION: whether automatic calls may take the fused path.
   bool fusion = true;
-  std::size_t fused_max_bytes = tp_default_fused_max_bytes;
+  // 0: tp_default_fused_max_bytes(size).
+  std::size_t fused_max_bytes = 0;
   // The largest rows * cols of one call (sizes the separate path's scratch, allocated once so
   // that calls can be captured in a graph).
   index_t max_elements = index_t{8192} * 7168;
