@@ -25,6 +25,13 @@ struct A4W4Args {
   int k_tiles;  // k tiles of the weight layout
 };
 
+// Which row of `a` and of `out` each of a CTA's rows is. The dense GEMM's rows are the identity;
+// the routed expert GEMM (kernels/detail/moe_rows.hpp) gathers the rows that share an expert.
+struct DenseRows {
+  __device__ int a(int i) const { return i; }
+  __device__ int out(int i) const { return i; }
+};
+
 // 2 * e2m1(code) as an integer in [-12, 12]: magnitudes 0, 1, 2, 3, 4, 6, 8, 12 packed in nibbles.
 __device__ inline int e2m1_twice(std::uint32_t code) {
   const int magnitude = static_cast<int>((0xC8643210u >> (4u * (code & 7u))) & 0xFu);

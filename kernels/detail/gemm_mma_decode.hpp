@@ -46,15 +46,16 @@ __device__ inline void decode_scales4(std::uint32_t x, float (&f)[4]) {
   for (int b = 0; b < 4; ++b) f[b] = scale_value(byte_of(x, b));
 }
 
-// NT tiles of 8 tokens (M <= 8 NT); CTA x computes output features [16 x, 16 x + 16).
-template <int NT, int U>
-__global__ void __launch_bounds__(32 * mma_decode_max_warps) gemm_a4w4_mma_decode(A4W4Args p) {
+// NT tiles of 8 tokens (M <= 8 NT), output features [16 n_tile, 16 n_tile + 16): token i reads
+// row rows.a(i) of a and writes row rows.out(i) of out. Every thread of the CTA calls it.
+template <int NT, int U, class Rows>
+__device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int n_tile) {
   const int warps = static_cast<int>(blockDim.x) / 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const index_t tile_row = static_cast<index_t>(2 * blockIdx.x) * p.k_tiles;
+  const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
   float acc[NT][4] = {};
   for (int base = warp * U; base < p.k_tiles; base += warps * U) {
     uint4 w[U][2];
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(32 * mma_decode_max_warps) gemm_a4w4_mma_decod
           const int k0 = (base + u) * 128 + b * 32;
           const int k_read = k0 < p.k ? k0 : p.k - 32;
           const std::uint32_t word = *reinterpret_cast<const std::uint32_t*>(
-              p.a_packed + token_read * p.a_stride + k_read / 2 + 4 * t);
+              p.a_packed + rows.a(token_read) * p.a_stride + k_read / 2 + 4 * t);
           a[nt][b] = token < p.m && k0 < p.k ? word : 0u;
         }
 #pragma unroll
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(32 * mma_decode_max_warps) gemm_a4w4_mma_decod
           for (int b = 0; b < 4; ++b) {
             const int k0 = (base + u) * 128 + b * 32;
             const int k_read = k0 < p.k ? k0 : p.k - 32;
-            const std::uint32_t sc = p.a_scale[scale_read * p.a_scale_stride + k_read / 32];
+            const std::uint32_t sc = p.a_scale[rows.a(scale_read) * p.a_scale_stride + k_read / 32];
             scales |= (scale_token < p.m && k0 < p.k ? sc : 127u) << (8 * b);
           }
           a_scale[nt][j] = scales;
@@ -165,9 +166,15 @@ __global__ void __launch_bounds__(32 * mma_decode_max_warps) gemm_a4w4_mma_decod
     for (int w = 1; w < warps; ++w) sum = __fadd_rn(sum, partial[w][i][l]);
     const int c = i % 4;
     const int token = (i / 4) * 8 + 2 * (l % 4) + (c & 1);
-    const int col = static_cast<int>(blockIdx.x) * 16 + (c >= 2 ? 8 : 0) + l / 4;
-    if (token < p.m && col < p.n) p.out[token * p.out_stride + col] = to_bf16(sum);
+    const int col = n_tile * 16 + (c >= 2 ? 8 : 0) + l / 4;
+    if (token < p.m && col < p.n) p.out[rows.out(token) * p.out_stride + col] = to_bf16(sum);
   }
+}
+
+// CTA x computes output features [16 x, 16 x + 16) of all M rows.
+template <int NT, int U>
+__global__ void __launch_bounds__(32 * mma_decode_max_warps) gemm_a4w4_mma_decode(A4W4Args p) {
+  mma_decode_tile<NT, U>(p, DenseRows{}, static_cast<int>(blockIdx.x));
 }
 
 }  // namespace atom::kernels

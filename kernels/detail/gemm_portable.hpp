@@ -83,13 +83,10 @@ __global__ void __launch_bounds__(32 * KW) gemm_a4w4_portable(A4W4Args p) {
   }
 }
 
-// One thread per output, any weight layout through its index functions: the matrix-core
-// backend's kernel where no inline PTX is available (AMD, until an MFMA kernel exists).
+// Output (row `row` of a, column `col`) before its rounding to bf16, any weight layout through its
+// index functions.
 template <class Layout>
-__global__ void __launch_bounds__(256) gemm_a4w4_by_index(A4W4Args p) {
-  const int col = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  const int row = static_cast<int>(blockIdx.y);
-  if (col >= p.n) return;
+__device__ inline float by_index_output(const A4W4Args& p, int row, int col) {
   float acc = 0.0f;
   const std::uint8_t* a_row = p.a_packed + row * p.a_stride;
   for (int b = 0; b < p.k / 32; ++b) {
@@ -103,7 +100,17 @@ __global__ void __launch_bounds__(256) gemm_a4w4_by_index(A4W4Args p) {
     const std::uint8_t sw = p.w_scale[Layout::scale_index(col, b, p.k)];
     acc += static_cast<float>(dot) * block_factor(sa, sw);
   }
-  p.out[row * p.out_stride + col] = to_bf16(acc);
+  return acc;
+}
+
+// One thread per output: the matrix-core backend's kernel where no inline PTX is available (AMD,
+// until an MFMA kernel exists).
+template <class Layout>
+__global__ void __launch_bounds__(256) gemm_a4w4_by_index(A4W4Args p) {
+  const int col = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int row = static_cast<int>(blockIdx.y);
+  if (col >= p.n) return;
+  p.out[row * p.out_stride + col] = to_bf16(by_index_output<Layout>(p, row, col));
 }
 
 }  // namespace atom::kernels

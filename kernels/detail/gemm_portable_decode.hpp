@@ -27,17 +27,15 @@ __device__ inline float e2m1_times_2m126(std::uint32_t x, int j) {
   return float_of(((code & 7u) << 22) | ((code & 8u) << 28));
 }
 
-// MT tokens per CTA (rows [MT x, MT x + MT) of the output), columns [8 y, 8 y + 8): the CTAs
-// that read the same weight tile are launched next to each other, so the later ones find it in
-// the L2 cache.
-template <int MT, int U>
-__global__ void __launch_bounds__(32 * portable_decode_max_groups)
-    gemm_a4w4_portable_decode(A4W4Args p) {
+// MT tokens (rows [m0, m0 + MT)), columns [8 n_tile, 8 n_tile + 8): token i reads row rows.a(i)
+// of a and writes row rows.out(i) of out. Every thread of the CTA calls it.
+template <int MT, int U, class Rows>
+__device__ inline void portable_decode_tile(const A4W4Args& p, const Rows& rows, int m0,
+                                            int n_tile) {
   const int groups = static_cast<int>(blockDim.x) / 32;
   const int group = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
-  const index_t tile_row = static_cast<index_t>(blockIdx.y) * p.k_tiles;
-  const int m0 = static_cast<int>(blockIdx.x) * MT;
+  const index_t tile_row = static_cast<index_t>(n_tile) * p.k_tiles;
   float acc[MT][8] = {};
   for (int base = group * U; base < p.k_tiles; base += groups * U) {
     uint4 w_lo[U];
@@ -70,9 +68,9 @@ __global__ void __launch_bounds__(32 * portable_decode_max_groups)
         const int row = m0 + mi;
         const bool live = row < p.m;
         const int row_read = live ? row : p.m - 1;
-        const std::uint32_t word =
-            *reinterpret_cast<const std::uint32_t*>(p.a_packed + row_read * p.a_stride + k0 / 2);
-        const std::uint8_t scale = p.a_scale[row_read * p.a_scale_stride + k0 / 32];
+        const std::uint32_t word = *reinterpret_cast<const std::uint32_t*>(
+            p.a_packed + rows.a(row_read) * p.a_stride + k0 / 2);
+        const std::uint8_t scale = p.a_scale[rows.a(row_read) * p.a_scale_stride + k0 / 32];
         const std::uint32_t a_word = live ? word : 0u;
         const std::uint32_t sa = live ? scale : 127u;
         a_factor[mi] = __fmul_rn(scale_value(sa), 0.25f);
@@ -120,9 +118,19 @@ __global__ void __launch_bounds__(32 * portable_decode_max_groups)
     const int r = e % 8;
     float sum = partial[0][mi][r];
     for (int w = 1; w < groups; ++w) sum = __fadd_rn(sum, partial[w][mi][r]);
-    const int col = static_cast<int>(blockIdx.y) * 8 + r;
-    if (m0 + mi < p.m && col < p.n) p.out[(m0 + mi) * p.out_stride + col] = to_bf16(sum);
+    const int col = n_tile * 8 + r;
+    if (m0 + mi < p.m && col < p.n) p.out[rows.out(m0 + mi) * p.out_stride + col] = to_bf16(sum);
   }
+}
+
+// MT tokens per CTA (rows [MT x, MT x + MT) of the output), columns [8 y, 8 y + 8): the CTAs
+// that read the same weight tile are launched next to each other, so the later ones find it in
+// the L2 cache.
+template <int MT, int U>
+__global__ void __launch_bounds__(32 * portable_decode_max_groups)
+    gemm_a4w4_portable_decode(A4W4Args p) {
+  portable_decode_tile<MT, U>(p, DenseRows{}, static_cast<int>(blockIdx.x) * MT,
+                              static_cast<int>(blockIdx.y));
 }
 
 }  // namespace atom::kernels

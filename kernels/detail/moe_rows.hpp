@@ -1,0 +1,110 @@
+// The routed expert GEMM's rows: which rows of ids name a CTA's expert, gathered in shared memory
+// and handed to the dense decode GEMM tiles (kernels/detail/gemm_*_decode.hpp) a chunk at a time,
+// with the weight pointers moved to that expert. No scratch memory and no sort pass: every CTA
+// finds its own rows in ids.
+//
+// Grid y is the CTA's slot. By row (R <= E, decode): slot s serves expert ids[s] if no earlier
+// row names it (the first row of an expert leads it), so each expert present is served once; an
+// id outside [0, E) makes its own row NaN. By expert (R > E): slot e serves expert e, and slot E
+// writes the NaN rows of bad ids.
+#pragma once
+
+#include <cstdint>
+
+#include "atom/gpu/runtime.hpp"
+#include "gemm_args.hpp"
+
+namespace atom::kernels {
+
+// CTAs of the decode kernels have at most this many threads; one gathering window each.
+inline constexpr int moe_max_window = 512;
+
+struct MoeRowsArgs {
+  const std::int32_t* ids;  // [T, k], rows ids_stride apart
+  index_t ids_stride;
+  int k;
+  int rows;  // T * k
+  int experts;
+  bool a_per_token;       // a has T rows (row r reads a[r / k]) rather than T * k
+  index_t expert_packed;  // bytes of one preshuffled expert
+  index_t expert_scales;  // scales of one preshuffled expert
+  bool by_expert;
+};
+
+__device__ inline int routed_expert(const MoeRowsArgs& m, int r) {
+  return m.ids[static_cast<index_t>(r / m.k) * m.ids_stride + r % m.k];
+}
+
+__device__ inline bool bad_expert(const MoeRowsArgs& m, int e) {
+  return e < 0 || e >= m.experts;
+}
+
+// A chunk of gathered rows as the decode tiles see them: row i of the chunk is output row
+// list[i] and reads a[list[i] / k] or a[list[i]].
+struct GatheredRows {
+  const int* list;
+  int k;
+  bool a_per_token;
+  __device__ int a(int i) const { return a_per_token ? list[i] / k : list[i]; }
+  __device__ int out(int i) const { return list[i]; }
+};
+
+__device__ inline void write_nan_row(const A4W4Args& p, int row, int col0, int cols, int first,
+                                     int step) {
+  for (int c = first; c < cols; c += step)
+    if (col0 + c < p.n) p.out[static_cast<index_t>(row) * p.out_stride + col0 + c] = bf16{0x7FC0};
+}
+
+// Runs tile(args, rows) for every chunk of at most C rows of this CTA's expert, args being p with
+// the expert's weight and the chunk's row count. The CTA's output columns are [col0, col0 +
+// cols) (for NaN rows). Every thread of the CTA calls it; the decisions are uniform.
+template <int C, class Tile>
+__device__ inline void for_each_expert_chunk(const A4W4Args& p, const MoeRowsArgs& m, int col0,
+                                             int cols, Tile tile) {
+  __shared__ int list[moe_max_window];
+  __shared__ int count;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int window = static_cast<int>(blockDim.x);
+  const int slot = static_cast<int>(blockIdx.y);
+  int expert = slot;
+  int start = 0;
+  if (m.by_expert) {
+    if (slot == m.experts) {
+      for (int r = tid; r < m.rows; r += window)
+        if (bad_expert(m, routed_expert(m, r))) write_nan_row(p, r, col0, cols, 0, 1);
+      return;
+    }
+  } else {
+    expert = routed_expert(m, slot);
+    if (bad_expert(m, expert)) {
+      write_nan_row(p, slot, col0, cols, tid, window);
+      return;
+    }
+    // Only the expert's first row leads it.
+    for (int w0 = 0; w0 < slot; w0 += window) {
+      const int r = w0 + tid;
+      if (__syncthreads_or(r < slot && routed_expert(m, r) == expert)) return;
+    }
+    start = slot;
+  }
+  A4W4Args args = p;
+  args.w_packed += static_cast<index_t>(expert) * m.expert_packed;
+  args.w_scale += static_cast<index_t>(expert) * m.expert_scales;
+  for (int w0 = start; w0 < m.rows; w0 += window) {
+    if (tid == 0) count = 0;
+    __syncthreads();
+    // The order within a chunk is free: each output row's arithmetic does not depend on it.
+    const int r = w0 + tid;
+    if (r < m.rows && routed_expert(m, r) == expert) list[atomicAdd(&count, 1)] = r;
+    __syncthreads();
+    const int found = count;
+    for (int c0 = 0; c0 < found; c0 += C) {
+      args.m = found - c0 < C ? found - c0 : C;
+      tile(args, GatheredRows{list + c0, m.k, m.a_per_token});
+      __syncthreads();
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace atom::kernels
