@@ -77,24 +77,61 @@ std::size_t sz(index_t n) {
 
 }  // namespace
 
-void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                View3<const bf16> cache, View2<const std::int32_t> block_table,
-                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out) {
-  constexpr std::string_view op = "mla_decode";
+void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, View3<const bf16> q_pe,
+                            View3<const bf16> cache, View2<const std::int32_t> block_table,
+                            View1<const std::int32_t> context_lens, float softmax_scale,
+                            View3<bf16> out) {
   const index_t tokens = q_latent.size(0);
   const index_t heads = q_latent.size(1);
   const index_t kv_lora = q_latent.size(2);
   const index_t rope_dim = q_pe.size(2);
-  const index_t width = kv_lora + rope_dim;
   expect_view(op, "q_latent", q_latent, {tokens, heads, kv_lora});
   expect_view(op, "q_pe", q_pe, {tokens, heads, rope_dim});
-  expect_view(op, "cache", cache, {-1, -1, width});
+  expect_view(op, "cache", cache, {-1, -1, kv_lora + rope_dim});
   expect_view(op, "out", out, {tokens, heads, kv_lora});
   expect(cache.size(1) > 0, op, "argument 'cache' has block_size 0");
   expect_disjoint(op, "out", out, "q_latent", q_latent);
   expect_disjoint(op, "out", out, "q_pe", q_pe);
   expect_disjoint(op, "out", out, "cache", cache);
   expect_scale(op, softmax_scale);
+  expect_shape(op, "block_table", block_table, {tokens, -1});
+  expect_shape(op, "context_lens", context_lens, {tokens});
+}
+
+void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCacheFp8& cache,
+                            View2<const std::int32_t> block_table,
+                            View1<const std::int32_t> context_lens, float softmax_scale,
+                            View3<bf16> out) {
+  expect_kv_cache(op, "cache", cache, -1, -1);
+  const index_t tokens = q.size(0);
+  const index_t q_heads = q.size(1);
+  const index_t kv_heads = cache.kv_heads();
+  const index_t dim = cache.head_dim();
+  expect_view(op, "q", q, {tokens, q_heads, dim});
+  expect(q_heads % kv_heads == 0, op,
+         "argument 'q' has " + std::to_string(q_heads) + " heads, not a multiple of the cache's " +
+             std::to_string(kv_heads) + " kv heads");
+  expect_view(op, "out", out, {tokens, q_heads, dim});
+  expect_disjoint(op, "out", out, "q", q);
+  expect_disjoint(op, "out", out, "cache.key", cache.key);
+  expect_disjoint(op, "out", out, "cache.value", cache.value);
+  expect_disjoint(op, "out", out, "cache.key_scale", cache.key_scale);
+  expect_disjoint(op, "out", out, "cache.value_scale", cache.value_scale);
+  expect_scale(op, softmax_scale);
+  expect_shape(op, "block_table", block_table, {tokens, -1});
+  expect_shape(op, "context_lens", context_lens, {tokens});
+}
+
+void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
+                View3<const bf16> cache, View2<const std::int32_t> block_table,
+                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out) {
+  constexpr std::string_view op = "mla_decode";
+  expect_mla_decode_args(op, q_latent, q_pe, cache, block_table, context_lens, softmax_scale, out);
+  const index_t tokens = q_latent.size(0);
+  const index_t heads = q_latent.size(1);
+  const index_t kv_lora = q_latent.size(2);
+  const index_t rope_dim = q_pe.size(2);
+  const index_t width = kv_lora + rope_dim;
   const index_t block_size = cache.size(1);
   expect_block_table(op, block_table, context_lens, tokens, cache.size(0), block_size);
 
@@ -127,22 +164,11 @@ void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
                 View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
                 float softmax_scale, View3<bf16> out) {
   constexpr std::string_view op = "gqa_decode";
-  expect_kv_cache(op, "cache", cache, -1, -1);
+  expect_gqa_decode_args(op, q, cache, block_table, context_lens, softmax_scale, out);
   const index_t tokens = q.size(0);
   const index_t q_heads = q.size(1);
   const index_t kv_heads = cache.kv_heads();
   const index_t dim = cache.head_dim();
-  expect_view(op, "q", q, {tokens, q_heads, dim});
-  expect(q_heads % kv_heads == 0, op,
-         "argument 'q' has " + std::to_string(q_heads) + " heads, not a multiple of the cache's " +
-             std::to_string(kv_heads) + " kv heads");
-  expect_view(op, "out", out, {tokens, q_heads, dim});
-  expect_disjoint(op, "out", out, "q", q);
-  expect_disjoint(op, "out", out, "cache.key", cache.key);
-  expect_disjoint(op, "out", out, "cache.value", cache.value);
-  expect_disjoint(op, "out", out, "cache.key_scale", cache.key_scale);
-  expect_disjoint(op, "out", out, "cache.value_scale", cache.value_scale);
-  expect_scale(op, softmax_scale);
   const index_t block_size = cache.block_size();
   expect_block_table(op, block_table, context_lens, tokens, cache.num_blocks(), block_size);
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "atom/core/tensor.hpp"
 #include "atom/numeric/numeric.hpp"
@@ -43,5 +44,17 @@ void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
 void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
                 View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
                 float softmax_scale, View3<bf16> out);
+
+// The boundary checks both backends run before touching any data: shapes, contiguous rows,
+// head divisibility, aliasing, a finite scale, and the block table's and context lengths' shapes.
+// The host ops then check the table's contents; device ops cannot read them without a sync.
+void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, View3<const bf16> q_pe,
+                            View3<const bf16> cache, View2<const std::int32_t> block_table,
+                            View1<const std::int32_t> context_lens, float softmax_scale,
+                            View3<bf16> out);
+void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCacheFp8& cache,
+                            View2<const std::int32_t> block_table,
+                            View1<const std::int32_t> context_lens, float softmax_scale,
+                            View3<bf16> out);
 
 }  // namespace atom::ops

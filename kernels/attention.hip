@@ -1,0 +1,575 @@
+// Decode attention over paged caches (flash-decoding): MLA over the bf16 latent cache and GQA over
+// the FP8 key/value cache share one kernel template; only the staging of cache rows differs.
+
+#include "atom/ops/gpu/attention.hpp"
+
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "detail/reduce.hpp"
+
+namespace atom::kernels {
+namespace {
+
+inline constexpr int attn_lanes = 16;        // threads per query head
+inline constexpr int attn_tile = 16;         // cache rows staged in shared memory per step
+inline constexpr int attn_max_heads = 16;    // query heads per block
+inline constexpr int attn_min_heads = 4;     // 64 threads: a whole warp on either vendor
+inline constexpr int attn_max_splits = 256;  // context chunks per token
+inline constexpr index_t attn_min_chunk = 64;
+inline constexpr int attn_combine_threads = 128;
+inline constexpr int attn_fetch = 5;  // cache loads in flight per thread while staging
+inline constexpr bf16 attn_nan{0x7fc0};
+inline constexpr float attn_neg_inf = -std::numeric_limits<float>::infinity();
+
+struct DecodeArgs {
+  // Query element d of head h of token t: q0 for d < q0_dim, q1 at d - q0_dim after it.
+  const bf16* q0;
+  index_t q0_token;
+  index_t q0_head;
+  int q0_dim;
+  const bf16* q1;
+  index_t q1_token;
+  index_t q1_head;
+  int key_dim;
+  int value_dim;
+  int q_heads;
+  int group;        // query heads per kv head
+  int head_groups;  // blocks per kv head
+  const std::int32_t* block_table;
+  index_t table_token;
+  index_t table_col;
+  index_t table_cols;
+  const std::int32_t* context_lens;
+  index_t len_stride;
+  index_t num_blocks;
+  index_t block_size;
+  float scale;
+  index_t chunk;
+  int splits;
+  bf16* out;
+  index_t out_token;
+  index_t out_head;
+  float* partial_acc;  // [tokens, q_heads, splits, value_dim], when splits > 1
+  float* partial_ml;   // [tokens, q_heads, splits, 2]: running max and sum
+};
+
+// The MLA latent cache: a row is kv_lora latent values then rope key values; the values are the
+// key row's first kv_lora elements.
+struct MlaSource {
+  static constexpr int key_chunks = 5;    // 8-element chunks per lane: 16 * 5 * 8 >= 576
+  static constexpr int value_chunks = 4;  // 16 * 4 * 8 = 512
+  static constexpr int key_width = 576;
+  static constexpr int value_width = 0;
+  const bf16* cache;
+  index_t block_stride;
+  index_t row_stride;
+  bool vec;
+
+  __device__ int row_chunks(int key_dim, int) const { return key_dim / vec_width; }
+  __device__ uint4 fetch(index_t block, index_t offset, int, int c, int) const {
+    const bf16* src = cache + block * block_stride + offset * row_stride + c * vec_width;
+    if (vec) return *reinterpret_cast<const uint4*>(src);
+    std::uint32_t w[4];
+    for (int j = 0; j < 4; ++j)
+      w[j] = static_cast<std::uint32_t>(src[2 * j].bits) |
+             (static_cast<std::uint32_t>(src[2 * j + 1].bits) << 16);
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+  __device__ void store(const uint4& raw, int c, int, float* key_row, float*) const {
+    unpack_bf16x8(raw, key_row + c * vec_width);
+  }
+  __device__ static const float* value_row(const float* key_row, const float*) { return key_row; }
+};
+
+// The FP8 cache: a row of a kv head is head_dim key codes and head_dim value codes, each with
+// its scale; staged dequantized, to_float(code) * scale as the host computes it.
+struct GqaSource {
+  static constexpr int key_chunks = 2;  // head_dim <= 256
+  static constexpr int value_chunks = 2;
+  static constexpr int key_width = 256;
+  static constexpr int value_width = 256;
+  const fp8_e4m3* key;
+  const fp8_e4m3* value;
+  const float* key_scale;
+  const float* value_scale;
+  index_t key_strides[3];  // block, slot in block, head
+  index_t value_strides[3];
+  index_t key_scale_strides[3];
+  index_t value_scale_strides[3];
+  bool vec;
+
+  __device__ int row_chunks(int key_dim, int value_dim) const {
+    return (key_dim + value_dim) / vec_width;
+  }
+  // Eight codes in x and y, the row's scale in z.
+  __device__ uint4 fetch(index_t block, index_t offset, int kv_head, int c, int key_dim) const {
+    const bool is_value = c >= key_dim / vec_width;
+    const int d0 = (is_value ? c - key_dim / vec_width : c) * vec_width;
+    const index_t* s = is_value ? value_strides : key_strides;
+    const index_t* ss = is_value ? value_scale_strides : key_scale_strides;
+    const fp8_e4m3* codes =
+        (is_value ? value : key) + block * s[0] + offset * s[1] + kv_head * s[2] + d0;
+    const float scale =
+        (is_value ? value_scale : key_scale)[block * ss[0] + offset * ss[1] + kv_head * ss[2]];
+    uint2 u;
+    if (vec) {
+      u = *reinterpret_cast<const uint2*>(codes);
+    } else {
+      std::uint32_t w[2] = {0, 0};
+      for (int j = 0; j < vec_width; ++j)
+        w[j / 4] |= static_cast<std::uint32_t>(codes[j].bits) << (8 * (j % 4));
+      u = make_uint2(w[0], w[1]);
+    }
+    return make_uint4(u.x, u.y, __float_as_uint(scale), 0);
+  }
+  __device__ void store(const uint4& raw, int c, int key_dim, float* key_row,
+                        float* value_row) const {
+    const bool is_value = c >= key_dim / vec_width;
+    const int d0 = (is_value ? c - key_dim / vec_width : c) * vec_width;
+    const float scale = __uint_as_float(raw.z);
+    float* dst = (is_value ? value_row : key_row) + d0;
+    for (int j = 0; j < vec_width; ++j) {
+      const auto code = static_cast<std::uint8_t>((j < 4 ? raw.x : raw.y) >> (8 * (j % 4)));
+      dst[j] = mul(to_float(fp8_e4m3{code}), scale);
+    }
+  }
+  __device__ static const float* value_row(const float*, const float* value_row) {
+    return value_row;
+  }
+};
+
+struct MaxFloat {
+  __device__ float operator()(float a, float b) const { return b > a ? b : a; }
+  static constexpr float identity = attn_neg_inf;
+};
+
+// Grid (splits, kv_heads * head_groups, tokens); 16 threads per query head. Block (s, y, t) takes
+// context rows [s * chunk, (s + 1) * chunk) of token t for up to blockDim.x / 16 query heads of
+// kv head y / head_groups. Lane l of a head holds query and accumulator elements 8c .. 8c + 7 for
+// chunks c = l, l + 16, ...
+template <class Source>
+__global__ void __launch_bounds__(attn_lanes* attn_max_heads)
+    decode_kernel(DecodeArgs a, Source src) {
+  __shared__ float keys[attn_tile][Source::key_width];
+  __shared__ float values[attn_tile][Source::value_width > 0 ? Source::value_width : 1];
+  __shared__ index_t row_block[attn_tile];
+  __shared__ index_t row_offset[attn_tile];
+  const int lane = static_cast<int>(threadIdx.x) % attn_lanes;
+  const int slot = static_cast<int>(threadIdx.x) / attn_lanes;
+  const int threads = static_cast<int>(blockDim.x);
+  const index_t t = blockIdx.z;
+  const int split = static_cast<int>(blockIdx.x);
+  const int kv_head = static_cast<int>(blockIdx.y) / a.head_groups;
+  const int in_group = static_cast<int>(blockIdx.y) % a.head_groups * (threads / attn_lanes) + slot;
+  const bool active = in_group < a.group;
+  const index_t h = static_cast<index_t>(kv_head) * a.group + (active ? in_group : 0);
+
+  const index_t n = a.context_lens[t * a.len_stride];
+  const bool bad_length = n < 1 || n > a.table_cols * a.block_size;
+  const index_t begin = split * a.chunk;
+  const index_t end = bad_length ? begin : (n < begin + a.chunk ? n : begin + a.chunk);
+  if (!bad_length && begin >= end) return;  // past the context: the combine skips this split
+
+  // Every block id the chunk reaches is checked before any row is read.
+  const std::int32_t* table = a.block_table + t * a.table_token;
+  int bad = bad_length ? 1 : 0;
+  if (!bad_length) {
+    for (index_t b = begin / a.block_size + threadIdx.x; b <= (end - 1) / a.block_size;
+         b += threads) {
+      const std::int32_t id = table[b * a.table_col];
+      if (id < 0 || id >= a.num_blocks) bad = 1;
+    }
+  }
+  if (__syncthreads_or(bad) != 0) {
+    if (!active) return;
+    if (a.splits == 1) {
+      bf16* o = a.out + t * a.out_token + h * a.out_head;
+      for (int d = lane; d < a.value_dim; d += attn_lanes) o[d] = attn_nan;
+    } else if (lane == 0) {
+      const index_t row = (t * a.q_heads + h) * a.splits + split;
+      a.partial_ml[2 * row] = std::numeric_limits<float>::quiet_NaN();
+      a.partial_ml[2 * row + 1] = std::numeric_limits<float>::quiet_NaN();
+    }
+    return;
+  }
+
+  float q[Source::key_chunks][vec_width];
+#pragma unroll
+  for (int k = 0; k < Source::key_chunks; ++k) {
+    const int d0 = (lane + k * attn_lanes) * vec_width;
+#pragma unroll
+    for (int j = 0; j < vec_width; ++j) {
+      const int d = d0 + j;
+      float x = 0.0f;
+      if (active && d < a.key_dim)
+        x = to_float(d < a.q0_dim ? a.q0[t * a.q0_token + h * a.q0_head + d]
+                                  : a.q1[t * a.q1_token + h * a.q1_head + (d - a.q0_dim)]);
+      q[k][j] = x;
+    }
+  }
+
+  float m = attn_neg_inf;
+  float l = 0.0f;
+  float acc[Source::value_chunks][vec_width];
+#pragma unroll
+  for (int k = 0; k < Source::value_chunks; ++k)
+#pragma unroll
+    for (int j = 0; j < vec_width; ++j) acc[k][j] = 0.0f;
+
+  const int row_chunks = src.row_chunks(a.key_dim, a.value_dim);
+  for (index_t first = begin; first < end; first += attn_tile) {
+    const int rows = end - first < attn_tile ? static_cast<int>(end - first) : attn_tile;
+    if (static_cast<int>(threadIdx.x) < rows) {
+      const index_t j = first + threadIdx.x;
+      row_block[threadIdx.x] = table[(j / a.block_size) * a.table_col];
+      row_offset[threadIdx.x] = j % a.block_size;
+    }
+    __syncthreads();
+    // Loads issued attn_fetch at a time before any is stored, so their latencies overlap.
+    for (int i0 = static_cast<int>(threadIdx.x); i0 < rows * row_chunks;
+         i0 += attn_fetch * threads) {
+      uint4 raw[attn_fetch];
+#pragma unroll
+      for (int f = 0; f < attn_fetch; ++f) {
+        const int i = i0 + f * threads;
+        if (i < rows * row_chunks)
+          raw[f] = src.fetch(row_block[i / row_chunks], row_offset[i / row_chunks], kv_head,
+                             i % row_chunks, a.key_dim);
+      }
+#pragma unroll
+      for (int f = 0; f < attn_fetch; ++f) {
+        const int i = i0 + f * threads;
+        if (i < rows * row_chunks)
+          src.store(raw[f], i % row_chunks, a.key_dim, keys[i / row_chunks],
+                    values[i / row_chunks]);
+      }
+    }
+    __syncthreads();
+
+    // Scores of the staged rows: each lane's partial dot, summed across the head's 16 lanes.
+    float s[attn_tile];
+    float tile_max = attn_neg_inf;
+#pragma unroll
+    for (int r = 0; r < attn_tile; ++r) {
+      s[r] = attn_neg_inf;
+      if (r < rows) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < Source::key_chunks; ++k) {
+          const int d0 = (lane + k * attn_lanes) * vec_width;
+          if (d0 < a.key_dim) {
+#pragma unroll
+            for (int j = 0; j < vec_width; ++j) dot += q[k][j] * keys[r][d0 + j];
+          }
+        }
+        s[r] = lanes_reduce<attn_lanes>(dot, Sum{}) * a.scale;
+        tile_max = s[r] > tile_max ? s[r] : tile_max;
+      }
+    }
+
+    // Online softmax: rescale what was accumulated against the new running maximum.
+    const float m_new = tile_max > m ? tile_max : m;
+    const float alpha = expf(m - m_new);
+    l *= alpha;
+#pragma unroll
+    for (int k = 0; k < Source::value_chunks; ++k)
+#pragma unroll
+      for (int j = 0; j < vec_width; ++j) acc[k][j] *= alpha;
+#pragma unroll
+    for (int r = 0; r < attn_tile; ++r) {
+      if (r < rows) {
+        const float p = expf(s[r] - m_new);
+        l += p;
+        const float* v = Source::value_row(keys[r], values[r]);
+#pragma unroll
+        for (int k = 0; k < Source::value_chunks; ++k) {
+          const int d0 = (lane + k * attn_lanes) * vec_width;
+          if (d0 < a.value_dim) {
+#pragma unroll
+            for (int j = 0; j < vec_width; ++j) acc[k][j] += p * v[d0 + j];
+          }
+        }
+      }
+    }
+    m = m_new;
+    __syncthreads();  // the staged rows are free again
+  }
+
+  if (!active) return;
+  if (a.splits == 1) {
+    bf16* o = a.out + t * a.out_token + h * a.out_head;
+#pragma unroll
+    for (int k = 0; k < Source::value_chunks; ++k) {
+      const int d0 = (lane + k * attn_lanes) * vec_width;
+      if (d0 < a.value_dim) {
+#pragma unroll
+        for (int j = 0; j < vec_width; ++j) o[d0 + j] = to_bf16(div(acc[k][j], l));
+      }
+    }
+  } else {
+    const index_t row = (t * a.q_heads + h) * a.splits + split;
+    float* pa = a.partial_acc + row * a.value_dim;
+#pragma unroll
+    for (int k = 0; k < Source::value_chunks; ++k) {
+      const int d0 = (lane + k * attn_lanes) * vec_width;
+      if (d0 < a.value_dim) {
+#pragma unroll
+        for (int j = 0; j < vec_width; ++j) pa[d0 + j] = acc[k][j];
+      }
+    }
+    if (lane == 0) {
+      a.partial_ml[2 * row] = m;
+      a.partial_ml[2 * row + 1] = l;
+    }
+  }
+}
+
+// One block per (token, head): out = sum_s w_s acc_s / sum_s w_s l_s with w_s = exp(m_s - max m)
+// over the splits the token's context reaches; NaN when any of them saw a bad block id.
+__global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArgs a) {
+  __shared__ float weight[attn_max_splits];
+  __shared__ float scratch[attn_combine_threads];
+  const index_t t = blockIdx.x / a.q_heads;
+  const index_t h = blockIdx.x % a.q_heads;
+  bf16* o = a.out + t * a.out_token + h * a.out_head;
+  const index_t n = a.context_lens[t * a.len_stride];
+  if (n < 1 || n > a.table_cols * a.block_size) {
+    for (int d = static_cast<int>(threadIdx.x); d < a.value_dim; d += attn_combine_threads)
+      o[d] = attn_nan;
+    return;
+  }
+  const int used = static_cast<int>((n + a.chunk - 1) / a.chunk);
+  const index_t row0 = (t * a.q_heads + h) * a.splits;
+  float m = attn_neg_inf;
+  int bad = 0;
+  for (int s = static_cast<int>(threadIdx.x); s < used; s += attn_combine_threads) {
+    const float ms = a.partial_ml[2 * (row0 + s)];
+    if (isnan(ms)) bad = 1;
+    m = ms > m ? ms : m;
+  }
+  if (__syncthreads_or(bad) != 0) {
+    for (int d = static_cast<int>(threadIdx.x); d < a.value_dim; d += attn_combine_threads)
+      o[d] = attn_nan;
+    return;
+  }
+  m = block_reduce(m, MaxFloat{}, scratch);
+  float sum = 0.0f;
+  for (int s = static_cast<int>(threadIdx.x); s < used; s += attn_combine_threads) {
+    const float w = expf(a.partial_ml[2 * (row0 + s)] - m);
+    weight[s] = w;
+    sum += w * a.partial_ml[2 * (row0 + s) + 1];
+  }
+  sum = block_reduce(sum, Sum{}, scratch);  // its barriers also publish `weight`
+  for (int d = static_cast<int>(threadIdx.x); d < a.value_dim; d += attn_combine_threads) {
+    float v = 0.0f;
+    const float* column = a.partial_acc + row0 * a.value_dim + d;
+    // Unrolled so that several splits' loads are in flight at once.
+#pragma unroll 8
+    for (int s = 0; s < used; ++s) v += weight[s] * column[s * a.value_dim];
+    o[d] = to_bf16(div(v, sum));
+  }
+}
+
+// Device memory for split partials, one buffer per host thread, stream and device (so that calls
+// on different streams never share one); growing frees the old buffer, which synchronizes the
+// device first.
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { gpu::free_bytes(p_); }
+  void* get(std::size_t bytes) {
+    if (bytes > n_) {
+      gpu::free_bytes(p_);
+      p_ = nullptr;
+      n_ = 0;
+      p_ = gpu::malloc_bytes(bytes);
+      n_ = bytes;
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+int current_device() {
+  int device = 0;
+  ATOM_GPU_CHECK(hipGetDevice(&device));
+  return device;
+}
+
+int multiprocessors(int device) {
+  thread_local std::vector<std::pair<int, int>> known;  // device, count
+  for (const auto& [d, count] : known)
+    if (d == device) return count;
+  hipDeviceProp_t p;
+  ATOM_GPU_CHECK(hipGetDeviceProperties(&p, device));
+  known.emplace_back(device, p.multiProcessorCount);
+  return p.multiProcessorCount;
+}
+
+struct StreamScratch {
+  int device;
+  void* stream;
+  std::unique_ptr<Scratch> buffer;
+};
+
+void* split_scratch(const ops::Gpu& gpu, int device, std::size_t bytes) {
+  thread_local std::vector<StreamScratch> buffers;
+  for (StreamScratch& b : buffers)
+    if (b.device == device && b.stream == gpu.stream) return b.buffer->get(bytes);
+  buffers.push_back({device, gpu.stream, std::make_unique<Scratch>()});
+  return buffers.back().buffer->get(bytes);
+}
+
+bool aligned(const void* p, std::size_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+// Picks heads per block and the context split, then launches the decode kernel (and the combine
+// when the context is split).
+template <class Source>
+void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Source& src,
+                   index_t tokens, index_t kv_heads) {
+  if (tokens == 0 || a.q_heads == 0) return;
+  expect(tokens <= 65535, op,
+         "the GPU kernel takes at most 65535 tokens, got " + std::to_string(tokens));
+  int heads_per_block = attn_min_heads;
+  while (heads_per_block < a.group && heads_per_block < attn_max_heads) heads_per_block *= 2;
+  a.head_groups = (a.group + heads_per_block - 1) / heads_per_block;
+  const index_t grid_y = kv_heads * a.head_groups;
+  expect(grid_y <= 65535, op, "too many heads for the GPU kernel");
+
+  const int device = current_device();
+  const index_t capacity = a.table_cols * a.block_size;
+  const index_t blocks = tokens * grid_y;
+  const index_t target = 4 * static_cast<index_t>(multiprocessors(device));
+  index_t splits = (target + blocks - 1) / blocks;
+  splits = splits < 1 ? 1 : (splits > attn_max_splits ? attn_max_splits : splits);
+  index_t chunk = (capacity + splits - 1) / splits;
+  chunk = (chunk + attn_tile - 1) / attn_tile * attn_tile;
+  chunk = chunk < attn_min_chunk ? attn_min_chunk : chunk;
+  splits = capacity > chunk ? (capacity + chunk - 1) / chunk : 1;
+  a.chunk = chunk;
+  a.splits = static_cast<int>(splits);
+
+  const auto stream = static_cast<hipStream_t>(gpu.stream);
+  if (splits > 1) {
+    const index_t rows = tokens * a.q_heads * splits;
+    auto* base = static_cast<float*>(split_scratch(
+        gpu, device, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
+    a.partial_acc = base;
+    a.partial_ml = base + rows * a.value_dim;
+  }
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(tokens));
+  decode_kernel<Source>
+      <<<grid, static_cast<unsigned>(heads_per_block * attn_lanes), 0, stream>>>(a, src);
+  ATOM_GPU_CHECK(hipGetLastError());
+  if (splits > 1) {
+    combine_kernel<<<static_cast<unsigned>(tokens * a.q_heads), attn_combine_threads, 0, stream>>>(
+        a);
+    ATOM_GPU_CHECK(hipGetLastError());
+  }
+}
+
+template <class Q, class O>
+DecodeArgs common_args(const Q& q, int key_dim, int value_dim, int group,
+                       View2<const std::int32_t> block_table,
+                       View1<const std::int32_t> context_lens, index_t num_blocks,
+                       index_t block_size, float softmax_scale, const O& out) {
+  DecodeArgs a{};
+  a.q0 = q.data;
+  a.q0_token = q.stride(0);
+  a.q0_head = q.stride(1);
+  a.q0_dim = key_dim;
+  a.q1 = nullptr;
+  a.key_dim = key_dim;
+  a.value_dim = value_dim;
+  a.q_heads = static_cast<int>(q.size(1));
+  a.group = group;
+  a.block_table = block_table.data;
+  a.table_token = block_table.stride(0);
+  a.table_col = block_table.stride(1);
+  a.table_cols = block_table.size(1);
+  a.context_lens = context_lens.data;
+  a.len_stride = context_lens.stride(0);
+  a.num_blocks = num_blocks;
+  a.block_size = block_size;
+  a.scale = softmax_scale;
+  a.out = out.data;
+  a.out_token = out.stride(0);
+  a.out_head = out.stride(1);
+  return a;
+}
+
+}  // namespace
+}  // namespace atom::kernels
+
+namespace atom::ops {
+
+void mla_decode(const Gpu& gpu, View3<const bf16> q_latent, View3<const bf16> q_pe,
+                View3<const bf16> cache, View2<const std::int32_t> block_table,
+                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out) {
+  constexpr std::string_view op = "mla_decode";
+  expect_mla_decode_args(op, q_latent, q_pe, cache, block_table, context_lens, softmax_scale, out);
+  const index_t kv_lora = q_latent.size(2);
+  const index_t rope_dim = q_pe.size(2);
+  expect(kv_lora % 8 == 0 && rope_dim % 8 == 0 && kv_lora <= 512 && kv_lora + rope_dim <= 576, op,
+         "the GPU kernel takes kv_lora and rope multiples of 8 with kv_lora <= 512 and kv_lora + "
+         "rope <= 576, got kv_lora " +
+             std::to_string(kv_lora) + ", rope " + std::to_string(rope_dim));
+  const index_t heads = q_latent.size(1);
+  expect(heads <= 0x7fffffff, op, "too many heads");
+  kernels::DecodeArgs a =
+      kernels::common_args(q_latent, static_cast<int>(kv_lora + rope_dim),
+                           static_cast<int>(kv_lora), static_cast<int>(heads), block_table,
+                           context_lens, cache.size(0), cache.size(1), softmax_scale, out);
+  a.q0_dim = static_cast<int>(kv_lora);
+  a.q1 = q_pe.data;
+  a.q1_token = q_pe.stride(0);
+  a.q1_head = q_pe.stride(1);
+  const bool vec =
+      kernels::aligned(cache.data, 16) && cache.stride(0) % 8 == 0 && cache.stride(1) % 8 == 0;
+  const kernels::MlaSource src{cache.data, cache.stride(0), cache.stride(1), vec};
+  kernels::launch_decode(op, gpu, a, src, q_latent.size(0), 1);
+}
+
+void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cache,
+                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
+                float softmax_scale, View3<bf16> out) {
+  constexpr std::string_view op = "gqa_decode";
+  expect_gqa_decode_args(op, q, cache, block_table, context_lens, softmax_scale, out);
+  const index_t dim = cache.head_dim();
+  expect(dim % 8 == 0 && dim <= 256, op,
+         "the GPU kernel takes head_dim a multiple of 8 up to 256, got " + std::to_string(dim));
+  const index_t kv_heads = cache.kv_heads();
+  expect(q.size(1) <= 0x7fffffff, op, "too many heads");
+  const kernels::DecodeArgs a = kernels::common_args(
+      q, static_cast<int>(dim), static_cast<int>(dim), static_cast<int>(q.size(1) / kv_heads),
+      block_table, context_lens, cache.num_blocks(), cache.block_size(), softmax_scale, out);
+  const bool vec = kernels::aligned(cache.key.data, 8) && kernels::aligned(cache.value.data, 8) &&
+                   cache.key.stride(0) % 8 == 0 && cache.key.stride(1) % 8 == 0 &&
+                   cache.key.stride(2) % 8 == 0 && cache.value.stride(0) % 8 == 0 &&
+                   cache.value.stride(1) % 8 == 0 && cache.value.stride(2) % 8 == 0;
+  const kernels::GqaSource src{
+      cache.key.data,
+      cache.value.data,
+      cache.key_scale.data,
+      cache.value_scale.data,
+      {cache.key.stride(0), cache.key.stride(1), cache.key.stride(2)},
+      {cache.value.stride(0), cache.value.stride(1), cache.value.stride(2)},
+      {cache.key_scale.stride(0), cache.key_scale.stride(1), cache.key_scale.stride(2)},
+      {cache.value_scale.stride(0), cache.value_scale.stride(1), cache.value_scale.stride(2)},
+      vec};
+  kernels::launch_decode(op, gpu, a, src, q.size(0), kv_heads);
+}
+
+}  // namespace atom::ops

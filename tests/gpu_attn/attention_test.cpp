@@ -1,0 +1,507 @@
+// GPU MLA and GQA decode attention against the host ops on the same inputs: ragged contexts over
+// shuffled block tables, both block sizes, strided queries (q_pe a slice of a wider q, GQA q a
+// slice of a packed qkv), the unaligned-cache path, the NaN contract for bad lengths and block
+// ids, and the shape checks.
+//
+// Bound (atom/ops/gpu/attention.hpp): the GPU reassociates the fp32 sums (per-lane partial dots,
+// online softmax, split combine), so an element may land on the other side of a bf16 rounding
+// boundary and carry float error relative to the values it averages: |gpu - host| <=
+// ulp_bf16(max(|gpu|, |host|)) + 2^-14 * max|v|, v over the cache's values. NaN never passes.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "atom/gpu/device.hpp"
+#include "atom/ops/attention.hpp"
+#include "atom/ops/gpu/attention.hpp"
+
+namespace {
+
+namespace ops = atom::ops;
+namespace gpu = atom::gpu;
+using atom::bf16;
+using atom::fp8_e4m3;
+using atom::index_t;
+using atom::make_view;
+
+const ops::Host host;
+const ops::Gpu device{};
+
+// splitmix64, seeded from Catch's seed.
+class Rng {
+ public:
+  explicit Rng(std::uint64_t salt) : state_(Catch::rngSeed() * 0x9e3779b97f4a7c15ull + salt) {}
+  std::uint64_t next() {
+    std::uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // Uniform magnitude in [lo, hi), random sign: never zero.
+  float nonzero(float lo, float hi) {
+    const std::uint64_t r = next();
+    const float m = lo + (hi - lo) * static_cast<float>(r >> 40) * 0x1p-24f;
+    return (r & 1) ? -m : m;
+  }
+  std::vector<bf16> bf16s(index_t n) {
+    std::vector<bf16> v(static_cast<std::size_t>(n));
+    for (bf16& x : v) x = atom::to_bf16(nonzero(0.01f, 2.0f));
+    return v;
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+std::size_t sz(index_t n) {
+  return static_cast<std::size_t>(n);
+}
+
+bool is_nan(bf16 x) {
+  return (x.bits & 0x7fff) > 0x7f80;
+}
+
+void require_gpu() {
+  INFO("these tests need a GPU of the built backend (" << gpu::backend_name() << ")");
+  REQUIRE(gpu::device_count() > 0);
+}
+
+template <class T>
+std::vector<T> poison(std::size_t n) {
+  std::vector<T> v(n);
+  std::memset(static_cast<void*>(v.data()), 0xff, n * sizeof(T));
+  return v;
+}
+
+// A block table for the given context lengths: every token's blocks drawn from one shuffled pool
+// (so neighbours in a context are far apart in the cache), unused entries -1 (never read).
+struct Table {
+  index_t num_blocks = 0;
+  index_t cols = 0;
+  std::vector<std::int32_t> ids;
+};
+
+Table make_table(Rng& rng, const std::vector<std::int32_t>& lens, index_t block_size,
+                 index_t spare_cols) {
+  Table t;
+  index_t needed = 0;
+  for (std::int32_t n : lens) {
+    const index_t blocks = (n + block_size - 1) / block_size;
+    needed += blocks;
+    t.cols = std::max(t.cols, blocks);
+  }
+  t.cols += spare_cols;
+  t.num_blocks = needed + 3;
+  std::vector<std::int32_t> pool(sz(t.num_blocks));
+  for (std::size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<std::int32_t>(i);
+  for (std::size_t i = pool.size() - 1; i > 0; --i) std::swap(pool[i], pool[rng.next() % (i + 1)]);
+  t.ids.assign(lens.size() * sz(t.cols), -1);
+  std::size_t next = 0;
+  for (std::size_t tok = 0; tok < lens.size(); ++tok)
+    for (index_t b = 0; b < (lens[tok] + block_size - 1) / block_size; ++b)
+      t.ids[tok * sz(t.cols) + sz(b)] = pool[next++];
+  return t;
+}
+
+// Lengths cycling through the ones that matter (1, 17, 769, 4097) and random ones up to 2048; a
+// single token gets 4097.
+std::vector<std::int32_t> ragged_lengths(Rng& rng, index_t tokens) {
+  const std::int32_t fixed[] = {1, 17, 769, 4097};
+  if (tokens == 1) return {4097};
+  std::vector<std::int32_t> lens(sz(tokens));
+  for (std::size_t t = 0; t < lens.size(); ++t)
+    lens[t] = t % 2 == 0 ? fixed[(t / 2) % 4] : static_cast<std::int32_t>(1 + rng.next() % 2048);
+  return lens;
+}
+
+double bf16_ulp(double x) {
+  const double a = std::fabs(x);
+  return a < 0x1p-126 ? 0x1p-133 : std::ldexp(1.0, std::ilogb(a) - 7);
+}
+
+// Compares every element; `bad_tokens` must be NaN in all their rows.
+void compare(const std::string& what, const std::vector<bf16>& got, const std::vector<bf16>& want,
+             index_t row_elems, double vmax, const std::vector<bool>& bad_tokens) {
+  REQUIRE(got.size() == want.size());
+  const double float_err = 0x1p-14 * vmax;
+  index_t exact = 0;
+  double worst = 0.0;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const std::size_t token = i / sz(row_elems);
+    if (!bad_tokens.empty() && bad_tokens[token]) {
+      if (!is_nan(got[i])) FAIL(what << "[" << i << "]: token " << token << " must be NaN");
+      continue;
+    }
+    if (is_nan(got[i]) || is_nan(want[i]))
+      FAIL(what << "[" << i << "]: got bits " << got[i].bits << ", want " << want[i].bits);
+    const double g = atom::to_float(got[i]);
+    const double w = atom::to_float(want[i]);
+    const double diff = std::fabs(g - w);
+    const double allowed = bf16_ulp(std::max(std::fabs(g), std::fabs(w))) + float_err;
+    if (!(diff <= allowed))
+      FAIL(what << "[" << i << "]: got " << g << ", want " << w << " (allowed " << allowed << ")");
+    worst = std::max(worst, diff / allowed);
+    if (got[i].bits == want[i].bits) ++exact;
+  }
+  INFO(what << ": " << exact << " of " << got.size() << " bit-identical, worst " << worst
+            << " of the bound");
+  SUCCEED();
+}
+
+struct MlaCase {
+  index_t heads = 16;
+  index_t kv_lora = 512;
+  index_t rope = 64;
+  index_t block_size = 16;
+  bool aligned_cache = true;
+  float scale = 0.0721f;
+};
+
+// Runs both backends on the same inputs; lengths as given (bad ones allowed: the host then runs on
+// the good tokens only and bad tokens must be NaN).
+void run_mla(Rng& rng, const MlaCase& c, const std::vector<std::int32_t>& lens, Table table,
+             const std::vector<bool>& bad = {}) {
+  const index_t tokens = static_cast<index_t>(lens.size());
+  const index_t width = c.kv_lora + c.rope;
+  // q_pe is the rope slice of a per-head [nope | rope] q, as in the pipeline.
+  const index_t nope = 128;
+  const index_t q_width = nope + c.rope;
+  const std::vector<bf16> q_latent = rng.bf16s(tokens * c.heads * c.kv_lora);
+  const std::vector<bf16> q_full = rng.bf16s(tokens * c.heads * q_width);
+  // The unaligned cache is a view into rows 4 elements wider, 1 element in (no 16-byte loads).
+  const index_t row_stride = c.aligned_cache ? width : width + 4;
+  const index_t offset = c.aligned_cache ? 0 : 1;
+  const std::vector<bf16> cache_mem = rng.bf16s(table.num_blocks * c.block_size * row_stride + 4);
+  double vmax = 0.0;
+  for (bf16 x : cache_mem) vmax = std::max(vmax, static_cast<double>(std::fabs(atom::to_float(x))));
+
+  const auto q_latent_view = [&](const bf16* p) {
+    return make_view(p, tokens, c.heads, c.kv_lora);
+  };
+  const auto q_pe_view = [&](const bf16* p) {
+    return atom::View3<const bf16>{
+        p + nope, {tokens, c.heads, c.rope}, {c.heads * q_width, q_width, 1}};
+  };
+  const auto cache_view = [&](const bf16* p) {
+    return atom::View3<const bf16>{p + offset,
+                                   {table.num_blocks, c.block_size, width},
+                                   {c.block_size * row_stride, row_stride, 1}};
+  };
+
+  // Host: on the good tokens only (bad ones would be rejected).
+  std::vector<bf16> want(sz(tokens * c.heads * c.kv_lora));
+  {
+    std::vector<index_t> good;
+    for (index_t t = 0; t < tokens; ++t)
+      if (bad.empty() || !bad[sz(t)]) good.push_back(t);
+    const index_t g = static_cast<index_t>(good.size());
+    std::vector<bf16> ql(sz(g * c.heads * c.kv_lora)), qf(sz(g * c.heads * q_width));
+    std::vector<std::int32_t> gl(sz(g)), gt(sz(g * table.cols));
+    for (index_t i = 0; i < g; ++i) {
+      const index_t t = good[sz(i)];
+      std::copy_n(&q_latent[sz(t * c.heads * c.kv_lora)], c.heads * c.kv_lora,
+                  &ql[sz(i * c.heads * c.kv_lora)]);
+      std::copy_n(&q_full[sz(t * c.heads * q_width)], c.heads * q_width,
+                  &qf[sz(i * c.heads * q_width)]);
+      gl[sz(i)] = lens[sz(t)];
+      std::copy_n(&table.ids[sz(t * table.cols)], table.cols, &gt[sz(i * table.cols)]);
+    }
+    std::vector<bf16> out(sz(g * c.heads * c.kv_lora));
+    ops::mla_decode(host, make_view(static_cast<const bf16*>(ql.data()), g, c.heads, c.kv_lora),
+                    atom::View3<const bf16>{
+                        qf.data() + nope, {g, c.heads, c.rope}, {c.heads * q_width, q_width, 1}},
+                    cache_view(cache_mem.data()),
+                    make_view(static_cast<const std::int32_t*>(gt.data()), g, table.cols),
+                    make_view(static_cast<const std::int32_t*>(gl.data()), g), c.scale,
+                    make_view(out.data(), g, c.heads, c.kv_lora));
+    for (index_t i = 0; i < g; ++i)
+      std::copy_n(&out[sz(i * c.heads * c.kv_lora)], c.heads * c.kv_lora,
+                  &want[sz(good[sz(i)] * c.heads * c.kv_lora)]);
+  }
+
+  const gpu::Buffer<bf16> d_ql(q_latent), d_qf(q_full), d_cache(cache_mem);
+  const gpu::Buffer<std::int32_t> d_table(table.ids), d_lens(lens);
+  gpu::Buffer<bf16> d_out(poison<bf16>(want.size()));
+  ops::mla_decode(device, q_latent_view(d_ql.data()), q_pe_view(d_qf.data()),
+                  cache_view(d_cache.data()),
+                  make_view(static_cast<const std::int32_t*>(d_table.data()), tokens, table.cols),
+                  make_view(static_cast<const std::int32_t*>(d_lens.data()), tokens), c.scale,
+                  make_view(d_out.data(), tokens, c.heads, c.kv_lora));
+  compare("mla_decode", d_out.download(), want, c.heads * c.kv_lora, vmax, bad);
+}
+
+struct GqaCase {
+  index_t q_heads = 32;
+  index_t kv_heads = 4;
+  index_t dim = 128;
+  index_t block_size = 16;
+  float scale = 0.0884f;
+};
+
+struct Fp8Cache {
+  std::vector<fp8_e4m3> key, value;
+  std::vector<float> key_scale, value_scale;
+  double vmax = 0.0;
+};
+
+// Random finite codes and scales: values up to about 2.
+Fp8Cache random_fp8_cache(Rng& rng, index_t slots, index_t kv_heads, index_t dim) {
+  Fp8Cache c;
+  const auto codes = [&](std::vector<fp8_e4m3>& v) {
+    v.resize(sz(slots * kv_heads * dim));
+    for (auto& x : v) {
+      auto b = static_cast<std::uint8_t>(rng.next());
+      if ((b & 0x7f) == 0x7f || (b & 0x7f) == 0) b = static_cast<std::uint8_t>(b ^ 0x21);
+      x = fp8_e4m3{b};
+    }
+  };
+  const auto scales = [&](std::vector<float>& v) {
+    v.resize(sz(slots * kv_heads));
+    for (auto& x : v) x = std::fabs(rng.nonzero(0.002f, 0.0045f));
+  };
+  codes(c.key);
+  codes(c.value);
+  scales(c.key_scale);
+  scales(c.value_scale);
+  for (std::size_t i = 0; i < c.value.size(); ++i)
+    c.vmax = std::max(c.vmax, std::fabs(static_cast<double>(atom::to_float(c.value[i])) *
+                                        c.value_scale[i / sz(dim)]));
+  return c;
+}
+
+void run_gqa(Rng& rng, const GqaCase& c, const std::vector<std::int32_t>& lens, Table table,
+             const std::vector<bool>& bad = {}) {
+  const index_t tokens = static_cast<index_t>(lens.size());
+  // q is the q part of a packed [q | k | v] projection row.
+  const index_t row = (c.q_heads + 2 * c.kv_heads) * c.dim;
+  const std::vector<bf16> qkv = rng.bf16s(tokens * row);
+  const Fp8Cache cache = random_fp8_cache(rng, table.num_blocks * c.block_size, c.kv_heads, c.dim);
+  const auto q_view = [&](const bf16* p, index_t n) {
+    return atom::View3<const bf16>{p, {n, c.q_heads, c.dim}, {row, c.dim, 1}};
+  };
+  const auto cache_view = [&](const fp8_e4m3* k, const fp8_e4m3* v, const float* ks,
+                              const float* vs) {
+    return ops::ConstKvCacheFp8{make_view(k, table.num_blocks, c.block_size, c.kv_heads, c.dim),
+                                make_view(v, table.num_blocks, c.block_size, c.kv_heads, c.dim),
+                                make_view(ks, table.num_blocks, c.block_size, c.kv_heads),
+                                make_view(vs, table.num_blocks, c.block_size, c.kv_heads)};
+  };
+
+  std::vector<bf16> want(sz(tokens * c.q_heads * c.dim));
+  {
+    std::vector<index_t> good;
+    for (index_t t = 0; t < tokens; ++t)
+      if (bad.empty() || !bad[sz(t)]) good.push_back(t);
+    const index_t g = static_cast<index_t>(good.size());
+    std::vector<bf16> q(sz(g * row));
+    std::vector<std::int32_t> gl(sz(g)), gt(sz(g * table.cols));
+    for (index_t i = 0; i < g; ++i) {
+      const index_t t = good[sz(i)];
+      std::copy_n(&qkv[sz(t * row)], row, &q[sz(i * row)]);
+      gl[sz(i)] = lens[sz(t)];
+      std::copy_n(&table.ids[sz(t * table.cols)], table.cols, &gt[sz(i * table.cols)]);
+    }
+    std::vector<bf16> out(sz(g * c.q_heads * c.dim));
+    ops::gqa_decode(host, q_view(q.data(), g),
+                    cache_view(cache.key.data(), cache.value.data(), cache.key_scale.data(),
+                               cache.value_scale.data()),
+                    make_view(static_cast<const std::int32_t*>(gt.data()), g, table.cols),
+                    make_view(static_cast<const std::int32_t*>(gl.data()), g), c.scale,
+                    make_view(out.data(), g, c.q_heads, c.dim));
+    for (index_t i = 0; i < g; ++i)
+      std::copy_n(&out[sz(i * c.q_heads * c.dim)], c.q_heads * c.dim,
+                  &want[sz(good[sz(i)] * c.q_heads * c.dim)]);
+  }
+
+  const gpu::Buffer<bf16> d_qkv(qkv);
+  const gpu::Buffer<fp8_e4m3> d_key(cache.key), d_value(cache.value);
+  const gpu::Buffer<float> d_ks(cache.key_scale), d_vs(cache.value_scale);
+  const gpu::Buffer<std::int32_t> d_table(table.ids), d_lens(lens);
+  gpu::Buffer<bf16> d_out(poison<bf16>(want.size()));
+  ops::gqa_decode(device, q_view(d_qkv.data(), tokens),
+                  cache_view(d_key.data(), d_value.data(), d_ks.data(), d_vs.data()),
+                  make_view(static_cast<const std::int32_t*>(d_table.data()), tokens, table.cols),
+                  make_view(static_cast<const std::int32_t*>(d_lens.data()), tokens), c.scale,
+                  make_view(d_out.data(), tokens, c.q_heads, c.dim));
+  compare("gqa_decode", d_out.download(), want, c.q_heads * c.dim, cache.vmax, bad);
+}
+
+const index_t token_counts[] = {1, 3, 17, 64};
+
+}  // namespace
+
+TEST_CASE("gpu mla_decode matches the host (16 heads, ragged contexts, both block sizes)") {
+  require_gpu();
+  Rng rng(1);
+  for (index_t block_size : {16, 64}) {
+    for (index_t tokens : token_counts) {
+      INFO("tokens " << tokens << ", block_size " << block_size);
+      MlaCase c;
+      c.block_size = block_size;
+      const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
+      run_mla(rng, c, lens, make_table(rng, lens, block_size, 2));
+    }
+  }
+}
+
+TEST_CASE("gpu mla_decode matches the host (128 heads, one long context over 8k)") {
+  require_gpu();
+  Rng rng(2);
+  MlaCase c;
+  c.heads = 128;
+  c.block_size = 64;
+  for (index_t tokens : {1, 3, 17}) {
+    INFO("tokens " << tokens);
+    const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
+    run_mla(rng, c, lens, make_table(rng, lens, c.block_size, 0));
+  }
+  c.block_size = 16;
+  const std::vector<std::int32_t> long_context{8209};
+  run_mla(rng, c, long_context, make_table(rng, long_context, c.block_size, 1));
+}
+
+TEST_CASE("gpu mla_decode: other widths, 64 and 32 heads, unaligned cache rows") {
+  require_gpu();
+  Rng rng(3);
+  MlaCase small;
+  small.heads = 32;
+  small.kv_lora = 128;
+  small.rope = 32;
+  small.aligned_cache = false;
+  std::vector<std::int32_t> lens{1, 17, 769, 300};
+  run_mla(rng, small, lens, make_table(rng, lens, 16, 1));
+  MlaCase tp;
+  tp.heads = 64;
+  tp.block_size = 64;
+  tp.aligned_cache = false;
+  lens = {4097, 33};
+  run_mla(rng, tp, lens, make_table(rng, lens, 64, 0));
+}
+
+TEST_CASE("gpu gqa_decode matches the host (Qwen3 32/4 heads and 8/8, head_dim 128 and 64)") {
+  require_gpu();
+  Rng rng(4);
+  const GqaCase shapes[] = {{32, 4, 128, 16, 0.0884f},
+                            {8, 8, 128, 64, 0.0884f},
+                            {32, 4, 64, 64, 0.125f},
+                            {8, 8, 64, 16, 0.125f}};
+  for (const GqaCase& c : shapes) {
+    for (index_t tokens : token_counts) {
+      INFO("q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim " << c.dim
+                      << ", block_size " << c.block_size << ", tokens " << tokens);
+      const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
+      run_gqa(rng, c, lens, make_table(rng, lens, c.block_size, 1));
+    }
+  }
+  const std::vector<std::int32_t> long_context{12289};
+  run_gqa(rng, GqaCase{}, long_context, make_table(rng, long_context, 16, 0));
+}
+
+namespace {
+
+// Tokens 1..4 are bad: length 0, length past the table row, a block id past the cache in the
+// first block, a negative block id in the last block of a long context. With `padding`, short
+// good tokens follow so that the batch fills the GPU without splitting the context.
+struct BadBatch {
+  std::vector<std::int32_t> lens;
+  Table table;
+  std::vector<bool> bad;
+};
+
+BadBatch bad_batch(Rng& rng, index_t block_size, index_t padding) {
+  BadBatch b;
+  b.lens = {300, 5, 40, 100, 3000, 77};
+  for (index_t i = 0; i < padding; ++i) b.lens.push_back(static_cast<std::int32_t>(1 + i % 23));
+  b.table = make_table(rng, b.lens, block_size, 0);
+  const std::size_t cols = sz(b.table.cols);
+  b.lens[1] = 0;
+  b.lens[2] = static_cast<std::int32_t>(b.table.cols * block_size + 1);
+  b.table.ids[3 * cols] = static_cast<std::int32_t>(b.table.num_blocks);
+  b.table.ids[4 * cols + sz((3000 - 1) / block_size)] = -5;
+  b.bad.assign(b.lens.size(), false);
+  for (std::size_t t = 1; t <= 4; ++t) b.bad[t] = true;
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("gpu decode attention: bad lengths and block ids give NaN rows, other tokens exact") {
+  require_gpu();
+  Rng rng(5);
+  for (index_t padding : {0, 700}) {
+    INFO("padding tokens " << padding);
+    const BadBatch mla = bad_batch(rng, MlaCase{}.block_size, padding);
+    run_mla(rng, MlaCase{}, mla.lens, mla.table, mla.bad);
+    const BadBatch gqa = bad_batch(rng, GqaCase{}.block_size, padding);
+    run_gqa(rng, GqaCase{}, gqa.lens, gqa.table, gqa.bad);
+  }
+}
+
+TEST_CASE("gpu decode attention rejects bad shapes before launching") {
+  require_gpu();
+  const index_t tokens = 2, heads = 4, blocks = 3, block_size = 16;
+  const gpu::Buffer<bf16> q(sz(tokens * heads * 512)), pe(sz(tokens * heads * 64));
+  const gpu::Buffer<bf16> cache(sz(blocks * block_size * 576));
+  const gpu::Buffer<std::int32_t> table(sz(tokens * 2)), lens(sz(tokens));
+  gpu::Buffer<bf16> out(sz(tokens * heads * 512));
+  const auto cq = make_view(static_cast<const bf16*>(q.data()), tokens, heads, 512);
+  const auto cpe = make_view(static_cast<const bf16*>(pe.data()), tokens, heads, 64);
+  const auto cc = make_view(static_cast<const bf16*>(cache.data()), blocks, block_size, 576);
+  const auto ct = make_view(static_cast<const std::int32_t*>(table.data()), tokens, 2);
+  const auto cl = make_view(static_cast<const std::int32_t*>(lens.data()), tokens);
+  // Output with one head too few.
+  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct, cl, 0.1f,
+                                  make_view(out.data(), tokens, heads - 1, 512)),
+                  atom::ShapeError);
+  // Context lengths for a different token count.
+  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct,
+                                  make_view(static_cast<const std::int32_t*>(lens.data()), 1), 0.1f,
+                                  make_view(out.data(), tokens, heads, 512)),
+                  atom::ShapeError);
+  // Cache rows not kv_lora + rope wide.
+  CHECK_THROWS_AS(
+      ops::mla_decode(device, cq, cpe,
+                      make_view(static_cast<const bf16*>(cache.data()), blocks, block_size, 512),
+                      ct, cl, 0.1f, make_view(out.data(), tokens, heads, 512)),
+      atom::ShapeError);
+  // A width the kernel does not take (kv_lora 500).
+  CHECK_THROWS_AS(
+      ops::mla_decode(device, make_view(static_cast<const bf16*>(q.data()), tokens, heads, 500),
+                      cpe, make_view(static_cast<const bf16*>(cache.data()), blocks, 8, 564), ct,
+                      cl, 0.1f, make_view(out.data(), tokens, heads, 500)),
+      atom::ShapeError);
+  // Non-finite scale.
+  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct, cl, std::nanf(""),
+                                  make_view(out.data(), tokens, heads, 512)),
+                  atom::ShapeError);
+
+  const gpu::Buffer<fp8_e4m3> codes(sz(blocks * block_size * 3 * 128));
+  const gpu::Buffer<float> scales(sz(blocks * block_size * 3));
+  const ops::ConstKvCacheFp8 kv{
+      make_view(static_cast<const fp8_e4m3*>(codes.data()), blocks, block_size, 3, 128),
+      make_view(static_cast<const fp8_e4m3*>(codes.data()), blocks, block_size, 3, 128),
+      make_view(static_cast<const float*>(scales.data()), blocks, block_size, 3),
+      make_view(static_cast<const float*>(scales.data()), blocks, block_size, 3)};
+  const gpu::Buffer<bf16> gq(sz(tokens * 4 * 128));
+  gpu::Buffer<bf16> gout(sz(tokens * 4 * 128));
+  // 4 query heads over 3 kv heads.
+  CHECK_THROWS_AS(
+      ops::gqa_decode(device, make_view(static_cast<const bf16*>(gq.data()), tokens, 4, 128), kv,
+                      ct, cl, 0.1f, make_view(gout.data(), tokens, 4, 128)),
+      atom::ShapeError);
+  // head_dim mismatch between q and the cache.
+  CHECK_THROWS_AS(
+      ops::gqa_decode(device, make_view(static_cast<const bf16*>(gq.data()), tokens, 3, 64), kv, ct,
+                      cl, 0.1f, make_view(gout.data(), tokens, 3, 64)),
+      atom::ShapeError);
+  // Output aliasing the query.
+  CHECK_THROWS_AS(
+      ops::gqa_decode(device, make_view(static_cast<const bf16*>(gout.data()), tokens, 3, 128), kv,
+                      ct, cl, 0.1f, make_view(gout.data(), tokens, 3, 128)),
+      atom::ShapeError);
+}

@@ -1,0 +1,183 @@
+// Decode attention on the GPU: MLA (DeepSeek, 128 / 16 heads, latent cache of 576 bf16 per row,
+// block size 64) and GQA (Qwen3-30B-A3B, 32 q / 4 kv heads, head_dim 128, FP8 cache, block size
+// 16) at T tokens of equal context length. Prints microseconds per call (median of batches after
+// warm-up, device events) and the cache bytes read per second, next to the device-to-device copy
+// bandwidth measured in the same run. Caches rotate over copies that exceed the L2 cache.
+// attention_bench_torch.py times the PyTorch peers on the same shapes.
+// Usage: atom-bench-attention
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "atom/gpu/device.hpp"
+#include "atom/ops/gpu/attention.hpp"
+#include "atom/ops/gpu/norm.hpp"
+
+namespace {
+
+namespace ops = atom::ops;
+namespace gpu = atom::gpu;
+using atom::bf16;
+using atom::fp8_e4m3;
+using atom::index_t;
+using atom::make_view;
+
+constexpr int batch_calls = 20;
+constexpr int batches = 10;
+constexpr std::size_t rotate_bytes = std::size_t{256} << 20;
+
+std::mt19937 engine(2026);
+
+std::size_t sz(index_t n) {
+  return static_cast<std::size_t>(n);
+}
+
+std::vector<bf16> random_bf16(index_t n) {
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  std::vector<bf16> v(sz(n));
+  for (auto& x : v) x = atom::to_bf16(u(engine));
+  return v;
+}
+
+std::vector<fp8_e4m3> random_fp8(index_t n) {
+  std::uniform_int_distribution<int> code(0, 255);
+  std::vector<fp8_e4m3> v(sz(n));
+  for (auto& x : v) {
+    auto b = static_cast<std::uint8_t>(code(engine));
+    if ((b & 0x7f) == 0x7f) b = 0x3f;
+    x = fp8_e4m3{b};
+  }
+  return v;
+}
+
+int copies_for(std::size_t bytes) {
+  return static_cast<int>(
+      std::clamp<std::size_t>(rotate_bytes / std::max<std::size_t>(bytes, 1) + 1, 2, 16));
+}
+
+template <class Call>
+double time_us(Call call) {
+  for (int i = 0; i < 5; ++i) call(i);
+  gpu::synchronize();
+  std::vector<double> per_call;
+  gpu::Timer timer;
+  int i = 5;
+  for (int b = 0; b < batches; ++b) {
+    timer.start();
+    for (int c = 0; c < batch_calls; ++c) call(i++);
+    per_call.push_back(static_cast<double>(timer.stop_ms()) * 1000.0 / batch_calls);
+  }
+  std::sort(per_call.begin(), per_call.end());
+  return per_call[per_call.size() / 2];
+}
+
+// Block table of `tokens` rows of `ctx` tokens each over `blocks` blocks (a shuffled pool).
+std::vector<std::int32_t> table_for(index_t tokens, index_t cols, index_t blocks) {
+  std::vector<std::int32_t> ids(sz(tokens * cols));
+  std::vector<std::int32_t> pool(sz(blocks));
+  for (std::size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<std::int32_t>(i);
+  std::shuffle(pool.begin(), pool.end(), engine);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = pool[i % pool.size()];
+  return ids;
+}
+
+void report(const char* kind, index_t heads, index_t tokens, index_t ctx, double us, double bytes,
+            double copy_gbps) {
+  const double gbps = bytes / (us * 1e-6) / 1e9;
+  std::printf("%s,%lld,%lld,%lld,%.2f,%.0f,%.0f%%\n", kind, static_cast<long long>(heads),
+              static_cast<long long>(tokens), static_cast<long long>(ctx), us, gbps,
+              100.0 * gbps / copy_gbps);
+}
+
+void bench_mla(index_t heads, index_t tokens, index_t ctx, double copy_gbps) {
+  const index_t bs = 64, cols = (ctx + bs - 1) / bs, blocks = tokens * cols;
+  const std::size_t cache_bytes = sz(blocks * bs * 576) * sizeof(bf16);
+  const int copies = copies_for(cache_bytes);
+  std::vector<gpu::Buffer<bf16>> caches;
+  const std::vector<bf16> host_cache = random_bf16(blocks * bs * 576);
+  for (int c = 0; c < copies; ++c) caches.emplace_back(host_cache);
+  const gpu::Buffer<bf16> q(random_bf16(tokens * heads * 512)),
+      pe(random_bf16(tokens * heads * 64));
+  const gpu::Buffer<std::int32_t> table(table_for(tokens, cols, blocks));
+  const gpu::Buffer<std::int32_t> lens(
+      std::vector<std::int32_t>(sz(tokens), static_cast<std::int32_t>(ctx)));
+  gpu::Buffer<bf16> out(sz(tokens * heads * 512));
+  const double us = time_us([&](int i) {
+    ops::mla_decode(
+        ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, heads, 512),
+        make_view(static_cast<const bf16*>(pe.data()), tokens, heads, 64),
+        make_view(static_cast<const bf16*>(caches[sz(i % copies)].data()), blocks, bs, 576),
+        make_view(static_cast<const std::int32_t*>(table.data()), tokens, cols),
+        make_view(static_cast<const std::int32_t*>(lens.data()), tokens), 0.0721f,
+        make_view(out.data(), tokens, heads, 512));
+  });
+  report("mla", heads, tokens, ctx, us, static_cast<double>(tokens * ctx * 576 * 2), copy_gbps);
+}
+
+void bench_gqa(index_t tokens, index_t ctx, double copy_gbps) {
+  const index_t q_heads = 32, kv_heads = 4, dim = 128, bs = 16;
+  const index_t cols = (ctx + bs - 1) / bs, blocks = tokens * cols, slots = blocks * bs;
+  const std::size_t cache_bytes = sz(slots * kv_heads * (2 * dim + 8));
+  const int copies = copies_for(cache_bytes);
+  const std::vector<fp8_e4m3> host_codes = random_fp8(slots * kv_heads * dim);
+  const std::vector<float> host_scales(sz(slots * kv_heads), 0.004f);
+  struct Copy {
+    gpu::Buffer<fp8_e4m3> key, value;
+    gpu::Buffer<float> key_scale, value_scale;
+  };
+  std::vector<Copy> caches;
+  for (int c = 0; c < copies; ++c)
+    caches.push_back({gpu::Buffer<fp8_e4m3>(host_codes), gpu::Buffer<fp8_e4m3>(host_codes),
+                      gpu::Buffer<float>(host_scales), gpu::Buffer<float>(host_scales)});
+  const gpu::Buffer<bf16> q(random_bf16(tokens * q_heads * dim));
+  const gpu::Buffer<std::int32_t> table(table_for(tokens, cols, blocks));
+  const gpu::Buffer<std::int32_t> lens(
+      std::vector<std::int32_t>(sz(tokens), static_cast<std::int32_t>(ctx)));
+  gpu::Buffer<bf16> out(sz(tokens * q_heads * dim));
+  const double us = time_us([&](int i) {
+    const Copy& c = caches[sz(i % copies)];
+    const ops::ConstKvCacheFp8 cache{
+        make_view(static_cast<const fp8_e4m3*>(c.key.data()), blocks, bs, kv_heads, dim),
+        make_view(static_cast<const fp8_e4m3*>(c.value.data()), blocks, bs, kv_heads, dim),
+        make_view(static_cast<const float*>(c.key_scale.data()), blocks, bs, kv_heads),
+        make_view(static_cast<const float*>(c.value_scale.data()), blocks, bs, kv_heads)};
+    ops::gqa_decode(ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, q_heads, dim),
+                    cache, make_view(static_cast<const std::int32_t*>(table.data()), tokens, cols),
+                    make_view(static_cast<const std::int32_t*>(lens.data()), tokens), 0.0884f,
+                    make_view(out.data(), tokens, q_heads, dim));
+  });
+  report("gqa", q_heads, tokens, ctx, us,
+         static_cast<double>(tokens * ctx * kv_heads * (2 * dim + 8)), copy_gbps);
+}
+
+}  // namespace
+
+int main() {
+  std::printf("device: %s\n", gpu::device_name(0).c_str());
+  double copy_gbps = 0;
+  {
+    const index_t rows = 1 << 15, cols = 1 << 14;  // 1 GiB of bf16
+    gpu::Buffer<bf16> a(sz(rows * cols)), b(sz(rows * cols));
+    a.fill(0x3c);
+    const double us = time_us([&](int) {
+      ops::copy(ops::Gpu{}, make_view(static_cast<const bf16*>(a.data()), rows, cols),
+                make_view(b.data(), rows, cols));
+    });
+    copy_gbps = 2.0 * static_cast<double>(rows * cols) * 2.0 / (us * 1e-6) / 1e9;
+  }
+  std::printf("copy bandwidth %.0f GB/s (1 GiB device-to-device, read + write)\n", copy_gbps);
+  std::printf("kind,heads,T,ctx,us,cache_GB/s,of_copy\n");
+  for (index_t ctx : {4096, 16384}) {
+    bench_mla(128, 1, ctx, copy_gbps);
+    bench_mla(16, 1, ctx, copy_gbps);
+    bench_gqa(1, ctx, copy_gbps);
+  }
+  for (index_t tokens : {64}) {
+    bench_mla(128, tokens, 4096, copy_gbps);
+    bench_mla(16, tokens, 4096, copy_gbps);
+    bench_gqa(tokens, 4096, copy_gbps);
+  }
+  return 0;
+}
