@@ -102,6 +102,19 @@ void Event::synchronize() {
   ATOM_GPU_CHECK(hipEventSynchronize(static_cast<hipEvent_t>(event_)));
 }
 
+void stream_wait(void* waiting, void* signalling) {
+  if (waiting == signalling) return;
+  hipEvent_t e = nullptr;
+  ATOM_GPU_CHECK(hipEventCreateWithFlags(&e, hipEventDisableTiming));
+  // The event is destroyed once the wait is enqueued; the runtime keeps it until it completes.
+  const hipError_t recorded = hipEventRecord(e, static_cast<hipStream_t>(signalling));
+  const hipError_t waited = recorded == hipSuccess
+                                ? hipStreamWaitEvent(static_cast<hipStream_t>(waiting), e, 0)
+                                : recorded;
+  (void)hipEventDestroy(e);
+  ATOM_GPU_CHECK(waited);
+}
+
 void copy_to_device_async(void* dst, const void* src, std::size_t bytes, Stream& stream) {
   if (bytes > 0)
     ATOM_GPU_CHECK(hipMemcpyAsync(dst, src, bytes, hipMemcpyHostToDevice,

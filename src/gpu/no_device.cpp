@@ -57,6 +57,9 @@ Event::Event() {
 Event::~Event() = default;
 void Event::record(Stream&) {}
 void Event::synchronize() {}
+void stream_wait(void*, void*) {
+  no_gpu("stream_wait");
+}
 void copy_to_device_async(void*, const void*, std::size_t bytes, Stream&) {
   if (bytes > 0) no_gpu("copy_to_device_async");
 }

@@ -112,22 +112,22 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed) {
   if (m.attention == AttentionKind::mla) {
     const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
     mla_.input_norm = norm_weight(b, r, m.hidden);
-    mla_.qkv_a = mxfp4_weight(b, r, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim, m.hidden);
+    mla_.qkv_a.host = mxfp4_weight(b, r, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim, m.hidden);
     mla_.q_a_norm = norm_weight(b, r, m.q_lora_rank);
     mla_.kv_a_norm = norm_weight(b, r, m.kv_lora_rank);
-    mla_.q_b = mxfp4_weight(b, r, m.num_heads * qk_head, m.q_lora_rank);
+    mla_.q_b.host = mxfp4_weight(b, r, m.num_heads * qk_head, m.q_lora_rank);
     mla_.w_uk_fp8 = fp8_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
     mla_.w_uv_fp8 = fp8_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
     mla_.w_uk_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
     mla_.w_uv_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
-    mla_.o_proj = mxfp4_weight(b, r, m.hidden, m.num_heads * m.v_head_dim);
+    mla_.o_proj.host = mxfp4_weight(b, r, m.hidden, m.num_heads * m.v_head_dim);
     mla_.cos_sin = rope_table(b, m, m.qk_rope_dim);
   } else {
     qwen3_.input_norm = norm_weight(b, r, m.hidden);
-    qwen3_.qkv = mxfp4_weight(b, r, (m.num_heads + 2 * m.num_kv_heads) * m.head_dim, m.hidden);
+    qwen3_.qkv.host = mxfp4_weight(b, r, (m.num_heads + 2 * m.num_kv_heads) * m.head_dim, m.hidden);
     qwen3_.q_norm = norm_weight(b, r, m.head_dim);
     qwen3_.k_norm = norm_weight(b, r, m.head_dim);
-    qwen3_.o_proj = mxfp4_weight(b, r, m.hidden, m.num_heads * m.head_dim);
+    qwen3_.o_proj.host = mxfp4_weight(b, r, m.hidden, m.num_heads * m.head_dim);
     qwen3_.cos_sin = rope_table(b, m, m.head_dim);
   }
   moe_.post_norm = norm_weight(b, r, m.hidden);
@@ -137,12 +137,12 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed) {
   auto bias = alloc<float>(b, m.num_experts);
   for (index_t e = 0; e < m.num_experts; ++e) bias(e) = r(0.0f, 0.1f);
   moe_.router_bias = bias;
-  moe_.gate_up = mxfp4_experts(b, r, m.num_experts, 2 * m.moe_intermediate, m.hidden);
-  moe_.down = mxfp4_experts(b, r, m.num_experts, m.hidden, m.moe_intermediate);
+  moe_.gate_up.host = mxfp4_experts(b, r, m.num_experts, 2 * m.moe_intermediate, m.hidden);
+  moe_.down.host = mxfp4_experts(b, r, m.num_experts, m.hidden, m.moe_intermediate);
   if (m.num_shared_experts > 0) {
     const index_t shared = m.num_shared_experts * m.moe_intermediate;
-    moe_.shared_gate_up = mxfp4_weight(b, r, 2 * shared, m.hidden);
-    moe_.shared_down = mxfp4_weight(b, r, m.hidden, shared);
+    moe_.shared_gate_up.host = mxfp4_weight(b, r, 2 * shared, m.hidden);
+    moe_.shared_down.host = mxfp4_weight(b, r, m.hidden, shared);
   }
 }
 

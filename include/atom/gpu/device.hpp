@@ -78,6 +78,11 @@ class Event {
   void* event_ = nullptr;
 };
 
+// Work enqueued on `waiting` after this call starts only after all work enqueued on `signalling`
+// before it (an event recorded on one and waited for by the other). Streams are hipStream_t /
+// cudaStream_t handles; null is the default stream.
+void stream_wait(void* waiting, void* signalling);
+
 // Queues a host-to-device copy on `stream`. `src` must stay valid and unchanged until the stream
 // has passed the copy; from pinned memory the call returns at once.
 void copy_to_device_async(void* dst, const void* src, std::size_t bytes, Stream& stream);

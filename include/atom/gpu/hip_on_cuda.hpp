@@ -65,6 +65,9 @@ inline hipError_t hipEventDestroy(hipEvent_t e) {
 inline hipError_t hipEventRecord(hipEvent_t e, hipStream_t s) {
   return cudaEventRecord(e, s);
 }
+inline hipError_t hipStreamWaitEvent(hipStream_t s, hipEvent_t e, unsigned flags) {
+  return cudaStreamWaitEvent(s, e, flags);
+}
 inline hipError_t hipEventSynchronize(hipEvent_t e) {
   return cudaEventSynchronize(e);
 }

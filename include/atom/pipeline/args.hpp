@@ -4,31 +4,55 @@
 
 #include <cstddef>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "atom/ops/bmm.hpp"
 #include "atom/ops/cache.hpp"
 #include "atom/ops/formats.hpp"
+#include "atom/ops/gpu/gemm.hpp"
+#include "atom/ops/gpu/moe.hpp"
 #include "atom/pipeline/model.hpp"
 #include "atom/policy/point.hpp"
 
 namespace atom::pipeline {
 
-// Scratch memory for a run's intermediates: take() hands out fresh zero-initialised blocks that
-// stay valid until reset().
+// Scratch memory for a run's intermediates: an arena over chunks of one kind of memory (host
+// memory by default; the GPU backend's workspace allocates device memory). take() hands out a
+// block that stays valid until reset(); its contents are unspecified (every pipeline op writes
+// its whole output). reset() keeps the chunks, so a run after the first takes the same addresses
+// and allocates nothing.
 class Workspace {
  public:
+  // Allocates `bytes` of the workspace's memory; the deleter returns it.
+  using Chunk = std::unique_ptr<std::byte, void (*)(std::byte*)>;
+  using Allocate = Chunk (*)(std::size_t bytes);
+
+  Workspace() : Workspace(&host_chunk) {}
+  explicit Workspace(Allocate allocate) : allocate_(allocate) {}
+
   template <class T, class... Extent>
   View<T, static_cast<int>(sizeof...(Extent))> take(Extent... extent) {
     index_t n = 1;
     ((n *= static_cast<index_t>(extent)), ...);
-    blocks_.push_back(std::make_unique<std::byte[]>(static_cast<std::size_t>(n) * sizeof(T)));
-    return make_view(reinterpret_cast<T*>(blocks_.back().get()), extent...);
+    return make_view(static_cast<T*>(bytes(static_cast<std::size_t>(n) * sizeof(T))), extent...);
   }
-  void reset() { blocks_.clear(); }
+  void reset() {
+    chunk_ = 0;
+    used_ = 0;
+  }
+  // Bytes held in chunks.
+  std::size_t capacity() const;
+
+  static Chunk host_chunk(std::size_t bytes);
 
  private:
-  std::vector<std::unique_ptr<std::byte[]>> blocks_;
+  void* bytes(std::size_t n);
+
+  Allocate allocate_;
+  std::vector<std::pair<Chunk, std::size_t>> chunks_;  // memory, size
+  std::size_t chunk_ = 0;                              // the chunk take() carves from
+  std::size_t used_ = 0;                               // bytes of it handed out
 };
 
 // Per-token decode metadata: each token has its own context (ragged batch).
@@ -39,42 +63,67 @@ struct DecodeBatch {
   View1<const std::int32_t> context_lens;  // [T] context length including the token itself
 };
 
+// An MXFP4 linear layer's weight [N, K] in the form each backend reads: the host backend the
+// logical layout in host memory (`host`); the GPU backend a device copy preshuffled for the GEMM
+// backend of its point (atom/ops/gpu/gemm.hpp), set by whoever loads the weights for the GPU
+// (pipeline/device_storage.hpp). A GPU pipeline whose GEMM backend finds no copy throws, naming
+// the backend.
+struct LinearWeight {
+  ops::Mxfp4Weight host;
+  const ops::PreparedMxfp4Weight<policy::GemmBackend::matrix_core>* matrix_core = nullptr;
+  const ops::PreparedMxfp4Weight<policy::GemmBackend::portable>* portable = nullptr;
+
+  index_t n() const {
+    return matrix_core ? matrix_core->n() : portable ? portable->n() : host.packed.size(0);
+  }
+};
+
+// The routed experts' weights [E, N, K], in the same two forms.
+struct ExpertWeights {
+  ops::Mxfp4Experts host;
+  const ops::PreparedMxfp4Experts<policy::GemmBackend::matrix_core>* matrix_core = nullptr;
+  const ops::PreparedMxfp4Experts<policy::GemmBackend::portable>* portable = nullptr;
+};
+
+// Every view of the weights, batches and caches below points to memory of the backend that runs
+// the pipeline: host memory for the host backend, device memory for the GPU backend.
 struct MlaWeights {
   View1<const bf16> input_norm;     // [hidden]
-  ops::Mxfp4Weight qkv_a;           // [q_lora + kv_lora + rope, hidden]
+  LinearWeight qkv_a;               // [q_lora + kv_lora + rope, hidden]
   View1<const bf16> q_a_norm;       // [q_lora]
   View1<const bf16> kv_a_norm;      // [kv_lora]
-  ops::Mxfp4Weight q_b;             // [heads * (nope + rope), q_lora]
+  LinearWeight q_b;                 // [heads * (nope + rope), q_lora]
   ops::Fp8HeadWeight w_uk_fp8;      // [heads, kv_lora, nope]
   ops::Fp8HeadWeight w_uv_fp8;      // [heads, v, kv_lora]
   ops::Mxfp4HeadWeight w_uk_mxfp4;  // same shapes, MXFP4
   ops::Mxfp4HeadWeight w_uv_mxfp4;
-  ops::Mxfp4Weight o_proj;     // [hidden, heads * v]
+  LinearWeight o_proj;         // [hidden, heads * v]
   View2<const float> cos_sin;  // [max_position, rope] RoPE table (ops::make_cos_sin_cache)
 };
 
 struct Qwen3AttentionWeights {
   View1<const bf16> input_norm;  // [hidden]
-  ops::Mxfp4Weight qkv;          // [(heads + 2 * kv_heads) * head_dim, hidden]
+  LinearWeight qkv;              // [(heads + 2 * kv_heads) * head_dim, hidden]
   View1<const bf16> q_norm;      // [head_dim]
   View1<const bf16> k_norm;      // [head_dim]
-  ops::Mxfp4Weight o_proj;       // [hidden, heads * head_dim]
+  LinearWeight o_proj;           // [hidden, heads * head_dim]
   View2<const float> cos_sin;    // [max_position, head_dim] RoPE table
 };
 
 struct MoeWeights {
-  View1<const bf16> post_norm;      // [hidden]
-  View2<const bf16> router;         // [experts, hidden]
-  View1<const float> router_bias;   // [experts] (sigmoid_grouped routing only)
-  ops::Mxfp4Experts gate_up;        // [experts, 2 * intermediate, hidden]
-  ops::Mxfp4Experts down;           // [experts, hidden, intermediate]
-  ops::Mxfp4Weight shared_gate_up;  // [2 * shared intermediate, hidden]; absent when no shared
-  ops::Mxfp4Weight shared_down;     // [hidden, shared intermediate]
+  View1<const bf16> post_norm;     // [hidden]
+  View2<const bf16> router;        // [experts, hidden]
+  View1<const float> router_bias;  // [experts] (sigmoid_grouped routing only)
+  ExpertWeights gate_up;           // [experts, 2 * intermediate, hidden]
+  ExpertWeights down;              // [experts, hidden, intermediate]
+  LinearWeight shared_gate_up;     // [2 * shared intermediate, hidden]; absent when no shared
+  LinearWeight shared_down;        // [hidden, shared intermediate]
 };
 
 // Arguments common to every pipeline: x is the previous block's output (this rank's partial sum
 // under tensor parallelism), residual the residual stream (updated in place to x + residual),
-// out this block's output.
+// out this block's output. The GPU backend enqueues its work on `stream` (and the MoE block's
+// concurrent shared expert on `side_stream`, when set); the host backend ignores both.
 struct BlockIo {
   const ModelConfig* model = nullptr;
   TpShape tp;
@@ -82,6 +131,8 @@ struct BlockIo {
   View2<bf16> residual;  // [T, hidden]
   View2<bf16> out;       // [T, hidden]
   Workspace* workspace = nullptr;
+  void* stream = nullptr;       // hipStream_t / cudaStream_t; null: the default stream
+  void* side_stream = nullptr;  // null: the MoE shared expert runs on `stream`
 };
 
 struct MlaArgs {

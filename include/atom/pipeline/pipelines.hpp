@@ -8,10 +8,19 @@
 #include <string>
 #include <type_traits>
 
+#include "atom/gpu/device.hpp"
 #include "atom/ops/attention.hpp"
 #include "atom/ops/bmm.hpp"
 #include "atom/ops/cache.hpp"
 #include "atom/ops/gemm.hpp"
+#include "atom/ops/gpu/bmm.hpp"
+#include "atom/ops/gpu/cache.hpp"
+#include "atom/ops/gpu/gemm.hpp"
+#include "atom/ops/gpu/moe.hpp"
+#include "atom/ops/gpu/norm.hpp"
+#include "atom/ops/gpu/quant.hpp"
+#include "atom/ops/gpu/qwen_qk.hpp"
+#include "atom/ops/gpu/rope.hpp"
 #include "atom/ops/moe.hpp"
 #include "atom/ops/norm.hpp"
 #include "atom/ops/quant.hpp"
@@ -34,6 +43,61 @@ const Weights& checked(std::string_view pipeline, const BlockIo& io, const Weigh
   expect(io.model != nullptr && io.workspace != nullptr && weights != nullptr, pipeline,
          "model, workspace and weights must be set");
   return *weights;
+}
+
+template <class Backend>
+inline constexpr bool on_gpu = std::is_same_v<Backend, ops::Gpu>;
+
+// The backend value a run uses: the GPU backend enqueues on the io's stream.
+template <class Backend>
+Backend backend_of(const BlockIo& io) {
+  if constexpr (on_gpu<Backend>)
+    return ops::Gpu{io.stream};
+  else
+    return Backend{};
+}
+
+// The form of a weight the backend reads (see LinearWeight): the host layout, or the GPU copy
+// prepared for GEMM backend G.
+template <policy::GemmBackend G, class Backend, class Weight>
+const auto& weight_for(const Weight& w) {
+  if constexpr (!on_gpu<Backend>) {
+    return w.host;
+  } else {
+    const auto* prepared = [&] {
+      if constexpr (G == policy::GemmBackend::matrix_core)
+        return w.matrix_core;
+      else
+        return w.portable;
+    }();
+    expect(prepared != nullptr, "GPU pipeline",
+           std::string("a weight has no device copy prepared for GEMM backend ") +
+               std::string(policy::gemm_backend.value_name(G)) +
+               " (load the weights for the GPU with that backend)");
+    return *prepared;
+  }
+}
+
+// Runs `side` and `main` (each called with the backend to enqueue on) concurrently and returns
+// when both are done (host) or enqueued so that later work waits for both (GPU: `side` on the
+// side stream, forked from and joined back into the main stream; with no side stream, in order).
+template <class Backend, class Main, class Side>
+void concurrently(const Backend& b, const BlockIo& io, Main main, Side side) {
+  if constexpr (on_gpu<Backend>) {
+    if (io.side_stream == nullptr) {
+      main(b);
+      side(b);
+      return;
+    }
+    gpu::stream_wait(io.side_stream, b.stream);
+    side(ops::Gpu{io.side_stream});
+    main(b);
+    gpu::stream_wait(b.stream, io.side_stream);
+  } else {
+    auto side_done = std::async(std::launch::async, [&] { side(b); });
+    main(b);
+    side_done.get();
+  }
 }
 
 template <class Act>
@@ -89,10 +153,16 @@ View2<T> rows_per_head(View3<T> v) {
   return make_view(v.data, v.size(0) * v.size(1), v.size(2));
 }
 
+// Both GEMM backends compute the same function; on the host they share the reference kernel.
 template <policy::GemmBackend G, class Backend>
-void gemm(const Backend& b, const ops::Mxfp4Act& a, const ops::Mxfp4Weight& w, View2<bf16> out) {
-  // Both GEMM backends compute the same function; on the host they share the reference kernel.
-  ops::gemm_a4w4(b, a, w, out);
+void gemm(const Backend& b, const ops::Mxfp4Act& a, const LinearWeight& w, View2<bf16> out) {
+  ops::gemm_a4w4(b, a, weight_for<G, Backend>(w), out);
+}
+
+template <policy::GemmBackend G, class Backend>
+void moe_gemm(const Backend& b, const ops::Mxfp4Act& a, View2<const std::int32_t> ids,
+              const ExpertWeights& w, View2<bf16> out) {
+  ops::moe_gemm_a4w4(b, a, ids, weight_for<G, Backend>(w), out);
 }
 
 }  // namespace detail
@@ -103,7 +173,7 @@ template <policy::Point P, class Backend>
 struct MlaAttention {
   static void run(const MlaArgs& a) {
     const MlaWeights& w = detail::checked("mla_attention", a.io, a.weights);
-    const Backend b{};
+    const Backend b = detail::backend_of<Backend>(a.io);
     const ModelConfig& m = *a.io.model;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
@@ -185,7 +255,7 @@ template <policy::Point P, class Backend>
 struct Qwen3Attention {
   static void run(const Qwen3AttentionArgs& a) {
     const Qwen3AttentionWeights& w = detail::checked("qwen3_attention", a.io, a.weights);
-    const Backend b{};
+    const Backend b = detail::backend_of<Backend>(a.io);
     const ModelConfig& m = *a.io.model;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
@@ -222,7 +292,7 @@ template <policy::Point P, class Backend>
 struct MoeBlock {
   static void run(const MoeArgs& a) {
     const MoeWeights& w = detail::checked("moe_block", a.io, a.weights);
-    const Backend b{};
+    const Backend b = detail::backend_of<Backend>(a.io);
     const ModelConfig& m = *a.io.model;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
@@ -244,37 +314,34 @@ struct MoeBlock {
       ops::route_softmax_topk(b, logits, m.renormalize, ids, weights);
 
     const bool has_shared = m.num_shared_experts > 0;
+    const index_t shared_width = has_shared ? w.shared_gate_up.n() : 0;
     auto shared_out = has_shared ? ws.take<bf16>(t, m.hidden) : View2<bf16>{};
     auto shared_inter =
-        has_shared ? detail::take_act<ops::Mxfp4Act>(ws, t, w.shared_gate_up.packed.size(0) / 2)
-                   : ops::Mxfp4Act{};
-    auto shared_gate_up =
-        has_shared ? ws.take<bf16>(t, w.shared_gate_up.packed.size(0)) : View2<bf16>{};
-    auto shared_expert = [&] {
-      detail::gemm<P.gemm>(b, x_act, w.shared_gate_up, shared_gate_up);
-      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(b, shared_gate_up, shared_inter);
-      detail::gemm<P.gemm>(b, shared_inter, w.shared_down, shared_out);
+        has_shared ? detail::take_act<ops::Mxfp4Act>(ws, t, shared_width / 2) : ops::Mxfp4Act{};
+    auto shared_gate_up = has_shared ? ws.take<bf16>(t, shared_width) : View2<bf16>{};
+    auto shared_expert = [&](const Backend& on) {
+      detail::gemm<P.gemm>(on, x_act, w.shared_gate_up, shared_gate_up);
+      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(on, shared_gate_up, shared_inter);
+      detail::gemm<P.gemm>(on, shared_inter, w.shared_down, shared_out);
     };
 
     auto gate_up = ws.take<bf16>(t * k, 2 * m.moe_intermediate);
     auto inter = detail::take_act<ops::Mxfp4Act>(ws, t * k, m.moe_intermediate);
     auto expert_out = ws.take<bf16>(t * k, m.hidden);
-    auto routed_experts = [&] {
-      ops::moe_gemm_a4w4(b, x_act, ids, w.gate_up, gate_up);
-      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(b, gate_up, inter);
-      ops::moe_gemm_a4w4(b, inter, ids, w.down, expert_out);
+    auto routed_experts = [&](const Backend& on) {
+      detail::moe_gemm<P.gemm>(on, x_act, ids, w.gate_up, gate_up);
+      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(on, gate_up, inter);
+      detail::moe_gemm<P.gemm>(on, inter, ids, w.down, expert_out);
     };
 
     const bool concurrent = P.moe_streams == policy::MoeStreams::dual && has_shared && t > 0 &&
                             t <= a.dual_stream_threshold;
     if (concurrent) {
-      // The host's second stream is a second thread; the GPU backend uses a second stream.
-      auto shared_done = std::async(std::launch::async, shared_expert);
-      routed_experts();
-      shared_done.get();
+      // The host's second stream is a second thread; the GPU's is the io's side stream.
+      detail::concurrently(b, a.io, routed_experts, shared_expert);
     } else {
-      routed_experts();
-      if (has_shared) shared_expert();
+      routed_experts(b);
+      if (has_shared) shared_expert(b);
     }
     ops::moe_combine(b, expert_out, weights, shared_out, a.io.out);
   }
