@@ -1,14 +1,18 @@
-// Decode attention over paged caches (flash-decoding): MLA over the bf16 latent cache and GQA over
-// the FP8 key/value cache share one kernel template; only the staging of cache rows differs.
+// Decode attention over paged caches (flash-decoding). MLA on NVIDIA: tensor-core kernel over
+// bf16 tiles of latent rows staged once per block for up to 64 heads. GQA over the FP8 cache, and
+// MLA where no mma.sync is available, share a SIMT kernel template; only the staging of cache rows
+// differs.
 
 #include "atom/ops/gpu/attention.hpp"
 
+#include <algorithm>
 #include <limits>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "detail/attention_mma.hpp"
 #include "detail/reduce.hpp"
 
 namespace atom::kernels {
@@ -31,6 +35,7 @@ struct DecodeArgs {
   index_t q0_token;
   index_t q0_head;
   int q0_dim;
+  bool q_vec;  // q0, q1 and their strides allow 16-byte loads
   const bf16* q1;
   index_t q1_token;
   index_t q1_head;
@@ -57,6 +62,10 @@ struct DecodeArgs {
   float* partial_ml;   // [tokens, q_heads, splits, 2]: running max and sum
 };
 
+}  // namespace
+
+// Outside the anonymous namespace: on NVIDIA only the tensor-core kernel reads it directly, and
+// nvcc would flag the SIMT kernel's members as unreferenced.
 // The MLA latent cache: a row is kv_lora latent values then rope key values; the values are the
 // key row's first kv_lora elements.
 struct MlaSource {
@@ -84,6 +93,8 @@ struct MlaSource {
   }
   __device__ static const float* value_row(const float* key_row, const float*) { return key_row; }
 };
+
+namespace {
 
 // The FP8 cache: a row of a kv head is head_dim key codes and head_dim value codes, each with
 // its scale; staged dequantized, to_float(code) * scale as the host computes it.
@@ -374,6 +385,298 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
   }
 }
 
+// MLA with tensor cores (NVIDIA). A block takes one token, 16 * MT heads and one context chunk,
+// with 4 * MT warps. Per tile of mla_rows latent rows, staged in shared memory as bf16 by cp.async
+// (the next tile's copies in flight while this one is used):
+//   S = Q K^T * scale: warp w computes the 16 x 8 tile (heads 16 (w / 4).., rows 8 (w % 4)..) over
+//     the whole key width, Q and K both read with ldmatrix from shared memory;
+//   softmax: 8 threads per head update the running max and sum and write P (bf16) and the factor
+//     that rescales the accumulator;
+//   O += P V: warp w owns value columns [w * 128 / MT, (w + 1) * 128 / MT) of every head, V being
+//     the staged rows' first kv_lora columns read transposed by ldmatrix.
+// Rows past the chunk are staged as zeros and get P = 0; key columns past the width, up to a
+// multiple of 16, are zeros in both Q and K.
+inline constexpr int mla_rows = 32;     // cache rows per tile
+inline constexpr int mla_stride = 584;  // bf16 per staged row: 576 + 8 (no bank conflicts)
+inline constexpr int mla_s_stride = mla_rows + 4;  // floats per score row
+inline constexpr int mla_p_stride = mla_rows + 8;  // bf16 per probability row
+inline constexpr index_t mla_min_chunk = 4 * mla_rows;
+
+template <int MT>
+constexpr int mla_shared_bytes() {
+  constexpr int heads = 16 * MT;
+  return (2 * mla_rows * mla_stride + heads * mla_stride) * 2 + heads * mla_s_stride * 4 +
+         heads * mla_p_stride * 2 + 3 * heads * 4;
+}
+
+template <int MT, bool Vec>
+__global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaSource src) {
+  constexpr int heads = 16 * MT;
+  constexpr int threads = 128 * MT;
+  constexpr int n_tiles = 16 / MT;  // value n8 tiles per warp
+  extern __shared__ uint4 mla_shared[];
+  bf16* const kbuf = reinterpret_cast<bf16*>(mla_shared);
+  bf16* const qbuf = kbuf + 2 * mla_rows * mla_stride;
+  float* const sbuf = reinterpret_cast<float*>(qbuf + heads * mla_stride);
+  bf16* const pbuf = reinterpret_cast<bf16*>(sbuf + heads * mla_s_stride);
+  float* const alpha_s = reinterpret_cast<float*>(pbuf + heads * mla_p_stride);
+  float* const l_s = alpha_s + heads;
+  float* const m_s = l_s + heads;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const index_t t = blockIdx.z;
+  const int split = static_cast<int>(blockIdx.x);
+  const int h0 = static_cast<int>(blockIdx.y) * heads;
+
+  const index_t n = a.context_lens[t * a.len_stride];
+  const bool bad_length = n < 1 || n > a.table_cols * a.block_size;
+  const index_t begin = split * a.chunk;
+  const index_t end = bad_length ? begin : (n < begin + a.chunk ? n : begin + a.chunk);
+  if (!bad_length && begin >= end) return;  // past the context: the combine skips this split
+
+  const std::int32_t* table = a.block_table + t * a.table_token;
+  int bad = bad_length ? 1 : 0;
+  if (!bad_length) {
+    for (index_t b = begin / a.block_size + tid; b <= (end - 1) / a.block_size; b += threads) {
+      const std::int32_t id = table[b * a.table_col];
+      if (id < 0 || id >= a.num_blocks) bad = 1;
+    }
+  }
+  if (__syncthreads_or(bad) != 0) {
+    if (a.splits == 1) {
+      for (int i = tid; i < heads * a.value_dim; i += threads) {
+        const int h = h0 + i / a.value_dim;
+        if (h < a.q_heads) a.out[t * a.out_token + h * a.out_head + i % a.value_dim] = attn_nan;
+      }
+    } else if (tid < heads && h0 + tid < a.q_heads) {
+      const index_t row = (t * a.q_heads + h0 + tid) * a.splits + split;
+      a.partial_ml[2 * row] = std::numeric_limits<float>::quiet_NaN();
+      a.partial_ml[2 * row + 1] = std::numeric_limits<float>::quiet_NaN();
+    }
+    return;
+  }
+
+  const int key_dim = a.key_dim;
+  const int padded = (key_dim + 15) / 16 * 16;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  // Queries, zero past the key width and for heads past the last.
+  for (int i = tid; i < heads * (padded / vec_width); i += threads) {
+    const int r = i / (padded / vec_width);
+    const int d0 = i % (padded / vec_width) * vec_width;
+    const int h = h0 + r;
+    uint4 v = zero;
+    if (h < a.q_heads && d0 < key_dim) {
+      const bf16* q = d0 < a.q0_dim ? a.q0 + t * a.q0_token + h * a.q0_head + d0
+                                    : a.q1 + t * a.q1_token + h * a.q1_head + (d0 - a.q0_dim);
+      if (a.q_vec) {
+        v = *reinterpret_cast<const uint4*>(q);
+      } else {
+        std::uint32_t w[4];
+        for (int j = 0; j < 4; ++j)
+          w[j] = static_cast<std::uint32_t>(q[2 * j].bits) |
+                 (static_cast<std::uint32_t>(q[2 * j + 1].bits) << 16);
+        v = make_uint4(w[0], w[1], w[2], w[3]);
+      }
+    }
+    *reinterpret_cast<uint4*>(qbuf + r * mla_stride + d0) = v;
+  }
+  if (padded != key_dim)
+    for (int r = tid; r < 2 * mla_rows; r += threads)
+      *reinterpret_cast<uint4*>(kbuf + r * mla_stride + key_dim) = zero;
+
+  const int row_chunks = key_dim / vec_width;
+  const auto stage = [&](index_t first, int buffer) {
+    bf16* const dst0 = kbuf + buffer * mla_rows * mla_stride;
+    for (int i = tid; i < mla_rows * row_chunks; i += threads) {
+      const int r = i / row_chunks;
+      const int c = i % row_chunks;
+      const index_t j = first + r;
+      bf16* const dst = dst0 + r * mla_stride + c * vec_width;
+      if (j < end) {
+        const index_t block = table[(j / a.block_size) * a.table_col];
+        if constexpr (Vec)
+          cp_async_16(shared_address(dst), src.cache + block * src.block_stride +
+                                               (j % a.block_size) * src.row_stride + c * vec_width);
+        else
+          *reinterpret_cast<uint4*>(dst) = src.fetch(block, j % a.block_size, 0, c, key_dim);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = zero;
+      }
+    }
+    cp_async_commit();
+  };
+
+  // Softmax state of head row tid / 8 (the 8 threads of a row keep identical copies).
+  const int s_row = tid / 8;
+  const int s_sub = tid % 8;
+  float m = attn_neg_inf;
+  float l = 0.0f;
+  // Value accumulators: [m tile][n tile][fragment], float bits.
+  std::uint32_t acc[MT][n_tiles][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < n_tiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0;
+  const int g = lane / 4;
+  const int tq = lane % 4;
+  const int col0 = warp * (128 / MT);
+
+  const int tiles = static_cast<int>((end - begin + mla_rows - 1) / mla_rows);
+  stage(begin, 0);
+  for (int it = 0; it < tiles; ++it) {
+    const index_t first = begin + static_cast<index_t>(it) * mla_rows;
+    if (it + 1 < tiles)
+      stage(first + mla_rows, (it + 1) & 1);
+    else
+      cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const bf16* const kt = kbuf + (it & 1) * mla_rows * mla_stride;
+
+    {  // S, two accumulators over alternate k steps so that two mma chains are in flight
+      const int mt = warp / 4;
+      const int nt = warp % 4;
+      const std::uint32_t qa =
+          shared_address(qbuf + (mt * 16 + lane % 16) * mla_stride + (lane / 16) * 8);
+      const std::uint32_t kb =
+          shared_address(kt + (nt * 8 + lane % 8) * mla_stride + ((lane / 8) % 2) * 8);
+      std::uint32_t c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+      int k0 = 0;
+      for (; k0 + 32 <= padded; k0 += 32) {
+        std::uint32_t af[2][4];
+        std::uint32_t bf[2][2];
+        ldmatrix_x4(af[0], qa + 2 * k0);
+        ldmatrix_x2(bf[0], kb + 2 * k0);
+        ldmatrix_x4(af[1], qa + 2 * (k0 + 16));
+        ldmatrix_x2(bf[1], kb + 2 * (k0 + 16));
+        mma_bf16_m16n8k16(c[0], af[0], bf[0][0], bf[0][1]);
+        mma_bf16_m16n8k16(c[1], af[1], bf[1][0], bf[1][1]);
+      }
+      if (k0 < padded) {
+        std::uint32_t af[4];
+        std::uint32_t bf[2];
+        ldmatrix_x4(af, qa + 2 * k0);
+        ldmatrix_x2(bf, kb + 2 * k0);
+        mma_bf16_m16n8k16(c[0], af, bf[0], bf[1]);
+      }
+      float* const srow = sbuf + (mt * 16 + g) * mla_s_stride + nt * 8 + 2 * tq;
+      srow[0] = mul(add(as_float(c[0][0]), as_float(c[1][0])), a.scale);
+      srow[1] = mul(add(as_float(c[0][1]), as_float(c[1][1])), a.scale);
+      srow[8 * mla_s_stride] = mul(add(as_float(c[0][2]), as_float(c[1][2])), a.scale);
+      srow[8 * mla_s_stride + 1] = mul(add(as_float(c[0][3]), as_float(c[1][3])), a.scale);
+    }
+    __syncthreads();
+
+    {  // online softmax over the tile's rows, 4 per thread
+      const float4 sv = *reinterpret_cast<const float4*>(sbuf + s_row * mla_s_stride + s_sub * 4);
+      const float s[4] = {sv.x, sv.y, sv.z, sv.w};
+      const index_t j0 = first + s_sub * 4;
+      float mx = attn_neg_inf;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (j0 + e < end && s[e] > mx) mx = s[e];
+      mx = lanes_reduce<8>(mx, MaxFloat{});
+      const float m_new = mx > m ? mx : m;
+      const float alpha = expf(m - m_new);
+      float p[4];
+      float sum = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        p[e] = j0 + e < end ? expf(s[e] - m_new) : 0.0f;
+        sum = add(sum, p[e]);
+      }
+      sum = lanes_reduce<8>(sum, Sum{});
+      l = add(mul(l, alpha), sum);
+      m = m_new;
+      bf16* const prow = pbuf + s_row * mla_p_stride + s_sub * 4;
+      const bf16 pb[4] = {to_bf16(p[0]), to_bf16(p[1]), to_bf16(p[2]), to_bf16(p[3])};
+      *reinterpret_cast<uint2*>(prow) = make_uint2(
+          static_cast<std::uint32_t>(pb[0].bits) | (static_cast<std::uint32_t>(pb[1].bits) << 16),
+          static_cast<std::uint32_t>(pb[2].bits) | (static_cast<std::uint32_t>(pb[3].bits) << 16));
+      if (s_sub == 0) alpha_s[s_row] = alpha;
+    }
+    __syncthreads();
+
+    // O = alpha O + P V over this warp's value columns.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const float a0 = alpha_s[mt * 16 + g];
+      const float a1 = alpha_s[mt * 16 + g + 8];
+#pragma unroll
+      for (int nt = 0; nt < n_tiles; ++nt) {
+        acc[mt][nt][0] = __float_as_uint(as_float(acc[mt][nt][0]) * a0);
+        acc[mt][nt][1] = __float_as_uint(as_float(acc[mt][nt][1]) * a0);
+        acc[mt][nt][2] = __float_as_uint(as_float(acc[mt][nt][2]) * a1);
+        acc[mt][nt][3] = __float_as_uint(as_float(acc[mt][nt][3]) * a1);
+      }
+    }
+    if (col0 < a.value_dim) {
+#pragma unroll
+      for (int k0 = 0; k0 < mla_rows; k0 += 16) {
+        std::uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4(pa[mt], shared_address(pbuf + (mt * 16 + lane % 16) * mla_p_stride + k0 +
+                                             (lane / 16) * 8));
+#pragma unroll
+        for (int np = 0; np < n_tiles; np += 2) {
+          std::uint32_t vb[4];
+          ldmatrix_x4_trans(
+              vb, shared_address(kt + (k0 + lane % 8 + ((lane / 8) % 2) * 8) * mla_stride + col0 +
+                                 np * 8 + (lane / 16) * 8));
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_bf16_m16n8k16(acc[mt][np], pa[mt], vb[0], vb[1]);
+            mma_bf16_m16n8k16(acc[mt][np + 1], pa[mt], vb[2], vb[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the staged tile and P are free again
+  }
+
+  if (s_sub == 0) {
+    l_s[s_row] = l;
+    m_s[s_row] = m;
+  }
+  __syncthreads();
+  if (a.splits > 1 && tid < heads && h0 + tid < a.q_heads) {
+    const index_t row = (t * a.q_heads + h0 + tid) * a.splits + split;
+    a.partial_ml[2 * row] = m_s[tid];
+    a.partial_ml[2 * row + 1] = l_s[tid];
+  }
+  if (col0 >= a.value_dim) return;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = mt * 16 + g + 8 * half;
+      const int h = h0 + r;
+      if (h >= a.q_heads) continue;
+      const float lr = l_s[r];
+#pragma unroll
+      for (int nt = 0; nt < n_tiles; ++nt) {
+        const int col = col0 + nt * 8 + 2 * tq;
+        if (col >= a.value_dim) continue;
+        const float v0 = as_float(acc[mt][nt][2 * half]);
+        const float v1 = as_float(acc[mt][nt][2 * half + 1]);
+        if (a.splits == 1) {
+          bf16* const o = a.out + t * a.out_token + h * a.out_head + col;
+          o[0] = to_bf16(div(v0, lr));
+          o[1] = to_bf16(div(v1, lr));
+        } else {
+          const index_t row = (t * a.q_heads + h) * a.splits + split;
+          *reinterpret_cast<float2*>(a.partial_acc + row * a.value_dim + col) = make_float2(v0, v1);
+        }
+      }
+    }
+  }
+}
+
 // Device memory for split partials, one buffer per host thread, stream and device (so that calls
 // on different streams never share one); growing frees the old buffer, which synchronizes the
 // device first.
@@ -480,6 +783,72 @@ void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const
   }
 }
 
+template <int MT, bool Vec>
+void launch_mla_kernel(const dim3& grid, hipStream_t stream, const DecodeArgs& a,
+                       const MlaSource& src, int device) {
+  constexpr int bytes = mla_shared_bytes<MT>();
+  thread_local std::vector<int> raised;  // devices whose limit for this kernel is raised
+  if (std::find(raised.begin(), raised.end(), device) == raised.end()) {
+    gpu::allow_dynamic_shared(mla_mma_kernel<MT, Vec>, bytes);
+    raised.push_back(device);
+  }
+  mla_mma_kernel<MT, Vec><<<grid, 128 * MT, bytes, stream>>>(a, src);
+}
+
+// MLA: the tensor-core kernel where mma.sync exists (one block of 16, 32 or 64 heads per
+// multiprocessor, the context split until the blocks cover the GPU), else the SIMT kernel.
+template <bool Mma>
+void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const MlaSource& src,
+                index_t tokens) {
+  if constexpr (!Mma) {
+    launch_decode(op, gpu, a, src, tokens, 1);
+  } else {
+    if (tokens == 0 || a.q_heads == 0) return;
+    expect(tokens <= 65535, op,
+           "the GPU kernel takes at most 65535 tokens, got " + std::to_string(tokens));
+    const int mt = a.q_heads <= 16 ? 1 : (a.q_heads <= 32 ? 2 : 4);
+    const index_t head_groups = (a.q_heads + 16 * mt - 1) / (16 * mt);
+    expect(head_groups <= 65535, op, "too many heads for the GPU kernel");
+    const int device = current_device();
+    const index_t capacity = a.table_cols * a.block_size;
+    const index_t blocks = tokens * head_groups;
+    const index_t target = multiprocessors(device);
+    index_t splits = (target + blocks - 1) / blocks;
+    splits = splits < 1 ? 1 : (splits > attn_max_splits ? attn_max_splits : splits);
+    index_t chunk = (capacity + splits - 1) / splits;
+    chunk = (chunk + mla_rows - 1) / mla_rows * mla_rows;
+    chunk = chunk < mla_min_chunk ? mla_min_chunk : chunk;
+    splits = capacity > chunk ? (capacity + chunk - 1) / chunk : 1;
+    a.chunk = chunk;
+    a.splits = static_cast<int>(splits);
+    const auto stream = static_cast<hipStream_t>(gpu.stream);
+    if (splits > 1) {
+      const index_t rows = tokens * a.q_heads * splits;
+      auto* base = static_cast<float*>(split_scratch(
+          gpu, device, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
+      a.partial_acc = base;
+      a.partial_ml = base + rows * a.value_dim;
+    }
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(head_groups),
+                    static_cast<unsigned>(tokens));
+    if (src.vec) {
+      if (mt == 1) launch_mla_kernel<1, true>(grid, stream, a, src, device);
+      if (mt == 2) launch_mla_kernel<2, true>(grid, stream, a, src, device);
+      if (mt == 4) launch_mla_kernel<4, true>(grid, stream, a, src, device);
+    } else {
+      if (mt == 1) launch_mla_kernel<1, false>(grid, stream, a, src, device);
+      if (mt == 2) launch_mla_kernel<2, false>(grid, stream, a, src, device);
+      if (mt == 4) launch_mla_kernel<4, false>(grid, stream, a, src, device);
+    }
+    ATOM_GPU_CHECK(hipGetLastError());
+    if (splits > 1) {
+      combine_kernel<<<static_cast<unsigned>(tokens * a.q_heads), attn_combine_threads, 0,
+                       stream>>>(a);
+      ATOM_GPU_CHECK(hipGetLastError());
+    }
+  }
+}
+
 template <class Q, class O>
 DecodeArgs common_args(const Q& q, int key_dim, int value_dim, int group,
                        View2<const std::int32_t> block_table,
@@ -536,10 +905,13 @@ void mla_decode(const Gpu& gpu, View3<const bf16> q_latent, View3<const bf16> q_
   a.q1 = q_pe.data;
   a.q1_token = q_pe.stride(0);
   a.q1_head = q_pe.stride(1);
+  a.q_vec = kernels::aligned(q_latent.data, 16) && q_latent.stride(0) % 8 == 0 &&
+            q_latent.stride(1) % 8 == 0 && kernels::aligned(q_pe.data, 16) &&
+            q_pe.stride(0) % 8 == 0 && q_pe.stride(1) % 8 == 0;
   const bool vec =
       kernels::aligned(cache.data, 16) && cache.stride(0) % 8 == 0 && cache.stride(1) % 8 == 0;
   const kernels::MlaSource src{cache.data, cache.stride(0), cache.stride(1), vec};
-  kernels::launch_decode(op, gpu, a, src, q_latent.size(0), 1);
+  kernels::launch_mla<gpu::nvidia_ptx>(op, gpu, a, src, q_latent.size(0));
 }
 
 void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cache,

@@ -174,6 +174,8 @@ int main() {
     bench_mla(16, 1, ctx, copy_gbps);
     bench_gqa(1, ctx, copy_gbps);
   }
+  bench_mla(128, 8, 4096, copy_gbps);
+  bench_mla(32, 8, 4096, copy_gbps);
   for (index_t tokens : {64}) {
     bench_mla(128, tokens, 4096, copy_gbps);
     bench_mla(16, tokens, 4096, copy_gbps);

@@ -96,6 +96,8 @@ def main():
         bench_mla(128, 1, ctx, mla_c)
         bench_mla(16, 1, ctx, mla_c)
         bench_gqa(1, ctx, gqa_c)
+    bench_mla(128, 8, 4096, mla_c)
+    bench_mla(32, 8, 4096, mla_c)
     for t in (64,):
         bench_mla(128, t, 4096, mla_c)
         bench_mla(16, t, 4096, mla_c)

@@ -7,21 +7,24 @@
 //   every element of all its output rows; the kernel never reads outside the cache for it, and
 //   the other tokens are unaffected.
 //
-// Kernel shape (flash-decoding): a block of threads takes one token, a group of up to 16 query
-// heads that read the same cache rows (all heads for MLA, whose heads share each latent row; the
-// query heads of one kv head for GQA), and one chunk of the context. It stages 16 cache rows at a
-// time in shared memory as floats, so each row is read from memory once per block, and keeps an
-// online softmax (running max, sum and fp32 accumulator) per head. When tokens x head groups
-// would not fill the GPU, the context is split into chunks over several blocks, whose partial
-// max/sum/accumulator a second kernel combines. Split partials live in a per-thread, per-stream
-// device buffer that grows on demand (growing synchronizes the device; capture a graph only after
-// a call of the same or a larger shape).
+// Kernel shape (flash-decoding). MLA on NVIDIA: a block of threads takes one token, 16, 32 or 64
+// heads and one chunk of the context; it stages tiles of 32 latent rows in shared memory as bf16
+// (cp.async, the next tiles in flight), computes the scores Q K^T for all its heads with
+// tensor-core mma.sync, keeps an online softmax (running max and sum in fp32) and accumulates
+// P V with V the staged rows' first kv_lora columns, so each row is read from memory once per
+// block. GQA (and MLA on AMD): a block takes up to 16 query heads that read the same cache rows,
+// stages 16 rows at a time as floats and accumulates with SIMT fp32 arithmetic. When tokens x
+// head groups would not fill the GPU, the context is split into chunks over several blocks, whose
+// partial max/sum/accumulator a second kernel combines. Split partials live in a per-thread,
+// per-stream device buffer that grows on demand (growing synchronizes the device; capture a graph
+// only after a call of the same or a larger shape).
 //
-// Numerics: fp32 throughout; scores are summed per lane and then across 16 lanes, exp(s - max) is
-// taken against the running maximum and rescaled, and the result is rounded to bf16 once. Against
-// the host reference (one ordered sum, global maximum) this is float reassociation only: each
-// output element is within one bf16 step of the host's value plus 2^-14 * max|v| of the values it
-// averages (tests/gpu_attn checks exactly that).
+// Numerics: fp32 accumulation throughout; exp(s - max) is taken against the running maximum and
+// rescaled, and the result is rounded to bf16 once. Against the host reference (one ordered sum,
+// global maximum) GQA is float reassociation only: each output element is within one bf16 step of
+// the host's value plus 2^-14 * max|v| of the values it averages. MLA on tensor cores also rounds
+// each softmax weight to bf16 before the weighted sum of values (the normalizing sum stays fp32):
+// within one bf16 step plus 2^-8 * max|v| (tests/gpu_attn checks exactly these bounds).
 //
 // Limits of the kernels (ShapeError otherwise): MLA kv_lora and rope multiples of 8, kv_lora <=
 // 512, kv_lora + rope <= 576; GQA head_dim a multiple of 8 up to 256; at most 65535 tokens.

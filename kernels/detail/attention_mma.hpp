@@ -1,0 +1,96 @@
+// Warp-level tensor-core pieces for NVIDIA (sm_80 and newer) decode attention: bf16 mma.sync
+// m16n8k16 with fp32 accumulators, ldmatrix fragment loads from shared memory and 16-byte cp.async
+// copies from global into shared memory.
+//
+// Every operand is passed as a 32-bit register ("r") so that hipcc, which checks inline-assembly
+// constraints for its own targets, parses this header; the functions are only ever instantiated
+// (called) from kernels that launchers pick where gpu::nvidia_ptx holds.
+#pragma once
+
+#include <cstdint>
+
+#include "atom/gpu/arch.hpp"
+#include "atom/gpu/runtime.hpp"
+
+namespace atom::kernels {
+
+// Shared-memory address of p for ldmatrix / cp.async. A template so that the CUDA intrinsic is
+// looked up only when a kernel instantiates it.
+template <class T>
+__device__ inline std::uint32_t shared_address(const T* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes from global (16-byte aligned) into shared memory (16-byte aligned), bypassing L1.
+__device__ inline void cp_async_16(std::uint32_t dst, const void* src) {
+  const auto address = reinterpret_cast<std::uintptr_t>(src);
+  asm volatile(
+      "{\n .reg .b64 p;\n mov.b64 p, {%1, %2};\n cp.async.cg.shared.global [%0], [p], 16;\n}\n" ::
+          "r"(dst),
+      "r"(static_cast<std::uint32_t>(address)), "r"(static_cast<std::uint32_t>(address >> 32))
+      : "memory");
+}
+
+__device__ inline void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most Pending committed groups of this thread are still in flight.
+template <int Pending>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+// Four 8x8 bf16 matrices; lane l gives the row address of matrix l / 8.
+__device__ inline void ldmatrix_x4(std::uint32_t (&r)[4], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// Two 8x8 matrices; lanes 0..15 give the row addresses.
+__device__ inline void ldmatrix_x2(std::uint32_t (&r)[2], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(address));
+}
+
+// Four 8x8 matrices, each transposed on the way (rows in memory become fragment columns).
+__device__ inline void ldmatrix_x4_trans(std::uint32_t (&r)[4], std::uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// An accumulator register's float.
+__device__ inline float as_float(std::uint32_t x) {
+  return __uint_as_float(x);
+}
+
+// d += a (16 x 16, row) * b (16 x 8, col) in fp32; d holds float bits.
+__device__ inline void mma_bf16_m16n8k16(std::uint32_t (&d)[4], const std::uint32_t (&a)[4],
+                                         std::uint32_t b0, std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+}  // namespace atom::kernels
+
+namespace atom::gpu {
+
+// Lets `kernel` take `bytes` of dynamic shared memory (past the 48 KB default) on NVIDIA; AMD
+// launches never ask for more than the default, so there it does nothing.
+template <class Kernel>
+void allow_dynamic_shared(Kernel* kernel, int bytes) {
+#if defined(__CUDACC__) && !defined(__HIPCC__)
+  ATOM_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+#else
+  static_cast<void>(kernel);
+  static_cast<void>(bytes);
+#endif
+}
+
+}  // namespace atom::gpu
