@@ -375,13 +375,21 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
     sum += w * a.partial_ml[2 * (row0 + s) + 1];
   }
   sum = block_reduce(sum, Sum{}, scratch);  // its barriers also publish `weight`
-  for (int d = static_cast<int>(threadIdx.x); d < a.value_dim; d += attn_combine_threads) {
-    float v = 0.0f;
+  // Four columns per thread (value_dim is a multiple of 8, so rows are 16-byte aligned).
+  for (int d = 4 * static_cast<int>(threadIdx.x); d < a.value_dim; d += 4 * attn_combine_threads) {
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     const float* column = a.partial_acc + row0 * a.value_dim + d;
     // Unrolled so that several splits' loads are in flight at once.
 #pragma unroll 8
-    for (int s = 0; s < used; ++s) v += weight[s] * column[s * a.value_dim];
-    o[d] = to_bf16(div(v, sum));
+    for (int s = 0; s < used; ++s) {
+      const float4 x = *reinterpret_cast<const float4*>(column + s * a.value_dim);
+      v[0] += weight[s] * x.x;
+      v[1] += weight[s] * x.y;
+      v[2] += weight[s] * x.z;
+      v[3] += weight[s] * x.w;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) o[d + k] = to_bf16(div(v[k], sum));
   }
 }
 
@@ -400,13 +408,14 @@ inline constexpr int mla_rows = 32;     // cache rows per tile
 inline constexpr int mla_stride = 584;  // bf16 per staged row: 576 + 8 (no bank conflicts)
 inline constexpr int mla_s_stride = mla_rows + 4;  // floats per score row
 inline constexpr int mla_p_stride = mla_rows + 8;  // bf16 per probability row
-inline constexpr index_t mla_min_chunk = 4 * mla_rows;
+inline constexpr int mla_stages = 3;               // staged tiles: two in flight while one is used
+inline constexpr index_t mla_min_chunk = 2 * mla_rows;
 
 template <int MT>
 constexpr int mla_shared_bytes() {
   constexpr int heads = 16 * MT;
-  return (2 * mla_rows * mla_stride + heads * mla_stride) * 2 + heads * mla_s_stride * 4 +
-         heads * mla_p_stride * 2 + 3 * heads * 4;
+  return (mla_stages * mla_rows * mla_stride + heads * mla_stride) * 2 + heads * mla_s_stride * 4 +
+         heads * mla_p_stride * 2 + 3 * heads * 4 + mla_stages * mla_rows * 8;
 }
 
 template <int MT, bool Vec>
@@ -416,12 +425,15 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   constexpr int n_tiles = 16 / MT;  // value n8 tiles per warp
   extern __shared__ uint4 mla_shared[];
   bf16* const kbuf = reinterpret_cast<bf16*>(mla_shared);
-  bf16* const qbuf = kbuf + 2 * mla_rows * mla_stride;
+  bf16* const qbuf = kbuf + mla_stages * mla_rows * mla_stride;
   float* const sbuf = reinterpret_cast<float*>(qbuf + heads * mla_stride);
   bf16* const pbuf = reinterpret_cast<bf16*>(sbuf + heads * mla_s_stride);
   float* const alpha_s = reinterpret_cast<float*>(pbuf + heads * mla_p_stride);
   float* const l_s = alpha_s + heads;
   float* const m_s = l_s + heads;
+  // Per staged tile (tile k in slot k % mla_stages): each row's element offset in the cache, -1
+  // past the chunk.
+  index_t* const row_offset = reinterpret_cast<index_t*>(m_s + heads);
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32;
@@ -437,6 +449,34 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   if (!bad_length && begin >= end) return;  // past the context: the combine skips this split
 
   const std::int32_t* table = a.block_table + t * a.table_token;
+  const int key_dim = a.key_dim;
+  const int padded = (key_dim + 15) / 16 * 16;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  // Queries first (always in bounds, so their copies overlap the block-id check); zero past the
+  // key width and for heads past the last.
+  for (int i = tid; i < heads * (padded / vec_width); i += threads) {
+    const int r = i / (padded / vec_width);
+    const int d0 = i % (padded / vec_width) * vec_width;
+    const int h = h0 + r;
+    bf16* const dst = qbuf + r * mla_stride + d0;
+    uint4 v = zero;
+    if (h < a.q_heads && d0 < key_dim) {
+      const bf16* q = d0 < a.q0_dim ? a.q0 + t * a.q0_token + h * a.q0_head + d0
+                                    : a.q1 + t * a.q1_token + h * a.q1_head + (d0 - a.q0_dim);
+      if (a.q_vec) {
+        cp_async_16(shared_address(dst), q);
+        continue;
+      }
+      std::uint32_t w[4];
+      for (int j = 0; j < 4; ++j)
+        w[j] = static_cast<std::uint32_t>(q[2 * j].bits) |
+               (static_cast<std::uint32_t>(q[2 * j + 1].bits) << 16);
+      v = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    *reinterpret_cast<uint4*>(dst) = v;
+  }
+  cp_async_commit();
+
   int bad = bad_length ? 1 : 0;
   if (!bad_length) {
     for (index_t b = begin / a.block_size + tid; b <= (end - 1) / a.block_size; b += threads) {
@@ -445,6 +485,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
     }
   }
   if (__syncthreads_or(bad) != 0) {
+    cp_async_wait<0>();
     if (a.splits == 1) {
       for (int i = tid; i < heads * a.value_dim; i += threads) {
         const int h = h0 + i / a.value_dim;
@@ -457,52 +498,43 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
     }
     return;
   }
-
-  const int key_dim = a.key_dim;
-  const int padded = (key_dim + 15) / 16 * 16;
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  // Queries, zero past the key width and for heads past the last.
-  for (int i = tid; i < heads * (padded / vec_width); i += threads) {
-    const int r = i / (padded / vec_width);
-    const int d0 = i % (padded / vec_width) * vec_width;
-    const int h = h0 + r;
-    uint4 v = zero;
-    if (h < a.q_heads && d0 < key_dim) {
-      const bf16* q = d0 < a.q0_dim ? a.q0 + t * a.q0_token + h * a.q0_head + d0
-                                    : a.q1 + t * a.q1_token + h * a.q1_head + (d0 - a.q0_dim);
-      if (a.q_vec) {
-        v = *reinterpret_cast<const uint4*>(q);
-      } else {
-        std::uint32_t w[4];
-        for (int j = 0; j < 4; ++j)
-          w[j] = static_cast<std::uint32_t>(q[2 * j].bits) |
-                 (static_cast<std::uint32_t>(q[2 * j + 1].bits) << 16);
-        v = make_uint4(w[0], w[1], w[2], w[3]);
-      }
-    }
-    *reinterpret_cast<uint4*>(qbuf + r * mla_stride + d0) = v;
-  }
   if (padded != key_dim)
-    for (int r = tid; r < 2 * mla_rows; r += threads)
+    for (int r = tid; r < mla_stages * mla_rows; r += threads)
       *reinterpret_cast<uint4*>(kbuf + r * mla_stride + key_dim) = zero;
 
+  const int tiles = static_cast<int>((end - begin + mla_rows - 1) / mla_rows);
+  // Where row r of tile k starts in the cache (-1 past the chunk); the block ids were checked.
+  const auto offset_of = [&](int k, int r) -> index_t {
+    const index_t j = begin + static_cast<index_t>(k) * mla_rows + r;
+    if (j >= end) return -1;
+    return table[(j / a.block_size) * a.table_col] * src.block_stride +
+           (j % a.block_size) * src.row_stride;
+  };
+  for (int i = tid; i < mla_stages * mla_rows; i += threads)
+    if (i / mla_rows < tiles) row_offset[i] = offset_of(i / mla_rows, i % mla_rows);
+  __syncthreads();
+
   const int row_chunks = key_dim / vec_width;
-  const auto stage = [&](index_t first, int buffer) {
-    bf16* const dst0 = kbuf + buffer * mla_rows * mla_stride;
+  // Copies of tile k into its slot (one commit group), zeros past the chunk.
+  const auto stage = [&](int k) {
+    bf16* const dst0 = kbuf + (k % mla_stages) * mla_rows * mla_stride;
+    const index_t* const offsets = row_offset + (k % mla_stages) * mla_rows;
     for (int i = tid; i < mla_rows * row_chunks; i += threads) {
       const int r = i / row_chunks;
-      const int c = i % row_chunks;
-      const index_t j = first + r;
+      const int c = i - r * row_chunks;
+      const index_t offset = offsets[r];
       bf16* const dst = dst0 + r * mla_stride + c * vec_width;
-      if (j < end) {
-        const index_t block = table[(j / a.block_size) * a.table_col];
-        if constexpr (Vec)
-          cp_async_16(shared_address(dst), src.cache + block * src.block_stride +
-                                               (j % a.block_size) * src.row_stride + c * vec_width);
-        else
-          *reinterpret_cast<uint4*>(dst) = src.fetch(block, j % a.block_size, 0, c, key_dim);
-      } else {
+      if (offset < 0) {
         *reinterpret_cast<uint4*>(dst) = zero;
+      } else if constexpr (Vec) {
+        cp_async_16(shared_address(dst), src.cache + offset + c * vec_width);
+      } else {
+        const bf16* const row = src.cache + offset + c * vec_width;
+        std::uint32_t w[4];
+        for (int j = 0; j < 4; ++j)
+          w[j] = static_cast<std::uint32_t>(row[2 * j].bits) |
+                 (static_cast<std::uint32_t>(row[2 * j + 1].bits) << 16);
+        *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
       }
     }
     cp_async_commit();
@@ -525,17 +557,23 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   const int tq = lane % 4;
   const int col0 = warp * (128 / MT);
 
-  const int tiles = static_cast<int>((end - begin + mla_rows - 1) / mla_rows);
-  stage(begin, 0);
+  stage(0);
+  if (tiles > 1)
+    stage(1);
+  else
+    cp_async_commit();
   for (int it = 0; it < tiles; ++it) {
     const index_t first = begin + static_cast<index_t>(it) * mla_rows;
-    if (it + 1 < tiles)
-      stage(first + mla_rows, (it + 1) & 1);
+    // Row offsets of tile it + 3, read now and stored into this tile's slot once it is used.
+    const bool fetch_next = tid < mla_rows && it + mla_stages < tiles;
+    const index_t next_offset = fetch_next ? offset_of(it + mla_stages, tid) : -1;
+    if (it + 2 < tiles)
+      stage(it + 2);
     else
       cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<2>();  // the queries and tiles up to this one have landed
     __syncthreads();
-    const bf16* const kt = kbuf + (it & 1) * mla_rows * mla_stride;
+    const bf16* const kt = kbuf + (it % mla_stages) * mla_rows * mla_stride;
 
     {  // S, two accumulators over alternate k steps so that two mma chains are in flight
       const int mt = warp / 4;
@@ -636,7 +674,8 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
         }
       }
     }
-    __syncthreads();  // the staged tile and P are free again
+    if (fetch_next) row_offset[(it % mla_stages) * mla_rows + tid] = next_offset;
+    __syncthreads();  // the staged tile, P and the offsets are free again
   }
 
   if (s_sub == 0) {
