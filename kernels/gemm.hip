@@ -106,8 +106,9 @@ int decode_warps(int k_tiles, int u, int max_warps) {
 
 template <int NT, int U>
 void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
-  const int warps = decode_warps(p.k_tiles, U, kernels::mma_decode_max_warps);
-  kernels::gemm_a4w4_mma_decode<NT, U>
+  constexpr int max_warps = kernels::mma_decode_dense_warps<NT, U>;
+  const int warps = decode_warps(p.k_tiles, U, max_warps);
+  kernels::gemm_a4w4_mma_decode<NT, U, max_warps>
       <<<grid_extent(padded_n / 16), static_cast<unsigned>(32 * warps), 0, stream>>>(p);
 }
 

@@ -8,12 +8,15 @@
 // Lane (g, t)'s 16 bytes of tile 2p are word t of the four blocks of row g, which is exactly its
 // A fragment rows g (tile 2p) and g + 8 (tile 2p + 1) under the same k map as gemm_mma.hpp.
 //
-// Each warp issues the loads of U consecutive k tiles (2U 16-byte weight loads per lane) before
-// it multiplies any of them. The mma accumulates onto 0x4B400000 (the float 1.5 * 2^23), so the
-// exact int32 block sum c comes out as the float 1.5 * 2^23 + c and one exact subtraction
-// replaces the int-to-float conversion (a quarter-rate instruction). Arithmetic is that of
-// gemm_a4w4_mma: c * (sa / 4 * sw) added to a float accumulator, the warps' partial sums added in
-// warp order.
+// Each warp issues the loads of U consecutive k tiles (2U 16-byte weight loads per lane, and the
+// activation words and scales they meet) before it multiplies any of them. At these sizes the
+// kernel is bound by integer instructions, not by memory (H100: as slow with the weight in L2),
+// so codes become int8 by one prmt per four codes (their non-negative parts, w = wp - wn, and
+// four mma per block instead of one), and scales by a shift unless a warp meets a code 0 or 255.
+// The mma accumulates onto 0x4B400000 (the float 1.5 * 2^23), so the exact int32 block sum c
+// comes out as the float 1.5 * 2^23 + c and one exact subtraction replaces the int-to-float
+// conversion (a quarter-rate instruction). Arithmetic is that of gemm_a4w4_mma: c * (sa / 4 * sw)
+// added to a float accumulator, the warps' partial sums added in warp order.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +26,14 @@
 
 namespace atom::kernels {
 
-// Warps per CTA at most; the launcher picks how many of them run.
+// Warps per CTA at most by default (the routed expert kernel); the launcher picks how many run.
 inline constexpr int mma_decode_max_warps = 16;
+
+// Warps per CTA at most for the dense kernel: 32 (one k tile each for K up to 4096) where the
+// tile fits the 64 registers that 1024 threads leave it without spilling (one token tile, one k
+// tile at a time), else 16 (H100 measurements in docs/bench-notes.md).
+template <int NT, int U>
+inline constexpr int mma_decode_dense_warps = NT == 1 && U == 1 ? 32 : 16;
 
 // d = a (16 x 32, row) * b (32 x 8, col) + 0x4B400000 in int32.
 __device__ inline void mma_s8_m16n8k32_biased(int (&d)[4], const std::uint32_t (&a)[4],
@@ -33,6 +42,46 @@ __device__ inline void mma_s8_m16n8k32_biased(int (&d)[4], const std::uint32_t (
       "{%8, %9}, {%10, %10, %10, %10};"
       : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0x4B400000));
+}
+
+// d += a (16 x 32, row) * b (32 x 8, col) in int32.
+__device__ inline void mma_s8_m16n8k32_acc(int (&d)[4], const std::uint32_t (&a)[4],
+                                           const std::uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// The non-negative part of four e2m1 codes (the low 16 bits of x) as int8 holding 2 * value: a
+// code with the sign bit set selects with prmt's sign replication, which gives 0 for the table's
+// non-negative bytes. One instruction per four codes; the negative part is the same of
+// x ^ 0x88888888, and value = positive - negative.
+__device__ inline std::uint32_t e2m1x4_positive(std::uint32_t x) {
+  return byte_permute(0x03020100u, 0x0C080604u, x);
+}
+
+// Whether warp lanes' p is true for any lane (every lane of the warp calls it).
+__device__ inline bool warp_any(bool p) {
+  std::uint32_t any = 0;
+  asm volatile(
+      "{ .reg .pred q; setp.ne.u32 q, %1, 0; vote.sync.any.pred q, q, 0xffffffff; "
+      "selp.u32 %0, 1, 0, q; }"
+      : "=r"(any)
+      : "r"(static_cast<std::uint32_t>(p)));
+  return any != 0;
+}
+
+// Nonzero when a byte of x is 0x00 or 0xFF, the e8m0 codes that are not a plain exponent field:
+// exactly those bytes have all eight bits equal.
+__device__ inline std::uint32_t special_scale_bytes(std::uint32_t x) {
+  const std::uint32_t z = (x ^ (x >> 1)) & 0x7F7F7F7Fu;
+  return (z - 0x01010101u) & ~z & 0x80808080u;
+}
+
+// to_float(e8m0{byte b of x}) for a code other than 0 and 255: the code is the exponent field.
+__device__ inline float plain_scale(std::uint32_t x, int b) {
+  return float_of(b == 3 ? (x >> 1) & 0x7F800000u : (x << (23 - 8 * b)) & 0x7F800000u);
 }
 
 // The block sum c from the biased mma result (exact: |c| <= 4608 < 2^22).
@@ -47,8 +96,16 @@ __device__ inline void decode_scales4(std::uint32_t x, float (&f)[4]) {
 }
 
 // NT tiles of 8 tokens (M <= 8 NT), output features [16 n_tile, 16 n_tile + 16): token i reads
-// row rows.a(i) of a and writes row rows.out(i) of out. Every thread of the CTA calls it.
-template <int NT, int U, class Rows>
+// row rows.a(i) of a and writes row rows.out(i) of out. Every thread of the CTA calls it, with at
+// most MaxWarps warps.
+//
+// The activation rows a lane reads are found once, before the loop, and its activation words and
+// scales for the U tiles are loaded together with the weight, so one wait covers both. Reads past
+// M or K are clamped to the last row or block rather than replaced: a token past M is never
+// written, and a block past K meets zero weight codes at scale 2^0 (the layout's padding), so it
+// adds c = 0 times a finite factor, or NaN where the clamped block's own scale already makes the
+// output NaN.
+template <int NT, int U, class Rows, int MaxWarps = mma_decode_max_warps>
 __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int n_tile) {
   const int warps = static_cast<int>(blockDim.x) / 32;
   const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -56,74 +113,94 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   const int g = lane / 4;
   const int t = lane % 4;
   const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
+  const int last_block = p.k / mx_block - 1;
+  // Token g's word t of each block (B fragment), and the scales of tokens 2t and 2t + 1.
+  const std::uint8_t* a_words[NT];
+  const std::uint8_t* a_scales[NT][2];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int token = nt * 8 + g;
+    a_words[nt] = p.a_packed + rows.a(token < p.m ? token : p.m - 1) * p.a_stride + 4 * t;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int scale_token = nt * 8 + 2 * t + j;
+      a_scales[nt][j] =
+          p.a_scale + rows.a(scale_token < p.m ? scale_token : p.m - 1) * p.a_scale_stride;
+    }
+  }
   float acc[NT][4] = {};
   for (int base = warp * U; base < p.k_tiles; base += warps * U) {
     uint4 w[U][2];
     std::uint32_t w_scale[U][2];
+    std::uint32_t a[U][NT][4];
+    std::uint32_t a_scale[U][NT][2];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      // Every load is unconditional (a clamped address, the value replaced afterwards), so that
-      // no branch separates them and all 2U are in flight at once. Past the last k tile: zero
-      // codes at scale 2^0 add exact zeros.
-      const bool live = base + u < p.k_tiles;
-      const index_t tile = tile_row + (live ? base + u : p.k_tiles - 1);
+      // Every load is unconditional (a clamped address), so that no branch separates them and
+      // all of them are in flight at once; a tile past the last is skipped below.
+      const int kt = base + u < p.k_tiles ? base + u : p.k_tiles - 1;
+      const index_t tile = tile_row + kt;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const index_t at = tile + h * static_cast<index_t>(p.k_tiles);
-        const uint4 loaded = *reinterpret_cast<const uint4*>(p.w_packed + at * 512 + lane * 16);
-        const std::uint32_t loaded_scale =
-            *reinterpret_cast<const std::uint32_t*>(p.w_scale + at * 32 + g * 4);
-        w[u][h] = live ? loaded : make_uint4(0u, 0u, 0u, 0u);
-        w_scale[u][h] = live ? loaded_scale : 0x7F7F7F7Fu;
+        w[u][h] = *reinterpret_cast<const uint4*>(p.w_packed + at * 512 + lane * 16);
+        w_scale[u][h] = *reinterpret_cast<const std::uint32_t*>(p.w_scale + at * 32 + g * 4);
+      }
+      int block[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) block[b] = kt * 4 + b < last_block ? kt * 4 + b : last_block;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+          a[u][nt][b] = *reinterpret_cast<const std::uint32_t*>(a_words[nt] + block[b] * 16);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          std::uint32_t scales = 0;
+#pragma unroll
+          for (int b = 0; b < 4; ++b)
+            scales |= static_cast<std::uint32_t>(a_scales[nt][j][block[b]]) << (8 * b);
+          a_scale[u][nt][j] = scales;
+        }
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      // Token g's word t of each block, and the scales of tokens 2t and 2t + 1 (byte b: block
-      // b): small and cached, so loaded when needed rather than held with the weights.
-      std::uint32_t a[NT][4];
-      std::uint32_t a_scale[NT][2];
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        // A row past M or a block past K contributes zero codes at scale 2^0; its loads read the
-        // last row's last block instead.
-        const int token = nt * 8 + g;
-        const int token_read = token < p.m ? token : p.m - 1;
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          const int k0 = (base + u) * 128 + b * 32;
-          const int k_read = k0 < p.k ? k0 : p.k - 32;
-          const std::uint32_t word = *reinterpret_cast<const std::uint32_t*>(
-              p.a_packed + rows.a(token_read) * p.a_stride + k_read / 2 + 4 * t);
-          a[nt][b] = token < p.m && k0 < p.k ? word : 0u;
-        }
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int scale_token = nt * 8 + 2 * t + j;
-          const int scale_read = scale_token < p.m ? scale_token : p.m - 1;
-          std::uint32_t scales = 0;
-#pragma unroll
-          for (int b = 0; b < 4; ++b) {
-            const int k0 = (base + u) * 128 + b * 32;
-            const int k_read = k0 < p.k ? k0 : p.k - 32;
-            const std::uint32_t sc = p.a_scale[rows.a(scale_read) * p.a_scale_stride + k_read / 32];
-            scales |= (scale_token < p.m && k0 < p.k ? sc : 127u) << (8 * b);
-          }
-          a_scale[nt][j] = scales;
-        }
-      }
-      float sw[2][4];
-      decode_scales4(w_scale[u][0], sw[0]);
-      decode_scales4(w_scale[u][1], sw[1]);
-      float sa[NT][2][4];
+      if (base + u >= p.k_tiles) break;
+      // Scales: codes 0 and 255 are rare, so a warp decodes with shifts alone unless one of its
+      // lanes holds one, and then with the exact selects.
+      std::uint32_t special =
+          special_scale_bytes(w_scale[u][0]) | special_scale_bytes(w_scale[u][1]);
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          decode_scales4(a_scale[nt][j], sa[nt][j]);
+        for (int j = 0; j < 2; ++j) special |= special_scale_bytes(a_scale[u][nt][j]);
+      float sw[2][4];
+      float sa[NT][2][4];
+      if (warp_any(special != 0u)) {
+        decode_scales4(w_scale[u][0], sw[0]);
+        decode_scales4(w_scale[u][1], sw[1]);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) decode_scales4(a_scale[u][nt][j], sa[nt][j]);
+      } else {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          sw[0][b] = plain_scale(w_scale[u][0], b);
+          sw[1][b] = plain_scale(w_scale[u][1], b);
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) sa[nt][j][b] = plain_scale(a_scale[u][nt][j], b);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
 #pragma unroll
           for (int b = 0; b < 4; ++b) sa[nt][j][b] = __fmul_rn(sa[nt][j][b], 0.25f);
-        }
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         const std::uint32_t row_lo = b == 0   ? w[u][0].x
@@ -134,25 +211,38 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
                                      : b == 1 ? w[u][1].y
                                      : b == 2 ? w[u][1].z
                                               : w[u][1].w;
-        const std::uint32_t wf[4] = {e2m1x4_to_s8x4(row_lo), e2m1x4_to_s8x4(row_hi),
-                                     e2m1x4_to_s8x4(row_lo >> 16), e2m1x4_to_s8x4(row_hi >> 16)};
+        // Codes split into non-negative parts: w = wp - wn, a = ap - an, so the block sum is
+        // wp.ap + wn.an - (wp.an + wn.ap), four exact int32 mma.
+        const std::uint32_t neg_lo = row_lo ^ 0x88888888u;
+        const std::uint32_t neg_hi = row_hi ^ 0x88888888u;
+        const std::uint32_t wp[4] = {e2m1x4_positive(row_lo), e2m1x4_positive(row_hi),
+                                     e2m1x4_positive(row_lo >> 16), e2m1x4_positive(row_hi >> 16)};
+        const std::uint32_t wn[4] = {e2m1x4_positive(neg_lo), e2m1x4_positive(neg_hi),
+                                     e2m1x4_positive(neg_lo >> 16), e2m1x4_positive(neg_hi >> 16)};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const std::uint32_t af[2] = {e2m1x4_to_s8x4(a[nt][b]), e2m1x4_to_s8x4(a[nt][b] >> 16)};
-          int d[4];
-          mma_s8_m16n8k32_biased(d, wf, af);
+          const std::uint32_t x = a[u][nt][b];
+          const std::uint32_t x_neg = x ^ 0x88888888u;
+          const std::uint32_t ap[2] = {e2m1x4_positive(x), e2m1x4_positive(x >> 16)};
+          const std::uint32_t an[2] = {e2m1x4_positive(x_neg), e2m1x4_positive(x_neg >> 16)};
+          int same[4];
+          int cross[4];
+          mma_s8_m16n8k32_biased(same, wp, ap);
+          mma_s8_m16n8k32_acc(same, wn, an);
+          mma_s8_m16n8k32(cross, wp, an);
+          mma_s8_m16n8k32_acc(cross, wn, ap);
           // c * factor is exact (|c| <= 4608 times a power of two), so a contracted FMA rounds
           // only the sum.
-          acc[nt][0] += unbias(d[0]) * __fmul_rn(sa[nt][0][b], sw[0][b]);
-          acc[nt][1] += unbias(d[1]) * __fmul_rn(sa[nt][1][b], sw[0][b]);
-          acc[nt][2] += unbias(d[2]) * __fmul_rn(sa[nt][0][b], sw[1][b]);
-          acc[nt][3] += unbias(d[3]) * __fmul_rn(sa[nt][1][b], sw[1][b]);
+          acc[nt][0] += unbias(same[0] - cross[0]) * __fmul_rn(sa[nt][0][b], sw[0][b]);
+          acc[nt][1] += unbias(same[1] - cross[1]) * __fmul_rn(sa[nt][1][b], sw[0][b]);
+          acc[nt][2] += unbias(same[2] - cross[2]) * __fmul_rn(sa[nt][0][b], sw[1][b]);
+          acc[nt][3] += unbias(same[3] - cross[3]) * __fmul_rn(sa[nt][1][b], sw[1][b]);
         }
       }
     }
   }
   constexpr int per_lane = NT * 4;
-  __shared__ float partial[mma_decode_max_warps][per_lane][32];
+  __shared__ float partial[MaxWarps][per_lane][32];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -171,10 +261,10 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   }
 }
 
-// CTA x computes output features [16 x, 16 x + 16) of all M rows.
-template <int NT, int U>
-__global__ void __launch_bounds__(32 * mma_decode_max_warps) gemm_a4w4_mma_decode(A4W4Args p) {
-  mma_decode_tile<NT, U>(p, DenseRows{}, static_cast<int>(blockIdx.x));
+// CTA x computes output features [16 x, 16 x + 16) of all M rows with up to MaxWarps warps.
+template <int NT, int U, int MaxWarps>
+__global__ void __launch_bounds__(32 * MaxWarps, 1) gemm_a4w4_mma_decode(A4W4Args p) {
+  mma_decode_tile<NT, U, DenseRows, MaxWarps>(p, DenseRows{}, static_cast<int>(blockIdx.x));
 }
 
 }  // namespace atom::kernels

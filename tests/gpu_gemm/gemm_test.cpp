@@ -131,6 +131,74 @@ void check_decode_kernels(index_t n, index_t k, const std::vector<index_t>& ms) 
   }
 }
 
+// Scale codes 0 (2^-127) and 255 (NaN) among ordinary ones, for every decode kernel: an output
+// whose host value is NaN must be NaN, every other one within the usual bound. Legitimate NaNs
+// hide the NaN poison, so each call runs twice on outputs poisoned with different bytes and the
+// two results must match bit for bit (a skipped output keeps its poison).
+template <GemmBackend G>
+void check_special_scales(const char* name, const Mxfp4Device& a, index_t n, index_t k,
+                          const atom::ops::PreparedMxfp4Weight<G>& w, const Reference& ref,
+                          GemmDecodeKernel decode) {
+  const index_t m = a.rows;
+  std::vector<bf16> got[2];
+  const unsigned char poison[2] = {0xFF, 0x7F};
+  for (int run = 0; run < 2; ++run) {
+    atom::gpu::Buffer<bf16> out(static_cast<std::size_t>(m * n));
+    out.fill(poison[run]);
+    atom::ops::gemm_a4w4(Gpu{}, a.act(), w, atom::make_view(out.data(), m, n), decode);
+    got[run] = out.download();
+  }
+  INFO(name << " M=" << m << " N=" << n << " K=" << k << " decode kernel "
+            << static_cast<int>(decode));
+  index_t differ = 0;
+  for (std::size_t i = 0; i < got[0].size(); ++i) differ += got[0][i].bits != got[1][i].bits;
+  REQUIRE(differ == 0);
+  index_t bad = 0;
+  index_t nans = 0;
+  for (std::size_t i = 0; i < ref.rows.size(); ++i) {
+    for (index_t c = 0; c < n; ++c) {
+      const std::size_t at = i * static_cast<std::size_t>(n) + static_cast<std::size_t>(c);
+      const double want = atom::to_float(ref.out[at]);
+      const double have = atom::to_float(got[0][static_cast<std::size_t>(ref.rows[i] * n + c)]);
+      if (std::isnan(want)) {
+        ++nans;
+        bad += std::isnan(have) ? 0 : 1;
+        continue;
+      }
+      const double tol =
+          static_cast<double>(k) * std::ldexp(1.0, -23) * ref.abs_product[at] * 1.01 +
+          std::ldexp(1.0, -7) * std::max(std::fabs(want), std::fabs(have));
+      bad += std::fabs(have - want) <= tol ? 0 : 1;
+    }
+  }
+  CHECK(nans > 0);
+  CHECK(bad == 0);
+}
+
+void check_decode_special_scales(index_t n, index_t k, const std::vector<index_t>& ms) {
+  REQUIRE(have_gpu());
+  Mxfp4Host w = Mxfp4Host::random(n, k);
+  // Code 0 in every 7th weight block, one NaN block in row n / 2.
+  for (std::size_t i = 0; i < w.scale.size(); i += 7) w.scale[i] = e8m0{0};
+  w.scale[static_cast<std::size_t>((n / 2) * w.scale_cols() + w.scale_cols() / 2)] = e8m0{255};
+  const auto w_mc = atom::ops::prepare_weight<GemmBackend::matrix_core>(w.weight());
+  const auto w_pt = atom::ops::prepare_weight<GemmBackend::portable>(w.weight());
+  for (const index_t m : ms) {
+    Mxfp4Host a = Mxfp4Host::random(m, k);
+    // Code 0 in every 11th activation block, one NaN block in the last row when M > 1.
+    for (std::size_t i = 3; i < a.scale.size(); i += 11) a.scale[i] = e8m0{0};
+    if (m > 1) a.scale[static_cast<std::size_t>((m - 1) * a.scale_cols() + 1)] = e8m0{255};
+    const Reference ref = host_reference(a, w);
+    const Mxfp4Device a_dev(a);
+    for (const GemmDecodeKernel decode :
+         {GemmDecodeKernel::split_k, GemmDecodeKernel::stream_u1, GemmDecodeKernel::stream_u2,
+          GemmDecodeKernel::stream_u4, GemmDecodeKernel::stream_u8}) {
+      check_special_scales("asm", a_dev, n, k, w_mc, ref, decode);
+      check_special_scales("triton", a_dev, n, k, w_pt, ref, decode);
+    }
+  }
+}
+
 template <GemmBackend G>
 void check_unshuffle(index_t n, index_t k) {
   Mxfp4Host w = Mxfp4Host::random(n, k);
@@ -213,6 +281,11 @@ TEST_CASE("gpu gemm: every decode kernel, odd and round shapes") {
   check_decode_kernels(77, 1056, {1, 3, 16});
   check_decode_kernels(2112, 7168, {1, 4, 13, 16});
   check_decode_kernels(200, 16384, {1, 16});
+}
+
+TEST_CASE("gpu gemm: scale codes 0 and 255 in every decode kernel") {
+  check_decode_special_scales(77, 1056, {1, 3, 16});
+  check_decode_special_scales(2112, 7168, {1, 9});
 }
 
 TEST_CASE("gpu gemm: DeepSeek qkv_a 7168 -> 2112") {

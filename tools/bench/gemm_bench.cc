@@ -4,8 +4,9 @@
 // Backend "asm" / "triton" is the default path; "asm:<kernel>" names one of the decode kernels
 // (GemmDecodeKernel) at M <= 16, so one run compares them. Weights rotate over enough copies to
 // exceed the L2 cache; each time is the median of batches.
-// Usage: atom-bench-gemm [OUT_CSV] | atom-bench-gemm --profile (a few launches of each decode
-// kernel, for a profiler).
+// Usage: atom-bench-gemm [OUT_CSV] [--decode] (--decode: M = 1 and 16 only, no BMMs) |
+// atom-bench-gemm --profile (one launch of each decode kernel at M = 1 on 7168 -> 2112 and
+// 2048 -> 7168, for a profiler).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "atom/gpu/device.hpp"
@@ -161,26 +163,24 @@ void bench_shape(Report& report, index_t n, index_t k, const std::vector<index_t
   bench_backend(report, "triton", w, n, k, ms, variants);
 }
 
-// A few launches of each decode kernel on the DeepSeek qkv_a shape, for a profiler to read the
-// kernels' own durations (no launch gaps).
+// One launch of each decode kernel at M = 1 on the DeepSeek qkv_a (7168 -> 2112) and a
+// down-projection-like shape (2048 -> 7168), for a profiler to read the kernels' own durations
+// and counters.
 void profile_decode() {
-  const index_t n = 2112;
-  const index_t k = 7168;
-  std::vector<std::uint8_t> w_packed = random_bytes(n * k / 2);
-  std::vector<e8m0> w_scale = random_scales(n * k / 32);
-  const atom::ops::Mxfp4Weight host_w{atom::make_view(w_packed.data(), n, k / 2),
-                                      atom::make_view(w_scale.data(), n, k / 32), k};
-  const auto mc = atom::ops::prepare_weight<GemmBackend::matrix_core>(host_w);
-  const auto pt = atom::ops::prepare_weight<GemmBackend::portable>(host_w);
-  for (const index_t m : {1, 16}) {
-    Activation a(m, n, k);
-    for (const Variant& v : decode_variants)
-      for (int i = 0; i < 3; ++i) {
-        atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, mc, a.out_view, v.kernel);
-        atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, pt, a.out_view, v.kernel);
-      }
+  for (const auto& [n, k] : {std::pair<index_t, index_t>{2112, 7168}, {7168, 2048}}) {
+    std::vector<std::uint8_t> w_packed = random_bytes(n * k / 2);
+    std::vector<e8m0> w_scale = random_scales(n * k / 32);
+    const atom::ops::Mxfp4Weight host_w{atom::make_view(w_packed.data(), n, k / 2),
+                                        atom::make_view(w_scale.data(), n, k / 32), k};
+    const auto mc = atom::ops::prepare_weight<GemmBackend::matrix_core>(host_w);
+    const auto pt = atom::ops::prepare_weight<GemmBackend::portable>(host_w);
+    Activation a(1, n, k);
+    for (const Variant& v : decode_variants) {
+      atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, mc, a.out_view, v.kernel);
+      atom::ops::gemm_a4w4(atom::ops::Gpu{}, a.act, pt, a.out_view, v.kernel);
+    }
+    atom::gpu::synchronize();
   }
-  atom::gpu::synchronize();
 }
 
 void bench_bmm(Report& report, index_t tokens, index_t heads, index_t n, index_t k) {
@@ -247,6 +247,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   Report report;
+  const bool decode_only = argc > 2 && std::string(argv[2]) == "--decode";
+  if (argc > 3 || (argc > 2 && !decode_only)) {
+    std::fputs("usage: atom-bench-gemm [OUT_CSV] [--decode] | atom-bench-gemm --profile\n", stderr);
+    return 2;
+  }
   if (argc > 1) {
     report.file.open(argv[1]);
     report.file << "kind,backend,M,N,K,us,weight_bytes\n";
@@ -258,7 +263,10 @@ int main(int argc, char** argv) {
   };
   const Shape shapes[] = {{2112, 7168}, {24576, 1536}, {7168, 16384}, {4096, 7168}, {7168, 2048},
                           {5120, 2048}, {2048, 4096},  {1536, 2048},  {2048, 768}};
-  for (const Shape& s : shapes) bench_shape(report, s.n, s.k, {1, 16, 64, 4096}, true);
+  const std::vector<index_t> ms =
+      decode_only ? std::vector<index_t>{1, 16} : std::vector<index_t>{1, 16, 64, 4096};
+  for (const Shape& s : shapes) bench_shape(report, s.n, s.k, ms, true);
+  if (decode_only) return 0;
   for (const index_t tokens : {1, 16, 128}) {
     bench_bmm(report, tokens, 128, 512, 128);
     bench_bmm(report, tokens, 128, 128, 512);

@@ -1,13 +1,14 @@
 """PyTorch peers for atom-bench-gemm, timed in the same run on the same shapes.
 
-Usage: gemm_bench_torch.py ATOM_CSV [OUT_TABLE]
+Usage: gemm_bench_torch.py ATOM_CSV [OUT_TABLE] [--no-compile]
 Reads the CSV that atom-bench-gemm wrote, times bf16 matmul (eager and torch.compile),
 torch._scaled_mm FP8 and bf16 torch.bmm on the same shapes, measures the device-to-device copy
 bandwidth and the bf16 matrix rate, and prints one table. Weights rotate over copies that exceed
 the L2 cache, as in the C++ benchmark; times are medians of batches of 20 calls. Decode shapes
 (M <= 16) come first, so that torch.compile's time budget covers them. torch._scaled_mm needs M
 to be a multiple of 16: smaller M runs padded to 16 rows (marked "*"). Rows of the C++ CSV with a
-backend "asm:<kernel>" (decode kernel variants) are listed after the table.
+backend "asm:<kernel>" (decode kernel variants) are listed after the table. --no-compile skips
+torch.compile (its column reads nan).
 """
 import csv
 import sys
@@ -59,8 +60,10 @@ def bf16_rate():
 
 
 def main():
-    rows = list(csv.DictReader(line for line in open(sys.argv[1]) if not line.startswith("#")))
-    out = open(sys.argv[2], "w") if len(sys.argv) > 2 else None
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    budget_s = 0.0 if "--no-compile" in sys.argv else COMPILE_BUDGET_S
+    rows = list(csv.DictReader(line for line in open(args[0]) if not line.startswith("#")))
+    out = open(args[1], "w") if len(args) > 1 else None
     torch._dynamo.config.cache_size_limit = 256
     bw = copy_bandwidth()
     rate = bf16_rate()
@@ -84,7 +87,7 @@ def main():
         nc = len(w_bf16)
         t_bf16 = time_us(lambda i: x @ w_bf16[i % nc].t())
         t_comp = float("nan")
-        if time.time() - t_begin < COMPILE_BUDGET_S:
+        if time.time() - t_begin < budget_s:
             t_comp = time_us(lambda i: compiled(x, w_bf16[i % nc]))
         w8 = [w.to(torch.float8_e4m3fn) for w in w_bf16]
         del w_bf16
