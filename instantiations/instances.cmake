@@ -48,6 +48,54 @@ set(ATOM_INSTANCES
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
   moe_block.host.gemm-asm.ar-separate.moe-single
   moe_block.host.gemm-asm.ar-separate.moe-dual
   moe_block.host.gemm-asm.ar-fused.moe-single
@@ -56,6 +104,14 @@ set(ATOM_INSTANCES
   moe_block.host.gemm-triton.ar-separate.moe-dual
   moe_block.host.gemm-triton.ar-fused.moe-single
   moe_block.host.gemm-triton.ar-fused.moe-dual
+  moe_block.gpu.gemm-asm.ar-separate.moe-single
+  moe_block.gpu.gemm-asm.ar-separate.moe-dual
+  moe_block.gpu.gemm-asm.ar-fused.moe-single
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual
+  moe_block.gpu.gemm-triton.ar-separate.moe-single
+  moe_block.gpu.gemm-triton.ar-separate.moe-dual
+  moe_block.gpu.gemm-triton.ar-fused.moe-single
+  moe_block.gpu.gemm-triton.ar-fused.moe-dual
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused
   qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate
@@ -64,6 +120,14 @@ set(ATOM_INSTANCES
   qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused
+  qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate
+  qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused
+  qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate
+  qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused
   ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
   ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
   ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
@@ -160,6 +224,102 @@ set(ATOM_INSTANCES
   ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
   ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
   ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
   qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-separate
   qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-fused
   qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-separate
@@ -176,18 +336,44 @@ set(ATOM_INSTANCES
   qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-fused
   qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-separate
   qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-fused
 )
 set(ATOM_PROFILE_default
   mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
   mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
   moe_block.host.gemm-asm.ar-separate.moe-single
   moe_block.host.gemm-asm.ar-fused.moe-dual
+  moe_block.gpu.gemm-asm.ar-separate.moe-single
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate
   qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate
   ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
   ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
   qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-separate
   qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-separate
 )
 set(ATOM_PROFILE_mla_attention
   mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
@@ -238,6 +424,54 @@ set(ATOM_PROFILE_mla_attention
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused
+  mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
 )
 set(ATOM_PROFILE_moe_block
   moe_block.host.gemm-asm.ar-separate.moe-single
@@ -248,6 +482,14 @@ set(ATOM_PROFILE_moe_block
   moe_block.host.gemm-triton.ar-separate.moe-dual
   moe_block.host.gemm-triton.ar-fused.moe-single
   moe_block.host.gemm-triton.ar-fused.moe-dual
+  moe_block.gpu.gemm-asm.ar-separate.moe-single
+  moe_block.gpu.gemm-asm.ar-separate.moe-dual
+  moe_block.gpu.gemm-asm.ar-fused.moe-single
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual
+  moe_block.gpu.gemm-triton.ar-separate.moe-single
+  moe_block.gpu.gemm-triton.ar-separate.moe-dual
+  moe_block.gpu.gemm-triton.ar-fused.moe-single
+  moe_block.gpu.gemm-triton.ar-fused.moe-dual
 )
 set(ATOM_PROFILE_qwen3_attention
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate
@@ -258,6 +500,14 @@ set(ATOM_PROFILE_qwen3_attention
   qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused
+  qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate
+  qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused
+  qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate
+  qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused
 )
 set(ATOM_PROFILE_ds_layer
   ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
@@ -356,6 +606,102 @@ set(ATOM_PROFILE_ds_layer
   ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
   ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
   ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
+  ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
 )
 set(ATOM_PROFILE_qwen3_layer
   qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-separate
@@ -374,4 +720,20 @@ set(ATOM_PROFILE_qwen3_layer
   qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-fused
   qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-separate
   qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-fused
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-separate
+  qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-fused
 )

@@ -102,6 +102,102 @@ void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void moe_block_host_gemm_asm_ar_separate_moe_single(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_host_gemm_asm_ar_separate_moe_dual(
@@ -118,6 +214,22 @@ void moe_block_host_gemm_triton_ar_fused_moe_single(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_host_gemm_triton_ar_fused_moe_dual(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused(
@@ -133,6 +245,22 @@ void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused(
 void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
     const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
@@ -326,6 +454,198 @@ void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_s
     const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
 void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
     const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
+void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
+    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
 void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate(
     const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
 void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused(
@@ -357,6 +677,38 @@ void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused(
 void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate(
     const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
 void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_fused(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_separate(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_fused(
     const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
 }  // namespace atom::instances
 
@@ -463,6 +815,102 @@ table<policy::PipelineId::mla_attention>() {
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
       {0x1560u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
+      {0x4000u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate},
+      {0x4010u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused},
+      {0x4020u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
+      {0x4040u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate},
+      {0x4050u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused},
+      {0x4060u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
+      {0x4100u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate},
+      {0x4110u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused},
+      {0x4120u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
+      {0x4140u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate},
+      {0x4150u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused},
+      {0x4160u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
+      {0x4400u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
+      {0x4410u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
+      {0x4420u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
+      {0x4440u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
+      {0x4450u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
+      {0x4460u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
+      {0x4500u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
+      {0x4510u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
+      {0x4520u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
+      {0x4540u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
+      {0x4550u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
+      {0x4560u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
+      {0x5000u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate},
+      {0x5010u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused},
+      {0x5020u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
+      {0x5040u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate},
+      {0x5050u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused},
+      {0x5060u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
+      {0x5100u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate},
+      {0x5110u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused},
+      {0x5120u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
+      {0x5140u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate},
+      {0x5150u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused},
+      {0x5160u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
+      {0x5400u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
+      {0x5410u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
+      {0x5420u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
+      {0x5440u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
+      {0x5450u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
+      {0x5460u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
+      {0x5500u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
+      {0x5510u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
+      {0x5520u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
+      {0x5540u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
+      {0x5550u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
+      {0x5560u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
   };
   return rows;
 }
@@ -487,6 +935,22 @@ std::span<const Entry<policy::PipelineId::moe_block>> table<policy::PipelineId::
        &moe_block_host_gemm_triton_ar_fused_moe_single},
       {0x9104u, "moe_block.host.gemm-triton.ar-fused.moe-dual",
        &moe_block_host_gemm_triton_ar_fused_moe_dual},
+      {0xc000u, "moe_block.gpu.gemm-asm.ar-separate.moe-single",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_single},
+      {0xc004u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_dual},
+      {0xc100u, "moe_block.gpu.gemm-asm.ar-fused.moe-single",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_single},
+      {0xc104u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_dual},
+      {0xd000u, "moe_block.gpu.gemm-triton.ar-separate.moe-single",
+       &moe_block_gpu_gemm_triton_ar_separate_moe_single},
+      {0xd004u, "moe_block.gpu.gemm-triton.ar-separate.moe-dual",
+       &moe_block_gpu_gemm_triton_ar_separate_moe_dual},
+      {0xd100u, "moe_block.gpu.gemm-triton.ar-fused.moe-single",
+       &moe_block_gpu_gemm_triton_ar_fused_moe_single},
+      {0xd104u, "moe_block.gpu.gemm-triton.ar-fused.moe-dual",
+       &moe_block_gpu_gemm_triton_ar_fused_moe_dual},
   };
   return rows;
 }
@@ -512,6 +976,22 @@ table<policy::PipelineId::qwen3_attention>() {
        &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate},
       {0x11101u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused",
        &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused},
+      {0x14000u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate},
+      {0x14001u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused},
+      {0x14100u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate},
+      {0x14101u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused},
+      {0x15000u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate},
+      {0x15001u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused},
+      {0x15100u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate},
+      {0x15101u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused},
   };
   return rows;
 }
@@ -728,6 +1208,206 @@ std::span<const Entry<policy::PipelineId::ds_layer>> table<policy::PipelineId::d
        &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
       {0x19564u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
        &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+      {0x1c000u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
+      {0x1c004u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
+      {0x1c010u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
+      {0x1c014u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x1c020u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x1c024u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+      {0x1c040u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
+      {0x1c044u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
+      {0x1c050u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
+      {0x1c054u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
+      {0x1c060u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
+      {0x1c064u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+      {0x1c100u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
+      {0x1c104u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
+      {0x1c110u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
+      {0x1c114u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
+      {0x1c120u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
+      {0x1c124u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+      {0x1c140u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
+      {0x1c144u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
+      {0x1c150u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
+      {0x1c154u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
+      {0x1c160u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
+      {0x1c164u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+      {0x1c400u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
+      {0x1c404u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
+      {0x1c410u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
+      {0x1c414u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x1c420u,
+       "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x1c424u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+      {0x1c440u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
+      {0x1c444u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
+      {0x1c450u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
+      {0x1c454u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
+      {0x1c460u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
+      {0x1c464u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+      {0x1c500u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
+      {0x1c504u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
+      {0x1c510u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
+      {0x1c514u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
+      {0x1c520u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
+      {0x1c524u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+      {0x1c540u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
+      {0x1c544u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
+      {0x1c550u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
+      {0x1c554u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
+      {0x1c560u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
+      {0x1c564u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+      {0x1d000u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
+      {0x1d004u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
+      {0x1d010u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
+      {0x1d014u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x1d020u,
+       "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x1d024u,
+       "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+      {0x1d040u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
+      {0x1d044u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
+      {0x1d050u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
+      {0x1d054u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
+      {0x1d060u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
+      {0x1d064u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+      {0x1d100u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
+      {0x1d104u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
+      {0x1d110u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
+      {0x1d114u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
+      {0x1d120u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
+      {0x1d124u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+      {0x1d140u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
+      {0x1d144u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
+      {0x1d150u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
+      {0x1d154u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
+      {0x1d160u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
+      {0x1d164u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
+      {0x1d400u,
+       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
+      {0x1d404u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
+      {0x1d410u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
+      {0x1d414u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
+      {0x1d420u,
+       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
+      {0x1d424u,
+       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
+      {0x1d440u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
+      {0x1d444u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
+      {0x1d450u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
+      {0x1d454u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
+      {0x1d460u,
+       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
+      {0x1d464u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
+      {0x1d500u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
+      {0x1d504u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
+      {0x1d510u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
+      {0x1d514u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
+      {0x1d520u,
+       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
+      {0x1d524u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
+      {0x1d540u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
+      {0x1d544u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
+      {0x1d550u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
+      {0x1d554u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
+      {0x1d560u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
+      {0x1d564u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
+       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
   };
   return rows;
 }
@@ -768,6 +1448,38 @@ std::span<const Entry<policy::PipelineId::qwen3_layer>> table<policy::PipelineId
        &qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate},
       {0x21105u, "qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-fused",
        &qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused},
+      {0x24000u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-separate",
+       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_separate},
+      {0x24001u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-fused",
+       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_fused},
+      {0x24004u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-separate",
+       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_separate},
+      {0x24005u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-fused",
+       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_fused},
+      {0x24100u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-separate",
+       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_separate},
+      {0x24101u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-fused",
+       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_fused},
+      {0x24104u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-separate",
+       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_separate},
+      {0x24105u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-fused",
+       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_fused},
+      {0x25000u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-separate",
+       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_separate},
+      {0x25001u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-fused",
+       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_fused},
+      {0x25004u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-separate",
+       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_separate},
+      {0x25005u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-fused",
+       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_fused},
+      {0x25100u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-separate",
+       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_separate},
+      {0x25101u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-fused",
+       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_fused},
+      {0x25104u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-separate",
+       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_separate},
+      {0x25105u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-fused",
+       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_fused},
   };
   return rows;
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <utility>
 
 namespace atom::pipeline {
 
@@ -15,26 +16,6 @@ std::vector<float> to_floats(View2<const bf16> v) {
   for (index_t i = 0; i < v.size(0); ++i)
     for (index_t j = 0; j < v.size(1); ++j) out.push_back(to_float(v(i, j)));
   return out;
-}
-
-template <PipelineId P>
-RunArgs<P> make_args(const RunInputs& in, const DecodeState& s, Workspace& ws) {
-  const BlockIo io{in.model, TpShape{}, s.x(), s.residual(), s.out(), &ws};
-  BlockIo attention_io = io;
-  attention_io.out = s.intermediate();
-  if constexpr (P == PipelineId::mla_attention)
-    return MlaArgs{io, &in.weights->mla(), s.batch(), s.mla_cache()};
-  else if constexpr (P == PipelineId::qwen3_attention)
-    return Qwen3AttentionArgs{io, &in.weights->qwen3(), s.batch(), s.kv_cache()};
-  else if constexpr (P == PipelineId::moe_block)
-    return MoeArgs{io, &in.weights->moe(), in.dual_stream_threshold};
-  else if constexpr (P == PipelineId::ds_layer)
-    return DsLayerArgs{MlaArgs{attention_io, &in.weights->mla(), s.batch(), s.mla_cache()},
-                       &in.weights->moe(), in.dual_stream_threshold, s.out()};
-  else
-    return Qwen3LayerArgs{
-        Qwen3AttentionArgs{attention_io, &in.weights->qwen3(), s.batch(), s.kv_cache()},
-        &in.weights->moe(), in.dual_stream_threshold, s.out()};
 }
 
 }  // namespace
@@ -61,7 +42,7 @@ RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
          "does not apply to model " + in.model->name);
   const DecodeState state(*in.model, in.context_lens, in.seed);
   Workspace ws;
-  const RunArgs<P> args = make_args<P>(in, state, ws);
+  const RunArgs<P> args = make_args<P>(in, *in.weights, state, ws);
   const auto start = std::chrono::steady_clock::now();
   handle(args);
   const auto stop = std::chrono::steady_clock::now();
@@ -80,9 +61,9 @@ RunOutput run_chained(const dispatch::Handle<Attention>& attention,
                       const dispatch::Handle<PipelineId::moe_block>& moe, const RunInputs& in) {
   const DecodeState state(*in.model, in.context_lens, in.seed);
   Workspace ws;
-  auto attention_args = make_args<Attention>(in, state, ws);
+  auto attention_args = make_args<Attention>(in, *in.weights, state, ws);
   attention_args.io.out = state.intermediate();
-  auto moe_args = make_args<PipelineId::moe_block>(in, state, ws);
+  auto moe_args = make_args<PipelineId::moe_block>(in, *in.weights, state, ws);
   moe_args.io.x = state.intermediate();
   attention(attention_args);
   moe(moe_args);
@@ -125,24 +106,16 @@ ReferenceCheck check_against_reference(const dispatch::Handle<P>& handle, const 
       dispatch::resolve_point<P>(policy::separate_of(P, handle.point()), handle.backend());
   const RunOutput got = run_once(handle, in);
   const RunOutput want = run_once(reference, in);
-  ReferenceCheck c;
-  c.reference = std::string(reference.name());
-  c.bound = fused_error_bound(P);
-  c.residual_error = relative_error(got.residual, want.residual);
+  RunOutput chained;
   if constexpr (P == PipelineId::ds_layer || P == PipelineId::qwen3_layer) {
     constexpr PipelineId A =
         P == PipelineId::ds_layer ? PipelineId::mla_attention : PipelineId::qwen3_attention;
-    const RunOutput chained = run_chained(
+    chained = run_chained(
         dispatch::resolve_point<A>(handle.point(), handle.backend()),
         dispatch::resolve_point<PipelineId::moe_block>(handle.point(), handle.backend()), in);
-    c.out_error = relative_error(got.out, chained.out);
-    c.ok = c.residual_error <= c.bound && c.out_error == 0.0 && got.residual == chained.residual;
-  } else {
-    c.out_error = relative_error(got.out, want.out);
-    c.ok = c.residual_error <= c.bound && c.out_error <= c.bound;
   }
   if (got_out != nullptr) *got_out = got;
-  return c;
+  return judge(P, std::string(reference.name()), fused_error_bound(P), got, want, chained);
 }
 
 template ReferenceCheck check_against_reference(const dispatch::Handle<PipelineId::mla_attention>&,
@@ -155,6 +128,22 @@ template ReferenceCheck check_against_reference(const dispatch::Handle<PipelineI
                                                 const RunInputs&, RunOutput*);
 template ReferenceCheck check_against_reference(const dispatch::Handle<PipelineId::qwen3_layer>&,
                                                 const RunInputs&, RunOutput*);
+
+ReferenceCheck judge(PipelineId p, std::string reference, double bound, const RunOutput& got,
+                     const RunOutput& want, const RunOutput& chained) {
+  ReferenceCheck c;
+  c.reference = std::move(reference);
+  c.bound = bound;
+  c.residual_error = relative_error(got.residual, want.residual);
+  if (p == PipelineId::ds_layer || p == PipelineId::qwen3_layer) {
+    c.out_error = relative_error(got.out, chained.out);
+    c.ok = c.residual_error <= c.bound && c.out_error == 0.0 && got.residual == chained.residual;
+  } else {
+    c.out_error = relative_error(got.out, want.out);
+    c.ok = c.residual_error <= c.bound && c.out_error <= c.bound;
+  }
+  return c;
+}
 
 double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
   if (a.size() != b.size()) return std::numeric_limits<double>::infinity();

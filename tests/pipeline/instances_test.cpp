@@ -30,7 +30,7 @@ const pipeline::LayerWeights& weights_for(const pipeline::ModelConfig& m) {
 }  // namespace
 
 TEMPLATE_LIST_TEST_CASE("each instantiation matches its all-separate reference", "",
-                        instances::all) {
+                        instances::host) {
   constexpr PipelineId P = TestType::pipeline;
   const auto& model = model_for(P);
   const auto handle = dispatch::resolve_point<P>(TestType::point, TestType::backend);

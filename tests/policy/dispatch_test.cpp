@@ -6,9 +6,18 @@
 using namespace atom;
 using namespace atom::policy;
 
+namespace {
+// Whether this build compiled the GPU instantiations (it does when it has a GPU backend).
+bool built_gpu() {
+  for (const auto& e : dispatch::table<PipelineId::moe_block>())
+    if (key_backend(e.key) == BackendId::gpu) return true;
+  return false;
+}
+}  // namespace
+
 TEST_CASE("the table is sorted by key and names each entry by its point") {
   const auto rows = dispatch::table<PipelineId::mla_attention>();
-  REQUIRE(rows.size() == 48);
+  REQUIRE(rows.size() == (built_gpu() ? 96u : 48u));
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (i > 0) CHECK(rows[i - 1].key < rows[i].key);
     CHECK(rows[i].name == instance_name(PipelineId::mla_attention, key_backend(rows[i].key),
@@ -29,16 +38,24 @@ TEST_CASE("resolving the default environment") {
 }
 
 TEST_CASE("a miss names the requested point, the missing axis value and what exists") {
-  // This build has no GPU instantiations: the miss says so and lists the table.
-  try {
-    (void)dispatch::resolve<PipelineId::moe_block>(env::Config{}, BackendId::gpu);
-    FAIL("no exception");
-  } catch (const dispatch::DispatchError& e) {
-    const std::string m = e.what();
-    CHECK_THAT(m, Catch::StartsWith("no instantiation of moe_block on the gpu backend for "
-                                    "gemm_backend=asm allreduce_norm=fused moe_streams=dual: "));
-    CHECK_THAT(m, Catch::Contains("this build has no gpu instantiation of it"));
-    CHECK_THAT(m, Catch::Contains("\n  moe_block.host.gemm-asm.ar-separate.moe-single"));
+  // A table without GPU instantiations (a build without a GPU backend): the miss says so and
+  // lists the table.
+  std::vector<std::pair<Key, std::string_view>> host_only;
+  for (const auto& e : dispatch::table<PipelineId::moe_block>())
+    if (key_backend(e.key) == BackendId::host) host_only.emplace_back(e.key, e.name);
+  const std::string no_gpu =
+      dispatch::miss_message(PipelineId::moe_block, BackendId::gpu,
+                             resolve(PipelineId::moe_block, env::Config{}), host_only);
+  CHECK_THAT(no_gpu, Catch::StartsWith("no instantiation of moe_block on the gpu backend for "
+                                       "gemm_backend=asm allreduce_norm=fused moe_streams=dual: "));
+  CHECK_THAT(no_gpu, Catch::Contains("this build has no gpu instantiation of it"));
+  CHECK_THAT(no_gpu, Catch::Contains("\n  moe_block.host.gemm-asm.ar-separate.moe-single"));
+  if (built_gpu()) {
+    const auto h = dispatch::resolve<PipelineId::moe_block>(env::Config{}, BackendId::gpu);
+    CHECK(h.name() == "moe_block.gpu.gemm-asm.ar-fused.moe-dual");
+  } else {
+    CHECK_THROWS_AS(dispatch::resolve<PipelineId::moe_block>(env::Config{}, BackendId::gpu),
+                    dispatch::DispatchError);
   }
   // A profile without any triton GEMM: the miss names that axis value.
   const Point want{.gemm = GemmBackend::portable};

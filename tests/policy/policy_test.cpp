@@ -38,19 +38,20 @@ std::vector<env::Environment> all_policy_environments() {
 }
 
 template <PipelineId P>
-std::set<std::string> reached_names() {
+std::set<std::string> reached_names(BackendId b) {
   std::set<std::string> names;
   for (const auto& e : all_policy_environments()) {
-    const auto h = dispatch::resolve<P>(env::Config::from(e), BackendId::host);
+    const auto h = dispatch::resolve<P>(env::Config::from(e), b);
     names.insert(std::string(h.name()));
   }
   return names;
 }
 
 template <PipelineId P>
-std::set<std::string> table_names() {
+std::set<std::string> table_names(BackendId b) {
   std::set<std::string> names;
-  for (const auto& e : dispatch::table<P>()) names.insert(std::string(e.name));
+  for (const auto& e : dispatch::table<P>())
+    if (key_backend(e.key) == b) names.insert(std::string(e.name));
   return names;
 }
 
@@ -118,9 +119,15 @@ TEST_CASE("the two QK norm variables feed one axis") {
 TEMPLATE_TEST_CASE_SIG("reachability: every setting resolves, every instantiation is reached", "",
                        ((PipelineId P), P), PipelineId::mla_attention, PipelineId::moe_block,
                        PipelineId::qwen3_attention, PipelineId::ds_layer, PipelineId::qwen3_layer) {
-  const auto table = table_names<P>();
+  const auto table = table_names<P>(BackendId::host);
   CHECK(table.size() == canonical_points<P>.size());
-  CHECK(reached_names<P>() == table);
+  CHECK(reached_names<P>(BackendId::host) == table);
+  // A build with a GPU backend has the same points on it.
+  const auto gpu_table = table_names<P>(BackendId::gpu);
+  if (!gpu_table.empty()) {
+    CHECK(gpu_table.size() == canonical_points<P>.size());
+    CHECK(reached_names<P>(BackendId::gpu) == gpu_table);
+  }
 }
 
 TEMPLATE_TEST_CASE_SIG("flipping one variable changes the instantiation exactly when the rules say",

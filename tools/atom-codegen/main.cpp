@@ -32,9 +32,9 @@ struct Instance {
   Key key;
 };
 
-// The host backend is instantiated for every canonical point; GPU instantiations join this list
-// when the pipelines gain a GPU backend.
-constexpr std::array<BackendId, 1> generated_backends{BackendId::host};
+// Both backends are instantiated for every canonical point. A build without a GPU backend leaves
+// the GPU translation units out (instantiations/CMakeLists.txt).
+constexpr std::array<BackendId, 2> generated_backends{BackendId::host, BackendId::gpu};
 
 std::vector<Instance> all_instances() {
   std::vector<Instance> out;
@@ -205,16 +205,25 @@ std::string table_unit(const std::vector<Instance>& list) {
 
 std::string instances_header(const std::vector<Instance>& list) {
   std::ostringstream o;
-  o << banner << "//\n// Every generated instantiation as a type, for tests that cover each one.\n"
+  o << banner
+    << "//\n// Every generated instantiation as a type, one list per backend, for tests that "
+       "cover\n"
+    << "// each one.\n"
     << "#pragma once\n\n#include <tuple>\n\n#include \"atom/dispatch/instance.hpp\"\n\n"
-    << "namespace atom::instances {\n\nusing all = std::tuple<\n";
-  for (std::size_t n = 0; n < list.size(); ++n) {
-    const auto& i = list[n];
-    const std::string lead = "    dispatch::Instance<";
-    o << lead << "policy::PipelineId::" << pipeline_name(i.pipeline)
-      << ", policy::BackendId::" << backend_name(i.backend) << ",\n"
-      << std::string(lead.size(), ' ') << point_literal(i.point, "", "", lead.size()) << ">"
-      << (n + 1 < list.size() ? ",\n" : ">;\n");
+    << "namespace atom::instances {\n";
+  for (BackendId b : generated_backends) {
+    std::vector<const Instance*> rows;
+    for (const auto& i : list)
+      if (i.backend == b) rows.push_back(&i);
+    o << "\nusing " << backend_name(b) << " = std::tuple<\n";
+    for (std::size_t n = 0; n < rows.size(); ++n) {
+      const auto& i = *rows[n];
+      const std::string lead = "    dispatch::Instance<";
+      o << lead << "policy::PipelineId::" << pipeline_name(i.pipeline)
+        << ", policy::BackendId::" << backend_name(i.backend) << ",\n"
+        << std::string(lead.size(), ' ') << point_literal(i.point, "", "", lead.size()) << ">"
+        << (n + 1 < rows.size() ? ",\n" : ">;\n");
+    }
   }
   o << "\n}  // namespace atom::instances\n";
   return o.str();

@@ -26,6 +26,30 @@ struct RunOutput {
   double seconds = 0;           // the call through the handle
 };
 
+// The run arguments of pipeline P over a decode state and layer weights (host owners or their
+// device copies: DecodeState / DeviceDecodeState, LayerWeights / DeviceLayerWeights).
+template <policy::PipelineId P, class Weights, class State>
+RunArgs<P> make_args(const RunInputs& in, const Weights& w, const State& s, Workspace& ws,
+                     void* stream = nullptr) {
+  using policy::PipelineId;
+  BlockIo io{in.model, TpShape{}, s.x(), s.residual(), s.out(), &ws};
+  io.stream = stream;
+  BlockIo attention_io = io;
+  attention_io.out = s.intermediate();
+  if constexpr (P == PipelineId::mla_attention)
+    return MlaArgs{io, &w.mla(), s.batch(), s.mla_cache()};
+  else if constexpr (P == PipelineId::qwen3_attention)
+    return Qwen3AttentionArgs{io, &w.qwen3(), s.batch(), s.kv_cache()};
+  else if constexpr (P == PipelineId::moe_block)
+    return MoeArgs{io, &w.moe(), in.dual_stream_threshold};
+  else if constexpr (P == PipelineId::ds_layer)
+    return DsLayerArgs{MlaArgs{attention_io, &w.mla(), s.batch(), s.mla_cache()}, &w.moe(),
+                       in.dual_stream_threshold, s.out()};
+  else
+    return Qwen3LayerArgs{Qwen3AttentionArgs{attention_io, &w.qwen3(), s.batch(), s.kv_cache()},
+                          &w.moe(), in.dual_stream_threshold, s.out()};
+}
+
 // Whether pipeline p can run on this model (MLA pipelines need an MLA model, and so on).
 bool pipeline_fits(policy::PipelineId p, const ModelConfig& model);
 
@@ -52,6 +76,12 @@ struct ReferenceCheck {
   double bound = 0;
   bool ok = false;
 };
+
+// The verdict of a check from its runs: a block's out and residual against `want`'s within
+// `bound`; a layer's residual against `want`'s within `bound`, and its out and residual exactly
+// those of `chained` (its attention and MoE blocks run one after the other).
+ReferenceCheck judge(policy::PipelineId p, std::string reference, double bound,
+                     const RunOutput& got, const RunOutput& want, const RunOutput& chained);
 
 // The relative L2 bound of fused against separate for a pipeline; the reasons are in harness.cpp.
 double fused_error_bound(policy::PipelineId p);

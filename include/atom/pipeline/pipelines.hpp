@@ -13,6 +13,7 @@
 #include "atom/ops/bmm.hpp"
 #include "atom/ops/cache.hpp"
 #include "atom/ops/gemm.hpp"
+#include "atom/ops/gpu/attention.hpp"
 #include "atom/ops/gpu/bmm.hpp"
 #include "atom/ops/gpu/cache.hpp"
 #include "atom/ops/gpu/gemm.hpp"

@@ -1,0 +1,38 @@
+// The harness of pipeline/harness.hpp on the GPU backend: an instantiation run on device copies
+// of the same deterministic data, and its check against the host instantiation of the same point.
+// Defined in atom::gpu.
+#pragma once
+
+#include "atom/pipeline/device_storage.hpp"
+#include "atom/pipeline/harness.hpp"
+
+namespace atom::pipeline {
+
+// Runs a GPU handle on device copies of a fresh DecodeState made from `in`, with `weights`
+// (device copies of *in.weights); the MoE block's concurrent shared expert gets a side stream.
+// The outputs are those of the first call; `seconds` is that call through the handle until the
+// device is idle (its workspace allocated on the way). With timed_calls > 0 that many more calls
+// follow on the same state and warm workspace (each updating the residual and caches again), and
+// `seconds` is their median, timed with device events.
+template <policy::PipelineId P>
+RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
+                       const DeviceLayerWeights& weights, int timed_calls = 0);
+
+// An attention handle then a MoE handle, both GPU, chained as in run_chained.
+template <policy::PipelineId Attention>
+RunOutput run_chained_gpu(const dispatch::Handle<Attention>& attention,
+                          const dispatch::Handle<policy::PipelineId::moe_block>& moe,
+                          const RunInputs& in, const DeviceLayerWeights& weights);
+
+// The relative L2 bound of a GPU instantiation against the host instantiation of the same point;
+// the reasons are in harness_gpu.cpp.
+double gpu_error_bound(policy::PipelineId p);
+
+// A GPU instantiation against the host one of the same point: out and residual within
+// gpu_error_bound. Decoder layers: the residual within the bound, and out exactly equal to the GPU
+// attention and MoE instantiations chained (the GPU kernels are deterministic).
+template <policy::PipelineId P>
+ReferenceCheck check_against_host(const dispatch::Handle<P>& handle, const RunInputs& in,
+                                  const DeviceLayerWeights& weights, RunOutput* got = nullptr);
+
+}  // namespace atom::pipeline
