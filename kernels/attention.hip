@@ -575,37 +575,41 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
     __syncthreads();
     const bf16* const kt = kbuf + (it % mla_stages) * mla_rows * mla_stride;
 
-    {  // S, two accumulators over alternate k steps so that two mma chains are in flight
+    {  // S, accumulators over successive k steps so that several mma chains are in flight
       const int mt = warp / 4;
       const int nt = warp % 4;
       const std::uint32_t qa =
           shared_address(qbuf + (mt * 16 + lane % 16) * mla_stride + (lane / 16) * 8);
       const std::uint32_t kb =
           shared_address(kt + (nt * 8 + lane % 8) * mla_stride + ((lane / 8) % 2) * 8);
-      std::uint32_t c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-      int k0 = 0;
-      for (; k0 + 32 <= padded; k0 += 32) {
-        std::uint32_t af[2][4];
-        std::uint32_t bf[2][2];
-        ldmatrix_x4(af[0], qa + 2 * k0);
-        ldmatrix_x2(bf[0], kb + 2 * k0);
-        ldmatrix_x4(af[1], qa + 2 * (k0 + 16));
-        ldmatrix_x2(bf[1], kb + 2 * (k0 + 16));
-        mma_bf16_m16n8k16(c[0], af[0], bf[0][0], bf[0][1]);
-        mma_bf16_m16n8k16(c[1], af[1], bf[1][0], bf[1][1]);
+      // Four chains where registers allow (64 heads: 128 per thread at 512 threads).
+      constexpr int chains = MT == 4 ? 2 : 4;
+      std::uint32_t c[4][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}};
+      for (int k0 = 0; k0 < padded; k0 += 16 * chains) {
+        std::uint32_t af[chains][4];
+        std::uint32_t bf[chains][2];
+#pragma unroll
+        for (int u = 0; u < chains; ++u) {
+          if (k0 + 16 * u < padded) {
+            ldmatrix_x4(af[u], qa + 2 * (k0 + 16 * u));
+            ldmatrix_x2(bf[u], kb + 2 * (k0 + 16 * u));
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < chains; ++u)
+          if (k0 + 16 * u < padded) mma_bf16_m16n8k16(c[u], af[u], bf[u][0], bf[u][1]);
       }
-      if (k0 < padded) {
-        std::uint32_t af[4];
-        std::uint32_t bf[2];
-        ldmatrix_x4(af, qa + 2 * k0);
-        ldmatrix_x2(bf, kb + 2 * k0);
-        mma_bf16_m16n8k16(c[0], af, bf[0], bf[1]);
-      }
+      float sum[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        sum[i] = mul(add(add(as_float(c[0][i]), as_float(c[1][i])),
+                         add(as_float(c[2][i]), as_float(c[3][i]))),
+                     a.scale);
       float* const srow = sbuf + (mt * 16 + g) * mla_s_stride + nt * 8 + 2 * tq;
-      srow[0] = mul(add(as_float(c[0][0]), as_float(c[1][0])), a.scale);
-      srow[1] = mul(add(as_float(c[0][1]), as_float(c[1][1])), a.scale);
-      srow[8 * mla_s_stride] = mul(add(as_float(c[0][2]), as_float(c[1][2])), a.scale);
-      srow[8 * mla_s_stride + 1] = mul(add(as_float(c[0][3]), as_float(c[1][3])), a.scale);
+      srow[0] = sum[0];
+      srow[1] = sum[1];
+      srow[8 * mla_s_stride] = sum[2];
+      srow[8 * mla_s_stride + 1] = sum[3];
     }
     __syncthreads();
 

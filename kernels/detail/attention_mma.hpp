@@ -67,11 +67,11 @@ __device__ inline float as_float(std::uint32_t x) {
   return __uint_as_float(x);
 }
 
-// d += a (16 x 16, row) * b (16 x 8, col) in fp32; d holds float bits.
+// d += a (16 x 16, row) * b (16 x 8, col) in fp32; d holds float bits. Registers only (not
+// volatile), so the compiler may issue later fragment loads before it.
 __device__ inline void mma_bf16_m16n8k16(std::uint32_t (&d)[4], const std::uint32_t (&a)[4],
                                          std::uint32_t b0, std::uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
