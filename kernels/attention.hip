@@ -395,7 +395,7 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
 
 // MLA with tensor cores (NVIDIA). A block takes one token, 16 * MT heads and one context chunk,
 // with 4 * MT warps. Per tile of mla_rows latent rows, staged in shared memory as bf16 by cp.async
-// (the next tile's copies in flight while this one is used):
+// (the next two tiles' copies in flight while this one is used):
 //   S = Q K^T * scale: warp w computes the 16 x 8 tile (heads 16 (w / 4).., rows 8 (w % 4)..) over
 //     the whole key width, Q and K both read with ldmatrix from shared memory;
 //   softmax: 8 threads per head update the running max and sum and write P (bf16) and the factor
