@@ -81,16 +81,11 @@ __device__ inline void mma_bf16_m16n8k16(std::uint32_t (&d)[4], const std::uint3
 
 namespace atom::gpu {
 
-// Lets `kernel` take `bytes` of dynamic shared memory (past the 48 KB default) on NVIDIA; AMD
-// launches never ask for more than the default, so there it does nothing.
+// Lets `kernel` take `bytes` of dynamic shared memory (past the 48 KB default).
 template <class Kernel>
 void allow_dynamic_shared(Kernel* kernel, int bytes) {
-#if defined(__CUDACC__) && !defined(__HIPCC__)
-  ATOM_GPU_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-#else
-  static_cast<void>(kernel);
-  static_cast<void>(bytes);
-#endif
+  ATOM_GPU_CHECK(hipFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                     hipFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
 }  // namespace atom::gpu

@@ -65,6 +65,12 @@ inline hipError_t hipEventDestroy(hipEvent_t e) {
 inline hipError_t hipEventRecord(hipEvent_t e, hipStream_t s) {
   return cudaEventRecord(e, s);
 }
+using hipFuncAttribute = cudaFuncAttribute;
+inline constexpr hipFuncAttribute hipFuncAttributeMaxDynamicSharedMemorySize =
+    cudaFuncAttributeMaxDynamicSharedMemorySize;
+inline hipError_t hipFuncSetAttribute(const void* f, hipFuncAttribute a, int v) {
+  return cudaFuncSetAttribute(f, a, v);
+}
 inline hipError_t hipStreamWaitEvent(hipStream_t s, hipEvent_t e, unsigned flags) {
   return cudaStreamWaitEvent(s, e, flags);
 }
