@@ -322,6 +322,16 @@ Shape library_shape(Epilogue e, bool add, int cols, int rows) {
   return {g.chunks, g.rows_per_block};
 }
 
+namespace {
+__global__ void null_kernel() {}
+}  // namespace
+
+void null_launch(void* stream, int blocks, int threads) {
+  null_kernel<<<static_cast<unsigned>(blocks), static_cast<unsigned>(threads), 0,
+                static_cast<hipStream_t>(stream)>>>();
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
 KernelInfo policy_rms_norm_info(Epilogue e) {
   return info_of(policy_kernel_for(e));
 }

@@ -67,4 +67,7 @@ KernelInfo shaped_rms_norm_info(Epilogue e, bool add, int chunks);
 int shaped_group(int cols, Shape shape);
 Shape library_shape(Epilogue e, bool add, int cols, int rows);
 
+// An empty kernel of `blocks` x `threads`: the launch floor of a kernel with that grid.
+void null_launch(void* stream, int blocks, int threads);
+
 }  // namespace atom::bench
