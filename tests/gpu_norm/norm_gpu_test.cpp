@@ -170,10 +170,12 @@ std::vector<bf16> make_input(Rng& rng, index_t rows, index_t cols, Rows kind) {
 }
 
 template <class Epi>
-void check_norms(Rows kind, const std::vector<index_t>& tokens) {
+void check_norms(Rows kind, const std::vector<index_t>& tokens,
+                 const std::vector<index_t>& widths = {std::begin(hidden_sizes),
+                                                       std::end(hidden_sizes)}) {
   require_gpu();
   Rng rng(1);
-  for (index_t cols : hidden_sizes) {
+  for (index_t cols : widths) {
     for (index_t rows : tokens) {
       const std::string where =
           "rows " + std::to_string(rows) + ", cols " + std::to_string(cols) + ": ";
@@ -221,6 +223,12 @@ const std::vector<index_t> few_tokens = {1, 17};
 TEMPLATE_TEST_CASE("gpu rms_norm, add_rms_norm, quantize match the host on random rows", "",
                    epi::Bf16, epi::Fp8PerToken, epi::Fp8PerGroup128, epi::Mxfp4) {
   check_norms<TestType>(Rows::random, all_tokens);
+}
+
+TEMPLATE_TEST_CASE("gpu norms and quantizers launch and match the host up to the widest row", "",
+                   epi::Bf16, epi::Fp8PerToken, epi::Fp8PerGroup128, epi::Mxfp4) {
+  check_norms<TestType>(Rows::random, {3, 1025},
+                        {ops::gpu_norm_max_cols, ops::gpu_norm_max_cols - 7});
 }
 
 TEMPLATE_TEST_CASE("gpu norms and quantizers on all-zero rows", "", epi::Bf16, epi::Fp8PerToken,
