@@ -1,5 +1,6 @@
 #include "atom/pipeline/device_storage.hpp"
 
+#include <deque>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -31,14 +32,15 @@ View<std::remove_const_t<T>, R> upload(Buffers& buffers, View<T, R> host) {
 // The prepared weights, one of each kind per backend asked for.
 struct DeviceLayerWeights::Owned {
   Buffers buffers;
-  std::vector<std::variant<ops::PreparedMxfp4Weight<GemmBackend::matrix_core>,
-                           ops::PreparedMxfp4Weight<GemmBackend::portable>,
-                           ops::PreparedMxfp4Experts<GemmBackend::matrix_core>,
-                           ops::PreparedMxfp4Experts<GemmBackend::portable>>>
+  // A deque: adding a weight leaves the pointers to earlier ones valid.
+  std::deque<std::variant<ops::PreparedMxfp4Weight<GemmBackend::matrix_core>,
+                          ops::PreparedMxfp4Weight<GemmBackend::portable>,
+                          ops::PreparedMxfp4Experts<GemmBackend::matrix_core>,
+                          ops::PreparedMxfp4Experts<GemmBackend::portable>>>
       prepared;
   std::vector<GemmBackend> backends;
 
-  // Keeps a prepared weight; the pointer stays valid (`prepared` is reserved up front).
+  // Keeps a prepared weight and returns where it lives.
   template <class Prepared>
   const Prepared* keep(Prepared&& p) {
     return &std::get<Prepared>(prepared.emplace_back(std::move(p)));
@@ -90,8 +92,6 @@ DeviceLayerWeights::DeviceLayerWeights(const ModelConfig& m, const LayerWeights&
   expect(!gemm_backends.empty(), "DeviceLayerWeights", "name at least one GEMM backend");
   Owned& o = *owned_;
   o.backends = gemm_backends;
-  // Pointers into `prepared` must stay valid while it grows.
-  o.prepared.reserve(2 * 9 * gemm_backends.size());
   if (m.attention == AttentionKind::mla) {
     const MlaWeights& h = host.mla();
     mla_.input_norm = o.copy(h.input_norm);
