@@ -24,8 +24,9 @@ inline constexpr int attn_max_heads = 16;    // query heads per block
 inline constexpr int attn_min_heads = 4;     // 64 threads: a whole warp on either vendor
 inline constexpr int attn_max_splits = 256;  // context chunks per token
 inline constexpr index_t attn_min_chunk = 64;
-inline constexpr int attn_combine_threads = 128;
-inline constexpr int attn_fetch = 5;  // cache loads in flight per thread while staging
+inline constexpr int attn_combine_threads = 512;
+inline constexpr int attn_combine_lanes = 32;  // splits read side by side per column group
+inline constexpr int attn_fetch = 5;           // cache loads in flight per thread while staging
 inline constexpr bf16 attn_nan{0x7fc0};
 inline constexpr float attn_neg_inf = -std::numeric_limits<float>::infinity();
 
@@ -340,66 +341,86 @@ __global__ void __launch_bounds__(attn_lanes* attn_max_heads)
 }
 
 // One block per (token, head): out = sum_s w_s acc_s / sum_s w_s l_s with w_s = exp(m_s - max m)
-// over the splits the token's context reaches; NaN when any of them saw a bad block id.
+// over the splits the token's context reaches; NaN when any of them saw a bad block id. Thread i
+// takes columns 4 (i % quads) .. + 3 of the splits i / quads, i / quads + lanes, ... (quads =
+// value_dim / 4 column groups, lanes of them side by side), so that the whole block has loads in
+// flight; the lanes' sums then meet in shared memory in lane order.
 __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArgs a) {
   __shared__ float weight[attn_max_splits];
   __shared__ float scratch[attn_combine_threads];
+  __shared__ float4 lane_sum[attn_combine_threads];
+  const int tid = static_cast<int>(threadIdx.x);
   const index_t t = blockIdx.x / a.q_heads;
   const index_t h = blockIdx.x % a.q_heads;
   bf16* o = a.out + t * a.out_token + h * a.out_head;
   const index_t n = a.context_lens[t * a.len_stride];
   if (n < 1 || n > a.table_cols * a.block_size) {
-    for (int d = static_cast<int>(threadIdx.x); d < a.value_dim; d += attn_combine_threads)
-      o[d] = attn_nan;
+    for (int d = tid; d < a.value_dim; d += attn_combine_threads) o[d] = attn_nan;
     return;
   }
   const int used = static_cast<int>((n + a.chunk - 1) / a.chunk);
   const index_t row0 = (t * a.q_heads + h) * a.splits;
   float m = attn_neg_inf;
   int bad = 0;
-  for (int s = static_cast<int>(threadIdx.x); s < used; s += attn_combine_threads) {
+  for (int s = tid; s < used; s += attn_combine_threads) {
     const float ms = a.partial_ml[2 * (row0 + s)];
     if (isnan(ms)) bad = 1;
     m = ms > m ? ms : m;
   }
   if (__syncthreads_or(bad) != 0) {
-    for (int d = static_cast<int>(threadIdx.x); d < a.value_dim; d += attn_combine_threads)
-      o[d] = attn_nan;
+    for (int d = tid; d < a.value_dim; d += attn_combine_threads) o[d] = attn_nan;
     return;
   }
   m = block_reduce(m, MaxFloat{}, scratch);
   float sum = 0.0f;
-  for (int s = static_cast<int>(threadIdx.x); s < used; s += attn_combine_threads) {
+  for (int s = tid; s < used; s += attn_combine_threads) {
     const float w = expf(a.partial_ml[2 * (row0 + s)] - m);
     weight[s] = w;
     sum += w * a.partial_ml[2 * (row0 + s) + 1];
   }
   sum = block_reduce(sum, Sum{}, scratch);  // its barriers also publish `weight`
-  // Four columns per thread (value_dim is a multiple of 8, so rows are 16-byte aligned).
-  for (int d = 4 * static_cast<int>(threadIdx.x); d < a.value_dim; d += 4 * attn_combine_threads) {
+  // value_dim is a multiple of 8, so rows are 16-byte aligned.
+  const int quads = a.value_dim / 4;
+  const int lanes = attn_combine_threads / quads < attn_combine_lanes ? attn_combine_threads / quads
+                                                                      : attn_combine_lanes;
+  const int quad = tid % quads;
+  const int lane = tid / quads;
+  if (lane < lanes) {
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const float* column = a.partial_acc + row0 * a.value_dim + d;
-    // Unrolled so that several splits' loads are in flight at once.
-#pragma unroll 8
-    for (int s = 0; s < used; ++s) {
+    const float* column = a.partial_acc + row0 * a.value_dim + 4 * quad;
+#pragma unroll 4
+    for (int s = lane; s < used; s += lanes) {
       const float4 x = *reinterpret_cast<const float4*>(column + s * a.value_dim);
       v[0] += weight[s] * x.x;
       v[1] += weight[s] * x.y;
       v[2] += weight[s] * x.z;
       v[3] += weight[s] * x.w;
     }
+    lane_sum[tid] = make_float4(v[0], v[1], v[2], v[3]);
+  }
+  __syncthreads();
+  if (tid < quads) {
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k = 0; k < lanes; ++k) {
+      const float4 x = lane_sum[k * quads + tid];
+      v[0] += x.x;
+      v[1] += x.y;
+      v[2] += x.z;
+      v[3] += x.w;
+    }
 #pragma unroll
-    for (int k = 0; k < 4; ++k) o[d + k] = to_bf16(div(v[k], sum));
+    for (int k = 0; k < 4; ++k) o[4 * tid + k] = to_bf16(div(v[k], sum));
   }
 }
 
 // MLA with tensor cores (NVIDIA). A block takes one token, 16 * MT heads and one context chunk,
 // with 4 * MT warps. Per tile of mla_rows latent rows, staged in shared memory as bf16 by cp.async
 // (the next two tiles' copies in flight while this one is used):
-//   S = Q K^T * scale: warp w computes the 16 x 8 tile (heads 16 (w / 4).., rows 8 (w % 4)..) over
-//     the whole key width, Q and K both read with ldmatrix from shared memory;
-//   softmax: 8 threads per head update the running max and sum and write P (bf16) and the factor
-//     that rescales the accumulator;
+//   S = Q K^T * scale: warp w computes the 16 x 32 tile of heads 16 (w / 4).. over a quarter of
+//     the key width's k steps (Q and K read with ldmatrix from shared memory: each Q fragment
+//     feeds four mma), writing its part of the sums;
+//   softmax: 8 threads per head add the four parts, update the running max and sum and write P
+//     (bf16) and the factor that rescales the accumulator;
 //   O += P V: warp w owns value columns [w * 128 / MT, (w + 1) * 128 / MT) of every head, V being
 //     the staged rows' first kv_lora columns read transposed by ldmatrix.
 // Rows past the chunk are staged as zeros and get P = 0; key columns past the width, up to a
@@ -407,6 +428,7 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
 inline constexpr int mla_rows = 32;     // cache rows per tile
 inline constexpr int mla_stride = 584;  // bf16 per staged row: 576 + 8 (no bank conflicts)
 inline constexpr int mla_s_stride = mla_rows + 4;  // floats per score row
+inline constexpr int mla_s_parts = 4;              // k parts of S, summed by the softmax
 inline constexpr int mla_p_stride = mla_rows + 8;  // bf16 per probability row
 inline constexpr int mla_stages = 3;               // staged tiles: two in flight while one is used
 inline constexpr index_t mla_min_chunk = 2 * mla_rows;
@@ -414,8 +436,9 @@ inline constexpr index_t mla_min_chunk = 2 * mla_rows;
 template <int MT>
 constexpr int mla_shared_bytes() {
   constexpr int heads = 16 * MT;
-  return (mla_stages * mla_rows * mla_stride + heads * mla_stride) * 2 + heads * mla_s_stride * 4 +
-         heads * mla_p_stride * 2 + 3 * heads * 4 + mla_stages * mla_rows * 8;
+  return (mla_stages * mla_rows * mla_stride + heads * mla_stride) * 2 +
+         mla_s_parts * heads * mla_s_stride * 4 + heads * mla_p_stride * 2 + 3 * heads * 4 +
+         mla_stages * mla_rows * 8;
 }
 
 template <int MT, bool Vec>
@@ -427,7 +450,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   bf16* const kbuf = reinterpret_cast<bf16*>(mla_shared);
   bf16* const qbuf = kbuf + mla_stages * mla_rows * mla_stride;
   float* const sbuf = reinterpret_cast<float*>(qbuf + heads * mla_stride);
-  bf16* const pbuf = reinterpret_cast<bf16*>(sbuf + heads * mla_s_stride);
+  bf16* const pbuf = reinterpret_cast<bf16*>(sbuf + mla_s_parts * heads * mla_s_stride);
   float* const alpha_s = reinterpret_cast<float*>(pbuf + heads * mla_p_stride);
   float* const l_s = alpha_s + heads;
   float* const m_s = l_s + heads;
@@ -575,47 +598,51 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
     __syncthreads();
     const bf16* const kt = kbuf + (it % mla_stages) * mla_rows * mla_stride;
 
-    {  // S, accumulators over successive k steps so that several mma chains are in flight
+    {  // S: warp w takes heads 16 (w / 4) .. + 15 and all 32 rows over the k steps w % 4,
+       // w % 4 + 4, ..., so one Q fragment feeds four mma and one K fragment is read by MT warps
+       // (not 4 MT); the four k parts meet in the softmax.
       const int mt = warp / 4;
-      const int nt = warp % 4;
+      const int kq = warp % 4;
       const std::uint32_t qa =
           shared_address(qbuf + (mt * 16 + lane % 16) * mla_stride + (lane / 16) * 8);
+      // Matrices of one ldmatrix_x4: rows 0-7 at k, k + 8 (n tile 0), rows 8-15 at k, k + 8.
       const std::uint32_t kb =
-          shared_address(kt + (nt * 8 + lane % 8) * mla_stride + ((lane / 8) % 2) * 8);
-      // Four chains where registers allow (64 heads: 128 per thread at 512 threads).
-      constexpr int chains = MT == 4 ? 2 : 4;
+          shared_address(kt + ((lane / 16) * 8 + lane % 8) * mla_stride + ((lane / 8) % 2) * 8);
       std::uint32_t c[4][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}};
-      for (int k0 = 0; k0 < padded; k0 += 16 * chains) {
-        std::uint32_t af[chains][4];
-        std::uint32_t bf[chains][2];
-#pragma unroll
-        for (int u = 0; u < chains; ++u) {
-          if (k0 + 16 * u < padded) {
-            ldmatrix_x4(af[u], qa + 2 * (k0 + 16 * u));
-            ldmatrix_x2(bf[u], kb + 2 * (k0 + 16 * u));
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < chains; ++u)
-          if (k0 + 16 * u < padded) mma_bf16_m16n8k16(c[u], af[u], bf[u][0], bf[u][1]);
+#pragma unroll 3
+      for (int k0 = 16 * kq; k0 < padded; k0 += 16 * mla_s_parts) {
+        std::uint32_t af[4];
+        std::uint32_t b0[4];
+        std::uint32_t b1[4];
+        ldmatrix_x4(af, qa + 2 * k0);
+        ldmatrix_x4(b0, kb + 2 * k0);
+        ldmatrix_x4(b1, kb + 2 * (16 * mla_stride + k0));
+        mma_bf16_m16n8k16(c[0], af, b0[0], b0[1]);
+        mma_bf16_m16n8k16(c[1], af, b0[2], b0[3]);
+        mma_bf16_m16n8k16(c[2], af, b1[0], b1[1]);
+        mma_bf16_m16n8k16(c[3], af, b1[2], b1[3]);
       }
-      float sum[4];
+      float* const part = sbuf + (kq * heads + mt * 16 + g) * mla_s_stride + 2 * tq;
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        sum[i] = mul(add(add(as_float(c[0][i]), as_float(c[1][i])),
-                         add(as_float(c[2][i]), as_float(c[3][i]))),
-                     a.scale);
-      float* const srow = sbuf + (mt * 16 + g) * mla_s_stride + nt * 8 + 2 * tq;
-      srow[0] = sum[0];
-      srow[1] = sum[1];
-      srow[8 * mla_s_stride] = sum[2];
-      srow[8 * mla_s_stride + 1] = sum[3];
+      for (int nt = 0; nt < 4; ++nt) {
+        *reinterpret_cast<float2*>(part + nt * 8) =
+            make_float2(as_float(c[nt][0]), as_float(c[nt][1]));
+        *reinterpret_cast<float2*>(part + 8 * mla_s_stride + nt * 8) =
+            make_float2(as_float(c[nt][2]), as_float(c[nt][3]));
+      }
     }
     __syncthreads();
 
     {  // online softmax over the tile's rows, 4 per thread
-      const float4 sv = *reinterpret_cast<const float4*>(sbuf + s_row * mla_s_stride + s_sub * 4);
-      const float s[4] = {sv.x, sv.y, sv.z, sv.w};
+      float4 sv[mla_s_parts];
+#pragma unroll
+      for (int q = 0; q < mla_s_parts; ++q)
+        sv[q] =
+            *reinterpret_cast<const float4*>(sbuf + (q * heads + s_row) * mla_s_stride + s_sub * 4);
+      const float s[4] = {mul(add(add(sv[0].x, sv[1].x), add(sv[2].x, sv[3].x)), a.scale),
+                          mul(add(add(sv[0].y, sv[1].y), add(sv[2].y, sv[3].y)), a.scale),
+                          mul(add(add(sv[0].z, sv[1].z), add(sv[2].z, sv[3].z)), a.scale),
+                          mul(add(add(sv[0].w, sv[1].w), add(sv[2].w, sv[3].w)), a.scale)};
       const index_t j0 = first + s_sub * 4;
       float mx = attn_neg_inf;
 #pragma unroll

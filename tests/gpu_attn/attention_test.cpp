@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "atom/gpu/device.hpp"
@@ -372,6 +373,23 @@ TEST_CASE("gpu mla_decode matches the host (128 heads, one long context over 8k)
   c.block_size = 16;
   const std::vector<std::int32_t> long_context{8209};
   run_mla(rng, c, long_context, make_table(rng, long_context, c.block_size, 1));
+}
+
+TEST_CASE("gpu mla_decode: 128 heads of one token, splits the context leaves unused or uneven") {
+  require_gpu();
+  Rng rng(6);
+  MlaCase c;
+  c.heads = 128;
+  // A short context in a long table row (most splits past it, the last used one partly), one
+  // that ends one row into its second split, and one over many splits that the combine's lanes
+  // share unevenly.
+  for (const auto& [len, block_size, spare] :
+       {std::tuple{70, 64, 40}, std::tuple{65, 16, 3}, std::tuple{3001, 16, 7}}) {
+    INFO("context " << len << ", block_size " << block_size << ", spare blocks " << spare);
+    c.block_size = block_size;
+    const std::vector<std::int32_t> lens{len};
+    run_mla(rng, c, lens, make_table(rng, lens, block_size, spare));
+  }
 }
 
 TEST_CASE("gpu mla_decode: other widths, 64, 32, 24 and 80 heads, unaligned cache rows") {
