@@ -590,12 +590,14 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
     // Row offsets of tile it + 3, read now and stored into this tile's slot once it is used.
     const bool fetch_next = tid < mla_rows && it + mla_stages < tiles;
     const index_t next_offset = fetch_next ? offset_of(it + mla_stages, tid) : -1;
+    cp_async_wait<1>();  // the queries and tiles up to this one have landed
+    // Every thread's copies of this tile are visible, and every thread is past the previous
+    // tile's P V: its staged rows, P and the scores are free again.
+    __syncthreads();
     if (it + 2 < tiles)
       stage(it + 2);
     else
       cp_async_commit();
-    cp_async_wait<2>();  // the queries and tiles up to this one have landed
-    __syncthreads();
     const bf16* const kt = kbuf + (it % mla_stages) * mla_rows * mla_stride;
 
     {  // S: warp w takes heads 16 (w / 4) .. + 15 and all 32 rows over the k steps w % 4,
@@ -705,8 +707,8 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
         }
       }
     }
+    // Read by stage(it + 3) after the next iteration's first barrier.
     if (fetch_next) row_offset[(it % mla_stages) * mla_rows + tid] = next_offset;
-    __syncthreads();  // the staged tile, P and the offsets are free again
   }
 
   if (s_sub == 0) {
