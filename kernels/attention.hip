@@ -601,8 +601,8 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
     const bf16* const kt = kbuf + (it % mla_stages) * mla_rows * mla_stride;
 
     {  // S: warp w takes heads 16 (w / 4) .. + 15 and all 32 rows over the k steps w % 4,
-       // w % 4 + 4, ..., so one Q fragment feeds four mma and one K fragment is read by MT warps
-       // (not 4 MT); the four k parts meet in the softmax.
+       // w % 4 + 4, ..., so one Q fragment feeds four mma (Q is read once per tile, not four
+       // times); the four k parts meet in the softmax.
       const int mt = warp / 4;
       const int kq = warp % 4;
       const std::uint32_t qa =
