@@ -12,11 +12,13 @@
 // activation words and scales they meet) before it multiplies any of them. At these sizes the
 // kernel is bound by integer instructions, not by memory (H100: as slow with the weight in L2),
 // so codes become int8 by one prmt per four codes (their non-negative parts, w = wp - wn, and
-// four mma per block instead of one), and scales by a shift unless a warp meets a code 0 or 255.
+// four mma per block instead of one); a lane decodes one weight scale per row tile and one
+// activation scale per token tile exactly, and reads the others by shuffle.
 // The mma accumulates onto 0x4B400000 (the float 1.5 * 2^23), so the exact int32 block sum c
 // comes out as the float 1.5 * 2^23 + c and one exact subtraction replaces the int-to-float
 // conversion (a quarter-rate instruction). Arithmetic is that of gemm_a4w4_mma: c * (sa / 4 * sw)
-// added to a float accumulator, the warps' partial sums added in warp order.
+// added to a float accumulator, the warps' partial sums added in a fixed order (see the end of
+// mma_decode_tile).
 #pragma once
 
 #include <cstdint>
@@ -61,50 +63,18 @@ __device__ inline std::uint32_t e2m1x4_positive(std::uint32_t x) {
   return byte_permute(0x03020100u, 0x0C080604u, x);
 }
 
-// Whether warp lanes' p is true for any lane (every lane of the warp calls it).
-__device__ inline bool warp_any(bool p) {
-  std::uint32_t any = 0;
-  asm volatile(
-      "{ .reg .pred q; setp.ne.u32 q, %1, 0; vote.sync.any.pred q, q, 0xffffffff; "
-      "selp.u32 %0, 1, 0, q; }"
-      : "=r"(any)
-      : "r"(static_cast<std::uint32_t>(p)));
-  return any != 0;
-}
-
-// Nonzero when a byte of x is 0x00 or 0xFF, the e8m0 codes that are not a plain exponent field:
-// exactly those bytes have all eight bits equal.
-__device__ inline std::uint32_t special_scale_bytes(std::uint32_t x) {
-  const std::uint32_t z = (x ^ (x >> 1)) & 0x7F7F7F7Fu;
-  return (z - 0x01010101u) & ~z & 0x80808080u;
-}
-
-// to_float(e8m0{byte b of x}) for a code other than 0 and 255: the code is the exponent field.
-__device__ inline float plain_scale(std::uint32_t x, int b) {
-  return float_of(b == 3 ? (x >> 1) & 0x7F800000u : (x << (23 - 8 * b)) & 0x7F800000u);
-}
-
-// The block sum c from the biased mma result (exact: |c| <= 4608 < 2^22).
-__device__ inline float unbias(int d) {
-  return float_of(static_cast<std::uint32_t>(d)) - 12582912.0f;
-}
-
-// to_float of the four e8m0 codes packed in x (byte b: block b).
-__device__ inline void decode_scales4(std::uint32_t x, float (&f)[4]) {
-#pragma unroll
-  for (int b = 0; b < 4; ++b) f[b] = scale_value(byte_of(x, b));
-}
-
 // NT tiles of 8 tokens (M <= 8 NT), output features [16 n_tile, 16 n_tile + 16): token i reads
 // row rows.a(i) of a and writes row rows.out(i) of out. Every thread of the CTA calls it, with at
 // most MaxWarps warps.
 //
 // The activation rows a lane reads are found once, before the loop, and its activation words and
-// scales for the U tiles are loaded together with the weight, so one wait covers both. Reads past
-// M or K are clamped to the last row or block rather than replaced: a token past M is never
-// written, and a block past K meets zero weight codes at scale 2^0 (the layout's padding), so it
-// adds c = 0 times a finite factor, or NaN where the clamped block's own scale already makes the
-// output NaN.
+// scale for the U tiles are loaded together with the weight, so one wait covers both. A lane
+// loads one activation scale per tile and token tile (token g's block t), decodes it once, and
+// the lanes that need it read it by shuffle: few registers wait on loads, so that 32 warps fit the
+// register file with every load of the U tiles in flight. Reads past M or K are clamped to the
+// last row or block rather than replaced: a token past M is never written, and a block past K
+// meets zero weight codes at scale 2^0 (the layout's padding), so it adds c = 0 times a finite
+// factor, or NaN where the clamped block's own scale already makes the output NaN.
 template <int NT, int U, class Rows, int MaxWarps = mma_decode_max_warps>
 __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int n_tile) {
   const int warps = static_cast<int>(blockDim.x) / 32;
@@ -114,37 +84,36 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   const int t = lane % 4;
   const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
   const int last_block = p.k / mx_block - 1;
-  // Token g's word t of each block (B fragment), and the scales of tokens 2t and 2t + 1.
+  // Token g's word t of each block (B fragment) and its scales.
   const std::uint8_t* a_words[NT];
-  const std::uint8_t* a_scales[NT][2];
+  const std::uint8_t* a_scales[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     const int token = nt * 8 + g;
-    a_words[nt] = p.a_packed + rows.a(token < p.m ? token : p.m - 1) * p.a_stride + 4 * t;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int scale_token = nt * 8 + 2 * t + j;
-      a_scales[nt][j] =
-          p.a_scale + rows.a(scale_token < p.m ? scale_token : p.m - 1) * p.a_scale_stride;
-    }
+    const index_t row = rows.a(token < p.m ? token : p.m - 1);
+    a_words[nt] = p.a_packed + row * p.a_stride + 4 * t;
+    a_scales[nt] = p.a_scale + row * p.a_scale_stride;
   }
+  // This lane's bytes of the warp's first weight tile (rows 16 n_tile + [0, 8)); the second
+  // (rows + [8, 16)) is k_tiles tiles further, and a k tile is 512 bytes and 32 scales further.
+  const std::uint8_t* w_words = p.w_packed + tile_row * 512 + lane * 16;
+  const std::uint8_t* w_scales = p.w_scale + tile_row * 32 + lane;
+  const index_t half_tiles = p.k_tiles;
   float acc[NT][4] = {};
   for (int base = warp * U; base < p.k_tiles; base += warps * U) {
     uint4 w[U][2];
-    std::uint32_t w_scale[U][2];
+    std::uint8_t w_scale[U][2];
     std::uint32_t a[U][NT][4];
-    std::uint32_t a_scale[U][NT][2];
+    std::uint8_t a_scale[U][NT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       // Every load is unconditional (a clamped address), so that no branch separates them and
       // all of them are in flight at once; a tile past the last is skipped below.
       const int kt = base + u < p.k_tiles ? base + u : p.k_tiles - 1;
-      const index_t tile = tile_row + kt;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const index_t at = tile + h * static_cast<index_t>(p.k_tiles);
-        w[u][h] = *reinterpret_cast<const uint4*>(p.w_packed + at * 512 + lane * 16);
-        w_scale[u][h] = *reinterpret_cast<const std::uint32_t*>(p.w_scale + at * 32 + g * 4);
+        w[u][h] = *reinterpret_cast<const uint4*>(w_words + (h * half_tiles + kt) * 512);
+        w_scale[u][h] = w_scales[(h * half_tiles + kt) * 32];
       }
       int block[4];
 #pragma unroll
@@ -154,53 +123,20 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
 #pragma unroll
         for (int b = 0; b < 4; ++b)
           a[u][nt][b] = *reinterpret_cast<const std::uint32_t*>(a_words[nt] + block[b] * 16);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          std::uint32_t scales = 0;
-#pragma unroll
-          for (int b = 0; b < 4; ++b)
-            scales |= static_cast<std::uint32_t>(a_scales[nt][j][block[b]]) << (8 * b);
-          a_scale[u][nt][j] = scales;
-        }
+        a_scale[u][nt] = a_scales[nt][kt * 4 + t < last_block ? kt * 4 + t : last_block];
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (base + u >= p.k_tiles) break;
-      // Scales: codes 0 and 255 are rare, so a warp decodes with shifts alone unless one of its
-      // lanes holds one, and then with the exact selects.
-      std::uint32_t special =
-          special_scale_bytes(w_scale[u][0]) | special_scale_bytes(w_scale[u][1]);
+      // This lane's scales, decoded exactly: weight row g (tile h) of block t, and the activation
+      // scale (token g of tile nt, block t) times 1/4.
+      float sw_own[2];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
+      for (int h = 0; h < 2; ++h) sw_own[h] = scale_value(w_scale[u][h]);
+      float sa_own[NT];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) special |= special_scale_bytes(a_scale[u][nt][j]);
-      float sw[2][4];
-      float sa[NT][2][4];
-      if (warp_any(special != 0u)) {
-        decode_scales4(w_scale[u][0], sw[0]);
-        decode_scales4(w_scale[u][1], sw[1]);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-          for (int j = 0; j < 2; ++j) decode_scales4(a_scale[u][nt][j], sa[nt][j]);
-      } else {
-#pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          sw[0][b] = plain_scale(w_scale[u][0], b);
-          sw[1][b] = plain_scale(w_scale[u][1], b);
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int j = 0; j < 2; ++j) sa[nt][j][b] = plain_scale(a_scale[u][nt][j], b);
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int b = 0; b < 4; ++b) sa[nt][j][b] = __fmul_rn(sa[nt][j][b], 0.25f);
+      for (int nt = 0; nt < NT; ++nt) sa_own[nt] = __fmul_rn(scale_value(a_scale[u][nt]), 0.25f);
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         const std::uint32_t row_lo = b == 0   ? w[u][0].x
@@ -219,9 +155,14 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
                                      e2m1x4_positive(row_lo >> 16), e2m1x4_positive(row_hi >> 16)};
         const std::uint32_t wn[4] = {e2m1x4_positive(neg_lo), e2m1x4_positive(neg_hi),
                                      e2m1x4_positive(neg_lo >> 16), e2m1x4_positive(neg_hi >> 16)};
+        // Rows g and g + 8's scale of block b, from the lanes that loaded them.
+        const float sw[2] = {__shfl(sw_own[0], 4 * g + b), __shfl(sw_own[1], 4 * g + b)};
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          const std::uint32_t x = a[u][nt][b];
+          const std::uint32_t x = b == 0   ? a[u][nt][0]
+                                  : b == 1 ? a[u][nt][1]
+                                  : b == 2 ? a[u][nt][2]
+                                           : a[u][nt][3];
           const std::uint32_t x_neg = x ^ 0x88888888u;
           const std::uint32_t ap[2] = {e2m1x4_positive(x), e2m1x4_positive(x >> 16)};
           const std::uint32_t an[2] = {e2m1x4_positive(x_neg), e2m1x4_positive(x_neg >> 16)};
@@ -231,34 +172,53 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
           mma_s8_m16n8k32_acc(same, wn, an);
           mma_s8_m16n8k32(cross, wp, an);
           mma_s8_m16n8k32_acc(cross, wn, ap);
+          // Tokens 2t and 2t + 1's scale of block b, from the lanes that loaded them.
+          const float sa0 = __shfl(sa_own[nt], 8 * t + b);
+          const float sa1 = __shfl(sa_own[nt], 8 * t + 4 + b);
           // c * factor is exact (|c| <= 4608 times a power of two), so a contracted FMA rounds
           // only the sum.
-          acc[nt][0] += unbias(same[0] - cross[0]) * __fmul_rn(sa[nt][0][b], sw[0][b]);
-          acc[nt][1] += unbias(same[1] - cross[1]) * __fmul_rn(sa[nt][1][b], sw[0][b]);
-          acc[nt][2] += unbias(same[2] - cross[2]) * __fmul_rn(sa[nt][0][b], sw[1][b]);
-          acc[nt][3] += unbias(same[3] - cross[3]) * __fmul_rn(sa[nt][1][b], sw[1][b]);
+          acc[nt][0] += unbias(same[0] - cross[0]) * __fmul_rn(sa0, sw[0]);
+          acc[nt][1] += unbias(same[1] - cross[1]) * __fmul_rn(sa1, sw[0]);
+          acc[nt][2] += unbias(same[2] - cross[2]) * __fmul_rn(sa0, sw[1]);
+          acc[nt][3] += unbias(same[3] - cross[3]) * __fmul_rn(sa1, sw[1]);
         }
       }
     }
   }
-  constexpr int per_lane = NT * 4;
-  __shared__ float partial[MaxWarps][per_lane][32];
+  // The warps' partial sums meet in shared memory: `parts` threads per output (a power of two
+  // up to 8, at most the warp count) each add the warps part, part + parts, ... in order, then
+  // the parts meet in a fixed butterfly of shuffles. Rows of the partial array are padded by
+  // 32 / parts floats so that a warp's reads hit 32 different banks.
+  constexpr int outputs = NT * 4 * 32;
+  __shared__ float partial[MaxWarps * (outputs + 32)];
+  int parts = 1;
+  while (parts < 8 && 2 * parts <= warps && 2 * parts * outputs <= static_cast<int>(blockDim.x))
+    parts *= 2;
+  const int stride = outputs + 32 / parts;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) partial[warp][nt * 4 + c][lane] = acc[nt][c];
+    for (int c = 0; c < 4; ++c) partial[warp * stride + (nt * 4 + c) * 32 + lane] = acc[nt][c];
   __syncthreads();
-  for (int e = static_cast<int>(threadIdx.x); e < per_lane * 32;
-       e += static_cast<int>(blockDim.x)) {
+  const int part = static_cast<int>(threadIdx.x) % parts;
+  // Every lane of a warp runs the same trips (outputs and the step are multiples of 32 / parts),
+  // so the shuffles see all 32 lanes.
+  for (int e = static_cast<int>(threadIdx.x) / parts; e < outputs;
+       e += static_cast<int>(blockDim.x) / parts) {
+    float sum = partial[part * stride + e];
+    for (int w = part + parts; w < warps; w += parts) sum = __fadd_rn(sum, partial[w * stride + e]);
+    for (int offset = parts / 2; offset > 0; offset /= 2)
+      sum = __fadd_rn(sum, __shfl_xor(sum, offset));
     const int i = e / 32;
     const int l = e % 32;
-    float sum = partial[0][i][l];
-    for (int w = 1; w < warps; ++w) sum = __fadd_rn(sum, partial[w][i][l]);
     const int c = i % 4;
     const int token = (i / 4) * 8 + 2 * (l % 4) + (c & 1);
     const int col = n_tile * 16 + (c >= 2 ? 8 : 0) + l / 4;
-    if (token < p.m && col < p.n) p.out[rows.out(token) * p.out_stride + col] = to_bf16(sum);
+    if (part == 0 && token < p.m && col < p.n)
+      p.out[rows.out(token) * p.out_stride + col] = to_bf16(sum);
   }
+  // The partial array is reused by the next call in the same CTA (the routed expert GEMM).
+  __syncthreads();
 }
 
 // CTA x computes output features [16 x, 16 x + 16) of all M rows with up to MaxWarps warps.

@@ -3,28 +3,50 @@
 // word L (k in [8L, 8L + 8), block L / 4) of the tile's 8 rows, 32 contiguous bytes.
 //
 // Against gemm_a4w4_portable: each group issues the loads of U k tiles before it multiplies any,
-// and codes become floats by bit placement instead of integers by table and sign select. An e2m1
-// code s|e1 e0 m placed as (e1 e0 m) << 22 | s << 31 is the float value * 2^-126 (the e = 0 codes
-// land on the subnormals 0 and 2^-127), so a weight code costs a shift and a mask; the
-// activation's codes are scaled by 2^251 (two exact multiplies) once per token and k word and
-// shared by the 8 rows. Each product is then value_a * value_w / 2, a multiple of 2^-3, and the
-// 8 products of a word sum exactly in float (|sum| <= 144); times 8 that is the word's integer
-// sum c of (2 e2m1) x (2 e2m1) products, scaled by sa / 4 * sw and added to the float accumulator
-// as in gemm_a4w4_portable. Groups meet in shared memory in group order.
+// and a lane turns its word of each of the 8 rows into int8 (2 * value) once for all the CTA's
+// tokens, and each token's word once for the 8 rows. The word's 8 products then sum exactly in
+// int32 by two four-way dot products (dp4a on NVIDIA; plain integer arithmetic elsewhere), onto
+// the float bias 1.5 * 2^23 so that one exact subtraction makes the sum c a float; c is scaled by
+// sa / 4 * sw and added to the float accumulator as in gemm_a4w4_portable. Groups meet in shared
+// memory in group order.
 #pragma once
 
 #include <cstdint>
 
+#include "atom/gpu/arch.hpp"
 #include "gemm_args.hpp"
+#include "gemm_mma.hpp"
 
 namespace atom::kernels {
 
 inline constexpr int portable_decode_max_groups = 16;
 
-// Code j of word x as float bits of its value * 2^-126 (j is a constant after unrolling).
-__device__ inline float e2m1_times_2m126(std::uint32_t x, int j) {
-  const std::uint32_t code = x >> (4 * j);
-  return float_of(((code & 7u) << 22) | ((code & 8u) << 28));
+// Four e2m1 codes (the low 16 bits of x) as four int8 holding 2 * value.
+__device__ inline std::uint32_t e2m1x4_twice(std::uint32_t x) {
+  if constexpr (gpu::nvidia_ptx) {
+    return e2m1x4_to_s8x4(x);
+  } else {
+    std::uint32_t bytes = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      bytes |= (static_cast<std::uint32_t>(e2m1_twice(x >> (4 * j))) & 0xFFu) << (8 * j);
+    return bytes;
+  }
+}
+
+// c plus the dot product of the four int8 of a and of b (exact in int32).
+__device__ inline int dot4_s8(std::uint32_t a, std::uint32_t b, int c) {
+  if constexpr (gpu::nvidia_ptx) {
+    int d = 0;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      c += static_cast<int>(static_cast<std::int8_t>((a >> (8 * i)) & 0xFFu)) *
+           static_cast<int>(static_cast<std::int8_t>((b >> (8 * i)) & 0xFFu));
+    return c;
+  }
 }
 
 // MT tokens (rows [m0, m0 + MT)), columns [8 n_tile, 8 n_tile + 8): token i reads row rows.a(i)
@@ -36,11 +58,23 @@ __device__ inline void portable_decode_tile(const A4W4Args& p, const Rows& rows,
   const int group = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const index_t tile_row = static_cast<index_t>(n_tile) * p.k_tiles;
+  // The tokens' rows, found once: a row past M reads the last row and contributes zero codes at
+  // scale 2^0.
+  const std::uint8_t* a_rows[MT];
+  const std::uint8_t* a_scale_rows[MT];
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi) {
+    const index_t row = rows.a(m0 + mi < p.m ? m0 + mi : p.m - 1);
+    a_rows[mi] = p.a_packed + row * p.a_stride;
+    a_scale_rows[mi] = p.a_scale + row * p.a_scale_stride;
+  }
   float acc[MT][8] = {};
   for (int base = group * U; base < p.k_tiles; base += groups * U) {
     uint4 w_lo[U];
     uint4 w_hi[U];
     uint2 w_scales[U];
+    std::uint32_t a_word[U][MT];
+    std::uint8_t a_scale[U][MT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       // Every load is unconditional (a clamped address, the value replaced afterwards), so that
@@ -55,48 +89,47 @@ __device__ inline void portable_decode_tile(const A4W4Args& p, const Rows& rows,
       w_lo[u] = live ? lo : make_uint4(0u, 0u, 0u, 0u);
       w_hi[u] = live ? hi : make_uint4(0u, 0u, 0u, 0u);
       w_scales[u] = live ? scales : make_uint2(0x7F7F7F7Fu, 0x7F7F7F7Fu);
+      // The tokens' word and scale at the same k, loaded with the weight so that one wait
+      // covers both (a clamped address: the value is not used past K).
+      const int k0 = live ? (base + u) * 256 + lane * 8 : 0;
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) {
+        a_word[u][mi] =
+            *reinterpret_cast<const std::uint32_t*>(a_rows[mi] + static_cast<index_t>(k0 / 2));
+        a_scale[u][mi] = a_scale_rows[mi][k0 / 32];
+      }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k0 = (base + u) * 256 + lane * 8;
       if (base + u >= p.k_tiles || k0 >= p.k) continue;
-      float a_value[MT][8];
-      float a_factor[MT];
-#pragma unroll
-      for (int mi = 0; mi < MT; ++mi) {
-        // A row past M reads the last row and contributes zero codes at scale 2^0.
-        const int row = m0 + mi;
-        const bool live = row < p.m;
-        const int row_read = live ? row : p.m - 1;
-        const std::uint32_t word = *reinterpret_cast<const std::uint32_t*>(
-            p.a_packed + rows.a(row_read) * p.a_stride + k0 / 2);
-        const std::uint8_t scale = p.a_scale[rows.a(row_read) * p.a_scale_stride + k0 / 32];
-        const std::uint32_t a_word = live ? word : 0u;
-        const std::uint32_t sa = live ? scale : 127u;
-        a_factor[mi] = __fmul_rn(scale_value(sa), 0.25f);
-        // value * 2^-126 * 2^126 * 2^125: exact (at most 6 * 2^125).
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          a_value[mi][j] = __fmul_rn(__fmul_rn(e2m1_times_2m126(a_word, j), 0x1p126f), 0x1p125f);
-      }
       const std::uint32_t w_word[8] = {w_lo[u].x, w_lo[u].y, w_lo[u].z, w_lo[u].w,
                                        w_hi[u].x, w_hi[u].y, w_hi[u].z, w_hi[u].w};
+      // The 8 rows' codes as int8 (2 * value), once for all MT tokens.
+      std::uint32_t w_s8[8][2];
 #pragma unroll
       for (int r = 0; r < 8; ++r) {
-        float w_value[8];
+        w_s8[r][0] = e2m1x4_twice(w_word[r]);
+        w_s8[r][1] = e2m1x4_twice(w_word[r] >> 16);
+      }
 #pragma unroll
-        for (int j = 0; j < 8; ++j) w_value[j] = e2m1_times_2m126(w_word[r], j);
-        const auto sw = static_cast<std::uint8_t>(
-            ((r < 4 ? w_scales[u].x : w_scales[u].y) >> (8 * (r % 4))) & 0xFFu);
-        const float w_factor = scale_value(sw);
+      for (int mi = 0; mi < MT; ++mi) {
+        const bool live = m0 + mi < p.m;
+        const std::uint32_t a_w = live ? a_word[u][mi] : 0u;
+        const std::uint32_t sa = live ? a_scale[u][mi] : 127u;
+        const float a_factor = __fmul_rn(scale_value(sa), 0.25f);
+        const std::uint32_t a_s8[2] = {e2m1x4_twice(a_w), e2m1x4_twice(a_w >> 16)};
 #pragma unroll
-        for (int mi = 0; mi < MT; ++mi) {
-          float sum = __fmul_rn(a_value[mi][0], w_value[0]);
-#pragma unroll
-          for (int j = 1; j < 8; ++j) sum = __fmaf_rn(a_value[mi][j], w_value[j], sum);
-          // sum * 8 is the word's exact integer sum c; c * factor is exact, so a contracted
-          // FMA rounds only the accumulation.
-          acc[mi][r] += __fmul_rn(sum, 8.0f) * __fmul_rn(a_factor[mi], w_factor);
+        for (int r = 0; r < 8; ++r) {
+          const auto sw = static_cast<std::uint8_t>(
+              ((r < 4 ? w_scales[u].x : w_scales[u].y) >> (8 * (r % 4))) & 0xFFu);
+          // The word's exact integer sum c of (2 e2m1) x (2 e2m1) products, on the float bias
+          // 1.5 * 2^23 (|c| <= 1152): the bits are the float 1.5 * 2^23 + c, and one exact
+          // subtraction gives c.
+          const int biased = dot4_s8(w_s8[r][1], a_s8[1], dot4_s8(w_s8[r][0], a_s8[0], 0x4B400000));
+          const float c = unbias(biased);
+          // c * factor is exact, so a contracted FMA rounds only the accumulation.
+          acc[mi][r] += c * __fmul_rn(a_factor, scale_value(sw));
         }
       }
     }
