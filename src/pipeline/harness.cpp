@@ -34,12 +34,16 @@ bool pipeline_fits(PipelineId p, const ModelConfig& m) {
   return false;
 }
 
+void expect_runnable(PipelineId p, const RunInputs& in) {
+  expect(in.model != nullptr && in.weights != nullptr, policy::pipeline_name(p),
+         "model and weights must be set");
+  expect(pipeline_fits(p, *in.model), policy::pipeline_name(p),
+         "does not apply to model " + in.model->name);
+}
+
 template <PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
-  expect(in.model != nullptr && in.weights != nullptr, policy::pipeline_name(P),
-         "model and weights must be set");
-  expect(pipeline_fits(P, *in.model), policy::pipeline_name(P),
-         "does not apply to model " + in.model->name);
+  expect_runnable(P, in);
   const DecodeState state(*in.model, in.context_lens, in.seed);
   Workspace ws;
   const RunArgs<P> args = make_args<P>(in, *in.weights, state, ws);

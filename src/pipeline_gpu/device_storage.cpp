@@ -46,21 +46,13 @@ struct DeviceLayerWeights::Owned {
     return &std::get<Prepared>(prepared.emplace_back(std::move(p)));
   }
 
-  static auto prepare(std::integral_constant<GemmBackend, GemmBackend::matrix_core>,
-                      const ops::Mxfp4Weight& w) {
-    return ops::prepare_weight<GemmBackend::matrix_core>(w);
+  template <GemmBackend G>
+  static auto prepare(const ops::Mxfp4Weight& w) {
+    return ops::prepare_weight<G>(w);
   }
-  static auto prepare(std::integral_constant<GemmBackend, GemmBackend::portable>,
-                      const ops::Mxfp4Weight& w) {
-    return ops::prepare_weight<GemmBackend::portable>(w);
-  }
-  static auto prepare(std::integral_constant<GemmBackend, GemmBackend::matrix_core>,
-                      const ops::Mxfp4Experts& w) {
-    return ops::prepare_experts<GemmBackend::matrix_core>(w);
-  }
-  static auto prepare(std::integral_constant<GemmBackend, GemmBackend::portable>,
-                      const ops::Mxfp4Experts& w) {
-    return ops::prepare_experts<GemmBackend::portable>(w);
+  template <GemmBackend G>
+  static auto prepare(const ops::Mxfp4Experts& w) {
+    return ops::prepare_experts<G>(w);
   }
 
   // A LinearWeight or ExpertWeights with a device copy for every backend asked for; empty when
@@ -71,11 +63,9 @@ struct DeviceLayerWeights::Owned {
     if (host.host.packed.data == nullptr) return f;
     for (const GemmBackend g : backends) {
       if (g == GemmBackend::matrix_core)
-        f.matrix_core = keep(
-            prepare(std::integral_constant<GemmBackend, GemmBackend::matrix_core>{}, host.host));
+        f.matrix_core = keep(prepare<GemmBackend::matrix_core>(host.host));
       else
-        f.portable =
-            keep(prepare(std::integral_constant<GemmBackend, GemmBackend::portable>{}, host.host));
+        f.portable = keep(prepare<GemmBackend::portable>(host.host));
     }
     return f;
   }

@@ -16,32 +16,9 @@ import time
 
 import torch
 
-BATCH = 20
-BATCHES = 10
-ROTATE_BYTES = 256 << 20
+from torch_timing import copies_for, time_us
+
 COMPILE_BUDGET_S = 90.0
-
-
-def time_us(call):
-    for i in range(5):
-        call(i)
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples, i = [], 0
-    for _ in range(BATCHES):
-        start.record()
-        for _ in range(BATCH):
-            call(i)
-            i += 1
-        stop.record()
-        stop.synchronize()
-        samples.append(start.elapsed_time(stop) * 1000.0 / BATCH)
-    samples.sort()
-    return samples[len(samples) // 2]
-
-
-def copies_for(nbytes):
-    return max(2, min(16, ROTATE_BYTES // max(nbytes, 1) + 1))
 
 
 def copy_bandwidth():

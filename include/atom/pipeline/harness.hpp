@@ -53,6 +53,9 @@ RunArgs<P> make_args(const RunInputs& in, const Weights& w, const State& s, Work
 // Whether pipeline p can run on this model (MLA pipelines need an MLA model, and so on).
 bool pipeline_fits(policy::PipelineId p, const ModelConfig& model);
 
+// Throws naming the pipeline when `in` lacks a model or weights or pipeline p does not fit it.
+void expect_runnable(policy::PipelineId p, const RunInputs& in);
+
 // Runs the handle once on a fresh DecodeState made from `in`.
 template <policy::PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in);
