@@ -13,10 +13,14 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/atomConfigVersion.cmake
 install(FILES ${PROJECT_BINARY_DIR}/atomConfig.cmake ${PROJECT_BINARY_DIR}/atomConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
 
+# The table, exported as atom::instances (the name the build tree's alias has), with the
+# instances.hpp of the build's profile.
+set_target_properties(atom_instances PROPERTIES EXPORT_NAME instances)
 install(TARGETS atom_instances EXPORT atomTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
-install(FILES instantiations/instances.hpp
+get_target_property(atom_generated_dir atom_instances ATOM_GENERATED_DIR)
+install(FILES ${atom_generated_dir}/instances.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/atom/instantiations)
 
 # The kernels and the host-side GPU API, when a GPU backend is built.

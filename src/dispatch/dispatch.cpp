@@ -15,16 +15,14 @@ std::string miss_message(policy::PipelineId p, policy::BackendId b, policy::Poin
     axis_note = "this build has no " + std::string(policy::backend_name(b)) +
                 " instantiation of it (see the ATOM_PROFILE build option)";
   } else {
-    const policy::AxisSet used = policy::axes_of(p);
-    policy::for_each_axis([&](const auto& axis) {
-      if (!axis_note.empty() || !policy::uses(used, axis.id)) return;
-      const bool any = std::any_of(points.begin(), points.end(), [&](const policy::Point& q) {
-        return q.get(axis.id) == x.get(axis.id);
-      });
+    const policy::AxisSet used = policy::reads(p);
+    policy::for_each_axis([&](const auto& axis, std::size_t i) {
+      if (!axis_note.empty() || !used[i]) return;
+      const bool any = std::any_of(points.begin(), points.end(),
+                                   [&](const policy::Point& q) { return q[i] == x[i]; });
       if (any) return;
-      using E = typename std::decay_t<decltype(axis)>::enum_type;
-      axis_note = "no instantiation has " + std::string(axis.name) + "=" +
-                  std::string(axis.value_name(static_cast<E>(x.get(axis.id))));
+      axis_note =
+          "no instantiation has " + std::string(axis.name) + "=" + std::string(axis.label(x[i]));
     });
     if (axis_note.empty())
       axis_note = "every axis value exists, but not this combination (build profile)";

@@ -180,7 +180,7 @@ template ops::PreparedMxfp4Weight<GemmBackend::portable>
 prepare_mxfp4_weight<GemmBackend::portable>(const HostTensor&, const HostTensor&);
 
 policy::GemmBackend gemm_backend(const env::Config& config) {
-  return policy::point_from(config).gemm;
+  return policy::point_from(config).get<policy::GemmBackend>();
 }
 
 DeviceWeights load_device_weights(const Checkpoint& checkpoint, const env::Config& config,

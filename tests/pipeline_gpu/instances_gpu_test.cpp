@@ -70,7 +70,7 @@ TEST_CASE("a GPU pipeline without its GEMM backend's weights names the backend")
   const pipeline::LayerWeights host(model, 42);
   const pipeline::DeviceLayerWeights portable_only(model, host, {GemmBackend::portable});
   const auto handle = dispatch::resolve_point<PipelineId::moe_block>(
-      Point{.gemm = GemmBackend::matrix_core}, BackendId::gpu);
+      make_point({GemmBackend::matrix_core}), BackendId::gpu);
   const pipeline::RunInputs in{&model, &host, {5, 9}, 7, 1024};
   CHECK_THROWS_WITH(pipeline::run_once_gpu(handle, in, portable_only),
                     Catch::Contains("no device copy prepared for GEMM backend asm"));

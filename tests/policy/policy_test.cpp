@@ -1,11 +1,15 @@
 #include <catch2/catch.hpp>
 
+#include <map>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
+#include "atom/pipeline/pipelines.hpp"
 #include "atom/policy/space.hpp"
+#include "instances.hpp"
 
 using namespace atom;
 using namespace atom::policy;
@@ -38,27 +42,41 @@ std::vector<env::Environment> all_policy_environments() {
 }
 
 template <PipelineId P>
-std::set<std::string> reached_names(BackendId b) {
-  std::set<std::string> names;
-  for (const auto& e : all_policy_environments()) {
-    const auto h = dispatch::resolve<P>(env::Config::from(e), b);
-    names.insert(std::string(h.name()));
-  }
-  return names;
+constexpr AxisSet reads_of = pipeline::Declared<P>::reads;
+
+// The instances this build compiled (instances.hpp follows the build profile).
+template <class List>
+std::set<Key> listed_keys(PipelineId p) {
+  std::set<Key> keys;
+  [&]<class... I>(std::tuple<I...>*) {
+    ((I::pipeline == p ? (void)keys.insert(I::key) : void()), ...);
+  }(static_cast<List*>(nullptr));
+  return keys;
 }
 
-template <PipelineId P>
-std::set<std::string> table_names(BackendId b) {
-  std::set<std::string> names;
-  for (const auto& e : dispatch::table<P>())
-    if (key_backend(e.key) == b) names.insert(std::string(e.name));
-  return names;
+// Which pipelines' instance each policy variable can change, restated by hand from the design
+// (DESIGN.md): independent of the declarations, so that a pipeline that forgets to declare an
+// axis fails the flip test below.
+const std::map<std::string, std::set<PipelineId>>& expected_readers() {
+  using enum PipelineId;
+  static const std::map<std::string, std::set<PipelineId>> table{
+      {"ATOM_USE_TRITON_GEMM", {mla_attention, moe_block, qwen3_attention, ds_layer, qwen3_layer}},
+      {"ATOM_USE_TRITON_MXFP4_BMM", {mla_attention, ds_layer}},
+      {"ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION",
+       {mla_attention, moe_block, qwen3_attention, ds_layer, qwen3_layer}},
+      {"ATOM_ENABLE_DS_INPUT_RMSNORM_QUANT_FUSION", {mla_attention, ds_layer}},
+      {"ATOM_ENABLE_DS_QKNORM_FUSION", {mla_attention, ds_layer}},
+      {"ATOM_ENABLE_DS_QKNORM_QUANT_FUSION", {mla_attention, ds_layer}},
+      {"ATOM_DUAL_STREAM_MOE_TOKEN_THRESHOLD", {moe_block, ds_layer, qwen3_layer}},
+      {"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", {qwen3_attention, qwen3_layer}},
+  };
+  return table;
 }
 
 }  // namespace
 
 TEST_CASE("every axis is fed by variables that exist and say so in the registry") {
-  for_each_axis([](const auto& axis) {
+  for_each_axis([](const auto& axis, std::size_t) {
     for (env::Var v : axis.vars) {
       INFO(axis.name << " <- " << env::spec(v).name);
       CHECK(env::spec(v).feeds == "axis: " + std::string(axis.name));
@@ -68,7 +86,7 @@ TEST_CASE("every axis is fed by variables that exist and say so in the registry"
   for (const auto& s : env::registry) {
     if (!s.feeds.starts_with("axis: ")) continue;
     bool found = false;
-    for_each_axis([&](const auto& axis) {
+    for_each_axis([&](const auto& axis, std::size_t) {
       for (env::Var v : axis.vars) found = found || v == s.id;
     });
     INFO(s.name);
@@ -77,20 +95,38 @@ TEST_CASE("every axis is fed by variables that exist and say so in the registry"
 }
 
 TEST_CASE("the product space and the canonical points per pipeline") {
-  STATIC_REQUIRE(all_points.size() == 2 * 2 * 2 * 2 * 3 * 2 * 2);
-  STATIC_REQUIRE(canonical_points<PipelineId::mla_attention>.size() == 48);
-  STATIC_REQUIRE(canonical_points<PipelineId::moe_block>.size() == 8);
-  STATIC_REQUIRE(canonical_points<PipelineId::qwen3_attention>.size() == 8);
-  STATIC_REQUIRE(canonical_points<PipelineId::ds_layer>.size() == 96);
-  STATIC_REQUIRE(canonical_points<PipelineId::qwen3_layer>.size() == 16);
-  for (const Point& x : canonical_points<PipelineId::qwen3_attention>) {
-    CHECK(x.bmm == BmmFormat::fp8);  // folded: Qwen3 has no absorbed BMMs
-    CHECK(x.qk_norm == QkNorm::separate);
-    CHECK(x.input_norm_quant == InputNormQuant::separate);
-  }
+  std::size_t product = 1;
+  for_each_axis([&](const auto& axis, std::size_t) { product *= axis.size; });
+  CHECK(all_points.size() == product);
+  CHECK(std::set<Key>{} == [] {
+    std::set<Key> dup;
+    std::set<Key> seen;
+    for (const Point& x : all_points)
+      if (!seen.insert(key(PipelineId{}, BackendId::host, x)).second) dup.insert(x.packed);
+    return dup;
+  }());
+  pipeline::for_each_pipeline([](auto id) {
+    constexpr AxisSet r = reads_of<decltype(id)::value>;
+    std::size_t expected = 1;
+    for_each_axis([&](const auto& axis, std::size_t i) {
+      if (r[i]) expected *= axis.size;
+    });
+    const auto& points = canonical_points<r>;
+    INFO(pipeline_name(id.value));
+    CHECK(points.size() == expected);
+    for (const Point& x : points) {
+      CHECK(canonical(r, x) == x);  // unread axes are folded to their first value
+      CHECK(reads(id.value) == r);
+    }
+  });
+  // A layer reads what its two blocks read.
+  CHECK(reads(PipelineId::ds_layer) ==
+        union_of(reads(PipelineId::mla_attention), reads(PipelineId::moe_block)));
+  CHECK(reads(PipelineId::qwen3_layer) ==
+        union_of(reads(PipelineId::qwen3_attention), reads(PipelineId::moe_block)));
 }
 
-TEST_CASE("keys round-trip and are unique") {
+TEST_CASE("points and keys round-trip, every key is unique") {
   std::set<Key> keys;
   for (PipelineId p : pipelines)
     for (BackendId b : {BackendId::host, BackendId::gpu})
@@ -102,13 +138,26 @@ TEST_CASE("keys round-trip and are unique") {
         keys.insert(k);
       }
   CHECK(keys.size() == pipelines.size() * 2 * all_points.size());
+  for (const Point& x : all_points)
+    for_each_axis([&](const auto& axis, std::size_t i) {
+      for (std::uint8_t v = 0; v < axis.size; ++v) {
+        const Point y = x.with(i, v);
+        CHECK(y[i] == v);
+        for (std::size_t j = 0; j < axis_count; ++j)
+          if (j != i) CHECK(y[j] == x[j]);
+      }
+    });
+  constexpr Point p = make_point({GemmBackend::portable, QkNorm::fused_quant});
+  STATIC_REQUIRE(p.get<GemmBackend>() == GemmBackend::portable);
+  STATIC_REQUIRE(p.get<QkNorm>() == QkNorm::fused_quant);
+  STATIC_REQUIRE(p.get<BmmFormat>() == BmmFormat::fp8);
 }
 
 TEST_CASE("the two QK norm variables feed one axis") {
   auto qk = [](const char* fusion, const char* quant) {
     return point_from(env::Config::from({{"ATOM_ENABLE_DS_QKNORM_FUSION", fusion},
                                          {"ATOM_ENABLE_DS_QKNORM_QUANT_FUSION", quant}}))
-        .qk_norm;
+        .get<QkNorm>();
   };
   CHECK(qk("0", "0") == QkNorm::separate);
   CHECK(qk("1", "0") == QkNorm::fused);
@@ -119,43 +168,73 @@ TEST_CASE("the two QK norm variables feed one axis") {
 TEMPLATE_TEST_CASE_SIG("reachability: every setting resolves, every instantiation is reached", "",
                        ((PipelineId P), P), PipelineId::mla_attention, PipelineId::moe_block,
                        PipelineId::qwen3_attention, PipelineId::ds_layer, PipelineId::qwen3_layer) {
-  const auto table = table_names<P>(BackendId::host);
-  CHECK(table.size() == canonical_points<P>.size());
-  CHECK(reached_names<P>(BackendId::host) == table);
-  // A build with a GPU backend has the same points on it.
-  const auto gpu_table = table_names<P>(BackendId::gpu);
-  if (!gpu_table.empty()) {
-    CHECK(gpu_table.size() == canonical_points<P>.size());
-    CHECK(reached_names<P>(BackendId::gpu) == gpu_table);
+  for (BackendId b : {BackendId::host, BackendId::gpu}) {
+    // What this build compiled: all canonical points, or the build profile's subset of them.
+    const std::set<Key> built =
+        b == BackendId::host ? listed_keys<instances::host>(P) : listed_keys<instances::gpu>(P);
+    std::set<Key> in_table, reached;
+    for (const auto& e : dispatch::table<P>())
+      if (key_backend(e.key) == b) in_table.insert(e.key);
+    CHECK(in_table == built);
+    for (Key k : built) CHECK(canonical(reads_of<P>, key_point(k)) == key_point(k));
+    for (const auto& e : all_policy_environments()) {
+      const Key want = key(P, b, resolve(P, env::Config::from(e)));
+      if (built.count(want)) {
+        const auto h = dispatch::resolve<P>(env::Config::from(e), b);
+        CHECK(key(P, b, h.point()) == want);
+        reached.insert(want);
+      } else {
+        CHECK_THROWS_AS(dispatch::resolve<P>(env::Config::from(e), b), dispatch::DispatchError);
+      }
+    }
+    CHECK(reached == built);
+  }
+}
+
+TEST_CASE("the variable expectations cover every policy variable") {
+  for (const auto& s : env::registry) {
+    if (!s.feeds.starts_with("axis: ")) continue;
+    INFO(s.name << " feeds an axis: say in expected_readers() which pipelines it changes");
+    CHECK(expected_readers().count(std::string(s.name)) == 1);
   }
 }
 
 TEMPLATE_TEST_CASE_SIG("flipping one variable changes the instantiation exactly when the rules say",
                        "", ((PipelineId P), P), PipelineId::mla_attention, PipelineId::moe_block,
                        PipelineId::qwen3_attention, PipelineId::ds_layer, PipelineId::qwen3_layer) {
-  const AxisSet used = axes_of(P);
+  // The point is resolved as the lookup resolves it (so this holds under any build profile); the
+  // instance name is the instance it selects.
+  std::set<std::string> changed_by;
   for (const auto& e : all_policy_environments()) {
-    const auto base = dispatch::resolve<P>(env::Config::from(e), BackendId::host);
+    const Point base = resolve(P, env::Config::from(e));
     for (const auto& [name, value] : e) {
       auto flipped = e;
       if (name == "ATOM_DUAL_STREAM_MOE_TOKEN_THRESHOLD")
         flipped[name] = value == "0" ? "7" : "0";
       else
         flipped[name] = value == "0" ? "1" : "0";
-      const auto other = dispatch::resolve<P>(env::Config::from(flipped), BackendId::host);
-      // The rule, restated from the design rather than from point_from().
+      const Point other = resolve(P, env::Config::from(flipped));
+      // The declarations' answer: the variable feeds an axis the pipeline reads.
       bool should_change = false;
-      for_each_axis([&](const auto& axis) {
+      for_each_axis([&](const auto& axis, std::size_t i) {
         for (env::Var v : axis.vars)
-          if (env::spec(v).name == name) should_change = uses(used, axis.id);
+          if (env::spec(v).name == name) should_change = reads_of<P>[i];
       });
       if (name == "ATOM_ENABLE_DS_QKNORM_FUSION" &&
           e.at("ATOM_ENABLE_DS_QKNORM_QUANT_FUSION") == "1")
         should_change = false;
-      INFO(pipeline_name(P) << ": flipping " << name << " from " << value << " in " << base.name());
-      CHECK((base.name() != other.name()) == should_change);
+      INFO(pipeline_name(P) << ": flipping " << name << " from " << value << " in "
+                            << instance_name(P, BackendId::host, base));
+      CHECK((base != other) == should_change);
+      if (base != other) changed_by.insert(name);
     }
   }
+  // The hand-written answer.
+  std::set<std::string> expected;
+  for (const auto& [name, readers] : expected_readers())
+    if (readers.count(P)) expected.insert(name);
+  INFO(pipeline_name(P));
+  CHECK(changed_by == expected);
 }
 
 TEST_CASE("the settings printed for an instantiation select it") {

@@ -3,8 +3,8 @@
 //   atom-codegen <dir>                   one translation unit per pipeline x canonical point x
 //                                        backend, the dispatch table, instances.hpp, the CMake
 //                                        source list with the named profiles, manifest.json
-//   atom-codegen --table <file> <names>  only the dispatch table, for the named instances (the
-//                                        build uses it for profiles smaller than "all")
+//   atom-codegen --profile <dir> <names> the dispatch table and instances.hpp of just the named
+//                                        instances (the build's profiles smaller than "all")
 //
 // Files whose content is unchanged are not rewritten, so a regeneration rebuilds nothing.
 #include <algorithm>
@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "atom/pipeline/pipelines.hpp"
 #include "atom/policy/space.hpp"
 
 namespace fs = std::filesystem;
@@ -32,24 +33,83 @@ struct Instance {
   Key key;
 };
 
+// A pipeline as its template declares it (pipeline::Declared) with its canonical points.
+struct DeclaredPipeline {
+  PipelineId id;
+  std::string_view type;
+  AxisSet reads;
+  std::vector<Point> points;
+};
+
+std::vector<DeclaredPipeline> declared_pipelines() {
+  std::vector<DeclaredPipeline> out;
+  atom::pipeline::for_each_pipeline([&](auto id) {
+    using D = atom::pipeline::Declared<decltype(id)::value>;
+    const auto& points = canonical_points<D::reads>;
+    out.push_back({decltype(id)::value, D::type, D::reads, {points.begin(), points.end()}});
+  });
+  return out;
+}
+
+// Names end up in file names, C++ identifiers and CMake patterns.
+bool plain_name(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+// The definitions the generated code is written from, checked for what the compiler cannot see:
+// names that would collide or not form file names. Throws with a message naming the definition.
+void check_definitions(const std::vector<DeclaredPipeline>& declared) {
+  std::set<std::string_view> names, tags;
+  for_each_axis([&](const auto& axis, std::size_t) {
+    const std::string what = "axis '" + std::string(axis.name) + "'";
+    if (!plain_name(axis.name) || !plain_name(axis.tag))
+      throw std::runtime_error(what + ": name and tag must be lower-case letters, digits and _");
+    if (!names.insert(axis.name).second) throw std::runtime_error(what + " is defined twice");
+    if (!tags.insert(axis.tag).second)
+      throw std::runtime_error(what + ": tag '" + std::string(axis.tag) +
+                               "' is another axis's tag");
+    std::set<std::string_view> labels;
+    for (std::string_view l : axis.labels) {
+      if (!plain_name(l))
+        throw std::runtime_error(what + ": value label '" + std::string(l) +
+                                 "' must be lower-case letters, digits and _");
+      if (!labels.insert(l).second)
+        throw std::runtime_error(what + ": two values are labelled '" + std::string(l) + "'");
+    }
+  });
+  for (const auto& d : declared) {
+    const std::string what = "pipeline '" + std::string(pipeline_name(d.id)) + "'";
+    if (!plain_name(pipeline_name(d.id)))
+      throw std::runtime_error(what + ": name must be lower-case letters, digits and _");
+    if (d.type.empty()) throw std::runtime_error(what + " declares no template name");
+  }
+}
+
 // Both backends are instantiated for every canonical point. A build without a GPU backend leaves
 // the GPU translation units out (instantiations/CMakeLists.txt).
 constexpr std::array<BackendId, 2> generated_backends{BackendId::host, BackendId::gpu};
 
-std::vector<Instance> all_instances() {
+std::vector<Instance> all_instances(const std::vector<DeclaredPipeline>& declared) {
   std::vector<Instance> out;
-  auto add = [&out](PipelineId p, const auto& points) {
+  for (const auto& d : declared)
     for (BackendId b : generated_backends)
-      for (const Point& x : points) out.push_back({p, b, x, instance_name(p, b, x), key(p, b, x)});
-  };
-  add(PipelineId::mla_attention, canonical_points<PipelineId::mla_attention>);
-  add(PipelineId::moe_block, canonical_points<PipelineId::moe_block>);
-  add(PipelineId::qwen3_attention, canonical_points<PipelineId::qwen3_attention>);
-  add(PipelineId::ds_layer, canonical_points<PipelineId::ds_layer>);
-  add(PipelineId::qwen3_layer, canonical_points<PipelineId::qwen3_layer>);
+      for (const Point& x : d.points)
+        out.push_back(
+            {d.id, b, x, instance_name(pipeline_name(d.id), d.reads, b, x), key(d.id, b, x)});
   std::sort(out.begin(), out.end(),
             [](const Instance& a, const Instance& b) { return a.key < b.key; });
+  for (std::size_t i = 1; i < out.size(); ++i)
+    if (out[i].key == out[i - 1].key || out[i].name == out[i - 1].name)
+      throw std::runtime_error("instances '" + out[i - 1].name + "' and '" + out[i].name +
+                               "' have the same key or name");
   return out;
+}
+
+const DeclaredPipeline& declared_of(const std::vector<DeclaredPipeline>& declared, PipelineId p) {
+  return *std::find_if(declared.begin(), declared.end(),
+                       [p](const DeclaredPipeline& d) { return d.id == p; });
 }
 
 std::string cpp_identifier(const std::string& name) {
@@ -63,32 +123,19 @@ std::string cpp_identifier(const std::string& name) {
 // style, 100 columns), so that they read like the hand-written code and pass the format check.
 constexpr std::size_t column_limit = 100;
 
-// `<lead>policy::Point<var>{.gemm = policy::GemmBackend::portable,` then one designated
-// initializer per line, aligned after the brace (every point is too long for one line). `lead` is
-// what precedes `policy::Point` on the first line, `var` an optional variable name, `indent` the
-// column at which the first line starts.
-std::string point_literal(Point x, const std::string& lead, const std::string& var,
-                          std::size_t indent) {
-  const char* fields[] = {"gemm",    "bmm",         "allreduce_norm",    "input_norm_quant",
-                          "qk_norm", "moe_streams", "qk_norm_rope_cache"};
-  const char* enums[] = {"GemmBackend", "BmmFormat",  "AllReduceNorm",  "InputNormQuant",
-                         "QkNorm",      "MoeStreams", "QkNormRopeCache"};
-  const std::vector<std::vector<const char*>> enumerators{{"matrix_core", "portable"},
-                                                          {"fp8", "mxfp4"},
-                                                          {"separate", "fused"},
-                                                          {"separate", "fused"},
-                                                          {"separate", "fused", "fused_quant"},
-                                                          {"single", "dual"},
-                                                          {"separate", "fused"}};
-  const std::string head = lead + "policy::Point" + (var.empty() ? "" : " " + var) + "{";
-  const std::string align(indent + head.size(), ' ');
-  std::string s = head;
-  for (std::size_t a = 0; a < axis_count; ++a) {
-    if (a > 0) s += ",\n" + align;
-    s += std::string(".") + fields[a] + " = policy::" + enums[a] +
-         "::" + enumerators[a][x.get(static_cast<AxisId>(a))];
-  }
-  return s + "}";
+// `constexpr auto point = policy::make_point({` and one line per axis the pipeline reads (a
+// braced list with a trailing comma keeps that layout).
+std::string point_literal(Point x, const AxisSet& reads) {
+  std::string s = "constexpr auto point = policy::make_point({\n";
+  for_each_axis([&](const auto& axis, std::size_t i) {
+    if (reads[i])
+      s.append("    policy::")
+          .append(axis.type_name)
+          .append("::")
+          .append(axis.enumerators[x[i]])
+          .append(",\n");
+  });
+  return s + "});\n";
 }
 
 // `void name(params)<tail>` on one line when it fits, else with the parameters on a continuation
@@ -119,45 +166,28 @@ std::string comment(const std::string& first, const std::string& cont, const std
   return out + line + "\n";
 }
 
-std::string pipeline_type(PipelineId p) {
-  switch (p) {
-    case PipelineId::mla_attention:
-      return "pipeline::MlaAttention";
-    case PipelineId::moe_block:
-      return "pipeline::MoeBlock";
-    case PipelineId::qwen3_attention:
-      return "pipeline::Qwen3Attention";
-    case PipelineId::ds_layer:
-      return "pipeline::DsLayer";
-    case PipelineId::qwen3_layer:
-      return "pipeline::Qwen3Layer";
-  }
-  return "";
-}
-
 std::string backend_type(BackendId b) {
   return b == BackendId::host ? "ops::Host" : "ops::Gpu";
 }
 
 const char* const banner =
-    "// Generated by atom-codegen from include/atom/policy. Do not edit: rerun\n"
-    "// `atom-codegen instantiations` instead.\n";
+    "// Generated by atom-codegen from the policy axes and the pipeline declarations. Do not\n"
+    "// edit: rerun `atom-codegen instantiations` instead.\n";
 
-std::string translation_unit(const Instance& i) {
+std::string translation_unit(const Instance& i, const DeclaredPipeline& d) {
   const std::string params =
       "const pipeline::RunArgs<policy::PipelineId::" + std::string(pipeline_name(i.pipeline)) +
       ">& args";
   std::ostringstream o;
   o << banner << "//\n// " << pipeline_name(i.pipeline) << " on the " << backend_name(i.backend)
     << " backend:\n"
-    << comment("//   ", "//   ", describe(i.pipeline, i.point)) << "\n"
+    << comment("//   ", "//   ", describe(d.reads, i.point)) << "\n"
     << "#include \"atom/pipeline/pipelines.hpp\"\n\n"
     << "namespace atom::instances {\n\n"
     << "namespace {\n"
-    << point_literal(i.point, "constexpr ", "point", 0) << ";\n"
-    << "}  // namespace\n\n"
-    << function_head(cpp_identifier(i.name), params, " {") << "  " << pipeline_type(i.pipeline)
-    << "<point, " << backend_type(i.backend) << ">::run(args);\n"
+    << point_literal(i.point, d.reads) << "}  // namespace\n\n"
+    << function_head(cpp_identifier(i.name), params, " {") << "  " << d.type << "<point, "
+    << backend_type(i.backend) << ">::run(args);\n"
     << "}\n\n"
     << "}  // namespace atom::instances\n";
   return o.str();
@@ -206,25 +236,24 @@ std::string table_unit(const std::vector<Instance>& list) {
 std::string instances_header(const std::vector<Instance>& list) {
   std::ostringstream o;
   o << banner
-    << "//\n// Every generated instantiation as a type, one list per backend, for tests that "
-       "cover\n"
-    << "// each one.\n"
+    << "//\n// Every generated instantiation as a type (by key), one list per backend, for tests "
+       "that\n"
+    << "// cover each one.\n"
     << "#pragma once\n\n#include <tuple>\n\n#include \"atom/dispatch/instance.hpp\"\n\n"
     << "namespace atom::instances {\n";
+  // One instance per line under its name, a layout clang-format would repack.
+  o << "\n// clang-format off\n";
   for (BackendId b : generated_backends) {
     std::vector<const Instance*> rows;
     for (const auto& i : list)
       if (i.backend == b) rows.push_back(&i);
-    o << "\nusing " << backend_name(b) << " = std::tuple<\n";
-    for (std::size_t n = 0; n < rows.size(); ++n) {
-      const auto& i = *rows[n];
-      const std::string lead = "    dispatch::Instance<";
-      o << lead << "policy::PipelineId::" << pipeline_name(i.pipeline)
-        << ", policy::BackendId::" << backend_name(i.backend) << ",\n"
-        << std::string(lead.size(), ' ') << point_literal(i.point, "", "", lead.size()) << ">"
-        << (n + 1 < rows.size() ? ",\n" : ">;\n");
-    }
+    o << "using " << backend_name(b) << " = std::tuple<";
+    for (std::size_t n = 0; n < rows.size(); ++n)
+      o << "\n    // " << rows[n]->name << "\n    dispatch::Instance<0x" << std::hex << rows[n]->key
+        << std::dec << "u>" << (n + 1 < rows.size() ? "," : "");
+    o << ">;\n";
   }
+  o << "// clang-format on\n";
   o << "\n}  // namespace atom::instances\n";
   return o.str();
 }
@@ -261,13 +290,11 @@ std::string manifest(const std::vector<Instance>& list) {
     o << "    {\"name\": \"" << i.name << "\", \"key\": " << i.key << ", \"pipeline\": \""
       << pipeline_name(i.pipeline) << "\", \"backend\": \"" << backend_name(i.backend)
       << "\", \"file\": \"" << backend_name(i.backend) << "/" << i.name << ".cpp\", \"axes\": {";
-    const AxisSet s = axes_of(i.pipeline);
+    const AxisSet s = reads(i.pipeline);
     bool first = true;
-    for_each_axis([&](const auto& axis) {
-      if (!uses(s, axis.id)) return;
-      using E = typename std::decay_t<decltype(axis)>::enum_type;
-      o << (first ? "" : ", ") << "\"" << axis.name << "\": \""
-        << axis.value_name(static_cast<E>(i.point.get(axis.id))) << "\"";
+    for_each_axis([&](const auto& axis, std::size_t a) {
+      if (!s[a]) return;
+      o << (first ? "" : ", ") << "\"" << axis.name << "\": \"" << axis.label(i.point[a]) << "\"";
       first = false;
     });
     o << "}}" << (n + 1 < list.size() ? "," : "") << "\n";
@@ -293,13 +320,15 @@ bool write_if_changed(const fs::path& path, const std::string& content) {
 }
 
 int generate(const fs::path& dir) {
-  const auto list = all_instances();
+  const auto declared = declared_pipelines();
+  check_definitions(declared);
+  const auto list = all_instances(declared);
   std::size_t written = 0;
   std::set<fs::path> expected;
   for (const auto& i : list) {
     const fs::path p = dir / std::string(backend_name(i.backend)) / (i.name + ".cpp");
     expected.insert(p);
-    written += write_if_changed(p, translation_unit(i));
+    written += write_if_changed(p, translation_unit(i, declared_of(declared, i.pipeline)));
   }
   written += write_if_changed(dir / "table.cpp", table_unit(list));
   written += write_if_changed(dir / "instances.hpp", instances_header(list));
@@ -320,8 +349,11 @@ int generate(const fs::path& dir) {
   return 0;
 }
 
-int table_only(const fs::path& file, const std::vector<std::string>& names) {
-  const auto list = all_instances();
+// The dispatch table and instances.hpp of a build profile: just the named instances.
+int profile_only(const fs::path& dir, const std::vector<std::string>& names) {
+  const auto declared = declared_pipelines();
+  check_definitions(declared);
+  const auto list = all_instances(declared);
   std::vector<Instance> chosen;
   for (const auto& n : names) {
     const auto it =
@@ -334,7 +366,8 @@ int table_only(const fs::path& file, const std::vector<std::string>& names) {
   }
   std::sort(chosen.begin(), chosen.end(),
             [](const Instance& a, const Instance& b) { return a.key < b.key; });
-  write_if_changed(file, table_unit(chosen));
+  write_if_changed(dir / "table.cpp", table_unit(chosen));
+  write_if_changed(dir / "instances.hpp", instances_header(chosen));
   return 0;
 }
 
@@ -343,8 +376,8 @@ int table_only(const fs::path& file, const std::vector<std::string>& names) {
 int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   try {
-    if (args.size() >= 2 && args[0] == "--table")
-      return table_only(args[1], std::vector<std::string>(args.begin() + 2, args.end()));
+    if (args.size() >= 2 && args[0] == "--profile")
+      return profile_only(args[1], std::vector<std::string>(args.begin() + 2, args.end()));
     if (args.size() == 1 && args[0] != "--help" && args[0][0] != '-') return generate(args[0]);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "atom-codegen: %s\n", e.what());
@@ -352,6 +385,6 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "usage: atom-codegen <dir>\n"
-               "       atom-codegen --table <file> <instance names...>\n");
+               "       atom-codegen --profile <dir> <instance names...>\n");
   return 2;
 }

@@ -32,6 +32,14 @@
 
 namespace atom::pipeline {
 
+// What each pipeline declares next to its template: the axes it reads (the only axes its
+// template can branch on; the others fold) and the template's name for the generated code. A
+// pipeline id without a declaration does not compile.
+template <policy::PipelineId P>
+struct Declared;
+template <policy::PipelineId P>
+using PointOf = policy::PointFor<Declared<P>::reads>;
+
 namespace detail {
 
 // The checks every pipeline runs first; returns its weights. Tensor parallelism beyond one rank
@@ -68,12 +76,14 @@ const auto& weight_for(const Weight& w) {
     const auto* prepared = [&] {
       if constexpr (G == policy::GemmBackend::matrix_core)
         return w.matrix_core;
-      else
+      else if constexpr (G == policy::GemmBackend::portable)
         return w.portable;
+      else
+        static_assert(policy::unhandled<G>, "a GEMM backend without a prepared weight form");
     }();
     expect(prepared != nullptr, "GPU pipeline",
            std::string("a weight has no device copy prepared for GEMM backend ") +
-               std::string(policy::gemm_backend.value_name(G)) +
+               std::string(policy::gemm_backend.label(static_cast<std::uint8_t>(G))) +
                " (load the weights for the GPU with that backend)");
     return *prepared;
   }
@@ -128,10 +138,12 @@ ops::Mxfp4Act norm_to_mxfp4(const Backend& b, const BlockIo& io, View1<const bf1
   if constexpr (Fusion == policy::InputNormQuant::fused) {
     using Epi = link<ops::epi::Mxfp4, GemmInput>;
     ops::add_rms_norm<Epi>(b, io.x, io.residual, weight, io.model->rms_eps, act);
-  } else {
+  } else if constexpr (Fusion == policy::InputNormQuant::separate) {
     auto normed = take_act<ops::Bf16Act>(ws, t, h);
     ops::add_rms_norm<ops::epi::Bf16>(b, io.x, io.residual, weight, io.model->rms_eps, normed);
     ops::quantize<link<ops::epi::Mxfp4, GemmInput>>(b, normed.x, act);
+  } else {
+    static_assert(policy::unhandled<Fusion>);
   }
   return act;
 }
@@ -170,8 +182,18 @@ void moe_gemm(const Backend& b, const ops::Mxfp4Act& a, View2<const std::int32_t
 
 // DeepSeek MLA attention, decode: [AR+]add+RMSNorm[+MXFP4 quant] -> qkv_a GEMM -> q_a/kv_a norms
 // -> q_b GEMM -> absorbed W_UK BMM -> RoPE, latent cache write -> MLA decode -> W_UV BMM -> o_proj.
-template <policy::Point P, class Backend>
+template <>
+struct Declared<policy::PipelineId::mla_attention> {
+  static constexpr auto reads =
+      policy::axes_read<policy::GemmBackend, policy::BmmFormat, policy::AllReduceNorm,
+                        policy::InputNormQuant, policy::QkNorm>;
+  static constexpr std::string_view type = "pipeline::MlaAttention";
+};
+template <PointOf<policy::PipelineId::mla_attention> P, class Backend>
 struct MlaAttention {
+  static constexpr auto gemm = P.get<policy::GemmBackend>();
+  static constexpr auto qk_norm = P.get<policy::QkNorm>();
+
   static void run(const MlaArgs& a) {
     const MlaWeights& w = detail::checked("mla_attention", a.io, a.weights);
     const Backend b = detail::backend_of<Backend>(a.io);
@@ -181,34 +203,37 @@ struct MlaAttention {
     const index_t heads = m.num_heads / a.io.tp.size;
     const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
 
-    const auto x_act = detail::norm_to_mxfp4<P.input_norm_quant>(b, a.io, w.input_norm);
+    const auto x_act =
+        detail::norm_to_mxfp4<P.get<policy::InputNormQuant>()>(b, a.io, w.input_norm);
     auto qkv_a = ws.take<bf16>(t, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim);
-    detail::gemm<P.gemm>(b, x_act, w.qkv_a, qkv_a);
+    detail::gemm<gemm>(b, x_act, w.qkv_a, qkv_a);
 
     auto kv_c = ws.take<bf16>(t, m.kv_lora_rank);
     auto k_pe = ws.take<bf16>(t, m.qk_rope_dim);
     ops::Mxfp4Act q_c_act;
-    if constexpr (P.qk_norm == policy::QkNorm::fused_quant) {
+    if constexpr (qk_norm == policy::QkNorm::fused_quant) {
       q_c_act = detail::take_act<ops::Mxfp4Act>(ws, t, m.q_lora_rank);
       ops::qk_norm_fused<link<ops::epi::Mxfp4, GemmInput>>(b, qkv_a, w.q_a_norm, w.kv_a_norm,
                                                            m.rms_eps, q_c_act, kv_c, k_pe);
     } else {
       auto q_c = detail::take_act<ops::Bf16Act>(ws, t, m.q_lora_rank);
-      if constexpr (P.qk_norm == policy::QkNorm::fused) {
+      if constexpr (qk_norm == policy::QkNorm::fused) {
         ops::qk_norm_fused<ops::epi::Bf16>(b, qkv_a, w.q_a_norm, w.kv_a_norm, m.rms_eps, q_c, kv_c,
                                            k_pe);
-      } else {
+      } else if constexpr (qk_norm == policy::QkNorm::separate) {
         ops::rms_norm<ops::epi::Bf16>(b, qkv_a.slice(1, 0, m.q_lora_rank), w.q_a_norm, m.rms_eps,
                                       q_c);
         ops::rms_norm<ops::epi::Bf16>(b, qkv_a.slice(1, m.q_lora_rank, m.kv_lora_rank), w.kv_a_norm,
                                       m.rms_eps, ops::Bf16Act{kv_c});
         ops::copy(b, qkv_a.slice(1, m.q_lora_rank + m.kv_lora_rank, m.qk_rope_dim), k_pe);
+      } else {
+        static_assert(policy::unhandled<qk_norm>);
       }
       q_c_act = detail::quantize_rows(b, ws, q_c.x);
     }
 
     auto q = ws.take<bf16>(t, heads, qk_head);
-    detail::gemm<P.gemm>(b, q_c_act, w.q_b, detail::merge_heads(q));
+    detail::gemm<gemm>(b, q_c_act, w.q_b, detail::merge_heads(q));
     const View3<bf16> q_nope = q.slice(2, 0, m.qk_nope_dim);
     const View3<bf16> q_pe = q.slice(2, m.qk_nope_dim, m.qk_rope_dim);
 
@@ -227,8 +252,7 @@ struct MlaAttention {
 
     auto o = ws.take<bf16>(t, heads, m.v_head_dim);
     absorbed_bmm(b, ws, o_latent, w.w_uv_fp8, w.w_uv_mxfp4, o);
-    detail::gemm<P.gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj,
-                         a.io.out);
+    detail::gemm<gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj, a.io.out);
   }
 
  private:
@@ -236,7 +260,8 @@ struct MlaAttention {
   static void absorbed_bmm(const Backend& b, Workspace& ws, View3<bf16> in,
                            const ops::Fp8HeadWeight& w_fp8, const ops::Mxfp4HeadWeight& w_mxfp4,
                            View3<bf16> out) {
-    if constexpr (P.bmm == policy::BmmFormat::fp8) {
+    constexpr auto format = P.get<policy::BmmFormat>();
+    if constexpr (format == policy::BmmFormat::fp8) {
       // Activations FP8 per token-group of 128, one row per (token, head).
       auto dense = ws.take<bf16>(in.size(0), in.size(1), in.size(2));
       for (index_t i = 0; i < in.size(0); ++i) ops::copy(b, in[i], dense[i]);
@@ -244,16 +269,28 @@ struct MlaAttention {
       ops::quantize<link<ops::epi::Fp8PerGroup128, BmmFp8Input>>(b, detail::rows_per_head(dense),
                                                                  act);
       ops::bmm_fp8(b, act, w_fp8, out);
-    } else {
+    } else if constexpr (format == policy::BmmFormat::mxfp4) {
       ops::bmm_mxfp4(b, in, w_mxfp4, out);
+    } else {
+      static_assert(policy::unhandled<format>);
     }
   }
 };
 
 // Qwen3 attention, decode: [AR+]add+RMSNorm -> MXFP4 quant -> qkv GEMM -> per-head Q/K norm +
 // RoPE + FP8 KV-cache write (one fused op or the separate chain) -> GQA decode -> o_proj.
-template <policy::Point P, class Backend>
+template <>
+struct Declared<policy::PipelineId::qwen3_attention> {
+  // The DS_* input norm fusion is DeepSeek's: Qwen3's input norm is always norm, then quant.
+  static constexpr auto reads =
+      policy::axes_read<policy::GemmBackend, policy::AllReduceNorm, policy::QkNormRopeCache>;
+  static constexpr std::string_view type = "pipeline::Qwen3Attention";
+};
+template <PointOf<policy::PipelineId::qwen3_attention> P, class Backend>
 struct Qwen3Attention {
+  static constexpr auto gemm = P.get<policy::GemmBackend>();
+  static constexpr auto qk_norm_rope_cache = P.get<policy::QkNormRopeCache>();
+
   static void run(const Qwen3AttentionArgs& a) {
     const Qwen3AttentionWeights& w = detail::checked("qwen3_attention", a.io, a.weights);
     const Backend b = detail::backend_of<Backend>(a.io);
@@ -266,31 +303,41 @@ struct Qwen3Attention {
     const auto x_act =
         detail::norm_to_mxfp4<policy::InputNormQuant::separate>(b, a.io, w.input_norm);
     auto qkv = ws.take<bf16>(t, (heads + 2 * kv_heads) * m.head_dim);
-    detail::gemm<P.gemm>(b, x_act, w.qkv, qkv);
+    detail::gemm<gemm>(b, x_act, w.qkv, qkv);
 
     auto q = ws.take<bf16>(t, heads, m.head_dim);
-    if constexpr (P.qk_norm_rope_cache == policy::QkNormRopeCache::fused) {
+    if constexpr (qk_norm_rope_cache == policy::QkNormRopeCache::fused) {
       ops::qk_norm_rope_cache_fused<ops::RopeStyle::neox>(b, qkv, w.q_norm, w.k_norm, m.rms_eps,
                                                           a.batch.positions, w.cos_sin,
                                                           a.batch.slots, a.cache, q);
-    } else {
+    } else if constexpr (qk_norm_rope_cache == policy::QkNormRopeCache::separate) {
       ops::qk_norm_rope_cache_separate<ops::RopeStyle::neox>(b, qkv, w.q_norm, w.k_norm, m.rms_eps,
                                                              a.batch.positions, w.cos_sin,
                                                              a.batch.slots, a.cache, q);
+    } else {
+      static_assert(policy::unhandled<qk_norm_rope_cache>);
     }
     auto o = ws.take<bf16>(t, heads, m.head_dim);
     const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
     ops::gqa_decode(b, q, a.cache, a.batch.block_table, a.batch.context_lens, scale, o);
-    detail::gemm<P.gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj,
-                         a.io.out);
+    detail::gemm<gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj, a.io.out);
   }
 };
 
 // MoE block: [AR+]add+RMSNorm -> router -> routed experts (MXFP4 grouped GEMMs, SiLU*mul) and the
 // shared expert -> combine. With dual streams the shared expert runs concurrently with the routed
 // ones for 0 < tokens <= threshold.
-template <policy::Point P, class Backend>
+template <>
+struct Declared<policy::PipelineId::moe_block> {
+  // The router reads the bf16 normed activations, so the MoE norm is never fused with quant.
+  static constexpr auto reads =
+      policy::axes_read<policy::GemmBackend, policy::AllReduceNorm, policy::MoeStreams>;
+  static constexpr std::string_view type = "pipeline::MoeBlock";
+};
+template <PointOf<policy::PipelineId::moe_block> P, class Backend>
 struct MoeBlock {
+  static constexpr auto gemm = P.get<policy::GemmBackend>();
+
   static void run(const MoeArgs& a) {
     const MoeWeights& w = detail::checked("moe_block", a.io, a.weights);
     const Backend b = detail::backend_of<Backend>(a.io);
@@ -321,22 +368,24 @@ struct MoeBlock {
         has_shared ? detail::take_act<ops::Mxfp4Act>(ws, t, shared_width / 2) : ops::Mxfp4Act{};
     auto shared_gate_up = has_shared ? ws.take<bf16>(t, shared_width) : View2<bf16>{};
     auto shared_expert = [&](const Backend& on) {
-      detail::gemm<P.gemm>(on, x_act, w.shared_gate_up, shared_gate_up);
+      detail::gemm<gemm>(on, x_act, w.shared_gate_up, shared_gate_up);
       ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(on, shared_gate_up, shared_inter);
-      detail::gemm<P.gemm>(on, shared_inter, w.shared_down, shared_out);
+      detail::gemm<gemm>(on, shared_inter, w.shared_down, shared_out);
     };
 
     auto gate_up = ws.take<bf16>(t * k, 2 * m.moe_intermediate);
     auto inter = detail::take_act<ops::Mxfp4Act>(ws, t * k, m.moe_intermediate);
     auto expert_out = ws.take<bf16>(t * k, m.hidden);
     auto routed_experts = [&](const Backend& on) {
-      detail::moe_gemm<P.gemm>(on, x_act, ids, w.gate_up, gate_up);
+      detail::moe_gemm<gemm>(on, x_act, ids, w.gate_up, gate_up);
       ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(on, gate_up, inter);
-      detail::moe_gemm<P.gemm>(on, inter, ids, w.down, expert_out);
+      detail::moe_gemm<gemm>(on, inter, ids, w.down, expert_out);
     };
 
-    const bool concurrent = P.moe_streams == policy::MoeStreams::dual && has_shared && t > 0 &&
-                            t <= a.dual_stream_threshold;
+    constexpr auto streams = P.get<policy::MoeStreams>();
+    static_assert(streams == policy::MoeStreams::single || streams == policy::MoeStreams::dual);
+    const bool concurrent =
+        streams == policy::MoeStreams::dual && has_shared && t > 0 && t <= a.dual_stream_threshold;
     if (concurrent) {
       // The host's second stream is a second thread; the GPU's is the io's side stream.
       detail::concurrently(b, a.io, routed_experts, shared_expert);
@@ -348,28 +397,46 @@ struct MoeBlock {
   }
 };
 
-// A decoder layer: the attention block, then the MoE block on its output.
-template <template <policy::Point, class> class Attention, policy::Point P, class Backend>
+// A decoder layer: the attention block, then the MoE block on its output. A layer reads what its
+// blocks read; each block folds the layer's point to its own axes.
+template <class Attention, class Moe>
 struct DecoderLayer {
   template <class AttentionArgs>
   static void run(const LayerArgs<AttentionArgs>& a) {
-    Attention<policy::canonical(attention_pipeline, P), Backend>::run(a.attention);
+    Attention::run(a.attention);
     MoeArgs moe{a.attention.io, a.moe_weights, a.dual_stream_threshold};
     moe.io.x = a.attention.io.out;
     moe.io.out = a.out;
-    MoeBlock<policy::canonical(policy::PipelineId::moe_block, P), Backend>::run(moe);
+    Moe::run(moe);
   }
-
- private:
-  static constexpr policy::PipelineId attention_pipeline =
-      std::is_same_v<Attention<P, Backend>, MlaAttention<P, Backend>>
-          ? policy::PipelineId::mla_attention
-          : policy::PipelineId::qwen3_attention;
 };
 
-template <policy::Point P, class Backend>
-using DsLayer = DecoderLayer<MlaAttention, P, Backend>;
-template <policy::Point P, class Backend>
-using Qwen3Layer = DecoderLayer<Qwen3Attention, P, Backend>;
+template <>
+struct Declared<policy::PipelineId::ds_layer> {
+  static constexpr auto reads = policy::union_of(Declared<policy::PipelineId::mla_attention>::reads,
+                                                 Declared<policy::PipelineId::moe_block>::reads);
+  static constexpr std::string_view type = "pipeline::DsLayer";
+};
+template <PointOf<policy::PipelineId::ds_layer> P, class Backend>
+struct DsLayer : DecoderLayer<MlaAttention<P.point, Backend>, MoeBlock<P.point, Backend>> {};
+
+template <>
+struct Declared<policy::PipelineId::qwen3_layer> {
+  static constexpr auto reads =
+      policy::union_of(Declared<policy::PipelineId::qwen3_attention>::reads,
+                       Declared<policy::PipelineId::moe_block>::reads);
+  static constexpr std::string_view type = "pipeline::Qwen3Layer";
+};
+template <PointOf<policy::PipelineId::qwen3_layer> P, class Backend>
+struct Qwen3Layer : DecoderLayer<Qwen3Attention<P.point, Backend>, MoeBlock<P.point, Backend>> {};
+
+// Calls f(std::integral_constant<PipelineId, P>) for every pipeline, in id order.
+template <class F>
+constexpr void for_each_pipeline(F&& f) {
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (f(std::integral_constant<policy::PipelineId, policy::pipelines[I]>{}), ...);
+  }
+  (std::make_index_sequence<policy::pipelines.size()>{});
+}
 
 }  // namespace atom::pipeline

@@ -1,104 +1,256 @@
-// The policy axes: every fusion and backend choice, each tied to the variables that feed it.
-// An axis is a small enum plus a descriptor; pipelines see axis values only as template
-// arguments (through policy::Point), never as run-time flags.
+// The policy axes: every fusion and backend choice, each defined once by an enum and a
+// descriptor (its name, tag, values, the variables that feed it and how they are read). The list
+// `axes` at the end orders them; everything else (the point's layout, the product space, the key,
+// names, settings, the generator's tables) is derived from the descriptors. Pipelines see axis
+// values only as template arguments (policy::PointFor), never as run-time flags.
+//
+// Adding an axis: its enum and descriptor here, one entry in `axes`, its variable in
+// env/registry.hpp, and the pipelines that read it say so next to their templates.
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <tuple>
+#include <type_traits>
 
 #include "atom/env/config.hpp"
 
 namespace atom::policy {
 
+// How the variables of a Config select an axis value, and the inverse: the settings that select
+// a value. Null rules mean the plain rule of a two-valued axis fed by one boolean variable:
+// false selects the first value, true the second.
+using ReadRule = std::uint8_t (*)(const env::Config&);
+using SelectRule = void (*)(std::uint8_t value, env::Environment&);
+
+// A fusion axis changes how a function is computed (its first value is the all-separate form,
+// the reference of the others); a choice axis changes the function itself (a kernel backend or a
+// weight format), so a reference keeps its value.
+enum class AxisKind : std::uint8_t { fusion, choice };
+
+// Descriptor of one axis. `enumerators` are the C++ names of E's values (index = value), for the
+// generated code; `labels` the names in instance names, settings and messages.
+template <class E, std::size_t N, std::size_t NVars = 1>
+struct Axis {
+  using enum_type = E;
+  static constexpr std::size_t size = N;
+
+  std::string_view name;
+  std::string_view tag;        // short form used in instance names
+  std::string_view type_name;  // the enum's name in namespace atom::policy
+  std::array<std::string_view, N> enumerators;
+  std::array<std::string_view, N> labels;
+  std::array<env::Var, NVars> vars;
+  AxisKind kind = AxisKind::fusion;
+  ReadRule read = nullptr;
+  SelectRule select = nullptr;
+
+  constexpr std::string_view label(std::uint8_t v) const { return labels[v]; }
+};
+
+namespace detail {
+template <class E, std::size_t N, std::size_t NVars>
+constexpr bool plain_rule_applies(const Axis<E, N, NVars>& a) {
+  return N == 2 && NVars == 1 && env::spec(a.vars[0]).type == env::Type::boolean;
+}
+}  // namespace detail
+
+inline void set(env::Environment& e, env::Var v, std::string_view value) {
+  e[std::string(env::spec(v).name)] = std::string(value);
+}
+
+// The axis value a Config selects.
+template <class E, std::size_t N, std::size_t NVars>
+std::uint8_t read_value(const Axis<E, N, NVars>& a, const env::Config& c) {
+  if (a.read != nullptr) return a.read(c);
+  return std::get<bool>(c.value(a.vars[0])) ? 1 : 0;
+}
+
+// Settings that select value v of the axis.
+template <class E, std::size_t N, std::size_t NVars>
+void select_value(const Axis<E, N, NVars>& a, std::uint8_t v, env::Environment& e) {
+  if (a.select != nullptr) return a.select(v, e);
+  set(e, a.vars[0], v ? "1" : "0");
+}
+
 // MXFP4 GEMM: the hand-written matrix-core kernel ("asm") or the portable one ("triton").
 enum class GemmBackend : std::uint8_t { matrix_core, portable };
+inline constexpr Axis<GemmBackend, 2> gemm_backend{.name = "gemm_backend",
+                                                   .tag = "gemm",
+                                                   .type_name = "GemmBackend",
+                                                   .enumerators = {"matrix_core", "portable"},
+                                                   .labels = {"asm", "triton"},
+                                                   .vars = {env::Var::use_triton_gemm},
+                                                   .kind = AxisKind::choice};
+
 // MLA absorbed BMMs: FP8 weights with FP8 per-128 activations, or MXFP4 weights with bf16 ones.
 enum class BmmFormat : std::uint8_t { fp8, mxfp4 };
+inline constexpr Axis<BmmFormat, 2> bmm_format{.name = "bmm_format",
+                                               .tag = "bmm",
+                                               .type_name = "BmmFormat",
+                                               .enumerators = {"fp8", "mxfp4"},
+                                               .labels = {"fp8", "mxfp4"},
+                                               .vars = {env::Var::use_triton_mxfp4_bmm},
+                                               .kind = AxisKind::choice};
+
 // Tensor-parallel all-reduce, residual add and RMSNorm: two steps or one kernel.
 enum class AllReduceNorm : std::uint8_t { separate, fused };
-// Layer-input RMSNorm and MXFP4 quant: two kernels or one.
+inline constexpr Axis<AllReduceNorm, 2> allreduce_norm{
+    .name = "allreduce_norm",
+    .tag = "ar",
+    .type_name = "AllReduceNorm",
+    .enumerators = {"separate", "fused"},
+    .labels = {"separate", "fused"},
+    .vars = {env::Var::enable_allreduce_rmsnorm_fusion}};
+
+// Layer-input RMSNorm and the quant of the next GEMM's input: two kernels or one.
 enum class InputNormQuant : std::uint8_t { separate, fused };
+inline constexpr Axis<InputNormQuant, 2> input_norm_quant{
+    .name = "input_norm_quant",
+    .tag = "inq",
+    .type_name = "InputNormQuant",
+    .enumerators = {"separate", "fused"},
+    .labels = {"separate", "fused"},
+    .vars = {env::Var::enable_ds_input_rmsnorm_quant_fusion}};
+
 // DeepSeek q_a / kv_a RMSNorms: two norms, one fused kernel, or one kernel that also quantizes q.
+// Two variables feed it: the quant fusion implies the norm fusion, so ATOM_ENABLE_DS_QKNORM_FUSION
+// only matters when the quant fusion is off.
 enum class QkNorm : std::uint8_t { separate, fused, fused_quant };
-// MoE shared experts: on the main stream, or on a second stream for small batches.
+inline constexpr Axis<QkNorm, 3, 2> qk_norm{
+    .name = "qk_norm",
+    .tag = "qk",
+    .type_name = "QkNorm",
+    .enumerators = {"separate", "fused", "fused_quant"},
+    .labels = {"separate", "fused", "fused_quant"},
+    .vars = {env::Var::enable_ds_qknorm_fusion, env::Var::enable_ds_qknorm_quant_fusion},
+    .read = [](const env::Config& c) -> std::uint8_t {
+      using env::Var;
+      return c.get<Var::enable_ds_qknorm_quant_fusion>() ? 2
+             : c.get<Var::enable_ds_qknorm_fusion>()     ? 1
+                                                         : 0;
+    },
+    .select =
+        [](std::uint8_t v, env::Environment& e) {
+          set(e, env::Var::enable_ds_qknorm_quant_fusion, v == 2 ? "1" : "0");
+          // With the quant fusion on, the plain norm fusion is irrelevant and left unset.
+          if (v != 2) set(e, env::Var::enable_ds_qknorm_fusion, v == 1 ? "1" : "0");
+        }};
+
+// MoE shared experts: on the main stream, or on a second stream for small batches. A zero token
+// threshold means the second stream is never created.
 enum class MoeStreams : std::uint8_t { single, dual };
+inline constexpr Axis<MoeStreams, 2> moe_streams{
+    .name = "moe_streams",
+    .tag = "moe",
+    .type_name = "MoeStreams",
+    .enumerators = {"single", "dual"},
+    .labels = {"single", "dual"},
+    .vars = {env::Var::dual_stream_moe_token_threshold},
+    .read = [](const env::Config& c) -> std::uint8_t {
+      return c.get<env::Var::dual_stream_moe_token_threshold>() > 0 ? 1 : 0;
+    },
+    .select =
+        [](std::uint8_t v, env::Environment& e) {
+          set(e, env::Var::dual_stream_moe_token_threshold, v ? "1024" : "0");
+        }};
+
 // Qwen3 per-head Q/K norm, RoPE and FP8 KV-cache write: separate kernels or one.
 enum class QkNormRopeCache : std::uint8_t { separate, fused };
+inline constexpr Axis<QkNormRopeCache, 2> qk_norm_rope_cache{
+    .name = "qk_norm_rope_cache",
+    .tag = "qkrc",
+    .type_name = "QkNormRopeCache",
+    .enumerators = {"separate", "fused"},
+    .labels = {"separate", "fused"},
+    .vars = {env::Var::enable_qk_norm_rope_cache_quant_fusion}};
 
-enum class AxisId : std::uint8_t {
-  gemm_backend,
-  bmm_format,
-  allreduce_norm,
-  input_norm_quant,
-  qk_norm,
-  moe_streams,
-  qk_norm_rope_cache,
-};
-inline constexpr std::size_t axis_count = 7;
+// Every axis, in key order.
+inline constexpr std::tuple axes{gemm_backend, bmm_format,  allreduce_norm,    input_norm_quant,
+                                 qk_norm,      moe_streams, qk_norm_rope_cache};
 
-// Descriptor of one axis: its name, the names of its values (index = enum value), the
-// variables that feed it, and the rule that reads its value from a Config.
-template <class E, std::size_t N, std::size_t NVars>
-struct AxisInfo {
-  using enum_type = E;
-  AxisId id;
-  std::string_view name;
-  std::string_view tag;  // short form used in instance names
-  std::array<std::string_view, N> value_names;
-  std::array<env::Var, NVars> vars;
+inline constexpr std::size_t axis_count = std::tuple_size_v<decltype(axes)>;
 
-  static constexpr std::size_t size = N;
-  constexpr std::string_view value_name(E v) const {
-    return value_names[static_cast<std::size_t>(v)];
-  }
-};
-
-inline constexpr AxisInfo<GemmBackend, 2, 1> gemm_backend{
-    AxisId::gemm_backend, "gemm_backend", "gemm", {"asm", "triton"}, {env::Var::use_triton_gemm}};
-inline constexpr AxisInfo<BmmFormat, 2, 1> bmm_format{
-    AxisId::bmm_format, "bmm_format", "bmm", {"fp8", "mxfp4"}, {env::Var::use_triton_mxfp4_bmm}};
-inline constexpr AxisInfo<AllReduceNorm, 2, 1> allreduce_norm{
-    AxisId::allreduce_norm,
-    "allreduce_norm",
-    "ar",
-    {"separate", "fused"},
-    {env::Var::enable_allreduce_rmsnorm_fusion}};
-inline constexpr AxisInfo<InputNormQuant, 2, 1> input_norm_quant{
-    AxisId::input_norm_quant,
-    "input_norm_quant",
-    "inq",
-    {"separate", "fused"},
-    {env::Var::enable_ds_input_rmsnorm_quant_fusion}};
-inline constexpr AxisInfo<QkNorm, 3, 2> qk_norm{
-    AxisId::qk_norm,
-    "qk_norm",
-    "qk",
-    {"separate", "fused", "fused_quant"},
-    {env::Var::enable_ds_qknorm_fusion, env::Var::enable_ds_qknorm_quant_fusion}};
-inline constexpr AxisInfo<MoeStreams, 2, 1> moe_streams{
-    AxisId::moe_streams,
-    "moe_streams",
-    "moe",
-    {"single", "dual"},
-    {env::Var::dual_stream_moe_token_threshold}};
-inline constexpr AxisInfo<QkNormRopeCache, 2, 1> qk_norm_rope_cache{
-    AxisId::qk_norm_rope_cache,
-    "qk_norm_rope_cache",
-    "qkrc",
-    {"separate", "fused"},
-    {env::Var::enable_qk_norm_rope_cache_quant_fusion}};
-
-// Visits every axis descriptor in AxisId order.
+// Visits every axis descriptor in key order; f(axis, index).
 template <class F>
 constexpr void for_each_axis(F&& f) {
-  f(gemm_backend);
-  f(bmm_format);
-  f(allreduce_norm);
-  f(input_norm_quant);
-  f(qk_norm);
-  f(moe_streams);
-  f(qk_norm_rope_cache);
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (f(std::get<I>(axes), I), ...);
+  }
+  (std::make_index_sequence<axis_count>{});
 }
+
+namespace detail {
+template <class E, std::size_t... I>
+constexpr std::size_t index_of(std::index_sequence<I...>) {
+  std::size_t found = axis_count;
+  std::size_t matches = 0;
+  ((std::is_same_v<typename std::tuple_element_t<I, decltype(axes)>::enum_type, E>
+        ? (found = I, ++matches)
+        : 0),
+   ...);
+  return matches == 1 ? found : axis_count;
+}
+
+template <class A>
+constexpr bool well_formed(const A& a) {
+  if (a.name.empty() || a.tag.empty() || a.type_name.empty() || A::size < 2) return false;
+  for (std::size_t v = 0; v < A::size; ++v)
+    if (a.enumerators[v].empty() || a.labels[v].empty()) return false;
+  // Without a written rule the axis must be two-valued and fed by one boolean.
+  if ((a.read == nullptr) != (a.select == nullptr)) return false;
+  return a.read != nullptr || plain_rule_applies(a);
+}
+}  // namespace detail
+
+// The position of the axis whose enum is E.
+template <class E>
+inline constexpr std::size_t axis_index =
+    detail::index_of<E>(std::make_index_sequence<axis_count>{});
+
+template <class E>
+inline constexpr const auto& axis_of = std::get<axis_index<E>>(axes);
+
+static_assert(
+    [] {
+      bool ok = true;
+      for_each_axis([&](const auto& a, std::size_t i) {
+        using E = typename std::decay_t<decltype(a)>::enum_type;
+        ok = ok && detail::well_formed(a) && axis_index<E> == i;
+      });
+      return ok;
+    }(),
+    "every axis needs a name, a tag, its enum's name, a name for each of its values, its own enum "
+    "type, and either a written read/select rule pair or two values fed by one boolean variable");
+
+// Which axes something reads, one bit per axis in the order of `axes`. (A bit mask rather than an
+// array of bools: GCC 12 confuses template instantiations over array-valued arguments.)
+struct AxisSet {
+  std::uint64_t mask = 0;
+
+  constexpr bool operator[](std::size_t axis) const { return (mask >> axis) & 1u; }
+  friend constexpr bool operator==(const AxisSet&, const AxisSet&) = default;
+};
+static_assert(axis_count <= 64);
+
+template <class... E>
+inline constexpr AxisSet axes_read = [] {
+  static_assert(((axis_index<E> < axis_count) && ...), "not an axis enum");
+  AxisSet s;
+  ((s.mask |= std::uint64_t{1} << axis_index<E>), ...);
+  return s;
+}();
+
+constexpr AxisSet union_of(const AxisSet& a, const AxisSet& b) {
+  return {a.mask | b.mask};
+}
+
+// An axis value with no branch in a pipeline: `else static_assert(policy::unhandled<V>)` ends
+// every chain of `if constexpr` over an axis, so a value added later does not compile into
+// another value's code.
+template <auto V>
+inline constexpr bool unhandled = false;
 
 }  // namespace atom::policy

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -13,65 +15,95 @@
 
 namespace atom::policy {
 
-// One value per axis. A structural type: pipelines take it as a template argument and branch on
-// it with `if constexpr`.
+namespace detail {
+constexpr unsigned bits_for(std::size_t values) {
+  return static_cast<unsigned>(std::bit_width(values - 1));
+}
+// Each axis's value in as few bits as its values need, the first axis highest.
+inline constexpr std::array<unsigned, axis_count> axis_bits = [] {
+  std::array<unsigned, axis_count> b{};
+  for_each_axis([&](const auto& axis, std::size_t i) { b[i] = bits_for(axis.size); });
+  return b;
+}();
+inline constexpr std::array<unsigned, axis_count> axis_shift = [] {
+  std::array<unsigned, axis_count> s{};
+  unsigned at = 0;
+  for (std::size_t a = axis_count; a-- > 0;) {
+    s[a] = at;
+    at += axis_bits[a];
+  }
+  return s;
+}();
+inline constexpr unsigned point_bits = axis_shift[0] + axis_bits[0];
+}  // namespace detail
+
+// One value per axis, packed. A structural type: pipelines take it (as PointFor) as a template
+// argument and branch on it with `if constexpr`. (Packed into an integer rather than an array:
+// GCC 12 confuses template instantiations over array-valued arguments.)
 struct Point {
-  GemmBackend gemm = GemmBackend::matrix_core;
-  BmmFormat bmm = BmmFormat::fp8;
-  AllReduceNorm allreduce_norm = AllReduceNorm::separate;
-  InputNormQuant input_norm_quant = InputNormQuant::separate;
-  QkNorm qk_norm = QkNorm::separate;
-  MoeStreams moe_streams = MoeStreams::single;
-  QkNormRopeCache qk_norm_rope_cache = QkNormRopeCache::separate;
+  std::uint32_t packed = 0;
 
   friend constexpr bool operator==(const Point&, const Point&) = default;
 
-  // The value of an axis as its enum's underlying integer.
-  constexpr std::uint8_t get(AxisId a) const {
-    switch (a) {
-      case AxisId::gemm_backend:
-        return static_cast<std::uint8_t>(gemm);
-      case AxisId::bmm_format:
-        return static_cast<std::uint8_t>(bmm);
-      case AxisId::allreduce_norm:
-        return static_cast<std::uint8_t>(allreduce_norm);
-      case AxisId::input_norm_quant:
-        return static_cast<std::uint8_t>(input_norm_quant);
-      case AxisId::qk_norm:
-        return static_cast<std::uint8_t>(qk_norm);
-      case AxisId::moe_streams:
-        return static_cast<std::uint8_t>(moe_streams);
-      case AxisId::qk_norm_rope_cache:
-        return static_cast<std::uint8_t>(qk_norm_rope_cache);
-    }
-    return 0;
+  constexpr std::uint8_t operator[](std::size_t axis) const {
+    return static_cast<std::uint8_t>((packed >> detail::axis_shift[axis]) &
+                                     ((1u << detail::axis_bits[axis]) - 1));
   }
-  constexpr Point with(AxisId a, std::uint8_t v) const {
-    Point p = *this;
-    switch (a) {
-      case AxisId::gemm_backend:
-        p.gemm = static_cast<GemmBackend>(v);
-        break;
-      case AxisId::bmm_format:
-        p.bmm = static_cast<BmmFormat>(v);
-        break;
-      case AxisId::allreduce_norm:
-        p.allreduce_norm = static_cast<AllReduceNorm>(v);
-        break;
-      case AxisId::input_norm_quant:
-        p.input_norm_quant = static_cast<InputNormQuant>(v);
-        break;
-      case AxisId::qk_norm:
-        p.qk_norm = static_cast<QkNorm>(v);
-        break;
-      case AxisId::moe_streams:
-        p.moe_streams = static_cast<MoeStreams>(v);
-        break;
-      case AxisId::qk_norm_rope_cache:
-        p.qk_norm_rope_cache = static_cast<QkNormRopeCache>(v);
-        break;
-    }
-    return p;
+  template <class E>
+  constexpr E get() const {
+    return static_cast<E>((*this)[axis_index<E>]);
+  }
+
+  constexpr Point with(std::size_t axis, std::uint8_t v) const {
+    const std::uint32_t field = ((1u << detail::axis_bits[axis]) - 1) << detail::axis_shift[axis];
+    return {(packed & ~field) | (static_cast<std::uint32_t>(v) << detail::axis_shift[axis])};
+  }
+  template <class E>
+  constexpr Point with(E v) const {
+    return with(axis_index<E>, static_cast<std::uint8_t>(v));
+  }
+};
+
+// One axis value: any axis enum's value converts to it.
+struct AxisValue {
+  std::size_t axis;
+  std::uint8_t value;
+
+  template <class E>
+  requires(axis_index<E> < axis_count) constexpr AxisValue(E v)  // NOLINT: implicit by design
+      : axis(axis_index<E>), value(static_cast<std::uint8_t>(v)) {}
+};
+
+// The point with the given axis values, e.g. make_point({GemmBackend::portable, QkNorm::fused});
+// every other axis takes its first value.
+constexpr Point make_point(std::initializer_list<AxisValue> values) {
+  Point p;
+  for (const AxisValue& v : values) p = p.with(v.axis, v.value);
+  return p;
+}
+
+// The axes fold to their first value outside `reads`.
+constexpr Point canonical(const AxisSet& reads, Point x) {
+  for (std::size_t a = 0; a < axis_count; ++a)
+    if (!reads[a]) x = x.with(a, 0);
+  return x;
+}
+
+// A point as one pipeline sees it: the axes it reads, the others folded. A pipeline template
+// takes `PointFor<its reads>`, so it cannot branch on an axis it does not declare (get() does not
+// compile) and every point converts to its canonical representative.
+template <AxisSet Reads>
+struct PointFor {
+  static constexpr AxisSet reads = Reads;
+  Point point;
+
+  constexpr PointFor(Point p) : point(canonical(Reads, p)) {}  // NOLINT: implicit by design
+
+  template <class E>
+  constexpr E get() const {
+    static_assert(Reads[axis_index<E>],
+                  "the pipeline branches on an axis it does not declare among the axes it reads");
+    return point.get<E>();
   }
 };
 
@@ -107,107 +139,65 @@ constexpr std::string_view backend_name(BackendId b) {
   return b == BackendId::host ? "host" : "gpu";
 }
 
-using AxisSet = std::array<bool, axis_count>;
+// The axes a pipeline reads, as its template declares them (pipeline::Declared<P>::reads; this
+// function is defined by the pipeline layer from those declarations).
+AxisSet reads(PipelineId p);
 
-constexpr bool uses(const AxisSet& s, AxisId a) {
-  return s[static_cast<std::size_t>(a)];
+constexpr bool uses(const AxisSet& s, std::size_t axis) {
+  return s[axis];
 }
 
-// The axes a pipeline reads. Any other axis is folded to its first value (canonicalisation).
-constexpr AxisSet axes_of(PipelineId p) {
-  using enum AxisId;
-  AxisSet s{};
-  auto add = [&s](std::initializer_list<AxisId> ids) {
-    for (AxisId a : ids) s[static_cast<std::size_t>(a)] = true;
-  };
-  switch (p) {
-    case PipelineId::mla_attention:
-      add({gemm_backend, bmm_format, allreduce_norm, input_norm_quant, qk_norm});
-      break;
-    case PipelineId::moe_block:
-      // The router reads the bf16 normed activations, so the MoE norm is never fused with quant.
-      add({gemm_backend, allreduce_norm, moe_streams});
-      break;
-    case PipelineId::qwen3_attention:
-      // The DS_* input norm fusion is DeepSeek's: Qwen3's input norm is always norm, then quant.
-      add({gemm_backend, allreduce_norm, qk_norm_rope_cache});
-      break;
-    case PipelineId::ds_layer:
-      add({gemm_backend, bmm_format, allreduce_norm, input_norm_quant, qk_norm, moe_streams});
-      break;
-    case PipelineId::qwen3_layer:
-      add({gemm_backend, allreduce_norm, moe_streams, qk_norm_rope_cache});
-      break;
-  }
-  return s;
-}
-
-// The axis values the variables of a Config select. Two variables feed qk_norm: the quant fusion
-// implies the norm fusion, so ATOM_ENABLE_DS_QKNORM_FUSION only matters when the quant fusion is
-// off. A zero token threshold means the second stream is never created.
+// The axis values the variables of a Config select.
 inline Point point_from(const env::Config& c) {
-  using env::Var;
   Point p;
-  p.gemm = c.get<Var::use_triton_gemm>() ? GemmBackend::portable : GemmBackend::matrix_core;
-  p.bmm = c.get<Var::use_triton_mxfp4_bmm>() ? BmmFormat::mxfp4 : BmmFormat::fp8;
-  p.allreduce_norm = c.get<Var::enable_allreduce_rmsnorm_fusion>() ? AllReduceNorm::fused
-                                                                   : AllReduceNorm::separate;
-  p.input_norm_quant = c.get<Var::enable_ds_input_rmsnorm_quant_fusion>()
-                           ? InputNormQuant::fused
-                           : InputNormQuant::separate;
-  p.qk_norm = c.get<Var::enable_ds_qknorm_quant_fusion>() ? QkNorm::fused_quant
-              : c.get<Var::enable_ds_qknorm_fusion>()     ? QkNorm::fused
-                                                          : QkNorm::separate;
-  p.moe_streams =
-      c.get<Var::dual_stream_moe_token_threshold>() > 0 ? MoeStreams::dual : MoeStreams::single;
-  p.qk_norm_rope_cache = c.get<Var::enable_qk_norm_rope_cache_quant_fusion>()
-                             ? QkNormRopeCache::fused
-                             : QkNormRopeCache::separate;
+  for_each_axis([&](const auto& axis, std::size_t i) { p = p.with(i, read_value(axis, c)); });
   return p;
 }
 
 // The representative of a point's equivalence class for a pipeline.
-constexpr Point canonical(PipelineId p, Point x) {
-  const AxisSet s = axes_of(p);
-  for (std::size_t a = 0; a < axis_count; ++a)
-    if (!s[a]) x = x.with(static_cast<AxisId>(a), 0);
-  return x;
+inline Point canonical(PipelineId p, Point x) {
+  return canonical(reads(p), x);
 }
 
 inline Point resolve(PipelineId p, const env::Config& c) {
   return canonical(p, point_from(c));
 }
 
-// The all-separate reference of a point: every fusion off and one stream, the backend and format
-// choices (GEMM backend, BMM format) kept, since those change the function computed.
-constexpr Point separate_of(PipelineId p, Point x) {
+// The all-separate reference of a point: every fusion axis at its first value (all separate, one
+// stream), the choice axes (GEMM backend, BMM format) kept, since those change the function.
+constexpr Point separate_of(const AxisSet& reads, Point x) {
   Point r;
-  r.gemm = x.gemm;
-  r.bmm = x.bmm;
-  return canonical(p, r);
+  for_each_axis([&](const auto& axis, std::size_t i) {
+    if (axis.kind == AxisKind::choice) r = r.with(i, x[i]);
+  });
+  return canonical(reads, r);
+}
+inline Point separate_of(PipelineId p, Point x) {
+  return separate_of(reads(p), x);
 }
 
-// The packed key: 3 bits of pipeline, 1 of backend, 2 per axis.
+// The packed key: the pipeline, the backend, then the point's values.
 using Key = std::uint32_t;
+namespace detail {
+inline constexpr unsigned pipeline_bits = bits_for(pipelines.size());
+inline constexpr unsigned backend_bits = 1;
+static_assert(pipeline_bits + backend_bits + point_bits <= 32,
+              "the pipeline, the backend and every axis value must fit in a 32-bit key");
+}  // namespace detail
+
 constexpr Key key(PipelineId p, BackendId b, Point x) {
-  Key k = static_cast<Key>(p);
-  k = (k << 1) | static_cast<Key>(b);
-  for (std::size_t a = 0; a < axis_count; ++a) k = (k << 2) | x.get(static_cast<AxisId>(a));
-  return k;
+  return (((static_cast<Key>(p) << detail::backend_bits) | static_cast<Key>(b))
+          << detail::point_bits) |
+         x.packed;
 }
 constexpr PipelineId key_pipeline(Key k) {
-  return static_cast<PipelineId>(k >> (1 + 2 * axis_count));
+  return static_cast<PipelineId>(k >> (detail::backend_bits + detail::point_bits));
 }
 constexpr BackendId key_backend(Key k) {
-  return static_cast<BackendId>((k >> (2 * axis_count)) & 1u);
+  return static_cast<BackendId>((k >> detail::point_bits) & 1u);
 }
 constexpr Point key_point(Key k) {
-  Point x;
-  for (std::size_t a = 0; a < axis_count; ++a) {
-    const auto shift = 2 * (axis_count - 1 - a);
-    x = x.with(static_cast<AxisId>(a), static_cast<std::uint8_t>((k >> shift) & 3u));
-  }
-  return x;
+  return {k & ((Key{1} << detail::point_bits) - 1)};
 }
 
 // Variable settings that select each axis value of `x` the pipeline reads, e.g.
@@ -218,7 +208,9 @@ env::Environment environment_for(PipelineId p, Point x);
 
 // "gemm_backend=asm bmm_format=fp8 ..." over the axes the pipeline reads.
 std::string describe(PipelineId p, Point x);
-// The instantiation's name: "<pipeline>.<value>.<value>...", values in axis order.
+std::string describe(const AxisSet& reads, Point x);
+// The instantiation's name: "<pipeline>.<backend>.<tag>-<value>...", values in axis order.
 std::string instance_name(PipelineId p, BackendId b, Point x);
+std::string instance_name(std::string_view pipeline, const AxisSet& reads, BackendId b, Point x);
 
 }  // namespace atom::policy
