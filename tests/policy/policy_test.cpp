@@ -244,3 +244,31 @@ TEST_CASE("the settings printed for an instantiation select it") {
       CHECK(resolve(p, env::Config::from(environment_for(p, c))) == c);
     }
 }
+
+TEST_CASE("an axis needs a written rule unless a boolean feeds its two values") {
+  enum class Three : std::uint8_t { a, b, c };
+  constexpr Axis<Three, 3> three_without_rule{.name = "three",
+                                              .tag = "t",
+                                              .type_name = "Three",
+                                              .enumerators = {"a", "b", "c"},
+                                              .labels = {"a", "b", "c"},
+                                              .vars = {env::Var::use_triton_gemm}};
+  STATIC_REQUIRE_FALSE(policy::detail::well_formed(three_without_rule));
+  constexpr Axis<Three, 2> integer_without_rule{
+      .name = "threshold",
+      .tag = "t",
+      .type_name = "Three",
+      .enumerators = {"a", "b"},
+      .labels = {"a", "b"},
+      .vars = {env::Var::dual_stream_moe_token_threshold}};
+  STATIC_REQUIRE_FALSE(policy::detail::well_formed(integer_without_rule));
+  constexpr Axis<Three, 2> unnamed_value{.name = "two",
+                                         .tag = "t",
+                                         .type_name = "Three",
+                                         .enumerators = {"a", ""},
+                                         .labels = {"a", "b"},
+                                         .vars = {env::Var::use_triton_gemm}};
+  STATIC_REQUIRE_FALSE(policy::detail::well_formed(unnamed_value));
+  STATIC_REQUIRE(policy::detail::well_formed(gemm_backend));
+  STATIC_REQUIRE(policy::detail::well_formed(qk_norm));
+}
