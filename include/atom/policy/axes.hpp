@@ -185,12 +185,15 @@ constexpr void for_each_axis(F&& f) {
 namespace detail {
 template <class E, std::size_t... I>
 constexpr std::size_t index_of(std::index_sequence<I...>) {
+  constexpr bool same[] = {
+      std::is_same_v<typename std::tuple_element_t<I, decltype(axes)>::enum_type, E>...};
   std::size_t found = axis_count;
   std::size_t matches = 0;
-  ((std::is_same_v<typename std::tuple_element_t<I, decltype(axes)>::enum_type, E>
-        ? (found = I, ++matches)
-        : 0),
-   ...);
+  for (std::size_t i = 0; i < sizeof...(I); ++i)
+    if (same[i]) {
+      found = i;
+      ++matches;
+    }
   return matches == 1 ? found : axis_count;
 }
 
