@@ -98,7 +98,7 @@ View1<bf16> norm_weight(Buffers& b, Random& r, index_t n) {
 }
 
 View2<float> rope_table(Buffers& b, const ModelConfig& m, index_t rot_dim) {
-  const auto table = ops::make_cos_sin_cache(m.max_position, rot_dim, m.rope_theta);
+  const auto table = ops::make_cos_sin_cache(m.max_position, rot_dim, m.rope_theta, m.rope_scaling);
   auto v = alloc<float>(b, m.max_position, rot_dim);
   std::copy(table.begin(), table.end(), v.data);
   return v;
