@@ -160,8 +160,8 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
   std::size_t runs = 0;
   if (on_gpu) {
 #if ATOM_GPU_INSTANCES
-    const pipeline::DeviceLayerWeights device(model, weights,
-                                              {handle.point().get<policy::GemmBackend>()});
+    const policy::Point point = handle.point();
+    const pipeline::DeviceLayerWeights device(model, weights, {point.get<policy::GemmBackend>()});
     check = pipeline::check_against_host(handle, in, device);
     const int calls = static_cast<int>(std::max(1L, o.iters));
     median_seconds = pipeline::run_once_gpu(handle, in, device, calls).seconds;

@@ -246,7 +246,7 @@ struct MlaAttention {
     ops::mla_cache_write(b, kv_c, k_pe, a.batch.slots, a.cache);
 
     auto o_latent = ws.take<bf16>(t, heads, m.kv_lora_rank);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(qk_head));
+    const float scale = mla_softmax_scale(m);  // with the YaRN correction where the model has it
     ops::mla_decode(b, q_latent, q_pe, a.cache, a.batch.block_table, a.batch.context_lens, scale,
                     o_latent);
 
