@@ -24,8 +24,8 @@ std::string printable(std::string_view raw, std::size_t limit) {
   return out;
 }
 
-nlohmann::json parse_json_checked(std::string_view text, const std::string& file,
-                                  std::string_view what) {
+nlohmann::json parse_json_strict(std::string_view text, std::size_t max_depth,
+                                 const JsonFail& fail) {
   using json = nlohmann::json;
   // One key set per open container (arrays keep an empty one) so that the stack depth is the
   // nesting depth.
@@ -34,10 +34,7 @@ nlohmann::json parse_json_checked(std::string_view text, const std::string& file
     switch (event) {
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start:
-        if (open.size() >= static_cast<std::size_t>(max_json_depth))
-          throw LoadError(file, "",
-                          std::string(what) + " nests deeper than " +
-                              std::to_string(max_json_depth) + " levels");
+        if (open.size() >= max_depth) fail(JsonProblem::too_deep, "", open.size(), "");
         open.emplace_back();
         break;
       case json::parse_event_t::object_end:
@@ -47,8 +44,7 @@ nlohmann::json parse_json_checked(std::string_view text, const std::string& file
       case json::parse_event_t::key: {
         const auto& key = parsed.get_ref<const std::string&>();
         if (!open.empty() && !open.back().insert(key).second)
-          throw LoadError(file, open.size() == 1 ? key : "",
-                          std::string(what) + " repeats the key \"" + printable(key) + "\"");
+          fail(JsonProblem::repeated_key, key, open.size(), "");
         break;
       }
       case json::parse_event_t::value:
@@ -59,9 +55,30 @@ nlohmann::json parse_json_checked(std::string_view text, const std::string& file
   try {
     return json::parse(text.begin(), text.end(), check);
   } catch (const json::exception& e) {
-    throw LoadError(file, "",
-                    std::string(what) + " is not valid JSON: " + printable(e.what(), 300));
+    fail(JsonProblem::invalid, "", 0, e.what());
+    throw;  // fail() throws; this is not reached
   }
+}
+
+nlohmann::json parse_json_checked(std::string_view text, const std::string& file,
+                                  std::string_view what) {
+  return parse_json_strict(
+      text, static_cast<std::size_t>(max_json_depth),
+      [&](JsonProblem problem, const std::string& key, std::size_t depth, std::string_view detail) {
+        switch (problem) {
+          case JsonProblem::too_deep:
+            throw LoadError(file, "",
+                            std::string(what) + " nests deeper than " +
+                                std::to_string(max_json_depth) + " levels");
+          case JsonProblem::repeated_key:
+            throw LoadError(file, depth == 1 ? key : "",
+                            std::string(what) + " repeats the key \"" + printable(key) + "\"");
+          case JsonProblem::invalid:
+            break;
+        }
+        throw LoadError(file, "",
+                        std::string(what) + " is not valid JSON: " + printable(detail, 300));
+      });
 }
 
 }  // namespace atom::io::detail

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <vector>
 
+#include "../io/json_checked.hpp"
+
 namespace atom::model {
 
 ConfigError::ConfigError(std::string file, std::string field, const std::string& what)
@@ -196,34 +198,20 @@ class Reader {
 // Rejects a key repeated within one object (nlohmann keeps the last silently) and nesting past
 // 64 levels, while parsing.
 json parse_checked(std::string_view text, const std::string& file) {
-  std::vector<std::set<std::string, std::less<>>> open;
-  const auto check = [&](int, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        if (open.size() >= 64) throw ConfigError(file, "", "nests deeper than 64 levels");
-        open.emplace_back();
-        break;
-      case json::parse_event_t::object_end:
-      case json::parse_event_t::array_end:
-        open.pop_back();
-        break;
-      case json::parse_event_t::key: {
-        const auto& key = parsed.get_ref<const std::string&>();
-        if (!open.empty() && !open.back().insert(key).second)
-          throw ConfigError(file, key, "appears twice in one object");
-        break;
-      }
-      case json::parse_event_t::value:
-        break;
-    }
-    return true;
-  };
-  try {
-    return json::parse(text.begin(), text.end(), check);
-  } catch (const json::exception& e) {
-    throw ConfigError(file, "", std::string("is not valid JSON: ") + e.what());
-  }
+  using io::detail::JsonProblem;
+  return io::detail::parse_json_strict(
+      text, 64,
+      [&](JsonProblem problem, const std::string& key, std::size_t, std::string_view detail) {
+        switch (problem) {
+          case JsonProblem::too_deep:
+            throw ConfigError(file, "", "nests deeper than 64 levels");
+          case JsonProblem::repeated_key:
+            throw ConfigError(file, key, "appears twice in one object");
+          case JsonProblem::invalid:
+            break;
+        }
+        throw ConfigError(file, "", "is not valid JSON: " + std::string(detail));
+      });
 }
 
 Architecture read_architecture(const json& root, const std::string& file) {
