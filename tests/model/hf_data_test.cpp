@@ -9,6 +9,7 @@
 
 #include "atom/io/checkpoint.hpp"
 #include "atom/model/hf_config.hpp"
+#include "same_model.hpp"
 
 using namespace atom;
 using pipeline::Architecture;
@@ -21,39 +22,6 @@ const std::filesystem::path data = ATOM_MODEL_HF_DATA;
 
 std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) {
   return (a + b - 1) / b;
-}
-
-// The fields a checkpoint's computation depends on, compared between two parses.
-void check_same_model(const ModelConfig& a, const ModelConfig& b) {
-  CHECK(a.architecture == b.architecture);
-  CHECK(a.hidden == b.hidden);
-  CHECK(a.num_layers == b.num_layers);
-  CHECK(a.rms_eps == b.rms_eps);
-  CHECK(a.rope_theta == b.rope_theta);
-  CHECK(a.max_position == b.max_position);
-  CHECK(a.q_lora_rank == b.q_lora_rank);
-  CHECK(a.kv_lora_rank == b.kv_lora_rank);
-  CHECK(a.qk_rope_dim == b.qk_rope_dim);
-  CHECK(a.qk_nope_dim == b.qk_nope_dim);
-  CHECK(a.v_head_dim == b.v_head_dim);
-  CHECK(a.num_heads == b.num_heads);
-  CHECK(a.num_kv_heads == b.num_kv_heads);
-  CHECK(a.head_dim == b.head_dim);
-  CHECK(a.num_experts == b.num_experts);
-  CHECK(a.top_k == b.top_k);
-  CHECK(a.n_group == b.n_group);
-  CHECK(a.topk_group == b.topk_group);
-  CHECK(a.moe_intermediate == b.moe_intermediate);
-  CHECK(a.intermediate == b.intermediate);
-  CHECK(a.num_shared_experts == b.num_shared_experts);
-  CHECK(a.routed_scaling == b.routed_scaling);
-  CHECK(a.renormalize == b.renormalize);
-  CHECK(a.first_k_dense == b.first_k_dense);
-  CHECK(a.mlp_only_layers == b.mlp_only_layers);
-  if (a.attention == pipeline::AttentionKind::mla)
-    CHECK(mla_softmax_scale(a) == mla_softmax_scale(b));
-  CHECK(a.quant.method == b.quant.method);
-  CHECK(a.quant.unquantized == b.quant.unquantized);
 }
 
 // The tensor `name` as one linear weight [n, k] of the checkpoint's format.
@@ -84,7 +52,12 @@ void check_checkpoint(const std::string& model, const std::string& format,
   const auto dir = data / model / format;
   INFO(dir.string());
   const ModelConfig m = model::load_hf_config(dir / "config.json");
-  check_same_model(m, model::load_hf_config(dir / "config.transformers.json"));
+  const ModelConfig t5 = model::load_hf_config(dir / "config.transformers.json");
+  test::check_same_model(m, t5);
+  CHECK(m.quant.method == t5.quant.method);
+  CHECK(m.quant.unquantized == t5.quant.unquantized);
+  if (m.attention == pipeline::AttentionKind::mla)
+    CHECK(mla_softmax_scale(m) == mla_softmax_scale(t5));
   CHECK(m.architecture == architecture);
   CHECK(m.quant.method == method);
   REQUIRE(m.num_layers == 3);

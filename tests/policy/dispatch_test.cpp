@@ -3,22 +3,14 @@
 #include "atom/dispatch/dispatch.hpp"
 #include "atom/pipeline/pipelines.hpp"
 #include "atom/policy/space.hpp"
-#include "instances.hpp"
+#include "built.hpp"
 
 using namespace atom;
 using namespace atom::policy;
 
 namespace {
-// Whether this build compiled an instantiation (every one, or those of its build profile).
-bool built(Key k) {
-  const auto in = []<class... I>([[maybe_unused]] Key key, std::tuple<I...>*) {
-    return ((I::key == key) || ...);
-  };
-  return in(k, static_cast<instances::host*>(nullptr)) ||
-         in(k, static_cast<instances::gpu*>(nullptr));
-}
 bool built(PipelineId p, BackendId b, const env::Config& c) {
-  return built(key(p, b, resolve(p, c)));
+  return test::built(key(p, b, resolve(p, c)));
 }
 }  // namespace
 
@@ -27,7 +19,7 @@ TEST_CASE("the table is sorted by key and names each entry by its point") {
   std::size_t listed = 0;
   for (const Point& x : canonical_points<pipeline::Declared<PipelineId::mla_attention>::reads>)
     for (BackendId b : {BackendId::host, BackendId::gpu})
-      listed += built(key(PipelineId::mla_attention, b, x));
+      listed += test::built(key(PipelineId::mla_attention, b, x));
   REQUIRE(rows.size() == listed);
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (i > 0) CHECK(rows[i - 1].key < rows[i].key);

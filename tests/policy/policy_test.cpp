@@ -9,7 +9,7 @@
 #include "atom/dispatch/dispatch.hpp"
 #include "atom/pipeline/pipelines.hpp"
 #include "atom/policy/space.hpp"
-#include "instances.hpp"
+#include "built.hpp"
 
 using namespace atom;
 using namespace atom::policy;
@@ -43,16 +43,6 @@ std::vector<env::Environment> all_policy_environments() {
 
 template <PipelineId P>
 constexpr AxisSet reads_of = pipeline::Declared<P>::reads;
-
-// The instances this build compiled (instances.hpp follows the build profile).
-template <class List>
-std::set<Key> listed_keys(PipelineId p) {
-  std::set<Key> keys;
-  [&]<class... I>(std::tuple<I...>*) {
-    ((I::pipeline == p ? (void)keys.insert(I::key) : void()), ...);
-  }(static_cast<List*>(nullptr));
-  return keys;
-}
 
 // Which pipelines' instance each policy variable can change, restated by hand from the design
 // (DESIGN.md): independent of the declarations, so that a pipeline that forgets to declare an
@@ -114,10 +104,9 @@ TEST_CASE("the product space and the canonical points per pipeline") {
     const auto& points = canonical_points<r>;
     INFO(pipeline_name(id.value));
     CHECK(points.size() == expected);
-    for (const Point& x : points) {
+    CHECK(reads(id.value) == r);
+    for (const Point& x : points)
       CHECK(canonical(r, x) == x);  // unread axes are folded to their first value
-      CHECK(reads(id.value) == r);
-    }
   });
   // A layer reads what its two blocks read.
   CHECK(reads(PipelineId::ds_layer) ==
@@ -170,8 +159,7 @@ TEMPLATE_TEST_CASE_SIG("reachability: every setting resolves, every instantiatio
                        PipelineId::qwen3_attention, PipelineId::ds_layer, PipelineId::qwen3_layer) {
   for (BackendId b : {BackendId::host, BackendId::gpu}) {
     // What this build compiled: all canonical points, or the build profile's subset of them.
-    const std::set<Key> built =
-        b == BackendId::host ? listed_keys<instances::host>(P) : listed_keys<instances::gpu>(P);
+    const std::set<Key> built = test::built_keys(P, b);
     std::set<Key> in_table, reached;
     for (const auto& e : dispatch::table<P>())
       if (key_backend(e.key) == b) in_table.insert(e.key);

@@ -57,7 +57,7 @@ constexpr bool plain_rule_applies(const Axis<E, N, NVars>& a) {
 }
 }  // namespace detail
 
-inline void set(env::Environment& e, env::Var v, std::string_view value) {
+inline void set_variable(env::Environment& e, env::Var v, std::string_view value) {
   e[std::string(env::spec(v).name)] = std::string(value);
 }
 
@@ -72,7 +72,7 @@ std::uint8_t read_value(const Axis<E, N, NVars>& a, const env::Config& c) {
 template <class E, std::size_t N, std::size_t NVars>
 void select_value(const Axis<E, N, NVars>& a, std::uint8_t v, env::Environment& e) {
   if (a.select != nullptr) return a.select(v, e);
-  set(e, a.vars[0], v ? "1" : "0");
+  set_variable(e, a.vars[0], v ? "1" : "0");
 }
 
 // MXFP4 GEMM: the hand-written matrix-core kernel ("asm") or the portable one ("triton").
@@ -134,9 +134,9 @@ inline constexpr Axis<QkNorm, 3, 2> qk_norm{
     },
     .select =
         [](std::uint8_t v, env::Environment& e) {
-          set(e, env::Var::enable_ds_qknorm_quant_fusion, v == 2 ? "1" : "0");
+          set_variable(e, env::Var::enable_ds_qknorm_quant_fusion, v == 2 ? "1" : "0");
           // With the quant fusion on, the plain norm fusion is irrelevant and left unset.
-          if (v != 2) set(e, env::Var::enable_ds_qknorm_fusion, v == 1 ? "1" : "0");
+          if (v != 2) set_variable(e, env::Var::enable_ds_qknorm_fusion, v == 1 ? "1" : "0");
         }};
 
 // MoE shared experts: on the main stream, or on a second stream for small batches. A zero token
@@ -154,7 +154,7 @@ inline constexpr Axis<MoeStreams, 2> moe_streams{
     },
     .select =
         [](std::uint8_t v, env::Environment& e) {
-          set(e, env::Var::dual_stream_moe_token_threshold, v ? "1024" : "0");
+          set_variable(e, env::Var::dual_stream_moe_token_threshold, v ? "1024" : "0");
         }};
 
 // Qwen3 per-head Q/K norm, RoPE and FP8 KV-cache write: separate kernels or one.

@@ -143,10 +143,6 @@ constexpr std::string_view backend_name(BackendId b) {
 // function is defined by the pipeline layer from those declarations).
 AxisSet reads(PipelineId p);
 
-constexpr bool uses(const AxisSet& s, std::size_t axis) {
-  return s[axis];
-}
-
 // The axis values the variables of a Config select.
 inline Point point_from(const env::Config& c) {
   Point p;
