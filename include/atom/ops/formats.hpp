@@ -79,6 +79,36 @@ struct Mxfp4Experts {
   index_t k = 0;
 };
 
+// A bf16 weight [N, K] (what transformers saves, and Qwen3-30B-A3B's own format).
+struct Bf16Weight {
+  View2<bf16> w;  // [N, K]
+};
+
+// One bf16 weight per expert.
+struct Bf16Experts {
+  View3<bf16> w;  // [E, N, K]
+};
+
+// FP8 e4m3 weight block size along K: block scales line up with the activations' groups of 128
+// (Fp8GroupAct) only when the weight's K blocks are as wide.
+inline constexpr index_t fp8_weight_block_k = fp8_group;
+
+// An FP8 e4m3 weight [N, K] with one float scale per block of block_n rows x 128 columns (the
+// last block of a row or column may be partial), as DeepSeek-V3 stores it (weight_scale_inv):
+// the value of element (n, k) is to_float(q(n, k)) * scale(n / block_n, k / 128).
+struct Fp8BlockWeight {
+  View2<fp8_e4m3> q;   // [N, K]
+  View2<float> scale;  // [ceil(N / block_n), ceil(K / 128)]
+  index_t block_n = 128;
+};
+
+// One FP8 block weight per expert.
+struct Fp8BlockExperts {
+  View3<fp8_e4m3> q;   // [E, N, K]
+  View3<float> scale;  // [E, ceil(N / block_n), ceil(K / 128)]
+  index_t block_n = 128;
+};
+
 // Epilogue tags: the output format a producer op writes. Epi::Output is the struct it fills.
 namespace epi {
 struct Bf16 {
@@ -220,6 +250,22 @@ inline void expect_weight(std::string_view op, std::string_view arg, const Mxfp4
   if (w.k < 0) fail(op, "argument '" + name + "' has a negative K");
   expect_view(op, name + ".packed", w.packed, {n, mxfp4_packed_cols(w.k)});
   expect_view(op, name + ".scale", w.scale, {w.packed.shape[0], mxfp4_scale_cols(w.k)});
+}
+
+inline void expect_weight(std::string_view op, std::string_view arg, const Bf16Weight& w, index_t n,
+                          index_t k) {
+  expect_view(op, std::string(arg) + ".w", w.w, {n, k});
+}
+
+inline void expect_weight(std::string_view op, std::string_view arg, const Fp8BlockWeight& w,
+                          index_t n, index_t k) {
+  const std::string name(arg);
+  if (w.block_n < 1)
+    fail(op, "argument '" + name + "' has block_n = " + std::to_string(w.block_n) +
+                 ", expected a positive block height");
+  expect_view(op, name + ".q", w.q, {n, k});
+  expect_view(op, name + ".scale", w.scale,
+              {ceil_div(w.q.shape[0], w.block_n), ceil_div(w.q.shape[1], fp8_weight_block_k)});
 }
 
 }  // namespace atom::ops

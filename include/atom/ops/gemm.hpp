@@ -23,6 +23,17 @@ void gemm_w4(const Host&, View2<const float> a, const Mxfp4Weight& w, View2<floa
 // a [M, K] MXFP4, w [N, K] MXFP4, out [M, N] bf16.
 void gemm_a4w4(const Host&, const Mxfp4Act& a, const Mxfp4Weight& w, View2<bf16> out);
 
+// a [M, K] bf16, w [N, K] bf16, out [M, N] bf16 (bf16 checkpoints).
+void gemm_a16w16(const Host&, const Bf16Act& a, const Bf16Weight& w, View2<bf16> out);
+
+// a [M, K] FP8 per token and group of 128 columns, w [N, K] FP8 with block scales (block_n rows
+// x 128 columns), out [M, N] bf16 (DeepSeek-V3's FP8 checkpoints). For each group g of 128
+// columns (the last may be partial): p_g = sum over k in g of to_float(a_q) * to_float(w_q)
+// (products of two e4m3 values are exact in float), summed in increasing k; then
+// acc = sum over g in increasing order of p_g * (a_scale[m, g] * w_scale[n / block_n, g]);
+// out = bf16(acc).
+void gemm_a8w8_block(const Host&, const Fp8GroupAct& a, const Fp8BlockWeight& w, View2<bf16> out);
+
 // a [M, K] bf16, w [N, K] bf16, out [M, N] float (router logits).
 void gemm_bf16(const Host&, View2<const bf16> a, View2<const bf16> w, View2<float> out);
 

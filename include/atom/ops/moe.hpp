@@ -42,6 +42,13 @@ void silu_mul(const Host&, View2<const bf16> gate_up, typename Epi::Output out);
 void moe_gemm_a4w4(const Host&, const Mxfp4Act& a, View2<const std::int32_t> ids,
                    const Mxfp4Experts& w, View2<bf16> out);
 
+// The same routed expert GEMM for bf16 experts (gemm_a16w16's arithmetic) and FP8 block-scaled
+// experts (gemm_a8w8_block's), with the same rules for a's rows and ids.
+void moe_gemm_a16w16(const Host&, const Bf16Act& a, View2<const std::int32_t> ids,
+                     const Bf16Experts& w, View2<bf16> out);
+void moe_gemm_a8w8_block(const Host&, const Fp8GroupAct& a, View2<const std::int32_t> ids,
+                         const Fp8BlockExperts& w, View2<bf16> out);
+
 // out[t] = bf16(sum over j in slot order of weights(t, j) * expert_out[t * k + j] + shared[t]),
 // in float, the shared expert's output added last. expert_out [T * k, H], weights [T, k],
 // shared_out [T, H] or empty (no data, shape [0, 0]) when there is no shared expert, out [T, H].
