@@ -13,711 +13,383 @@ namespace atom::instances {
 
 // clang-format off
 using host = std::tuple<
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x0u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x4u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x8u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x1u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x2u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x10u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x14u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x18u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x11u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x12u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x20u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0x24u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0x28u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0x30u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0x34u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0x38u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x21u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x40u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x44u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x48u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x41u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x50u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x54u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x58u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x51u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x60u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0x64u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0x68u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0x70u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0x74u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0x78u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x61u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x80u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x84u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x88u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x81u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x82u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x90u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x94u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x98u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x91u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x92u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0xa0u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0xa4u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0xa8u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0xb0u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0xb4u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0xb8u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0xa1u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0xc0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0xc4u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0xc8u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0xc1u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0xd0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0xd4u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0xd8u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0xd1u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0xe0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0xe4u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0xe8u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0xf0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0xf4u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0xf8u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-single
-    dispatch::Instance<0x200u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-dual
-    dispatch::Instance<0x202u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-single
-    dispatch::Instance<0x220u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-dual
-    dispatch::Instance<0x222u>,
-    // moe_block.host.gemm-triton.ar-separate.moe-single
-    dispatch::Instance<0x280u>,
-    // moe_block.host.gemm-triton.ar-separate.moe-dual
-    dispatch::Instance<0x282u>,
-    // moe_block.host.gemm-triton.ar-fused.moe-single
-    dispatch::Instance<0x2a0u>,
-    // moe_block.host.gemm-triton.ar-fused.moe-dual
-    dispatch::Instance<0x2a2u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate
-    dispatch::Instance<0x400u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused
-    dispatch::Instance<0x401u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate
-    dispatch::Instance<0x420u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused
-    dispatch::Instance<0x421u>,
-    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate
-    dispatch::Instance<0x480u>,
-    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused
-    dispatch::Instance<0x481u>,
-    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate
-    dispatch::Instance<0x4a0u>,
-    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused
-    dispatch::Instance<0x4a1u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x600u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x602u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x604u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x606u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x608u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x60au>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x610u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x612u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x614u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x616u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x618u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x61au>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x620u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x622u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x624u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x626u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x628u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x62au>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x630u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x632u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x634u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x636u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x638u>,
-    // ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x63au>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x640u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x642u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x644u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x646u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x648u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x64au>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x650u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x652u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x654u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x656u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x658u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x65au>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x660u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x662u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x664u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x666u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x668u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x66au>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x670u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x672u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x674u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x676u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x678u>,
-    // ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x67au>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x680u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x682u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x684u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x686u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x688u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x68au>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x690u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x692u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x694u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x696u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x698u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x69au>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x6a0u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x6a2u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x6a4u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x6a6u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x6a8u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x6aau>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x6b0u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x6b2u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x6b4u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x6b6u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x6b8u>,
-    // ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x6bau>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x6c0u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x6c2u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x6c4u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x6c6u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x6c8u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x6cau>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x6d0u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x6d2u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x6d4u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x6d6u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x6d8u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x6dau>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
-    dispatch::Instance<0x6e0u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x6e2u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x6e4u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x6e6u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x6e8u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x6eau>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x6f0u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x6f2u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x6f4u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x6f6u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x6f8u>,
-    // ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x6fau>,
-    // qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-separate
-    dispatch::Instance<0x800u>,
-    // qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-fused
-    dispatch::Instance<0x801u>,
-    // qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-separate
-    dispatch::Instance<0x802u>,
-    // qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-fused
-    dispatch::Instance<0x803u>,
-    // qwen3_layer.host.gemm-asm.ar-fused.moe-single.qkrc-separate
-    dispatch::Instance<0x820u>,
-    // qwen3_layer.host.gemm-asm.ar-fused.moe-single.qkrc-fused
-    dispatch::Instance<0x821u>,
-    // qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-separate
-    dispatch::Instance<0x822u>,
-    // qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-fused
-    dispatch::Instance<0x823u>,
-    // qwen3_layer.host.gemm-triton.ar-separate.moe-single.qkrc-separate
-    dispatch::Instance<0x880u>,
-    // qwen3_layer.host.gemm-triton.ar-separate.moe-single.qkrc-fused
-    dispatch::Instance<0x881u>,
-    // qwen3_layer.host.gemm-triton.ar-separate.moe-dual.qkrc-separate
-    dispatch::Instance<0x882u>,
-    // qwen3_layer.host.gemm-triton.ar-separate.moe-dual.qkrc-fused
-    dispatch::Instance<0x883u>,
-    // qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-separate
-    dispatch::Instance<0x8a0u>,
-    // qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-fused
-    dispatch::Instance<0x8a1u>,
-    // qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-separate
-    dispatch::Instance<0x8a2u>,
-    // qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-fused
-    dispatch::Instance<0x8a3u>>;
-using gpu = std::tuple<
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0xe1u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x100u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x104u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x108u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x101u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x102u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x110u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x114u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x118u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x111u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x112u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x120u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0x124u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0x128u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0x130u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0x134u>,
-    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0x138u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x121u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x140u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x144u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x148u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x141u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x150u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x154u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x158u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x151u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x160u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0x164u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0x168u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0x170u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0x174u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0x178u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x161u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x180u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x184u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x188u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x181u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x182u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x190u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x194u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x198u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x191u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x192u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x1a0u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0x1a4u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0x1a8u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0x1b0u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0x1b4u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0x1b8u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x1a1u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x1c0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused
-    dispatch::Instance<0x1c4u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant
-    dispatch::Instance<0x1c8u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x1c1u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x1d0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused
-    dispatch::Instance<0x1d4u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant
-    dispatch::Instance<0x1d8u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x1d1u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x1e0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused
-    dispatch::Instance<0x1e4u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant
-    dispatch::Instance<0x1e8u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate
-    dispatch::Instance<0x1f0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused
-    dispatch::Instance<0x1f4u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant
-    dispatch::Instance<0x1f8u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-single
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x1e1u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x200u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x210u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x220u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x240u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x250u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x260u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x280u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x290u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x2a0u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x2c0u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x2d0u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x2e0u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x300u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-dual
-    dispatch::Instance<0x302u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-single
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x310u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x320u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-dual
-    dispatch::Instance<0x322u>,
-    // moe_block.gpu.gemm-triton.ar-separate.moe-single
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x340u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x350u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x360u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x380u>,
-    // moe_block.gpu.gemm-triton.ar-separate.moe-dual
-    dispatch::Instance<0x382u>,
-    // moe_block.gpu.gemm-triton.ar-fused.moe-single
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x390u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x3a0u>,
-    // moe_block.gpu.gemm-triton.ar-fused.moe-dual
-    dispatch::Instance<0x3a2u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x3c0u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x3d0u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x3e0u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0x800u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8
+    dispatch::Instance<0x801u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16
+    dispatch::Instance<0x802u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0x808u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-fp8
+    dispatch::Instance<0x809u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-bf16
+    dispatch::Instance<0x80au>,
+    // moe_block.host.gemm-asm.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0x880u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-single.w-fp8
+    dispatch::Instance<0x881u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-single.w-bf16
+    dispatch::Instance<0x882u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0x888u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8
+    dispatch::Instance<0x889u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16
+    dispatch::Instance<0x88au>,
+    // moe_block.host.gemm-triton.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0xa00u>,
+    // moe_block.host.gemm-triton.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0xa08u>,
+    // moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0xa80u>,
+    // moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0xa88u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1000u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8
+    dispatch::Instance<0x1001u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16
+    dispatch::Instance<0x1002u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1004u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8
+    dispatch::Instance<0x1005u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16
+    dispatch::Instance<0x1006u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1080u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8
+    dispatch::Instance<0x1081u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16
+    dispatch::Instance<0x1082u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1084u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8
+    dispatch::Instance<0x1085u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16
+    dispatch::Instance<0x1086u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1200u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1204u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1280u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1284u>,
+    // dense_mlp.host.gemm-asm.ar-separate.w-mxfp4
+    dispatch::Instance<0x1800u>,
+    // dense_mlp.host.gemm-asm.ar-separate.w-fp8
+    dispatch::Instance<0x1801u>,
+    // dense_mlp.host.gemm-asm.ar-separate.w-bf16
+    dispatch::Instance<0x1802u>,
+    // dense_mlp.host.gemm-asm.ar-fused.w-mxfp4
+    dispatch::Instance<0x1880u>,
+    // dense_mlp.host.gemm-asm.ar-fused.w-fp8
+    dispatch::Instance<0x1881u>,
+    // dense_mlp.host.gemm-asm.ar-fused.w-bf16
+    dispatch::Instance<0x1882u>,
+    // dense_mlp.host.gemm-triton.ar-separate.w-mxfp4
+    dispatch::Instance<0x1a00u>,
+    // dense_mlp.host.gemm-triton.ar-fused.w-mxfp4
+    dispatch::Instance<0x1a80u>>;
+using gpu = std::tuple<
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x400u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x410u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x420u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x440u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x450u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x460u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x480u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x490u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x4a0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x4c0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x4d0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x4e0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x500u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused
-    dispatch::Instance<0x501u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x510u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x520u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused
-    dispatch::Instance<0x521u>,
-    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x540u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x550u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x560u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x580u>,
-    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused
-    dispatch::Instance<0x581u>,
-    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x590u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x5a0u>,
-    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused
-    dispatch::Instance<0x5a1u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x5c0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x5d0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x5e0u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x600u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x610u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x620u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x640u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x650u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x660u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x680u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x690u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x6a0u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x6c0u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x6d0u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x6e0u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x700u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x702u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x704u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x706u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x708u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x70au>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x710u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x712u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x714u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x716u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x718u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x71au>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x720u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x722u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x724u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x726u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x728u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x72au>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x730u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x732u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x734u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x736u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x738u>,
-    // ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x73au>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x740u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x742u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x744u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x746u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x748u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x74au>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x750u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x752u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x754u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x756u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x758u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x75au>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x760u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x762u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x764u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x766u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x768u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x76au>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x770u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x772u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x774u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x776u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x778u>,
-    // ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x77au>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x780u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x782u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x784u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x786u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x788u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x78au>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x790u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x792u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x794u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x796u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x798u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x79au>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x7a0u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x7a2u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x7a4u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x7a6u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x7a8u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x7aau>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x7b0u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x7b2u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x7b4u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x7b6u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x7b8u>,
-    // ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x7bau>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x7c0u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x7c2u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x7c4u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x7c6u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x7c8u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x7cau>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x7d0u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x7d2u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x7d4u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x7d6u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x7d8u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x7dau>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x7e0u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual
-    dispatch::Instance<0x7e2u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single
-    dispatch::Instance<0x7e4u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual
-    dispatch::Instance<0x7e6u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single
-    dispatch::Instance<0x7e8u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual
-    dispatch::Instance<0x7eau>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single
-    dispatch::Instance<0x7f0u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual
-    dispatch::Instance<0x7f2u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single
-    dispatch::Instance<0x7f4u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual
-    dispatch::Instance<0x7f6u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single
-    dispatch::Instance<0x7f8u>,
-    // ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual
-    dispatch::Instance<0x7fau>,
-    // qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-separate
-    dispatch::Instance<0x900u>,
-    // qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-fused
-    dispatch::Instance<0x901u>,
-    // qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-separate
-    dispatch::Instance<0x902u>,
-    // qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-fused
-    dispatch::Instance<0x903u>,
-    // qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-separate
-    dispatch::Instance<0x920u>,
-    // qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-fused
-    dispatch::Instance<0x921u>,
-    // qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-separate
-    dispatch::Instance<0x922u>,
-    // qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-fused
-    dispatch::Instance<0x923u>,
-    // qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-separate
-    dispatch::Instance<0x980u>,
-    // qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-fused
-    dispatch::Instance<0x981u>,
-    // qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-separate
-    dispatch::Instance<0x982u>,
-    // qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-fused
-    dispatch::Instance<0x983u>,
-    // qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-separate
-    dispatch::Instance<0x9a0u>,
-    // qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-fused
-    dispatch::Instance<0x9a1u>,
-    // qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-separate
-    dispatch::Instance<0x9a2u>,
-    // qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-fused
-    dispatch::Instance<0x9a3u>>;
+    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0xc00u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0xc08u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0xc80u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0xc88u>,
+    // moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0xe00u>,
+    // moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0xe08u>,
+    // moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0xe80u>,
+    // moe_block.gpu.gemm-triton.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0xe88u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1400u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1404u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1480u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1484u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1600u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1604u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
+    dispatch::Instance<0x1680u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4
+    dispatch::Instance<0x1684u>,
+    // dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
+    dispatch::Instance<0x1c00u>,
+    // dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
+    dispatch::Instance<0x1c80u>,
+    // dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4
+    dispatch::Instance<0x1e00u>,
+    // dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4
+    dispatch::Instance<0x1e80u>>;
 // clang-format on
 
 }  // namespace atom::instances

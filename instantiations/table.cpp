@@ -6,710 +6,382 @@
 #include "atom/dispatch/table.hpp"
 
 namespace atom::instances {
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused(
+void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused(
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant(
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate(
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused(
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant(
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
-void moe_block_host_gemm_asm_ar_separate_moe_single(
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void moe_block_host_gemm_asm_ar_separate_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_asm_ar_separate_moe_dual(
+void moe_block_host_gemm_asm_ar_separate_moe_single_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_asm_ar_fused_moe_single(
+void moe_block_host_gemm_asm_ar_separate_moe_single_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_asm_ar_fused_moe_dual(
+void moe_block_host_gemm_asm_ar_separate_moe_dual_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_separate_moe_single(
+void moe_block_host_gemm_asm_ar_separate_moe_dual_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_separate_moe_dual(
+void moe_block_host_gemm_asm_ar_separate_moe_dual_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_fused_moe_single(
+void moe_block_host_gemm_asm_ar_fused_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_host_gemm_triton_ar_fused_moe_dual(
+void moe_block_host_gemm_asm_ar_fused_moe_single_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_asm_ar_separate_moe_single(
+void moe_block_host_gemm_asm_ar_fused_moe_single_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_asm_ar_separate_moe_dual(
+void moe_block_host_gemm_asm_ar_fused_moe_dual_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_asm_ar_fused_moe_single(
+void moe_block_host_gemm_asm_ar_fused_moe_dual_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_asm_ar_fused_moe_dual(
+void moe_block_host_gemm_asm_ar_fused_moe_dual_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_triton_ar_separate_moe_single(
+void moe_block_host_gemm_triton_ar_separate_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_triton_ar_separate_moe_dual(
+void moe_block_host_gemm_triton_ar_separate_moe_dual_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_triton_ar_fused_moe_single(
+void moe_block_host_gemm_triton_ar_fused_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void moe_block_gpu_gemm_triton_ar_fused_moe_dual(
+void moe_block_host_gemm_triton_ar_fused_moe_dual_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate(
+void moe_block_gpu_gemm_asm_ar_separate_moe_single_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_single_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_separate_moe_single_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_separate_moe_dual_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_fused_moe_single_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_triton_ar_fused_moe_dual_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate(
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused(
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate(
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused(
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual(
-    const pipeline::RunArgs<policy::PipelineId::ds_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_separate(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
-void qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_fused(
-    const pipeline::RunArgs<policy::PipelineId::qwen3_layer>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void dense_mlp_host_gemm_asm_ar_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_asm_ar_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_asm_ar_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_asm_ar_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_asm_ar_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_asm_ar_fused_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_triton_ar_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_host_gemm_triton_ar_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_asm_ar_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_asm_ar_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_triton_ar_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_triton_ar_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
 }  // namespace atom::instances
 
 namespace atom::dispatch {
@@ -719,198 +391,278 @@ std::span<const Entry<policy::PipelineId::mla_attention>>
 table<policy::PipelineId::mla_attention>() {
   using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::mla_attention> rows[] = {
-      {0x0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate},
-      {0x4u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused},
-      {0x8u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
-      {0x10u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate},
-      {0x14u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused},
-      {0x18u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
-      {0x20u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate},
-      {0x24u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused},
-      {0x28u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
-      {0x30u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate},
-      {0x34u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused},
-      {0x38u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
-      {0x40u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
-      {0x44u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
-      {0x48u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
-      {0x50u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
-      {0x54u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
-      {0x58u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
-      {0x60u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
-      {0x64u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
-      {0x68u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
-      {0x70u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
-      {0x74u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
-      {0x78u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
-      {0x80u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate},
-      {0x84u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused},
-      {0x88u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
-      {0x90u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate},
-      {0x94u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused},
-      {0x98u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
-      {0xa0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate},
-      {0xa4u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused},
-      {0xa8u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
-      {0xb0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate},
-      {0xb4u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused},
-      {0xb8u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
-      {0xc0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
-      {0xc4u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
-      {0xc8u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
-      {0xd0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
-      {0xd4u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
-      {0xd8u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
-      {0xe0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
-      {0xe4u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
-      {0xe8u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
-      {0xf0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
-      {0xf4u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
-      {0xf8u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
-      {0x100u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate},
-      {0x104u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused},
-      {0x108u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
-      {0x110u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate},
-      {0x114u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused},
-      {0x118u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
-      {0x120u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate},
-      {0x124u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused},
-      {0x128u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
-      {0x130u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate},
-      {0x134u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused},
-      {0x138u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
-      {0x140u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
-      {0x144u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
-      {0x148u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
-      {0x150u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
-      {0x154u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
-      {0x158u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
-      {0x160u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
-      {0x164u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
-      {0x168u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
-      {0x170u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
-      {0x174u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
-      {0x178u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
-      {0x180u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate},
-      {0x184u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused},
-      {0x188u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant},
-      {0x190u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate},
-      {0x194u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused},
-      {0x198u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant},
-      {0x1a0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate},
-      {0x1a4u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused},
-      {0x1a8u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant},
-      {0x1b0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate},
-      {0x1b4u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused},
-      {0x1b8u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant},
-      {0x1c0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate},
-      {0x1c4u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused},
-      {0x1c8u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant},
-      {0x1d0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate},
-      {0x1d4u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused},
-      {0x1d8u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant},
-      {0x1e0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate},
-      {0x1e4u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused},
-      {0x1e8u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant},
-      {0x1f0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate},
-      {0x1f4u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused},
-      {0x1f8u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant",
-       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant},
+      {0x0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_fp8},
+      {0x2u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_bf16},
+      {0x10u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x11u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_fp8},
+      {0x12u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_bf16},
+      {0x20u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x21u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_fp8},
+      {0x40u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x41u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_fp8},
+      {0x50u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x51u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_fp8},
+      {0x60u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x61u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_fp8},
+      {0x80u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x81u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_fp8},
+      {0x82u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_bf16},
+      {0x90u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x91u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_fp8},
+      {0x92u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_bf16},
+      {0xa0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0xa1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_fp8},
+      {0xc0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0xc1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_fp8},
+      {0xd0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0xd1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_fp8},
+      {0xe0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0xe1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_fp8},
+      {0x100u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x101u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_fp8},
+      {0x102u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_bf16},
+      {0x110u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x111u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_fp8},
+      {0x112u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_bf16},
+      {0x120u,
+       "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x121u,
+       "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_fp8},
+      {0x140u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x141u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_fp8},
+      {0x150u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x151u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_fp8},
+      {0x160u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x161u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_fp8},
+      {0x180u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x181u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_fp8},
+      {0x182u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_bf16},
+      {0x190u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x191u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_fp8},
+      {0x192u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_bf16},
+      {0x1a0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x1a1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_fp8},
+      {0x1c0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x1c1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_fp8},
+      {0x1d0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x1d1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_fp8},
+      {0x1e0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x1e1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_fp8},
+      {0x200u,
+       "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x210u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x220u,
+       "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x240u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x250u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x260u,
+       "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x280u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x290u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x2a0u,
+       "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x2c0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x2d0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x2e0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x300u,
+       "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x310u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x320u,
+       "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x340u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x350u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x360u,
+       "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x380u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x390u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x3a0u,
+       "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x3c0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x3d0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x3e0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x400u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x410u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x420u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x440u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x450u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x460u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x480u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x490u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x4a0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x4c0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x4d0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x4e0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x500u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x510u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x520u,
+       "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x540u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x550u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x560u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x580u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x590u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x5a0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x5c0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x5d0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x5e0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x600u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x610u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x620u,
+       "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x640u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x650u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x660u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x680u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x690u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x6a0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x6c0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x6d0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x6e0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x700u,
+       "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x710u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x720u,
+       "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x740u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x750u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x760u,
+       "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x780u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x790u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x7a0u,
+       "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x7c0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x7d0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x7e0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+       &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
   };
   return rows;
 }
@@ -919,38 +671,54 @@ template <>
 std::span<const Entry<policy::PipelineId::moe_block>> table<policy::PipelineId::moe_block>() {
   using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::moe_block> rows[] = {
-      {0x200u, "moe_block.host.gemm-asm.ar-separate.moe-single",
-       &moe_block_host_gemm_asm_ar_separate_moe_single},
-      {0x202u, "moe_block.host.gemm-asm.ar-separate.moe-dual",
-       &moe_block_host_gemm_asm_ar_separate_moe_dual},
-      {0x220u, "moe_block.host.gemm-asm.ar-fused.moe-single",
-       &moe_block_host_gemm_asm_ar_fused_moe_single},
-      {0x222u, "moe_block.host.gemm-asm.ar-fused.moe-dual",
-       &moe_block_host_gemm_asm_ar_fused_moe_dual},
-      {0x280u, "moe_block.host.gemm-triton.ar-separate.moe-single",
-       &moe_block_host_gemm_triton_ar_separate_moe_single},
-      {0x282u, "moe_block.host.gemm-triton.ar-separate.moe-dual",
-       &moe_block_host_gemm_triton_ar_separate_moe_dual},
-      {0x2a0u, "moe_block.host.gemm-triton.ar-fused.moe-single",
-       &moe_block_host_gemm_triton_ar_fused_moe_single},
-      {0x2a2u, "moe_block.host.gemm-triton.ar-fused.moe-dual",
-       &moe_block_host_gemm_triton_ar_fused_moe_dual},
-      {0x300u, "moe_block.gpu.gemm-asm.ar-separate.moe-single",
-       &moe_block_gpu_gemm_asm_ar_separate_moe_single},
-      {0x302u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual",
-       &moe_block_gpu_gemm_asm_ar_separate_moe_dual},
-      {0x320u, "moe_block.gpu.gemm-asm.ar-fused.moe-single",
-       &moe_block_gpu_gemm_asm_ar_fused_moe_single},
-      {0x322u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual",
-       &moe_block_gpu_gemm_asm_ar_fused_moe_dual},
-      {0x380u, "moe_block.gpu.gemm-triton.ar-separate.moe-single",
-       &moe_block_gpu_gemm_triton_ar_separate_moe_single},
-      {0x382u, "moe_block.gpu.gemm-triton.ar-separate.moe-dual",
-       &moe_block_gpu_gemm_triton_ar_separate_moe_dual},
-      {0x3a0u, "moe_block.gpu.gemm-triton.ar-fused.moe-single",
-       &moe_block_gpu_gemm_triton_ar_fused_moe_single},
-      {0x3a2u, "moe_block.gpu.gemm-triton.ar-fused.moe-dual",
-       &moe_block_gpu_gemm_triton_ar_fused_moe_dual},
+      {0x800u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4",
+       &moe_block_host_gemm_asm_ar_separate_moe_single_w_mxfp4},
+      {0x801u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8",
+       &moe_block_host_gemm_asm_ar_separate_moe_single_w_fp8},
+      {0x802u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16",
+       &moe_block_host_gemm_asm_ar_separate_moe_single_w_bf16},
+      {0x808u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-mxfp4",
+       &moe_block_host_gemm_asm_ar_separate_moe_dual_w_mxfp4},
+      {0x809u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-fp8",
+       &moe_block_host_gemm_asm_ar_separate_moe_dual_w_fp8},
+      {0x80au, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-bf16",
+       &moe_block_host_gemm_asm_ar_separate_moe_dual_w_bf16},
+      {0x880u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-mxfp4",
+       &moe_block_host_gemm_asm_ar_fused_moe_single_w_mxfp4},
+      {0x881u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-fp8",
+       &moe_block_host_gemm_asm_ar_fused_moe_single_w_fp8},
+      {0x882u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-bf16",
+       &moe_block_host_gemm_asm_ar_fused_moe_single_w_bf16},
+      {0x888u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-mxfp4",
+       &moe_block_host_gemm_asm_ar_fused_moe_dual_w_mxfp4},
+      {0x889u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8",
+       &moe_block_host_gemm_asm_ar_fused_moe_dual_w_fp8},
+      {0x88au, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16",
+       &moe_block_host_gemm_asm_ar_fused_moe_dual_w_bf16},
+      {0xa00u, "moe_block.host.gemm-triton.ar-separate.moe-single.w-mxfp4",
+       &moe_block_host_gemm_triton_ar_separate_moe_single_w_mxfp4},
+      {0xa08u, "moe_block.host.gemm-triton.ar-separate.moe-dual.w-mxfp4",
+       &moe_block_host_gemm_triton_ar_separate_moe_dual_w_mxfp4},
+      {0xa80u, "moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4",
+       &moe_block_host_gemm_triton_ar_fused_moe_single_w_mxfp4},
+      {0xa88u, "moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4",
+       &moe_block_host_gemm_triton_ar_fused_moe_dual_w_mxfp4},
+      {0xc00u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_mxfp4},
+      {0xc08u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_mxfp4},
+      {0xc80u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_mxfp4},
+      {0xc88u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_mxfp4},
+      {0xe00u, "moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4",
+       &moe_block_gpu_gemm_triton_ar_separate_moe_single_w_mxfp4},
+      {0xe08u, "moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4",
+       &moe_block_gpu_gemm_triton_ar_separate_moe_dual_w_mxfp4},
+      {0xe80u, "moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4",
+       &moe_block_gpu_gemm_triton_ar_fused_moe_single_w_mxfp4},
+      {0xe88u, "moe_block.gpu.gemm-triton.ar-fused.moe-dual.w-mxfp4",
+       &moe_block_gpu_gemm_triton_ar_fused_moe_dual_w_mxfp4},
   };
   return rows;
 }
@@ -960,512 +728,85 @@ std::span<const Entry<policy::PipelineId::qwen3_attention>>
 table<policy::PipelineId::qwen3_attention>() {
   using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::qwen3_attention> rows[] = {
-      {0x400u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate},
-      {0x401u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused},
-      {0x420u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate},
-      {0x421u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused},
-      {0x480u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate",
-       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate},
-      {0x481u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused",
-       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused},
-      {0x4a0u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate",
-       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate},
-      {0x4a1u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused",
-       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused},
-      {0x500u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate},
-      {0x501u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused},
-      {0x520u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate},
-      {0x521u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused},
-      {0x580u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate",
-       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate},
-      {0x581u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused",
-       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused},
-      {0x5a0u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate",
-       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate},
-      {0x5a1u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused",
-       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused},
+      {0x1000u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4},
+      {0x1001u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8},
+      {0x1002u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16},
+      {0x1004u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4},
+      {0x1005u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8},
+      {0x1006u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16},
+      {0x1080u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4},
+      {0x1081u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8},
+      {0x1082u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16},
+      {0x1084u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4},
+      {0x1085u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8},
+      {0x1086u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16},
+      {0x1200u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4},
+      {0x1204u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4},
+      {0x1280u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4},
+      {0x1284u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4},
+      {0x1400u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4},
+      {0x1404u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4},
+      {0x1480u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4},
+      {0x1484u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4},
+      {0x1600u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4},
+      {0x1604u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4},
+      {0x1680u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4},
+      {0x1684u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4},
   };
   return rows;
 }
 
 template <>
-std::span<const Entry<policy::PipelineId::ds_layer>> table<policy::PipelineId::ds_layer>() {
+std::span<const Entry<policy::PipelineId::dense_mlp>> table<policy::PipelineId::dense_mlp>() {
   using namespace instances;  // the run functions declared above
-  static constexpr Entry<policy::PipelineId::ds_layer> rows[] = {
-      {0x600u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x602u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x604u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x606u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x608u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x60au, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x610u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x612u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x614u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x616u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x618u, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x61au, "ds_layer.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x620u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x622u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x624u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x626u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x628u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x62au, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x630u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x632u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x634u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x636u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x638u, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x63au, "ds_layer.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x640u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x642u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x644u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x646u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x648u,
-       "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x64au, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x650u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x652u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x654u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x656u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x658u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x65au, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x660u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x662u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x664u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x666u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x668u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x66au, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x670u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x672u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x674u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x676u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x678u, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x67au, "ds_layer.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x680u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x682u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x684u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x686u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x688u,
-       "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x68au, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x690u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x692u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x694u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x696u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x698u, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x69au, "ds_layer.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x6a0u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x6a2u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x6a4u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x6a6u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x6a8u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x6aau, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x6b0u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x6b2u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x6b4u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x6b6u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x6b8u, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x6bau, "ds_layer.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x6c0u,
-       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x6c2u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x6c4u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x6c6u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x6c8u,
-       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x6cau,
-       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x6d0u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x6d2u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x6d4u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x6d6u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x6d8u,
-       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x6dau, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x6e0u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x6e2u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x6e4u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x6e6u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x6e8u,
-       "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x6eau, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x6f0u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x6f2u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x6f4u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x6f6u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x6f8u, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x6fau, "ds_layer.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x700u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x702u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x704u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x706u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x708u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x70au, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x710u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x712u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x714u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x716u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x718u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x71au, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x720u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x722u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x724u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x726u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x728u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x72au, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x730u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x732u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x734u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x736u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x738u, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x73au, "ds_layer.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x740u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x742u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x744u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x746u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x748u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x74au, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x750u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x752u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x754u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x756u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x758u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x75au, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x760u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x762u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x764u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x766u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x768u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x76au, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x770u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x772u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x774u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x776u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x778u, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x77au, "ds_layer.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x780u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x782u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x784u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x786u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x788u,
-       "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x78au, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x790u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x792u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x794u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x796u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x798u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x79au, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x7a0u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x7a2u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x7a4u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x7a6u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x7a8u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x7aau, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x7b0u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x7b2u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x7b4u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x7b6u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x7b8u, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x7bau, "ds_layer.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-      {0x7c0u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_single},
-      {0x7c2u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_moe_dual},
-      {0x7c4u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_single},
-      {0x7c6u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_moe_dual},
-      {0x7c8u,
-       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_single},
-      {0x7cau,
-       "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_moe_dual},
-      {0x7d0u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_single},
-      {0x7d2u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_moe_dual},
-      {0x7d4u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_single},
-      {0x7d6u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_moe_dual},
-      {0x7d8u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_single},
-      {0x7dau, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_moe_dual},
-      {0x7e0u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_single},
-      {0x7e2u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_moe_dual},
-      {0x7e4u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_single},
-      {0x7e6u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_moe_dual},
-      {0x7e8u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_single},
-      {0x7eau, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_moe_dual},
-      {0x7f0u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_single},
-      {0x7f2u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_moe_dual},
-      {0x7f4u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_single},
-      {0x7f6u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_moe_dual},
-      {0x7f8u, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-single",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_single},
-      {0x7fau, "ds_layer.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.moe-dual",
-       &ds_layer_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_moe_dual},
-  };
-  return rows;
-}
-
-template <>
-std::span<const Entry<policy::PipelineId::qwen3_layer>> table<policy::PipelineId::qwen3_layer>() {
-  using namespace instances;  // the run functions declared above
-  static constexpr Entry<policy::PipelineId::qwen3_layer> rows[] = {
-      {0x800u, "qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-separate",
-       &qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_separate},
-      {0x801u, "qwen3_layer.host.gemm-asm.ar-separate.moe-single.qkrc-fused",
-       &qwen3_layer_host_gemm_asm_ar_separate_moe_single_qkrc_fused},
-      {0x802u, "qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-separate",
-       &qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_separate},
-      {0x803u, "qwen3_layer.host.gemm-asm.ar-separate.moe-dual.qkrc-fused",
-       &qwen3_layer_host_gemm_asm_ar_separate_moe_dual_qkrc_fused},
-      {0x820u, "qwen3_layer.host.gemm-asm.ar-fused.moe-single.qkrc-separate",
-       &qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_separate},
-      {0x821u, "qwen3_layer.host.gemm-asm.ar-fused.moe-single.qkrc-fused",
-       &qwen3_layer_host_gemm_asm_ar_fused_moe_single_qkrc_fused},
-      {0x822u, "qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-separate",
-       &qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_separate},
-      {0x823u, "qwen3_layer.host.gemm-asm.ar-fused.moe-dual.qkrc-fused",
-       &qwen3_layer_host_gemm_asm_ar_fused_moe_dual_qkrc_fused},
-      {0x880u, "qwen3_layer.host.gemm-triton.ar-separate.moe-single.qkrc-separate",
-       &qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_separate},
-      {0x881u, "qwen3_layer.host.gemm-triton.ar-separate.moe-single.qkrc-fused",
-       &qwen3_layer_host_gemm_triton_ar_separate_moe_single_qkrc_fused},
-      {0x882u, "qwen3_layer.host.gemm-triton.ar-separate.moe-dual.qkrc-separate",
-       &qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_separate},
-      {0x883u, "qwen3_layer.host.gemm-triton.ar-separate.moe-dual.qkrc-fused",
-       &qwen3_layer_host_gemm_triton_ar_separate_moe_dual_qkrc_fused},
-      {0x8a0u, "qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-separate",
-       &qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_separate},
-      {0x8a1u, "qwen3_layer.host.gemm-triton.ar-fused.moe-single.qkrc-fused",
-       &qwen3_layer_host_gemm_triton_ar_fused_moe_single_qkrc_fused},
-      {0x8a2u, "qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-separate",
-       &qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_separate},
-      {0x8a3u, "qwen3_layer.host.gemm-triton.ar-fused.moe-dual.qkrc-fused",
-       &qwen3_layer_host_gemm_triton_ar_fused_moe_dual_qkrc_fused},
-      {0x900u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-separate",
-       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_separate},
-      {0x901u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-single.qkrc-fused",
-       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_single_qkrc_fused},
-      {0x902u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-separate",
-       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_separate},
-      {0x903u, "qwen3_layer.gpu.gemm-asm.ar-separate.moe-dual.qkrc-fused",
-       &qwen3_layer_gpu_gemm_asm_ar_separate_moe_dual_qkrc_fused},
-      {0x920u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-separate",
-       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_separate},
-      {0x921u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-single.qkrc-fused",
-       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_single_qkrc_fused},
-      {0x922u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-separate",
-       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_separate},
-      {0x923u, "qwen3_layer.gpu.gemm-asm.ar-fused.moe-dual.qkrc-fused",
-       &qwen3_layer_gpu_gemm_asm_ar_fused_moe_dual_qkrc_fused},
-      {0x980u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-separate",
-       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_separate},
-      {0x981u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-single.qkrc-fused",
-       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_single_qkrc_fused},
-      {0x982u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-separate",
-       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_separate},
-      {0x983u, "qwen3_layer.gpu.gemm-triton.ar-separate.moe-dual.qkrc-fused",
-       &qwen3_layer_gpu_gemm_triton_ar_separate_moe_dual_qkrc_fused},
-      {0x9a0u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-separate",
-       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_separate},
-      {0x9a1u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-single.qkrc-fused",
-       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_single_qkrc_fused},
-      {0x9a2u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-separate",
-       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_separate},
-      {0x9a3u, "qwen3_layer.gpu.gemm-triton.ar-fused.moe-dual.qkrc-fused",
-       &qwen3_layer_gpu_gemm_triton_ar_fused_moe_dual_qkrc_fused},
+  static constexpr Entry<policy::PipelineId::dense_mlp> rows[] = {
+      {0x1800u, "dense_mlp.host.gemm-asm.ar-separate.w-mxfp4",
+       &dense_mlp_host_gemm_asm_ar_separate_w_mxfp4},
+      {0x1801u, "dense_mlp.host.gemm-asm.ar-separate.w-fp8",
+       &dense_mlp_host_gemm_asm_ar_separate_w_fp8},
+      {0x1802u, "dense_mlp.host.gemm-asm.ar-separate.w-bf16",
+       &dense_mlp_host_gemm_asm_ar_separate_w_bf16},
+      {0x1880u, "dense_mlp.host.gemm-asm.ar-fused.w-mxfp4",
+       &dense_mlp_host_gemm_asm_ar_fused_w_mxfp4},
+      {0x1881u, "dense_mlp.host.gemm-asm.ar-fused.w-fp8", &dense_mlp_host_gemm_asm_ar_fused_w_fp8},
+      {0x1882u, "dense_mlp.host.gemm-asm.ar-fused.w-bf16",
+       &dense_mlp_host_gemm_asm_ar_fused_w_bf16},
+      {0x1a00u, "dense_mlp.host.gemm-triton.ar-separate.w-mxfp4",
+       &dense_mlp_host_gemm_triton_ar_separate_w_mxfp4},
+      {0x1a80u, "dense_mlp.host.gemm-triton.ar-fused.w-mxfp4",
+       &dense_mlp_host_gemm_triton_ar_fused_w_mxfp4},
+      {0x1c00u, "dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4",
+       &dense_mlp_gpu_gemm_asm_ar_separate_w_mxfp4},
+      {0x1c80u, "dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4",
+       &dense_mlp_gpu_gemm_asm_ar_fused_w_mxfp4},
+      {0x1e00u, "dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4",
+       &dense_mlp_gpu_gemm_triton_ar_separate_w_mxfp4},
+      {0x1e80u, "dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4",
+       &dense_mlp_gpu_gemm_triton_ar_fused_w_mxfp4},
   };
   return rows;
 }

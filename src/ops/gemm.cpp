@@ -125,6 +125,62 @@ void gemm_a4w4(const Host& host, const Mxfp4Act& a, const Mxfp4Weight& w, View2<
     for (index_t n = 0; n < n_count; ++n) out(m, n) = to_bf16(result_view(m, n));
 }
 
+void gemm_a16w16(const Host& host, const Bf16Act& a, const Bf16Weight& w, View2<bf16> out) {
+  constexpr const char* op = "gemm_a16w16";
+  expect_format(op, "a", a, -1, -1);
+  expect_weight(op, "w", w, -1, a.x.shape[1]);
+  expect_view(op, "out", out, {a.x.shape[0], w.w.shape[0]});
+  expect_disjoint(op, "out", out, "a.x", a.x);
+  expect_disjoint(op, "out", out, "w.w", w.w);
+  std::vector<float> result = scratch(out.numel());
+  const auto result_view = make_view(result.data(), out.shape[0], out.shape[1]);
+  gemm_bf16(host, a.x, w.w, result_view);
+  for (index_t m = 0; m < out.shape[0]; ++m)
+    for (index_t n = 0; n < out.shape[1]; ++n) out(m, n) = to_bf16(result_view(m, n));
+}
+
+void gemm_a8w8_block(const Host& host, const Fp8GroupAct& a, const Fp8BlockWeight& w,
+                     View2<bf16> out) {
+  constexpr const char* op = "gemm_a8w8_block";
+  expect_format(op, "a", a, -1, -1);
+  const index_t rows = a.q.shape[0];
+  const index_t k_count = a.q.shape[1];
+  expect_weight(op, "w", w, -1, k_count);
+  const index_t n_count = w.q.shape[0];
+  expect_view(op, "out", out, {rows, n_count});
+  expect_disjoint(op, "out", out, "a.q", a.q);
+  expect_disjoint(op, "out", out, "a.scale", a.scale);
+  expect_disjoint(op, "out", out, "w.q", w.q);
+  expect_disjoint(op, "out", out, "w.scale", w.scale);
+  // The codes' values, unscaled; each group's partial sums are gemm_f32's (increasing k).
+  const auto values = [](View2<const fp8_e4m3> q) {
+    std::vector<float> v = scratch(q.numel());
+    for (index_t r = 0; r < q.shape[0]; ++r)
+      for (index_t c = 0; c < q.shape[1]; ++c)
+        v[static_cast<std::size_t>(r * q.shape[1] + c)] = to_float(q(r, c));
+    return v;
+  };
+  const std::vector<float> a_values = values(a.q);
+  const std::vector<float> w_values = values(w.q);
+  const auto a_view = make_view(a_values.data(), rows, k_count);
+  const auto w_view = make_view(w_values.data(), n_count, k_count);
+  std::vector<float> acc = scratch(rows * n_count);
+  std::vector<float> partial = scratch(rows * n_count);
+  const auto partial_view = make_view(partial.data(), rows, n_count);
+  for (index_t g = 0; g < fp8_group_cols(k_count); ++g) {
+    const index_t k0 = g * fp8_group;
+    const index_t width = std::min(fp8_group, k_count - k0);
+    gemm_f32(host, a_view.slice(1, k0, width), w_view.slice(1, k0, width), partial_view);
+    for (index_t m = 0; m < rows; ++m)
+      for (index_t n = 0; n < n_count; ++n)
+        acc[static_cast<std::size_t>(m * n_count + n)] +=
+            partial_view(m, n) * (a.scale(m, g) * w.scale(n / w.block_n, g));
+  }
+  for (index_t m = 0; m < rows; ++m)
+    for (index_t n = 0; n < n_count; ++n)
+      out(m, n) = to_bf16(acc[static_cast<std::size_t>(m * n_count + n)]);
+}
+
 void gemm_bf16(const Host& host, View2<const bf16> a, View2<const bf16> w, View2<float> out) {
   constexpr const char* op = "gemm_bf16";
   expect_view(op, "a", a, {-1, -1});

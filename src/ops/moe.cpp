@@ -185,28 +185,54 @@ template void silu_mul<epi::Fp8PerToken>(const Host&, View2<const bf16>, Fp8Toke
 template void silu_mul<epi::Fp8PerGroup128>(const Host&, View2<const bf16>, Fp8GroupAct);
 template void silu_mul<epi::Mxfp4>(const Host&, View2<const bf16>, Mxfp4Act);
 
-void moe_gemm_a4w4(const Host& host, const Mxfp4Act& a, View2<const std::int32_t> ids,
-                   const Mxfp4Experts& w, View2<bf16> out) {
-  constexpr const char* op = "moe_gemm_a4w4";
-  expect_view(op, "ids", ids, {-1, -1});
+namespace {
+
+// The rows of `src` listed in `rows`, copied (exactly) into `storage` as one contiguous view.
+template <class T>
+View2<T> gather(View2<const T> src, const std::vector<index_t>& rows, std::vector<T>& storage) {
+  const index_t cols = src.shape[1];
+  storage.resize(at(static_cast<index_t>(rows.size()) * cols));
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    std::copy_n(src[rows[i]].data, cols, storage.data() + static_cast<index_t>(i) * cols);
+  return make_view(storage.data(), static_cast<index_t>(rows.size()), cols);
+}
+
+// An activation's rows gathered per expert, in each format.
+struct GatherBf16 {
+  std::vector<bf16> x;
+  Bf16Act operator()(const Bf16Act& a, const std::vector<index_t>& rows) {
+    return {gather<bf16>(a.x, rows, x)};
+  }
+};
+struct GatherFp8Group {
+  std::vector<fp8_e4m3> q;
+  std::vector<float> scale;
+  Fp8GroupAct operator()(const Fp8GroupAct& a, const std::vector<index_t>& rows) {
+    return {gather<fp8_e4m3>(a.q, rows, q), gather<float>(a.scale, rows, scale)};
+  }
+};
+struct GatherMxfp4 {
+  std::vector<std::uint8_t> packed;
+  std::vector<e8m0> scale;
+  Mxfp4Act operator()(const Mxfp4Act& a, const std::vector<index_t>& rows) {
+    return {gather<std::uint8_t>(a.packed, rows, packed), gather<e8m0>(a.scale, rows, scale),
+            a.cols};
+  }
+};
+
+// The routed expert GEMM over any format: each expert's rows are gathered (an exact byte copy),
+// multiplied as one GEMM by gemm(e, gathered, result) and scattered back, so the arithmetic per
+// row is the dense GEMM's. a_rows: T or T * k.
+template <class Act, class Gather, class Gemm>
+void routed_gemm(const char* op, const Act& a, index_t a_rows, View2<const std::int32_t> ids,
+                 index_t experts, index_t n_count, View2<bf16> out, Gather gather_rows, Gemm gemm) {
   const index_t tokens = ids.shape[0];
   const index_t k = ids.shape[1];
-  expect(w.k >= 0, op, "argument 'w' has a negative K");
-  expect_view(op, "w.packed", w.packed, {-1, -1, mxfp4_packed_cols(w.k)});
-  const index_t experts = w.packed.shape[0];
-  const index_t n_count = w.packed.shape[1];
-  expect_view(op, "w.scale", w.scale, {experts, n_count, mxfp4_scale_cols(w.k)});
-  expect_format(op, "a", a, -1, w.k);
-  const index_t a_rows = a.packed.shape[0];
   expect(a_rows == tokens || a_rows == tokens * k, op,
          "argument 'a' has " + std::to_string(a_rows) + " rows, expected T = " +
              std::to_string(tokens) + " or T * k = " + std::to_string(tokens * k));
   expect_view(op, "out", out, {tokens * k, n_count});
-  expect_disjoint(op, "out", out, "a.packed", a.packed);
-  expect_disjoint(op, "out", out, "a.scale", a.scale);
   expect_disjoint(op, "out", out, "ids", ids);
-  expect_disjoint(op, "out", out, "w.packed", w.packed);
-  expect_disjoint(op, "out", out, "w.scale", w.scale);
   std::vector<std::vector<index_t>> rows_of(at(experts));
   for (index_t t = 0; t < tokens; ++t)
     for (index_t j = 0; j < k; ++j) {
@@ -216,32 +242,80 @@ void moe_gemm_a4w4(const Host& host, const Mxfp4Act& a, View2<const std::int32_t
                      ", " + std::to_string(j) + "), expected 0.." + std::to_string(experts - 1));
       rows_of[at(e)].push_back(t * k + j);
     }
-  // Each expert's rows are gathered (an exact byte copy), multiplied as one GEMM and scattered
-  // back; the arithmetic per row is gemm_a4w4's.
-  const index_t packed_cols = a.packed.shape[1];
-  const index_t scale_cols = a.scale.shape[1];
-  std::vector<std::uint8_t> packed;
-  std::vector<e8m0> scale;
+  std::vector<index_t> source;
   std::vector<bf16> result;
   for (index_t e = 0; e < experts; ++e) {
     const std::vector<index_t>& rows = rows_of[at(e)];
     if (rows.empty()) continue;
     const auto count = static_cast<index_t>(rows.size());
-    packed.resize(at(count * packed_cols));
-    scale.resize(at(count * scale_cols));
+    source.clear();
+    for (const index_t r : rows) source.push_back(a_rows == tokens ? r / k : r);
     result.resize(at(count * n_count));
-    for (index_t i = 0; i < count; ++i) {
-      const index_t src = a_rows == tokens ? rows[at(i)] / k : rows[at(i)];
-      std::copy_n(a.packed[src].data, packed_cols, packed.data() + i * packed_cols);
-      std::copy_n(a.scale[src].data, scale_cols, scale.data() + i * scale_cols);
-    }
-    const Mxfp4Act gathered{make_view(packed.data(), count, packed_cols),
-                            make_view(scale.data(), count, scale_cols), a.cols};
-    gemm_a4w4(host, gathered, Mxfp4Weight{w.packed[e], w.scale[e], w.k},
-              make_view(result.data(), count, n_count));
+    gemm(e, gather_rows(a, source), make_view(result.data(), count, n_count));
     for (index_t i = 0; i < count; ++i)
       std::copy_n(result.data() + i * n_count, n_count, out[rows[at(i)]].data);
   }
+}
+
+}  // namespace
+
+void moe_gemm_a4w4(const Host& host, const Mxfp4Act& a, View2<const std::int32_t> ids,
+                   const Mxfp4Experts& w, View2<bf16> out) {
+  constexpr const char* op = "moe_gemm_a4w4";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect(w.k >= 0, op, "argument 'w' has a negative K");
+  expect_view(op, "w.packed", w.packed, {-1, -1, mxfp4_packed_cols(w.k)});
+  const index_t experts = w.packed.shape[0];
+  const index_t n_count = w.packed.shape[1];
+  expect_view(op, "w.scale", w.scale, {experts, n_count, mxfp4_scale_cols(w.k)});
+  expect_format(op, "a", a, -1, w.k);
+  expect_disjoint(op, "out", out, "a.packed", a.packed);
+  expect_disjoint(op, "out", out, "a.scale", a.scale);
+  expect_disjoint(op, "out", out, "w.packed", w.packed);
+  expect_disjoint(op, "out", out, "w.scale", w.scale);
+  routed_gemm(op, a, a.packed.shape[0], ids, experts, n_count, out, GatherMxfp4{},
+              [&](index_t e, const Mxfp4Act& rows, View2<bf16> result) {
+                gemm_a4w4(host, rows, Mxfp4Weight{w.packed[e], w.scale[e], w.k}, result);
+              });
+}
+
+void moe_gemm_a16w16(const Host& host, const Bf16Act& a, View2<const std::int32_t> ids,
+                     const Bf16Experts& w, View2<bf16> out) {
+  constexpr const char* op = "moe_gemm_a16w16";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect_view(op, "w.w", w.w, {-1, -1, -1});
+  const index_t experts = w.w.shape[0];
+  const index_t n_count = w.w.shape[1];
+  expect_format(op, "a", a, -1, w.w.shape[2]);
+  expect_disjoint(op, "out", out, "a.x", a.x);
+  expect_disjoint(op, "out", out, "w.w", w.w);
+  routed_gemm(op, a, a.x.shape[0], ids, experts, n_count, out, GatherBf16{},
+              [&](index_t e, const Bf16Act& rows, View2<bf16> result) {
+                gemm_a16w16(host, rows, Bf16Weight{w.w[e]}, result);
+              });
+}
+
+void moe_gemm_a8w8_block(const Host& host, const Fp8GroupAct& a, View2<const std::int32_t> ids,
+                         const Fp8BlockExperts& w, View2<bf16> out) {
+  constexpr const char* op = "moe_gemm_a8w8_block";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect_view(op, "w.q", w.q, {-1, -1, -1});
+  const index_t experts = w.q.shape[0];
+  const index_t n_count = w.q.shape[1];
+  if (w.block_n < 1)
+    fail(op, "argument 'w' has block_n = " + std::to_string(w.block_n) +
+                 ", expected a positive block height");
+  expect_view(op, "w.scale", w.scale,
+              {experts, ceil_div(n_count, w.block_n), fp8_group_cols(w.q.shape[2])});
+  expect_format(op, "a", a, -1, w.q.shape[2]);
+  expect_disjoint(op, "out", out, "a.q", a.q);
+  expect_disjoint(op, "out", out, "a.scale", a.scale);
+  expect_disjoint(op, "out", out, "w.q", w.q);
+  expect_disjoint(op, "out", out, "w.scale", w.scale);
+  routed_gemm(op, a, a.q.shape[0], ids, experts, n_count, out, GatherFp8Group{},
+              [&](index_t e, const Fp8GroupAct& rows, View2<bf16> result) {
+                gemm_a8w8_block(host, rows, Fp8BlockWeight{w.q[e], w.scale[e], w.block_n}, result);
+              });
 }
 
 void moe_combine(const Host&, View2<const bf16> expert_out, View2<const float> weights,

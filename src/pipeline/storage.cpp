@@ -6,6 +6,7 @@
 #include <random>
 
 #include "atom/ops/rope.hpp"
+#include "quantize_weights.hpp"
 
 namespace atom::pipeline {
 
@@ -36,19 +37,10 @@ void fill_bf16(View<bf16, R> v, Random& r, float mean, float stddev) {
 // Rows of K values drawn with stddev 1/sqrt(K) (activations keep unit scale through a GEMM),
 // quantized into MXFP4 blocks along each row.
 void quantize_rows(Random& r, index_t rows, index_t k, std::uint8_t* packed, e8m0* scale) {
-  std::vector<float> row(static_cast<std::size_t>(k));
+  std::vector<float> x(static_cast<std::size_t>(rows * k));
   const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
-  const index_t packed_cols = ops::mxfp4_packed_cols(k);
-  const index_t scale_cols = ops::mxfp4_scale_cols(k);
-  for (index_t i = 0; i < rows; ++i) {
-    for (auto& v : row) v = r(0.0f, stddev);
-    for (index_t blk = 0; blk < scale_cols; ++blk) {
-      const index_t begin = blk * mx_block;
-      const int n = static_cast<int>(std::min<index_t>(mx_block, k - begin));
-      quantize_mx_block(row.data() + begin, n, packed + i * packed_cols + begin / 2,
-                        scale + i * scale_cols + blk);
-    }
-  }
+  for (auto& v : x) v = r(0.0f, stddev);
+  detail::quantize_mxfp4_rows(x.data(), rows, k, packed, scale);
 }
 
 ops::Mxfp4Weight mxfp4_weight(Buffers& b, Random& r, index_t n, index_t k) {
@@ -78,15 +70,83 @@ ops::Fp8HeadWeight fp8_heads(Buffers& b, Random& r, index_t h, index_t n, index_
   std::vector<float> m(static_cast<std::size_t>(n * k));
   const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
   for (index_t i = 0; i < h; ++i) {
-    float amax = 0.0f;
-    for (auto& v : m) {
-      v = r(0.0f, stddev);
-      amax = std::max(amax, std::fabs(v));
+    for (auto& v : m) v = r(0.0f, stddev);
+    w.scale(i) = detail::quantize_fp8_matrix(m.data(), n * k, w.w.data + i * n * k);
+  }
+  return w;
+}
+
+// Rows of K values drawn as quantize_rows draws them, as bf16 or as FP8 e4m3 with one scale per
+// block of 128 x 128 (scale = the block's amax / 448, 1 for an all-zero block).
+void bf16_rows(Random& r, index_t rows, index_t k, bf16* out) {
+  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
+  for (index_t i = 0; i < rows * k; ++i) out[i] = to_bf16(r(0.0f, stddev));
+}
+
+void fp8_block_rows(Random& r, index_t rows, index_t k, fp8_e4m3* q, float* scale) {
+  constexpr index_t block = ops::fp8_weight_block_k;
+  std::vector<float> m(static_cast<std::size_t>(rows * k));
+  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
+  for (auto& v : m) v = r(0.0f, stddev);
+  const index_t scale_cols = ops::ceil_div(k, block);
+  for (index_t bn = 0; bn < ops::ceil_div(rows, block); ++bn)
+    for (index_t bk = 0; bk < scale_cols; ++bk) {
+      const index_t n_end = std::min(rows, (bn + 1) * block);
+      const index_t k_end = std::min(k, (bk + 1) * block);
+      float amax = 0.0f;
+      for (index_t n = bn * block; n < n_end; ++n)
+        for (index_t c = bk * block; c < k_end; ++c)
+          amax = std::max(amax, std::fabs(m[static_cast<std::size_t>(n * k + c)]));
+      const float s = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
+      scale[bn * scale_cols + bk] = s;
+      for (index_t n = bn * block; n < n_end; ++n)
+        for (index_t c = bk * block; c < k_end; ++c)
+          q[n * k + c] = to_fp8<Fp8Kind::e4m3fn>(m[static_cast<std::size_t>(n * k + c)] / s);
     }
-    const float scale = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
-    w.scale(i) = scale;
-    for (index_t j = 0; j < n * k; ++j)
-      w.w.data[i * n * k + j] = to_fp8<Fp8Kind::e4m3fn>(m[static_cast<std::size_t>(j)] / scale);
+}
+
+// A random linear weight [n, k] or experts [e, n, k] in format f.
+LinearWeight linear_weight(Buffers& b, Random& r, policy::WeightFormat f, index_t n, index_t k) {
+  LinearWeight w;
+  w.format = f;
+  switch (f) {
+    case policy::WeightFormat::mxfp4:
+      w.mxfp4 = mxfp4_weight(b, r, n, k);
+      break;
+    case policy::WeightFormat::bf16:
+      w.bf16.w = alloc<bf16>(b, n, k);
+      bf16_rows(r, n, k, w.bf16.w.data);
+      break;
+    case policy::WeightFormat::fp8_block:
+      w.fp8 = {alloc<fp8_e4m3>(b, n, k),
+               alloc<float>(b, ops::ceil_div(n, 128), ops::ceil_div(k, ops::fp8_weight_block_k)),
+               128};
+      fp8_block_rows(r, n, k, w.fp8.q.data, w.fp8.scale.data);
+      break;
+  }
+  return w;
+}
+
+ExpertWeights expert_weights(Buffers& b, Random& r, policy::WeightFormat f, index_t e, index_t n,
+                             index_t k) {
+  ExpertWeights w;
+  w.format = f;
+  switch (f) {
+    case policy::WeightFormat::mxfp4:
+      w.mxfp4 = mxfp4_experts(b, r, e, n, k);
+      break;
+    case policy::WeightFormat::bf16:
+      w.bf16.w = alloc<bf16>(b, e, n, k);
+      bf16_rows(r, e * n, k, w.bf16.w.data);
+      break;
+    case policy::WeightFormat::fp8_block: {
+      const index_t sn = ops::ceil_div(n, 128);
+      const index_t sk = ops::ceil_div(k, ops::fp8_weight_block_k);
+      w.fp8 = {alloc<fp8_e4m3>(b, e, n, k), alloc<float>(b, e, sn, sk), 128};
+      for (index_t i = 0; i < e; ++i)
+        fp8_block_rows(r, n, k, w.fp8.q.data + i * n * k, w.fp8.scale.data + i * sn * sk);
+      break;
+    }
   }
   return w;
 }
@@ -106,28 +166,35 @@ View2<float> rope_table(Buffers& b, const ModelConfig& m, index_t rot_dim) {
 
 }  // namespace
 
-LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed) {
+LayerWeights::LayerWeights(LayerWeightParts parts)
+    : buffers_(std::move(parts.buffers)),
+      mla_(parts.mla),
+      qwen3_(parts.qwen3),
+      moe_(parts.moe),
+      dense_(parts.dense) {}
+
+LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::WeightFormat f) {
   Random r{std::mt19937_64(seed)};
   Buffers& b = buffers_;
   if (m.attention == AttentionKind::mla) {
     const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
     mla_.input_norm = norm_weight(b, r, m.hidden);
-    mla_.qkv_a.host = mxfp4_weight(b, r, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim, m.hidden);
+    mla_.qkv_a = linear_weight(b, r, f, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim, m.hidden);
     mla_.q_a_norm = norm_weight(b, r, m.q_lora_rank);
     mla_.kv_a_norm = norm_weight(b, r, m.kv_lora_rank);
-    mla_.q_b.host = mxfp4_weight(b, r, m.num_heads * qk_head, m.q_lora_rank);
+    mla_.q_b = linear_weight(b, r, f, m.num_heads * qk_head, m.q_lora_rank);
     mla_.w_uk_fp8 = fp8_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
     mla_.w_uv_fp8 = fp8_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
     mla_.w_uk_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
     mla_.w_uv_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
-    mla_.o_proj.host = mxfp4_weight(b, r, m.hidden, m.num_heads * m.v_head_dim);
+    mla_.o_proj = linear_weight(b, r, f, m.hidden, m.num_heads * m.v_head_dim);
     mla_.cos_sin = rope_table(b, m, m.qk_rope_dim);
   } else {
     qwen3_.input_norm = norm_weight(b, r, m.hidden);
-    qwen3_.qkv.host = mxfp4_weight(b, r, (m.num_heads + 2 * m.num_kv_heads) * m.head_dim, m.hidden);
+    qwen3_.qkv = linear_weight(b, r, f, (m.num_heads + 2 * m.num_kv_heads) * m.head_dim, m.hidden);
     qwen3_.q_norm = norm_weight(b, r, m.head_dim);
     qwen3_.k_norm = norm_weight(b, r, m.head_dim);
-    qwen3_.o_proj.host = mxfp4_weight(b, r, m.hidden, m.num_heads * m.head_dim);
+    qwen3_.o_proj = linear_weight(b, r, f, m.hidden, m.num_heads * m.head_dim);
     qwen3_.cos_sin = rope_table(b, m, m.head_dim);
   }
   moe_.post_norm = norm_weight(b, r, m.hidden);
@@ -137,12 +204,19 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed) {
   auto bias = alloc<float>(b, m.num_experts);
   for (index_t e = 0; e < m.num_experts; ++e) bias(e) = r(0.0f, 0.1f);
   moe_.router_bias = bias;
-  moe_.gate_up.host = mxfp4_experts(b, r, m.num_experts, 2 * m.moe_intermediate, m.hidden);
-  moe_.down.host = mxfp4_experts(b, r, m.num_experts, m.hidden, m.moe_intermediate);
+  moe_.gate_up = expert_weights(b, r, f, m.num_experts, 2 * m.moe_intermediate, m.hidden);
+  moe_.down = expert_weights(b, r, f, m.num_experts, m.hidden, m.moe_intermediate);
   if (m.num_shared_experts > 0) {
     const index_t shared = m.num_shared_experts * m.moe_intermediate;
-    moe_.shared_gate_up.host = mxfp4_weight(b, r, 2 * shared, m.hidden);
-    moe_.shared_down.host = mxfp4_weight(b, r, m.hidden, shared);
+    moe_.shared_gate_up = linear_weight(b, r, f, 2 * shared, m.hidden);
+    moe_.shared_down = linear_weight(b, r, f, m.hidden, shared);
+  } else {
+    moe_.shared_gate_up.format = moe_.shared_down.format = f;
+  }
+  if (m.intermediate > 0) {
+    dense_.post_norm = norm_weight(b, r, m.hidden);
+    dense_.gate_up = linear_weight(b, r, f, 2 * m.intermediate, m.hidden);
+    dense_.down = linear_weight(b, r, f, m.hidden, m.intermediate);
   }
 }
 

@@ -55,17 +55,30 @@ struct DeviceLayerWeights::Owned {
     return ops::prepare_experts<G>(w);
   }
 
-  // A LinearWeight or ExpertWeights with a device copy for every backend asked for; empty when
-  // the host weight is absent (no shared expert).
+  // A LinearWeight or ExpertWeights in device memory, in its format: bf16 and FP8 copied as they
+  // are, MXFP4 prepared for every GEMM backend asked for. Empty when the host weight is absent
+  // (no shared expert).
   template <class Forms>
   Forms device_forms(const Forms& host) {
     Forms f;
-    if (host.host.packed.data == nullptr) return f;
-    for (const GemmBackend g : backends) {
-      if (g == GemmBackend::matrix_core)
-        f.matrix_core = keep(prepare<GemmBackend::matrix_core>(host.host));
-      else
-        f.portable = keep(prepare<GemmBackend::portable>(host.host));
+    f.format = host.format;
+    switch (host.format) {
+      case policy::WeightFormat::bf16:
+        if (host.bf16.w.data != nullptr) f.bf16.w = copy(host.bf16.w);
+        break;
+      case policy::WeightFormat::fp8_block:
+        if (host.fp8.q.data != nullptr)
+          f.fp8 = {copy(host.fp8.q), copy(host.fp8.scale), host.fp8.block_n};
+        break;
+      case policy::WeightFormat::mxfp4:
+        if (host.mxfp4.packed.data == nullptr) break;
+        for (const GemmBackend g : backends) {
+          if (g == GemmBackend::matrix_core)
+            f.matrix_core = keep(prepare<GemmBackend::matrix_core>(host.mxfp4));
+          else
+            f.portable = keep(prepare<GemmBackend::portable>(host.mxfp4));
+        }
+        break;
     }
     return f;
   }
@@ -112,6 +125,12 @@ DeviceLayerWeights::DeviceLayerWeights(const ModelConfig& m, const LayerWeights&
   moe_.down = o.device_forms(h.down);
   moe_.shared_gate_up = o.device_forms(h.shared_gate_up);
   moe_.shared_down = o.device_forms(h.shared_down);
+  const DenseMlpWeights& d = host.dense();
+  if (d.post_norm.data != nullptr) {
+    dense_.post_norm = o.copy(d.post_norm);
+    dense_.gate_up = o.device_forms(d.gate_up);
+    dense_.down = o.device_forms(d.down);
+  }
 }
 
 DeviceLayerWeights::~DeviceLayerWeights() = default;

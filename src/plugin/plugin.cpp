@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
+#include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
 #include "atom/plugin/models.hpp"
 
@@ -29,27 +30,29 @@ struct atom_plugin_registration {
 
 namespace {
 
+// A block, or a decoder layer composed of the attention and MoE blocks.
 using AnyHandle =
     std::variant<dispatch::Handle<PipelineId::mla_attention>,
                  dispatch::Handle<PipelineId::moe_block>,
-                 dispatch::Handle<PipelineId::qwen3_attention>,
-                 dispatch::Handle<PipelineId::ds_layer>, dispatch::Handle<PipelineId::qwen3_layer>>;
+                 dispatch::Handle<PipelineId::qwen3_attention>, pipeline::LayerHandles>;
 
-AnyHandle resolve_handle(PipelineId p, const env::Config& c) {
+AnyHandle resolve_handle(const plugin::ModelSpec& spec, plugin::Kind kind,
+                         const pipeline::ModelConfig& model, const env::Config& c) {
   constexpr auto host = policy::BackendId::host;
-  switch (p) {
+  if (kind == plugin::Kind::layer)
+    return pipeline::resolve_layer(model, pipeline::LayerKind::moe, policy::point_from(c),
+                                   policy::WeightFormat::mxfp4, policy::WeightFormat::mxfp4, host);
+  switch (plugin::pipeline_of(spec, kind)) {
     case PipelineId::mla_attention:
       return dispatch::resolve<PipelineId::mla_attention>(c, host);
     case PipelineId::moe_block:
       return dispatch::resolve<PipelineId::moe_block>(c, host);
     case PipelineId::qwen3_attention:
       return dispatch::resolve<PipelineId::qwen3_attention>(c, host);
-    case PipelineId::ds_layer:
-      return dispatch::resolve<PipelineId::ds_layer>(c, host);
-    case PipelineId::qwen3_layer:
-      return dispatch::resolve<PipelineId::qwen3_layer>(c, host);
+    case PipelineId::dense_mlp:
+      break;
   }
-  throw std::logic_error("unhandled pipeline id");
+  throw std::logic_error("a plugin kind without a pipeline");
 }
 
 }  // namespace
@@ -57,7 +60,6 @@ AnyHandle resolve_handle(PipelineId p, const env::Config& c) {
 struct atom_plugin_pipeline {
   const plugin::ModelSpec* spec = nullptr;
   plugin::Kind kind = plugin::Kind::layer;
-  PipelineId id = PipelineId::ds_layer;
   pipeline::ModelConfig model;
   std::unique_ptr<pipeline::LayerWeights> weights;
   std::int64_t dual_stream_threshold = 0;
@@ -265,15 +267,14 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
             "preset '" + env::printable(preset) + "' is not a model of " + spec->architecture +
                 "; expected " + spec->presets[0] + " or " + spec->presets[1]);
 
-    const PipelineId id = plugin::pipeline_of(*spec, *k);
+    const pipeline::ModelConfig model = pipeline::preset(*preset_it);
     auto p = std::make_unique<atom_plugin_pipeline>(
         atom_plugin_pipeline{spec,
                              *k,
-                             id,
-                             pipeline::preset(*preset_it),
+                             model,
                              nullptr,
                              r->config.get<env::Var::dual_stream_moe_token_threshold>(),
-                             resolve_handle(id, r->config),
+                             resolve_handle(*spec, *k, model, r->config),
                              {},
                              {},
                              {}});
@@ -287,12 +288,12 @@ void destroy_pipeline(atom_plugin_pipeline* p) {
   delete p;
 }
 
-bool reads_batch(PipelineId id) {
-  return id != PipelineId::moe_block;
+bool reads_batch(plugin::Kind kind) {
+  return kind != plugin::Kind::moe;
 }
 
 atom_plugin_cache_kind cache_kind_of(const atom_plugin_pipeline& p) {
-  if (!reads_batch(p.id)) return ATOM_PLUGIN_CACHE_NONE;
+  if (!reads_batch(p.kind)) return ATOM_PLUGIN_CACHE_NONE;
   return p.model.attention == pipeline::AttentionKind::mla ? ATOM_PLUGIN_CACHE_MLA_LATENT
                                                            : ATOM_PLUGIN_CACHE_FP8_KV;
 }
@@ -343,7 +344,7 @@ atom_plugin_buffer_sizes sizes_for(const atom_plugin_pipeline& p,
   const auto act = t * static_cast<std::size_t>(p.model.hidden);
   atom_plugin_buffer_sizes z{};
   z.x = z.residual = z.out = act;
-  if (!reads_batch(p.id)) return z;
+  if (!reads_batch(p.kind)) return z;
   expect_extent("max_blocks_per_token", s.max_blocks_per_token, max_blocks_per_token);
   expect_extent("num_blocks", s.num_blocks, max_num_blocks);
   z.positions = z.slots = z.context_lens = t;
@@ -449,50 +450,66 @@ void expect_batch(const atom_plugin_pipeline& p, const atom_plugin_run_args& a) 
   }
 }
 
-template <PipelineId P>
-pipeline::RunArgs<P> run_args(atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
-  const index_t t = a.shape.tokens;
-  const index_t h = p.model.hidden;
-  const pipeline::BlockIo io{&p.model,
-                             pipeline::TpShape{},
-                             make_view(reinterpret_cast<const bf16*>(a.x), t, h),
-                             make_view(reinterpret_cast<bf16*>(a.residual), t, h),
-                             make_view(reinterpret_cast<bf16*>(a.out), t, h),
-                             &p.workspace};
-  if constexpr (P == PipelineId::moe_block) {
-    return pipeline::MoeArgs{io, &p.weights->moe(), p.dual_stream_threshold};
-  } else {
-    const pipeline::DecodeBatch batch{make_view(a.positions, t), make_view(a.slots, t),
-                                      make_view(a.block_table, t, a.shape.max_blocks_per_token),
-                                      make_view(a.context_lens, t)};
+// The run of a block or layer on the host's buffers.
+struct Run {
+  atom_plugin_pipeline& p;
+  const atom_plugin_run_args& a;
+
+  index_t tokens() const { return a.shape.tokens; }
+  pipeline::BlockIo io() const {
+    const index_t t = tokens();
+    const index_t h = p.model.hidden;
+    return {&p.model,
+            pipeline::TpShape{},
+            make_view(reinterpret_cast<const bf16*>(a.x), t, h),
+            make_view(reinterpret_cast<bf16*>(a.residual), t, h),
+            make_view(reinterpret_cast<bf16*>(a.out), t, h),
+            &p.workspace};
+  }
+  pipeline::DecodeBatch batch() const {
+    const index_t t = tokens();
+    return {make_view(a.positions, t), make_view(a.slots, t),
+            make_view(a.block_table, t, a.shape.max_blocks_per_token),
+            make_view(a.context_lens, t)};
+  }
+  View3<bf16> mla_cache() const {
+    return make_view(reinterpret_cast<bf16*>(a.mla_cache), a.shape.num_blocks, p.model.block_size,
+                     cache_row(p.model));
+  }
+  ops::KvCacheFp8 kv_cache() const {
     const index_t blocks = a.shape.num_blocks;
     const index_t bs = p.model.block_size;
-    auto attention = [&](const pipeline::BlockIo& block_io) {
-      if constexpr (P == PipelineId::mla_attention || P == PipelineId::ds_layer) {
-        return pipeline::MlaArgs{
-            block_io, &p.weights->mla(), batch,
-            make_view(reinterpret_cast<bf16*>(a.mla_cache), blocks, bs, cache_row(p.model))};
-      } else {
-        const index_t kvh = p.model.num_kv_heads;
-        const index_t d = p.model.head_dim;
-        const ops::KvCacheFp8 cache{
-            make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
+    const index_t kvh = p.model.num_kv_heads;
+    const index_t d = p.model.head_dim;
+    return {make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
             make_view(reinterpret_cast<fp8_e4m3*>(a.value_cache), blocks, bs, kvh, d),
             make_view(a.key_scale, blocks, bs, kvh), make_view(a.value_scale, blocks, bs, kvh)};
-        return pipeline::Qwen3AttentionArgs{block_io, &p.weights->qwen3(), batch, cache};
-      }
-    };
-    if constexpr (P == PipelineId::mla_attention || P == PipelineId::qwen3_attention) {
-      return attention(io);
-    } else {
-      p.intermediate.resize(static_cast<std::size_t>(t * h));
-      pipeline::BlockIo attention_io = io;
-      attention_io.out = make_view(p.intermediate.data(), t, h);
-      return pipeline::RunArgs<P>{attention(attention_io), &p.weights->moe(),
-                                  p.dual_stream_threshold, io.out};
-    }
   }
-}
+
+  void operator()(const dispatch::Handle<PipelineId::mla_attention>& h) const {
+    h(pipeline::MlaArgs{io(), &p.weights->mla(), batch(), mla_cache()});
+  }
+  void operator()(const dispatch::Handle<PipelineId::qwen3_attention>& h) const {
+    h(pipeline::Qwen3AttentionArgs{io(), &p.weights->qwen3(), batch(), kv_cache()});
+  }
+  void operator()(const dispatch::Handle<PipelineId::moe_block>& h) const {
+    h(pipeline::MoeArgs{io(), &p.weights->moe(), p.dual_stream_threshold, {}});
+  }
+  void operator()(const pipeline::LayerHandles& layer) const {
+    p.intermediate.resize(static_cast<std::size_t>(tokens() * p.model.hidden));
+    const bool mla = p.model.attention == pipeline::AttentionKind::mla;
+    pipeline::run_layer(layer,
+                        {mla ? &p.weights->mla() : nullptr, mla ? nullptr : &p.weights->qwen3(),
+                         &p.weights->moe(), nullptr},
+                        {io(),
+                         make_view(p.intermediate.data(), tokens(), p.model.hidden),
+                         batch(),
+                         mla ? mla_cache() : View3<bf16>{},
+                         mla ? ops::KvCacheFp8{} : kv_cache(),
+                         p.dual_stream_threshold,
+                         {}});
+  }
+};
 
 atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, void* stream) {
   // The host backend runs synchronously on the calling thread; device backends take the stream.
@@ -526,13 +543,8 @@ atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, v
          {"value_cache", a->value_cache, a->value_cache_count, 1, n.value_cache, c, true},
          {"key_scale", a->key_scale, a->key_scale_count, 4, n.key_scale, c, true},
          {"value_scale", a->value_scale, a->value_scale_count, 4, n.value_scale, c, true}});
-    if (reads_batch(p->id)) expect_batch(*p, *a);
-    std::visit(
-        [&]<PipelineId P>(const dispatch::Handle<P>& h) {
-          const auto args = run_args<P>(*p, *a);
-          h(args);
-        },
-        p->handle);
+    if (reads_batch(p->kind)) expect_batch(*p, *a);
+    std::visit(Run{*p, *a}, p->handle);
     p->workspace.reset();
   });
 }

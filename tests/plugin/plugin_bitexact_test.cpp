@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
+#include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
 #include "atom/plugin/atom_plugin.h"
 #include "atom/plugin/models.hpp"
@@ -68,22 +69,32 @@ pipeline::RunArgs<P> direct_args(const pipeline::ModelConfig& m, const pipeline:
                                  const pipeline::DecodeState& s, pipeline::Workspace& ws,
                                  std::int64_t threshold) {
   const pipeline::BlockIo io{&m, {}, s.x(), s.residual(), s.out(), &ws};
-  pipeline::BlockIo attention_io = io;
-  attention_io.out = s.intermediate();
   if constexpr (P == PipelineId::mla_attention)
     return pipeline::MlaArgs{io, &w.mla(), s.batch(), s.mla_cache()};
   else if constexpr (P == PipelineId::qwen3_attention)
     return pipeline::Qwen3AttentionArgs{io, &w.qwen3(), s.batch(), s.kv_cache()};
-  else if constexpr (P == PipelineId::moe_block)
-    return pipeline::MoeArgs{io, &w.moe(), threshold};
-  else if constexpr (P == PipelineId::ds_layer)
-    return pipeline::DsLayerArgs{
-        pipeline::MlaArgs{attention_io, &w.mla(), s.batch(), s.mla_cache()}, &w.moe(), threshold,
-        s.out()};
   else
-    return pipeline::Qwen3LayerArgs{
-        pipeline::Qwen3AttentionArgs{attention_io, &w.qwen3(), s.batch(), s.kv_cache()}, &w.moe(),
-        threshold, s.out()};
+    return pipeline::MoeArgs{io, &w.moe(), threshold, {}};
+}
+
+// A decoder layer directly: its attention and MoE blocks composed (pipeline/layer.hpp).
+std::string run_direct_layer(const env::Config& c, const pipeline::ModelConfig& m,
+                             const pipeline::LayerWeights& w, const pipeline::DecodeState& s) {
+  const auto layer = pipeline::resolve_layer(m, pipeline::LayerKind::moe, policy::point_from(c),
+                                             policy::WeightFormat::mxfp4,
+                                             policy::WeightFormat::mxfp4, policy::BackendId::host);
+  pipeline::Workspace ws;
+  const bool mla = m.attention == pipeline::AttentionKind::mla;
+  pipeline::run_layer(layer,
+                      {mla ? &w.mla() : nullptr, mla ? nullptr : &w.qwen3(), &w.moe(), nullptr},
+                      {{&m, {}, s.x(), s.residual(), s.out(), &ws},
+                       s.intermediate(),
+                       s.batch(),
+                       s.mla_cache(),
+                       s.kv_cache(),
+                       c.get<env::Var::dual_stream_moe_token_threshold>(),
+                       {}});
+  return layer.name();
 }
 
 // Runs pipeline P directly; returns the instance name and what the run left in the state.
@@ -105,10 +116,8 @@ std::string run_direct(PipelineId p, const env::Config& c, const pipeline::Model
       return run_direct<PipelineId::moe_block>(c, m, w, s);
     case PipelineId::qwen3_attention:
       return run_direct<PipelineId::qwen3_attention>(c, m, w, s);
-    case PipelineId::ds_layer:
-      return run_direct<PipelineId::ds_layer>(c, m, w, s);
-    case PipelineId::qwen3_layer:
-      return run_direct<PipelineId::qwen3_layer>(c, m, w, s);
+    case PipelineId::dense_mlp:
+      break;
   }
   return {};
 }
@@ -204,7 +213,9 @@ void check_bit_exact(const plugin::ModelSpec& spec, plugin::Kind kind, const cha
       REQUIRE(snapshot(direct, mla) == snapshot(through_abi, mla));
 
       const std::string direct_instance =
-          run_direct(plugin::pipeline_of(spec, kind), config, model, weights, direct);
+          kind == plugin::Kind::layer
+              ? run_direct_layer(config, model, weights, direct)
+              : run_direct(plugin::pipeline_of(spec, kind), config, model, weights, direct);
       const std::string abi_instance =
           run_through_abi(settings, spec.architecture, plugin::kind_name(kind), preset, weight_seed,
                           through_abi, mla);
@@ -276,7 +287,7 @@ TEST_CASE("plugin registration follows the C++ table for every combination of th
                              : k == plugin::Kind::attention ? m.attention_pipeline
                                                             : m.moe_pipeline;
           CHECK((name != nullptr) == want.serves(k));
-          if (name != nullptr)
+          if (name != nullptr && k != plugin::Kind::layer)
             CHECK(std::string(name) ==
                   policy::pipeline_name(plugin::pipeline_of(plugin::models[i], k)));
         }

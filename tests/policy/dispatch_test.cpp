@@ -38,13 +38,14 @@ TEST_CASE("resolving the default environment") {
     return;
   }
   const auto h = dispatch::resolve<PipelineId::mla_attention>(env::Config{}, BackendId::host);
-  CHECK(h.name() == "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant");
+  CHECK(h.name() ==
+        "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4");
   CHECK(h.point().get<QkNorm>() == QkNorm::fused_quant);
   const auto q = dispatch::resolve<PipelineId::qwen3_attention>(
       env::Config::from(
           {{"ATOM_USE_TRITON_GEMM", "yes"}, {"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", "on"}}),
       BackendId::host);
-  CHECK(q.name() == "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused");
+  CHECK(q.name() == "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4");
 }
 
 TEST_CASE("a miss names the requested point, the missing axis value and what exists") {
@@ -56,13 +57,15 @@ TEST_CASE("a miss names the requested point, the missing axis value and what exi
   const std::string no_gpu =
       dispatch::miss_message(PipelineId::moe_block, BackendId::gpu,
                              resolve(PipelineId::moe_block, env::Config{}), host_only);
-  CHECK_THAT(no_gpu, Catch::StartsWith("no instantiation of moe_block on the gpu backend for "
-                                       "gemm_backend=asm allreduce_norm=fused moe_streams=dual: "));
+  CHECK_THAT(no_gpu,
+             Catch::StartsWith(
+                 "no instantiation of moe_block on the gpu backend for "
+                 "gemm_backend=asm allreduce_norm=fused moe_streams=dual weight_format=mxfp4: "));
   CHECK_THAT(no_gpu, Catch::Contains("this build has no gpu instantiation of it"));
-  CHECK_THAT(no_gpu, Catch::Contains("\n  moe_block.host.gemm-asm.ar-separate.moe-single"));
+  CHECK_THAT(no_gpu, Catch::Contains("\n  moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4"));
   if (built(PipelineId::moe_block, BackendId::gpu, env::Config{})) {
     const auto h = dispatch::resolve<PipelineId::moe_block>(env::Config{}, BackendId::gpu);
-    CHECK(h.name() == "moe_block.gpu.gemm-asm.ar-fused.moe-dual");
+    CHECK(h.name() == "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4");
   } else {
     CHECK_THROWS_AS(dispatch::resolve<PipelineId::moe_block>(env::Config{}, BackendId::gpu),
                     dispatch::DispatchError);

@@ -10,7 +10,8 @@ using Producer = atom::ops::epi::Fp8PerToken;
 using Producer = atom::ops::epi::Mxfp4;
 #endif
 
-using Wired = atom::pipeline::link<Producer, atom::pipeline::GemmInput>;
+using Wired =
+    atom::pipeline::link<Producer, atom::pipeline::gemm_input<atom::policy::WeightFormat::mxfp4>>;
 
 int main() {
   return std::is_same_v<Wired, Producer> ? 0 : 1;

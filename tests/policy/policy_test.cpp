@@ -50,15 +50,15 @@ constexpr AxisSet reads_of = pipeline::Declared<P>::reads;
 const std::map<std::string, std::set<PipelineId>>& expected_readers() {
   using enum PipelineId;
   static const std::map<std::string, std::set<PipelineId>> table{
-      {"ATOM_USE_TRITON_GEMM", {mla_attention, moe_block, qwen3_attention, ds_layer, qwen3_layer}},
-      {"ATOM_USE_TRITON_MXFP4_BMM", {mla_attention, ds_layer}},
+      {"ATOM_USE_TRITON_GEMM", {mla_attention, moe_block, qwen3_attention, dense_mlp}},
+      {"ATOM_USE_TRITON_MXFP4_BMM", {mla_attention}},
       {"ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION",
-       {mla_attention, moe_block, qwen3_attention, ds_layer, qwen3_layer}},
-      {"ATOM_ENABLE_DS_INPUT_RMSNORM_QUANT_FUSION", {mla_attention, ds_layer}},
-      {"ATOM_ENABLE_DS_QKNORM_FUSION", {mla_attention, ds_layer}},
-      {"ATOM_ENABLE_DS_QKNORM_QUANT_FUSION", {mla_attention, ds_layer}},
-      {"ATOM_DUAL_STREAM_MOE_TOKEN_THRESHOLD", {moe_block, ds_layer, qwen3_layer}},
-      {"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", {qwen3_attention, qwen3_layer}},
+       {mla_attention, moe_block, qwen3_attention, dense_mlp}},
+      {"ATOM_ENABLE_DS_INPUT_RMSNORM_QUANT_FUSION", {mla_attention}},
+      {"ATOM_ENABLE_DS_QKNORM_FUSION", {mla_attention}},
+      {"ATOM_ENABLE_DS_QKNORM_QUANT_FUSION", {mla_attention}},
+      {"ATOM_DUAL_STREAM_MOE_TOKEN_THRESHOLD", {moe_block}},
+      {"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", {qwen3_attention}},
   };
   return table;
 }
@@ -97,10 +97,25 @@ TEST_CASE("the product space and the canonical points per pipeline") {
   }());
   pipeline::for_each_pipeline([](auto id) {
     constexpr AxisSet r = reads_of<decltype(id)::value>;
-    std::size_t expected = 1;
-    for_each_axis([&](const auto& axis, std::size_t i) {
-      if (r[i]) expected *= axis.size;
-    });
+    // Per weight format, the product of the read axes' sizes, less what the format folds: the
+    // GEMM backend for FP8 and bf16 weights, the input-norm quant fusion and the q_a norm's quant
+    // fusion for bf16.
+    std::size_t expected = 0;
+    const bool reads_format = r[axis_index<WeightFormat>];
+    for (std::uint8_t f = 0; f < (reads_format ? 3 : 1); ++f) {
+      const auto format = static_cast<WeightFormat>(f);
+      std::size_t n = 1;
+      for_each_axis([&](const auto& axis, std::size_t i) {
+        if (!r[i] || i == axis_index<WeightFormat>) return;
+        std::size_t size = axis.size;
+        if (reads_format && format != WeightFormat::mxfp4 && i == axis_index<GemmBackend>) size = 1;
+        if (reads_format && format == WeightFormat::bf16 && i == axis_index<InputNormQuant>)
+          size = 1;
+        if (reads_format && format == WeightFormat::bf16 && i == axis_index<QkNorm>) size = 2;
+        n *= size;
+      });
+      expected += n;
+    }
     const auto& points = canonical_points<r>;
     INFO(pipeline_name(id.value));
     CHECK(points.size() == expected);
@@ -108,11 +123,6 @@ TEST_CASE("the product space and the canonical points per pipeline") {
     for (const Point& x : points)
       CHECK(canonical(r, x) == x);  // unread axes are folded to their first value
   });
-  // A layer reads what its two blocks read.
-  CHECK(reads(PipelineId::ds_layer) ==
-        union_of(reads(PipelineId::mla_attention), reads(PipelineId::moe_block)));
-  CHECK(reads(PipelineId::qwen3_layer) ==
-        union_of(reads(PipelineId::qwen3_attention), reads(PipelineId::moe_block)));
 }
 
 TEST_CASE("points and keys round-trip, every key is unique") {
@@ -156,7 +166,7 @@ TEST_CASE("the two QK norm variables feed one axis") {
 
 TEMPLATE_TEST_CASE_SIG("reachability: every setting resolves, every instantiation is reached", "",
                        ((PipelineId P), P), PipelineId::mla_attention, PipelineId::moe_block,
-                       PipelineId::qwen3_attention, PipelineId::ds_layer, PipelineId::qwen3_layer) {
+                       PipelineId::qwen3_attention, PipelineId::dense_mlp) {
   for (BackendId b : {BackendId::host, BackendId::gpu}) {
     // What this build compiled: all canonical points, or the build profile's subset of them.
     const std::set<Key> built = test::built_keys(P, b);
@@ -165,16 +175,19 @@ TEMPLATE_TEST_CASE_SIG("reachability: every setting resolves, every instantiatio
       if (key_backend(e.key) == b) in_table.insert(e.key);
     CHECK(in_table == built);
     for (Key k : built) CHECK(canonical(reads_of<P>, key_point(k)) == key_point(k));
-    for (const auto& e : all_policy_environments()) {
-      const Key want = key(P, b, resolve(P, env::Config::from(e)));
-      if (built.count(want)) {
-        const auto h = dispatch::resolve<P>(env::Config::from(e), b);
-        CHECK(key(P, b, h.point()) == want);
-        reached.insert(want);
-      } else {
-        CHECK_THROWS_AS(dispatch::resolve<P>(env::Config::from(e), b), dispatch::DispatchError);
+    // Every environment with weights of every format (the format comes from the weights).
+    for (const auto& e : all_policy_environments())
+      for (std::uint8_t f = 0; f < weight_format.size; ++f) {
+        const Point asked = point_from(env::Config::from(e)).with(axis_index<WeightFormat>, f);
+        const Key want = key(P, b, canonical(P, asked));
+        if (built.count(want)) {
+          const auto h = dispatch::resolve_point<P>(asked, b);
+          CHECK(key(P, b, h.point()) == want);
+          reached.insert(want);
+        } else {
+          CHECK_THROWS_AS(dispatch::resolve_point<P>(asked, b), dispatch::DispatchError);
+        }
       }
-    }
     CHECK(reached == built);
   }
 }
@@ -189,7 +202,7 @@ TEST_CASE("the variable expectations cover every policy variable") {
 
 TEMPLATE_TEST_CASE_SIG("flipping one variable changes the instantiation exactly when the rules say",
                        "", ((PipelineId P), P), PipelineId::mla_attention, PipelineId::moe_block,
-                       PipelineId::qwen3_attention, PipelineId::ds_layer, PipelineId::qwen3_layer) {
+                       PipelineId::qwen3_attention, PipelineId::dense_mlp) {
   // The point is resolved as the lookup resolves it (so this holds under any build profile); the
   // instance name is the instance it selects.
   std::set<std::string> changed_by;

@@ -61,8 +61,7 @@ int main(int argc, char** argv) {
     list_instances<PipelineId::mla_attention>(*r.config);
     list_instances<PipelineId::moe_block>(*r.config);
     list_instances<PipelineId::qwen3_attention>(*r.config);
-    list_instances<PipelineId::ds_layer>(*r.config);
-    list_instances<PipelineId::qwen3_layer>(*r.config);
+    list_instances<PipelineId::dense_mlp>(*r.config);
     return 0;
   }
   if (flag == "--check") {

@@ -2,8 +2,11 @@
 // model preset, checks it against the all-separate reference and prints the error and timings.
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -11,7 +14,11 @@
 
 #include "atom/dispatch/dispatch.hpp"
 #include "atom/gpu/device.hpp"
+#include "atom/io/writer.hpp"
+#include "atom/model/checkpoint.hpp"
+#include "atom/model/decode.hpp"
 #include "atom/pipeline/harness.hpp"
+#include "atom/pipeline/layer.hpp"
 #if ATOM_GPU_INSTANCES
 #include "atom/pipeline/harness_gpu.hpp"
 #endif
@@ -22,17 +29,29 @@ using namespace atom;
 using policy::PipelineId;
 
 constexpr const char* usage =
-    "usage: atom-run [--model NAME] [--pipeline mla|moe|qwen3-attn|layer] [--tokens N]\n"
+    "usage: atom-run [--model NAME] [--pipeline layer|mla|moe|qwen3-attn|dense-mlp] [--tokens N]\n"
     "                [--context L] [--iters K] [--seed S] [--backend auto|host|gpu]\n"
-    "  --model     deepseek-v3-tiny (default), qwen3-30b-a3b-tiny, deepseek-v3, qwen3-30b-a3b\n"
-    "  --pipeline  layer (default: the model's attention block then its MoE block), mla, moe,\n"
-    "              qwen3-attn\n"
-    "  --tokens    decode tokens in the batch (default 4), each with its own context length\n"
-    "  --context   longest context (default 64); token i gets a length between L/2 and L\n"
-    "  --iters     timed runs after the checked one (default 3)\n"
-    "  --backend   auto (default: gpu when this build has GPU instantiations and a GPU is\n"
-    "              present, else host), host, gpu. A GPU run is checked against the host\n"
-    "              instantiation of the same point.\n"
+    "       atom-run --checkpoint DIR [--layers A:B|N] [--input IN --output OUT]\n"
+    "                [--tokens N] [--context L]\n"
+    "  --model       deepseek-v3-tiny (default), qwen3-30b-a3b-tiny, deepseek-v3, qwen3-30b-a3b\n"
+    "  --pipeline    layer (default: the model's attention block and its MoE block, each "
+    "checked),\n"
+    "                mla, moe, qwen3-attn, dense-mlp\n"
+    "  --tokens      decode tokens in the batch (default 4), each with its own context length\n"
+    "  --context     longest context (default 64); token i gets a length between L/2 and L\n"
+    "  --iters       timed runs after the checked one (default 3)\n"
+    "  --backend     auto (default: gpu when this build has GPU instantiations and a GPU is\n"
+    "                present, else host), host, gpu. A GPU run is checked against the host\n"
+    "                instantiation of the same point.\n"
+    "  --checkpoint  a Hugging Face checkpoint folder (config.json, safetensors) of\n"
+    "                DeepseekV3ForCausalLM or Qwen3MoeForCausalLM: runs its decoder layers on the\n"
+    "                host backend, each block at its weights' format\n"
+    "  --layers      the checkpoint layers A..B-1 (default all; N means 0:N)\n"
+    "  --input       safetensors with hidden.<s> [len_s, hidden] (bf16 or F32): the hidden state\n"
+    "                entering layer A per sequence; decoded together from empty caches.\n"
+    "                Without it, --tokens random sequences of lengths L/2..L are decoded.\n"
+    "  --output      writes hidden.<s>.layer.<l> [len_s, hidden] F32 (layer l's output, residual\n"
+    "                included) and, for MoE layers, route.<s>.layer.<l> [len_s, top_k] I32\n"
     "The ATOM_* variables pick the instantiation (atom-env --instances lists them).\n";
 
 struct Options {
@@ -43,6 +62,10 @@ struct Options {
   long iters = 3;
   long seed = 1;
   std::string backend = "auto";
+  std::string checkpoint;
+  std::string layers;
+  std::string input;
+  std::string output;
 };
 
 long parse_number(std::string_view flag, std::string_view text, long min, long max) {
@@ -79,20 +102,30 @@ Options parse(int argc, char** argv) {
       o.seed = parse_number(flag, value, 0, 1L << 40);
     else if (flag == "--backend")
       o.backend = value;
+    else if (flag == "--checkpoint")
+      o.checkpoint = value;
+    else if (flag == "--layers")
+      o.layers = value;
+    else if (flag == "--input")
+      o.input = value;
+    else if (flag == "--output")
+      o.output = value;
     else
       throw std::invalid_argument("unknown option " + std::string(flag));
   }
   return o;
 }
 
-PipelineId pipeline_for(std::string_view name, const pipeline::ModelConfig& m) {
-  const bool mla = m.attention == pipeline::AttentionKind::mla;
-  if (name == "layer") return mla ? PipelineId::ds_layer : PipelineId::qwen3_layer;
-  if (name == "moe") return PipelineId::moe_block;
-  if (name == "mla") return PipelineId::mla_attention;
-  if (name == "qwen3-attn") return PipelineId::qwen3_attention;
+// The pipelines --pipeline names; "layer" is the model's attention block and its MoE block.
+std::vector<PipelineId> pipelines_for(std::string_view name, const pipeline::ModelConfig& m) {
+  const PipelineId attention = pipeline::attention_pipeline(m);
+  if (name == "layer") return {attention, PipelineId::moe_block};
+  if (name == "moe") return {PipelineId::moe_block};
+  if (name == "mla") return {PipelineId::mla_attention};
+  if (name == "qwen3-attn") return {PipelineId::qwen3_attention};
+  if (name == "dense-mlp") return {PipelineId::dense_mlp};
   throw std::invalid_argument("unknown pipeline '" + std::string(name) +
-                              "'; expected mla, moe, qwen3-attn or layer");
+                              "'; expected mla, moe, qwen3-attn, dense-mlp or layer");
 }
 
 // Context lengths between L/2 and L, different per token (a ragged batch).
@@ -181,15 +214,138 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
     median_seconds = times[times.size() / 2];
     runs = times.size();
   }
-  const bool layer = P == PipelineId::ds_layer || P == PipelineId::qwen3_layer;
-  std::printf("check       residual %.3e vs reference (bound %.2g); out %.3e vs %s %s\n",
-              check.residual_error, check.bound, check.out_error,
-              layer ? "its attention and MoE blocks chained (exact)" : "reference",
-              check.ok ? "ok" : "FAILED");
+  std::printf("check       residual %.3e, out %.3e vs reference (bound %.2g) %s\n",
+              check.residual_error, check.out_error, check.bound, check.ok ? "ok" : "FAILED");
   std::printf("time        median %.3f ms over %zu runs on the %s backend%s\n",
               1e3 * median_seconds, runs, on_gpu ? "gpu" : "host",
               on_gpu ? " (device events, warm workspace)" : "");
   return check.ok ? 0 : 1;
+}
+
+// "A:B" or "N" (0:N) against the checkpoint's layer count.
+std::pair<index_t, index_t> layer_range(std::string_view text, index_t layers) {
+  if (text.empty()) return {0, layers};
+  const auto colon = text.find(':');
+  const long a = colon == std::string_view::npos
+                     ? 0
+                     : parse_number("--layers", text.substr(0, colon), 0, layers);
+  const long b = parse_number(
+      "--layers", colon == std::string_view::npos ? text : text.substr(colon + 1), 0, layers);
+  if (a >= b)
+    throw std::invalid_argument(
+        "--layers " + std::string(text) +
+        " is empty; expected A:B with 0 <= A < B <= " + std::to_string(layers));
+  return {a, b};
+}
+
+// hidden.<s> for s = 0, 1, ... (bf16, or F32 rounded to bf16), [len_s, hidden].
+std::vector<std::vector<bf16>> read_input(const std::string& path, index_t hidden) {
+  const io::SafetensorsFile f = io::SafetensorsFile::open(path, io::LoadMode::read);
+  std::vector<std::vector<bf16>> seqs;
+  for (std::size_t s = 0;; ++s) {
+    const std::string name = "hidden." + std::to_string(s);
+    const io::TensorInfo* t = f.header().find(name);
+    if (t == nullptr) break;
+    if (t->shape.size() != 2 || t->shape[1] != static_cast<std::uint64_t>(hidden) ||
+        t->shape[0] == 0)
+      throw io::LoadError(path, name, "must be [len >= 1, " + std::to_string(hidden) + "]");
+    if (t->dtype != io::Dtype::BF16 && t->dtype != io::Dtype::F32)
+      throw io::LoadError(
+          path, name,
+          "has dtype " + std::string(io::dtype_name(t->dtype)) + ", expected BF16 or F32");
+    const auto bytes = f.bytes(*t);
+    std::vector<bf16> v(static_cast<std::size_t>(t->numel()));
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (t->dtype == io::Dtype::BF16) {
+        std::memcpy(&v[i], bytes.data() + 2 * i, 2);
+      } else {
+        float x;
+        std::memcpy(&x, bytes.data() + 4 * i, 4);
+        v[i] = to_bf16(x);
+      }
+    }
+    seqs.push_back(std::move(v));
+  }
+  if (seqs.empty())
+    throw io::LoadError(path, "hidden.0", "is missing: the input holds no sequence");
+  return seqs;
+}
+
+int run_checkpoint(const Options& o, const env::Config& config) {
+  if (backend_for(o.backend) != policy::BackendId::host && o.backend != "auto")
+    throw std::invalid_argument("--checkpoint runs on the host backend (--backend host or auto)");
+  if (!o.input.empty() && o.input == o.output)
+    throw std::invalid_argument("--output must not overwrite --input");
+  const auto ckpt = model::HfCheckpoint::open(o.checkpoint, io::load_mode(config));
+  const pipeline::ModelConfig& m = ckpt.model();
+  const auto [first, last] = layer_range(o.layers, m.num_layers);
+  std::printf("checkpoint  %s (%s, %ld decoder layers)\n", o.checkpoint.c_str(), m.name.c_str(),
+              static_cast<long>(m.num_layers));
+  std::vector<std::unique_ptr<pipeline::LayerWeights>> owned;
+  std::vector<model::DecodeLayer> layers;
+  const auto start = std::chrono::steady_clock::now();
+  for (index_t l = first; l < last; ++l) {
+    owned.push_back(ckpt.layer(l));
+    layers.push_back({l, owned.back().get()});
+  }
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::vector<std::vector<bf16>> inputs;
+  if (!o.input.empty()) {
+    inputs = read_input(o.input, m.hidden);
+  } else {
+    std::mt19937_64 rng(static_cast<std::uint64_t>(o.seed));
+    std::normal_distribution<float> normal;
+    for (const auto len : ragged_contexts(o.tokens, std::min<long>(o.context, m.max_position))) {
+      std::vector<bf16> v(static_cast<std::size_t>(len * m.hidden));
+      for (auto& x : v) x = to_bf16(normal(rng));
+      inputs.push_back(std::move(v));
+    }
+  }
+  const policy::Point point = policy::point_from(config);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto outputs = model::decode_sequences(
+      m, layers, inputs, point, config.get<env::Var::dual_stream_moe_token_threshold>());
+  const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  long tokens = 0;
+  for (const auto& v : inputs) tokens += static_cast<long>(v.size()) / static_cast<long>(m.hidden);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const pipeline::LayerHandles h = [&] {
+      const auto& w = *layers[i].weights;
+      const auto kind = pipeline::layer_kind(m, layers[i].index);
+      return pipeline::resolve_layer(
+          m, kind, point,
+          m.attention == pipeline::AttentionKind::mla ? pipeline::weight_format(w.mla())
+                                                      : pipeline::weight_format(w.qwen3()),
+          kind == pipeline::LayerKind::moe ? pipeline::weight_format(w.moe())
+                                           : pipeline::weight_format(w.dense()),
+          policy::BackendId::host);
+    }();
+    std::printf("layer %-5ld %s\n", static_cast<long>(layers[i].index), h.name().c_str());
+  }
+  std::printf("decode      %zu sequences, %ld tokens through layers %ld:%ld on the host backend\n",
+              inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last));
+  std::printf("time        load %.3f s, decode %.3f s\n", load_s, run_s);
+  if (!o.output.empty()) {
+    std::vector<io::TensorData> tensors;
+    for (const auto& layer : outputs)
+      for (std::size_t s = 0; s < inputs.size(); ++s) {
+        const auto len =
+            static_cast<std::uint64_t>(layer.hidden[s].size() / static_cast<std::size_t>(m.hidden));
+        tensors.push_back({"hidden." + std::to_string(s) + ".layer." + std::to_string(layer.index),
+                           io::Dtype::F32,
+                           {len, static_cast<std::uint64_t>(m.hidden)},
+                           std::as_bytes(std::span(layer.hidden[s]))});
+        if (!layer.routes.empty())
+          tensors.push_back({"route." + std::to_string(s) + ".layer." + std::to_string(layer.index),
+                             io::Dtype::I32,
+                             {len, static_cast<std::uint64_t>(m.top_k)},
+                             std::as_bytes(std::span(layer.routes[s]))});
+      }
+    io::write_file(o.output, tensors);
+    std::printf("output      %s (%zu tensors)\n", o.output.c_str(), tensors.size());
+  }
+  return 0;
 }
 
 }  // namespace
@@ -204,23 +360,36 @@ int main(int argc, char** argv) {
       for (const auto& e : reading.errors) std::fprintf(stderr, "atom-run: error: %s\n", e.c_str());
       return 2;
     }
+    if (!o.checkpoint.empty()) return run_checkpoint(o, *reading.config);
+    if (!o.input.empty() || !o.output.empty() || !o.layers.empty())
+      throw std::invalid_argument("--input, --output and --layers need --checkpoint");
     const pipeline::ModelConfig model = pipeline::preset(o.model);
-    const PipelineId p = pipeline_for(o.pipeline, model);
-    if (!pipeline::pipeline_fits(p, model))
-      throw std::invalid_argument("pipeline '" + o.pipeline + "' does not apply to model " +
-                                  model.name);
-    switch (p) {
-      case PipelineId::mla_attention:
-        return run<PipelineId::mla_attention>(o, *reading.config, model);
-      case PipelineId::moe_block:
-        return run<PipelineId::moe_block>(o, *reading.config, model);
-      case PipelineId::qwen3_attention:
-        return run<PipelineId::qwen3_attention>(o, *reading.config, model);
-      case PipelineId::ds_layer:
-        return run<PipelineId::ds_layer>(o, *reading.config, model);
-      case PipelineId::qwen3_layer:
-        return run<PipelineId::qwen3_layer>(o, *reading.config, model);
+    int status = 0;
+    bool first = true;
+    for (const PipelineId p : pipelines_for(o.pipeline, model)) {
+      if (!pipeline::pipeline_fits(p, model))
+        throw std::invalid_argument("pipeline '" + o.pipeline + "' does not apply to model " +
+                                    model.name);
+      if (!first) std::printf("\n");
+      first = false;
+      int rc = 2;
+      switch (p) {
+        case PipelineId::mla_attention:
+          rc = run<PipelineId::mla_attention>(o, *reading.config, model);
+          break;
+        case PipelineId::moe_block:
+          rc = run<PipelineId::moe_block>(o, *reading.config, model);
+          break;
+        case PipelineId::qwen3_attention:
+          rc = run<PipelineId::qwen3_attention>(o, *reading.config, model);
+          break;
+        case PipelineId::dense_mlp:
+          rc = run<PipelineId::dense_mlp>(o, *reading.config, model);
+          break;
+      }
+      status = std::max(status, rc);
     }
+    return status;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "atom-run: %s\n", e.what());
     std::fputs(usage, stderr);

@@ -49,14 +49,14 @@ int main() {
   const atom::env::Config config;
   const double resolve = median_ns_per_call(
       [&] {
-        const auto h =
-            atom::dispatch::resolve<PipelineId::ds_layer>(config, atom::policy::BackendId::host);
+        const auto h = atom::dispatch::resolve<PipelineId::mla_attention>(
+            config, atom::policy::BackendId::host);
         sink = sink + static_cast<long>(h.name().size());
       },
       200'000);
   std::printf("direct call            %6.2f ns\n", direct);
   std::printf("call through handle    %6.2f ns  (+%.2f ns)\n", through, through - direct);
-  std::printf("resolve(Config)        %6.2f ns  (once per Config, ds_layer table of %zu)\n",
-              resolve, atom::dispatch::table<PipelineId::ds_layer>().size());
+  std::printf("resolve(Config)        %6.2f ns  (once per Config, mla_attention table of %zu)\n",
+              resolve, atom::dispatch::table<PipelineId::mla_attention>().size());
   return 0;
 }

@@ -63,24 +63,32 @@ struct DecodeBatch {
   View1<const std::int32_t> context_lens;  // [T] context length including the token itself
 };
 
-// An MXFP4 linear layer's weight [N, K] in the form each backend reads: the host backend the
-// logical layout in host memory (`host`); the GPU backend a device copy preshuffled for the GEMM
-// backend of its point (atom/ops/gpu/gemm.hpp), set by whoever loads the weights for the GPU
-// (pipeline/device_storage.hpp). A GPU pipeline whose GEMM backend finds no copy throws, naming
-// the backend.
+// A linear layer's weight [N, K] in the format its checkpoint stores (`format`; a block's GEMMs
+// read the member of that format) and the form each backend reads. bf16 and FP8: `bf16` / `fp8`
+// in the logical layout, in the memory of the backend that runs the pipeline. MXFP4: for the host
+// backend `mxfp4`, the logical layout in host memory; for the GPU backend a device copy
+// preshuffled for the GEMM backend of its point (atom/ops/gpu/gemm.hpp), set by whoever loads the
+// weights for the GPU (pipeline/device_storage.hpp). A pipeline throws, naming the weight's format
+// or the GEMM backend, when its point's format is not the weight's or no such copy exists.
 struct LinearWeight {
-  ops::Mxfp4Weight host;
+  policy::WeightFormat format = policy::WeightFormat::mxfp4;
+  ops::Mxfp4Weight mxfp4;
+  ops::Fp8BlockWeight fp8;
+  ops::Bf16Weight bf16;
   const ops::PreparedMxfp4Weight<policy::GemmBackend::matrix_core>* matrix_core = nullptr;
   const ops::PreparedMxfp4Weight<policy::GemmBackend::portable>* portable = nullptr;
 
-  index_t n() const {
-    return matrix_core ? matrix_core->n() : portable ? portable->n() : host.packed.size(0);
-  }
+  index_t n() const;
+  // Whether the weight holds data (a model without shared experts has none).
+  bool present() const;
 };
 
-// The routed experts' weights [E, N, K], in the same two forms.
+// The routed experts' weights [E, N, K], in the same formats and forms.
 struct ExpertWeights {
-  ops::Mxfp4Experts host;
+  policy::WeightFormat format = policy::WeightFormat::mxfp4;
+  ops::Mxfp4Experts mxfp4;
+  ops::Fp8BlockExperts fp8;
+  ops::Bf16Experts bf16;
   const ops::PreparedMxfp4Experts<policy::GemmBackend::matrix_core>* matrix_core = nullptr;
   const ops::PreparedMxfp4Experts<policy::GemmBackend::portable>* portable = nullptr;
 };
@@ -120,6 +128,20 @@ struct MoeWeights {
   LinearWeight shared_down;        // [hidden, shared intermediate]
 };
 
+// The dense MLP of DeepSeek's first layers and of Qwen3's mlp_only_layers.
+struct DenseMlpWeights {
+  View1<const bf16> post_norm;  // [hidden]
+  LinearWeight gate_up;         // [2 * intermediate, hidden]: gate rows, then up rows
+  LinearWeight down;            // [hidden, intermediate]
+};
+
+// The format of a block's linear weights (every one of them must have it; throws naming the
+// block and the two formats otherwise): the value of policy::WeightFormat its point takes.
+policy::WeightFormat weight_format(const MlaWeights& w);
+policy::WeightFormat weight_format(const Qwen3AttentionWeights& w);
+policy::WeightFormat weight_format(const MoeWeights& w);
+policy::WeightFormat weight_format(const DenseMlpWeights& w);
+
 // Arguments common to every pipeline: x is the previous block's output (this rank's partial sum
 // under tensor parallelism), residual the residual stream (updated in place to x + residual),
 // out this block's output. The GPU backend enqueues its work on `stream` (and the MoE block's
@@ -155,19 +177,15 @@ struct MoeArgs {
   // ATOM_DUAL_STREAM_MOE_TOKEN_THRESHOLD: the shared expert runs concurrently for
   // 0 < tokens <= threshold (dual-stream instantiations only).
   std::int64_t dual_stream_threshold = 0;
+  // Optional [T, top_k]: where the router writes each token's experts (in its slot order), for
+  // callers that report routes; unset, the block keeps them in its workspace.
+  View2<std::int32_t> routes;
 };
 
-// A decoder layer: attention, then the MoE block on its output. io.out receives the MoE output;
-// `attention_out` holds the attention block's output in between.
-template <class AttentionArgs>
-struct LayerArgs {
-  AttentionArgs attention;  // attention.io.out is the intermediate buffer
-  const MoeWeights* moe_weights = nullptr;
-  std::int64_t dual_stream_threshold = 0;
-  View2<bf16> out;  // [T, hidden]
+struct DenseMlpArgs {
+  BlockIo io;
+  const DenseMlpWeights* weights = nullptr;
 };
-using DsLayerArgs = LayerArgs<MlaArgs>;
-using Qwen3LayerArgs = LayerArgs<Qwen3AttentionArgs>;
 
 template <policy::PipelineId P>
 struct RunArgsOf;
@@ -184,12 +202,8 @@ struct RunArgsOf<policy::PipelineId::qwen3_attention> {
   using type = Qwen3AttentionArgs;
 };
 template <>
-struct RunArgsOf<policy::PipelineId::ds_layer> {
-  using type = DsLayerArgs;
-};
-template <>
-struct RunArgsOf<policy::PipelineId::qwen3_layer> {
-  using type = Qwen3LayerArgs;
+struct RunArgsOf<policy::PipelineId::dense_mlp> {
+  using type = DenseMlpArgs;
 };
 template <policy::PipelineId P>
 using RunArgs = typename RunArgsOf<P>::type;

@@ -1,5 +1,6 @@
 // Device copies of the pipeline owners of pipeline/storage.hpp, for the GPU backend: a layer's
-// weights with every MXFP4 linear and expert weight preshuffled for the chosen GEMM backends, and
+// weights (bf16 and FP8 as they are, every MXFP4 linear and expert weight preshuffled for the
+// chosen GEMM backends), and
 // a decode batch with its caches and buffers. Made from the host owners, so a GPU run and a host
 // run see identical bytes. Defined in atom::gpu.
 #pragma once
@@ -26,6 +27,7 @@ class DeviceLayerWeights {
   const MlaWeights& mla() const { return mla_; }
   const Qwen3AttentionWeights& qwen3() const { return qwen3_; }
   const MoeWeights& moe() const { return moe_; }
+  const DenseMlpWeights& dense() const { return dense_; }
 
  private:
   struct Owned;
@@ -33,6 +35,7 @@ class DeviceLayerWeights {
   MlaWeights mla_;
   Qwen3AttentionWeights qwen3_;
   MoeWeights moe_;
+  DenseMlpWeights dense_;
 };
 
 class DeviceDecodeState {

@@ -34,20 +34,16 @@ RunArgs<P> make_args(const RunInputs& in, const Weights& w, const State& s, Work
   using policy::PipelineId;
   BlockIo io{in.model, TpShape{}, s.x(), s.residual(), s.out(), &ws};
   io.stream = stream;
-  BlockIo attention_io = io;
-  attention_io.out = s.intermediate();
   if constexpr (P == PipelineId::mla_attention)
     return MlaArgs{io, &w.mla(), s.batch(), s.mla_cache()};
   else if constexpr (P == PipelineId::qwen3_attention)
     return Qwen3AttentionArgs{io, &w.qwen3(), s.batch(), s.kv_cache()};
   else if constexpr (P == PipelineId::moe_block)
-    return MoeArgs{io, &w.moe(), in.dual_stream_threshold};
-  else if constexpr (P == PipelineId::ds_layer)
-    return DsLayerArgs{MlaArgs{attention_io, &w.mla(), s.batch(), s.mla_cache()}, &w.moe(),
-                       in.dual_stream_threshold, s.out()};
+    return MoeArgs{io, &w.moe(), in.dual_stream_threshold, {}};
+  else if constexpr (P == PipelineId::dense_mlp)
+    return DenseMlpArgs{io, &w.dense()};
   else
-    return Qwen3LayerArgs{Qwen3AttentionArgs{attention_io, &w.qwen3(), s.batch(), s.kv_cache()},
-                          &w.moe(), in.dual_stream_threshold, s.out()};
+    static_assert(policy::unhandled<P>);
 }
 
 // Whether pipeline p can run on this model (MLA pipelines need an MLA model, and so on).
@@ -60,31 +56,19 @@ void expect_runnable(policy::PipelineId p, const RunInputs& in);
 template <policy::PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in);
 
-// Runs an attention handle and then a MoE handle on its output, as two separate calls on one
-// fresh DecodeState: what a decoder layer instantiation must compute.
-template <policy::PipelineId Attention>
-RunOutput run_chained(const dispatch::Handle<Attention>& attention,
-                      const dispatch::Handle<policy::PipelineId::moe_block>& moe,
-                      const RunInputs& in);
-
 // The check of an instantiation against its all-separate reference (policy::separate_of), shared
-// by atom-run and the instantiation tests. Attention and MoE blocks: out and residual within
-// `bound` (relative L2). Decoder layers: the residual within the attention's bound, and out exactly
-// equal to the attention and MoE instantiations run one after the other (the MoE output of a layer
-// also depends on routing decisions that a small difference in the attention output may flip).
+// by atom-run and the instantiation tests: out and residual within `bound` (relative L2).
 struct ReferenceCheck {
   std::string reference;  // the reference instantiation's name
-  double out_error = 0;   // relative L2 against the reference (layers: against the chained blocks)
+  double out_error = 0;   // relative L2 against the reference
   double residual_error = 0;
   double bound = 0;
   bool ok = false;
 };
 
-// The verdict of a check from its runs: a block's out and residual against `want`'s within
-// `bound`; a layer's residual against `want`'s within `bound`, and its out and residual exactly
-// those of `chained` (its attention and MoE blocks run one after the other).
-ReferenceCheck judge(policy::PipelineId p, std::string reference, double bound,
-                     const RunOutput& got, const RunOutput& want, const RunOutput& chained);
+// The verdict of a check from its runs: out and residual against `want`'s within `bound`.
+ReferenceCheck judge(std::string reference, double bound, const RunOutput& got,
+                     const RunOutput& want);
 
 // The relative L2 bound of fused against separate for a pipeline; the reasons are in harness.cpp.
 double fused_error_bound(policy::PipelineId p);

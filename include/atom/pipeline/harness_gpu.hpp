@@ -18,19 +18,12 @@ template <policy::PipelineId P>
 RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
                        const DeviceLayerWeights& weights, int timed_calls = 0);
 
-// An attention handle then a MoE handle, both GPU, chained as in run_chained.
-template <policy::PipelineId Attention>
-RunOutput run_chained_gpu(const dispatch::Handle<Attention>& attention,
-                          const dispatch::Handle<policy::PipelineId::moe_block>& moe,
-                          const RunInputs& in, const DeviceLayerWeights& weights);
-
 // The relative L2 bound of a GPU instantiation against the host instantiation of the same point;
 // the reasons are in harness_gpu.cpp.
 double gpu_error_bound(policy::PipelineId p);
 
 // A GPU instantiation against the host one of the same point: out and residual within
-// gpu_error_bound. Decoder layers: the residual within the bound, and out exactly equal to the GPU
-// attention and MoE instantiations chained (the GPU kernels are deterministic).
+// gpu_error_bound.
 template <policy::PipelineId P>
 ReferenceCheck check_against_host(const dispatch::Handle<P>& handle, const RunInputs& in,
                                   const DeviceLayerWeights& weights, RunOutput* got = nullptr);

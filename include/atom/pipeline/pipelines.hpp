@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <future>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -66,26 +67,41 @@ Backend backend_of(const BlockIo& io) {
     return Backend{};
 }
 
-// The form of a weight the backend reads (see LinearWeight): the host layout, or the GPU copy
-// prepared for GEMM backend G.
-template <policy::GemmBackend G, class Backend, class Weight>
+// The form of a weight that a pipeline at weight format F and GEMM backend G reads on the
+// backend (see LinearWeight, ExpertWeights): bf16 and FP8 weights as they are; MXFP4 in the host
+// layout or the GPU copy prepared for G. Throws when the weight has another format.
+template <policy::WeightFormat F, policy::GemmBackend G, class Backend, class Weight>
 const auto& weight_for(const Weight& w) {
-  if constexpr (!on_gpu<Backend>) {
-    return w.host;
+  using policy::WeightFormat;
+  expect(w.format == F, "pipeline",
+         "the instantiation reads " + std::string(policy::weight_format.label(std::uint8_t(F))) +
+             " weights, but a weight of its block is " +
+             std::string(policy::weight_format.label(static_cast<std::uint8_t>(w.format))) +
+             " (a block's point takes the format of its weights)");
+  if constexpr (F == WeightFormat::bf16) {
+    return w.bf16;
+  } else if constexpr (F == WeightFormat::fp8_block) {
+    return w.fp8;
+  } else if constexpr (F == WeightFormat::mxfp4) {
+    if constexpr (!on_gpu<Backend>) {
+      return w.mxfp4;
+    } else {
+      const auto* prepared = [&] {
+        if constexpr (G == policy::GemmBackend::matrix_core)
+          return w.matrix_core;
+        else if constexpr (G == policy::GemmBackend::portable)
+          return w.portable;
+        else
+          static_assert(policy::unhandled<G>, "a GEMM backend without a prepared weight form");
+      }();
+      expect(prepared != nullptr, "GPU pipeline",
+             std::string("a weight has no device copy prepared for GEMM backend ") +
+                 std::string(policy::gemm_backend.label(static_cast<std::uint8_t>(G))) +
+                 " (load the weights for the GPU with that backend)");
+      return *prepared;
+    }
   } else {
-    const auto* prepared = [&] {
-      if constexpr (G == policy::GemmBackend::matrix_core)
-        return w.matrix_core;
-      else if constexpr (G == policy::GemmBackend::portable)
-        return w.portable;
-      else
-        static_assert(policy::unhandled<G>, "a GEMM backend without a prepared weight form");
-    }();
-    expect(prepared != nullptr, "GPU pipeline",
-           std::string("a weight has no device copy prepared for GEMM backend ") +
-               std::string(policy::gemm_backend.label(static_cast<std::uint8_t>(G))) +
-               " (load the weights for the GPU with that backend)");
-    return *prepared;
+    static_assert(policy::unhandled<F>);
   }
 }
 
@@ -126,33 +142,39 @@ Act take_act(Workspace& ws, index_t rows, index_t cols) {
   }
 }
 
-// [AR +] residual add + RMSNorm, producing MXFP4 activations for the next GEMM. With the
-// input-norm quant fusion the norm writes MXFP4 itself; otherwise it writes bf16 and a separate
-// quant follows. At tensor parallel size 1 the all-reduce is the identity in both forms.
-template <policy::InputNormQuant Fusion, class Backend>
-ops::Mxfp4Act norm_to_mxfp4(const Backend& b, const BlockIo& io, View1<const bf16> weight) {
+// [AR +] residual add + RMSNorm, producing what the next GEMM reads (GemmAct<F>). With the
+// input-norm quant fusion the norm writes the quantized activations itself; otherwise it writes
+// bf16 and a separate quant follows. bf16 weights read the norm's bf16 output (the fusion folds,
+// see policy::canonical). At tensor parallel size 1 the all-reduce is the identity in all forms.
+template <policy::InputNormQuant Fusion, policy::WeightFormat F, class Backend>
+GemmAct<F> norm_to_gemm_input(const Backend& b, const BlockIo& io, View1<const bf16> weight) {
   Workspace& ws = *io.workspace;
   const index_t t = io.x.size(0);
   const index_t h = io.x.size(1);
-  auto act = take_act<ops::Mxfp4Act>(ws, t, h);
-  if constexpr (Fusion == policy::InputNormQuant::fused) {
-    using Epi = link<ops::epi::Mxfp4, GemmInput>;
-    ops::add_rms_norm<Epi>(b, io.x, io.residual, weight, io.model->rms_eps, act);
+  auto act = take_act<GemmAct<F>>(ws, t, h);
+  if constexpr (Fusion == policy::InputNormQuant::fused || F == policy::WeightFormat::bf16) {
+    static_assert(F != policy::WeightFormat::bf16 || Fusion == policy::InputNormQuant::separate);
+    ops::add_rms_norm<gemm_epi<F>>(b, io.x, io.residual, weight, io.model->rms_eps, act);
   } else if constexpr (Fusion == policy::InputNormQuant::separate) {
     auto normed = take_act<ops::Bf16Act>(ws, t, h);
     ops::add_rms_norm<ops::epi::Bf16>(b, io.x, io.residual, weight, io.model->rms_eps, normed);
-    ops::quantize<link<ops::epi::Mxfp4, GemmInput>>(b, normed.x, act);
+    ops::quantize<gemm_epi<F>>(b, normed.x, act);
   } else {
     static_assert(policy::unhandled<Fusion>);
   }
   return act;
 }
 
-template <class Backend>
-ops::Mxfp4Act quantize_rows(const Backend& b, Workspace& ws, View2<const bf16> x) {
-  auto act = take_act<ops::Mxfp4Act>(ws, x.size(0), x.size(1));
-  ops::quantize<link<ops::epi::Mxfp4, GemmInput>>(b, x, act);
-  return act;
+// bf16 rows as the GEMMs of format F read them: quantized, or (bf16) as they are.
+template <policy::WeightFormat F, class Backend>
+GemmAct<F> to_gemm_input(const Backend& b, Workspace& ws, View2<bf16> x) {
+  if constexpr (F == policy::WeightFormat::bf16) {
+    return {x};
+  } else {
+    auto act = take_act<GemmAct<F>>(ws, x.size(0), x.size(1));
+    ops::quantize<gemm_epi<F>>(b, x, act);
+    return act;
+  }
 }
 
 // Views of a contiguous [T, H, D] tensor: as [T, H * D] (one row per token) and as [T * H, D]
@@ -166,33 +188,79 @@ View2<T> rows_per_head(View3<T> v) {
   return make_view(v.data, v.size(0) * v.size(1), v.size(2));
 }
 
-// Both GEMM backends compute the same function; on the host they share the reference kernel.
-template <policy::GemmBackend G, class Backend>
-void gemm(const Backend& b, const ops::Mxfp4Act& a, const LinearWeight& w, View2<bf16> out) {
-  ops::gemm_a4w4(b, a, weight_for<G, Backend>(w), out);
+// The GEMM of weight format F (A4W4, W8A8 with block scales, bf16); both GEMM backends compute
+// the same function, and on the host they share the reference kernel.
+template <policy::WeightFormat F, policy::GemmBackend G, class Backend>
+void gemm(const Backend& b, const GemmAct<F>& a, const LinearWeight& w, View2<bf16> out) {
+  const auto& weight = weight_for<F, G, Backend>(w);
+  if constexpr (F == policy::WeightFormat::mxfp4)
+    ops::gemm_a4w4(b, a, weight, out);
+  else if constexpr (F == policy::WeightFormat::fp8_block)
+    ops::gemm_a8w8_block(b, a, weight, out);
+  else if constexpr (F == policy::WeightFormat::bf16)
+    ops::gemm_a16w16(b, a, weight, out);
+  else
+    static_assert(policy::unhandled<F>);
 }
 
-template <policy::GemmBackend G, class Backend>
-void moe_gemm(const Backend& b, const ops::Mxfp4Act& a, View2<const std::int32_t> ids,
+template <policy::WeightFormat F, policy::GemmBackend G, class Backend>
+void moe_gemm(const Backend& b, const GemmAct<F>& a, View2<const std::int32_t> ids,
               const ExpertWeights& w, View2<bf16> out) {
-  ops::moe_gemm_a4w4(b, a, ids, weight_for<G, Backend>(w), out);
+  const auto& weight = weight_for<F, G, Backend>(w);
+  if constexpr (F == policy::WeightFormat::mxfp4)
+    ops::moe_gemm_a4w4(b, a, ids, weight, out);
+  else if constexpr (F == policy::WeightFormat::fp8_block)
+    ops::moe_gemm_a8w8_block(b, a, ids, weight, out);
+  else if constexpr (F == policy::WeightFormat::bf16)
+    ops::moe_gemm_a16w16(b, a, ids, weight, out);
+  else
+    static_assert(policy::unhandled<F>);
 }
+
+// A SiLU-gated MLP on GEMM-ready input rows: gate_up GEMM -> SiLU(gate) * up, quantized for the
+// down GEMM -> down GEMM. The dense MLP block and the MoE block's shared expert. Its buffers are
+// taken from the workspace when it is made, so that run() may go on another stream or thread.
+template <policy::WeightFormat F, policy::GemmBackend G, class Backend>
+class GatedMlp {
+ public:
+  GatedMlp(Workspace& ws, index_t rows, const LinearWeight& gate_up, const LinearWeight& down)
+      : gate_up_(gate_up),
+        down_(down),
+        gate_up_out_(ws.take<bf16>(rows, gate_up.n())),
+        inter_(take_act<GemmAct<F>>(ws, rows, gate_up.n() / 2)) {}
+
+  void run(const Backend& on, const GemmAct<F>& x, View2<bf16> out) const {
+    gemm<F, G>(on, x, gate_up_, gate_up_out_);
+    ops::silu_mul<gemm_epi<F>>(on, gate_up_out_, inter_);
+    gemm<F, G>(on, inter_, down_, out);
+  }
+
+ private:
+  const LinearWeight& gate_up_;
+  const LinearWeight& down_;
+  View2<bf16> gate_up_out_;
+  GemmAct<F> inter_;
+};
 
 }  // namespace detail
 
-// DeepSeek MLA attention, decode: [AR+]add+RMSNorm[+MXFP4 quant] -> qkv_a GEMM -> q_a/kv_a norms
+// DeepSeek MLA attention, decode: [AR+]add+RMSNorm[+quant] -> qkv_a GEMM -> q_a/kv_a norms
 // -> q_b GEMM -> absorbed W_UK BMM -> RoPE, latent cache write -> MLA decode -> W_UV BMM -> o_proj.
+// The GEMMs read the block's weight format; the absorbed BMMs the format ATOM_USE_TRITON_MXFP4_BMM
+// selects, whatever the checkpoint's.
 template <>
 struct Declared<policy::PipelineId::mla_attention> {
   static constexpr auto reads =
       policy::axes_read<policy::GemmBackend, policy::BmmFormat, policy::AllReduceNorm,
-                        policy::InputNormQuant, policy::QkNorm>;
+                        policy::InputNormQuant, policy::QkNorm, policy::WeightFormat>;
   static constexpr std::string_view type = "pipeline::MlaAttention";
 };
 template <PointOf<policy::PipelineId::mla_attention> P, class Backend>
 struct MlaAttention {
   static constexpr auto gemm = P.get<policy::GemmBackend>();
+  static constexpr auto format = P.get<policy::WeightFormat>();
   static constexpr auto qk_norm = P.get<policy::QkNorm>();
+  using Act = GemmAct<format>;
 
   static void run(const MlaArgs& a) {
     const MlaWeights& w = detail::checked("mla_attention", a.io, a.weights);
@@ -204,17 +272,17 @@ struct MlaAttention {
     const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
 
     const auto x_act =
-        detail::norm_to_mxfp4<P.get<policy::InputNormQuant>()>(b, a.io, w.input_norm);
+        detail::norm_to_gemm_input<P.get<policy::InputNormQuant>(), format>(b, a.io, w.input_norm);
     auto qkv_a = ws.take<bf16>(t, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim);
-    detail::gemm<gemm>(b, x_act, w.qkv_a, qkv_a);
+    detail::gemm<format, gemm>(b, x_act, w.qkv_a, qkv_a);
 
     auto kv_c = ws.take<bf16>(t, m.kv_lora_rank);
     auto k_pe = ws.take<bf16>(t, m.qk_rope_dim);
-    ops::Mxfp4Act q_c_act;
+    Act q_c_act;
     if constexpr (qk_norm == policy::QkNorm::fused_quant) {
-      q_c_act = detail::take_act<ops::Mxfp4Act>(ws, t, m.q_lora_rank);
-      ops::qk_norm_fused<link<ops::epi::Mxfp4, GemmInput>>(b, qkv_a, w.q_a_norm, w.kv_a_norm,
-                                                           m.rms_eps, q_c_act, kv_c, k_pe);
+      q_c_act = detail::take_act<Act>(ws, t, m.q_lora_rank);
+      ops::qk_norm_fused<gemm_epi<format>>(b, qkv_a, w.q_a_norm, w.kv_a_norm, m.rms_eps, q_c_act,
+                                           kv_c, k_pe);
     } else {
       auto q_c = detail::take_act<ops::Bf16Act>(ws, t, m.q_lora_rank);
       if constexpr (qk_norm == policy::QkNorm::fused) {
@@ -229,11 +297,11 @@ struct MlaAttention {
       } else {
         static_assert(policy::unhandled<qk_norm>);
       }
-      q_c_act = detail::quantize_rows(b, ws, q_c.x);
+      q_c_act = detail::to_gemm_input<format>(b, ws, q_c.x);
     }
 
     auto q = ws.take<bf16>(t, heads, qk_head);
-    detail::gemm<gemm>(b, q_c_act, w.q_b, detail::merge_heads(q));
+    detail::gemm<format, gemm>(b, q_c_act, w.q_b, detail::merge_heads(q));
     const View3<bf16> q_nope = q.slice(2, 0, m.qk_nope_dim);
     const View3<bf16> q_pe = q.slice(2, m.qk_nope_dim, m.qk_rope_dim);
 
@@ -252,7 +320,8 @@ struct MlaAttention {
 
     auto o = ws.take<bf16>(t, heads, m.v_head_dim);
     absorbed_bmm(b, ws, o_latent, w.w_uv_fp8, w.w_uv_mxfp4, o);
-    detail::gemm<gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj, a.io.out);
+    detail::gemm<format, gemm>(b, detail::to_gemm_input<format>(b, ws, detail::merge_heads(o)),
+                               w.o_proj, a.io.out);
   }
 
  private:
@@ -260,8 +329,8 @@ struct MlaAttention {
   static void absorbed_bmm(const Backend& b, Workspace& ws, View3<bf16> in,
                            const ops::Fp8HeadWeight& w_fp8, const ops::Mxfp4HeadWeight& w_mxfp4,
                            View3<bf16> out) {
-    constexpr auto format = P.get<policy::BmmFormat>();
-    if constexpr (format == policy::BmmFormat::fp8) {
+    constexpr auto bmm = P.get<policy::BmmFormat>();
+    if constexpr (bmm == policy::BmmFormat::fp8) {
       // Activations FP8 per token-group of 128, one row per (token, head).
       auto dense = ws.take<bf16>(in.size(0), in.size(1), in.size(2));
       for (index_t i = 0; i < in.size(0); ++i) ops::copy(b, in[i], dense[i]);
@@ -269,26 +338,27 @@ struct MlaAttention {
       ops::quantize<link<ops::epi::Fp8PerGroup128, BmmFp8Input>>(b, detail::rows_per_head(dense),
                                                                  act);
       ops::bmm_fp8(b, act, w_fp8, out);
-    } else if constexpr (format == policy::BmmFormat::mxfp4) {
+    } else if constexpr (bmm == policy::BmmFormat::mxfp4) {
       ops::bmm_mxfp4(b, in, w_mxfp4, out);
     } else {
-      static_assert(policy::unhandled<format>);
+      static_assert(policy::unhandled<bmm>);
     }
   }
 };
 
-// Qwen3 attention, decode: [AR+]add+RMSNorm -> MXFP4 quant -> qkv GEMM -> per-head Q/K norm +
-// RoPE + FP8 KV-cache write (one fused op or the separate chain) -> GQA decode -> o_proj.
+// Qwen3 attention, decode: [AR+]add+RMSNorm -> quant -> qkv GEMM -> per-head Q/K norm + RoPE +
+// FP8 KV-cache write (one fused op or the separate chain) -> GQA decode -> o_proj.
 template <>
 struct Declared<policy::PipelineId::qwen3_attention> {
   // The DS_* input norm fusion is DeepSeek's: Qwen3's input norm is always norm, then quant.
-  static constexpr auto reads =
-      policy::axes_read<policy::GemmBackend, policy::AllReduceNorm, policy::QkNormRopeCache>;
+  static constexpr auto reads = policy::axes_read<policy::GemmBackend, policy::AllReduceNorm,
+                                                  policy::QkNormRopeCache, policy::WeightFormat>;
   static constexpr std::string_view type = "pipeline::Qwen3Attention";
 };
 template <PointOf<policy::PipelineId::qwen3_attention> P, class Backend>
 struct Qwen3Attention {
   static constexpr auto gemm = P.get<policy::GemmBackend>();
+  static constexpr auto format = P.get<policy::WeightFormat>();
   static constexpr auto qk_norm_rope_cache = P.get<policy::QkNormRopeCache>();
 
   static void run(const Qwen3AttentionArgs& a) {
@@ -301,9 +371,9 @@ struct Qwen3Attention {
     const index_t kv_heads = m.num_kv_heads / a.io.tp.size;
 
     const auto x_act =
-        detail::norm_to_mxfp4<policy::InputNormQuant::separate>(b, a.io, w.input_norm);
+        detail::norm_to_gemm_input<policy::InputNormQuant::separate, format>(b, a.io, w.input_norm);
     auto qkv = ws.take<bf16>(t, (heads + 2 * kv_heads) * m.head_dim);
-    detail::gemm<gemm>(b, x_act, w.qkv, qkv);
+    detail::gemm<format, gemm>(b, x_act, w.qkv, qkv);
 
     auto q = ws.take<bf16>(t, heads, m.head_dim);
     if constexpr (qk_norm_rope_cache == policy::QkNormRopeCache::fused) {
@@ -320,23 +390,26 @@ struct Qwen3Attention {
     auto o = ws.take<bf16>(t, heads, m.head_dim);
     const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
     ops::gqa_decode(b, q, a.cache, a.batch.block_table, a.batch.context_lens, scale, o);
-    detail::gemm<gemm>(b, detail::quantize_rows(b, ws, detail::merge_heads(o)), w.o_proj, a.io.out);
+    detail::gemm<format, gemm>(b, detail::to_gemm_input<format>(b, ws, detail::merge_heads(o)),
+                               w.o_proj, a.io.out);
   }
 };
 
-// MoE block: [AR+]add+RMSNorm -> router -> routed experts (MXFP4 grouped GEMMs, SiLU*mul) and the
+// MoE block: [AR+]add+RMSNorm -> router -> routed experts (grouped GEMMs, SiLU*mul) and the
 // shared expert -> combine. With dual streams the shared expert runs concurrently with the routed
 // ones for 0 < tokens <= threshold.
 template <>
 struct Declared<policy::PipelineId::moe_block> {
   // The router reads the bf16 normed activations, so the MoE norm is never fused with quant.
-  static constexpr auto reads =
-      policy::axes_read<policy::GemmBackend, policy::AllReduceNorm, policy::MoeStreams>;
+  static constexpr auto reads = policy::axes_read<policy::GemmBackend, policy::AllReduceNorm,
+                                                  policy::MoeStreams, policy::WeightFormat>;
   static constexpr std::string_view type = "pipeline::MoeBlock";
 };
 template <PointOf<policy::PipelineId::moe_block> P, class Backend>
 struct MoeBlock {
   static constexpr auto gemm = P.get<policy::GemmBackend>();
+  static constexpr auto format = P.get<policy::WeightFormat>();
+  using Act = GemmAct<format>;
 
   static void run(const MoeArgs& a) {
     const MoeWeights& w = detail::checked("moe_block", a.io, a.weights);
@@ -346,14 +419,14 @@ struct MoeBlock {
     const index_t t = a.io.x.size(0);
     const index_t k = m.top_k;
 
-    // The router reads the bf16 normed activations, the experts their MXFP4 quant.
+    // The router reads the bf16 normed activations, the experts what their GEMMs read.
     auto normed = detail::take_act<ops::Bf16Act>(ws, t, m.hidden);
     ops::add_rms_norm<ops::epi::Bf16>(b, a.io.x, a.io.residual, w.post_norm, m.rms_eps, normed);
-    const auto x_act = detail::quantize_rows(b, ws, normed.x);
+    const Act x_act = detail::to_gemm_input<format>(b, ws, normed.x);
 
     auto logits = ws.take<float>(t, m.num_experts);
     ops::gemm_bf16(b, normed.x, w.router, logits);
-    auto ids = ws.take<std::int32_t>(t, k);
+    auto ids = a.routes.data != nullptr ? a.routes : ws.take<std::int32_t>(t, k);
     auto weights = ws.take<float>(t, k);
     if (m.router == RouterKind::sigmoid_grouped)
       ops::route_grouped_topk(b, logits, w.router_bias, static_cast<int>(m.n_group),
@@ -362,24 +435,18 @@ struct MoeBlock {
       ops::route_softmax_topk(b, logits, m.renormalize, ids, weights);
 
     const bool has_shared = m.num_shared_experts > 0;
-    const index_t shared_width = has_shared ? w.shared_gate_up.n() : 0;
     auto shared_out = has_shared ? ws.take<bf16>(t, m.hidden) : View2<bf16>{};
-    auto shared_inter =
-        has_shared ? detail::take_act<ops::Mxfp4Act>(ws, t, shared_width / 2) : ops::Mxfp4Act{};
-    auto shared_gate_up = has_shared ? ws.take<bf16>(t, shared_width) : View2<bf16>{};
-    auto shared_expert = [&](const Backend& on) {
-      detail::gemm<gemm>(on, x_act, w.shared_gate_up, shared_gate_up);
-      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(on, shared_gate_up, shared_inter);
-      detail::gemm<gemm>(on, shared_inter, w.shared_down, shared_out);
-    };
+    std::optional<detail::GatedMlp<format, gemm, Backend>> shared;
+    if (has_shared) shared.emplace(ws, t, w.shared_gate_up, w.shared_down);
+    auto shared_expert = [&](const Backend& on) { shared->run(on, x_act, shared_out); };
 
     auto gate_up = ws.take<bf16>(t * k, 2 * m.moe_intermediate);
-    auto inter = detail::take_act<ops::Mxfp4Act>(ws, t * k, m.moe_intermediate);
+    auto inter = detail::take_act<Act>(ws, t * k, m.moe_intermediate);
     auto expert_out = ws.take<bf16>(t * k, m.hidden);
     auto routed_experts = [&](const Backend& on) {
-      detail::moe_gemm<gemm>(on, x_act, ids, w.gate_up, gate_up);
-      ops::silu_mul<link<ops::epi::Mxfp4, GemmInput>>(on, gate_up, inter);
-      detail::moe_gemm<gemm>(on, inter, ids, w.down, expert_out);
+      detail::moe_gemm<format, gemm>(on, x_act, ids, w.gate_up, gate_up);
+      ops::silu_mul<gemm_epi<format>>(on, gate_up, inter);
+      detail::moe_gemm<format, gemm>(on, inter, ids, w.down, expert_out);
     };
 
     constexpr auto streams = P.get<policy::MoeStreams>();
@@ -397,38 +464,29 @@ struct MoeBlock {
   }
 };
 
-// A decoder layer: the attention block, then the MoE block on its output. A layer reads what its
-// blocks read; each block folds the layer's point to its own axes.
-template <class Attention, class Moe>
-struct DecoderLayer {
-  template <class AttentionArgs>
-  static void run(const LayerArgs<AttentionArgs>& a) {
-    Attention::run(a.attention);
-    MoeArgs moe{a.attention.io, a.moe_weights, a.dual_stream_threshold};
-    moe.io.x = a.attention.io.out;
-    moe.io.out = a.out;
-    Moe::run(moe);
+// Dense MLP block (DeepSeek's first_k_dense_replace layers, Qwen3's mlp_only_layers):
+// [AR+]add+RMSNorm -> quant -> gate_up GEMM -> SiLU*mul -> down GEMM.
+template <>
+struct Declared<policy::PipelineId::dense_mlp> {
+  static constexpr auto reads =
+      policy::axes_read<policy::GemmBackend, policy::AllReduceNorm, policy::WeightFormat>;
+  static constexpr std::string_view type = "pipeline::DenseMlp";
+};
+template <PointOf<policy::PipelineId::dense_mlp> P, class Backend>
+struct DenseMlp {
+  static constexpr auto format = P.get<policy::WeightFormat>();
+
+  static void run(const DenseMlpArgs& a) {
+    const DenseMlpWeights& w = detail::checked("dense_mlp", a.io, a.weights);
+    const Backend b = detail::backend_of<Backend>(a.io);
+    const index_t t = a.io.x.size(0);
+    const auto x_act =
+        detail::norm_to_gemm_input<policy::InputNormQuant::separate, format>(b, a.io, w.post_norm);
+    const detail::GatedMlp<format, P.get<policy::GemmBackend>(), Backend> mlp(*a.io.workspace, t,
+                                                                              w.gate_up, w.down);
+    mlp.run(b, x_act, a.io.out);
   }
 };
-
-template <>
-struct Declared<policy::PipelineId::ds_layer> {
-  static constexpr auto reads = policy::union_of(Declared<policy::PipelineId::mla_attention>::reads,
-                                                 Declared<policy::PipelineId::moe_block>::reads);
-  static constexpr std::string_view type = "pipeline::DsLayer";
-};
-template <PointOf<policy::PipelineId::ds_layer> P, class Backend>
-struct DsLayer : DecoderLayer<MlaAttention<P.point, Backend>, MoeBlock<P.point, Backend>> {};
-
-template <>
-struct Declared<policy::PipelineId::qwen3_layer> {
-  static constexpr auto reads =
-      policy::union_of(Declared<policy::PipelineId::qwen3_attention>::reads,
-                       Declared<policy::PipelineId::moe_block>::reads);
-  static constexpr std::string_view type = "pipeline::Qwen3Layer";
-};
-template <PointOf<policy::PipelineId::qwen3_layer> P, class Backend>
-struct Qwen3Layer : DecoderLayer<Qwen3Attention<P.point, Backend>, MoeBlock<P.point, Backend>> {};
 
 // Calls f(std::integral_constant<PipelineId, P>) for every pipeline, in id order.
 template <class F>

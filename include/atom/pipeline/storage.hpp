@@ -11,21 +11,37 @@
 
 namespace atom::pipeline {
 
+// The memory and views of one layer's weights, as a loader fills them (model/checkpoint.hpp).
+struct LayerWeightParts {
+  std::vector<std::unique_ptr<std::byte[]>> buffers;
+  MlaWeights mla;
+  Qwen3AttentionWeights qwen3;
+  MoeWeights moe;
+  DenseMlpWeights dense;
+};
+
 class LayerWeights {
  public:
-  LayerWeights(const ModelConfig& model, std::uint64_t seed);
+  // Takes the weights a loader filled.
+  explicit LayerWeights(LayerWeightParts parts);
+  // Random weights of every block the model's layers have (attention, MoE, and the dense MLP
+  // where intermediate > 0), their linear weights in format `format`.
+  LayerWeights(const ModelConfig& model, std::uint64_t seed,
+               policy::WeightFormat format = policy::WeightFormat::mxfp4);
   LayerWeights(const LayerWeights&) = delete;
   LayerWeights& operator=(const LayerWeights&) = delete;
 
   const MlaWeights& mla() const { return mla_; }
   const Qwen3AttentionWeights& qwen3() const { return qwen3_; }
   const MoeWeights& moe() const { return moe_; }
+  const DenseMlpWeights& dense() const { return dense_; }
 
  private:
   std::vector<std::unique_ptr<std::byte[]>> buffers_;
   MlaWeights mla_;
   Qwen3AttentionWeights qwen3_;
   MoeWeights moe_;
+  DenseMlpWeights dense_;
 };
 
 class DecodeState {

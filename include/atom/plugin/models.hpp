@@ -57,24 +57,24 @@ inline constexpr std::array<AttentionBackendSpec, 2> attention_backends{{
      "scales [num_blocks, block_size, kv_heads]"},
 }};
 
+// A model's pipelines by kind: its attention and MoE blocks, and as "layer" the decoder layer
+// composed of the two (pipeline/layer.hpp), named "ds_layer" / "qwen3_layer" to hosts.
 struct ModelSpec {
   const char* architecture;
-  std::array<policy::PipelineId, 3> pipelines;  // indexed by Kind
-  std::array<const char*, 3> pipeline_names;
-  std::size_t attention_backend;  // index into attention_backends
+  std::array<policy::PipelineId, 2> blocks;   // the attention and MoE pipelines
+  std::array<const char*, 3> pipeline_names;  // indexed by Kind
+  std::size_t attention_backend;              // index into attention_backends
   std::array<const char*, 2> presets;
 };
 
 inline constexpr std::array<ModelSpec, 2> models{{
     {"DeepseekV3ForCausalLM",
-     {policy::PipelineId::ds_layer, policy::PipelineId::mla_attention,
-      policy::PipelineId::moe_block},
+     {policy::PipelineId::mla_attention, policy::PipelineId::moe_block},
      {"ds_layer", "mla_attention", "moe_block"},
      0,
      {"deepseek-v3", "deepseek-v3-tiny"}},
     {"Qwen3MoeForCausalLM",
-     {policy::PipelineId::qwen3_layer, policy::PipelineId::qwen3_attention,
-      policy::PipelineId::moe_block},
+     {policy::PipelineId::qwen3_attention, policy::PipelineId::moe_block},
      {"qwen3_layer", "qwen3_attention", "moe_block"},
      1,
      {"qwen3-30b-a3b", "qwen3-30b-a3b-tiny"}},
@@ -86,8 +86,9 @@ constexpr const ModelSpec* find_model(std::string_view architecture) {
   return nullptr;
 }
 
+// The block pipeline of the attention and MoE kinds (a layer is both).
 constexpr policy::PipelineId pipeline_of(const ModelSpec& m, Kind k) {
-  return m.pipelines[static_cast<std::size_t>(k)];
+  return k == Kind::moe ? m.blocks[1] : m.blocks[0];
 }
 
 // What a Config lets the plugin register.

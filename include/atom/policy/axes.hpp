@@ -30,6 +30,11 @@ using SelectRule = void (*)(std::uint8_t value, env::Environment&);
 // weight format), so a reference keeps its value.
 enum class AxisKind : std::uint8_t { fusion, choice };
 
+// Where an axis's value comes from: the ATOM_* variables, or the weights a block runs on (their
+// format is a property of the checkpoint, so a run sets it from the loaded weights; a Config
+// alone selects the axis's first value).
+enum class AxisSource : std::uint8_t { environment, weights };
+
 // Descriptor of one axis. `enumerators` are the C++ names of E's values (index = value), for the
 // generated code; `labels` the names in instance names, settings and messages.
 template <class E, std::size_t N, std::size_t NVars = 1>
@@ -44,6 +49,7 @@ struct Axis {
   std::array<std::string_view, N> labels;
   std::array<env::Var, NVars> vars;
   AxisKind kind = AxisKind::fusion;
+  AxisSource source = AxisSource::environment;
   ReadRule read = nullptr;
   SelectRule select = nullptr;
 
@@ -53,7 +59,10 @@ struct Axis {
 namespace detail {
 template <class E, std::size_t N, std::size_t NVars>
 constexpr bool plain_rule_applies(const Axis<E, N, NVars>& a) {
-  return N == 2 && NVars == 1 && env::spec(a.vars[0]).type == env::Type::boolean;
+  if constexpr (NVars != 1)
+    return false;
+  else
+    return N == 2 && env::spec(a.vars[0]).type == env::Type::boolean;
 }
 }  // namespace detail
 
@@ -62,17 +71,24 @@ inline void set_variable(env::Environment& e, env::Var v, std::string_view value
 }
 
 // The axis value a Config selects.
+// The axis value a Config selects (an axis set by the weights: its first value).
 template <class E, std::size_t N, std::size_t NVars>
 std::uint8_t read_value(const Axis<E, N, NVars>& a, const env::Config& c) {
-  if (a.read != nullptr) return a.read(c);
-  return std::get<bool>(c.value(a.vars[0])) ? 1 : 0;
+  if constexpr (NVars == 0) {
+    return 0;
+  } else {
+    if (a.read != nullptr) return a.read(c);
+    return std::get<bool>(c.value(a.vars[0])) ? 1 : 0;
+  }
 }
 
-// Settings that select value v of the axis.
+// Settings that select value v of the axis (none for an axis set by the weights).
 template <class E, std::size_t N, std::size_t NVars>
 void select_value(const Axis<E, N, NVars>& a, std::uint8_t v, env::Environment& e) {
-  if (a.select != nullptr) return a.select(v, e);
-  set_variable(e, a.vars[0], v ? "1" : "0");
+  if constexpr (NVars != 0) {
+    if (a.select != nullptr) return a.select(v, e);
+    set_variable(e, a.vars[0], v ? "1" : "0");
+  }
 }
 
 // MXFP4 GEMM: the hand-written matrix-core kernel ("asm") or the portable one ("triton").
@@ -167,9 +183,24 @@ inline constexpr Axis<QkNormRopeCache, 2> qk_norm_rope_cache{
     .labels = {"separate", "fused"},
     .vars = {env::Var::enable_qk_norm_rope_cache_quant_fusion}};
 
+// The format of a block's linear weights, as its checkpoint stores them (the block's GEMMs read
+// it; activations are quantized to what each GEMM reads): MXFP4 (Quark's exports; also the
+// random weights of the presets), FP8 e4m3 with 128x128 block scales (DeepSeek-V3), or bf16.
+// Set from the weights, never from the environment.
+enum class WeightFormat : std::uint8_t { mxfp4, fp8_block, bf16 };
+inline constexpr Axis<WeightFormat, 3, 0> weight_format{
+    .name = "weight_format",
+    .tag = "w",
+    .type_name = "WeightFormat",
+    .enumerators = {"mxfp4", "fp8_block", "bf16"},
+    .labels = {"mxfp4", "fp8", "bf16"},
+    .vars = {},
+    .kind = AxisKind::choice,
+    .source = AxisSource::weights};
+
 // Every axis, in key order.
-inline constexpr std::tuple axes{gemm_backend, bmm_format,  allreduce_norm,    input_norm_quant,
-                                 qk_norm,      moe_streams, qk_norm_rope_cache};
+inline constexpr std::tuple axes{gemm_backend, bmm_format,  allreduce_norm,     input_norm_quant,
+                                 qk_norm,      moe_streams, qk_norm_rope_cache, weight_format};
 
 inline constexpr std::size_t axis_count = std::tuple_size_v<decltype(axes)>;
 
@@ -202,9 +233,11 @@ constexpr bool well_formed(const A& a) {
   if (a.name.empty() || a.tag.empty() || a.type_name.empty() || A::size < 2) return false;
   for (std::size_t v = 0; v < A::size; ++v)
     if (a.enumerators[v].empty() || a.labels[v].empty()) return false;
-  // Without a written rule the axis must be two-valued and fed by one boolean.
+  // An axis set by the weights has no variables and no rules; an environment axis without a
+  // written rule must be two-valued and fed by one boolean.
   if ((a.read == nullptr) != (a.select == nullptr)) return false;
-  return a.read != nullptr || plain_rule_applies(a);
+  if (a.source == AxisSource::weights) return a.vars.empty() && a.read == nullptr;
+  return !a.vars.empty() && (a.read != nullptr || plain_rule_applies(a));
 }
 }  // namespace detail
 
@@ -226,7 +259,8 @@ static_assert(
       return ok;
     }(),
     "every axis needs a name, a tag, its enum's name, a name for each of its values, its own enum "
-    "type, and either a written read/select rule pair or two values fed by one boolean variable");
+    "type, and either a written read/select rule pair or two values fed by one boolean variable "
+    "(an axis set by the weights: no variables and no rules)");
 
 // Which axes something reads, one bit per axis in the order of `axes`. (A bit mask rather than an
 // array of bools: GCC 12 confuses template instantiations over array-valued arguments.)

@@ -82,10 +82,23 @@ constexpr Point make_point(std::initializer_list<AxisValue> values) {
   return p;
 }
 
-// The axes fold to their first value outside `reads`.
+// The axes fold to their first value outside `reads`, and where another axis's value makes them
+// meaningless. The weight format decides what the GEMMs of a block read:
+// - the GEMM backend chooses between two MXFP4 kernels, so it folds for FP8 and bf16 weights;
+// - bf16 weights take bf16 activations: nothing is quantized for their GEMMs, so the input norm's
+//   quant fusion folds to the separate form (the norm alone) and the q_a norm's quant fusion to
+//   the plain norm fusion. (With FP8 weights both fusions quantize to FP8 per group of 128.)
 constexpr Point canonical(const AxisSet& reads, Point x) {
   for (std::size_t a = 0; a < axis_count; ++a)
     if (!reads[a]) x = x.with(a, 0);
+  if (reads[axis_index<WeightFormat>]) {
+    const auto format = x.get<WeightFormat>();
+    if (format != WeightFormat::mxfp4) x = x.with(GemmBackend::matrix_core);
+    if (format == WeightFormat::bf16) {
+      x = x.with(InputNormQuant::separate);
+      if (x.get<QkNorm>() == QkNorm::fused_quant) x = x.with(QkNorm::fused);
+    }
+  }
   return x;
 }
 
@@ -107,16 +120,18 @@ struct PointFor {
   }
 };
 
+// The blocks a decoder layer is composed of (pipeline/layer.hpp): each is instantiated on its
+// own, so a layer costs one indirect call per block and the instance count grows with each
+// block's axes, not with their product.
 enum class PipelineId : std::uint8_t {
   mla_attention,
   moe_block,
   qwen3_attention,
-  ds_layer,
-  qwen3_layer,
+  dense_mlp,
 };
-inline constexpr std::array<PipelineId, 5> pipelines{
+inline constexpr std::array<PipelineId, 4> pipelines{
     PipelineId::mla_attention, PipelineId::moe_block, PipelineId::qwen3_attention,
-    PipelineId::ds_layer, PipelineId::qwen3_layer};
+    PipelineId::dense_mlp};
 
 constexpr std::string_view pipeline_name(PipelineId p) {
   switch (p) {
@@ -126,10 +141,8 @@ constexpr std::string_view pipeline_name(PipelineId p) {
       return "moe_block";
     case PipelineId::qwen3_attention:
       return "qwen3_attention";
-    case PipelineId::ds_layer:
-      return "ds_layer";
-    case PipelineId::qwen3_layer:
-      return "qwen3_layer";
+    case PipelineId::dense_mlp:
+      return "dense_mlp";
   }
   return "?";
 }
@@ -137,6 +150,13 @@ constexpr std::string_view pipeline_name(PipelineId p) {
 enum class BackendId : std::uint8_t { host, gpu };
 constexpr std::string_view backend_name(BackendId b) {
   return b == BackendId::host ? "host" : "gpu";
+}
+
+// Whether a backend provides the point's values: the generator writes no instantiation of a
+// point its backend does not provide, and a lookup of one misses with the usual message. The GPU
+// backend's GEMMs read MXFP4 weights; its bf16 and FP8 block GEMMs are not built yet.
+constexpr bool provides(BackendId b, Point x) {
+  return b == BackendId::host || x.get<WeightFormat>() == WeightFormat::mxfp4;
 }
 
 // The axes a pipeline reads, as its template declares them (pipeline::Declared<P>::reads; this

@@ -32,11 +32,15 @@ inline constexpr auto all_points = [] {
   return out;
 }();
 
+// The number of distinct canonical points (the folds of canonical() make it less than the
+// product of the read axes' sizes).
 constexpr std::size_t count_canonical(const AxisSet& reads) {
-  std::size_t n = 1;
-  for_each_axis([&](const auto& axis, std::size_t i) {
-    if (reads[i]) n *= axis.size;
-  });
+  std::array<Point, space_size> seen{};
+  std::size_t n = 0;
+  for (const Point& x : all_points) {
+    const Point c = canonical(reads, x);
+    if (std::find(seen.begin(), seen.begin() + n, c) == seen.begin() + n) seen[n++] = c;
+  }
   return n;
 }
 

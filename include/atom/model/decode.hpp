@@ -1,0 +1,34 @@
+// Decoding given sequences through a range of decoder layers, as atom-run --input does: the
+// sequences run together as one ragged batch (step i feeds token i of every sequence still
+// running), each with its own paged caches growing from empty, positions 0..len-1. The hidden
+// state entering the first layer is the input (the residual stream starts as it); each layer's
+// output, residual included, is recorded as transformers' decoder layer returns it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "atom/pipeline/layer.hpp"
+#include "atom/pipeline/storage.hpp"
+
+namespace atom::model {
+
+struct DecodeLayer {
+  index_t index = 0;  // the checkpoint's layer index
+  const pipeline::LayerWeights* weights = nullptr;
+};
+
+struct LayerOutput {
+  index_t index = 0;
+  std::vector<std::vector<float>> hidden;         // per sequence [len, hidden]
+  std::vector<std::vector<std::int32_t>> routes;  // per sequence [len, top_k], ascending; MoE only
+};
+
+// inputs: per sequence [len, hidden] bf16 (len >= 1). Host backend; `point` from the environment,
+// each block at its weights' format.
+std::vector<LayerOutput> decode_sequences(const pipeline::ModelConfig& m,
+                                          const std::vector<DecodeLayer>& layers,
+                                          const std::vector<std::vector<bf16>>& inputs,
+                                          policy::Point point, std::int64_t dual_stream_threshold);
+
+}  // namespace atom::model
