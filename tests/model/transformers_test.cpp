@@ -5,22 +5,29 @@
 //
 // What is compared: the relative L2 of the layer output (residual included) over the tokens that
 // are not near a routing tie (MoE layers: top-k margin and, for DeepSeek, group margin above
-// 2e-3, as compare.py); the routes of those tokens are counted and printed. Qwen3 meets the
-// targets of an independent check (0.03 / 0.08 / 0.15 for bf16 / FP8 / MXFP4 weights; measured
-// at most 0.016 / 0.034 / 0.144). DeepSeek's bounds are regression bounds over what is measured
-// (bf16 0.026 dense, 0.086 MoE; FP8 0.061; MXFP4 0.124): its absorbed BMMs requantize kv_b_proj
-// into FP8 (the default point, as ATOM does), and the attention error that leaves moves a few
-// tokens' routers past the tie margin onto another expert, which dominates its MoE layers.
+// 2e-3, as compare.py), at every policy point this build has (the default point first); the
+// routes of those tokens are counted and printed (ATOM_TEST_PRINT_POINTS=1 prints every point).
+//
+// Qwen3 meets the targets of an independent check at every point: 0.03 / 0.08 / 0.15 for bf16 /
+// FP8 / MXFP4 weights (worst measured 0.017 / 0.034 / 0.144). DeepSeek's bounds are regression
+// bounds, 1.25x over the worst measured per weight format and absorbed-BMM format (bf16 weights:
+// 0.086 with FP8 BMMs, 0.155 with MXFP4 ones; FP8: 0.063 / 0.19; MXFP4: 0.124 / 0.20): atom
+// requantizes kv_b_proj into the BMM format (as ATOM does), which leaves its attention a few
+// percent off (0.026 on the dense layer 0 with FP8 BMMs), and on this tiny model that moves 2-3
+// tokens per MoE layer past the 2e-3 margin onto another expert, which dominates the error.
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <string>
 
 #include "atom/io/loader.hpp"
 #include "atom/model/checkpoint.hpp"
 #include "atom/model/decode.hpp"
+#include "atom/policy/space.hpp"
 
 using namespace atom;
 
@@ -56,7 +63,64 @@ struct Reference {
   }
 };
 
-void compare(const std::string& model, const std::string& format, double bound) {
+// The relative L2 of one layer's outputs against the reference, over the tokens away from ties.
+struct LayerError {
+  double rel = 0;
+  long kept = 0;
+  long ties = 0;
+  long route_mismatch = 0;
+};
+
+LayerError layer_error(const pipeline::ModelConfig& m, const Reference& ref, index_t l,
+                       std::size_t sequences, const model::LayerOutput& out) {
+  double diff = 0, norm = 0;
+  LayerError r;
+  for (std::size_t s = 0; s < sequences; ++s) {
+    const std::string tag = std::to_string(s) + ".layer." + std::to_string(l);
+    const auto want = ref.floats("hidden." + tag);
+    const auto& got = out.hidden[s];
+    REQUIRE(got.size() == want.size());
+    const std::size_t tokens = want.size() / static_cast<std::size_t>(m.hidden);
+    const bool moe = ref.has("route." + tag);
+    const auto margin = moe ? ref.floats("route_margin." + tag) : std::vector<float>{};
+    const auto group =
+        ref.has("group_margin." + tag) ? ref.floats("group_margin." + tag) : std::vector<float>{};
+    const auto routes = moe ? ref.ints("route." + tag) : std::vector<std::int32_t>{};
+    for (std::size_t t = 0; t < tokens; ++t) {
+      if (moe && (margin[t] <= tie_delta || (!group.empty() && group[t] <= tie_delta))) {
+        ++r.ties;
+        continue;
+      }
+      ++r.kept;
+      for (index_t c = 0; c < m.hidden; ++c) {
+        const std::size_t i = t * static_cast<std::size_t>(m.hidden) + static_cast<std::size_t>(c);
+        REQUIRE(std::isfinite(got[i]));  // NaN never passes
+        diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        norm += double(want[i]) * want[i];
+      }
+      if (moe)
+        for (index_t j = 0; j < m.top_k; ++j) {
+          const std::size_t i = t * static_cast<std::size_t>(m.top_k) + static_cast<std::size_t>(j);
+          if (out.routes[s][i] != routes[i]) {
+            ++r.route_mismatch;
+            break;
+          }
+        }
+    }
+  }
+  r.rel = std::sqrt(diff / norm);
+  return r;
+}
+
+// Every layer at every policy point whose instantiations this build has: `bound` at every point.
+// The bound of a point: Qwen3's are the targets (every point); DeepSeek's depend on the absorbed
+// BMMs' format, regression bounds 1.25x over the worst measured (see the header).
+struct Bounds {
+  double bmm_fp8;
+  double bmm_mxfp4;
+};
+
+void compare(const std::string& model, const std::string& format, Bounds bounds) {
   const auto dir = data / model / format;
   const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::read);
   const auto& m = ckpt.model();
@@ -76,72 +140,67 @@ void compare(const std::string& model, const std::string& format, double bound) 
       inputs.push_back(std::move(v));
     }
     const auto weights = ckpt.layer(l);
-    const auto out = model::decode_sequences(m, {{l, weights.get()}}, inputs,
-                                             policy::point_from(env::Config{}), 1024);
-    REQUIRE(out.size() == 1);
-    double diff = 0, norm = 0;
-    long kept = 0, ties = 0, route_mismatch = 0;
-    for (std::size_t s = 0; s < sequences; ++s) {
-      const std::string tag = std::to_string(s) + ".layer." + std::to_string(l);
-      const auto want = ref.floats("hidden." + tag);
-      const auto& got = out[0].hidden[s];
-      REQUIRE(got.size() == want.size());
-      const std::size_t tokens = want.size() / static_cast<std::size_t>(m.hidden);
-      const bool moe = ref.has("route." + tag);
-      const auto margin = moe ? ref.floats("route_margin." + tag) : std::vector<float>{};
-      const auto group =
-          ref.has("group_margin." + tag) ? ref.floats("group_margin." + tag) : std::vector<float>{};
-      const auto routes = moe ? ref.ints("route." + tag) : std::vector<std::int32_t>{};
-      for (std::size_t t = 0; t < tokens; ++t) {
-        if (moe && (margin[t] <= tie_delta || (!group.empty() && group[t] <= tie_delta))) {
-          ++ties;
-          continue;
-        }
-        ++kept;
-        for (index_t c = 0; c < m.hidden; ++c) {
-          const std::size_t i =
-              t * static_cast<std::size_t>(m.hidden) + static_cast<std::size_t>(c);
-          REQUIRE(std::isfinite(got[i]));
-          diff += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
-          norm += double(want[i]) * want[i];
-        }
-        if (moe)
-          for (index_t j = 0; j < m.top_k; ++j) {
-            const std::size_t i =
-                t * static_cast<std::size_t>(m.top_k) + static_cast<std::size_t>(j);
-            if (out[0].routes[s][i] != routes[i]) {
-              ++route_mismatch;
-              break;
-            }
-          }
+    const model::DecodeLayer layer{l, weights.get()};
+    const auto kind = pipeline::layer_kind(m, l);
+    const auto formats = model::block_formats(m, layer);
+    // The default point first, then every other distinct pair of block instantiations.
+    std::set<std::string> seen;
+    std::vector<policy::Point> points{policy::point_from(env::Config{})};
+    points.insert(points.end(), policy::all_points.begin(), policy::all_points.end());
+    double worst = 0;
+    std::string worst_name;
+    for (const policy::Point& p : points) {
+      std::string name;
+      try {
+        name = pipeline::resolve_layer(m, kind, p, formats.first, formats.second,
+                                       policy::BackendId::host)
+                   .name();
+      } catch (const dispatch::DispatchError&) {
+        continue;  // not in this build's profile
       }
+      if (!seen.insert(name).second) continue;
+      CAPTURE(name);
+      const double bound =
+          p.get<policy::BmmFormat>() == policy::BmmFormat::fp8 ? bounds.bmm_fp8 : bounds.bmm_mxfp4;
+      const auto out = model::decode_sequences(m, {layer}, inputs, p, 1024);
+      REQUIRE(out.size() == 1);
+      const LayerError e = layer_error(m, ref, l, sequences, out[0]);
+      if (seen.size() == 1)
+        std::printf(
+            "%-20s %-6s layer %ld at the default point: rel_l2 %.4f over %ld tokens (%ld "
+            "near ties left out), %ld routes differ\n",
+            model.c_str(), format.c_str(), static_cast<long>(l), e.rel, e.kept, e.ties,
+            e.route_mismatch);
+      if (std::getenv("ATOM_TEST_PRINT_POINTS") != nullptr)
+        std::printf("  %.4f routes %ld  %s\n", e.rel, e.route_mismatch, name.c_str());
+      if (e.rel > worst) {
+        worst = e.rel;
+        worst_name = name;
+      }
+      CHECK(e.rel <= bound);
     }
-    const double rel = std::sqrt(diff / norm);
-    std::printf(
-        "%-20s %-6s layer %ld: rel_l2 %.4f over %ld tokens (%ld near ties left out), "
-        "%ld routes differ\n",
-        model.c_str(), format.c_str(), static_cast<long>(l), rel, kept, ties, route_mismatch);
-    CHECK(rel <= bound);
+    std::printf("%-20s %-6s layer %ld: worst rel_l2 %.4f over %zu points (%s)\n", model.c_str(),
+                format.c_str(), static_cast<long>(l), worst, seen.size(), worst_name.c_str());
   }
 }
 
 }  // namespace
 
 TEST_CASE("transformers: DeepSeek-V3 tiny layers in isolation, bf16") {
-  compare("deepseek-v3-tiny", "bf16", 0.12);
+  compare("deepseek-v3-tiny", "bf16", {0.11, 0.2});
 }
 TEST_CASE("transformers: DeepSeek-V3 tiny layers in isolation, FP8 block") {
-  compare("deepseek-v3-tiny", "fp8", 0.12);
+  compare("deepseek-v3-tiny", "fp8", {0.08, 0.24});
 }
 TEST_CASE("transformers: DeepSeek-V3 tiny layers in isolation, MXFP4") {
-  compare("deepseek-v3-tiny", "mxfp4", 0.2);
+  compare("deepseek-v3-tiny", "mxfp4", {0.16, 0.25});
 }
 TEST_CASE("transformers: Qwen3-MoE tiny layers in isolation, bf16") {
-  compare("qwen3-30b-a3b-tiny", "bf16", 0.03);
+  compare("qwen3-30b-a3b-tiny", "bf16", {0.03, 0.03});
 }
 TEST_CASE("transformers: Qwen3-MoE tiny layers in isolation, FP8 block") {
-  compare("qwen3-30b-a3b-tiny", "fp8", 0.08);
+  compare("qwen3-30b-a3b-tiny", "fp8", {0.08, 0.08});
 }
 TEST_CASE("transformers: Qwen3-MoE tiny layers in isolation, MXFP4") {
-  compare("qwen3-30b-a3b-tiny", "mxfp4", 0.15);
+  compare("qwen3-30b-a3b-tiny", "mxfp4", {0.15, 0.15});
 }

@@ -310,17 +310,10 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   long tokens = 0;
   for (const auto& v : inputs) tokens += static_cast<long>(v.size()) / static_cast<long>(m.hidden);
   for (std::size_t i = 0; i < layers.size(); ++i) {
-    const pipeline::LayerHandles h = [&] {
-      const auto& w = *layers[i].weights;
-      const auto kind = pipeline::layer_kind(m, layers[i].index);
-      return pipeline::resolve_layer(
-          m, kind, point,
-          m.attention == pipeline::AttentionKind::mla ? pipeline::weight_format(w.mla())
-                                                      : pipeline::weight_format(w.qwen3()),
-          kind == pipeline::LayerKind::moe ? pipeline::weight_format(w.moe())
-                                           : pipeline::weight_format(w.dense()),
-          policy::BackendId::host);
-    }();
+    const auto formats = model::block_formats(m, layers[i]);
+    const pipeline::LayerHandles h =
+        pipeline::resolve_layer(m, pipeline::layer_kind(m, layers[i].index), point, formats.first,
+                                formats.second, policy::BackendId::host);
     std::printf("layer %-5ld %s\n", static_cast<long>(layers[i].index), h.name().c_str());
   }
   std::printf("decode      %zu sequences, %ld tokens through layers %ld:%ld on the host backend\n",

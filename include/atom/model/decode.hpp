@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "atom/pipeline/layer.hpp"
@@ -23,6 +24,10 @@ struct LayerOutput {
   std::vector<std::vector<float>> hidden;         // per sequence [len, hidden]
   std::vector<std::vector<std::int32_t>> routes;  // per sequence [len, top_k], ascending; MoE only
 };
+
+// The weight formats of a layer's attention and MLP blocks.
+std::pair<policy::WeightFormat, policy::WeightFormat> block_formats(const pipeline::ModelConfig& m,
+                                                                    const DecodeLayer& layer);
 
 // inputs: per sequence [len, hidden] bf16 (len >= 1). Host backend; `point` from the environment,
 // each block at its weights' format.
