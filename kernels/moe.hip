@@ -1,5 +1,6 @@
 // The MoE block's ops on the GPU: router GEMM, grouped and softmax routing, SiLU * mul with its
-// bf16 and MXFP4 epilogues, the combine, and the routed expert GEMM over preshuffled experts.
+// bf16, FP8 per-group and MXFP4 epilogues, the combine, and the routed expert GEMM over
+// preshuffled MXFP4 experts (the bf16 and FP8 block experts are in gemm_dense.hip).
 
 #include "atom/ops/gpu/moe.hpp"
 
@@ -442,10 +443,8 @@ __global__ void __launch_bounds__(256) moe_by_index(A4W4Args p, MoeRowsArgs m) {
     *dst = bf16{0x7FC0};
     return;
   }
-  A4W4Args args = p;
-  args.w_packed += static_cast<index_t>(expert) * m.expert_packed;
-  args.w_scale += static_cast<index_t>(expert) * m.expert_scales;
-  *dst = to_bf16(by_index_output<Layout>(args, m.a_per_token ? row / m.k : row, col));
+  *dst = to_bf16(
+      by_index_output<Layout>(at_expert(p, m, expert), m.a_per_token ? row / m.k : row, col));
 }
 
 // Warps per CTA: enough to cover K in one round where K allows (as the dense decode launch).
@@ -619,7 +618,16 @@ void silu_mul(const Gpu& gpu, View2<const bf16> gate_up, typename Epi::Output ou
                          kernels::Mxfp4Rows{out.packed.data, out.packed.stride(0), out.scale.data,
                                             out.scale.stride(0)},
                          vec);
+  } else if constexpr (Epi::format == Format::fp8_group128) {
+    // Codes are stored 8 at a time.
+    const bool vec =
+        reinterpret_cast<std::uintptr_t>(out.q.data) % 8 == 0 && out.q.stride(0) % 8 == 0;
+    kernels::launch_silu(
+        gpu, gate_up, inter,
+        kernels::Fp8GroupRows{out.q.data, out.q.stride(0), out.scale.data, out.scale.stride(0)},
+        vec);
   } else {
+    static_assert(Epi::format == Format::bf16, "silu_mul: no GPU epilogue for this format");
     const bool vec = kernels::aligned16(out.x.data) && out.x.stride(0) % kernels::vec_width == 0;
     kernels::launch_silu(gpu, gate_up, inter,
                          kernels::Bf16Rows{out.x.data, kernels::RowMap{1, out.x.stride(0), 0}},
@@ -628,6 +636,7 @@ void silu_mul(const Gpu& gpu, View2<const bf16> gate_up, typename Epi::Output ou
 }
 
 template void silu_mul<epi::Bf16>(const Gpu&, View2<const bf16>, Bf16Act);
+template void silu_mul<epi::Fp8PerGroup128>(const Gpu&, View2<const bf16>, Fp8GroupAct);
 template void silu_mul<epi::Mxfp4>(const Gpu&, View2<const bf16>, Mxfp4Act);
 
 void moe_combine(const Gpu& gpu, View2<const bf16> expert_out, View2<const float> weights,
@@ -775,8 +784,8 @@ void moe_gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, View2<const std::int32_t> 
   m.rows = static_cast<int>(rows);
   m.experts = static_cast<int>(w.experts());
   m.a_per_token = a_rows == tokens && k > 1;
-  m.expert_packed = w.expert_packed_bytes();
-  m.expert_scales = w.expert_scales();
+  m.expert_stride = w.expert_packed_bytes();
+  m.expert_scale_stride = w.expert_scales();
   m.by_expert = rows > w.experts();
   const auto slots = static_cast<unsigned>(m.by_expert ? w.experts() + 1 : rows);
   const auto stream = static_cast<hipStream_t>(gpu.stream);

@@ -1,7 +1,7 @@
-// The routed expert GEMM's rows: which rows of ids name a CTA's expert, gathered in shared memory
-// and handed to the dense decode GEMM tiles (kernels/detail/gemm_*_decode.hpp) a chunk at a time,
-// with the weight pointers moved to that expert. No scratch memory and no sort pass: every CTA
-// finds its own rows in ids.
+// The routed expert GEMMs' rows: which rows of ids name a CTA's expert, gathered in shared memory
+// and handed to a dense GEMM tile (the MXFP4 decode tiles of kernels/detail/gemm_*_decode.hpp, the
+// bf16 and FP8 block tiles of kernels/gemm_dense.hip) a chunk at a time, with the weight pointers
+// moved to that expert. No scratch memory and no sort pass: every CTA finds its own rows in ids.
 //
 // Grid y is the CTA's slot. By row (R <= E, decode): slot s serves expert ids[s] if no earlier
 // row names it (the first row of an expert leads it), so each expert present is served once; an
@@ -25,11 +25,19 @@ struct MoeRowsArgs {
   int k;
   int rows;  // T * k
   int experts;
-  bool a_per_token;       // a has T rows (row r reads a[r / k]) rather than T * k
-  index_t expert_packed;  // bytes of one preshuffled expert
-  index_t expert_scales;  // scales of one preshuffled expert
+  bool a_per_token;             // a has T rows (row r reads a[r / k]) rather than T * k
+  index_t expert_stride;        // weight elements (code bytes, values) from one expert to the next
+  index_t expert_scale_stride;  // weight scales from one expert to the next
   bool by_expert;
 };
+
+// The GEMM arguments of one expert: each argument struct of a routed GEMM has an overload, found
+// by argument-dependent lookup, that moves its weight pointers to expert e.
+__device__ inline A4W4Args at_expert(A4W4Args p, const MoeRowsArgs& m, int e) {
+  p.w_packed += static_cast<index_t>(e) * m.expert_stride;
+  p.w_scale += static_cast<index_t>(e) * m.expert_scale_stride;
+  return p;
+}
 
 __device__ inline int routed_expert(const MoeRowsArgs& m, int r) {
   return m.ids[static_cast<index_t>(r / m.k) * m.ids_stride + r % m.k];
@@ -49,17 +57,19 @@ struct GatheredRows {
   __device__ int out(int i) const { return list[i]; }
 };
 
-__device__ inline void write_nan_row(const A4W4Args& p, int row, int col0, int cols, int first,
+template <class Args>
+__device__ inline void write_nan_row(const Args& p, int row, int col0, int cols, int first,
                                      int step) {
   for (int c = first; c < cols; c += step)
     if (col0 + c < p.n) p.out[static_cast<index_t>(row) * p.out_stride + col0 + c] = bf16{0x7FC0};
 }
 
 // Runs tile(args, rows) for every chunk of at most C rows of this CTA's expert, args being p with
-// the expert's weight and the chunk's row count. The CTA's output columns are [col0, col0 +
-// cols) (for NaN rows). Every thread of the CTA calls it; the decisions are uniform.
-template <int C, class Tile>
-__device__ inline void for_each_expert_chunk(const A4W4Args& p, const MoeRowsArgs& m, int col0,
+// the expert's weight (at_expert) and the chunk's row count. Args has the output's `out`,
+// `out_stride`, `n` and the row count `m`. The CTA's output columns are [col0, col0 + cols) (for
+// NaN rows). Every thread of the CTA calls it; the decisions are uniform.
+template <int C, class Args, class Tile>
+__device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m, int col0,
                                              int cols, Tile tile) {
   __shared__ int list[moe_max_window];
   __shared__ int count;
@@ -87,9 +97,7 @@ __device__ inline void for_each_expert_chunk(const A4W4Args& p, const MoeRowsArg
     }
     start = slot;
   }
-  A4W4Args args = p;
-  args.w_packed += static_cast<index_t>(expert) * m.expert_packed;
-  args.w_scale += static_cast<index_t>(expert) * m.expert_scales;
+  Args args = at_expert(p, m, expert);
   for (int w0 = start; w0 < m.rows; w0 += window) {
     if (tid == 0) count = 0;
     __syncthreads();

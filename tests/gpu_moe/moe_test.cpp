@@ -1,7 +1,7 @@
 // The MoE ops on the GPU against the host ops on fresh random inputs, outputs poisoned (0xFF
 // bytes, NaN in every float format) before each call.
 //
-// Exact: routing ids and weights (bits), silu_mul (bf16 values; MXFP4 codes and scales),
+// Exact: routing ids and weights (bits), silu_mul (bf16 values; FP8 and MXFP4 codes and scales),
 // moe_combine (bf16 values). Bounded:
 // - gemm_bf16: products of bf16 are exact in float; the host adds them left to right (error at
 //   most (H - 1) 2^-24 S, S = sum_h |a_h w_h|), the GPU in per-thread runs and a tree (less), so
@@ -264,6 +264,35 @@ void check_silu(index_t rows, index_t inter) {
   CHECK(scales_equal);
 }
 
+// The FP8 per-group epilogue: the host's codes and scales bit for bit (groups of 128 along the
+// intermediate columns, the last one partial when I is not a multiple of 128).
+void check_silu_fp8_group(index_t rows, index_t inter) {
+  INFO("rows = " << rows << ", I = " << inter);
+  const std::vector<bf16> gate_up = random_bf16(rows * 2 * inter, 6.0f);
+  gpu::Buffer<bf16> gu_dev(gate_up);
+  const index_t groups = ops::fp8_group_cols(inter);
+  std::vector<atom::fp8_e4m3> ref_q(at(rows * inter));
+  std::vector<float> ref_scale(at(rows * groups));
+  ops::silu_mul<ops::epi::Fp8PerGroup128>(
+      Host{}, make_view(gate_up.data(), rows, 2 * inter),
+      ops::Fp8GroupAct{make_view(ref_q.data(), rows, inter),
+                       make_view(ref_scale.data(), rows, groups)});
+  auto q = poisoned<atom::fp8_e4m3>(rows * inter);
+  auto scale = poisoned<float>(rows * groups);
+  ops::silu_mul<ops::epi::Fp8PerGroup128>(
+      Gpu{}, make_view(static_cast<const bf16*>(gu_dev.data()), rows, 2 * inter),
+      ops::Fp8GroupAct{make_view(q.data(), rows, inter), make_view(scale.data(), rows, groups)});
+  const std::vector<atom::fp8_e4m3> got_q = q.download();
+  const std::vector<float> got_scale = scale.download();
+  index_t codes_differ = 0;
+  for (std::size_t i = 0; i < ref_q.size(); ++i) codes_differ += got_q[i].bits != ref_q[i].bits;
+  index_t scales_differ = 0;
+  for (std::size_t i = 0; i < ref_scale.size(); ++i)
+    scales_differ += bits(got_scale[i]) != bits(ref_scale[i]);
+  CHECK(codes_differ == 0);
+  CHECK(scales_differ == 0);
+}
+
 // ---- moe_combine ----
 
 void check_combine(index_t tokens, index_t k, index_t hidden, bool with_shared) {
@@ -466,6 +495,13 @@ TEST_CASE("gpu moe: silu_mul with bf16 and MXFP4 outputs equals the host") {
   for (const index_t rows : test_tokens)
     for (const index_t inter : {769, 2048, 768, 64}) check_silu(rows, inter);
   check_silu(5, 1);
+}
+
+TEST_CASE("gpu moe: silu_mul with FP8 per-group outputs equals the host bit for bit") {
+  REQUIRE(have_gpu());
+  for (const index_t rows : test_tokens)
+    for (const index_t inter : {769, 2048, 768, 200, 64}) check_silu_fp8_group(rows, inter);
+  check_silu_fp8_group(5, 1);
 }
 
 TEST_CASE("gpu moe: moe_combine with and without a shared expert equals the host") {

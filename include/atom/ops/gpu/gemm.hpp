@@ -1,6 +1,8 @@
-// The MXFP4 GEMM on the GPU (atom/ops/gemm.hpp's gemm_a4w4 with `const Gpu&` first), with two
-// backends chosen by policy::GemmBackend: `matrix_core` ("asm", ATOM_USE_TRITON_GEMM=0) and
-// `portable` ("triton", ATOM_USE_TRITON_GEMM=1).
+// The GEMMs on the GPU (atom/ops/gemm.hpp's with `const Gpu&` first; views are device memory):
+// the MXFP4 GEMM gemm_a4w4, and at the end of this file the bf16 and FP8 block-scaled GEMMs.
+//
+// gemm_a4w4 has two backends chosen by policy::GemmBackend: `matrix_core` ("asm",
+// ATOM_USE_TRITON_GEMM=0) and `portable` ("triton", ATOM_USE_TRITON_GEMM=1).
 //
 // Weights are prepared once at load: the logical Mxfp4Weight ([N, K/2] codes, [N, K/32] scales)
 // is preshuffled on the host into the layout its backend's kernel reads with wide, coalesced loads
@@ -173,5 +175,33 @@ void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, V
 template <policy::GemmBackend G>
 void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, View2<bf16> out,
                GemmDecodeKernel decode);
+
+// ---- bf16 and FP8 block-scaled weights ----
+//
+// The weights stay in their logical layout (Bf16Weight, Fp8BlockWeight: [N, K] rows as the
+// checkpoint stores them), with no preparation step. The host checks shapes exactly as the host
+// ops do; any M, N, K >= 0 up to INT_MAX / 2 each.
+//
+// Arithmetic: every product is rounded to float as the host rounds it (exact for two e4m3 values,
+// and for two bf16 values unless it underflows), and the products are added in float, in another
+// order than the host's increasing k: each lane of a warp sums its own k (every 32nd or 64th), the
+// lanes then meet in a butterfly. That summation tree is at most K deep, so, with
+// S = sum_k |a_k w_k|:
+// - gemm_a16w16: each float result is within K * 2^-24 * S of the exact sum, as is the host's;
+//   the bf16 outputs differ from the host's by at most 2K * 2^-24 * S plus one bf16 ulp.
+// - gemm_a8w8_block: per group g of 128 columns, each lane's partial sum of code products is
+//   multiplied by the host's scale product a_scale[m, g] * w_scale[n / block_n, g] (one float
+//   multiplication, as on the host) and added to the lane's accumulator in increasing g. With
+//   G = ceil(K / 128) and S over the values those scales give, each float result is within
+//   (min(K, 128) + G + 1) * 2^-24 * S of the exact value, and the bf16 outputs differ from the
+//   host's by at most twice that plus one bf16 ulp.
+// A NaN value or scale makes the outputs it reaches NaN, as on the host.
+
+// a [M, K] bf16, w [N, K] bf16, out [M, N] bf16.
+void gemm_a16w16(const Gpu&, const Bf16Act& a, const Bf16Weight& w, View2<bf16> out);
+
+// a [M, K] FP8 per token and group of 128 columns, w [N, K] FP8 with block scales (block_n rows x
+// 128 columns), out [M, N] bf16.
+void gemm_a8w8_block(const Gpu&, const Fp8GroupAct& a, const Fp8BlockWeight& w, View2<bf16> out);
 
 }  // namespace atom::ops

@@ -5,14 +5,17 @@
 // - routing: a token with a NaN logit gets ids -1 and NaN weights in every slot (the other tokens
 //   are routed normally). route_grouped_topk's bias must be finite (not checked on the device:
 //   a non-finite bias gives unspecified choices, never an out-of-bounds access).
-// - moe_gemm_a4w4: an id outside [0, E) makes that output row NaN; nothing is read through it.
+// - moe_gemm_a4w4, moe_gemm_a16w16, moe_gemm_a8w8_block: an id outside [0, E) makes that output
+//   row NaN; nothing is read through it.
 //
 // Semantics equal the host's: routing ids and weights are bit for bit the host's (the same float
 // operations in the same order, exp evaluated exactly as the host's C library does), silu_mul
-// writes the host's bf16 values or MXFP4 codes and scales, moe_combine the host's bf16 values.
+// writes the host's bf16 values, FP8 codes and scales or MXFP4 codes and scales, moe_combine the
+// host's bf16 values.
 // gemm_bf16 accumulates in float in another order than the host: each output differs from the
-// host's by at most 2 * H * 2^-24 * sum_h |a_h w_h|. moe_gemm_a4w4 is gemm_a4w4 per row
-// (atom/ops/gpu/gemm.hpp states its bound against the host).
+// host's by at most 2 * H * 2^-24 * sum_h |a_h w_h|. moe_gemm_a4w4, moe_gemm_a16w16 and
+// moe_gemm_a8w8_block are gemm_a4w4, gemm_a16w16 and gemm_a8w8_block per row, with the same
+// arithmetic (atom/ops/gpu/gemm.hpp states their bounds against the host).
 #pragma once
 
 #include <cstddef>
@@ -40,8 +43,8 @@ void route_grouped_topk(const Gpu&, View2<const float> logits, View1<const float
 void route_softmax_topk(const Gpu&, View2<const float> logits, bool renormalize,
                         View2<std::int32_t> ids, View2<float> weights);
 
-// Epilogues epi::Bf16 and epi::Mxfp4. Rows of up to gpu_norm_max_cols (atom/ops/gpu/norm.hpp)
-// intermediate columns.
+// Epilogues epi::Bf16, epi::Fp8PerGroup128 and epi::Mxfp4. Rows of up to gpu_norm_max_cols
+// (atom/ops/gpu/norm.hpp) intermediate columns.
 template <class Epi>
 requires Epilogue<Epi>
 void silu_mul(const Gpu&, View2<const bf16> gate_up, typename Epi::Output out);
@@ -90,5 +93,14 @@ PreparedMxfp4Experts<G> prepare_experts(const Mxfp4Experts& host_weights);
 template <policy::GemmBackend G>
 void moe_gemm_a4w4(const Gpu&, const Mxfp4Act& a, View2<const std::int32_t> ids,
                    const PreparedMxfp4Experts<G>& w, View2<bf16> out);
+
+// The same routed GEMM over bf16 and FP8 block-scaled experts in their logical layout ([E, N, K],
+// as the checkpoint stores them; device memory, no preparation). The rows of each expert are
+// gathered on the device as for moe_gemm_a4w4; the CTAs of an expert read its weight once per 16
+// rows.
+void moe_gemm_a16w16(const Gpu&, const Bf16Act& a, View2<const std::int32_t> ids,
+                     const Bf16Experts& w, View2<bf16> out);
+void moe_gemm_a8w8_block(const Gpu&, const Fp8GroupAct& a, View2<const std::int32_t> ids,
+                         const Fp8BlockExperts& w, View2<bf16> out);
 
 }  // namespace atom::ops

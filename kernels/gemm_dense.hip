@@ -1,0 +1,344 @@
+// The GEMMs over weights in their logical layout on the GPU: bf16 (gemm_a16w16) and FP8 e4m3 with
+// block scales (gemm_a8w8_block), dense and routed over experts (moe_gemm_a16w16,
+// moe_gemm_a8w8_block). One simple tile serves all four; the routed forms gather each expert's
+// rows with kernels/detail/moe_rows.hpp. Written for correctness; tuning is a later step.
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "atom/gpu/arch.hpp"
+#include "atom/gpu/runtime.hpp"
+#include "atom/ops/gpu/gemm.hpp"
+#include "atom/ops/gpu/moe.hpp"
+#include "detail/moe_rows.hpp"
+#include "detail/reduce.hpp"
+#include "detail/rows.hpp"
+
+namespace atom::kernels {
+namespace {
+
+// a [m, k] and w [n, k] of bf16 or fp8_e4m3 codes, rows strided. FP8 also reads the activation's
+// group scales [m, ceil(k / 128)] and the weight's block scales [ceil(n / block_n), ceil(k / 128)].
+template <class T>
+struct DenseGemmArgs {
+  const T* a;
+  index_t a_stride;
+  const float* a_scale;
+  index_t a_scale_stride;
+  const T* w;
+  index_t w_stride;
+  const float* w_scale;
+  index_t w_scale_stride;
+  int block_n;
+  bf16* out;  // [m, n], rows out_stride apart
+  index_t out_stride;
+  int m;
+  int n;
+  int k;
+};
+
+template <class T>
+inline constexpr bool block_scaled = std::is_same_v<T, fp8_e4m3>;
+
+template <class T>
+__device__ inline DenseGemmArgs<T> at_expert(DenseGemmArgs<T> p, const MoeRowsArgs& m, int e) {
+  p.w += static_cast<index_t>(e) * m.expert_stride;
+  if constexpr (block_scaled<T>) p.w_scale += static_cast<index_t>(e) * m.expert_scale_stride;
+  return p;
+}
+
+// A warp computes tile_rows x tile_cols outputs at a time; the CTA's warps take consecutive column
+// groups, cta_cols columns in all, for up to cta_rows rows.
+inline constexpr int tile_rows = 4;
+inline constexpr int tile_cols = 4;
+inline constexpr int cta_warps = 4;
+inline constexpr int cta_cols = cta_warps * tile_cols;
+inline constexpr int cta_rows = 16;
+// cta_warps warps of the target (launch_warp: the same in the launching and the device pass).
+inline constexpr int cta_threads = cta_warps * launch_warp;
+static_assert(cta_threads <= moe_max_window, "a CTA gathers at most moe_max_window rows at once");
+
+// Rows [first, first + m) of the dense GEMM.
+struct RowRange {
+  int first;
+  __device__ int a(int i) const { return first + i; }
+  __device__ int out(int i) const { return first + i; }
+};
+
+// acc[i][j] += a[i][k] * w[j][k] for k = k_begin, k_begin + W, ... below k_end (W the warp
+// size), each product rounded to float and then added, as the host does.
+template <class T>
+__device__ inline void add_products(const T* const (&a)[tile_rows], const T* const (&w)[tile_cols],
+                                    int k_begin, int k_end, float (&acc)[tile_rows][tile_cols]) {
+  for (int k = k_begin; k < k_end; k += gpu::warp_size) {
+    float av[tile_rows];
+    float wv[tile_cols];
+#pragma unroll
+    for (int i = 0; i < tile_rows; ++i) av[i] = to_float(a[i][k]);
+#pragma unroll
+    for (int j = 0; j < tile_cols; ++j) wv[j] = to_float(w[j][k]);
+#pragma unroll
+    for (int i = 0; i < tile_rows; ++i)
+#pragma unroll
+      for (int j = 0; j < tile_cols; ++j) acc[i][j] = add(acc[i][j], mul(av[i], wv[j]));
+  }
+}
+
+// Outputs (rows.out(i), n) for i < p.m and n in [col0, col0 + cta_cols): warp w takes columns
+// [col0 + 4 w, col0 + 4 w + 4), 4 rows at a time. Lane L sums the products of k = L, L + W, ...;
+// for FP8, per group g of 128 columns, it multiplies its partial sum by the host's scale product
+// a_scale[m, g] * w_scale[n / block_n, g] and adds it to its accumulator, in increasing g. The
+// lanes then meet in a butterfly. Rows and columns past the tile read the last valid one and store
+// nothing. No barrier: each warp works on its own.
+template <class T, class Rows>
+__device__ inline void dense_tile(const DenseGemmArgs<T>& p, const Rows& rows, int col0) {
+  const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
+  const int n0 = col0 + static_cast<int>(threadIdx.x) / gpu::warp_size * tile_cols;
+  if (n0 >= p.n) return;
+  int n_of[tile_cols];
+  const T* w_row[tile_cols];
+#pragma unroll
+  for (int j = 0; j < tile_cols; ++j) {
+    n_of[j] = min(n0 + j, p.n - 1);
+    w_row[j] = p.w + static_cast<index_t>(n_of[j]) * p.w_stride;
+  }
+  for (int r0 = 0; r0 < p.m; r0 += tile_rows) {
+    int a_of[tile_rows];
+    const T* a_row[tile_rows];
+#pragma unroll
+    for (int i = 0; i < tile_rows; ++i) {
+      a_of[i] = rows.a(min(r0 + i, p.m - 1));
+      a_row[i] = p.a + static_cast<index_t>(a_of[i]) * p.a_stride;
+    }
+    float acc[tile_rows][tile_cols] = {};
+    if constexpr (block_scaled<T>) {
+      for (int k0 = 0; k0 < p.k; k0 += static_cast<int>(ops::fp8_group)) {
+        float partial[tile_rows][tile_cols] = {};
+        add_products(a_row, w_row, k0 + lane, min(k0 + static_cast<int>(ops::fp8_group), p.k),
+                     partial);
+        const int g = k0 / static_cast<int>(ops::fp8_group);
+#pragma unroll
+        for (int i = 0; i < tile_rows; ++i)
+#pragma unroll
+          for (int j = 0; j < tile_cols; ++j) {
+            const float scale =
+                mul(p.a_scale[static_cast<index_t>(a_of[i]) * p.a_scale_stride + g],
+                    p.w_scale[static_cast<index_t>(n_of[j] / p.block_n) * p.w_scale_stride + g]);
+            acc[i][j] = add(acc[i][j], mul(partial[i][j], scale));
+          }
+      }
+    } else {
+      add_products(a_row, w_row, lane, p.k, acc);
+    }
+#pragma unroll
+    for (int i = 0; i < tile_rows; ++i)
+#pragma unroll
+      for (int j = 0; j < tile_cols; ++j) {
+        const float sum = warp_reduce(acc[i][j], Sum{});
+        if (lane == i * tile_cols + j && r0 + i < p.m && n0 + j < p.n)
+          p.out[static_cast<index_t>(rows.out(r0 + i)) * p.out_stride + n0 + j] = to_bf16(sum);
+      }
+  }
+}
+
+// CTA (x, y): columns [cta_cols x, cta_cols (x + 1)) of the row chunks y, y + gridDim.y, ...
+template <class T>
+__global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
+  const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
+  for (int row0 = static_cast<int>(blockIdx.y) * cta_rows; row0 < p.m;
+       row0 += static_cast<int>(gridDim.y) * cta_rows) {
+    DenseGemmArgs<T> chunk = p;
+    chunk.m = min(cta_rows, p.m - row0);
+    dense_tile(chunk, RowRange{row0}, col0);
+  }
+}
+
+// CTA (x, slot): columns [cta_cols x, cta_cols (x + 1)) of the rows of the slot's expert.
+template <class T>
+__global__ void __launch_bounds__(cta_threads) moe_gemm_dense(DenseGemmArgs<T> p, MoeRowsArgs m) {
+  const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
+  for_each_expert_chunk<cta_rows>(p, m, col0, cta_cols,
+                                  [&](const DenseGemmArgs<T>& args, const GatheredRows& rows) {
+                                    dense_tile(args, rows, col0);
+                                  });
+}
+
+}  // namespace
+}  // namespace atom::kernels
+
+namespace atom::ops {
+namespace {
+
+constexpr index_t max_grid_y = 65535;
+
+// The kernels index rows, columns and K with int.
+void expect_gpu_extents(const char* op, index_t m, index_t n, index_t k) {
+  if (m > INT_MAX / 2 || n > INT_MAX / 2 || k > INT_MAX / 2)
+    fail(op, "M = " + std::to_string(m) + ", N = " + std::to_string(n) +
+                 ", K = " + std::to_string(k) + " is too large");
+}
+
+// block_n as the kernel's int: any block of N rows or more is one block.
+int block_rows(index_t block_n, index_t n) {
+  return static_cast<int>(std::min(block_n, std::max<index_t>(n, 1)));
+}
+
+kernels::DenseGemmArgs<bf16> bf16_args(const Bf16Act& a, View2<const bf16> w, View2<bf16> out) {
+  kernels::DenseGemmArgs<bf16> p{};
+  p.a = a.x.data;
+  p.a_stride = a.x.stride(0);
+  p.w = w.data;
+  p.w_stride = w.stride(0);
+  p.block_n = 1;
+  p.out = out.data;
+  p.out_stride = out.stride(0);
+  p.n = static_cast<int>(w.shape[0]);
+  p.k = static_cast<int>(w.shape[1]);
+  return p;
+}
+
+kernels::DenseGemmArgs<fp8_e4m3> fp8_args(const Fp8GroupAct& a, View2<const fp8_e4m3> w,
+                                          View2<const float> w_scale, index_t block_n,
+                                          View2<bf16> out) {
+  kernels::DenseGemmArgs<fp8_e4m3> p{};
+  p.a = a.q.data;
+  p.a_stride = a.q.stride(0);
+  p.a_scale = a.scale.data;
+  p.a_scale_stride = a.scale.stride(0);
+  p.w = w.data;
+  p.w_stride = w.stride(0);
+  p.w_scale = w_scale.data;
+  p.w_scale_stride = w_scale.stride(0);
+  p.block_n = block_rows(block_n, w.shape[0]);
+  p.out = out.data;
+  p.out_stride = out.stride(0);
+  p.n = static_cast<int>(w.shape[0]);
+  p.k = static_cast<int>(w.shape[1]);
+  return p;
+}
+
+template <class T>
+void launch_dense(const Gpu& gpu, kernels::DenseGemmArgs<T> p, index_t rows) {
+  p.m = static_cast<int>(rows);
+  if (p.m == 0 || p.n == 0) return;
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols)),
+                  static_cast<unsigned>(std::min(ceil_div(p.m, kernels::cta_rows), max_grid_y)));
+  kernels::gemm_dense<T>
+      <<<grid, kernels::cta_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(p);
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+// The routed GEMMs' checks that follow those of a and w (as the host op makes them), and the
+// kernel's description of the rows: row r = t * k + j reads a[t] (a has T rows) or a[r].
+kernels::MoeRowsArgs routed_rows(const char* op, index_t a_rows, View2<const std::int32_t> ids,
+                                 index_t experts, index_t n, View2<bf16> out) {
+  const index_t tokens = ids.shape[0];
+  const index_t k = ids.shape[1];
+  expect(a_rows == tokens || a_rows == tokens * k, op,
+         "argument 'a' has " + std::to_string(a_rows) + " rows, expected T = " +
+             std::to_string(tokens) + " or T * k = " + std::to_string(tokens * k));
+  expect_view(op, "out", out, {tokens * k, n});
+  expect_disjoint(op, "out", out, "ids", ids);
+  const index_t rows = tokens * k;
+  if (rows > INT_MAX / 2 || tokens > INT_MAX / 2)
+    fail(op, "T * k = " + std::to_string(rows) + " is too large");
+  // Grid y has a slot per expert and one for the rows of bad ids.
+  if (experts >= max_grid_y)
+    fail(op, std::to_string(experts) + " experts exceed the GPU limit of " +
+                 std::to_string(max_grid_y - 1));
+  kernels::MoeRowsArgs m{};
+  m.ids = ids.data;
+  m.ids_stride = ids.stride(0);
+  m.k = static_cast<int>(k);
+  m.rows = static_cast<int>(rows);
+  m.experts = static_cast<int>(experts);
+  m.a_per_token = a_rows == tokens && k > 1;
+  m.by_expert = rows > experts;
+  return m;
+}
+
+template <class T>
+void launch_routed(const Gpu& gpu, kernels::DenseGemmArgs<T> p, const kernels::MoeRowsArgs& m) {
+  p.m = m.rows;
+  if (m.rows == 0 || p.n == 0) return;
+  const auto slots = static_cast<unsigned>(m.by_expert ? m.experts + 1 : m.rows);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols)), slots);
+  kernels::moe_gemm_dense<T>
+      <<<grid, kernels::cta_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(p, m);
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+}  // namespace
+
+void gemm_a16w16(const Gpu& gpu, const Bf16Act& a, const Bf16Weight& w, View2<bf16> out) {
+  constexpr const char* op = "gemm_a16w16";
+  expect_format(op, "a", a, -1, -1);
+  expect_weight(op, "w", w, -1, a.x.shape[1]);
+  expect_view(op, "out", out, {a.x.shape[0], w.w.shape[0]});
+  expect_disjoint(op, "out", out, "a.x", a.x);
+  expect_disjoint(op, "out", out, "w.w", w.w);
+  expect_gpu_extents(op, a.x.shape[0], w.w.shape[0], w.w.shape[1]);
+  launch_dense(gpu, bf16_args(a, w.w, out), a.x.shape[0]);
+}
+
+void gemm_a8w8_block(const Gpu& gpu, const Fp8GroupAct& a, const Fp8BlockWeight& w,
+                     View2<bf16> out) {
+  constexpr const char* op = "gemm_a8w8_block";
+  expect_format(op, "a", a, -1, -1);
+  const index_t rows = a.q.shape[0];
+  const index_t k_count = a.q.shape[1];
+  expect_weight(op, "w", w, -1, k_count);
+  const index_t n_count = w.q.shape[0];
+  expect_view(op, "out", out, {rows, n_count});
+  expect_disjoint(op, "out", out, "a.q", a.q);
+  expect_disjoint(op, "out", out, "a.scale", a.scale);
+  expect_disjoint(op, "out", out, "w.q", w.q);
+  expect_disjoint(op, "out", out, "w.scale", w.scale);
+  expect_gpu_extents(op, rows, n_count, k_count);
+  launch_dense(gpu, fp8_args(a, w.q, w.scale, w.block_n, out), rows);
+}
+
+void moe_gemm_a16w16(const Gpu& gpu, const Bf16Act& a, View2<const std::int32_t> ids,
+                     const Bf16Experts& w, View2<bf16> out) {
+  constexpr const char* op = "moe_gemm_a16w16";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect_view(op, "w.w", w.w, {-1, -1, -1});
+  const index_t experts = w.w.shape[0];
+  const index_t n_count = w.w.shape[1];
+  expect_format(op, "a", a, -1, w.w.shape[2]);
+  expect_disjoint(op, "out", out, "a.x", a.x);
+  expect_disjoint(op, "out", out, "w.w", w.w);
+  kernels::MoeRowsArgs m = routed_rows(op, a.x.shape[0], ids, experts, n_count, out);
+  expect_gpu_extents(op, a.x.shape[0], n_count, w.w.shape[2]);
+  m.expert_stride = w.w.stride(0);
+  launch_routed(gpu, bf16_args(a, w.w[0], out), m);
+}
+
+void moe_gemm_a8w8_block(const Gpu& gpu, const Fp8GroupAct& a, View2<const std::int32_t> ids,
+                         const Fp8BlockExperts& w, View2<bf16> out) {
+  constexpr const char* op = "moe_gemm_a8w8_block";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect_view(op, "w.q", w.q, {-1, -1, -1});
+  const index_t experts = w.q.shape[0];
+  const index_t n_count = w.q.shape[1];
+  if (w.block_n < 1)
+    fail(op, "argument 'w' has block_n = " + std::to_string(w.block_n) +
+                 ", expected a positive block height");
+  expect_view(op, "w.scale", w.scale,
+              {experts, ceil_div(n_count, w.block_n), fp8_group_cols(w.q.shape[2])});
+  expect_format(op, "a", a, -1, w.q.shape[2]);
+  expect_disjoint(op, "out", out, "a.q", a.q);
+  expect_disjoint(op, "out", out, "a.scale", a.scale);
+  expect_disjoint(op, "out", out, "w.q", w.q);
+  expect_disjoint(op, "out", out, "w.scale", w.scale);
+  kernels::MoeRowsArgs m = routed_rows(op, a.q.shape[0], ids, experts, n_count, out);
+  expect_gpu_extents(op, a.q.shape[0], n_count, w.q.shape[2]);
+  m.expert_stride = w.q.stride(0);
+  m.expert_scale_stride = w.scale.stride(0);
+  launch_routed(gpu, fp8_args(a, w.q[0], w.scale[0], w.block_n, out), m);
+}
+
+}  // namespace atom::ops
