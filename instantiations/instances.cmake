@@ -81,29 +81,61 @@ set(ATOM_INSTANCES
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
   mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
   mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
@@ -145,9 +177,17 @@ set(ATOM_INSTANCES
   moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4
   moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4
   moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8
+  moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16
   moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8
+  moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16
   moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8
+  moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16
   moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16
   moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4
   moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4
   moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4
@@ -169,9 +209,17 @@ set(ATOM_INSTANCES
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4
   qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16
   qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
   qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
   qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
@@ -185,7 +233,11 @@ set(ATOM_INSTANCES
   dense_mlp.host.gemm-triton.ar-separate.w-mxfp4
   dense_mlp.host.gemm-triton.ar-fused.w-mxfp4
   dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
+  dense_mlp.gpu.gemm-asm.ar-separate.w-fp8
+  dense_mlp.gpu.gemm-asm.ar-separate.w-bf16
   dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
+  dense_mlp.gpu.gemm-asm.ar-fused.w-fp8
+  dense_mlp.gpu.gemm-asm.ar-fused.w-bf16
   dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4
   dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4
 )
@@ -197,7 +249,11 @@ set(ATOM_PROFILE_default
   mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
   mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
   moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4
   moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8
   moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16
@@ -205,7 +261,11 @@ set(ATOM_PROFILE_default
   moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8
   moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16
   moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8
+  moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16
   moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8
   qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16
@@ -213,7 +273,11 @@ set(ATOM_PROFILE_default
   qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8
   qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16
   dense_mlp.host.gemm-asm.ar-separate.w-mxfp4
   dense_mlp.host.gemm-asm.ar-separate.w-fp8
   dense_mlp.host.gemm-asm.ar-separate.w-bf16
@@ -221,7 +285,11 @@ set(ATOM_PROFILE_default
   dense_mlp.host.gemm-asm.ar-fused.w-fp8
   dense_mlp.host.gemm-asm.ar-fused.w-bf16
   dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
+  dense_mlp.gpu.gemm-asm.ar-separate.w-fp8
+  dense_mlp.gpu.gemm-asm.ar-separate.w-bf16
   dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
+  dense_mlp.gpu.gemm-asm.ar-fused.w-fp8
+  dense_mlp.gpu.gemm-asm.ar-fused.w-bf16
 )
 set(ATOM_PROFILE_mla_attention
   mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
@@ -305,29 +373,61 @@ set(ATOM_PROFILE_mla_attention
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
   mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
   mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+  mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
   mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
   mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
   mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
@@ -371,9 +471,17 @@ set(ATOM_PROFILE_moe_block
   moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4
   moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4
   moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8
+  moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16
   moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8
+  moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16
   moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8
+  moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16
   moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8
+  moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16
   moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4
   moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4
   moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4
@@ -397,9 +505,17 @@ set(ATOM_PROFILE_qwen3_attention
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
   qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4
   qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16
   qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8
+  qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16
   qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
   qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
   qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
@@ -415,7 +531,11 @@ set(ATOM_PROFILE_dense_mlp
   dense_mlp.host.gemm-triton.ar-separate.w-mxfp4
   dense_mlp.host.gemm-triton.ar-fused.w-mxfp4
   dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
+  dense_mlp.gpu.gemm-asm.ar-separate.w-fp8
+  dense_mlp.gpu.gemm-asm.ar-separate.w-bf16
   dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
+  dense_mlp.gpu.gemm-asm.ar-fused.w-fp8
+  dense_mlp.gpu.gemm-asm.ar-fused.w-bf16
   dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4
   dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4
 )

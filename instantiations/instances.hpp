@@ -256,52 +256,116 @@ using host = std::tuple<
 using gpu = std::tuple<
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x400u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x401u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x402u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x410u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x411u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x412u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x420u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x421u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x440u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x441u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x450u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x451u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x460u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x461u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x480u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x481u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x482u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x490u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x491u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x492u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x4a0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x4a1u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x4c0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x4c1u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x4d0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x4d1u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x4e0u>,
+    // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x4e1u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x500u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x501u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x502u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x510u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x511u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x512u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x520u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x521u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x540u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x541u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x550u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x551u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x560u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x561u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x580u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x581u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x582u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x590u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x591u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x592u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x5a0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x5a1u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x5c0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x5c1u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x5d0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x5d1u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x5e0u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x5e1u>,
     // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x600u>,
     // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
@@ -352,12 +416,28 @@ using gpu = std::tuple<
     dispatch::Instance<0x7e0u>,
     // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
     dispatch::Instance<0xc00u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8
+    dispatch::Instance<0xc01u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16
+    dispatch::Instance<0xc02u>,
     // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4
     dispatch::Instance<0xc08u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8
+    dispatch::Instance<0xc09u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16
+    dispatch::Instance<0xc0au>,
     // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4
     dispatch::Instance<0xc80u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8
+    dispatch::Instance<0xc81u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16
+    dispatch::Instance<0xc82u>,
     // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
     dispatch::Instance<0xc88u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8
+    dispatch::Instance<0xc89u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16
+    dispatch::Instance<0xc8au>,
     // moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4
     dispatch::Instance<0xe00u>,
     // moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4
@@ -368,12 +448,28 @@ using gpu = std::tuple<
     dispatch::Instance<0xe88u>,
     // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
     dispatch::Instance<0x1400u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8
+    dispatch::Instance<0x1401u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16
+    dispatch::Instance<0x1402u>,
     // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
     dispatch::Instance<0x1404u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8
+    dispatch::Instance<0x1405u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16
+    dispatch::Instance<0x1406u>,
     // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
     dispatch::Instance<0x1480u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8
+    dispatch::Instance<0x1481u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16
+    dispatch::Instance<0x1482u>,
     // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
     dispatch::Instance<0x1484u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8
+    dispatch::Instance<0x1485u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16
+    dispatch::Instance<0x1486u>,
     // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
     dispatch::Instance<0x1600u>,
     // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
@@ -384,8 +480,16 @@ using gpu = std::tuple<
     dispatch::Instance<0x1684u>,
     // dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
     dispatch::Instance<0x1c00u>,
+    // dense_mlp.gpu.gemm-asm.ar-separate.w-fp8
+    dispatch::Instance<0x1c01u>,
+    // dense_mlp.gpu.gemm-asm.ar-separate.w-bf16
+    dispatch::Instance<0x1c02u>,
     // dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
     dispatch::Instance<0x1c80u>,
+    // dense_mlp.gpu.gemm-asm.ar-fused.w-fp8
+    dispatch::Instance<0x1c81u>,
+    // dense_mlp.gpu.gemm-asm.ar-fused.w-bf16
+    dispatch::Instance<0x1c82u>,
     // dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4
     dispatch::Instance<0x1e00u>,
     // dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4

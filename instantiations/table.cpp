@@ -168,51 +168,115 @@ void mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
+void mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_fp8(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
 void mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::mla_attention>&);
@@ -296,11 +360,27 @@ void moe_block_host_gemm_triton_ar_fused_moe_dual_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_gpu_gemm_asm_ar_separate_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_single_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_single_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_gpu_gemm_asm_ar_fused_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_single_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_single_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::moe_block>&);
+void moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_gpu_gemm_triton_ar_separate_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
@@ -344,11 +424,27 @@ void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
@@ -376,7 +472,14 @@ void dense_mlp_host_gemm_triton_ar_fused_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
 void dense_mlp_gpu_gemm_asm_ar_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_asm_ar_separate_w_fp8(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_asm_ar_separate_w_bf16(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
 void dense_mlp_gpu_gemm_asm_ar_fused_w_mxfp4(
+    const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_asm_ar_fused_w_fp8(const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
+void dense_mlp_gpu_gemm_asm_ar_fused_w_bf16(
     const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
 void dense_mlp_gpu_gemm_triton_ar_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
@@ -563,53 +666,117 @@ table<policy::PipelineId::mla_attention>() {
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
       {0x400u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x401u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_fp8},
+      {0x402u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_bf16},
       {0x410u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x411u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_fp8},
+      {0x412u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_bf16},
       {0x420u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x421u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_fp8},
       {0x440u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x441u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_fp8},
       {0x450u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x451u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_fp8},
       {0x460u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x461u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_fp8},
       {0x480u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x481u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_fp8},
+      {0x482u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_bf16},
       {0x490u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x491u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_fp8},
+      {0x492u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_bf16},
       {0x4a0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x4a1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_fp8},
       {0x4c0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x4c1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_fp8},
       {0x4d0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x4d1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_fp8},
       {0x4e0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x4e1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_fp8},
       {0x500u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
+      {0x501u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_fp8},
+      {0x502u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_bf16},
       {0x510u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
+      {0x511u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_fp8},
+      {0x512u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_bf16},
       {0x520u,
        "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x521u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_fp8},
       {0x540u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
+      {0x541u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_fp8},
       {0x550u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
+      {0x551u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_fp8},
       {0x560u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x561u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_fp8},
       {0x580u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
+      {0x581u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_fp8},
+      {0x582u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_bf16},
       {0x590u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
+      {0x591u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_fp8},
+      {0x592u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_bf16},
       {0x5a0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
+      {0x5a1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_fp8},
       {0x5c0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
+      {0x5c1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_fp8},
       {0x5d0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
+      {0x5d1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_fp8},
       {0x5e0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
+      {0x5e1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+       &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_fp8},
       {0x600u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
       {0x610u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
@@ -705,12 +872,28 @@ std::span<const Entry<policy::PipelineId::moe_block>> table<policy::PipelineId::
        &moe_block_host_gemm_triton_ar_fused_moe_dual_w_mxfp4},
       {0xc00u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_mxfp4},
+      {0xc01u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_fp8},
+      {0xc02u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_bf16},
       {0xc08u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_mxfp4},
+      {0xc09u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_fp8},
+      {0xc0au, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16",
+       &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_bf16},
       {0xc80u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_mxfp4},
+      {0xc81u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_fp8},
+      {0xc82u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_bf16},
       {0xc88u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_mxfp4},
+      {0xc89u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_fp8},
+      {0xc8au, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16",
+       &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_bf16},
       {0xe00u, "moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_triton_ar_separate_moe_single_w_mxfp4},
       {0xe08u, "moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4",
@@ -762,12 +945,28 @@ table<policy::PipelineId::qwen3_attention>() {
        &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4},
       {0x1400u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4",
        &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4},
+      {0x1401u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8},
+      {0x1402u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16},
       {0x1404u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4",
        &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4},
+      {0x1405u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8},
+      {0x1406u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16},
       {0x1480u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4",
        &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4},
+      {0x1481u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8},
+      {0x1482u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16},
       {0x1484u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4",
        &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4},
+      {0x1485u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8},
+      {0x1486u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16},
       {0x1600u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4",
        &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4},
       {0x1604u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4",
@@ -802,8 +1001,16 @@ std::span<const Entry<policy::PipelineId::dense_mlp>> table<policy::PipelineId::
        &dense_mlp_host_gemm_triton_ar_fused_w_mxfp4},
       {0x1c00u, "dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4",
        &dense_mlp_gpu_gemm_asm_ar_separate_w_mxfp4},
+      {0x1c01u, "dense_mlp.gpu.gemm-asm.ar-separate.w-fp8",
+       &dense_mlp_gpu_gemm_asm_ar_separate_w_fp8},
+      {0x1c02u, "dense_mlp.gpu.gemm-asm.ar-separate.w-bf16",
+       &dense_mlp_gpu_gemm_asm_ar_separate_w_bf16},
       {0x1c80u, "dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4",
        &dense_mlp_gpu_gemm_asm_ar_fused_w_mxfp4},
+      {0x1c81u, "dense_mlp.gpu.gemm-asm.ar-fused.w-fp8",
+       &dense_mlp_gpu_gemm_asm_ar_fused_w_fp8},
+      {0x1c82u, "dense_mlp.gpu.gemm-asm.ar-fused.w-bf16",
+       &dense_mlp_gpu_gemm_asm_ar_fused_w_bf16},
       {0x1e00u, "dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4",
        &dense_mlp_gpu_gemm_triton_ar_separate_w_mxfp4},
       {0x1e80u, "dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4",

@@ -20,6 +20,7 @@
 #include "atom/pipeline/harness.hpp"
 #include "atom/pipeline/layer.hpp"
 #if ATOM_GPU_INSTANCES
+#include "atom/model/decode_gpu.hpp"
 #include "atom/pipeline/harness_gpu.hpp"
 #endif
 
@@ -44,8 +45,8 @@ constexpr const char* usage =
     "                present, else host), host, gpu. A GPU run is checked against the host\n"
     "                instantiation of the same point.\n"
     "  --checkpoint  a Hugging Face checkpoint folder (config.json, safetensors) of\n"
-    "                DeepseekV3ForCausalLM or Qwen3MoeForCausalLM: runs its decoder layers on the\n"
-    "                host backend, each block at its weights' format\n"
+    "                DeepseekV3ForCausalLM or Qwen3MoeForCausalLM: runs its decoder layers, each\n"
+    "                block at its weights' format (on the GPU: copied from host memory)\n"
     "  --layers      the checkpoint layers A..B-1 (default all; N means 0:N)\n"
     "  --input       safetensors with hidden.<s> [len_s, hidden] (bf16 or F32): the hidden state\n"
     "                entering layer A per sequence; decoded together from empty caches.\n"
@@ -272,8 +273,7 @@ std::vector<std::vector<bf16>> read_input(const std::string& path, index_t hidde
 }
 
 int run_checkpoint(const Options& o, const env::Config& config) {
-  if (backend_for(o.backend) != policy::BackendId::host && o.backend != "auto")
-    throw std::invalid_argument("--checkpoint runs on the host backend (--backend host or auto)");
+  const policy::BackendId backend = backend_for(o.backend);
   if (!o.input.empty() && o.input == o.output)
     throw std::invalid_argument("--output must not overwrite --input");
   const auto ckpt = model::HfCheckpoint::open(o.checkpoint, io::load_mode(config));
@@ -304,20 +304,36 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   }
   const policy::Point point = policy::point_from(config);
   const auto t0 = std::chrono::steady_clock::now();
-  const auto outputs = model::decode_sequences(
-      m, layers, inputs, point, config.get<env::Var::dual_stream_moe_token_threshold>());
+  const std::int64_t threshold = config.get<env::Var::dual_stream_moe_token_threshold>();
+  std::vector<model::LayerOutput> outputs;
+  if (backend == policy::BackendId::gpu) {
+#if ATOM_GPU_INSTANCES
+    // The staging path: each layer's host weights copied to the device, MXFP4 prepared for the
+    // point's GEMM backend.
+    std::vector<std::unique_ptr<pipeline::DeviceLayerWeights>> device;
+    std::vector<const pipeline::DeviceLayerWeights*> views;
+    for (const auto& l : layers) {
+      device.push_back(std::make_unique<pipeline::DeviceLayerWeights>(
+          m, *l.weights, std::vector{point.get<policy::GemmBackend>()}));
+      views.push_back(device.back().get());
+    }
+    outputs = model::decode_sequences_gpu(m, layers, views, inputs, point, threshold);
+#endif
+  } else {
+    outputs = model::decode_sequences(m, layers, inputs, point, threshold);
+  }
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   long tokens = 0;
   for (const auto& v : inputs) tokens += static_cast<long>(v.size()) / static_cast<long>(m.hidden);
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const auto formats = model::block_formats(m, layers[i]);
-    const pipeline::LayerHandles h =
-        pipeline::resolve_layer(m, pipeline::layer_kind(m, layers[i].index), point, formats.first,
-                                formats.second, policy::BackendId::host);
+    const pipeline::LayerHandles h = pipeline::resolve_layer(
+        m, pipeline::layer_kind(m, layers[i].index), point, formats.first, formats.second, backend);
     std::printf("layer %-5ld %s\n", static_cast<long>(layers[i].index), h.name().c_str());
   }
-  std::printf("decode      %zu sequences, %ld tokens through layers %ld:%ld on the host backend\n",
-              inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last));
+  std::printf("decode      %zu sequences, %ld tokens through layers %ld:%ld on the %s backend\n",
+              inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last),
+              std::string(policy::backend_name(backend)).c_str());
   std::printf("time        load %.3f s, decode %.3f s\n", load_s, run_s);
   if (!o.output.empty()) {
     std::vector<io::TensorData> tensors;

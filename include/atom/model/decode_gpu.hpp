@@ -1,0 +1,20 @@
+// model/decode.hpp's decode on the GPU backend (the staging path): the layers' weights are device
+// copies (pipeline::DeviceLayerWeights, made from the loaded host weights), the caches and the
+// step's buffers live in device memory, the step's metadata is planned on the host and uploaded,
+// and each layer's output is downloaded for the record. Defined in atom::gpu.
+#pragma once
+
+#include "atom/model/decode.hpp"
+#include "atom/pipeline/device_storage.hpp"
+
+namespace atom::model {
+
+// device[i]: the device copy of layers[i].weights (with the MXFP4 weights prepared for the GEMM
+// backend of `point`).
+std::vector<LayerOutput> decode_sequences_gpu(
+    const pipeline::ModelConfig& m, const std::vector<DecodeLayer>& layers,
+    const std::vector<const pipeline::DeviceLayerWeights*>& device,
+    const std::vector<std::vector<bf16>>& inputs, policy::Point point,
+    std::int64_t dual_stream_threshold);
+
+}  // namespace atom::model
