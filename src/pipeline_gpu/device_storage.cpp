@@ -12,10 +12,12 @@ namespace {
 using policy::GemmBackend;
 using Buffers = std::vector<gpu::Buffer<std::byte>>;
 
-// A device copy of a contiguous host view, same shape.
+// A device copy of a contiguous host view, same shape; an absent view (no data: a block the layer
+// does not have) stays absent.
 template <class T, int R>
 View<std::remove_const_t<T>, R> upload(Buffers& buffers, View<T, R> host) {
   using U = std::remove_const_t<T>;
+  if (host.data == nullptr) return {};
   expect(host.contiguous(), "device copy", "host views must be contiguous");
   const auto bytes = static_cast<std::size_t>(host.numel()) * sizeof(U);
   buffers.emplace_back(bytes);
