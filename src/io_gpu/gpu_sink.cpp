@@ -13,6 +13,7 @@ namespace {
 
 constexpr std::size_t page_bytes = 4096;
 constexpr std::size_t parallel_copy_min_bytes = std::size_t{1} << 20;
+constexpr std::size_t page_table_bytes = std::size_t{2} << 20;
 
 }  // namespace
 
@@ -27,22 +28,115 @@ void check_options(const GpuSinkOptions& options) {
     throw std::invalid_argument("GpuSinkOptions::copy_threads must be at least 1");
 }
 
-GpuSink::GpuSink(GpuSinkOptions options) : options_((check_options(options), std::move(options))) {
-  staging_ = gpu::PinnedBuffer<std::byte>(options_.staging_bytes * options_.staging_slots);
-  slots_ = std::vector<Slot>(options_.staging_slots);
+std::vector<std::byte> DeviceBytes::download() const {
+  std::vector<std::byte> host(size_);
+  if (size_ > 0) gpu::copy_to_host(host.data(), data(), size_);
+  return host;
 }
 
-GpuSink::~GpuSink() {
-  // Copies still queued read the staging slots and write the device buffers: both must outlive
-  // them. A failing device is reported by the load that used it, not here.
+GpuStaging::GpuStaging(const GpuSinkOptions& options)
+    : slot_bytes_((check_options(options), options.staging_bytes)),
+      pinned_(options.staging_bytes * options.staging_slots) {
+  for (std::size_t i = 0; i < options.staging_slots; ++i)
+    events_.push_back(std::make_unique<gpu::Event>());
+  for (std::size_t w = 1; w < options.copy_threads; ++w)
+    workers_.emplace_back([this, w] { work(w); });
+}
+
+GpuStaging::~GpuStaging() {
+  {
+    const std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  start_.notify_all();
+  workers_.clear();  // joins
   try {
     stream_.synchronize();
   } catch (const gpu::GpuError&) {
   }
 }
 
+// Worker w (1..) copies part w of each job; the caller copies part 0.
+void GpuStaging::work(std::size_t worker) {
+  std::uint64_t seen = 0;
+  for (;;) {
+    std::unique_lock lock(mutex_);
+    start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
+    std::byte* dst = job_dst_;
+    const std::span<const std::byte> src = job_src_;
+    const std::size_t part = job_part_;
+    lock.unlock();
+    const std::size_t at = worker * part;
+    if (at < src.size()) std::memcpy(dst + at, src.data() + at, std::min(part, src.size() - at));
+    lock.lock();
+    if (--pending_ == 0) done_.notify_one();
+  }
+}
+
+void GpuStaging::copy(std::byte* dst, std::span<const std::byte> src) {
+  const std::size_t threads = workers_.size() + 1;
+  if (threads == 1 || src.size() < parallel_copy_min_bytes) {
+    std::memcpy(dst, src.data(), src.size());
+    return;
+  }
+  // Parts of whole 2 MiB (one page table of 4 KiB pages), so that no two threads fault pages of a
+  // mapping in under the same page-table lock: 1 MiB parts from 16 threads ran at half the rate
+  // of 2 MiB parts from 8 (docs/bench-notes.md). Workers without a part skip the job.
+  const std::size_t part =
+      std::max(page_table_bytes,
+               (src.size() / threads + page_table_bytes - 1) / page_table_bytes * page_table_bytes);
+  {
+    const std::lock_guard lock(mutex_);
+    job_dst_ = dst;
+    job_src_ = src;
+    job_part_ = part;
+    pending_ = workers_.size();
+    ++generation_;
+  }
+  start_.notify_all();
+  std::memcpy(dst, src.data(), std::min(part, src.size()));
+  std::unique_lock lock(mutex_);
+  done_.wait(lock, [&] { return pending_ == 0; });
+}
+
+GpuSink::GpuSink(GpuSinkOptions options, GpuStaging* staging)
+    : options_((check_options(options), std::move(options))),
+      own_staging_(staging == nullptr ? std::make_unique<GpuStaging>(options_) : nullptr),
+      staging_(staging != nullptr ? *staging : *own_staging_),
+      in_flight_(staging_.slots(), false) {
+  options_.staging_bytes = staging_.slot_bytes();
+  options_.staging_slots = staging_.slots();
+}
+
+GpuSink::~GpuSink() {
+  // Copies still queued read the staging slots and write the device buffers: both must outlive
+  // them. A failing device is reported by the load that used it, not here.
+  try {
+    staging_.stream().synchronize();
+  } catch (const gpu::GpuError&) {
+  }
+}
+
+void GpuSink::reserve(std::uint64_t bytes) {
+  reserved_ = std::make_shared<gpu::Buffer<std::byte>>(static_cast<std::size_t>(bytes));
+  reserved_used_ = 0;
+}
+
+DeviceBytes GpuSink::allocate(std::size_t bytes) {
+  constexpr std::size_t alignment = 256;
+  if (reserved_ && reserved_used_ + bytes <= reserved_->size()) {
+    DeviceBytes b(reserved_, reserved_used_, bytes);
+    reserved_used_ = std::min(reserved_->size(),
+                              (reserved_used_ + bytes + alignment - 1) / alignment * alignment);
+    return b;
+  }
+  return {std::make_shared<gpu::Buffer<std::byte>>(bytes), 0, bytes};
+}
+
 std::byte* GpuSink::slot_begin(std::size_t slot) const {
-  return staging_.data() + slot * options_.staging_bytes;
+  return staging_.slot(slot);
 }
 
 bool GpuSink::in_current_slot(std::span<const std::byte> bytes) const {
@@ -52,13 +146,11 @@ bool GpuSink::in_current_slot(std::span<const std::byte> bytes) const {
 }
 
 void GpuSink::next_slot() {
-  Slot& leaving = slots_[current_];
-  if (leaving.in_flight) leaving.drained.record(stream_);
-  current_ = (current_ + 1) % slots_.size();
-  Slot& entering = slots_[current_];
-  if (entering.in_flight) {
-    entering.drained.synchronize();
-    entering.in_flight = false;
+  if (in_flight_[current_]) staging_.drained(current_).record(staging_.stream());
+  current_ = (current_ + 1) % in_flight_.size();
+  if (in_flight_[current_]) {
+    staging_.drained(current_).synchronize();
+    in_flight_[current_] = false;
   }
   used_ = 0;
 }
@@ -70,21 +162,8 @@ std::span<std::byte> GpuSink::read_buffer(std::size_t bytes) {
   return {slot_begin(current_), bytes};
 }
 
-void GpuSink::copy_into_slot(std::byte* dst, std::span<const std::byte> src) const {
-  const std::size_t threads = options_.copy_threads;
-  if (threads == 1 || src.size() < parallel_copy_min_bytes) {
-    std::memcpy(dst, src.data(), src.size());
-    return;
-  }
-  // Page-sized parts, so that no two threads fault in the same page of a mapping.
-  const std::size_t part = (src.size() / threads + page_bytes) / page_bytes * page_bytes;
-  std::vector<std::jthread> workers;
-  workers.reserve(threads - 1);
-  for (std::size_t at = part; at < src.size(); at += part) {
-    const std::size_t n = std::min(part, src.size() - at);
-    workers.emplace_back([dst, at, n, from = src.data()] { std::memcpy(dst + at, from + at, n); });
-  }
-  std::memcpy(dst, src.data(), std::min(part, src.size()));
+void GpuSink::copy_into_slot(std::byte* dst, std::span<const std::byte> src) {
+  staging_.copy(dst, src);
 }
 
 void GpuSink::stage(std::byte* device_dst, std::span<const std::byte> src) {
@@ -93,8 +172,8 @@ void GpuSink::stage(std::byte* device_dst, std::span<const std::byte> src) {
     const std::size_t n = std::min(src.size(), options_.staging_bytes - used_);
     std::byte* slot = slot_begin(current_) + used_;
     copy_into_slot(slot, src.first(n));
-    gpu::copy_to_device_async(device_dst, slot, n, stream_);
-    slots_[current_].in_flight = true;
+    gpu::copy_to_device_async(device_dst, slot, n, staging_.stream());
+    in_flight_[current_] = true;
     used_ += n;
     device_dst += n;
     src = src.subspan(n);
@@ -116,9 +195,11 @@ void GpuSink::piece(const std::filesystem::path& file, const TensorInfo& info, s
       throw LoadError(file.string(), info.name, "already loaded from " + it->second.file.string());
     if (const auto it = host_.tensors().find(info.name); it != host_.tensors().end())
       throw LoadError(file.string(), info.name, "already loaded from " + it->second.file.string());
-    gpu::Buffer<std::byte> buffer(static_cast<std::size_t>(info.nbytes()));
     receiving_ =
-        &device_.emplace(info.name, DeviceTensor{info, file, std::move(buffer)}).first->second;
+        &device_
+             .emplace(info.name,
+                      DeviceTensor{info, file, allocate(static_cast<std::size_t>(info.nbytes()))})
+             .first->second;
   } else if (receiving_ == nullptr || receiving_->info.name != info.name) {
     throw LoadError(file.string(), info.name,
                     "piece at offset " + std::to_string(offset) + " before the tensor's start");
@@ -131,8 +212,8 @@ void GpuSink::piece(const std::filesystem::path& file, const TensorInfo& info, s
   if (bytes.empty()) return;
   std::byte* dst = t.bytes.data() + offset;
   if (in_current_slot(bytes)) {
-    gpu::copy_to_device_async(dst, bytes.data(), bytes.size(), stream_);
-    slots_[current_].in_flight = true;
+    gpu::copy_to_device_async(dst, bytes.data(), bytes.size(), staging_.stream());
+    in_flight_[current_] = true;
   } else if (options_.stage) {
     stage(dst, bytes);
   } else {
@@ -141,8 +222,8 @@ void GpuSink::piece(const std::filesystem::path& file, const TensorInfo& info, s
 }
 
 DeviceTensors GpuSink::take_device() {
-  stream_.synchronize();
-  for (Slot& s : slots_) s.in_flight = false;
+  staging_.stream().synchronize();
+  std::fill(in_flight_.begin(), in_flight_.end(), false);
   used_ = 0;
   receiving_ = nullptr;
   return std::exchange(device_, {});
@@ -157,14 +238,16 @@ void require_device_memory(const Checkpoint& checkpoint, std::uint64_t bytes) {
 }
 
 DeviceTensors load_device(const Checkpoint& checkpoint, LoadMode mode,
-                          const GpuSinkOptions& options) {
+                          const GpuSinkOptions& options, GpuStaging* staging) {
   std::uint64_t device_bytes = 0;
   for (const Shard& shard : checkpoint.shards())
     for (const TensorInfo& t : shard.header.tensors)
       if (!options.host_names.contains(t.name)) device_bytes += t.nbytes();
   require_device_memory(checkpoint, device_bytes);
-  GpuSink sink(options);
-  checkpoint.load(mode, sink, options.staging_bytes);
+  GpuSink sink(options, staging);
+  // Room for each tensor's 256-byte alignment as well.
+  sink.reserve(device_bytes + 256 * checkpoint.size());
+  checkpoint.load(mode, sink, sink.options().staging_bytes);
   return sink.take_device();
 }
 

@@ -145,6 +145,27 @@ TEST_CASE("a multi-shard checkpoint loads into the GPU on both paths", "[io][gpu
   }
 }
 
+TEST_CASE("one staging ring and copy pool serve several loads, each with the host's bytes",
+          "[io][gpu]") {
+  std::mt19937_64 rng(Catch::rngSeed() + 4);
+  GpuSinkOptions options;
+  options.staging_bytes = 64 * 4096;
+  options.staging_slots = 3;
+  options.copy_threads = 5;
+  GpuStaging staging(options);
+  for (int load = 0; load < 3; ++load)
+    for (const LoadMode mode : {LoadMode::mmap, LoadMode::read}) {
+      INFO(std::string(load_mode_name(mode)) + ", load " + std::to_string(load));
+      const ScratchDir dir;
+      const Model m = every_dtype(rng);
+      write_file(dir / "model.safetensors", m.tensors);
+      const Checkpoint c = Checkpoint::open(dir.path());
+      poison_device_pool(2 * c.data_bytes() + (std::uint64_t{8} << 20));
+      const DeviceTensors device = load_device(c, mode, {}, &staging);
+      require_same_as_host(c, mode, device, m);
+    }
+}
+
 TEST_CASE("reads larger than a staging slot go through the loader's buffer", "[io][gpu]") {
   std::mt19937_64 rng(Catch::rngSeed() + 2);
   const ScratchDir dir;

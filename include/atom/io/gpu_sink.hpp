@@ -1,18 +1,25 @@
 // Loading checkpoints straight into device memory. The loader's pieces go through a ring of
-// pinned staging slots and are copied to per-tensor device buffers by asynchronous copies on a
-// copy stream, so reading the file (the read() calls, or the first touch of the mapping) runs while
-// the previous slots cross the link. On the read path the file is read straight into the slots;
-// on the mmap path each tensor's view of the mapping is copied into them in slot-sized parts. A
-// slot is reused only after the event recorded behind its copies has passed.
+// pinned staging slots and are copied to device memory by asynchronous copies on a copy stream,
+// so reading the file (the read() calls, or the first touch of the mapping) runs while the
+// previous slots cross the link. On the read path the file is read straight into the slots; on
+// the mmap path each tensor's view of the mapping is copied into them in slot-sized parts by a
+// pool of copy threads. A slot is reused only after the event recorded behind its copies has
+// passed. The ring and the pool (GpuStaging) can outlive a load, so that repeated loads pay for
+// pinning and thread start-up once; load_device() puts all tensors of a load in one device
+// allocation.
 #pragma once
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "atom/gpu/device.hpp"
@@ -22,10 +29,29 @@
 
 namespace atom::io {
 
+// A tensor's bytes in device memory: a part of an allocation it shares with the other tensors of
+// its load (freed with the last of them).
+class DeviceBytes {
+ public:
+  DeviceBytes() = default;
+  DeviceBytes(std::shared_ptr<gpu::Buffer<std::byte>> allocation, std::size_t offset,
+              std::size_t size)
+      : allocation_(std::move(allocation)), offset_(offset), size_(size) {}
+
+  std::byte* data() const { return allocation_ ? allocation_->data() + offset_ : nullptr; }
+  std::size_t size() const { return size_; }
+  std::vector<std::byte> download() const;
+
+ private:
+  std::shared_ptr<gpu::Buffer<std::byte>> allocation_;
+  std::size_t offset_ = 0;
+  std::size_t size_ = 0;
+};
+
 struct DeviceTensor {
   TensorInfo info;
   std::filesystem::path file;
-  gpu::Buffer<std::byte> bytes;  // info.nbytes() bytes of device memory
+  DeviceBytes bytes;  // info.nbytes() bytes of device memory
 };
 
 using DeviceTensors = std::map<std::string, DeviceTensor, std::less<>>;
@@ -37,9 +63,9 @@ struct GpuSinkOptions {
   std::size_t staging_bytes = std::size_t{16} << 20;
   // Slots in the ring: 2 overlaps one read with one copy.
   std::size_t staging_slots = 2;
-  // Host threads that copy a piece into a slot; the mmap path is bound by that copy (page faults
-  // on the mapping), which scaled from 1 to 2 threads and little beyond 4. Pieces under 1 MiB are
-  // copied by the calling thread.
+  // Host threads (the calling one included) that copy a piece into a slot; the mmap path is
+  // bound by that copy (page faults on the mapping). Pieces under 1 MiB are copied by the calling
+  // thread alone.
   std::size_t copy_threads = 4;
   // false: pieces that were not read into a slot (the mmap path's views) are copied with
   // synchronous copies from pageable memory, through the runtime's own staging, instead.
@@ -53,12 +79,50 @@ struct GpuSinkOptions {
 // smaller than a page, zero threads).
 void check_options(const GpuSinkOptions& options);
 
+// The pinned staging ring, its copy stream and events, and the pool of copy threads: what a sink
+// needs besides its destination. Made once and handed to several sinks (one at a time), it keeps
+// the pinned memory and the threads across loads.
+class GpuStaging {
+ public:
+  explicit GpuStaging(const GpuSinkOptions& options = {});
+  ~GpuStaging();
+  GpuStaging(const GpuStaging&) = delete;
+  GpuStaging& operator=(const GpuStaging&) = delete;
+
+  std::size_t slot_bytes() const { return slot_bytes_; }
+  std::size_t slots() const { return events_.size(); }
+  std::byte* slot(std::size_t i) const { return pinned_.data() + i * slot_bytes_; }
+  gpu::Event& drained(std::size_t i) { return *events_[i]; }
+  gpu::Stream& stream() { return stream_; }
+  // Copies src to dst with every thread of the pool, in page-sized parts.
+  void copy(std::byte* dst, std::span<const std::byte> src);
+
+ private:
+  void work(std::size_t worker);
+
+  std::size_t slot_bytes_;
+  gpu::PinnedBuffer<std::byte> pinned_;
+  std::vector<std::unique_ptr<gpu::Event>> events_;
+  gpu::Stream stream_;
+  // The pool: workers wait for a job (generation), copy their parts, count down `pending`.
+  std::mutex mutex_;
+  std::condition_variable start_, done_;
+  std::uint64_t generation_ = 0;
+  std::size_t pending_ = 0;
+  bool stop_ = false;
+  std::byte* job_dst_ = nullptr;
+  std::span<const std::byte> job_src_;
+  std::size_t job_part_ = 0;
+  std::vector<std::jthread> workers_;
+};
+
 // A TensorSink into device memory (and host memory for options.host_names). A name seen twice is
 // a LoadError naming both files. Destroying the sink waits for its copies in flight and frees
 // everything it allocated, so a load that throws leaves no device memory behind.
 class GpuSink final : public TensorSink {
  public:
-  explicit GpuSink(GpuSinkOptions options = {});
+  // Uses `staging` (which must outlive the sink and its copies) or, when null, a ring of its own.
+  explicit GpuSink(GpuSinkOptions options = {}, GpuStaging* staging = nullptr);
   ~GpuSink() override;
   GpuSink(const GpuSink&) = delete;
   GpuSink& operator=(const GpuSink&) = delete;
@@ -68,27 +132,28 @@ class GpuSink final : public TensorSink {
   std::span<std::byte> read_buffer(std::size_t bytes) override;
 
   const GpuSinkOptions& options() const { return options_; }
+  // One device allocation of `bytes` that the device tensors are carved from in arrival order
+  // (each at a 256-byte boundary); without it, each tensor gets an allocation of its own.
+  void reserve(std::uint64_t bytes);
   // Waits until every queued copy has landed and hands over the device tensors.
   DeviceTensors take_device();
   HostTensors& host_tensors() { return host_.tensors(); }
 
  private:
-  struct Slot {
-    gpu::Event drained;  // recorded behind the slot's copies when the ring moves past it
-    bool in_flight = false;
-  };
-
   std::byte* slot_begin(std::size_t slot) const;
   bool in_current_slot(std::span<const std::byte> bytes) const;
   // Leaves the current slot (recording its event) and waits until the next one is free.
   void next_slot();
   void stage(std::byte* device_dst, std::span<const std::byte> src);
-  void copy_into_slot(std::byte* dst, std::span<const std::byte> src) const;
+  void copy_into_slot(std::byte* dst, std::span<const std::byte> src);
+  DeviceBytes allocate(std::size_t bytes);
 
   GpuSinkOptions options_;
-  gpu::Stream stream_;
-  gpu::PinnedBuffer<std::byte> staging_;
-  std::vector<Slot> slots_;
+  std::unique_ptr<GpuStaging> own_staging_;
+  GpuStaging& staging_;
+  std::vector<bool> in_flight_;  // per slot: copies read it since its event was last waited on
+  std::shared_ptr<gpu::Buffer<std::byte>> reserved_;
+  std::size_t reserved_used_ = 0;
   std::size_t current_ = 0;
   std::size_t used_ = 0;  // bytes of the current slot that queued copies read
   DeviceTensors device_;
@@ -100,9 +165,10 @@ class GpuSink final : public TensorSink {
 // `bytes` of free memory.
 void require_device_memory(const Checkpoint& checkpoint, std::uint64_t bytes);
 
-// Loads every tensor of the checkpoint into device memory. Throws LoadError before reading any
-// data when the device lacks the free memory for it.
+// Loads every tensor of the checkpoint into one device allocation, through `staging` when given
+// (its slot size and count win over the options'). Throws LoadError before reading any data when
+// the device lacks the free memory for it.
 DeviceTensors load_device(const Checkpoint& checkpoint, LoadMode mode,
-                          const GpuSinkOptions& options = {});
+                          const GpuSinkOptions& options = {}, GpuStaging* staging = nullptr);
 
 }  // namespace atom::io
