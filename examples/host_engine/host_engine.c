@@ -106,7 +106,8 @@ static int run_step(const atom_plugin_registration* r, const char* kind, int64_t
   cache = calloc(need.mla_cache + 1, sizeof *cache);
   if (!positions || !slots || !context_lens || !block_table || !x || !residual || !out || !cache)
     goto done;
-  for (t = 0; t < tokens; ++t) {
+  /* The decode metadata, for pipelines that read a batch (a MoE block alone does not). */
+  for (t = 0; t < tokens && need.block_table > 0; ++t) {
     const int64_t len = 5 + 9 * t;
     int64_t b;
     context_lens[t] = (int32_t)len;

@@ -224,9 +224,18 @@ std::string table_unit(const std::vector<Instance>& list) {
       std::ostringstream key;
       key << "      {0x" << std::hex << i->key << "u,";
       const std::string name = "\"" + i->name + "\",";
-      // Key and name share a line when they fit, as clang-format packs them.
-      o << key.str() << (key.str().size() + 1 + name.size() <= column_limit ? " " : "\n       ")
-        << name << "\n       &" << cpp_identifier(i->name) << "},\n";
+      const std::string run = "&" + cpp_identifier(i->name) + "},";
+      // As clang-format packs a row: on one line when it fits, else the key and the name, or the
+      // name and the function, share a line when they fit.
+      const std::size_t k = key.str().size();
+      if (k + 1 + name.size() + 1 + run.size() <= column_limit)
+        o << key.str() << " " << name << " " << run << "\n";
+      else if (k + 1 + name.size() <= column_limit)
+        o << key.str() << " " << name << "\n       " << run << "\n";
+      else if (7 + name.size() + 1 + run.size() <= column_limit)
+        o << key.str() << "\n       " << name << " " << run << "\n";
+      else
+        o << key.str() << "\n       " << name << "\n       " << run << "\n";
     }
     o << "  };\n  return rows;\n}\n";
   }

@@ -1,0 +1,45 @@
+#!/bin/sh
+# Runs every GPU test binary of a build under compute-sanitizer's memcheck, racecheck, synccheck
+# and initcheck, each binary whole (all its test cases) once per tool. Exits 1 when any run
+# reports an error or fails, after running them all; prints one line per binary and tool.
+#
+#   tools/gpu-sanitize/run.sh [BUILD_DIR] [TOOLS...]     (default: build, all four tools)
+#   tools/gpu-sanitize/run.sh --binaries DIR [TOOLS...]  (every test_gpu*/test_*_gpu in DIR)
+#
+# Logs go to $GPU_SANITIZE_LOGS (default: ./gpu-sanitize-logs), one per binary and tool.
+set -u
+if [ "${1:-}" = "--binaries" ]; then
+  bins=$(ls "$2"/test_gpu* "$2"/test_*_gpu 2>/dev/null | sort -u)
+  shift 2
+else
+  build=${1:-build}
+  [ $# -gt 0 ] && shift
+  bins=$(ctest --test-dir "$build" -L gpu -N -V 2>/dev/null |
+         sed -n 's/^[0-9]*: Test command: \([^ ]*\).*/\1/p' | sort -u)
+fi
+tools=${*:-memcheck racecheck synccheck initcheck}
+logs=${GPU_SANITIZE_LOGS:-gpu-sanitize-logs}
+mkdir -p "$logs"
+if [ -z "$bins" ]; then
+  echo "gpu-sanitize: no GPU test binaries found" >&2
+  exit 1
+fi
+status=0
+for bin in $bins; do
+  for tool in $tools; do
+    extra=""
+    [ "$tool" = memcheck ] && extra="--leak-check full"
+    log="$logs/$(basename "$bin").$tool.log"
+    # shellcheck disable=SC2086
+    compute-sanitizer --tool "$tool" $extra --error-exitcode 99 "$bin" > "$log" 2>&1
+    rc=$?
+    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    if [ $rc -eq 0 ]; then
+      echo "clean   $(basename "$bin") $tool: $summary"
+    else
+      echo "FAILED  $(basename "$bin") $tool (exit $rc): $summary, see $log"
+      status=1
+    fi
+  done
+done
+exit $status
