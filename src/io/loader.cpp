@@ -177,6 +177,7 @@ void load_file(const std::filesystem::path& path, LoadMode mode, TensorSink& sin
     map.advise_sequential();
     for (const auto& t : header.tensors)
       sink.piece(path, t, 0, {map.data() + header.data_start() + t.begin, t.nbytes()});
+    sink.file_end(path);
     return;
   }
 
@@ -224,6 +225,8 @@ void load_file(const std::filesystem::path& path, LoadMode mode, TensorSink& sin
     }
   }
 }
+
+void TensorSink::file_end(const std::filesystem::path&) {}
 
 std::span<std::byte> TensorSink::read_buffer(std::size_t) {
   return {};

@@ -12,8 +12,6 @@ namespace atom::io {
 namespace {
 
 constexpr std::size_t page_bytes = 4096;
-constexpr std::size_t parallel_copy_min_bytes = std::size_t{1} << 20;
-constexpr std::size_t page_table_bytes = std::size_t{2} << 20;
 
 }  // namespace
 
@@ -26,6 +24,10 @@ void check_options(const GpuSinkOptions& options) {
                                 std::to_string(options.staging_bytes));
   if (options.copy_threads == 0)
     throw std::invalid_argument("GpuSinkOptions::copy_threads must be at least 1");
+  if (options.lane_bytes < page_bytes || options.lane_bytes % page_bytes != 0)
+    throw std::invalid_argument("GpuSinkOptions::lane_bytes must be a positive multiple of " +
+                                std::to_string(page_bytes) + ", got " +
+                                std::to_string(options.lane_bytes));
 }
 
 std::vector<std::byte> DeviceBytes::download() const {
@@ -34,13 +36,26 @@ std::vector<std::byte> DeviceBytes::download() const {
   return host;
 }
 
+struct GpuStaging::Lane {
+  explicit Lane(std::size_t bytes) : buffers(2 * bytes) {}
+  gpu::PinnedBuffer<std::byte> buffers;
+  gpu::Event events[2];
+  bool used[2] = {false, false};
+  gpu::Stream stream;
+  int next = 0;
+};
+
 GpuStaging::GpuStaging(const GpuSinkOptions& options)
     : slot_bytes_((check_options(options), options.staging_bytes)),
-      pinned_(options.staging_bytes * options.staging_slots) {
+      pinned_(options.staging_bytes * options.staging_slots),
+      lane_bytes_(options.lane_bytes) {
   for (std::size_t i = 0; i < options.staging_slots; ++i)
     events_.push_back(std::make_unique<gpu::Event>());
-  for (std::size_t w = 1; w < options.copy_threads; ++w)
-    workers_.emplace_back([this, w] { work(w); });
+  if (options.copy_threads > 1) {
+    for (std::size_t i = 0; i < options.copy_threads; ++i)
+      lanes_.push_back(std::make_unique<Lane>(lane_bytes_));
+    for (auto& lane : lanes_) workers_.emplace_back([this, l = lane.get()] { work(*l); });
+  }
 }
 
 GpuStaging::~GpuStaging() {
@@ -48,57 +63,62 @@ GpuStaging::~GpuStaging() {
     const std::lock_guard lock(mutex_);
     stop_ = true;
   }
-  start_.notify_all();
+  queued_.notify_all();
   workers_.clear();  // joins
   try {
+    synchronize();
     stream_.synchronize();
   } catch (const gpu::GpuError&) {
   }
 }
 
-// Worker w (1..) copies part w of each job; the caller copies part 0.
-void GpuStaging::work(std::size_t worker) {
-  std::uint64_t seen = 0;
+void GpuStaging::work(Lane& lane) {
   for (;;) {
-    std::unique_lock lock(mutex_);
-    start_.wait(lock, [&] { return stop_ || generation_ != seen; });
-    if (stop_) return;
-    seen = generation_;
-    std::byte* dst = job_dst_;
-    const std::span<const std::byte> src = job_src_;
-    const std::size_t part = job_part_;
-    lock.unlock();
-    const std::size_t at = worker * part;
-    if (at < src.size()) std::memcpy(dst + at, src.data() + at, std::min(part, src.size() - at));
-    lock.lock();
-    if (--pending_ == 0) done_.notify_one();
+    Job job;
+    {
+      std::unique_lock lock(mutex_);
+      queued_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stopping
+      job = jobs_.front();
+      jobs_.pop_front();
+    }
+    try {
+      const int b = lane.next;
+      lane.next = 1 - b;
+      if (lane.used[b]) lane.events[b].synchronize();  // its previous copy has left the buffer
+      std::byte* buffer = lane.buffers.data() + static_cast<std::size_t>(b) * lane_bytes_;
+      std::memcpy(buffer, job.src, job.n);
+      gpu::copy_to_device_async(job.dst, buffer, job.n, lane.stream);
+      lane.events[b].record(lane.stream);
+      lane.used[b] = true;
+    } catch (...) {
+      const std::lock_guard lock(mutex_);
+      if (!failure_) failure_ = std::current_exception();
+    }
+    const std::lock_guard lock(mutex_);
+    if (--unread_ == 0) read_.notify_all();
   }
 }
 
-void GpuStaging::copy(std::byte* dst, std::span<const std::byte> src) {
-  const std::size_t threads = workers_.size() + 1;
-  if (threads == 1 || src.size() < parallel_copy_min_bytes) {
-    std::memcpy(dst, src.data(), src.size());
-    return;
-  }
-  // Parts of whole 2 MiB (one page table of 4 KiB pages), so that no two threads fault pages of a
-  // mapping in under the same page-table lock: 1 MiB parts from 16 threads ran at half the rate
-  // of 2 MiB parts from 8 (docs/bench-notes.md). Workers without a part skip the job.
-  const std::size_t part =
-      std::max(page_table_bytes,
-               (src.size() / threads + page_table_bytes - 1) / page_table_bytes * page_table_bytes);
+void GpuStaging::enqueue(std::byte* device_dst, std::span<const std::byte> src) {
   {
     const std::lock_guard lock(mutex_);
-    job_dst_ = dst;
-    job_src_ = src;
-    job_part_ = part;
-    pending_ = workers_.size();
-    ++generation_;
+    for (std::size_t at = 0; at < src.size(); at += lane_bytes_) {
+      jobs_.push_back({device_dst + at, src.data() + at, std::min(lane_bytes_, src.size() - at)});
+      ++unread_;
+    }
   }
-  start_.notify_all();
-  std::memcpy(dst, src.data(), std::min(part, src.size()));
+  queued_.notify_all();
+}
+
+void GpuStaging::wait_read() {
   std::unique_lock lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  read_.wait(lock, [&] { return unread_ == 0; });
+  if (failure_) std::rethrow_exception(std::exchange(failure_, nullptr));
+}
+
+void GpuStaging::synchronize() {
+  for (auto& lane : lanes_) lane->stream.synchronize();
 }
 
 GpuSink::GpuSink(GpuSinkOptions options, GpuStaging* staging)
@@ -111,12 +131,18 @@ GpuSink::GpuSink(GpuSinkOptions options, GpuStaging* staging)
 }
 
 GpuSink::~GpuSink() {
-  // Copies still queued read the staging slots and write the device buffers: both must outlive
-  // them. A failing device is reported by the load that used it, not here.
+  // Copies still queued read the staging memory (and the mapping) and write the device buffers:
+  // all must outlive them. A failure is reported by the load that met it, not here.
   try {
+    staging_.wait_read();
+    staging_.synchronize();
     staging_.stream().synchronize();
-  } catch (const gpu::GpuError&) {
+  } catch (const std::exception&) {
   }
+}
+
+void GpuSink::file_end(const std::filesystem::path&) {
+  if (staging_.has_lanes()) staging_.wait_read();
 }
 
 void GpuSink::reserve(std::uint64_t bytes) {
@@ -156,6 +182,7 @@ void GpuSink::next_slot() {
 }
 
 std::span<std::byte> GpuSink::read_buffer(std::size_t bytes) {
+  read_path_ = true;
   if (bytes > options_.staging_bytes) return {};
   next_slot();
   used_ = options_.staging_bytes;  // the whole slot belongs to this chunk's pieces
@@ -163,10 +190,16 @@ std::span<std::byte> GpuSink::read_buffer(std::size_t bytes) {
 }
 
 void GpuSink::copy_into_slot(std::byte* dst, std::span<const std::byte> src) {
-  staging_.copy(dst, src);
+  std::memcpy(dst, src.data(), src.size());
 }
 
 void GpuSink::stage(std::byte* device_dst, std::span<const std::byte> src) {
+  if (staging_.has_lanes()) {
+    staging_.enqueue(device_dst, src);
+    // The read path's pieces live only during piece(); the mapping's until file_end().
+    if (read_path_) staging_.wait_read();
+    return;
+  }
   while (!src.empty()) {
     if (used_ == options_.staging_bytes) next_slot();
     const std::size_t n = std::min(src.size(), options_.staging_bytes - used_);
@@ -222,6 +255,8 @@ void GpuSink::piece(const std::filesystem::path& file, const TensorInfo& info, s
 }
 
 DeviceTensors GpuSink::take_device() {
+  staging_.wait_read();
+  staging_.synchronize();
   staging_.stream().synchronize();
   std::fill(in_flight_.begin(), in_flight_.end(), false);
   used_ = 0;

@@ -102,6 +102,8 @@ class Mxfp4Sink final : public TensorSink {
   }
 
   std::span<std::byte> read_buffer(std::size_t bytes) override { return gpu_.read_buffer(bytes); }
+  // The device sink's copies may still read the mapping: it must hear that the file ends.
+  void file_end(const std::filesystem::path& file) override { gpu_.file_end(file); }
 
   DeviceWeights take() {
     if (!complete_.empty()) {

@@ -2,6 +2,7 @@
 // both paths give the same bytes.
 #include <catch2/catch.hpp>
 
+#include <map>
 #include <random>
 
 #include "atom/io/checkpoint.hpp"
@@ -75,6 +76,48 @@ TEST_CASE("a sharded checkpoint loads identically on both paths") {
   // The index file itself and a single shard open as checkpoints too.
   CHECK(Checkpoint::open(index).size() == m.tensors.size());
   CHECK(Checkpoint::open(c.shards()[0].path).shards().size() == 1);
+}
+
+TEST_CASE("the mmap path ends each file after its last piece, while its pieces are valid") {
+  // A sink that reads every piece only when the file ends (as a GPU sink's copy threads may).
+  class Deferred final : public TensorSink {
+   public:
+    void piece(const std::filesystem::path& file, const TensorInfo& info, std::uint64_t,
+               std::span<const std::byte> bytes) override {
+      pending_.push_back({file, info.name, bytes});
+    }
+    void file_end(const std::filesystem::path& file) override {
+      ends.push_back(file);
+      for (const auto& p : pending_) {
+        CHECK(p.file == file);
+        copies[p.name].assign(p.bytes.begin(), p.bytes.end());
+      }
+      pending_.clear();
+    }
+    std::vector<std::filesystem::path> ends;
+    std::map<std::string, std::vector<std::byte>> copies;
+
+   private:
+    struct Pending {
+      std::filesystem::path file;
+      std::string name;
+      std::span<const std::byte> bytes;
+    };
+    std::vector<Pending> pending_;
+  };
+  std::mt19937_64 rng(Catch::rngSeed() + 7);
+  const Model m = random_model(rng, 5);
+  ScratchDir dir;
+  write_sharded(dir.path(), m.tensors, 3000);
+  const Checkpoint c = Checkpoint::open(dir.path());
+  Deferred sink;
+  c.load(LoadMode::mmap, sink);
+  REQUIRE(sink.ends.size() == c.shards().size());
+  for (std::size_t i = 0; i < c.shards().size(); ++i) CHECK(sink.ends[i] == c.shards()[i].path);
+  for (const auto& t : m.tensors) CHECK(same_bytes(sink.copies.at(t.name), t.bytes));
+  Deferred reads;  // the read path has no file_end: its pieces are valid only during piece()
+  c.load(LoadMode::read, reads);
+  CHECK(reads.ends.empty());
 }
 
 TEST_CASE("a folder with model.safetensors is a single-file checkpoint") {

@@ -152,6 +152,7 @@ TEST_CASE("one staging ring and copy pool serve several loads, each with the hos
   options.staging_bytes = 64 * 4096;
   options.staging_slots = 3;
   options.copy_threads = 5;
+  options.lane_bytes = 4 * 4096;  // many parts per tensor, lanes taking them in turn
   GpuStaging staging(options);
   for (int load = 0; load < 3; ++load)
     for (const LoadMode mode : {LoadMode::mmap, LoadMode::read}) {

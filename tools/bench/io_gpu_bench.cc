@@ -213,32 +213,29 @@ int main(int argc, char** argv) {
                     },
                     [&] { device.clear(); }));
   }
-  // The staging ring and copy pool kept across loads (made once, outside the timing), as a
-  // loader that loads more than once keeps them; the copy threads up to the host's cores.
+  // The staging kept across loads (made once, outside the timing), as a loader that loads more
+  // than once keeps it: copy lanes of `threads` threads with two buffers of `lane_mb` each.
   const std::size_t cores = std::max(1u, std::thread::hardware_concurrency());
   struct Kept {
     LoadMode mode;
-    std::size_t slot_mb;
-    std::size_t slots;
+    std::size_t lane_mb;
     std::size_t threads;
   };
   const std::vector<Kept> kept = {
-      {LoadMode::mmap, 16, 4, 8},     {LoadMode::mmap, 16, 8, 8},
-      {LoadMode::mmap, 32, 4, cores}, {LoadMode::mmap, 32, 8, cores},
-      {LoadMode::mmap, 64, 4, cores}, {LoadMode::mmap, 16, 4, cores},
-      {LoadMode::read, 16, 4, 1},
+      {LoadMode::mmap, 2, 4},     {LoadMode::mmap, 2, 8},     {LoadMode::mmap, 2, cores},
+      {LoadMode::mmap, 1, cores}, {LoadMode::mmap, 4, cores}, {LoadMode::mmap, 1, 2 * cores},
+      {LoadMode::read, 2, 1},
   };
   for (const Kept& v : kept) {
     GpuSinkOptions options;
-    options.staging_bytes = v.slot_mb << 20;
-    options.staging_slots = v.slots;
+    options.lane_bytes = v.lane_mb << 20;
     options.copy_threads = v.threads;
     GpuStaging staging(options);
-    device = load_device(c, v.mode, options, &staging);  // warm: first touch of the ring
+    device = load_device(c, v.mode, options, &staging);  // warm: first touch of the buffers
     device.clear();
     char what[128];
-    std::snprintf(what, sizeof what, "GPU: %s, %zu x %zu MiB kept slots, %zu threads",
-                  std::string(load_mode_name(v.mode)).c_str(), v.slots, v.slot_mb, v.threads);
+    std::snprintf(what, sizeof what, "GPU: %s, kept, %zu lanes x 2 x %zu MiB",
+                  std::string(load_mode_name(v.mode)).c_str(), v.threads, v.lane_mb);
     print(what, rates(
                     o.runs, gb,
                     [&] {

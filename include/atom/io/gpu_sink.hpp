@@ -9,9 +9,12 @@
 // allocation.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -63,10 +66,18 @@ struct GpuSinkOptions {
   std::size_t staging_bytes = std::size_t{16} << 20;
   // Slots in the ring: 2 overlaps one read with one copy.
   std::size_t staging_slots = 2;
-  // Host threads (the calling one included) that copy a piece into a slot; the mmap path is
-  // bound by that copy (page faults on the mapping). Pieces under 1 MiB are copied by the calling
-  // thread alone.
-  std::size_t copy_threads = 4;
+  // Copy lanes of the mmap path (threads that each copy parts of the mapping into pinned buffers
+  // of their own and on to the device); 1: the calling thread copies through the ring instead.
+  // The mmap path is bound by that host copy (page faults on the mapping): 16 lanes of 2 x 4 MiB
+  // were the fastest measured on a 16-core H200 host (docs/bench-notes.md), 4 lanes reached 2/3.
+  std::size_t copy_threads = default_copy_threads();
+  // Bytes per lane buffer (each lane has two).
+  std::size_t lane_bytes = std::size_t{4} << 20;
+
+  // The host's hardware threads, at most 16.
+  static std::size_t default_copy_threads() {
+    return std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 16);
+  }
   // false: pieces that were not read into a slot (the mmap path's views) are copied with
   // synchronous copies from pageable memory, through the runtime's own staging, instead.
   bool stage = true;
@@ -79,9 +90,12 @@ struct GpuSinkOptions {
 // smaller than a page, zero threads).
 void check_options(const GpuSinkOptions& options);
 
-// The pinned staging ring, its copy stream and events, and the pool of copy threads: what a sink
-// needs besides its destination. Made once and handed to several sinks (one at a time), it keeps
-// the pinned memory and the threads across loads.
+// What a sink needs besides its destination: the pinned staging ring of the read path (slots, their
+// events, one copy stream) and the copy lanes of the mmap path. A lane is a thread with two pinned
+// buffers and a stream of its own: queued copies are cut into lane-sized parts that the lanes take
+// in turn, each copying its part from the mapping into a buffer and from there to the device, so
+// no thread waits for another. Made once and handed to several sinks (one at a time), it keeps the
+// pinned memory and the threads across loads.
 class GpuStaging {
  public:
   explicit GpuStaging(const GpuSinkOptions& options = {});
@@ -94,25 +108,37 @@ class GpuStaging {
   std::byte* slot(std::size_t i) const { return pinned_.data() + i * slot_bytes_; }
   gpu::Event& drained(std::size_t i) { return *events_[i]; }
   gpu::Stream& stream() { return stream_; }
-  // Copies src to dst with every thread of the pool, in page-sized parts.
-  void copy(std::byte* dst, std::span<const std::byte> src);
+
+  // One lane per copy thread when options.copy_threads > 1; none otherwise.
+  bool has_lanes() const { return !lanes_.empty(); }
+  // Queues the copy of src (host memory that stays valid until wait_read()) to device_dst.
+  void enqueue(std::byte* device_dst, std::span<const std::byte> src);
+  // Waits until every queued source has been read; rethrows a lane's failure.
+  void wait_read();
+  // Waits until every queued copy has landed on the device.
+  void synchronize();
 
  private:
-  void work(std::size_t worker);
+  struct Lane;
+  struct Job {
+    std::byte* dst;
+    const std::byte* src;
+    std::size_t n;
+  };
+  void work(Lane& lane);
 
   std::size_t slot_bytes_;
   gpu::PinnedBuffer<std::byte> pinned_;
   std::vector<std::unique_ptr<gpu::Event>> events_;
   gpu::Stream stream_;
-  // The pool: workers wait for a job (generation), copy their parts, count down `pending`.
+  std::size_t lane_bytes_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
   std::mutex mutex_;
-  std::condition_variable start_, done_;
-  std::uint64_t generation_ = 0;
-  std::size_t pending_ = 0;
+  std::condition_variable queued_, read_;
+  std::deque<Job> jobs_;
+  std::size_t unread_ = 0;  // jobs queued or being copied out of their source
   bool stop_ = false;
-  std::byte* job_dst_ = nullptr;
-  std::span<const std::byte> job_src_;
-  std::size_t job_part_ = 0;
+  std::exception_ptr failure_;
   std::vector<std::jthread> workers_;
 };
 
@@ -130,6 +156,7 @@ class GpuSink final : public TensorSink {
   void piece(const std::filesystem::path& file, const TensorInfo& info, std::uint64_t offset,
              std::span<const std::byte> bytes) override;
   std::span<std::byte> read_buffer(std::size_t bytes) override;
+  void file_end(const std::filesystem::path& file) override;
 
   const GpuSinkOptions& options() const { return options_; }
   // One device allocation of `bytes` that the device tensors are carved from in arrival order
@@ -154,6 +181,7 @@ class GpuSink final : public TensorSink {
   std::vector<bool> in_flight_;  // per slot: copies read it since its event was last waited on
   std::shared_ptr<gpu::Buffer<std::byte>> reserved_;
   std::size_t reserved_used_ = 0;
+  bool read_path_ = false;  // read_buffer() was called: pieces are valid only during piece()
   std::size_t current_ = 0;
   std::size_t used_ = 0;  // bytes of the current slot that queued copies read
   DeviceTensors device_;

@@ -91,6 +91,11 @@ class TensorSink {
   // from that chunk is delivered before the next call. An empty span (the default), or one
   // shorter than `bytes`, leaves the read to the loader's own staging buffer.
   virtual std::span<std::byte> read_buffer(std::size_t bytes);
+  // mmap path only: every piece of `file` has been delivered, and the mapping the pieces view is
+  // about to go away. A sink may keep using a piece's bytes until this returns (a GPU sink's copy
+  // threads read them in the background); on the read path pieces are valid only during piece().
+  // A sink that hands pieces on to another sink hands this on too.
+  virtual void file_end(const std::filesystem::path& file);
 };
 
 inline constexpr std::size_t default_chunk_bytes = std::size_t{16} << 20;
