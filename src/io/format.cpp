@@ -120,6 +120,26 @@ std::optional<Dtype> dtype_from_name(std::string_view name) {
   return std::nullopt;
 }
 
+std::vector<float> float_values(Dtype d, std::span<const std::byte> bytes) {
+  std::vector<float> out;
+  if (d == Dtype::F32) {
+    out.resize(bytes.size() / 4);
+    std::memcpy(out.data(), bytes.data(), out.size() * 4);
+  } else if (d == Dtype::BF16) {
+    out.resize(bytes.size() / 2);
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      std::uint16_t b;
+      std::memcpy(&b, bytes.data() + 2 * i, 2);
+      const std::uint32_t f = std::uint32_t{b} << 16;
+      std::memcpy(&out[i], &f, 4);
+    }
+  } else {
+    throw std::invalid_argument("float_values: dtype " + std::string(dtype_name(d)) +
+                                " is not BF16 or F32");
+  }
+  return out;
+}
+
 unsigned dtype_bits(Dtype d) {
   return dtype_specs.at(static_cast<std::size_t>(d)).bits;
 }

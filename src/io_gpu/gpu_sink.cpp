@@ -189,10 +189,6 @@ std::span<std::byte> GpuSink::read_buffer(std::size_t bytes) {
   return {slot_begin(current_), bytes};
 }
 
-void GpuSink::copy_into_slot(std::byte* dst, std::span<const std::byte> src) {
-  std::memcpy(dst, src.data(), src.size());
-}
-
 void GpuSink::stage(std::byte* device_dst, std::span<const std::byte> src) {
   if (staging_.has_lanes()) {
     staging_.enqueue(device_dst, src);
@@ -204,7 +200,7 @@ void GpuSink::stage(std::byte* device_dst, std::span<const std::byte> src) {
     if (used_ == options_.staging_bytes) next_slot();
     const std::size_t n = std::min(src.size(), options_.staging_bytes - used_);
     std::byte* slot = slot_begin(current_) + used_;
-    copy_into_slot(slot, src.first(n));
+    std::memcpy(slot, src.data(), n);
     gpu::copy_to_device_async(device_dst, slot, n, staging_.stream());
     in_flight_[current_] = true;
     used_ += n;

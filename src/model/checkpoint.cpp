@@ -5,9 +5,9 @@
 #include <string_view>
 #include <vector>
 
-#include "../pipeline/quantize_weights.hpp"
+#include "../pipeline/weight_memory.hpp"
 #include "atom/model/hf_config.hpp"
-#include "atom/ops/rope.hpp"
+#include "atom/ops/quant.hpp"
 
 namespace atom::model {
 
@@ -16,16 +16,9 @@ namespace {
 using io::Dtype;
 using io::LoadError;
 using pipeline::ModelConfig;
+using pipeline::detail::alloc;
+using pipeline::detail::Buffers;
 using policy::WeightFormat;
-using Buffers = std::vector<std::unique_ptr<std::byte[]>>;
-
-template <class T, class... Extent>
-View<T, static_cast<int>(sizeof...(Extent))> alloc(Buffers& buffers, Extent... extent) {
-  index_t n = 1;
-  ((n *= static_cast<index_t>(extent)), ...);
-  buffers.push_back(std::make_unique<std::byte[]>(static_cast<std::size_t>(n) * sizeof(T)));
-  return make_view(reinterpret_cast<T*>(buffers.back().get()), extent...);
-}
 
 std::string shape_text(const std::vector<std::uint64_t>& shape) {
   std::string s = "[";
@@ -56,13 +49,19 @@ namespace {
 // Reads one layer's tensors, checking each against what the model implies.
 class LayerReader {
  public:
+  // Modules (names under the layer) and their rows, in the order atom stacks them.
+  using Parts = std::vector<std::pair<std::string, index_t>>;
+
   LayerReader(const ModelConfig& m, const io::Checkpoint& c, HfCheckpoint::Files& files,
               index_t layer, Buffers& buffers)
       : m_(m),
         c_(c),
         files_(files),
         prefix_("model.layers." + std::to_string(layer) + "."),
-        b_(buffers) {}
+        b_(buffers) {
+    for (const auto& p : m.quant.unquantized)
+      if (p.regex) patterns_.emplace_back(p.text);
+  }
 
   // A tensor of the layer that must exist.
   const io::TensorInfo& info(const std::string& name) const {
@@ -95,18 +94,11 @@ class LayerReader {
                           " from config.json");
   }
 
-  // A vector [n] (norm weight) as bf16.
-  View1<const bf16> norm(const std::string& module) {
-    const std::string name = prefix_ + module + ".weight";
-    expect(name, {Dtype::BF16}, {static_cast<std::uint64_t>(m_.hidden)});
-    return copy_bf16(name, m_.hidden);
-  }
-  View1<const bf16> norm(const std::string& module, index_t n) {
+  // A norm weight [n] (the hidden size by default), bf16.
+  View1<const bf16> norm(const std::string& module, index_t n = -1) {
+    if (n < 0) n = m_.hidden;
     const std::string name = prefix_ + module + ".weight";
     expect(name, {Dtype::BF16}, {static_cast<std::uint64_t>(n)});
-    return copy_bf16(name, n);
-  }
-  View1<bf16> copy_bf16(const std::string& name, index_t n) {
     auto v = alloc<bf16>(b_, n);
     std::memcpy(v.data, bytes(name).data(), static_cast<std::size_t>(n) * sizeof(bf16));
     return v;
@@ -145,9 +137,11 @@ class LayerReader {
   WeightFormat configured_format(const std::string& module) const {
     using pipeline::QuantMethod;
     if (m_.quant.method == QuantMethod::none) return WeightFormat::bf16;
+    for (const auto& re : patterns_)
+      if (std::regex_match(module, re)) return WeightFormat::bf16;
     for (const auto& p : m_.quant.unquantized) {
-      const bool hit = p.regex ? std::regex_match(module, std::regex(p.text))
-                       : m_.quant.method == QuantMethod::fp8_block
+      if (p.regex) continue;
+      const bool hit = m_.quant.method == QuantMethod::fp8_block
                            ? module.find(p.text) != std::string::npos
                            : module == p.text;
       if (hit) return WeightFormat::bf16;
@@ -157,86 +151,52 @@ class LayerReader {
   }
 
   // Linear modules stacked along N into one weight [sum of rows, k], in their common format.
-  pipeline::LinearWeight linear(const std::vector<std::pair<std::string, index_t>>& parts,
-                                index_t k) {
-    const WeightFormat f = common_format(parts);
-    index_t n = 0;
-    for (const auto& [module, rows] : parts) n += rows;
+  pipeline::LinearWeight linear(const Parts& parts, index_t k) {
+    const pipeline::ExpertWeights s = stacked({""}, parts, k);
     pipeline::LinearWeight w;
-    w.format = f;
-    Rows out = rows_of(f, 1, n, k);
-    index_t at = 0;
-    for (const auto& [module, rows] : parts) {
-      read_rows(prefix_ + module, f, rows, k, out, 0, at, n);
-      at += rows;
+    w.format = s.format;
+    switch (s.format) {
+      case WeightFormat::bf16:
+        w.bf16.w = s.bf16.w[0];
+        break;
+      case WeightFormat::fp8_block:
+        w.fp8 = {s.fp8.q[0], s.fp8.scale[0], s.fp8.block_n};
+        break;
+      case WeightFormat::mxfp4:
+        w.mxfp4 = {s.mxfp4.packed[0], s.mxfp4.scale[0], s.mxfp4.k};
+        break;
     }
-    w.bf16.w = make_view(out.bf16_values, n, k);
-    w.mxfp4 = {make_view(out.codes, n, ops::mxfp4_packed_cols(k)),
-               make_view(out.scales, n, ops::mxfp4_scale_cols(k)), k};
-    w.fp8 = {make_view(out.fp8, n, k), make_view(out.fp8_scale, out.scale_rows, fp8_cols(k)),
-             out.block_n};
-    if (f != WeightFormat::bf16) w.bf16 = {};
-    if (f != WeightFormat::mxfp4) w.mxfp4 = {};
-    if (f != WeightFormat::fp8_block) w.fp8 = {};
     return w;
   }
 
-  // Experts E of `suffix` modules stacked along N: [E, sum of rows, k].
-  pipeline::ExpertWeights experts(const std::vector<std::pair<std::string, index_t>>& parts,
-                                  index_t k) {
-    const index_t e_count = m_.num_experts;
-    std::vector<std::pair<std::string, index_t>> first;
-    for (const auto& [module, rows] : parts) first.emplace_back("mlp.experts.0." + module, rows);
-    const WeightFormat f = common_format(first);
-    index_t n = 0;
-    for (const auto& [module, rows] : parts) n += rows;
-    Rows out = rows_of(f, e_count, n, k);
-    for (index_t e = 0; e < e_count; ++e) {
-      index_t at = 0;
-      for (const auto& [module, rows] : parts) {
-        const std::string name = "mlp.experts." + std::to_string(e) + "." + module;
-        if (format_of(name) != f)
-          throw LoadError(
-              file_of(prefix_ + name + ".weight"), prefix_ + name + ".weight",
-              "is " + format_name(format_of(name)) + " but expert 0's is " + format_name(f));
-        read_rows(prefix_ + name, f, rows, k, out, e, at, n);
-        at += rows;
-      }
-    }
-    pipeline::ExpertWeights w;
-    w.format = f;
-    if (f == WeightFormat::bf16) w.bf16.w = make_view(out.bf16_values, e_count, n, k);
-    if (f == WeightFormat::mxfp4)
-      w.mxfp4 = {make_view(out.codes, e_count, n, ops::mxfp4_packed_cols(k)),
-                 make_view(out.scales, e_count, n, ops::mxfp4_scale_cols(k)), k};
-    if (f == WeightFormat::fp8_block)
-      w.fp8 = {make_view(out.fp8, e_count, n, k),
-               make_view(out.fp8_scale, e_count, out.scale_rows, fp8_cols(k)), out.block_n};
-    return w;
+  // The routed experts: each expert's modules stacked along N, [E, sum of rows, k].
+  pipeline::ExpertWeights experts(const Parts& parts, index_t k) {
+    std::vector<std::string> stacks;
+    for (index_t e = 0; e < m_.num_experts; ++e)
+      stacks.push_back("mlp.experts." + std::to_string(e) + ".");
+    return stacked(stacks, parts, k);
   }
 
   // kv_b_proj [heads * (nope + v), kv_lora] at its exact values, as floats.
   std::vector<float> dense_values(const std::string& module, index_t n, index_t k) {
-    const WeightFormat f = format_of(module);
-    fp8_block_n_ = m_.quant.block_n > 0 ? m_.quant.block_n : 128;
-    Rows out = rows_of(f, 1, n, k);
-    read_rows(prefix_ + module, f, n, k, out, 0, 0, n);
+    const pipeline::LinearWeight w = linear({{module, n}}, k);
     std::vector<float> v(static_cast<std::size_t>(n * k));
-    for (index_t r = 0; r < n; ++r)
-      for (index_t c = 0; c < k; ++c) {
-        float x = 0;
-        if (f == WeightFormat::bf16) {
-          x = to_float(out.bf16_values[r * k + c]);
-        } else if (f == WeightFormat::fp8_block) {
-          x = to_float(out.fp8[r * k + c]) *
-              out.fp8_scale[(r / out.block_n) * fp8_cols(k) + c / ops::fp8_weight_block_k];
-        } else {
-          const std::uint8_t byte = out.codes[r * ops::mxfp4_packed_cols(k) + c / 2];
-          x = e2m1_to_float(static_cast<std::uint8_t>(c % 2 ? byte >> 4 : byte & 0xf)) *
-              to_float(out.scales[r * ops::mxfp4_scale_cols(k) + c / mx_block]);
-        }
-        v[static_cast<std::size_t>(r * k + c)] = x;
-      }
+    const auto out = make_view(v.data(), n, k);
+    switch (w.format) {
+      case WeightFormat::bf16:
+        for (index_t r = 0; r < n; ++r)
+          for (index_t c = 0; c < k; ++c) out(r, c) = to_float(w.bf16.w(r, c));
+        break;
+      case WeightFormat::fp8_block:
+        for (index_t r = 0; r < n; ++r)
+          for (index_t c = 0; c < k; ++c)
+            out(r, c) = to_float(w.fp8.q(r, c)) *
+                        w.fp8.scale(r / w.fp8.block_n, c / ops::fp8_weight_block_k);
+        break;
+      case WeightFormat::mxfp4:
+        ops::dequantize(ops::Host{}, w.mxfp4, out);
+        break;
+    }
     return v;
   }
 
@@ -246,108 +206,95 @@ class LayerReader {
  private:
   static index_t fp8_cols(index_t k) { return ops::ceil_div(k, ops::fp8_weight_block_k); }
 
-  // The destination of stacked rows, in one format; E stacks of n rows.
-  struct Rows {
-    bf16* bf16_values = nullptr;
-    std::uint8_t* codes = nullptr;
-    e8m0* scales = nullptr;
-    fp8_e4m3* fp8 = nullptr;
-    float* fp8_scale = nullptr;
-    index_t block_n = 128;
-    index_t scale_rows = 0;  // per stack
-    std::vector<index_t> part_rows;
-  };
-
-  WeightFormat common_format(const std::vector<std::pair<std::string, index_t>>& parts) {
-    const WeightFormat f = format_of(parts.front().first);
-    for (const auto& [module, rows] : parts)
-      if (format_of(module) != f)
-        throw LoadError(file_of(prefix_ + module + ".weight"), prefix_ + module + ".weight",
-                        "is " + format_name(format_of(module)) + " but " + prefix_ +
-                            parts.front().first + ".weight, which atom fuses with it, is " +
-                            format_name(f));
-    // FP8: the block grid survives the stacking when every part but the last fills whole
-    // 128-row blocks; otherwise scales are kept per row.
-    fp8_block_n_ = m_.quant.block_n > 0 ? m_.quant.block_n : 128;
-    for (std::size_t i = 0; i + 1 < parts.size(); ++i)
-      if (parts[i].second % fp8_block_n_ != 0) fp8_block_n_ = 1;
-    return f;
-  }
-
-  Rows rows_of(WeightFormat f, index_t stacks, index_t n, index_t k) {
-    Rows r;
+  // One weight per stack (the module names prefixed by stacks[i]), the parts of each stacked
+  // along N in order, all in the format of the first: [stacks, sum of rows, k].
+  pipeline::ExpertWeights stacked(const std::vector<std::string>& stacks, const Parts& parts,
+                                  index_t k) {
+    const WeightFormat f = format_of(stacks.front() + parts.front().first);
+    for (const std::string& stack : stacks)
+      for (const auto& [module, rows] : parts) {
+        const std::string name = stack + module;
+        const WeightFormat g = format_of(name);
+        if (g != f)
+          throw LoadError(file_of(prefix_ + name + ".weight"), prefix_ + name + ".weight",
+                          "is " + format_name(g) + " but " + prefix_ + stacks.front() +
+                              parts.front().first + ".weight, which atom stacks with it, is " +
+                              format_name(f));
+      }
+    const auto e = static_cast<index_t>(stacks.size());
+    index_t n = 0;
+    for (const auto& [module, rows] : parts) n += rows;
+    pipeline::ExpertWeights w;
+    w.format = f;
     switch (f) {
       case WeightFormat::bf16:
-        r.bf16_values = alloc<bf16>(b_, stacks * n * k).data;
+        w.bf16.w = alloc<bf16>(b_, e, n, k);
         break;
       case WeightFormat::mxfp4:
-        r.codes = alloc<std::uint8_t>(b_, stacks * n * ops::mxfp4_packed_cols(k)).data;
-        r.scales = alloc<e8m0>(b_, stacks * n * ops::mxfp4_scale_cols(k)).data;
+        if (k % 2 != 0)
+          throw LoadError(source(), prefix_ + stacks.front() + parts.front().first + ".weight",
+                          "has K = " + std::to_string(k) + "; MXFP4 needs an even K");
+        w.mxfp4 = {alloc<std::uint8_t>(b_, e, n, ops::mxfp4_packed_cols(k)),
+                   alloc<e8m0>(b_, e, n, ops::mxfp4_scale_cols(k)), k};
         break;
-      case WeightFormat::fp8_block:
-        r.block_n = fp8_block_n_;
-        r.scale_rows = ops::ceil_div(n, r.block_n);
-        r.fp8 = alloc<fp8_e4m3>(b_, stacks * n * k).data;
-        r.fp8_scale = alloc<float>(b_, stacks * r.scale_rows * fp8_cols(k)).data;
-        break;
-    }
-    return r;
-  }
-
-  // Reads `rows` rows of `module` (its weight, and its scales) into stack `stack` at row `at`.
-  void read_rows(const std::string& module, WeightFormat f, index_t rows, index_t k, Rows& out,
-                 index_t stack, index_t at, index_t n) {
-    const std::string w = module + ".weight";
-    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
-    switch (f) {
-      case WeightFormat::bf16: {
-        expect(w, {Dtype::BF16}, {u(rows), u(k)});
-        std::memcpy(out.bf16_values + (stack * n + at) * k, bytes(w).data(),
-                    static_cast<std::size_t>(rows * k) * sizeof(bf16));
+      case WeightFormat::fp8_block: {
+        // The block grid survives the stacking when every part but the last fills whole blocks
+        // of rows; otherwise each row keeps its block's scales (the same values).
+        const index_t bn = block_n();
+        w.fp8.block_n = bn;
+        for (std::size_t i = 0; i + 1 < parts.size(); ++i)
+          if (parts[i].second % bn != 0) w.fp8.block_n = 1;
+        w.fp8.q = alloc<fp8_e4m3>(b_, e, n, k);
+        w.fp8.scale = alloc<float>(b_, e, ops::ceil_div(n, w.fp8.block_n), fp8_cols(k));
         break;
       }
+    }
+    for (index_t i = 0; i < e; ++i) {
+      index_t at = 0;
+      for (const auto& [module, rows] : parts) {
+        read_rows(prefix_ + stacks[static_cast<std::size_t>(i)] + module, rows, k, w, i, at);
+        at += rows;
+      }
+    }
+    return w;
+  }
+
+  index_t block_n() const { return m_.quant.block_n > 0 ? m_.quant.block_n : 128; }
+
+  // Reads `rows` rows of `module` (its weight and its scales) into stack `stack` of w at row `at`.
+  void read_rows(const std::string& module, index_t rows, index_t k, pipeline::ExpertWeights& w,
+                 index_t stack, index_t at) {
+    const std::string name = module + ".weight";
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    switch (w.format) {
+      case WeightFormat::bf16:
+        expect(name, {Dtype::BF16}, {u(rows), u(k)});
+        std::memcpy(w.bf16.w[stack][at].data, bytes(name).data(),
+                    static_cast<std::size_t>(rows * k) * sizeof(bf16));
+        break;
       case WeightFormat::mxfp4: {
-        if (k % 2 != 0)
-          throw LoadError(file_of(w), w, "has K = " + std::to_string(k) + "; MXFP4 needs even K");
         const std::string s = module + ".weight_scale";
-        expect(w, {Dtype::U8}, {u(rows), u(k / 2)});
+        expect(name, {Dtype::U8}, {u(rows), u(k / 2)});
         expect(s, {Dtype::U8, Dtype::F8_E8M0}, {u(rows), u(ops::mxfp4_scale_cols(k))});
-        std::memcpy(out.codes + (stack * n + at) * (k / 2), bytes(w).data(),
+        std::memcpy(w.mxfp4.packed[stack][at].data, bytes(name).data(),
                     static_cast<std::size_t>(rows * (k / 2)));
-        std::memcpy(out.scales + (stack * n + at) * ops::mxfp4_scale_cols(k), bytes(s).data(),
+        std::memcpy(w.mxfp4.scale[stack][at].data, bytes(s).data(),
                     static_cast<std::size_t>(rows * ops::mxfp4_scale_cols(k)));
         break;
       }
       case WeightFormat::fp8_block: {
-        const index_t bn = m_.quant.block_n > 0 ? m_.quant.block_n : 128;
+        const index_t bn = block_n();
         const std::string s = module + ".weight_scale_inv";
-        expect(w, {Dtype::F8_E4M3}, {u(rows), u(k)});
+        expect(name, {Dtype::F8_E4M3}, {u(rows), u(k)});
         expect(s, {Dtype::F32, Dtype::BF16}, {u(ops::ceil_div(rows, bn)), u(fp8_cols(k))});
-        std::memcpy(out.fp8 + (stack * n + at) * k, bytes(w).data(),
+        std::memcpy(w.fp8.q[stack][at].data, bytes(name).data(),
                     static_cast<std::size_t>(rows * k));
-        const auto scale_bytes = bytes(s);
-        const bool f32 = info(s).dtype == Dtype::F32;
-        const auto scale_at = [&](index_t i) {
-          if (f32) {
-            float v;
-            std::memcpy(&v, scale_bytes.data() + i * 4, 4);
-            return v;
-          }
-          bf16 v;
-          std::memcpy(&v, scale_bytes.data() + i * 2, 2);
-          return to_float(v);
-        };
+        const std::vector<float> scale = io::float_values(info(s).dtype, bytes(s));
+        const auto dst = w.fp8.scale[stack];
         const index_t cols = fp8_cols(k);
-        float* dst = out.fp8_scale + stack * out.scale_rows * cols;
-        if (out.block_n == 1) {
-          for (index_t r = 0; r < rows; ++r)
-            for (index_t c = 0; c < cols; ++c)
-              dst[(at + r) * cols + c] = scale_at((r / bn) * cols + c);
-        } else {
-          for (index_t r = 0; r < ops::ceil_div(rows, bn); ++r)
-            for (index_t c = 0; c < cols; ++c)
-              dst[(at / bn + r) * cols + c] = scale_at(r * cols + c);
-        }
+        // Row r of the source takes its block's scales at the destination's grid.
+        for (index_t r = 0; r < rows; r += w.fp8.block_n)
+          std::copy_n(scale.begin() + (r / bn) * cols, cols, dst[(at + r) / w.fp8.block_n].data);
         break;
       }
     }
@@ -362,15 +309,8 @@ class LayerReader {
   HfCheckpoint::Files& files_;
   std::string prefix_;
   Buffers& b_;
-  index_t fp8_block_n_ = 128;
+  std::vector<std::regex> patterns_;  // the config's "re:" patterns, compiled once
 };
-
-View2<const float> rope_table(Buffers& b, const ModelConfig& m, index_t rot_dim) {
-  const auto table = ops::make_cos_sin_cache(m.max_position, rot_dim, m.rope_theta, m.rope_scaling);
-  auto v = alloc<float>(b, m.max_position, rot_dim);
-  std::copy(table.begin(), table.end(), v.data);
-  return v;
-}
 
 void read_mla(LayerReader& r, const ModelConfig& m, pipeline::MlaWeights& w) {
   const index_t heads = m.num_heads;
@@ -398,24 +338,11 @@ void read_mla(LayerReader& r, const ModelConfig& m, pipeline::MlaWeights& w) {
         uk[static_cast<std::size_t>((h * lora + c) * nope + n)] = head[n * lora + c];
     std::copy_n(head + nope * lora, v_dim * lora, uv.data() + h * v_dim * lora);
   }
-  const auto fp8_heads = [&](const std::vector<float>& x, index_t n, index_t k) {
-    ops::Fp8HeadWeight f{alloc<fp8_e4m3>(b, heads, n, k), alloc<float>(b, heads)};
-    for (index_t h = 0; h < heads; ++h)
-      f.scale(h) =
-          pipeline::detail::quantize_fp8_matrix(x.data() + h * n * k, n * k, f.w.data + h * n * k);
-    return f;
-  };
-  const auto mxfp4_heads = [&](const std::vector<float>& x, index_t n, index_t k) {
-    ops::Mxfp4HeadWeight f{alloc<std::uint8_t>(b, heads, n, ops::mxfp4_packed_cols(k)),
-                           alloc<e8m0>(b, heads, n, ops::mxfp4_scale_cols(k)), k};
-    pipeline::detail::quantize_mxfp4_rows(x.data(), heads * n, k, f.packed.data, f.scale.data);
-    return f;
-  };
-  w.w_uk_fp8 = fp8_heads(uk, lora, nope);
-  w.w_uv_fp8 = fp8_heads(uv, v_dim, lora);
-  w.w_uk_mxfp4 = mxfp4_heads(uk, lora, nope);
-  w.w_uv_mxfp4 = mxfp4_heads(uv, v_dim, lora);
-  w.cos_sin = rope_table(b, m, m.qk_rope_dim);
+  w.w_uk_fp8 = pipeline::detail::fp8_heads(b, uk.data(), heads, lora, nope);
+  w.w_uv_fp8 = pipeline::detail::fp8_heads(b, uv.data(), heads, v_dim, lora);
+  w.w_uk_mxfp4 = pipeline::detail::mxfp4_heads(b, uk.data(), heads, lora, nope);
+  w.w_uv_mxfp4 = pipeline::detail::mxfp4_heads(b, uv.data(), heads, v_dim, lora);
+  w.cos_sin = pipeline::detail::rope_table(b, m, m.qk_rope_dim);
 }
 
 void read_qwen3(LayerReader& r, const ModelConfig& m, pipeline::Qwen3AttentionWeights& w) {
@@ -428,7 +355,7 @@ void read_qwen3(LayerReader& r, const ModelConfig& m, pipeline::Qwen3AttentionWe
   w.q_norm = r.norm("self_attn.q_norm", hd);
   w.k_norm = r.norm("self_attn.k_norm", hd);
   w.o_proj = r.linear({{"self_attn.o_proj", m.hidden}}, m.num_heads * hd);
-  w.cos_sin = rope_table(r.buffers(), m, hd);
+  w.cos_sin = pipeline::detail::rope_table(r.buffers(), m, hd);
 }
 
 void read_moe(LayerReader& r, const ModelConfig& m, pipeline::MoeWeights& w) {
@@ -444,17 +371,8 @@ void read_moe(LayerReader& r, const ModelConfig& m, pipeline::MoeWeights& w) {
     const std::string bias = r.prefix() + "mlp.gate.e_score_correction_bias";
     r.expect(bias, {Dtype::F32, Dtype::BF16}, {u(m.num_experts)});
     auto v = alloc<float>(b, m.num_experts);
-    const auto bytes = r.bytes(bias);
-    const bool f32 = r.info(bias).dtype == Dtype::F32;
-    for (index_t e = 0; e < m.num_experts; ++e) {
-      if (f32) {
-        std::memcpy(&v(e), bytes.data() + e * 4, 4);
-      } else {
-        bf16 x;
-        std::memcpy(&x, bytes.data() + e * 2, 2);
-        v(e) = to_float(x);
-      }
-    }
+    const std::vector<float> values = io::float_values(r.info(bias).dtype, r.bytes(bias));
+    std::copy(values.begin(), values.end(), v.data);
     w.router_bias = v;
   }
   const index_t inter = m.moe_intermediate;

@@ -87,9 +87,10 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
                     make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh),
                     make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh)};
     }
-    run.push_back(std::move(r));
     LayerOutput o;
     o.index = l.index;
+    o.instances = r.handles.name();
+    run.push_back(std::move(r));
     for (std::size_t s = 0; s < n_seq; ++s) {
       o.hidden.emplace_back(u(len[s] * h));
       if (kind == pipeline::LayerKind::moe) o.routes.emplace_back(u(len[s] * m.top_k));

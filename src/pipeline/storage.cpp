@@ -5,22 +5,15 @@
 #include <numeric>
 #include <random>
 
-#include "atom/ops/rope.hpp"
-#include "quantize_weights.hpp"
+#include "weight_memory.hpp"
 
 namespace atom::pipeline {
 
 namespace {
 
-using Buffers = std::vector<std::unique_ptr<std::byte[]>>;
-
-template <class T, class... Extent>
-View<T, static_cast<int>(sizeof...(Extent))> alloc(Buffers& buffers, Extent... extent) {
-  index_t n = 1;
-  ((n *= static_cast<index_t>(extent)), ...);
-  buffers.push_back(std::make_unique<std::byte[]>(static_cast<std::size_t>(n) * sizeof(T)));
-  return make_view(reinterpret_cast<T*>(buffers.back().get()), extent...);
-}
+using detail::alloc;
+using detail::Buffers;
+using detail::rope_table;
 
 struct Random {
   std::mt19937_64 rng;
@@ -34,13 +27,17 @@ void fill_bf16(View<bf16, R> v, Random& r, float mean, float stddev) {
   for (index_t i = 0; i < v.numel(); ++i) p[i] = to_bf16(r(mean, stddev));
 }
 
-// Rows of K values drawn with stddev 1/sqrt(K) (activations keep unit scale through a GEMM),
-// quantized into MXFP4 blocks along each row.
-void quantize_rows(Random& r, index_t rows, index_t k, std::uint8_t* packed, e8m0* scale) {
-  std::vector<float> x(static_cast<std::size_t>(rows * k));
+// n floats drawn with stddev 1/sqrt(K) (activations keep unit scale through a GEMM).
+std::vector<float> draw(Random& r, index_t n, index_t k) {
+  std::vector<float> x(static_cast<std::size_t>(n));
   const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
   for (auto& v : x) v = r(0.0f, stddev);
-  detail::quantize_mxfp4_rows(x.data(), rows, k, packed, scale);
+  return x;
+}
+
+// Rows of K drawn values, quantized into MXFP4 blocks along each row.
+void quantize_rows(Random& r, index_t rows, index_t k, std::uint8_t* packed, e8m0* scale) {
+  detail::quantize_mxfp4_rows(draw(r, rows * k, k).data(), rows, k, packed, scale);
 }
 
 ops::Mxfp4Weight mxfp4_weight(Buffers& b, Random& r, index_t n, index_t k) {
@@ -57,37 +54,23 @@ ops::Mxfp4Experts mxfp4_experts(Buffers& b, Random& r, index_t e, index_t n, ind
   return w;
 }
 
+// Per-head weights of drawn values: MXFP4, or FP8 with one scale per head (amax / 448).
 ops::Mxfp4HeadWeight mxfp4_heads(Buffers& b, Random& r, index_t h, index_t n, index_t k) {
-  ops::Mxfp4HeadWeight w{alloc<std::uint8_t>(b, h, n, ops::mxfp4_packed_cols(k)),
-                         alloc<e8m0>(b, h, n, ops::mxfp4_scale_cols(k)), k};
-  quantize_rows(r, h * n, k, w.packed.data, w.scale.data);
-  return w;
+  return detail::mxfp4_heads(b, draw(r, h * n * k, k).data(), h, n, k);
 }
-
-// FP8 with one scale per head: scale = amax / 448 over the head's matrix.
 ops::Fp8HeadWeight fp8_heads(Buffers& b, Random& r, index_t h, index_t n, index_t k) {
-  ops::Fp8HeadWeight w{alloc<fp8_e4m3>(b, h, n, k), alloc<float>(b, h)};
-  std::vector<float> m(static_cast<std::size_t>(n * k));
-  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
-  for (index_t i = 0; i < h; ++i) {
-    for (auto& v : m) v = r(0.0f, stddev);
-    w.scale(i) = detail::quantize_fp8_matrix(m.data(), n * k, w.w.data + i * n * k);
-  }
-  return w;
+  return detail::fp8_heads(b, draw(r, h * n * k, k).data(), h, n, k);
 }
 
 // Rows of K values drawn as quantize_rows draws them, as bf16 or as FP8 e4m3 with one scale per
 // block of 128 x 128 (scale = the block's amax / 448, 1 for an all-zero block).
 void bf16_rows(Random& r, index_t rows, index_t k, bf16* out) {
-  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
-  for (index_t i = 0; i < rows * k; ++i) out[i] = to_bf16(r(0.0f, stddev));
+  for (const float x : draw(r, rows * k, k)) *out++ = to_bf16(x);
 }
 
 void fp8_block_rows(Random& r, index_t rows, index_t k, fp8_e4m3* q, float* scale) {
   constexpr index_t block = ops::fp8_weight_block_k;
-  std::vector<float> m(static_cast<std::size_t>(rows * k));
-  const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
-  for (auto& v : m) v = r(0.0f, stddev);
+  const std::vector<float> m = draw(r, rows * k, k);
   const index_t scale_cols = ops::ceil_div(k, block);
   for (index_t bn = 0; bn < ops::ceil_div(rows, block); ++bn)
     for (index_t bk = 0; bk < scale_cols; ++bk) {
@@ -155,13 +138,6 @@ View1<bf16> norm_weight(Buffers& b, Random& r, index_t n) {
   auto w = alloc<bf16>(b, n);
   fill_bf16(w, r, 1.0f, 0.1f);
   return w;
-}
-
-View2<float> rope_table(Buffers& b, const ModelConfig& m, index_t rot_dim) {
-  const auto table = ops::make_cos_sin_cache(m.max_position, rot_dim, m.rope_theta, m.rope_scaling);
-  auto v = alloc<float>(b, m.max_position, rot_dim);
-  std::copy(table.begin(), table.end(), v.data);
-  return v;
 }
 
 }  // namespace

@@ -52,18 +52,7 @@ struct Reference {
   bool has(const std::string& name) const { return file.header().find(name) != nullptr; }
   std::vector<float> floats(const std::string& name) const {
     const auto& t = file.info(name);
-    const auto bytes = file.bytes(t);
-    std::vector<float> v(static_cast<std::size_t>(t.numel()));
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      if (t.dtype == io::Dtype::F32) {
-        std::memcpy(&v[i], bytes.data() + 4 * i, 4);
-      } else {
-        bf16 x;
-        std::memcpy(&x, bytes.data() + 2 * i, 2);
-        v[i] = to_float(x);
-      }
-    }
-    return v;
+    return io::float_values(t.dtype, file.bytes(t));
   }
   std::vector<std::int32_t> ints(const std::string& name) const {
     const auto bytes = file.bytes(name);

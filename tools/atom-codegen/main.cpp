@@ -87,8 +87,8 @@ void check_definitions(const std::vector<DeclaredPipeline>& declared) {
   }
 }
 
-// Both backends are instantiated for every canonical point they provide (policy::provides). A
-// build without a GPU backend leaves the GPU translation units out (instantiations/CMakeLists.txt).
+// Both backends are instantiated for every canonical point. A build without a GPU backend leaves
+// the GPU translation units out (instantiations/CMakeLists.txt).
 constexpr std::array<BackendId, 2> generated_backends{BackendId::host, BackendId::gpu};
 
 std::vector<Instance> all_instances(const std::vector<DeclaredPipeline>& declared) {
@@ -96,9 +96,8 @@ std::vector<Instance> all_instances(const std::vector<DeclaredPipeline>& declare
   for (const auto& d : declared)
     for (BackendId b : generated_backends)
       for (const Point& x : d.points)
-        if (provides(b, x))
-          out.push_back(
-              {d.id, b, x, instance_name(pipeline_name(d.id), d.reads, b, x), key(d.id, b, x)});
+        out.push_back(
+            {d.id, b, x, instance_name(pipeline_name(d.id), d.reads, b, x), key(d.id, b, x)});
   std::sort(out.begin(), out.end(),
             [](const Instance& a, const Instance& b) { return a.key < b.key; });
   for (std::size_t i = 1; i < out.size(); ++i)

@@ -254,17 +254,8 @@ std::vector<std::vector<bf16>> read_input(const std::string& path, index_t hidde
       throw io::LoadError(
           path, name,
           "has dtype " + std::string(io::dtype_name(t->dtype)) + ", expected BF16 or F32");
-    const auto bytes = f.bytes(*t);
-    std::vector<bf16> v(static_cast<std::size_t>(t->numel()));
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      if (t->dtype == io::Dtype::BF16) {
-        std::memcpy(&v[i], bytes.data() + 2 * i, 2);
-      } else {
-        float x;
-        std::memcpy(&x, bytes.data() + 4 * i, 4);
-        v[i] = to_bf16(x);
-      }
-    }
+    std::vector<bf16> v;
+    for (const float x : io::float_values(t->dtype, f.bytes(*t))) v.push_back(to_bf16(x));
     seqs.push_back(std::move(v));
   }
   if (seqs.empty())
@@ -325,12 +316,8 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   const double run_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   long tokens = 0;
   for (const auto& v : inputs) tokens += static_cast<long>(v.size()) / static_cast<long>(m.hidden);
-  for (std::size_t i = 0; i < layers.size(); ++i) {
-    const auto formats = model::block_formats(m, layers[i]);
-    const pipeline::LayerHandles h = pipeline::resolve_layer(
-        m, pipeline::layer_kind(m, layers[i].index), point, formats.first, formats.second, backend);
-    std::printf("layer %-5ld %s\n", static_cast<long>(layers[i].index), h.name().c_str());
-  }
+  for (const auto& layer : outputs)
+    std::printf("layer %-5ld %s\n", static_cast<long>(layer.index), layer.instances.c_str());
   std::printf("decode      %zu sequences, %ld tokens through layers %ld:%ld on the %s backend\n",
               inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last),
               std::string(policy::backend_name(backend)).c_str());

@@ -50,6 +50,10 @@ std::optional<Dtype> dtype_from_name(std::string_view name);
 // Bits per element: 4 for F4 (two values per byte), 6 for the F6 formats, 8..64 otherwise.
 unsigned dtype_bits(Dtype d);
 
+// The values of `bytes` holding elements of dtype BF16 or F32, as floats (both exactly); another
+// dtype is a std::invalid_argument naming it.
+std::vector<float> float_values(Dtype d, std::span<const std::byte> bytes);
+
 // A file, header or index that cannot be read; the message names the file and, where one is
 // involved, the tensor.
 class LoadError : public std::runtime_error {

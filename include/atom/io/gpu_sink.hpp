@@ -1,10 +1,9 @@
-// Loading checkpoints straight into device memory. The loader's pieces go through a ring of
-// pinned staging slots and are copied to device memory by asynchronous copies on a copy stream,
-// so reading the file (the read() calls, or the first touch of the mapping) runs while the
-// previous slots cross the link. On the read path the file is read straight into the slots; on
-// the mmap path each tensor's view of the mapping is copied into them in slot-sized parts by a
-// pool of copy threads. A slot is reused only after the event recorded behind its copies has
-// passed. The ring and the pool (GpuStaging) can outlive a load, so that repeated loads pay for
+// Loading checkpoints straight into device memory. On the read path the file is read straight
+// into a ring of pinned staging slots, copied to the device on a copy stream while the next
+// chunk is read; a slot is reused only after the event recorded behind its copies has passed. On
+// the mmap path each tensor's view of the mapping is cut into parts that copy lanes (threads with
+// pinned buffers and streams of their own) copy to the device in the background, until the file
+// ends. The ring and the lanes (GpuStaging) can outlive a load, so that repeated loads pay for
 // pinning and thread start-up once; load_device() puts all tensors of a load in one device
 // allocation.
 #pragma once
@@ -60,9 +59,8 @@ struct DeviceTensor {
 using DeviceTensors = std::map<std::string, DeviceTensor, std::less<>>;
 
 struct GpuSinkOptions {
-  // Bytes per pinned staging slot; also the read size of the read path. Two 16 MiB slots and 4
-  // copy threads were the fastest mmap setting measured on an H100 host (docs/bench-notes.md):
-  // larger rings cost more in pinning than they gain in overlap.
+  // Bytes per pinned staging slot of the read path's ring; also its read size (the mmap path
+  // without lanes stages through the same ring).
   std::size_t staging_bytes = std::size_t{16} << 20;
   // Slots in the ring: 2 overlaps one read with one copy.
   std::size_t staging_slots = 2;
@@ -172,7 +170,6 @@ class GpuSink final : public TensorSink {
   // Leaves the current slot (recording its event) and waits until the next one is free.
   void next_slot();
   void stage(std::byte* device_dst, std::span<const std::byte> src);
-  void copy_into_slot(std::byte* dst, std::span<const std::byte> src);
   DeviceBytes allocate(std::size_t bytes);
 
   GpuSinkOptions options_;

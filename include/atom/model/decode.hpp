@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,7 @@ struct DecodeLayer {
 
 struct LayerOutput {
   index_t index = 0;
+  std::string instances;                          // the blocks' instantiations (LayerHandles::name)
   std::vector<std::vector<float>> hidden;         // per sequence [len, hidden]
   std::vector<std::vector<std::int32_t>> routes;  // per sequence [len, top_k], ascending; MoE only
 };

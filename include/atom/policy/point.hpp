@@ -152,14 +152,6 @@ constexpr std::string_view backend_name(BackendId b) {
   return b == BackendId::host ? "host" : "gpu";
 }
 
-// Whether a backend provides the point's values: the generator writes no instantiation of a
-// point its backend does not provide, and a lookup of one misses with the usual message. Both
-// backends provide every point (each weight format has host and GPU GEMMs); a backend that lacks
-// a value says so here.
-constexpr bool provides(BackendId, Point) {
-  return true;
-}
-
 // The axes a pipeline reads, as its template declares them (pipeline::Declared<P>::reads; this
 // function is defined by the pipeline layer from those declarations).
 AxisSet reads(PipelineId p);

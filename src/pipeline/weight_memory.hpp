@@ -1,0 +1,80 @@
+// The memory behind pipeline weights and the weight quantizers, shared by the random weights
+// (storage.cpp) and the checkpoint loader (model/checkpoint.cpp): owned buffers, the RoPE table,
+// float rows into MXFP4 blocks, and the absorbed MLA BMMs' per-head FP8 and MXFP4 weights from
+// their float values.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "atom/core/tensor.hpp"
+#include "atom/numeric/numeric.hpp"
+#include "atom/ops/bmm.hpp"
+#include "atom/ops/formats.hpp"
+#include "atom/ops/rope.hpp"
+#include "atom/pipeline/model.hpp"
+
+namespace atom::pipeline::detail {
+
+using Buffers = std::vector<std::unique_ptr<std::byte[]>>;
+
+// A view of fresh memory that `buffers` owns.
+template <class T, class... Extent>
+View<T, static_cast<int>(sizeof...(Extent))> alloc(Buffers& buffers, Extent... extent) {
+  index_t n = 1;
+  ((n *= static_cast<index_t>(extent)), ...);
+  buffers.push_back(std::make_unique<std::byte[]>(static_cast<std::size_t>(n) * sizeof(T)));
+  return make_view(reinterpret_cast<T*>(buffers.back().get()), extent...);
+}
+
+// The model's RoPE table [max_position, rot_dim] (ops::make_cos_sin_cache).
+inline View2<float> rope_table(Buffers& b, const ModelConfig& m, index_t rot_dim) {
+  const auto table = ops::make_cos_sin_cache(m.max_position, rot_dim, m.rope_theta, m.rope_scaling);
+  auto v = alloc<float>(b, m.max_position, rot_dim);
+  std::copy(table.begin(), table.end(), v.data);
+  return v;
+}
+
+// rows x k floats into MXFP4 along each row (blocks of 32, the last may be partial).
+inline void quantize_mxfp4_rows(const float* x, index_t rows, index_t k, std::uint8_t* packed,
+                                e8m0* scale) {
+  const index_t packed_cols = ops::mxfp4_packed_cols(k);
+  const index_t scale_cols = ops::mxfp4_scale_cols(k);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t blk = 0; blk < scale_cols; ++blk) {
+      const index_t begin = blk * mx_block;
+      const int n = static_cast<int>(std::min<index_t>(mx_block, k - begin));
+      quantize_mx_block(x + i * k + begin, n, packed + i * packed_cols + begin / 2,
+                        scale + i * scale_cols + blk);
+    }
+}
+
+// `count` floats into FP8 e4m3 with one scale: amax / 448 (1 when all are zero); returns it.
+inline float quantize_fp8_matrix(const float* m, index_t count, fp8_e4m3* q) {
+  float amax = 0.0f;
+  for (index_t j = 0; j < count; ++j) amax = std::max(amax, std::fabs(m[j]));
+  const float scale = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
+  for (index_t j = 0; j < count; ++j) q[j] = to_fp8<Fp8Kind::e4m3fn>(m[j] / scale);
+  return scale;
+}
+
+// Per-head weights [h, n, k] from their values x (h * n * k floats, head-major): FP8 with one
+// scale per head, or MXFP4 along k.
+inline ops::Fp8HeadWeight fp8_heads(Buffers& b, const float* x, index_t h, index_t n, index_t k) {
+  ops::Fp8HeadWeight w{alloc<fp8_e4m3>(b, h, n, k), alloc<float>(b, h)};
+  for (index_t i = 0; i < h; ++i)
+    w.scale(i) = quantize_fp8_matrix(x + i * n * k, n * k, w.w.data + i * n * k);
+  return w;
+}
+inline ops::Mxfp4HeadWeight mxfp4_heads(Buffers& b, const float* x, index_t h, index_t n,
+                                        index_t k) {
+  ops::Mxfp4HeadWeight w{alloc<std::uint8_t>(b, h, n, ops::mxfp4_packed_cols(k)),
+                         alloc<e8m0>(b, h, n, ops::mxfp4_scale_cols(k)), k};
+  quantize_mxfp4_rows(x, h * n, k, w.packed.data, w.scale.data);
+  return w;
+}
+
+}  // namespace atom::pipeline::detail
