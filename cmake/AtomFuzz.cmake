@@ -3,7 +3,7 @@
 # as ctest entries (label fuzz). Off when no clang that links libFuzzer is found.
 #
 # atom_fuzzer(<name> SOURCES <fuzz source> <atom sources...> SEEDS <dirs...> [DICT <file>]
-#             [DEFINES <-D...>] [SECONDS <n>] [MAX_LEN <bytes>])
+#             [DEFINES <-D...>] [DEPENDS <files...>] [SECONDS <n>] [MAX_LEN <bytes>])
 option(ATOM_FUZZ "Build the libFuzzer targets and run each for a bounded time as a test" ON)
 find_program(ATOM_FUZZ_CXX NAMES clang++-14 clang++-15 clang++)
 
@@ -24,11 +24,14 @@ if(ATOM_FUZZ AND ATOM_FUZZ_CXX)
   endif()
 endif()
 
+# Each source is compiled to its own object (so that a parallel build compiles them side by side),
+# then linked with libFuzzer's main. Sources may be generated (GENERATED: files written by a custom
+# command of this directory).
 function(atom_fuzzer name)
   if(NOT atom_fuzz_usable)
     return()
   endif()
-  cmake_parse_arguments(F "" "DICT;SECONDS;MAX_LEN" "SOURCES;SEEDS;DEFINES" ${ARGN})
+  cmake_parse_arguments(F "" "DICT;SECONDS;MAX_LEN" "SOURCES;SEEDS;DEFINES;DEPENDS" ${ARGN})
   if(NOT F_SECONDS)
     set(F_SECONDS 15)
   endif()
@@ -43,12 +46,30 @@ function(atom_fuzzer name)
   endforeach()
   file(GLOB_RECURSE headers CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/include/atom/*.hpp
        ${PROJECT_SOURCE_DIR}/src/*.hpp)
+  set(flags -std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined)
+  set(objects)
+  file(MAKE_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}/${name}_objects)
+  foreach(source IN LISTS F_SOURCES)
+    # One object per source, named after its path (sources of different folders share names).
+    file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${source})
+    if(rel MATCHES "^\\.\\.")
+      file(RELATIVE_PATH rel ${PROJECT_BINARY_DIR} ${source})
+    endif()
+    string(MAKE_C_IDENTIFIER "${rel}" stem)
+    set(object ${CMAKE_CURRENT_BINARY_DIR}/${name}_objects/${stem}.o)
+    add_custom_command(OUTPUT ${object}
+      COMMAND ${ATOM_FUZZ_CXX} ${flags} -fsanitize=fuzzer-no-link ${F_DEFINES} ${includes}
+              -c ${source} -o ${object}
+      DEPENDS ${source} ${headers} ${F_DEPENDS}
+      COMMENT "Compiling ${rel} for the fuzzer ${name}"
+      VERBATIM)
+    list(APPEND objects ${object})
+  endforeach()
   set(bin ${CMAKE_CURRENT_BINARY_DIR}/${name})
   add_custom_command(OUTPUT ${bin}
-    COMMAND ${ATOM_FUZZ_CXX} -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined
-            -fno-sanitize-recover=undefined ${F_DEFINES} ${includes} ${F_SOURCES} -o ${bin}
-    DEPENDS ${F_SOURCES} ${headers}
-    COMMENT "Building the fuzzer ${name} with ${ATOM_FUZZ_CXX}"
+    COMMAND ${ATOM_FUZZ_CXX} ${flags} -fsanitize=fuzzer ${objects} -o ${bin}
+    DEPENDS ${objects}
+    COMMENT "Linking the fuzzer ${name}"
     VERBATIM)
   add_custom_target(atom-fuzz-${name} ALL DEPENDS ${bin})
   # New inputs go to a scratch corpus; the committed seeds are only read.

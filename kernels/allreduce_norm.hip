@@ -487,23 +487,7 @@ void TpGroup::synchronize() {
 TpGraph TpGroup::capture(const std::function<void()>& enqueue) {
   auto& g = *impl_;
   g.expect_usable("capture");
-  ATOM_GPU_CHECK(hipStreamBeginCapture(g.stream, hipStreamCaptureModeThreadLocal));
-  hipGraph_t graph = nullptr;
-  try {
-    enqueue();
-  } catch (...) {
-    if (hipStreamEndCapture(g.stream, &graph) == hipSuccess && graph != nullptr)
-      static_cast<void>(hipGraphDestroy(graph));
-    throw;
-  }
-  ATOM_GPU_CHECK(hipStreamEndCapture(g.stream, &graph));
-  hipGraphExec_t exec = nullptr;
-  const hipError_t status = hipGraphInstantiate(&exec, graph, nullptr, nullptr, 0);
-  if (status != hipSuccess) {
-    static_cast<void>(hipGraphDestroy(graph));
-    ATOM_GPU_CHECK(status);
-  }
-  return TpGraph(graph, exec, g.stream);
+  return TpGraph(gpu::Graph::capture(g.stream, enqueue), g.stream);
 }
 
 void TpGroup::shutdown() {
@@ -535,28 +519,6 @@ void TpGroup::shutdown() {
     if (g.broken.empty()) g.broken = std::string("shutdown failed: ") + e.what();
     throw TpError(g.rank(), "shutdown", e.what());
   }
-}
-
-TpGraph::TpGraph(TpGraph&& o) noexcept
-    : graph_(std::exchange(o.graph_, nullptr)),
-      exec_(std::exchange(o.exec_, nullptr)),
-      stream_(o.stream_) {}
-
-TpGraph& TpGraph::operator=(TpGraph&& o) noexcept {
-  std::swap(graph_, o.graph_);
-  std::swap(exec_, o.exec_);
-  std::swap(stream_, o.stream_);
-  return *this;
-}
-
-TpGraph::~TpGraph() {
-  if (exec_ != nullptr) static_cast<void>(hipGraphExecDestroy(static_cast<hipGraphExec_t>(exec_)));
-  if (graph_ != nullptr) static_cast<void>(hipGraphDestroy(static_cast<hipGraph_t>(graph_)));
-}
-
-void TpGraph::replay() {
-  ATOM_GPU_CHECK(
-      hipGraphLaunch(static_cast<hipGraphExec_t>(exec_), static_cast<hipStream_t>(stream_)));
 }
 
 #define ATOM_INSTANTIATE_TP_NORM(Epi)                       \

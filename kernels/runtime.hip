@@ -1,4 +1,5 @@
 // The host-side GPU API of atom/gpu/device.hpp on the built backend's runtime.
+#include "atom/gpu/graph.hpp"
 #include "atom/gpu/runtime.hpp"
 
 #include <atomic>
@@ -135,6 +136,47 @@ void fill_bytes(void* dst, int value, std::size_t bytes) {
 
 void synchronize() {
   ATOM_GPU_CHECK(hipDeviceSynchronize());
+}
+
+void Graph::begin_capture(void* stream) {
+  if (stream == nullptr)
+    throw GpuError("Graph::capture: the default stream cannot be captured; pass a gpu::Stream");
+  ATOM_GPU_CHECK(
+      hipStreamBeginCapture(static_cast<hipStream_t>(stream), hipStreamCaptureModeThreadLocal));
+}
+
+void Graph::abandon_capture(void* stream) noexcept {
+  hipGraph_t graph = nullptr;
+  if (hipStreamEndCapture(static_cast<hipStream_t>(stream), &graph) == hipSuccess &&
+      graph != nullptr)
+    static_cast<void>(hipGraphDestroy(graph));
+  static_cast<void>(hipGetLastError());  // the capture's error, reported by the caller's throw
+}
+
+Graph Graph::end_capture(void* stream) {
+  hipGraph_t graph = nullptr;
+  ATOM_GPU_CHECK(hipStreamEndCapture(static_cast<hipStream_t>(stream), &graph));
+  hipGraphExec_t exec = nullptr;
+  const hipError_t status = hipGraphInstantiate(&exec, graph, nullptr, nullptr, 0);
+  if (status != hipSuccess) {
+    static_cast<void>(hipGraphDestroy(graph));
+    ATOM_GPU_CHECK(status);
+  }
+  Graph g;
+  g.graph_ = graph;
+  g.exec_ = exec;
+  return g;
+}
+
+Graph::~Graph() {
+  if (exec_ != nullptr) static_cast<void>(hipGraphExecDestroy(static_cast<hipGraphExec_t>(exec_)));
+  if (graph_ != nullptr) static_cast<void>(hipGraphDestroy(static_cast<hipGraph_t>(graph_)));
+}
+
+void Graph::replay(void* stream) const {
+  if (exec_ == nullptr) throw GpuError("Graph::replay: nothing was captured");
+  ATOM_GPU_CHECK(
+      hipGraphLaunch(static_cast<hipGraphExec_t>(exec_), static_cast<hipStream_t>(stream)));
 }
 
 Timer::Timer() {

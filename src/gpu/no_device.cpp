@@ -1,6 +1,7 @@
 // The host-side GPU API in a build without a GPU backend: no device, and a clear error for any
 // operation that needs one.
 #include "atom/gpu/device.hpp"
+#include "atom/gpu/graph.hpp"
 
 namespace atom::gpu {
 
@@ -62,6 +63,17 @@ void stream_wait(void*, void*) {
 }
 void copy_to_device_async(void*, const void*, std::size_t bytes, Stream&) {
   if (bytes > 0) no_gpu("copy_to_device_async");
+}
+void Graph::begin_capture(void*) {
+  no_gpu("Graph::capture");
+}
+void Graph::abandon_capture(void*) noexcept {}
+Graph Graph::end_capture(void*) {
+  no_gpu("Graph::capture");
+}
+Graph::~Graph() = default;
+void Graph::replay(void*) const {
+  no_gpu("Graph::replay");
 }
 Timer::Timer() {
   no_gpu("Timer");

@@ -3,7 +3,8 @@
 #include <algorithm>
 #include <memory>
 
-#include "decode_loop.hpp"
+#include "atom/ops/decode_batch.hpp"
+#include "step_loop.hpp"
 
 namespace atom::model {
 
@@ -35,6 +36,7 @@ class HostMemory {
     return detail::block_weights(m_, layers_[l], *layers_[l].weights);
   }
   pipeline::Workspace& workspace() { return ws_; }
+  ops::Host ops() const { return {}; }
   void* stream() const { return nullptr; }
   void* side_stream() const { return nullptr; }
 
@@ -45,7 +47,27 @@ class HostMemory {
   pipeline::Workspace ws_;
 };
 
+// Eager steps on host memory.
+class HostSteps final : public detail::StepsOn<HostMemory> {
+ public:
+  using StepsOn::StepsOn;
+  void capture() override { no_graph("capture"); }
+  void replay() override { no_graph("replay"); }
+  void synchronize() override {}
+  void* stream() const override { return nullptr; }
+
+ private:
+  [[noreturn]] static void no_graph(const char* what) {
+    throw std::logic_error(std::string("decode steps: ") + what +
+                           " needs the GPU backend; the host backend runs steps eagerly");
+  }
+};
+
 }  // namespace
+
+std::unique_ptr<DecodeSteps> decode_steps(const StepSetup& setup) {
+  return std::make_unique<HostSteps>(setup);
+}
 
 std::pair<policy::WeightFormat, policy::WeightFormat> block_formats(const pipeline::ModelConfig& m,
                                                                     const DecodeLayer& layer) {

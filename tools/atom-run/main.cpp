@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -17,6 +18,7 @@
 #include "atom/io/writer.hpp"
 #include "atom/model/checkpoint.hpp"
 #include "atom/model/decode.hpp"
+#include "atom/model/step.hpp"
 #include "atom/pipeline/harness.hpp"
 #include "atom/pipeline/layer.hpp"
 #if ATOM_GPU_INSTANCES
@@ -34,6 +36,8 @@ constexpr const char* usage =
     "                [--context L] [--iters K] [--seed S] [--backend auto|host|gpu]\n"
     "       atom-run --checkpoint DIR [--layers A:B|N] [--input IN --output OUT]\n"
     "                [--tokens N] [--context L]\n"
+    "       atom-run [--model NAME | --checkpoint DIR] --steps S [--layers A:B|N] [--tokens N]\n"
+    "                [--context L] [--backend auto|host|gpu]\n"
     "  --model       deepseek-v3-tiny (default), qwen3-30b-a3b-tiny, deepseek-v3, qwen3-30b-a3b\n"
     "  --pipeline    layer (default: the model's attention block and its MoE block, each "
     "checked),\n"
@@ -53,6 +57,11 @@ constexpr const char* usage =
     "                Without it, --tokens random sequences of lengths L/2..L are decoded.\n"
     "  --output      writes hidden.<s>.layer.<l> [len_s, hidden] F32 (layer l's output, residual\n"
     "                included) and, for MoE layers, route.<s>.layer.<l> [len_s, top_k] I32\n"
+    "  --steps       decode S steps of --tokens sequences (contexts L/2..L, prefilled) through\n"
+    "                the decoder layers (a preset: --layers N layers, default 1, each with its "
+    "own\n"
+    "                random weights); on the GPU one step is captured as a graph and replayed.\n"
+    "                Prints the time per step, eager and replayed, and tokens per second.\n"
     "The ATOM_* variables pick the instantiation (atom-env --instances lists them).\n";
 
 struct Options {
@@ -67,6 +76,7 @@ struct Options {
   std::string layers;
   std::string input;
   std::string output;
+  long steps = 0;
 };
 
 long parse_number(std::string_view flag, std::string_view text, long min, long max) {
@@ -111,6 +121,8 @@ Options parse(int argc, char** argv) {
       o.input = value;
     else if (flag == "--output")
       o.output = value;
+    else if (flag == "--steps")
+      o.steps = parse_number(flag, value, 1, 1 << 20);
     else
       throw std::invalid_argument("unknown option " + std::string(flag));
   }
@@ -263,6 +275,80 @@ std::vector<std::vector<bf16>> read_input(const std::string& path, index_t hidde
   return seqs;
 }
 
+// --steps: decode steps of a ragged batch through the given layers; on the GPU, eager steps then
+// one step captured and replayed, each timed with device events.
+int run_steps(const Options& o, const env::Config& config, const pipeline::ModelConfig& m,
+              const std::vector<model::DecodeLayer>& layers) {
+  const policy::BackendId backend = backend_for(o.backend);
+  model::StepSetup s;
+  s.model = &m;
+  s.layers = layers;
+  s.point = policy::point_from(config);
+  s.dual_stream_threshold = config.get<env::Var::dual_stream_moe_token_threshold>();
+  const long context = std::min<long>(o.context, m.max_position - o.steps);
+  if (context < 1)
+    throw std::invalid_argument("--steps " + std::to_string(o.steps) + " leaves no context below " +
+                                m.name + "'s " + std::to_string(m.max_position) + " positions");
+  s.context_lens = ragged_contexts(o.tokens, context);
+  s.steps = o.steps;
+  s.seed = static_cast<std::uint64_t>(o.seed);
+  std::unique_ptr<model::DecodeSteps> run;
+#if ATOM_GPU_INSTANCES
+  std::vector<std::unique_ptr<pipeline::DeviceLayerWeights>> device;
+  if (backend == policy::BackendId::gpu) {
+    std::vector<const pipeline::DeviceLayerWeights*> views;
+    for (const auto& l : layers) {
+      device.push_back(std::make_unique<pipeline::DeviceLayerWeights>(
+          m, *l.weights, std::vector{s.point.get<policy::GemmBackend>()}));
+      views.push_back(device.back().get());
+    }
+    run = model::decode_steps_gpu(s, views);
+  }
+#endif
+  if (!run) run = model::decode_steps(s);
+  const auto instances = run->instances();
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    std::printf("layer %-5ld %s\n", static_cast<long>(layers[l].index), instances[l].c_str());
+  std::printf("batch       %ld sequences, contexts %d..%d, %ld steps on the %s backend\n", o.tokens,
+              s.context_lens.back(), s.context_lens.front(), o.steps,
+              std::string(policy::backend_name(backend)).c_str());
+  const auto report = [&](const char* what, double ms) {
+    std::printf("%-11s %.3f ms per step (mean of back-to-back steps), %.0f tokens/s\n", what, ms,
+                1e3 * static_cast<double>(o.tokens) / ms);
+  };
+  // Steps back to back, timed from the first enqueue until the device is idle: what a serving
+  // loop sees (on the GPU, launches overlap the device's work when it is the bottleneck).
+  const auto timed = [&](long n, auto&& one) {
+    run->synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long k = 0; k < n; ++k) one();
+    run->synchronize();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+               .count() /
+           static_cast<double>(n);
+  };
+  if (backend == policy::BackendId::host) {
+    report("step", timed(o.steps, [&] { run->step(); }));
+  } else {
+    // The first step sizes the workspace; then half the rest eager, half replayed from one
+    // captured step.
+    run->step();
+    const long rest = o.steps - 1;
+    const long eager = rest - rest / 2;
+    if (eager > 0) report("eager", timed(eager, [&] { run->step(); }));
+    if (rest / 2 > 0) {
+      run->capture();
+      report("graph", timed(rest / 2, [&] { run->replay(); }));
+    }
+  }
+  run->synchronize();
+  double sum = 0;
+  for (const float v : run->hidden()) sum += std::fabs(static_cast<double>(v));
+  std::printf("hidden      mean |h| %.4f after %ld steps\n",
+              sum / static_cast<double>(o.tokens * m.hidden), static_cast<long>(run->steps_run()));
+  return 0;
+}
+
 int run_checkpoint(const Options& o, const env::Config& config) {
   const policy::BackendId backend = backend_for(o.backend);
   if (!o.input.empty() && o.input == o.output)
@@ -281,6 +367,12 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   }
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (o.steps > 0) {
+    if (!o.input.empty() || !o.output.empty())
+      throw std::invalid_argument("--steps feeds its own hidden states: no --input or --output");
+    std::printf("time        load %.3f s\n", load_s);
+    return run_steps(o, config, m, layers);
+  }
   std::vector<std::vector<bf16>> inputs;
   if (!o.input.empty()) {
     inputs = read_input(o.input, m.hidden);
@@ -357,9 +449,25 @@ int main(int argc, char** argv) {
       return 2;
     }
     if (!o.checkpoint.empty()) return run_checkpoint(o, *reading.config);
-    if (!o.input.empty() || !o.output.empty() || !o.layers.empty())
-      throw std::invalid_argument("--input, --output and --layers need --checkpoint");
+    if (!o.input.empty() || !o.output.empty())
+      throw std::invalid_argument("--input and --output need --checkpoint");
     const pipeline::ModelConfig model = pipeline::preset(o.model);
+    if (o.steps > 0) {
+      // Random weights per layer, each from its own seed.
+      const auto [first, last] = layer_range(o.layers.empty() ? "1" : o.layers, model.num_layers);
+      std::vector<std::unique_ptr<pipeline::LayerWeights>> owned;
+      std::vector<model::DecodeLayer> layers;
+      std::printf("weights     generating %ld layers of %s (seed %ld)...\n",
+                  static_cast<long>(last - first), model.name.c_str(), o.seed);
+      std::fflush(stdout);
+      for (index_t l = first; l < last; ++l) {
+        owned.push_back(std::make_unique<pipeline::LayerWeights>(
+            model, static_cast<std::uint64_t>(o.seed + l)));
+        layers.push_back({l, owned.back().get()});
+      }
+      return run_steps(o, *reading.config, model, layers);
+    }
+    if (!o.layers.empty()) throw std::invalid_argument("--layers needs --checkpoint or --steps");
     int status = 0;
     bool first = true;
     for (const PipelineId p : pipelines_for(o.pipeline, model)) {

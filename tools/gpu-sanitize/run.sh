@@ -6,7 +6,9 @@
 #   tools/gpu-sanitize/run.sh [BUILD_DIR] [TOOLS...]     (default: build, all four tools)
 #   tools/gpu-sanitize/run.sh --binaries DIR [TOOLS...]  (every test_gpu*/test_*_gpu in DIR)
 #
-# Logs go to $GPU_SANITIZE_LOGS (default: ./gpu-sanitize-logs), one per binary and tool.
+# Logs go to $GPU_SANITIZE_LOGS (default: ./gpu-sanitize-logs), one per binary and tool. With
+# $GPU_SANITIZE_TIMEOUT (seconds) a run that takes longer is stopped and reported as a failure.
+# $GPU_SANITIZE_FILTER, when set, is passed to every binary as its test-case filter (Catch2).
 set -u
 if [ "${1:-}" = "--binaries" ]; then
   bins=$(ls "$2"/test_gpu* "$2"/test_*_gpu 2>/dev/null | sort -u)
@@ -19,6 +21,9 @@ else
 fi
 tools=${*:-memcheck racecheck synccheck initcheck}
 logs=${GPU_SANITIZE_LOGS:-gpu-sanitize-logs}
+limit=${GPU_SANITIZE_TIMEOUT:-0}
+bounded=""
+[ "$limit" -gt 0 ] && bounded="timeout $limit"
 mkdir -p "$logs"
 if [ -z "$bins" ]; then
   echo "gpu-sanitize: no GPU test binaries found" >&2
@@ -31,9 +36,11 @@ for bin in $bins; do
     [ "$tool" = memcheck ] && extra="--leak-check full"
     log="$logs/$(basename "$bin").$tool.log"
     # shellcheck disable=SC2086
-    compute-sanitizer --tool "$tool" $extra --error-exitcode 99 "$bin" > "$log" 2>&1
+    $bounded compute-sanitizer --tool "$tool" $extra --error-exitcode 99 "$bin" \
+      ${GPU_SANITIZE_FILTER:+"$GPU_SANITIZE_FILTER"} > "$log" 2>&1
     rc=$?
-    summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    [ $rc -eq 124 ] && summary="stopped after ${limit} s"
+    [ $rc -ne 124 ] && summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
     if [ $rc -eq 0 ]; then
       echo "clean   $(basename "$bin") $tool: $summary"
     else

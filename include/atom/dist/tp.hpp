@@ -31,6 +31,7 @@
 
 #include "atom/core/tensor.hpp"
 #include "atom/env/config.hpp"
+#include "atom/gpu/graph.hpp"
 #include "atom/numeric/numeric.hpp"
 #include "atom/ops/formats.hpp"
 #include "atom/ops/gpu.hpp"
@@ -102,19 +103,15 @@ enum class TpPath : std::uint8_t {
   plain,  // TP size 1: add_rms_norm alone (what path_for reports there)
 };
 
-// A captured sequence of calls on the group's stream, replayed as one launch.
+// A captured sequence of calls on the group's stream, replayed as one launch there.
 class TpGraph {
  public:
-  TpGraph(TpGraph&&) noexcept;
-  TpGraph& operator=(TpGraph&&) noexcept;
-  ~TpGraph();
-  void replay();
+  void replay() { graph_.replay(stream_); }
 
  private:
   friend class TpGroup;
-  TpGraph(void* graph, void* exec, void* stream) : graph_(graph), exec_(exec), stream_(stream) {}
-  void* graph_ = nullptr;
-  void* exec_ = nullptr;
+  TpGraph(gpu::Graph graph, void* stream) : graph_(std::move(graph)), stream_(stream) {}
+  gpu::Graph graph_;
   void* stream_ = nullptr;
 };
 

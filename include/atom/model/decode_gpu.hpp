@@ -5,6 +5,7 @@
 #pragma once
 
 #include "atom/model/decode.hpp"
+#include "atom/model/step.hpp"
 #include "atom/pipeline/device_storage.hpp"
 
 namespace atom::model {
@@ -16,5 +17,11 @@ std::vector<LayerOutput> decode_sequences_gpu(
     const std::vector<const pipeline::DeviceLayerWeights*>& device,
     const std::vector<std::vector<bf16>>& inputs, policy::Point point,
     std::int64_t dual_stream_threshold);
+
+// model/step.hpp's steps on the GPU backend: device[i] is the device copy of setup.layers[i]'s
+// weights. step() enqueues on the steps' own stream; capture() and replay() record and run one
+// step as a graph.
+std::unique_ptr<DecodeSteps> decode_steps_gpu(
+    const StepSetup& setup, const std::vector<const pipeline::DeviceLayerWeights*>& device);
 
 }  // namespace atom::model

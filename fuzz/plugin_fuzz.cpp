@@ -1,0 +1,233 @@
+// libFuzzer target: the plugin ABI's argument checks, through the C entry points a host calls. The
+// input chooses the ABI version, the settings list (known and unknown names, any values), the
+// architecture, kind and preset (the tiny presets, or arbitrary strings), the batch shape, each
+// buffer's element count and pointer (exact, short, NULL or aliasing another), and every batch
+// entry (positions, slots, block ids, context lengths, in and around their ranges). Each call
+// must return a status of the ABI with a message naming what was wrong, or run; a crash, a
+// sanitizer report, a failure without a message or an unknown status is a finding.
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "atom/env/registry.hpp"
+#include "atom/numeric/bf16.hpp"
+#include "atom/plugin/atom_plugin.h"
+
+namespace {
+
+const atom_plugin_api* api = nullptr;
+
+void check(atom_plugin_status s) {
+  if (s < ATOM_PLUGIN_OK || s > ATOM_PLUGIN_ERROR_INTERNAL) __builtin_trap();
+  // INTERNAL means a check let bad input through to code that then failed.
+  if (s == ATOM_PLUGIN_ERROR_INTERNAL) __builtin_trap();
+  if (s != ATOM_PLUGIN_OK && std::strlen(api->last_error()) == 0) __builtin_trap();
+}
+
+// Choices read from the input: 0, what an exhausted input reads, is always the common case.
+std::string pick(FuzzedDataProvider& in, const std::vector<std::string>& known) {
+  if (in.ConsumeIntegralInRange<int>(0, 7) == 7) return in.ConsumeRandomLengthString(24);
+  return known[in.ConsumeIntegralInRange<std::size_t>(0, known.size() - 1)];
+}
+
+// A value near a range: mostly inside [lo, hi], sometimes just outside, rarely anything.
+template <class T>
+T around(FuzzedDataProvider& in, std::int64_t lo, std::int64_t hi) {
+  switch (in.ConsumeIntegralInRange<int>(0, 15)) {
+    case 13:
+      return in.ConsumeIntegral<T>();
+    case 14:
+      return static_cast<T>(lo - 1);
+    case 15:
+      return static_cast<T>(hi + 1);
+    default:
+      return static_cast<T>(in.ConsumeIntegralInRange<std::int64_t>(lo, hi < lo ? lo : hi));
+  }
+}
+
+// One run argument: its storage and the pointer and count the host passes.
+template <class T>
+struct Arg {
+  std::vector<T> storage;
+  T* data = nullptr;
+  std::size_t count = 0;
+};
+
+// Exact, NULL, one short or a few long; the contents come from a generator seeded by the input
+// (activations and caches hold thousands of elements): finite values of the element's type, or
+// with `raw` any bits (NaN and infinity included; the pipelines must not crash on them). The
+// batch entries are set by the caller.
+template <class T>
+Arg<T> make_arg(FuzzedDataProvider& in, std::size_t needed, std::minstd_rand& bits, bool raw) {
+  Arg<T> a;
+  std::size_t n = needed;
+  switch (in.ConsumeIntegralInRange<int>(0, 15)) {
+    case 13:
+      return a;  // NULL, count 0
+    case 14:
+      n = needed > 0 ? needed - 1 : 0;
+      break;
+    case 15:
+      n = needed + in.ConsumeIntegralInRange<std::size_t>(1, 8);
+      break;
+    default:
+      break;
+  }
+  a.storage.resize(n > 0 ? n : 1);
+  std::uniform_real_distribution<float> finite(-4.0f, 4.0f);
+  for (auto& v : a.storage) {
+    if (raw) {
+      const auto word = static_cast<std::uint32_t>(bits());
+      std::memcpy(&v, &word, sizeof(T) < sizeof(word) ? sizeof(T) : sizeof(word));
+    } else if constexpr (std::is_same_v<T, float>) {
+      v = 1e-3f + std::fabs(finite(bits));  // cache scales are positive
+    } else if constexpr (std::is_same_v<T, std::uint16_t>) {
+      v = atom::to_bf16(finite(bits)).bits;
+    } else if constexpr (std::is_same_v<T, std::uint8_t>) {
+      v = static_cast<std::uint8_t>(bits()) & 0x7E;  // an FP8 e4m3 code that is not NaN
+    } else {
+      v = static_cast<T>(bits());
+    }
+  }
+  a.data = a.storage.data();
+  a.count = n;
+  return a;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzedDataProvider in(data, size);
+  {
+    // The entry point: any version; only the built one is handed out.
+    const atom_plugin_api* got = nullptr;
+    const char* error = nullptr;
+    const auto version = in.ConsumeIntegralInRange<int>(0, 7) < 7 ? ATOM_PLUGIN_ABI_VERSION
+                                                                  : in.ConsumeIntegral<uint32_t>();
+    const atom_plugin_status s = atom_plugin_get_api(version, &got, &error);
+    if ((s == ATOM_PLUGIN_OK) != (version == ATOM_PLUGIN_ABI_VERSION)) __builtin_trap();
+    if (s != ATOM_PLUGIN_OK && (error == nullptr || std::strlen(error) == 0)) __builtin_trap();
+    if (s != ATOM_PLUGIN_OK) return 0;
+    api = got;
+  }
+
+  // Settings: name/value pairs of registry names or arbitrary strings, the value arbitrary.
+  std::vector<std::string> names;
+  for (const auto& spec : atom::env::registry) names.emplace_back(spec.name);
+  std::vector<std::string> texts;
+  const int pairs = in.ConsumeIntegralInRange<int>(0, 4);
+  for (int i = 0; i < pairs; ++i) {
+    texts.push_back(pick(in, names));
+    texts.push_back(in.ConsumeBool() ? std::string(in.ConsumeBool() ? "1" : "0")
+                                     : in.ConsumeRandomLengthString(12));
+  }
+  std::vector<const char*> settings;
+  for (const auto& t : texts) settings.push_back(t.c_str());
+  if (!settings.empty() && in.ConsumeIntegralInRange<int>(0, 15) == 15) settings.pop_back();
+  settings.push_back(nullptr);
+  atom_plugin_registration* reg = nullptr;
+  atom_plugin_status s = api->register_plugin(settings.data(), &reg);
+  check(s);
+  if (s != ATOM_PLUGIN_OK) return 0;
+
+  atom_plugin_registration_info info{};
+  check(api->registration_info(reg, &info));
+  std::vector<std::string> architectures;
+  for (std::size_t i = 0; i < info.model_count; ++i) {
+    atom_plugin_model m{};
+    check(api->model(reg, i, &m));
+    architectures.emplace_back(m.architecture);
+  }
+  atom_plugin_model m{};
+  check(api->model(reg, in.ConsumeIntegralInRange<std::size_t>(0, info.model_count + 1), &m));
+  if (architectures.empty()) architectures.emplace_back("DeepseekV3ForCausalLM");
+
+  // Only the tiny presets: the full-size ones generate gigabytes of weights.
+  const std::string architecture = pick(in, architectures);
+  const std::string kind = pick(in, {"layer", "attention", "moe"});
+  const std::string preset = pick(in, {"deepseek-v3-tiny", "qwen3-30b-a3b-tiny"});
+  atom_plugin_pipeline* p = nullptr;
+  s = api->create_pipeline(reg, architecture.c_str(), kind.c_str(), preset.c_str(),
+                           in.ConsumeIntegralInRange<std::uint64_t>(0, 3), &p);
+  check(s);
+  api->release_registration(reg);
+  if (s != ATOM_PLUGIN_OK) return 0;
+  atom_plugin_pipeline_info pi{};
+  check(api->pipeline_info(p, &pi));
+
+  atom_plugin_batch_shape shape{around<std::int64_t>(in, 1, 6), around<std::int64_t>(in, 1, 5),
+                                around<std::int64_t>(in, 1, 24)};
+  atom_plugin_buffer_sizes n{};
+  s = api->buffer_sizes(p, &shape, &n);
+  check(s);
+  if (s != ATOM_PLUGIN_OK) {
+    api->destroy_pipeline(p);
+    return 0;
+  }
+  // buffer_sizes accepts any extent up to the ABI's limits; the fuzzer allocates small batches.
+  const std::size_t total = n.x + n.block_table + n.mla_cache + n.key_cache + n.key_scale;
+  if (total > (std::size_t{1} << 22)) {
+    api->destroy_pipeline(p);
+    return 0;
+  }
+
+  std::minstd_rand bits(in.ConsumeIntegral<std::uint32_t>() | 1u);
+  const bool raw = in.ConsumeIntegralInRange<int>(0, 7) == 7;
+  auto x = make_arg<std::uint16_t>(in, n.x, bits, raw);
+  auto residual = make_arg<std::uint16_t>(in, n.residual, bits, raw);
+  auto out = make_arg<std::uint16_t>(in, n.out, bits, raw);
+  auto positions = make_arg<std::int64_t>(in, n.positions, bits, raw);
+  auto slots = make_arg<std::int64_t>(in, n.slots, bits, raw);
+  auto table = make_arg<std::int32_t>(in, n.block_table, bits, raw);
+  auto context = make_arg<std::int32_t>(in, n.context_lens, bits, raw);
+  auto mla = make_arg<std::uint16_t>(in, n.mla_cache, bits, raw);
+  auto key = make_arg<std::uint8_t>(in, n.key_cache, bits, raw);
+  auto value = make_arg<std::uint8_t>(in, n.value_cache, bits, raw);
+  auto key_scale = make_arg<float>(in, n.key_scale, bits, raw);
+  auto value_scale = make_arg<float>(in, n.value_scale, bits, raw);
+  // The moe kind ignores the cache extents, which may then be anything: ranges from clamped ones.
+  const std::int64_t blocks = std::clamp<std::int64_t>(shape.num_blocks, 0, 1 << 20);
+  const std::int64_t width = std::clamp<std::int64_t>(shape.max_blocks_per_token, 0, 1 << 20);
+  const std::int64_t slots_total = blocks * pi.block_size;
+  for (auto& v : positions.storage) v = around<std::int64_t>(in, 0, pi.max_position - 1);
+  // Slots: distinct by default (token t writes slot t), else padding or anything near the range.
+  for (std::size_t t = 0; t < slots.storage.size(); ++t) {
+    const int choice = in.ConsumeIntegralInRange<int>(0, 7);
+    slots.storage[t] = choice == 7   ? -1
+                       : choice == 6 ? around<std::int64_t>(in, 0, slots_total - 1)
+                                     : static_cast<std::int64_t>(t);
+  }
+  for (auto& v : table.storage) v = around<std::int32_t>(in, 0, blocks - 1);
+  for (auto& v : context.storage) v = around<std::int32_t>(in, 1, width * pi.block_size);
+
+  atom_plugin_run_args a{
+      shape,       x.data,         x.count,         residual.data,    residual.count,
+      out.data,    out.count,      positions.data,  positions.count,  slots.data,
+      slots.count, table.data,     table.count,     context.data,     context.count,
+      mla.data,    mla.count,      key.data,        key.count,        value.data,
+      value.count, key_scale.data, key_scale.count, value_scale.data, value_scale.count};
+  // Aliasing: the output over the residual stream, or the input over the output.
+  switch (in.ConsumeIntegralInRange<int>(0, 15)) {
+    case 14:
+      a.out = a.residual;
+      a.out_count = a.residual_count;
+      break;
+    case 15:
+      a.x = a.out;
+      a.x_count = a.out_count;
+      break;
+    default:
+      break;
+  }
+  check(api->run(p, &a, nullptr));
+  api->destroy_pipeline(p);
+  return 0;
+}

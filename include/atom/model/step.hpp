@@ -1,0 +1,69 @@
+// Decode steps, as an engine runs them: a batch of sequences, one query token each, goes through
+// a model's decoder layers step after step. A step writes each layer's cache at every token's
+// slot and then advances the batch where it lives (ops::advance_decode: positions, context
+// lengths and slots), so the next step needs nothing from the host. On the GPU backend a step can
+// therefore be captured once as a graph and replayed: no host synchronisation, allocation or
+// host-side decision happens inside it (the token count, and with it the dual-stream choice, is
+// fixed per captured graph).
+//
+// Each sequence's context before its first step is prefilled with random cache rows (a prefill
+// atom does not run), and each step feeds every sequence the same random hidden state (the
+// embedding of the token fed): what a step costs does not depend on those values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "atom/model/decode.hpp"
+
+namespace atom::model {
+
+struct StepSetup {
+  const pipeline::ModelConfig* model = nullptr;
+  std::vector<DecodeLayer> layers;  // the layers' host weights (the host backend runs on them)
+  policy::Point point;              // from the environment; each block at its weights' format
+  std::int64_t dual_stream_threshold = 0;
+  // Per sequence, the context length its first step attends to (>= 1, the token itself
+  // included): context_lens[s] - 1 rows are prefilled.
+  std::vector<std::int32_t> context_lens;
+  index_t steps = 1;  // steps the caches hold: the contexts may grow by that many tokens
+  std::uint64_t seed = 1;
+};
+
+class DecodeSteps {
+ public:
+  virtual ~DecodeSteps() = default;
+
+  // Runs one step (every layer, then the batch's advance), enqueued on the backend's stream.
+  virtual void step() = 0;
+  // GPU: records one step as a graph, without running it; replay() then runs it. Call it after
+  // at least one step(), which sizes the workspace and the kernels' scratch memory.
+  virtual void capture() = 0;
+  virtual void replay() = 0;
+  // Waits until every enqueued step has completed.
+  virtual void synchronize() = 0;
+
+  // The stream steps are enqueued on (a hipStream_t / cudaStream_t, for the caller's events);
+  // null on the host backend.
+  virtual void* stream() const = 0;
+  // Steps run so far (step() and replay() each count one; capture() does not).
+  virtual index_t steps_run() const = 0;
+  index_t tokens() const { return static_cast<index_t>(setup().context_lens.size()); }
+  virtual const StepSetup& setup() const = 0;
+  // The blocks' instantiations of each layer (LayerHandles::name).
+  virtual std::vector<std::string> instances() const = 0;
+  // The last layer's output with the residual stream added: the hidden state the last step left,
+  // [tokens, hidden].
+  virtual std::vector<float> hidden() const = 0;
+  // Every byte a step writes (the last layer's output and residual, every layer's cache and the
+  // batch metadata), for comparing two runs bit for bit.
+  virtual std::vector<std::byte> snapshot() const = 0;
+};
+
+// The host backend: step() runs eagerly; capture() and replay() throw (there is no graph).
+std::unique_ptr<DecodeSteps> decode_steps(const StepSetup& setup);
+
+}  // namespace atom::model

@@ -1,0 +1,63 @@
+// The decode batch's advance and the uniform fill on the GPU: one thread per token, one thread per
+// element (grid-stride).
+
+#include "atom/ops/gpu/decode_batch.hpp"
+
+#include <string_view>
+
+#include "atom/gpu/runtime.hpp"
+
+namespace atom::kernels {
+namespace {
+
+__global__ void advance_decode_kernel(ops::DecodeCursor b, index_t block_size) {
+  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= b.positions.size(0)) return;
+  ops::advance_token(b.positions(t), b.slots(t), &b.block_table(t, 0), b.block_table.size(1),
+                     b.context_lens(t), block_size);
+}
+
+template <class T>
+__global__ void fill_uniform_kernel(T* out, index_t n, std::uint64_t seed, float lo, float hi) {
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<index_t>(gridDim.x) * blockDim.x)
+    out[i] = ops::hash_value<T>(seed, static_cast<std::uint64_t>(i), lo, hi);
+}
+
+}  // namespace
+}  // namespace atom::kernels
+
+namespace atom::ops {
+
+void advance_decode(const Gpu& gpu, const DecodeCursor& b, index_t block_size) {
+  constexpr std::string_view op = "advance_decode";
+  const index_t tokens = b.positions.size(0);
+  expect_shape(op, "slots", b.slots, {tokens});
+  expect_shape(op, "context_lens", b.context_lens, {tokens});
+  expect(b.block_table.size(0) == tokens, op, "block_table has another token count");
+  expect(block_size >= 1, op, "block_size must be at least 1");
+  if (tokens == 0) return;
+  constexpr unsigned threads = 128;
+  const auto blocks = static_cast<unsigned>((tokens + threads - 1) / threads);
+  kernels::advance_decode_kernel<<<blocks, threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
+      b, block_size);
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+template <class T>
+void fill_uniform(const Gpu& gpu, View1<T> out, std::uint64_t seed, float lo, float hi) {
+  expect(out.size(0) == 0 || out.stride(0) == 1, "fill_uniform", "out must be contiguous");
+  if (out.size(0) == 0) return;
+  constexpr unsigned threads = 256;
+  const index_t want = (out.size(0) + threads - 1) / threads;
+  const auto blocks = static_cast<unsigned>(want < 65536 ? want : 65536);
+  kernels::fill_uniform_kernel<<<blocks, threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
+      out.data, out.size(0), seed, lo, hi);
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+template void fill_uniform(const Gpu&, View1<bf16>, std::uint64_t, float, float);
+template void fill_uniform(const Gpu&, View1<fp8_e4m3>, std::uint64_t, float, float);
+template void fill_uniform(const Gpu&, View1<float>, std::uint64_t, float, float);
+
+}  // namespace atom::ops

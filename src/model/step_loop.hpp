@@ -1,0 +1,223 @@
+// The decode steps of model/step.hpp over a Memory policy (decode_loop.hpp's, plus
+// `ops()`: the backend tag the batch's own ops run with), shared by the host backend (step.cpp)
+// and the GPU backend (pipeline_gpu/decode_gpu.cpp). The batch's ops are called unqualified: each
+// backend's overloads are found through its tag.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "atom/model/step.hpp"
+#include "atom/ops/decode_batch.hpp"
+#include "decode_loop.hpp"
+
+namespace atom::model::detail {
+
+template <class Memory>
+class StepLoop {
+ public:
+  StepLoop(Memory& mem, const StepSetup& s) : mem_(mem), s_(s) {
+    const pipeline::ModelConfig& m = *s.model;
+    if (s.layers.empty()) throw std::invalid_argument("decode steps: no layers");
+    if (s.context_lens.empty()) throw std::invalid_argument("decode steps: no sequences");
+    if (s.steps < 1) throw std::invalid_argument("decode steps: steps must be at least 1");
+    const index_t bs = m.block_size;
+    const auto t = static_cast<index_t>(s.context_lens.size());
+    // Sequence i owns the blocks [first[i], first[i] + count[i]) that hold its longest context;
+    // the rest of its block-table row is -1.
+    std::vector<index_t> first, count;
+    index_t blocks = 0;
+    for (std::size_t i = 0; i < s.context_lens.size(); ++i) {
+      const index_t len = s.context_lens[i];
+      const index_t longest = len + s.steps - 1;
+      if (len < 1 || longest > m.max_position)
+        throw std::invalid_argument(
+            "decode steps: sequence " + std::to_string(i) + " has context " + std::to_string(len) +
+            " and grows by " + std::to_string(s.steps - 1) + "; expected 1 <= context and " +
+            "context + steps - 1 <= the model's " + std::to_string(m.max_position) + " positions");
+      first.push_back(blocks);
+      count.push_back((longest + bs - 1) / bs);
+      blocks += count.back();
+    }
+    const index_t width = *std::max_element(count.begin(), count.end());
+    const auto u = [](index_t v) { return static_cast<std::size_t>(v); };
+    std::vector<std::int32_t> table(u(t * width), -1);
+    std::vector<std::int64_t> positions, slots;
+    for (index_t i = 0; i < t; ++i) {
+      for (index_t b = 0; b < count[u(i)]; ++b)
+        table[u(i * width + b)] = static_cast<std::int32_t>(first[u(i)] + b);
+      const index_t pos = s.context_lens[u(i)] - 1;
+      positions.push_back(pos);
+      slots.push_back((first[u(i)] + pos / bs) * bs + pos % bs);
+    }
+    positions_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
+    slots_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
+    table_ = make_view(mem.template alloc<std::int32_t>(table.size()), t, width);
+    context_ = make_view(mem.template alloc<std::int32_t>(u(t)), t);
+    mem.put(positions_.data, positions);
+    mem.put(slots_.data, slots);
+    mem.put(table_.data, table);
+    mem.put(context_.data, s.context_lens);
+
+    const index_t h = m.hidden;
+    input_ = make_view(mem.template alloc<bf16>(u(t * h)), t, h);
+    residual_ = make_view(mem.template alloc<bf16>(u(t * h)), t, h);
+    ping_ = make_view(mem.template alloc<bf16>(u(t * h)), t, h);
+    pong_ = make_view(mem.template alloc<bf16>(u(t * h)), t, h);
+    intermediate_ = make_view(mem.template alloc<bf16>(u(t * h)), t, h);
+    fill_uniform(mem.ops(), View1<bf16>(make_view(input_.data, t * h)), s.seed, -1.0f, 1.0f);
+
+    // Per layer its blocks' instantiations and its cache, prefilled with random rows (the rows
+    // past each context are overwritten before they are read).
+    const bool mla = m.attention == pipeline::AttentionKind::mla;
+    for (std::size_t l = 0; l < s.layers.size(); ++l) {
+      const DecodeLayer& dl = s.layers[l];
+      const pipeline::LayerKind kind = pipeline::layer_kind(m, dl.index);
+      const auto [attention_format, mlp_format] = block_formats(m, dl);
+      Layer r{
+          pipeline::resolve_layer(m, kind, s.point, attention_format, mlp_format, Memory::backend),
+          {},
+          {}};
+      const std::uint64_t seed = s.seed + 1000 * (l + 1);
+      if (mla) {
+        const index_t row = m.kv_lora_rank + m.qk_rope_dim;
+        r.mla_cache = make_view(mem.template alloc<bf16>(u(blocks * bs * row)), blocks, bs, row);
+        fill(make_view(r.mla_cache.data, blocks * bs * row), seed, -1.0f, 1.0f);
+      } else {
+        const index_t kvh = m.num_kv_heads;
+        const index_t d = m.head_dim;
+        const index_t n = blocks * bs * kvh * d;
+        r.kv_cache = {make_view(mem.template alloc<fp8_e4m3>(u(n)), blocks, bs, kvh, d),
+                      make_view(mem.template alloc<fp8_e4m3>(u(n)), blocks, bs, kvh, d),
+                      make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh),
+                      make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh)};
+        fill(make_view(r.kv_cache.key.data, n), seed, -448.0f, 448.0f);
+        fill(make_view(r.kv_cache.value.data, n), seed + 1, -448.0f, 448.0f);
+        // Scales as the writer makes them for rows of magnitude about 1: amax / 448.
+        fill(make_view(r.kv_cache.key_scale.data, blocks * bs * kvh), seed + 2, 1e-3f, 4e-3f);
+        fill(make_view(r.kv_cache.value_scale.data, blocks * bs * kvh), seed + 3, 1e-3f, 4e-3f);
+      }
+      layers_.push_back(std::move(r));
+    }
+  }
+
+  // One step: the residual stream starts at zero and x at the fed hidden state, so the first
+  // block's add makes the residual the input; each layer's output is the next one's x (two
+  // buffers in turn); then the batch advances.
+  void enqueue() {
+    const pipeline::ModelConfig& m = *s_.model;
+    const index_t t = context_.size(0);
+    const index_t h = m.hidden;
+    // Zeros: the uniform fill over the empty range [0, 0).
+    fill_uniform(mem_.ops(), View1<bf16>(make_view(residual_.data, t * h)), 0, 0.0f, 0.0f);
+    const pipeline::DecodeBatch batch{positions_, slots_, table_, context_};
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const Layer& r = layers_[l];
+      pipeline::BlockIo io{
+          &m,        {},     l == 0 ? View2<const bf16>(input_) : View2<const bf16>(out(l - 1)),
+          residual_, out(l), &mem_.workspace()};
+      io.stream = mem_.stream();
+      io.side_stream = mem_.side_stream();
+      pipeline::run_layer(
+          r.handles, mem_.weights(l),
+          {io, intermediate_, batch, r.mla_cache, r.kv_cache, s_.dual_stream_threshold, {}});
+      mem_.workspace().reset();
+    }
+    advance_decode(mem_.ops(), {positions_, slots_, table_, context_}, m.block_size);
+  }
+
+  std::vector<std::string> instances() const {
+    std::vector<std::string> out;
+    for (const auto& l : layers_) out.push_back(l.handles.name());
+    return out;
+  }
+
+  std::vector<float> hidden() {
+    const auto n = static_cast<std::size_t>(residual_.numel());
+    std::vector<bf16> o(n), r(n);
+    mem_.get(o, out(layers_.size() - 1).data);
+    mem_.get(r, residual_.data);
+    std::vector<float> sum(n);
+    for (std::size_t i = 0; i < n; ++i) sum[i] = to_float(o[i]) + to_float(r[i]);
+    return sum;
+  }
+
+  std::vector<std::byte> snapshot() {
+    std::vector<std::byte> all;
+    const auto add = [&](const auto* p, index_t n) {
+      using T = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
+      std::vector<T> v(static_cast<std::size_t>(n));
+      mem_.get(v, p);
+      const auto at = all.size();
+      all.resize(at + v.size() * sizeof(T));
+      std::memcpy(all.data() + at, v.data(), v.size() * sizeof(T));
+    };
+    add(out(layers_.size() - 1).data, residual_.numel());
+    add(residual_.data, residual_.numel());
+    add(positions_.data, positions_.numel());
+    add(slots_.data, slots_.numel());
+    add(context_.data, context_.numel());
+    for (const auto& l : layers_) {
+      if (l.mla_cache.data != nullptr) add(l.mla_cache.data, l.mla_cache.numel());
+      if (l.kv_cache.key.data != nullptr) {
+        add(l.kv_cache.key.data, l.kv_cache.key.numel());
+        add(l.kv_cache.value.data, l.kv_cache.value.numel());
+        add(l.kv_cache.key_scale.data, l.kv_cache.key_scale.numel());
+        add(l.kv_cache.value_scale.data, l.kv_cache.value_scale.numel());
+      }
+    }
+    return all;
+  }
+
+ private:
+  struct Layer {
+    pipeline::LayerHandles handles;
+    View3<bf16> mla_cache;
+    ops::KvCacheFp8 kv_cache;
+  };
+
+  View2<bf16> out(std::size_t layer) const { return layer % 2 == 0 ? ping_ : pong_; }
+  template <class T>
+  void fill(View1<T> v, std::uint64_t seed, float lo, float hi) {
+    fill_uniform(mem_.ops(), v, seed, lo, hi);
+  }
+
+  Memory& mem_;
+  const StepSetup& s_;
+  View1<std::int64_t> positions_, slots_;
+  View2<std::int32_t> table_;
+  View1<std::int32_t> context_;
+  View2<bf16> input_, residual_, ping_, pong_, intermediate_;
+  std::vector<Layer> layers_;
+};
+
+// What both backends' DecodeSteps share: the setup, the Memory (made from the setup's model and
+// layers and `memory_args`), the loop and the step count. A backend adds capture, replay,
+// synchronize and stream.
+template <class Memory>
+class StepsOn : public DecodeSteps {
+ public:
+  template <class... MemoryArgs>
+  explicit StepsOn(const StepSetup& s, const MemoryArgs&... memory_args)
+      : setup_(s), mem_(*setup_.model, setup_.layers, memory_args...), loop_(mem_, setup_) {}
+
+  void step() override {
+    loop_.enqueue();
+    ++steps_;
+  }
+  index_t steps_run() const override { return steps_; }
+  const StepSetup& setup() const override { return setup_; }
+  std::vector<std::string> instances() const override { return loop_.instances(); }
+  std::vector<float> hidden() const override { return loop_.hidden(); }
+  std::vector<std::byte> snapshot() const override { return loop_.snapshot(); }
+
+ protected:
+  StepSetup setup_;
+  Memory mem_;
+  mutable StepLoop<Memory> loop_;
+  index_t steps_ = 0;
+};
+
+}  // namespace atom::model::detail

@@ -1,0 +1,188 @@
+// Decode steps (model/step.hpp): the batch's own advance, the steps against the teacher-forced
+// decode of model/decode.hpp on the same inputs (bit for bit: the same ops in the same batch
+// composition), and, on the GPU, a replayed graph against eager steps (bit for bit).
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "atom/model/step.hpp"
+#include "atom/ops/decode_batch.hpp"
+#if ATOM_TEST_GPU
+#include "atom/model/decode_gpu.hpp"
+#include "atom/pipeline/harness_gpu.hpp"
+#endif
+
+using namespace atom;
+
+namespace {
+
+struct Model {
+  pipeline::ModelConfig config;
+  std::vector<std::unique_ptr<pipeline::LayerWeights>> weights;
+  std::vector<model::DecodeLayer> layers;
+};
+
+// `n` layers of a preset, each with its own random weights of `format`; MoE layers unless the
+// preset's first layers are dense (deepseek-v3-tiny's layer 0 is).
+Model make_model(const char* preset, index_t n, policy::WeightFormat format) {
+  Model m{pipeline::preset(preset), {}, {}};
+  for (index_t l = 0; l < n; ++l) {
+    m.weights.push_back(std::make_unique<pipeline::LayerWeights>(
+        m.config, 7 + static_cast<std::uint64_t>(l), format));
+    m.layers.push_back({l, m.weights.back().get()});
+  }
+  return m;
+}
+
+model::StepSetup setup_for(const Model& m, std::vector<std::int32_t> contexts, index_t steps) {
+  model::StepSetup s;
+  s.model = &m.config;
+  s.layers = m.layers;
+  s.point = policy::point_from(env::Config{});
+  s.dual_stream_threshold = 1024;
+  s.context_lens = std::move(contexts);
+  s.steps = steps;
+  s.seed = 11;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "advance_decode moves each token to its next slot, across blocks and to the table's end") {
+  // Block size 4; token 0 crosses from block 2 into block 5, token 1 is padding, token 2 reaches
+  // the end of its row (no block for position 8) and stops.
+  std::vector<std::int64_t> positions{3, 0, 7};
+  std::vector<std::int64_t> slots{2 * 4 + 3, -1, 6 * 4 + 3};
+  const std::vector<std::int32_t> table{2, 5, -1, 1, -1, -1, 4, 6, -1};  // [3 tokens, 3]
+  std::vector<std::int32_t> context{4, 1, 8};
+  const ops::DecodeCursor c{make_view(positions.data(), 3), make_view(slots.data(), 3),
+                            make_view(static_cast<const std::int32_t*>(table.data()), 3, 3),
+                            make_view(context.data(), 3)};
+  ops::advance_decode(ops::Host{}, c, 4);
+  CHECK(positions == std::vector<std::int64_t>{4, 0, 7});
+  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 0, -1, -1});
+  CHECK(context == std::vector<std::int32_t>{5, 1, 8});
+  ops::advance_decode(ops::Host{}, c, 4);
+  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 1, -1, -1});
+  CHECK(context == std::vector<std::int32_t>{6, 1, 8});
+}
+
+TEST_CASE("fill_uniform is deterministic, in range and differs between seeds") {
+  std::vector<float> a(1000), b(1000), c(1000);
+  ops::fill_uniform(ops::Host{}, make_view(a.data(), 1000), 3, -2.0f, 5.0f);
+  ops::fill_uniform(ops::Host{}, make_view(b.data(), 1000), 3, -2.0f, 5.0f);
+  ops::fill_uniform(ops::Host{}, make_view(c.data(), 1000), 4, -2.0f, 5.0f);
+  CHECK(a == b);
+  CHECK(a != c);
+  for (float v : a) {
+    REQUIRE(v >= -2.0f);
+    REQUIRE(v < 5.0f);
+  }
+  std::vector<fp8_e4m3> codes(4096);
+  ops::fill_uniform(ops::Host{}, make_view(codes.data(), 4096), 5, -448.0f, 448.0f);
+  for (auto code : codes) REQUIRE(std::isfinite(to_float(code)));
+}
+
+TEST_CASE("decode steps from empty caches equal the teacher-forced decode, bit for bit") {
+  for (const char* preset : {"deepseek-v3-tiny", "qwen3-30b-a3b-tiny"}) {
+    for (auto format : {policy::WeightFormat::mxfp4, policy::WeightFormat::bf16}) {
+      INFO(preset << ", " << static_cast<int>(format));
+      const Model m = make_model(preset, 2, format);
+      constexpr index_t steps = 19;  // crosses block boundaries of the tiny presets' caches
+      const index_t sequences = 3;
+      auto run = model::decode_steps(setup_for(m, std::vector<std::int32_t>(sequences, 1), steps));
+      // The fed hidden state is the same every step: the teacher-forced decode's input repeats
+      // it, in every sequence (fill_uniform over the batch [T, hidden], seed 11).
+      const index_t h = m.config.hidden;
+      std::vector<bf16> fed(static_cast<std::size_t>(sequences * h));
+      ops::fill_uniform(ops::Host{}, make_view(fed.data(), sequences * h), 11, -1.0f, 1.0f);
+      std::vector<std::vector<bf16>> inputs;
+      for (index_t s = 0; s < sequences; ++s) {
+        std::vector<bf16> seq;
+        for (index_t k = 0; k < steps; ++k)
+          seq.insert(seq.end(), fed.begin() + s * h, fed.begin() + (s + 1) * h);
+        inputs.push_back(std::move(seq));
+      }
+      const auto want =
+          model::decode_sequences(m.config, m.layers, inputs, run->setup().point, 1024);
+      for (index_t k = 0; k < steps; ++k) {
+        run->step();
+        const std::vector<float> got = run->hidden();
+        for (index_t s = 0; s < sequences; ++s) {
+          const float* w = want.back().hidden[static_cast<std::size_t>(s)].data() + k * h;
+          REQUIRE(std::memcmp(got.data() + s * h, w, static_cast<std::size_t>(h) * 4) == 0);
+        }
+      }
+      CHECK(run->steps_run() == steps);
+      CHECK(run->instances().size() == 2);
+    }
+  }
+}
+
+TEST_CASE("decode steps reject bad setups with a message naming what is wrong") {
+  const Model m = make_model("qwen3-30b-a3b-tiny", 1, policy::WeightFormat::mxfp4);
+  CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {4, 0}, 2)),
+                    Catch::Contains("sequence 1 has context 0"));
+  CHECK_THROWS_WITH(
+      model::decode_steps(setup_for(m, {static_cast<std::int32_t>(m.config.max_position)}, 2)),
+      Catch::Contains("positions"));
+  CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {}, 2)), Catch::Contains("no sequences"));
+  CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {3}, 0)), Catch::Contains("steps"));
+  auto run = model::decode_steps(setup_for(m, {3}, 2));
+  CHECK_THROWS_WITH(run->capture(), Catch::Contains("GPU backend"));
+}
+
+#if ATOM_TEST_GPU
+TEST_CASE("a replayed step equals an eager step bit for bit, and the GPU steps follow the host") {
+  for (const char* preset : {"deepseek-v3-tiny", "qwen3-30b-a3b-tiny"}) {
+    INFO(preset);
+    const Model m = make_model(preset, 3, policy::WeightFormat::mxfp4);
+    const policy::Point point = policy::point_from(env::Config{});
+    std::vector<std::unique_ptr<pipeline::DeviceLayerWeights>> device;
+    std::vector<const pipeline::DeviceLayerWeights*> views;
+    for (const auto& l : m.layers) {
+      device.push_back(std::make_unique<pipeline::DeviceLayerWeights>(
+          m.config, *l.weights, std::vector{point.get<policy::GemmBackend>()}));
+      views.push_back(device.back().get());
+    }
+    // Ragged prefilled contexts crossing block boundaries while the steps run.
+    const auto s = setup_for(m, {1, 17, 40, 63, 5}, 9);
+    auto eager = model::decode_steps_gpu(s, views);
+    auto graph = model::decode_steps_gpu(s, views);
+    eager->step();
+    graph->step();
+    graph->capture();
+    CHECK(graph->steps_run() == 1);
+    for (int k = 0; k < 8; ++k) {
+      eager->step();
+      graph->replay();
+      graph->synchronize();
+      REQUIRE(eager->snapshot() == graph->snapshot());
+    }
+    // One step on the host against one on the GPU: each layer adds at most the GPU pipelines'
+    // stated bound (harness_gpu.cpp) to the relative L2 error, to first order.
+    auto host = model::decode_steps(s);
+    auto once = model::decode_steps_gpu(s, views);
+    host->step();
+    once->step();
+    const auto want = host->hidden();
+    const auto got = once->hidden();
+    double diff = 0, norm = 0;
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      REQUIRE(std::isfinite(got[i]));
+      diff += (got[i] - want[i]) * (got[i] - want[i]);
+      norm += want[i] * want[i];
+    }
+    const double bound = static_cast<double>(m.layers.size()) *
+                         std::max(pipeline::gpu_error_bound(pipeline::attention_pipeline(m.config)),
+                                  pipeline::gpu_error_bound(policy::PipelineId::moe_block));
+    INFO("relative L2 " << std::sqrt(diff / norm) << ", bound " << bound);
+    CHECK(std::sqrt(diff / norm) < bound);
+  }
+}
+#endif
