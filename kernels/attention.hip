@@ -14,6 +14,7 @@
 
 #include "detail/attention_mma.hpp"
 #include "detail/reduce.hpp"
+#include "detail/stream_scratch.hpp"
 
 namespace atom::kernels {
 namespace {
@@ -749,31 +750,6 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   }
 }
 
-// Device memory for split partials, one buffer per host thread, stream and device (so that calls
-// on different streams never share one); growing frees the old buffer, which synchronizes the
-// device first.
-class Scratch {
- public:
-  Scratch() = default;
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  ~Scratch() { gpu::free_bytes(p_); }
-  void* get(std::size_t bytes) {
-    if (bytes > n_) {
-      gpu::free_bytes(p_);
-      p_ = nullptr;
-      n_ = 0;
-      p_ = gpu::malloc_bytes(bytes);
-      n_ = bytes;
-    }
-    return p_;
-  }
-
- private:
-  void* p_ = nullptr;
-  std::size_t n_ = 0;
-};
-
 int current_device() {
   int device = 0;
   ATOM_GPU_CHECK(hipGetDevice(&device));
@@ -790,18 +766,10 @@ int multiprocessors(int device) {
   return p.multiProcessorCount;
 }
 
-struct StreamScratch {
-  int device;
-  void* stream;
-  std::unique_ptr<Scratch> buffer;
-};
-
-void* split_scratch(const ops::Gpu& gpu, int device, std::size_t bytes) {
-  thread_local std::vector<StreamScratch> buffers;
-  for (StreamScratch& b : buffers)
-    if (b.device == device && b.stream == gpu.stream) return b.buffer->get(bytes);
-  buffers.push_back({device, gpu.stream, std::make_unique<Scratch>()});
-  return buffers.back().buffer->get(bytes);
+// The split partials of a launch, per stream (detail/stream_scratch.hpp).
+void* split_scratch(const ops::Gpu& gpu, std::size_t bytes) {
+  static constexpr char owner[] = "attention split partials";
+  return stream_scratch(owner, gpu, bytes);
 }
 
 bool aligned(const void* p, std::size_t bytes) {
@@ -838,8 +806,8 @@ void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   if (splits > 1) {
     const index_t rows = tokens * a.q_heads * splits;
-    auto* base = static_cast<float*>(split_scratch(
-        gpu, device, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
+    auto* base = static_cast<float*>(
+        split_scratch(gpu, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
     a.partial_acc = base;
     a.partial_ml = base + rows * a.value_dim;
   }
@@ -896,8 +864,8 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
     const auto stream = static_cast<hipStream_t>(gpu.stream);
     if (splits > 1) {
       const index_t rows = tokens * a.q_heads * splits;
-      auto* base = static_cast<float*>(split_scratch(
-          gpu, device, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
+      auto* base = static_cast<float*>(
+          split_scratch(gpu, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
       a.partial_acc = base;
       a.partial_ml = base + rows * a.value_dim;
     }

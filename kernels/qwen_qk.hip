@@ -11,6 +11,7 @@
 #include "detail/fast_quant.hpp"
 #include "detail/kv_cache.hpp"
 #include "detail/norm_launch.hpp"
+#include "detail/stream_scratch.hpp"
 
 namespace atom::kernels {
 namespace {
@@ -328,26 +329,6 @@ bool aligned8_rows(const View4<fp8_e4m3>& v) {
          v.stride(1) % 8 == 0 && v.stride(2) % 8 == 0;
 }
 
-// Device memory for the separate chain's normed k, kept per host thread and grown on demand.
-class Scratch {
- public:
-  ~Scratch() { gpu::free_bytes(p_); }
-  void* get(std::size_t bytes) {
-    if (bytes > n_) {
-      gpu::free_bytes(p_);  // synchronizes the device, so no launch still reads the old buffer
-      p_ = nullptr;
-      n_ = 0;
-      p_ = gpu::malloc_bytes(bytes);
-      n_ = bytes;
-    }
-    return p_;
-  }
-
- private:
-  void* p_ = nullptr;
-  std::size_t n_ = 0;
-};
-
 }  // namespace
 }  // namespace atom::kernels
 
@@ -433,9 +414,10 @@ void qk_norm_rope_cache_separate(const Gpu& gpu, View2<const bf16> qkv,
                               positions, cos_sin, slots, cache, q_out);
   if (s.tokens == 0) return;
   const index_t dim = s.head_dim;
-  thread_local kernels::Scratch scratch;
-  auto* k_normed = static_cast<bf16*>(
-      scratch.get(static_cast<std::size_t>(s.tokens * s.kv_heads * dim) * sizeof(bf16)));
+  // The normed k between the chain's launches, per stream (detail/stream_scratch.hpp).
+  static constexpr char owner[] = "qk_norm_rope_cache_separate normed k";
+  auto* k_normed = static_cast<bf16*>(kernels::stream_scratch(
+      owner, gpu, static_cast<std::size_t>(s.tokens * s.kv_heads * dim) * sizeof(bf16)));
   kernels::launch_rms_norm_bf16(gpu, qkv.data, kernels::RowMap{s.q_heads, qkv.stride(0), dim},
                                 s.tokens * s.q_heads, dim, q_norm_weight.data, eps, q_out.data,
                                 kernels::RowMap{s.q_heads, q_out.stride(0), q_out.stride(1)});

@@ -31,7 +31,8 @@ struct Weights {
 
 // Random weights in the instance's weight format, on the host and the device.
 const Weights& weights_for(const pipeline::ModelConfig& m, WeightFormat f) {
-  static std::map<std::pair<std::string, WeightFormat>, std::unique_ptr<Weights>> cache;
+  // Thread-local, so that it is freed before the GPU runtime shuts down at exit.
+  thread_local std::map<std::pair<std::string, WeightFormat>, std::unique_ptr<Weights>> cache;
   auto& w = cache[{m.name, f}];
   if (!w) w = std::make_unique<Weights>(m, f);
   return *w;

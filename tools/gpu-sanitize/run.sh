@@ -4,14 +4,15 @@
 # reports an error or fails, after running them all; prints one line per binary and tool.
 #
 #   tools/gpu-sanitize/run.sh [BUILD_DIR] [TOOLS...]     (default: build, all four tools)
-#   tools/gpu-sanitize/run.sh --binaries DIR [TOOLS...]  (every test_gpu*/test_*_gpu in DIR)
+#   tools/gpu-sanitize/run.sh --binaries DIR [TOOLS...]  (every executable test_* in DIR: the GPU
+#                                                        test binaries, carried to the GPU machine)
 #
 # Logs go to $GPU_SANITIZE_LOGS (default: ./gpu-sanitize-logs), one per binary and tool. With
 # $GPU_SANITIZE_TIMEOUT (seconds) a run that takes longer is stopped and reported as a failure.
 # $GPU_SANITIZE_FILTER, when set, is passed to every binary as its test-case filter (Catch2).
 set -u
 if [ "${1:-}" = "--binaries" ]; then
-  bins=$(ls "$2"/test_gpu* "$2"/test_*_gpu 2>/dev/null | sort -u)
+  bins=$(find -L "$2" -maxdepth 1 -name 'test_*' -type f -perm -u+x | sort)
   shift 2
 else
   build=${1:-build}
