@@ -15,6 +15,64 @@
 
 namespace atom::model::detail {
 
+// Bytes of weights in their checkpoint format (model/step.hpp's StepBytes).
+inline double weight_bytes(const pipeline::LinearWeight& w) {
+  switch (w.format) {
+    case policy::WeightFormat::mxfp4:
+      return static_cast<double>(w.mxfp4.packed.numel() + w.mxfp4.scale.numel());
+    case policy::WeightFormat::fp8_block:
+      return static_cast<double>(w.fp8.q.numel() + 4 * w.fp8.scale.numel());
+    case policy::WeightFormat::bf16:
+      return 2.0 * static_cast<double>(w.bf16.w.numel());
+  }
+  return 0;
+}
+// One expert's share of a stacked expert weight.
+inline double expert_bytes(const pipeline::ExpertWeights& w) {
+  switch (w.format) {
+    case policy::WeightFormat::mxfp4:
+      return static_cast<double>(w.mxfp4.packed.numel() + w.mxfp4.scale.numel()) /
+             static_cast<double>(w.mxfp4.packed.size(0));
+    case policy::WeightFormat::fp8_block:
+      return static_cast<double>(w.fp8.q.numel() + 4 * w.fp8.scale.numel()) /
+             static_cast<double>(w.fp8.q.size(0));
+    case policy::WeightFormat::bf16:
+      return 2.0 * static_cast<double>(w.bf16.w.numel()) / static_cast<double>(w.bf16.w.size(0));
+  }
+  return 0;
+}
+template <class T, int R>
+double norm_bytes(const View<T, R>& v) {
+  return static_cast<double>(v.numel() * static_cast<index_t>(sizeof(T)));
+}
+inline double weight_bytes(const pipeline::MlaWeights& w, policy::BmmFormat bmm) {
+  const double heads =
+      bmm == policy::BmmFormat::fp8
+          ? static_cast<double>(w.w_uk_fp8.w.numel() + w.w_uv_fp8.w.numel()) +
+                norm_bytes(w.w_uk_fp8.scale) + norm_bytes(w.w_uv_fp8.scale)
+          : static_cast<double>(w.w_uk_mxfp4.packed.numel() + w.w_uk_mxfp4.scale.numel() +
+                                w.w_uv_mxfp4.packed.numel() + w.w_uv_mxfp4.scale.numel());
+  return weight_bytes(w.qkv_a) + weight_bytes(w.q_b) + weight_bytes(w.o_proj) + heads +
+         norm_bytes(w.input_norm) + norm_bytes(w.q_a_norm) + norm_bytes(w.kv_a_norm);
+}
+inline double weight_bytes(const pipeline::Qwen3AttentionWeights& w) {
+  return weight_bytes(w.qkv) + weight_bytes(w.o_proj) + norm_bytes(w.input_norm) +
+         norm_bytes(w.q_norm) + norm_bytes(w.k_norm);
+}
+inline double weight_bytes(const pipeline::DenseMlpWeights& w) {
+  return weight_bytes(w.gate_up) + weight_bytes(w.down) + norm_bytes(w.post_norm);
+}
+// `experts`: how many distinct routed experts the step's tokens chose; the router's bias is read
+// by the grouped sigmoid routing only.
+inline double weight_bytes(const pipeline::MoeWeights& w, double experts, pipeline::RouterKind r) {
+  const double shared =
+      w.shared_gate_up.present() ? weight_bytes(w.shared_gate_up) + weight_bytes(w.shared_down) : 0;
+  return experts * (expert_bytes(w.gate_up) + expert_bytes(w.down)) + shared +
+         norm_bytes(w.router) +
+         (r == pipeline::RouterKind::sigmoid_grouped ? norm_bytes(w.router_bias) : 0) +
+         norm_bytes(w.post_norm);
+}
+
 template <class Memory>
 class StepLoop {
  public:
@@ -52,6 +110,7 @@ class StepLoop {
       positions.push_back(pos);
       slots.push_back((first[u(i)] + pos / bs) * bs + pos % bs);
     }
+    mirror_ = {positions, slots, table, s.context_lens, width};
     positions_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
     slots_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
     table_ = make_view(mem.template alloc<std::int32_t>(table.size()), t, width);
@@ -79,7 +138,10 @@ class StepLoop {
       Layer r{
           pipeline::resolve_layer(m, kind, s.point, attention_format, mlp_format, Memory::backend),
           {},
+          {},
           {}};
+      if (kind == pipeline::LayerKind::moe)
+        r.routes = make_view(mem.template alloc<std::int32_t>(u(t * m.top_k)), t, m.top_k);
       const std::uint64_t seed = s.seed + 1000 * (l + 1);
       if (mla) {
         const index_t row = m.kv_lora_rank + m.qk_rope_dim;
@@ -122,10 +184,51 @@ class StepLoop {
       io.side_stream = mem_.side_stream();
       pipeline::run_layer(
           r.handles, mem_.weights(l),
-          {io, intermediate_, batch, r.mla_cache, r.kv_cache, s_.dual_stream_threshold, {}});
+          {io, intermediate_, batch, r.mla_cache, r.kv_cache, s_.dual_stream_threshold, r.routes});
       mem_.workspace().reset();
     }
     advance_decode(mem_.ops(), {positions_, slots_, table_, context_}, m.block_size);
+  }
+
+  // Host bookkeeping of a step the device runs (eagerly or replayed): what it attends to, then
+  // the advance.
+  void mirror() {
+    attended_ = mirror_.context;
+    for (std::size_t t = 0; t < mirror_.context.size(); ++t)
+      ops::advance_token(mirror_.positions[t], mirror_.slots[t],
+                         mirror_.table.data() + t * static_cast<std::size_t>(mirror_.width),
+                         mirror_.width, mirror_.context[t], s_.model->block_size);
+  }
+
+  StepBytes last_step_bytes() {
+    StepBytes b;
+    if (attended_.empty()) return b;
+    const pipeline::ModelConfig& m = *s_.model;
+    const auto t = static_cast<double>(attended_.size());
+    double attended = 0;
+    for (const auto len : attended_) attended += len;
+    const bool mla = m.attention == pipeline::AttentionKind::mla;
+    const double row =
+        mla ? 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim)
+            : static_cast<double>(m.num_kv_heads) * (2.0 * static_cast<double>(m.head_dim) + 8.0);
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      const pipeline::LayerBlockWeights w = block_weights(m, s_.layers[l], *s_.layers[l].weights);
+      if (w.mla != nullptr) b.weights += weight_bytes(*w.mla, s_.point.get<policy::BmmFormat>());
+      if (w.qwen3 != nullptr) b.weights += weight_bytes(*w.qwen3);
+      if (w.dense != nullptr) b.weights += weight_bytes(*w.dense);
+      if (w.moe != nullptr) {
+        std::vector<std::int32_t> routes(static_cast<std::size_t>(layers_[l].routes.numel()));
+        mem_.get(routes, layers_[l].routes.data);
+        std::sort(routes.begin(), routes.end());
+        const auto used = std::unique(routes.begin(), routes.end()) - routes.begin();
+        b.weights += weight_bytes(*w.moe, static_cast<double>(used), m.router);
+      }
+      b.cache_read += attended * row;
+      b.cache_write += t * row;
+      // Each block reads x and the residual and writes the residual and its output.
+      b.activations += 2 * 4 * t * static_cast<double>(m.hidden) * 2.0;
+    }
+    return b;
   }
 
   std::vector<std::string> instances() const {
@@ -176,6 +279,15 @@ class StepLoop {
     pipeline::LayerHandles handles;
     View3<bf16> mla_cache;
     ops::KvCacheFp8 kv_cache;
+    View2<std::int32_t> routes;  // MoE layers: the experts each token chose
+  };
+
+  // The batch metadata as the device holds it, advanced on the host by the same rule
+  // (ops::advance_token), so that the byte floor knows what each step attended to.
+  struct Mirror {
+    std::vector<std::int64_t> positions, slots;
+    std::vector<std::int32_t> table, context;
+    index_t width = 1;
   };
 
   View2<bf16> out(std::size_t layer) const { return layer % 2 == 0 ? ping_ : pong_; }
@@ -191,6 +303,8 @@ class StepLoop {
   View1<std::int32_t> context_;
   View2<bf16> input_, residual_, ping_, pong_, intermediate_;
   std::vector<Layer> layers_;
+  Mirror mirror_;
+  std::vector<std::int32_t> attended_;  // context lengths of the last step run
 };
 
 // What both backends' DecodeSteps share: the setup, the Memory (made from the setup's model and
@@ -205,9 +319,11 @@ class StepsOn : public DecodeSteps {
 
   void step() override {
     loop_.enqueue();
+    loop_.mirror();
     ++steps_;
   }
   index_t steps_run() const override { return steps_; }
+  StepBytes last_step_bytes() const override { return loop_.last_step_bytes(); }
   const StepSetup& setup() const override { return setup_; }
   std::vector<std::string> instances() const override { return loop_.instances(); }
   std::vector<float> hidden() const override { return loop_.hidden(); }

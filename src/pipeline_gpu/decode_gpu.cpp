@@ -74,6 +74,7 @@ class GpuSteps final : public detail::StepsOn<GpuMemory> {
   void replay() override {
     if (!graph_) throw std::logic_error("decode steps: replay() before capture()");
     graph_.replay(mem_.stream());
+    loop_.mirror();
     ++steps_;
   }
   void synchronize() override { gpu::synchronize(); }

@@ -124,6 +124,43 @@ TEST_CASE("decode steps from empty caches equal the teacher-forced decode, bit f
   }
 }
 
+TEST_CASE("the byte floor of a step counts each weight once, the routed experts and the cache") {
+  // Qwen3 tiny, MXFP4 weights, layer 1 (an MoE layer), written out from the model's dimensions.
+  const Model m = make_model("qwen3-30b-a3b-tiny", 2, policy::WeightFormat::mxfp4);
+  const pipeline::ModelConfig& c = m.config;
+  REQUIRE(pipeline::layer_kind(c, 1) == pipeline::LayerKind::moe);
+  const std::vector<std::int32_t> contexts{5, 33, 17};
+  auto run = model::decode_steps(setup_for(m, contexts, 3));
+  CHECK(run->last_step_bytes().total() == 0);
+  run->step();
+  run->step();
+  const model::StepBytes b = run->last_step_bytes();
+  const auto mx = [](double n, double k) { return n * std::ceil(k / 2) + n * std::ceil(k / 32); };
+  const auto f = [](index_t v) { return static_cast<double>(v); };
+  const double h = f(c.hidden), d = f(c.head_dim), heads = f(c.num_heads);
+  const double kvh = f(c.num_kv_heads), top_k = f(c.top_k), experts = f(c.num_experts);
+  const double moe_i = f(c.moe_intermediate), dense_i = f(c.intermediate);
+  const double attention = mx((heads + 2 * kvh) * d, h) + mx(h, heads * d) + 2 * h + 4 * d;
+  const double expert = mx(2 * moe_i, h) + mx(h, moe_i);
+  const double mlp_fixed = 2 * h * experts + 2 * h;  // router and post-attention norm
+  // Layer 0's MLP is dense or MoE as the preset says; both layers' routed experts are between
+  // top_k (every token chose the same) and tokens x top_k.
+  const double dense = mx(2 * dense_i, h) + mx(h, dense_i) + 2 * h;
+  const bool first_moe = pipeline::layer_kind(c, 0) == pipeline::LayerKind::moe;
+  const double fixed = 2 * attention + mlp_fixed + (first_moe ? mlp_fixed : dense);
+  const double moe_layers = first_moe ? 2 : 1;
+  const double tokens = static_cast<double>(contexts.size());
+  CHECK(b.weights >= fixed + moe_layers * top_k * expert);
+  CHECK(b.weights <= fixed + moe_layers * std::min(tokens * top_k, experts) * expert);
+  CHECK(std::fmod(b.weights - fixed, expert) == Approx(0).margin(1e-6));
+  // The second step attends to each context grown by one; a cache row is K and V codes and one
+  // float scale each per kv head.
+  const double row = kvh * (2 * d + 8);
+  CHECK(b.cache_read == (5 + 33 + 17 + 3) * row * 2);
+  CHECK(b.cache_write == tokens * row * 2);
+  CHECK(b.activations == 2 * 2 * 4 * tokens * h * 2);
+}
+
 TEST_CASE("decode steps reject bad setups with a message naming what is wrong") {
   const Model m = make_model("qwen3-30b-a3b-tiny", 1, policy::WeightFormat::mxfp4);
   CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {4, 0}, 2)),

@@ -61,7 +61,8 @@ constexpr const char* usage =
     "                the decoder layers (a preset: --layers N layers, default 1, each with its "
     "own\n"
     "                random weights); on the GPU one step is captured as a graph and replayed.\n"
-    "                Prints the time per step, eager and replayed, and tokens per second.\n"
+    "                Prints the time per step, eager and replayed, tokens per second, and the\n"
+    "                step's byte floor (weights read, routed experts once, cache, activations).\n"
     "The ATOM_* variables pick the instantiation (atom-env --instances lists them).\n";
 
 struct Options {
@@ -312,9 +313,13 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
   std::printf("batch       %ld sequences, contexts %d..%d, %ld steps on the %s backend\n", o.tokens,
               s.context_lens.back(), s.context_lens.front(), o.steps,
               std::string(policy::backend_name(backend)).c_str());
+  // The time per step, tokens per second, and the rate at which the step moves its byte floor.
   const auto report = [&](const char* what, double ms) {
-    std::printf("%-11s %.3f ms per step (mean of back-to-back steps), %.0f tokens/s\n", what, ms,
-                1e3 * static_cast<double>(o.tokens) / ms);
+    std::printf(
+        "%-11s %.3f ms per step (mean of back-to-back steps), %.0f tokens/s, floor moved "
+        "at %.1f GB/s\n",
+        what, ms, 1e3 * static_cast<double>(o.tokens) / ms,
+        run->last_step_bytes().total() / (ms * 1e6));
   };
   // Steps back to back, timed from the first enqueue until the device is idle: what a serving
   // loop sees (on the GPU, launches overlap the device's work when it is the bottleneck).
@@ -342,6 +347,12 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
     }
   }
   run->synchronize();
+  const model::StepBytes floor = run->last_step_bytes();
+  std::printf(
+      "floor       %.2f MB per step: weights %.2f, cache read %.2f, cache write %.3f, "
+      "activations %.3f\n",
+      floor.total() / 1e6, floor.weights / 1e6, floor.cache_read / 1e6, floor.cache_write / 1e6,
+      floor.activations / 1e6);
   double sum = 0;
   for (const float v : run->hidden()) sum += std::fabs(static_cast<double>(v));
   std::printf("hidden      mean |h| %.4f after %ld steps\n",

@@ -33,6 +33,19 @@ struct StepSetup {
   std::uint64_t seed = 1;
 };
 
+// The bytes a decode step must move at least, its byte floor: every weight its tokens' path reads,
+// once (of the routed experts, those some token chose), every cache row each token attends to,
+// the cache rows it writes, and the hidden states it reads and writes between blocks. Weights
+// count in their checkpoint format (MXFP4 codes and scales, FP8 and its block scales, bf16);
+// norms and the router count, the RoPE table and the batch metadata do not (a few kilobytes).
+struct StepBytes {
+  double weights = 0;
+  double cache_read = 0;
+  double cache_write = 0;
+  double activations = 0;
+  double total() const { return weights + cache_read + cache_write + activations; }
+};
+
 class DecodeSteps {
  public:
   virtual ~DecodeSteps() = default;
@@ -58,6 +71,8 @@ class DecodeSteps {
   // The last layer's output with the residual stream added: the hidden state the last step left,
   // [tokens, hidden].
   virtual std::vector<float> hidden() const = 0;
+  // The byte floor of the last step run (routes read back from the backend); zero before one.
+  virtual StepBytes last_step_bytes() const = 0;
   // Every byte a step writes (the last layer's output and residual, every layer's cache and the
   // batch metadata), for comparing two runs bit for bit.
   virtual std::vector<std::byte> snapshot() const = 0;
