@@ -194,6 +194,8 @@ class StepLoop {
   // the advance.
   void mirror() {
     attended_ = mirror_.context;
+    written_ = static_cast<double>(
+        std::count_if(mirror_.slots.begin(), mirror_.slots.end(), [](auto v) { return v >= 0; }));
     for (std::size_t t = 0; t < mirror_.context.size(); ++t)
       ops::advance_token(mirror_.positions[t], mirror_.slots[t],
                          mirror_.table.data() + t * static_cast<std::size_t>(mirror_.width),
@@ -224,7 +226,7 @@ class StepLoop {
         b.weights += weight_bytes(*w.moe, static_cast<double>(used), m.router);
       }
       b.cache_read += attended * row;
-      b.cache_write += t * row;
+      b.cache_write += written_ * row;  // padded tokens (slot -1) write nothing
       // Each block reads x and the residual and writes the residual and its output.
       b.activations += 2 * 4 * t * static_cast<double>(m.hidden) * 2.0;
     }
@@ -305,6 +307,7 @@ class StepLoop {
   std::vector<Layer> layers_;
   Mirror mirror_;
   std::vector<std::int32_t> attended_;  // context lengths of the last step run
+  double written_ = 0;                  // its tokens that wrote a cache row
 };
 
 // What both backends' DecodeSteps share: the setup, the Memory (made from the setup's model and

@@ -40,8 +40,11 @@ for bin in $bins; do
     $bounded compute-sanitizer --tool "$tool" $extra --error-exitcode 99 "$bin" \
       ${GPU_SANITIZE_FILTER:+"$GPU_SANITIZE_FILTER"} > "$log" 2>&1
     rc=$?
-    [ $rc -eq 124 ] && summary="stopped after ${limit} s"
-    [ $rc -ne 124 ] && summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    if [ $rc -eq 124 ]; then
+      summary="stopped after ${limit} s"
+    else
+      summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1)
+    fi
     if [ $rc -eq 0 ]; then
       echo "clean   $(basename "$bin") $tool: $summary"
     else
