@@ -682,6 +682,34 @@ void moe_combine(const Gpu& gpu, View2<const bf16> expert_out, View2<const float
   ATOM_GPU_CHECK(hipGetLastError());
 }
 
+namespace {
+__global__ void localize_kernel(const std::int32_t* ids, index_t ids_stride, std::int32_t first,
+                                std::int32_t count, std::int32_t* out, index_t out_stride,
+                                int tokens, int k) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= tokens * k) return;
+  const index_t t = i / k;
+  const int j = i % k;
+  out[t * out_stride + j] = localized_expert(ids[t * ids_stride + j], first, count);
+}
+}  // namespace
+
+void localize_experts(const Gpu& gpu, View2<const std::int32_t> ids, std::int32_t first,
+                      std::int32_t count, View2<std::int32_t> out) {
+  constexpr const char* op = "localize_experts";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect_view(op, "out", out, {ids.shape[0], ids.shape[1]});
+  const index_t n = ids.shape[0] * ids.shape[1];
+  if (n == 0) return;
+  expect(n <= INT_MAX, op, "ids hold too many slots");
+  constexpr int threads = 256;
+  localize_kernel<<<static_cast<unsigned>(ceil_div(n, index_t{threads})), threads, 0,
+                    static_cast<hipStream_t>(gpu.stream)>>>(
+      ids.data, ids.stride(0), first, count, out.data, out.stride(0),
+      static_cast<int>(ids.shape[0]), static_cast<int>(ids.shape[1]));
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
 template <GemmBackend G>
 PreparedMxfp4Experts<G>::PreparedMxfp4Experts(index_t experts, index_t n, index_t k,
                                               const std::vector<std::uint8_t>& packed,

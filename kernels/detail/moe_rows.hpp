@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "atom/gpu/runtime.hpp"
+#include "atom/ops/moe.hpp"
 #include "gemm_args.hpp"
 
 namespace atom::kernels {
@@ -57,11 +58,13 @@ struct GatheredRows {
   __device__ int out(int i) const { return list[i]; }
 };
 
+// The row of a slot without an expert of this rank: zeros for ops::no_expert, NaN for a bad id.
 template <class Args>
-__device__ inline void write_nan_row(const Args& p, int row, int col0, int cols, int first,
-                                     int step) {
+__device__ inline void write_unserved_row(const Args& p, int expert, int row, int col0, int cols,
+                                          int first, int step) {
+  const bf16 v = expert == ops::no_expert ? bf16{0} : bf16{0x7FC0};
   for (int c = first; c < cols; c += step)
-    if (col0 + c < p.n) p.out[static_cast<index_t>(row) * p.out_stride + col0 + c] = bf16{0x7FC0};
+    if (col0 + c < p.n) p.out[static_cast<index_t>(row) * p.out_stride + col0 + c] = v;
 }
 
 // Runs tile(args, rows) for every chunk of at most C rows of this CTA's expert, args being p with
@@ -80,14 +83,16 @@ __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m
   int start = 0;
   if (m.by_expert) {
     if (slot == m.experts) {
-      for (int r = tid; r < m.rows; r += window)
-        if (bad_expert(m, routed_expert(m, r))) write_nan_row(p, r, col0, cols, 0, 1);
+      for (int r = tid; r < m.rows; r += window) {
+        const int e = routed_expert(m, r);
+        if (bad_expert(m, e)) write_unserved_row(p, e, r, col0, cols, 0, 1);
+      }
       return;
     }
   } else {
     expert = routed_expert(m, slot);
     if (bad_expert(m, expert)) {
-      write_nan_row(p, slot, col0, cols, tid, window);
+      write_unserved_row(p, expert, slot, col0, cols, tid, window);
       return;
     }
     // Only the expert's first row leads it.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "atom/model/checkpoint.hpp"
 #include "atom/ops/decode_batch.hpp"
 #include "step_loop.hpp"
 
@@ -84,6 +85,59 @@ std::vector<LayerOutput> decode_sequences(const pipeline::ModelConfig& m,
                                           policy::Point point, std::int64_t dual_stream_threshold) {
   HostMemory mem(m, layers);
   return detail::decode_with(mem, m, layers, inputs, point, dual_stream_threshold);
+}
+
+namespace {
+
+// The TP decode of model/decode.hpp: rank r's weights of layer `index` from shard_of(index, r).
+template <class ShardOf>
+std::vector<LayerOutput> decode_ranks(const pipeline::ModelConfig& m,
+                                      const std::vector<index_t>& indices,
+                                      const std::vector<std::vector<bf16>>& inputs,
+                                      policy::Point point, std::int64_t dual_stream_threshold,
+                                      index_t tp_size, const ShardOf& shard_of) {
+  std::vector<LayerOutput> out;
+  pipeline::run_ranks(tp_size, [&](pipeline::TpComm& comm) {
+    const pipeline::TpShape tp{comm.rank(), comm.size()};
+    std::vector<std::unique_ptr<pipeline::LayerWeights>> shards;
+    std::vector<DecodeLayer> mine;
+    for (const index_t l : indices) {
+      shards.push_back(shard_of(l, tp));
+      mine.push_back({l, shards.back().get()});
+    }
+    HostMemory mem(m, mine);
+    auto got = detail::decode_with(mem, m, mine, inputs, point, dual_stream_threshold, &comm);
+    if (comm.rank() == 0) out = std::move(got);
+  });
+  return out;
+}
+
+}  // namespace
+
+std::vector<LayerOutput> decode_sequences_tp(const pipeline::ModelConfig& m,
+                                             const std::vector<DecodeLayer>& layers,
+                                             const std::vector<std::vector<bf16>>& inputs,
+                                             policy::Point point,
+                                             std::int64_t dual_stream_threshold, index_t tp_size) {
+  std::vector<index_t> indices;
+  for (const DecodeLayer& l : layers) indices.push_back(l.index);
+  return decode_ranks(m, indices, inputs, point, dual_stream_threshold, tp_size,
+                      [&](index_t index, pipeline::TpShape tp) {
+                        const auto it =
+                            std::find_if(layers.begin(), layers.end(),
+                                         [&](const auto& l) { return l.index == index; });
+                        return pipeline::shard(*it->weights, m, tp);
+                      });
+}
+
+std::vector<LayerOutput> decode_checkpoint_tp(const HfCheckpoint& checkpoint,
+                                              const std::vector<index_t>& layers,
+                                              const std::vector<std::vector<bf16>>& inputs,
+                                              policy::Point point,
+                                              std::int64_t dual_stream_threshold, index_t tp_size) {
+  return decode_ranks(
+      checkpoint.model(), layers, inputs, point, dual_stream_threshold, tp_size,
+      [&](index_t index, pipeline::TpShape tp) { return checkpoint.layer(index, tp); });
 }
 
 }  // namespace atom::model

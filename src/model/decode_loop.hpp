@@ -8,6 +8,8 @@
 //   pipeline::LayerBlockWeights weights(std::size_t layer)
 //   pipeline::Workspace& workspace(); void* stream(); void* side_stream();
 //   static constexpr policy::BackendId backend
+// Under tensor parallelism (`tp` set) the layers' weights are the rank's shards, its caches hold
+// its KV heads, and each layer's recorded output is the all-reduce of the ranks' partial outputs.
 #pragma once
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "atom/model/decode.hpp"
+#include "atom/pipeline/tp.hpp"
 
 namespace atom::model::detail {
 
@@ -32,7 +35,8 @@ template <class Memory>
 std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m,
                                      const std::vector<DecodeLayer>& layers,
                                      const std::vector<std::vector<bf16>>& inputs,
-                                     policy::Point point, std::int64_t dual_stream_threshold) {
+                                     policy::Point point, std::int64_t dual_stream_threshold,
+                                     pipeline::TpComm* tp = nullptr) {
   const index_t h = m.hidden;
   const index_t bs = m.block_size;
   const auto n_seq = inputs.size();
@@ -79,7 +83,8 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
       const index_t row = m.kv_lora_rank + m.qk_rope_dim;
       r.mla_cache = make_view(mem.template alloc<bf16>(u(blocks * bs * row)), blocks, bs, row);
     } else {
-      const index_t kvh = m.num_kv_heads;
+      const index_t kvh =
+          pipeline::attention_split(m, pipeline::tp_shape(tp), attention_format).kv_heads.count;
       const index_t d = m.head_dim;
       const auto n = u(blocks * bs * kvh * d);
       r.kv_cache = {make_view(mem.template alloc<fp8_e4m3>(n), blocks, bs, kvh, d),
@@ -108,6 +113,7 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
   auto* layer_out = mem.template alloc<bf16>(u(max_t * h));
   auto* intermediate = mem.template alloc<bf16>(u(max_t * h));
   auto* routes = mem.template alloc<std::int32_t>(u(max_t * std::max<index_t>(m.top_k, 1)));
+  auto* reduced = tp != nullptr ? mem.template alloc<bf16>(u(max_t * h)) : nullptr;
 
   for (index_t step = 0; step < longest; ++step) {
     std::vector<std::size_t> running;
@@ -144,6 +150,7 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
                            make_view(residual, t, h),
                            make_view(layer_out, t, h),
                            &mem.workspace()};
+      io.tp = tp;
       io.stream = mem.stream();
       io.side_stream = mem.side_stream();
       pipeline::run_layer(
@@ -153,7 +160,13 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
       mem.workspace().reset();
       std::vector<bf16> got_out(u(t * h)), got_residual(u(t * h));
       std::vector<std::int32_t> got_routes(r.moe ? u(t * m.top_k) : 0);
-      mem.get(got_out, layer_out);
+      if (tp != nullptr) {
+        tp->all_reduce(make_view(static_cast<const bf16*>(layer_out), t, h),
+                       make_view(reduced, t, h), mem.stream());
+        mem.get(got_out, reduced);
+      } else {
+        mem.get(got_out, layer_out);
+      }
       mem.get(got_residual, residual);
       if (r.moe) mem.get(got_routes, routes);
       LayerOutput& o = out[l];

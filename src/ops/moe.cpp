@@ -237,6 +237,10 @@ void routed_gemm(const char* op, const Act& a, index_t a_rows, View2<const std::
   for (index_t t = 0; t < tokens; ++t)
     for (index_t j = 0; j < k; ++j) {
       const std::int32_t e = ids(t, j);
+      if (e == no_expert) {
+        std::fill_n(out[t * k + j].data, n_count, bf16{});
+        continue;
+      }
       if (e < 0 || e >= experts)
         fail(op, "argument 'ids' holds expert " + std::to_string(e) + " at (" + std::to_string(t) +
                      ", " + std::to_string(j) + "), expected 0.." + std::to_string(experts - 1));
@@ -350,6 +354,16 @@ void moe_combine(const Host&, View2<const bf16> expert_out, View2<const float> w
     bf16* dst = out[t].data;
     for (index_t h = 0; h < hidden; ++h) dst[h] = to_bf16(acc[at(h)]);
   }
+}
+
+void localize_experts(const Host&, View2<const std::int32_t> ids, std::int32_t first,
+                      std::int32_t count, View2<std::int32_t> out) {
+  constexpr const char* op = "localize_experts";
+  expect_view(op, "ids", ids, {-1, -1});
+  expect_view(op, "out", out, {ids.shape[0], ids.shape[1]});
+  for (index_t t = 0; t < ids.shape[0]; ++t)
+    for (index_t j = 0; j < ids.shape[1]; ++j)
+      out(t, j) = localized_expert(ids(t, j), first, count);
 }
 
 }  // namespace atom::ops

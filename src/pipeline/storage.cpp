@@ -266,6 +266,34 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
   }
 }
 
+DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
+                         std::uint64_t seed, TpShape tp, Part kv_heads)
+    : DecodeState(m, std::move(context_lens), seed) {
+  const bool power_of_two = tp.size > 0 && (tp.size & (tp.size - 1)) == 0;
+  for (index_t i = 0; i < x_.numel(); ++i) {
+    const float v = to_float(x_.data[i]);
+    x_.data[i] = to_bf16(power_of_two ? v / static_cast<float>(tp.size) : tp.rank == 0 ? v : 0.0f);
+  }
+  if (m.attention != AttentionKind::gqa || kv_heads.count == m.num_kv_heads) return;
+  const ops::KvCacheFp8 full = kv_cache_;
+  const index_t blocks = full.num_blocks();
+  const index_t bs = full.block_size();
+  const index_t d = m.head_dim;
+  const index_t h = kv_heads.count;
+  kv_cache_ = {alloc<fp8_e4m3>(buffers_, blocks, bs, h, d),
+               alloc<fp8_e4m3>(buffers_, blocks, bs, h, d), alloc<float>(buffers_, blocks, bs, h),
+               alloc<float>(buffers_, blocks, bs, h)};
+  for (index_t blk = 0; blk < blocks; ++blk)
+    for (index_t s = 0; s < bs; ++s)
+      for (index_t i = 0; i < h; ++i) {
+        const index_t src = kv_heads.begin + i;
+        std::copy_n(&full.key(blk, s, src, 0), d, &kv_cache_.key(blk, s, i, 0));
+        std::copy_n(&full.value(blk, s, src, 0), d, &kv_cache_.value(blk, s, i, 0));
+        kv_cache_.key_scale(blk, s, i) = full.key_scale(blk, s, src);
+        kv_cache_.value_scale(blk, s, i) = full.value_scale(blk, s, src);
+      }
+}
+
 DecodeBatch DecodeState::batch() const {
   const index_t t = tokens();
   return {make_view(positions_.data(), t), make_view(slots_.data(), t),

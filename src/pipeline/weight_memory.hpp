@@ -15,6 +15,7 @@
 #include "atom/ops/bmm.hpp"
 #include "atom/ops/formats.hpp"
 #include "atom/ops/rope.hpp"
+#include "atom/pipeline/args.hpp"
 #include "atom/pipeline/model.hpp"
 
 namespace atom::pipeline::detail {
@@ -74,6 +75,44 @@ inline ops::Mxfp4HeadWeight mxfp4_heads(Buffers& b, const float* x, index_t h, i
   ops::Mxfp4HeadWeight w{alloc<std::uint8_t>(b, h, n, ops::mxfp4_packed_cols(k)),
                          alloc<e8m0>(b, h, n, ops::mxfp4_scale_cols(k)), k};
   quantize_mxfp4_rows(x, h * n, k, w.packed.data, w.scale.data);
+  return w;
+}
+
+using policy::WeightFormat;
+
+// A linear weight as a stack of one (the form the stacking and cutting code works on), and back.
+inline ExpertWeights as_stack(const LinearWeight& w) {
+  ExpertWeights s;
+  s.format = w.format;
+  const auto one = [](auto v) { return make_view(v.data, index_t{1}, v.size(0), v.size(1)); };
+  switch (w.format) {
+    case WeightFormat::bf16:
+      s.bf16.w = one(w.bf16.w);
+      break;
+    case WeightFormat::mxfp4:
+      s.mxfp4 = {one(w.mxfp4.packed), one(w.mxfp4.scale), w.mxfp4.k};
+      break;
+    case WeightFormat::fp8_block:
+      s.fp8 = {one(w.fp8.q), one(w.fp8.scale), w.fp8.block_n};
+      break;
+  }
+  return s;
+}
+
+inline LinearWeight as_linear(const ExpertWeights& s) {
+  LinearWeight w;
+  w.format = s.format;
+  switch (s.format) {
+    case WeightFormat::bf16:
+      w.bf16.w = s.bf16.w[0];
+      break;
+    case WeightFormat::mxfp4:
+      w.mxfp4 = {s.mxfp4.packed[0], s.mxfp4.scale[0], s.mxfp4.k};
+      break;
+    case WeightFormat::fp8_block:
+      w.fp8 = {s.fp8.q[0], s.fp8.scale[0], s.fp8.block_n};
+      break;
+  }
   return w;
 }
 

@@ -460,7 +460,7 @@ struct Run {
     const index_t t = tokens();
     const index_t h = p.model.hidden;
     return {&p.model,
-            pipeline::TpShape{},
+            nullptr,
             make_view(reinterpret_cast<const bf16*>(a.x), t, h),
             make_view(reinterpret_cast<bf16*>(a.residual), t, h),
             make_view(reinterpret_cast<bf16*>(a.out), t, h),

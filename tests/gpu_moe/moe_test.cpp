@@ -399,9 +399,11 @@ void run_moe_gemm(const char* name, const ops::PreparedMxfp4Experts<G>& w, index
 }
 
 // Experts [e, n, k]; `tokens` tokens routed to `topk` each; a with T rows and with T * k rows;
-// optionally one id out of range.
+// optionally one id out of range (a NaN row), or one slot of another rank's expert (no_expert:
+// a zero row, as on the host).
 void check_moe_gemm(index_t e, index_t n, index_t k_dim, index_t topk,
-                    const std::vector<index_t>& token_counts, bool bad_id = false) {
+                    const std::vector<index_t>& token_counts, bool bad_id = false,
+                    bool other_rank = false) {
   Experts w{e, n, k_dim, random_codes(e * n * ops::mxfp4_packed_cols(k_dim)),
             random_scales(e * n * ops::mxfp4_scale_cols(k_dim))};
   std::vector<std::uint8_t> w_abs = magnitudes(w.packed);
@@ -430,6 +432,7 @@ void check_moe_gemm(index_t e, index_t n, index_t k_dim, index_t topk,
         nan_row[at(r)] = true;
         device_ids[at(r)] = tokens == 3 ? -3 : static_cast<std::int32_t>(e);
       }
+      if (other_rank) ids[at(rows - 1)] = device_ids[at(rows - 1)] = ops::no_expert;
       std::vector<bf16> ref(at(rows * n));
       std::vector<bf16> abs_ref(at(rows * n));
       const auto ids_view = make_view(static_cast<const std::int32_t*>(ids.data()), tokens, topk);
@@ -537,6 +540,27 @@ TEST_CASE("gpu moe: an expert id out of range gives a NaN row") {
   REQUIRE(have_gpu());
   check_moe_gemm(16, 128, 256, 4, {1, 3, 64}, true);
   check_moe_gemm(8, 1536, 2048, 8, {1, 3}, true);
+}
+
+TEST_CASE("gpu moe: a slot of another rank's expert gives a zero row, as on the host") {
+  REQUIRE(have_gpu());
+  check_moe_gemm(16, 128, 256, 4, {1, 3, 64}, false, true);
+  check_moe_gemm(8, 1536, 2048, 8, {1, 5}, true, true);
+}
+
+TEST_CASE("gpu moe: expert parallel ids localize as on the host") {
+  REQUIRE(have_gpu());
+  const std::vector<std::int32_t> ids{0, 5, 9, -1, 15, 4, 8, 12, 7, 3, 11, 2};
+  std::vector<std::int32_t> want(ids.size());
+  ops::localize_experts(Host{}, make_view(ids.data(), 3, 4), 4, 4, make_view(want.data(), 3, 4));
+  CHECK(want == std::vector<std::int32_t>{ops::no_expert, 1, ops::no_expert, -1, ops::no_expert, 0,
+                                          ops::no_expert, ops::no_expert, 3, ops::no_expert,
+                                          ops::no_expert, ops::no_expert});
+  const gpu::Buffer<std::int32_t> dev(ids);
+  gpu::Buffer<std::int32_t> out(ids.size());
+  ops::localize_experts(Gpu{}, make_view(static_cast<const std::int32_t*>(dev.data()), 3, 4), 4, 4,
+                        make_view(out.data(), 3, 4));
+  CHECK(out.download() == want);
 }
 
 TEST_CASE("gpu moe: unsupported expert shapes are rejected at preparation") {

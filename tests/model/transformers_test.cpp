@@ -112,6 +112,28 @@ LayerError layer_error(const pipeline::ModelConfig& m, const Reference& ref, ind
   return r;
 }
 
+// The input of layer l: transformers' output of the layer before (bf16 values: exact).
+std::vector<std::vector<bf16>> layer_inputs(const Reference& ref, index_t l,
+                                            std::size_t sequences) {
+  std::vector<std::vector<bf16>> inputs;
+  for (std::size_t s = 0; s < sequences; ++s) {
+    const std::string in = l == 0
+                               ? "hidden." + std::to_string(s)
+                               : "hidden." + std::to_string(s) + ".layer." + std::to_string(l - 1);
+    std::vector<bf16> v;
+    for (const float x : ref.floats(in)) v.push_back(to_bf16(x));
+    inputs.push_back(std::move(v));
+  }
+  return inputs;
+}
+
+std::size_t sequence_count(const Reference& ref) {
+  std::size_t sequences = 0;
+  while (ref.has("hidden." + std::to_string(sequences))) ++sequences;
+  REQUIRE(sequences > 0);
+  return sequences;
+}
+
 // Every layer at every policy point whose instantiations this build has: `bound` at every point.
 // The bound of a point, by the format of the absorbed BMMs (DeepSeek; Qwen3 has none): the
 // target of the weight format with FP8 BMMs, and with MXFP4 BMMs the root sum of squares of that
@@ -129,20 +151,10 @@ void compare(const std::string& model, const std::string& format, Bounds bounds)
   const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::read);
   const auto& m = ckpt.model();
   const Reference ref{io::SafetensorsFile::open(dir / "reference.safetensors", io::LoadMode::read)};
-  std::size_t sequences = 0;
-  while (ref.has("hidden." + std::to_string(sequences))) ++sequences;
-  REQUIRE(sequences > 0);
+  const std::size_t sequences = sequence_count(ref);
   for (index_t l = 0; l < m.num_layers; ++l) {
     CAPTURE(model, format, l);
-    std::vector<std::vector<bf16>> inputs;
-    for (std::size_t s = 0; s < sequences; ++s) {
-      const std::string in =
-          l == 0 ? "hidden." + std::to_string(s)
-                 : "hidden." + std::to_string(s) + ".layer." + std::to_string(l - 1);
-      std::vector<bf16> v;
-      for (const float x : ref.floats(in)) v.push_back(to_bf16(x));  // bf16 values: exact
-      inputs.push_back(std::move(v));
-    }
+    const auto inputs = layer_inputs(ref, l, sequences);
     const auto weights = ckpt.layer(l);
     const model::DecodeLayer layer{l, weights.get()};
 #if ATOM_TEST_GPU
@@ -202,7 +214,77 @@ void compare(const std::string& model, const std::string& format, Bounds bounds)
   }
 }
 
+#if !ATOM_TEST_GPU
+// Every layer at tensor parallel sizes 2 and 4 (host ranks as threads), with the fused and the
+// separate all-reduce at the default point otherwise, against transformers within the same bound
+// as size 1: the split changes only the summation order of the row-parallel GEMMs (about 2^-9
+// relative, pipeline::tp_error_bound), far inside the weight formats' targets. Routes are
+// required to match where they are at size 1. Each layer is also decoded with every rank reading
+// only its share of the checkpoint, which must give the same bits as sharding the whole layer.
+void compare_tp(const std::string& model, const std::string& format, Bounds bounds) {
+  const auto dir = data / model / format;
+  const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::read);
+  const auto& m = ckpt.model();
+  const Reference ref{io::SafetensorsFile::open(dir / "reference.safetensors", io::LoadMode::read)};
+  const std::size_t sequences = sequence_count(ref);
+  const policy::Point base = policy::point_from(env::Config{});
+  const bool mxfp4_bmm = m.attention == pipeline::AttentionKind::mla &&
+                         base.get<policy::BmmFormat>() == policy::BmmFormat::mxfp4;
+  const double bound = mxfp4_bmm ? std::hypot(bounds.target, 0.15) : bounds.target;
+  for (index_t l = 0; l < m.num_layers; ++l) {
+    const auto inputs = layer_inputs(ref, l, sequences);
+    const auto weights = ckpt.layer(l);
+    const model::DecodeLayer layer{l, weights.get()};
+    for (const auto ar : {policy::AllReduceNorm::fused, policy::AllReduceNorm::separate})
+      for (const index_t tp : {2, 4}) {
+        const policy::Point p = base.with(ar);
+        CAPTURE(model, format, l, tp, ar == policy::AllReduceNorm::fused);
+        std::vector<model::LayerOutput> out;
+        try {
+          out = model::decode_sequences_tp(m, {layer}, inputs, p, 1024, tp);
+        } catch (const dispatch::DispatchError&) {
+          continue;  // not in this build's profile
+        }
+        REQUIRE(out.size() == 1);
+        // Each rank reading its share of the checkpoint reads the bytes of the layer's shard.
+        const auto read = model::decode_checkpoint_tp(ckpt, {l}, inputs, p, 1024, tp);
+        REQUIRE(read.size() == 1);
+        CHECK(read[0].hidden == out[0].hidden);
+        const LayerError e = layer_error(m, ref, l, sequences, out[0]);
+        std::printf(
+            "%-20s %-6s layer %ld at TP %ld (%s all-reduce): rel_l2 %.4f, %ld routes "
+            "differ\n",
+            model.c_str(), format.c_str(), static_cast<long>(l), static_cast<long>(tp),
+            ar == policy::AllReduceNorm::fused ? "fused" : "separate", e.rel, e.route_mismatch);
+        CHECK(e.rel <= bound);
+        if (!bounds.mxfp4_weights && !mxfp4_bmm) CHECK(e.route_mismatch == 0);
+      }
+  }
+}
+#endif
+
 }  // namespace
+
+#if !ATOM_TEST_GPU
+TEST_CASE("transformers: DeepSeek-V3 tiny layers at TP 2 and 4, bf16") {
+  compare_tp("deepseek-v3-tiny", "bf16", {0.03, false});
+}
+TEST_CASE("transformers: DeepSeek-V3 tiny layers at TP 2 and 4, FP8 block") {
+  compare_tp("deepseek-v3-tiny", "fp8", {0.08, false});
+}
+TEST_CASE("transformers: DeepSeek-V3 tiny layers at TP 2 and 4, MXFP4") {
+  compare_tp("deepseek-v3-tiny", "mxfp4", {0.15, true});
+}
+TEST_CASE("transformers: Qwen3-MoE tiny layers at TP 2 and 4, bf16") {
+  compare_tp("qwen3-30b-a3b-tiny", "bf16", {0.03, false});
+}
+TEST_CASE("transformers: Qwen3-MoE tiny layers at TP 2 and 4, FP8 block") {
+  compare_tp("qwen3-30b-a3b-tiny", "fp8", {0.08, false});
+}
+TEST_CASE("transformers: Qwen3-MoE tiny layers at TP 2 and 4, MXFP4") {
+  compare_tp("qwen3-30b-a3b-tiny", "mxfp4", {0.15, true});
+}
+#endif
 
 TEST_CASE("transformers: DeepSeek-V3 tiny layers in isolation, bf16") {
   compare("deepseek-v3-tiny", "bf16", {0.03, false});

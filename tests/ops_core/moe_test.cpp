@@ -311,6 +311,31 @@ TEST_CASE("moe_gemm_a4w4 applies each row's expert exactly as gemm_a4w4 does") {
             out.view());
       },
       {"moe_gemm_a4w4", "expert -1"});
+  // A slot of another rank's expert (expert parallelism) is a zero row; the others as before.
+  std::vector<std::int32_t> local = ids;
+  local[4] = ops::no_expert;
+  Bf16Buffer full(tokens * k, n);
+  ops::moe_gemm_a4w4(host, a.act(), ids_v, w, full.view());
+  ops::moe_gemm_a4w4(host, a.act(),
+                     atom::make_view(static_cast<const std::int32_t*>(local.data()), tokens, k), w,
+                     out.view());
+  for (index_t r = 0; r < tokens * k; ++r)
+    for (index_t c = 0; c < n; ++c)
+      REQUIRE(out.data[at(r * n + c)].bits == (r == 4 ? 0 : full.data[at(r * n + c)].bits));
+}
+
+TEST_CASE("localize_experts maps a rank's experts to its own indices and the others to no_expert") {
+  const std::vector<std::int32_t> ids{0, 5, 9, -1, 7, 4};
+  std::vector<std::int32_t> out(ids.size());
+  ops::localize_experts(host, atom::make_view(ids.data(), 2, 3), 4, 4,
+                        atom::make_view(out.data(), 2, 3));
+  CHECK(out == std::vector<std::int32_t>{ops::no_expert, 1, ops::no_expert, -1, 3, 0});
+  require_shape_error(
+      [&] {
+        ops::localize_experts(host, atom::make_view(ids.data(), 2, 3), 0, 4,
+                              atom::make_view(out.data(), 3, 2));
+      },
+      {"localize_experts", "'out'"});
 }
 
 TEST_CASE("moe_combine sums weighted expert outputs in slot order plus the shared expert") {

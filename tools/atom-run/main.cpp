@@ -38,6 +38,7 @@ constexpr const char* usage =
     "                [--tokens N] [--context L]\n"
     "       atom-run [--model NAME | --checkpoint DIR] --steps S [--layers A:B|N] [--tokens N]\n"
     "                [--context L] [--backend auto|host|gpu]\n"
+    "       atom-run ... --tp N   (host backend: N ranks as threads)\n"
     "  --model       deepseek-v3-tiny (default), qwen3-30b-a3b-tiny, deepseek-v3, qwen3-30b-a3b\n"
     "  --pipeline    layer (default: the model's attention block and its MoE block, each "
     "checked),\n"
@@ -63,6 +64,12 @@ constexpr const char* usage =
     "                random weights); on the GPU one step is captured as a graph and replayed.\n"
     "                Prints the time per step, eager and replayed, tokens per second, and the\n"
     "                step's byte floor (weights read, routed experts once, cache, activations).\n"
+    "  --tp          tensor parallel size 1..8 (default 1): each rank holds its shard of the\n"
+    "                weights (heads, expert or MLP columns) and the blocks all-reduce into the\n"
+    "                next norm (ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION: fused or separate); a "
+    "preset\n"
+    "                block is checked against the same block at size 1, a checkpoint decoded at\n"
+    "                size N. Host backend; not with --steps.\n"
     "The ATOM_* variables pick the instantiation (atom-env --instances lists them).\n";
 
 struct Options {
@@ -78,6 +85,7 @@ struct Options {
   std::string input;
   std::string output;
   long steps = 0;
+  long tp = 1;
 };
 
 long parse_number(std::string_view flag, std::string_view text, long min, long max) {
@@ -124,6 +132,8 @@ Options parse(int argc, char** argv) {
       o.output = value;
     else if (flag == "--steps")
       o.steps = parse_number(flag, value, 1, 1 << 20);
+    else if (flag == "--tp")
+      o.tp = parse_number(flag, value, 1, 8);
     else
       throw std::invalid_argument("unknown option " + std::string(flag));
   }
@@ -172,15 +182,43 @@ policy::BackendId backend_for(std::string_view name) {
                               "'; expected auto, host or gpu");
 }
 
+// Tensor parallelism runs the host backend's ranks as threads; the GPU's needs one process per
+// GPU, which atom-run does not start.
+policy::BackendId tp_backend(const Options& o) {
+  const policy::BackendId backend = backend_for(o.backend);
+  if (o.tp == 1) return backend;
+  if (o.steps > 0)
+    throw std::invalid_argument("--tp " + std::to_string(o.tp) +
+                                " with --steps: decode steps run at tensor parallel size 1");
+  if (o.backend == "gpu")
+    throw std::invalid_argument("--tp " + std::to_string(o.tp) +
+                                " runs the host backend (ranks as threads); use --backend host");
+  return policy::BackendId::host;
+}
+
+// --tp N on a preset block: the block at size N (rank threads, sharded weights) against the same
+// instantiation at size 1.
+template <PipelineId P>
+pipeline::ReferenceCheck check_tp(const dispatch::Handle<P>& handle, const pipeline::RunInputs& in,
+                                  long tp, pipeline::RunOutput& got) {
+  got = pipeline::run_tp(handle, in, tp);
+  const pipeline::RunOutput want = pipeline::run_once(handle, in);
+  pipeline::ReferenceCheck c = pipeline::judge(std::string(handle.name()) + " at TP 1",
+                                               pipeline::tp_error_bound(P, tp), got, want);
+  c.ok = c.ok && got.residual == want.residual;
+  return c;
+}
+
 template <PipelineId P>
 int run(const Options& o, const env::Config& config, const pipeline::ModelConfig& model) {
-  const policy::BackendId backend = backend_for(o.backend);
+  const policy::BackendId backend = tp_backend(o);
   const bool on_gpu = backend == policy::BackendId::gpu;
   const auto handle = dispatch::resolve<P>(config, backend);
   const std::string reference =
-      on_gpu ? policy::instance_name(P, policy::BackendId::host, handle.point())
-             : policy::instance_name(P, policy::BackendId::host,
-                                     policy::separate_of(P, handle.point()));
+      on_gpu     ? policy::instance_name(P, policy::BackendId::host, handle.point())
+      : o.tp > 1 ? std::string(handle.name()) + " at tensor parallel size 1"
+                 : policy::instance_name(P, policy::BackendId::host,
+                                         policy::separate_of(P, handle.point()));
   std::printf("pipeline    %s on %s\n", std::string(policy::pipeline_name(P)).c_str(),
               model.name.c_str());
   std::printf("policy      %s\n", policy::describe(P, handle.point()).c_str());
@@ -192,6 +230,7 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
     std::printf("backend     host\n");
   else
     std::printf("backend     host (this build has no GPU instantiations)\n");
+  if (o.tp > 1) std::printf("tensor      parallel size %ld (ranks as threads)\n", o.tp);
 
   std::printf("weights     generating (seed %ld)...\n", o.seed);
   std::fflush(stdout);
@@ -216,10 +255,14 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
 #endif
   } else {
     pipeline::RunOutput got;
-    check = pipeline::check_against_reference(handle, in, &got);
+    if (o.tp > 1)
+      check = check_tp(handle, in, o.tp, got);
+    else
+      check = pipeline::check_against_reference(handle, in, &got);
     std::vector<double> times{got.seconds};
     for (long i = 0; i < o.iters; ++i) {
-      times.push_back(pipeline::run_once(handle, in).seconds);
+      times.push_back(o.tp > 1 ? pipeline::run_tp(handle, in, o.tp).seconds
+                               : pipeline::run_once(handle, in).seconds);
       if (o.iters >= 10 && (i + 1) % (o.iters / 10) == 0)
         std::fprintf(stderr, "\rtiming      %ld/%ld%s", i + 1, o.iters,
                      i + 1 == o.iters ? "\n" : "");
@@ -361,7 +404,7 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
 }
 
 int run_checkpoint(const Options& o, const env::Config& config) {
-  const policy::BackendId backend = backend_for(o.backend);
+  const policy::BackendId backend = tp_backend(o);
   if (!o.input.empty() && o.input == o.output)
     throw std::invalid_argument("--output must not overwrite --input");
   const auto ckpt = model::HfCheckpoint::open(o.checkpoint, io::load_mode(config));
@@ -371,8 +414,11 @@ int run_checkpoint(const Options& o, const env::Config& config) {
               static_cast<long>(m.num_layers));
   std::vector<std::unique_ptr<pipeline::LayerWeights>> owned;
   std::vector<model::DecodeLayer> layers;
+  std::vector<index_t> indices;
   const auto start = std::chrono::steady_clock::now();
   for (index_t l = first; l < last; ++l) {
+    indices.push_back(l);
+    if (o.tp > 1) continue;  // each rank reads its own share
     owned.push_back(ckpt.layer(l));
     layers.push_back({l, owned.back().get()});
   }
@@ -413,6 +459,8 @@ int run_checkpoint(const Options& o, const env::Config& config) {
     }
     outputs = model::decode_sequences_gpu(m, layers, views, inputs, point, threshold);
 #endif
+  } else if (o.tp > 1) {
+    outputs = model::decode_checkpoint_tp(ckpt, indices, inputs, point, threshold, o.tp);
   } else {
     outputs = model::decode_sequences(m, layers, inputs, point, threshold);
   }
@@ -421,9 +469,11 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   for (const auto& v : inputs) tokens += static_cast<long>(v.size()) / static_cast<long>(m.hidden);
   for (const auto& layer : outputs)
     std::printf("layer %-5ld %s\n", static_cast<long>(layer.index), layer.instances.c_str());
-  std::printf("decode      %zu sequences, %ld tokens through layers %ld:%ld on the %s backend\n",
-              inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last),
-              std::string(policy::backend_name(backend)).c_str());
+  std::printf(
+      "decode      %zu sequences, %ld tokens through layers %ld:%ld on the %s backend, tensor "
+      "parallel size %ld\n",
+      inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last),
+      std::string(policy::backend_name(backend)).c_str(), o.tp);
   std::printf("time        load %.3f s, decode %.3f s\n", load_s, run_s);
   if (!o.output.empty()) {
     std::vector<io::TensorData> tensors;
@@ -464,6 +514,7 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("--input and --output need --checkpoint");
     const pipeline::ModelConfig model = pipeline::preset(o.model);
     if (o.steps > 0) {
+      tp_backend(o);
       // Random weights per layer, each from its own seed.
       const auto [first, last] = layer_range(o.layers.empty() ? "1" : o.layers, model.num_layers);
       std::vector<std::unique_ptr<pipeline::LayerWeights>> owned;

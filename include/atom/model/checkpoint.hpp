@@ -40,8 +40,9 @@ class HfCheckpoint {
   const io::Checkpoint& tensors() const { return *checkpoint_; }
 
   // Decoder layer `layer` (0 <= layer < num_hidden_layers) in host memory: the attention block
-  // and the MLP block of its kind (pipeline::layer_kind).
-  std::unique_ptr<pipeline::LayerWeights> layer(index_t layer) const;
+  // and the MLP block of its kind (pipeline::layer_kind). At tensor parallel rank `tp` only that
+  // rank's share is read (pipeline/tp.hpp; the same bytes as pipeline::shard of the whole layer).
+  std::unique_ptr<pipeline::LayerWeights> layer(index_t layer, pipeline::TpShape tp = {}) const;
 
   // The open shard files (defined in checkpoint.cpp).
   struct Files;

@@ -15,6 +15,8 @@
 
 namespace atom::model {
 
+class HfCheckpoint;  // model/checkpoint.hpp
+
 struct DecodeLayer {
   index_t index = 0;  // the checkpoint's layer index
   const pipeline::LayerWeights* weights = nullptr;
@@ -37,5 +39,22 @@ std::vector<LayerOutput> decode_sequences(const pipeline::ModelConfig& m,
                                           const std::vector<DecodeLayer>& layers,
                                           const std::vector<std::vector<bf16>>& inputs,
                                           policy::Point point, std::int64_t dual_stream_threshold);
+
+// The same decode at tensor parallel size `tp_size` (host backend): each rank a thread with its
+// shard of every layer (pipeline::shard) and its share of the caches, in one HostTpGroup; every
+// layer's output is the all-reduce of the ranks' outputs plus the residual, as rank 0 records it.
+std::vector<LayerOutput> decode_sequences_tp(const pipeline::ModelConfig& m,
+                                             const std::vector<DecodeLayer>& layers,
+                                             const std::vector<std::vector<bf16>>& inputs,
+                                             policy::Point point,
+                                             std::int64_t dual_stream_threshold, index_t tp_size);
+
+// The same, each rank reading only its share of the checkpoint's layers `layers` (first to last)
+// (HfCheckpoint::layer at its rank), as engines load a tensor-parallel model.
+std::vector<LayerOutput> decode_checkpoint_tp(const HfCheckpoint& checkpoint,
+                                              const std::vector<index_t>& layers,
+                                              const std::vector<std::vector<bf16>>& inputs,
+                                              policy::Point point,
+                                              std::int64_t dual_stream_threshold, index_t tp_size);
 
 }  // namespace atom::model

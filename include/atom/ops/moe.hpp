@@ -4,11 +4,16 @@
 #include <cstdint>
 
 #include "atom/core/tensor.hpp"
+#include "atom/numeric/host_device.hpp"
 #include "atom/numeric/numeric.hpp"
 #include "atom/ops/backend.hpp"
 #include "atom/ops/formats.hpp"
 
 namespace atom::ops {
+
+// The id of a slot whose expert another rank holds (expert parallelism, localize_experts): the
+// routed GEMMs write its row as zeros and read no weight for it.
+inline constexpr std::int32_t no_expert = -2;
 
 // DeepSeek-V3 routing (noaux_tc). logits [T, E], bias [E], ids and weights [T, k].
 // In float: s_e = 1 / (1 + exp(-logit_e)), c_e = s_e + bias_e. The E experts form n_group
@@ -37,8 +42,8 @@ void silu_mul(const Host&, View2<const bf16> gate_up, typename Epi::Output out);
 
 // Routed expert GEMM: out row r = t * k + j is gemm_a4w4 of input row a[t] (a has T rows) or
 // a[r] (a has T * k rows) with expert ids(t, j)'s weight w[ids(t, j)] [N, K]. ids [T, k],
-// w [E, N, K], out [T * k, N] bf16. Same arithmetic as gemm_a4w4; ids outside [0, E) are
-// rejected.
+// w [E, N, K], out [T * k, N] bf16. Same arithmetic as gemm_a4w4; a row of id no_expert is
+// zeros; other ids outside [0, E) are rejected.
 void moe_gemm_a4w4(const Host&, const Mxfp4Act& a, View2<const std::int32_t> ids,
                    const Mxfp4Experts& w, View2<bf16> out);
 
@@ -48,6 +53,17 @@ void moe_gemm_a16w16(const Host&, const Bf16Act& a, View2<const std::int32_t> id
                      const Bf16Experts& w, View2<bf16> out);
 void moe_gemm_a8w8_block(const Host&, const Fp8GroupAct& a, View2<const std::int32_t> ids,
                          const Fp8BlockExperts& w, View2<bf16> out);
+
+// Expert parallelism: the ids [T, k] of the routed experts as a rank holding experts
+// [first, first + count) indexes its own: id - first for those, no_expert for the others.
+// Negative ids (the routing's mark of a bad row) are kept. out may be ids.
+ATOM_HD inline std::int32_t localized_expert(std::int32_t id, std::int32_t first,
+                                             std::int32_t count) {
+  if (id < 0) return id;
+  return id >= first && id - first < count ? id - first : no_expert;
+}
+void localize_experts(const Host&, View2<const std::int32_t> ids, std::int32_t first,
+                      std::int32_t count, View2<std::int32_t> out);
 
 // out[t] = bf16(sum over j in slot order of weights(t, j) * expert_out[t * k + j] + shared[t]),
 // in float, the shared expert's output added last. expert_out [T * k, H], weights [T, k],

@@ -17,6 +17,8 @@
 
 namespace atom::pipeline {
 
+class TpComm;  // pipeline/tp.hpp
+
 // Scratch memory for a run's intermediates: an arena over chunks of one kind of memory (host
 // memory by default; the GPU backend's workspace allocates device memory). take() hands out a
 // block that stays valid until reset(); its contents are unspecified (every pipeline op writes
@@ -143,12 +145,15 @@ policy::WeightFormat weight_format(const MoeWeights& w);
 policy::WeightFormat weight_format(const DenseMlpWeights& w);
 
 // Arguments common to every pipeline: x is the previous block's output (this rank's partial sum
-// under tensor parallelism), residual the residual stream (updated in place to x + residual),
-// out this block's output. The GPU backend enqueues its work on `stream` (and the MoE block's
-// concurrent shared expert on `side_stream`, when set); the host backend ignores both.
+// under tensor parallelism: the block all-reduces it), residual the residual stream (updated in
+// place to x + residual, the same on every rank), out this block's output (this rank's partial
+// sum). `tp` is the rank's tensor-parallel group (pipeline/tp.hpp), null at size 1; the weights,
+// caches and shapes are this rank's share (pipeline::shard). The GPU backend enqueues its work on
+// `stream` (and the MoE block's concurrent shared expert on `side_stream`, when set); the host
+// backend ignores both.
 struct BlockIo {
   const ModelConfig* model = nullptr;
-  TpShape tp;
+  TpComm* tp = nullptr;
   View2<const bf16> x;   // [T, hidden]
   View2<bf16> residual;  // [T, hidden]
   View2<bf16> out;       // [T, hidden]

@@ -32,7 +32,7 @@ template <policy::PipelineId P, class Weights, class State>
 RunArgs<P> make_args(const RunInputs& in, const Weights& w, const State& s, Workspace& ws,
                      void* stream = nullptr) {
   using policy::PipelineId;
-  BlockIo io{in.model, TpShape{}, s.x(), s.residual(), s.out(), &ws};
+  BlockIo io{in.model, nullptr, s.x(), s.residual(), s.out(), &ws};
   io.stream = stream;
   if constexpr (P == PipelineId::mla_attention)
     return MlaArgs{io, &w.mla(), s.batch(), s.mla_cache()};
@@ -55,6 +55,17 @@ void expect_runnable(policy::PipelineId p, const RunInputs& in);
 // Runs the handle once on a fresh DecodeState made from `in`.
 template <policy::PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in);
+
+// Runs the handle (host backend) at tensor parallel size `size`: one thread per rank (run_ranks),
+// each with its shard of in.weights (pipeline::shard), its share of the DecodeState made from `in`
+// and its own workspace. Returns the ranks' outputs summed by the group's all-reduce and the
+// residual, which every rank must hold bit for bit (throws otherwise).
+template <policy::PipelineId P>
+RunOutput run_tp(const dispatch::Handle<P>& handle, const RunInputs& in, index_t size);
+
+// The relative L2 bound of a block at tensor parallel size N against size 1; the reasons are in
+// harness.cpp.
+double tp_error_bound(policy::PipelineId p, index_t size);
 
 // The check of an instantiation against its all-separate reference (policy::separate_of), shared
 // by atom-run and the instantiation tests: out and residual within `bound` (relative L2).

@@ -13,10 +13,12 @@
 #include "atom/ops/attention.hpp"
 #include "atom/ops/bmm.hpp"
 #include "atom/ops/cache.hpp"
+#include "atom/ops/decode_batch.hpp"
 #include "atom/ops/gemm.hpp"
 #include "atom/ops/gpu/attention.hpp"
 #include "atom/ops/gpu/bmm.hpp"
 #include "atom/ops/gpu/cache.hpp"
+#include "atom/ops/gpu/decode_batch.hpp"
 #include "atom/ops/gpu/gemm.hpp"
 #include "atom/ops/gpu/moe.hpp"
 #include "atom/ops/gpu/norm.hpp"
@@ -30,6 +32,7 @@
 #include "atom/ops/rope.hpp"
 #include "atom/pipeline/args.hpp"
 #include "atom/pipeline/link.hpp"
+#include "atom/pipeline/tp.hpp"
 
 namespace atom::pipeline {
 
@@ -43,13 +46,9 @@ using PointOf = policy::PointFor<Declared<P>::reads>;
 
 namespace detail {
 
-// The checks every pipeline runs first; returns its weights. Tensor parallelism beyond one rank
-// needs a TP communicator, which the pipelines' backends do not take yet.
+// The checks every pipeline runs first; returns its weights.
 template <class Weights>
 const Weights& checked(std::string_view pipeline, const BlockIo& io, const Weights* weights) {
-  expect(io.tp.size == 1 && io.tp.rank == 0, pipeline,
-         "tensor parallel size " + std::to_string(io.tp.size) +
-             " needs a TP communicator; this backend runs tensor parallel size 1");
   expect(io.model != nullptr && io.workspace != nullptr && weights != nullptr, pipeline,
          "model, workspace and weights must be set");
   return *weights;
@@ -127,6 +126,34 @@ void concurrently(const Backend& b, const BlockIo& io, Main main, Side side) {
   }
 }
 
+// A block that another rank computes (pipeline/tp.hpp: a replicated block) contributes zeros.
+template <class Backend>
+void write_zeros(const Backend& b, View2<bf16> out) {
+  expect(out.contiguous(), "pipeline", "a block's output must be contiguous");
+  ops::fill_uniform(b, make_view(out.data, out.numel()), 0, 0.0f, 0.0f);
+}
+
+// The block's entry: [AR +] residual add + RMSNorm of io.x into `out` (epilogue Epi). At tensor
+// parallel size 1 the add + norm alone (the all-reduce is the identity); beyond, the all-reduce of
+// the ranks' partial sums in one pass with the add + norm (AllReduceNorm::fused), or into scratch
+// before it (separate).
+template <policy::AllReduceNorm AR, class Epi, class Backend>
+void entry_norm(const Backend& b, const BlockIo& io, View1<const bf16> weight,
+                typename Epi::Output out) {
+  const float eps = io.model->rms_eps;
+  if (io.tp == nullptr || io.tp->size() == 1) {
+    ops::add_rms_norm<Epi>(b, io.x, io.residual, weight, eps, out);
+  } else if constexpr (AR == policy::AllReduceNorm::fused) {
+    io.tp->all_reduce_add_rms_norm(io.x, io.residual, weight, eps, NormOutput{out}, io.stream);
+  } else if constexpr (AR == policy::AllReduceNorm::separate) {
+    auto sum = io.workspace->take<bf16>(io.x.size(0), io.x.size(1));
+    io.tp->all_reduce(io.x, sum, io.stream);
+    ops::add_rms_norm<Epi>(b, sum, io.residual, weight, eps, out);
+  } else {
+    static_assert(policy::unhandled<AR>);
+  }
+}
+
 template <class Act>
 Act take_act(Workspace& ws, index_t rows, index_t cols) {
   if constexpr (std::is_same_v<Act, ops::Bf16Act>) {
@@ -142,11 +169,12 @@ Act take_act(Workspace& ws, index_t rows, index_t cols) {
   }
 }
 
-// [AR +] residual add + RMSNorm, producing what the next GEMM reads (GemmAct<F>). With the
-// input-norm quant fusion the norm writes the quantized activations itself; otherwise it writes
-// bf16 and a separate quant follows. bf16 weights read the norm's bf16 output (the fusion folds,
-// see policy::canonical). At tensor parallel size 1 the all-reduce is the identity in all forms.
-template <policy::InputNormQuant Fusion, policy::WeightFormat F, class Backend>
+// [AR +] residual add + RMSNorm (entry_norm), producing what the next GEMM reads (GemmAct<F>).
+// With the input-norm quant fusion the norm writes the quantized activations itself; otherwise it
+// writes bf16 and a separate quant follows. bf16 weights read the norm's bf16 output (the fusion
+// folds, see policy::canonical).
+template <policy::AllReduceNorm AR, policy::InputNormQuant Fusion, policy::WeightFormat F,
+          class Backend>
 GemmAct<F> norm_to_gemm_input(const Backend& b, const BlockIo& io, View1<const bf16> weight) {
   Workspace& ws = *io.workspace;
   const index_t t = io.x.size(0);
@@ -154,10 +182,10 @@ GemmAct<F> norm_to_gemm_input(const Backend& b, const BlockIo& io, View1<const b
   auto act = take_act<GemmAct<F>>(ws, t, h);
   if constexpr (Fusion == policy::InputNormQuant::fused || F == policy::WeightFormat::bf16) {
     static_assert(F != policy::WeightFormat::bf16 || Fusion == policy::InputNormQuant::separate);
-    ops::add_rms_norm<gemm_epi<F>>(b, io.x, io.residual, weight, io.model->rms_eps, act);
+    entry_norm<AR, gemm_epi<F>>(b, io, weight, act);
   } else if constexpr (Fusion == policy::InputNormQuant::separate) {
     auto normed = take_act<ops::Bf16Act>(ws, t, h);
-    ops::add_rms_norm<ops::epi::Bf16>(b, io.x, io.residual, weight, io.model->rms_eps, normed);
+    entry_norm<AR, ops::epi::Bf16>(b, io, weight, normed);
     ops::quantize<gemm_epi<F>>(b, normed.x, act);
   } else {
     static_assert(policy::unhandled<Fusion>);
@@ -260,6 +288,7 @@ struct MlaAttention {
   static constexpr auto gemm = P.get<policy::GemmBackend>();
   static constexpr auto format = P.get<policy::WeightFormat>();
   static constexpr auto qk_norm = P.get<policy::QkNorm>();
+  static constexpr auto all_reduce = P.get<policy::AllReduceNorm>();
   using Act = GemmAct<format>;
 
   static void run(const MlaArgs& a) {
@@ -268,11 +297,15 @@ struct MlaAttention {
     const ModelConfig& m = *a.io.model;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
-    const index_t heads = m.num_heads / a.io.tp.size;
+    const TpShape tp = tp_shape(a.io.tp);
+    const AttentionSplit split = attention_split(m, tp, format);
+    const index_t heads = split.heads.count;
     const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
 
     const auto x_act =
-        detail::norm_to_gemm_input<P.get<policy::InputNormQuant>(), format>(b, a.io, w.input_norm);
+        detail::norm_to_gemm_input<all_reduce, P.get<policy::InputNormQuant>(), format>(
+            b, a.io, w.input_norm);
+    if (!split.computes(tp)) return detail::write_zeros(b, a.io.out);
     auto qkv_a = ws.take<bf16>(t, m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim);
     detail::gemm<format, gemm>(b, x_act, w.qkv_a, qkv_a);
 
@@ -360,6 +393,7 @@ struct Qwen3Attention {
   static constexpr auto gemm = P.get<policy::GemmBackend>();
   static constexpr auto format = P.get<policy::WeightFormat>();
   static constexpr auto qk_norm_rope_cache = P.get<policy::QkNormRopeCache>();
+  static constexpr auto all_reduce = P.get<policy::AllReduceNorm>();
 
   static void run(const Qwen3AttentionArgs& a) {
     const Qwen3AttentionWeights& w = detail::checked("qwen3_attention", a.io, a.weights);
@@ -367,11 +401,15 @@ struct Qwen3Attention {
     const ModelConfig& m = *a.io.model;
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
-    const index_t heads = m.num_heads / a.io.tp.size;
-    const index_t kv_heads = m.num_kv_heads / a.io.tp.size;
+    const TpShape tp = tp_shape(a.io.tp);
+    const AttentionSplit split = attention_split(m, tp, format);
+    const index_t heads = split.heads.count;
+    const index_t kv_heads = split.kv_heads.count;
 
     const auto x_act =
-        detail::norm_to_gemm_input<policy::InputNormQuant::separate, format>(b, a.io, w.input_norm);
+        detail::norm_to_gemm_input<all_reduce, policy::InputNormQuant::separate, format>(
+            b, a.io, w.input_norm);
+    if (!split.computes(tp)) return detail::write_zeros(b, a.io.out);
     auto qkv = ws.take<bf16>(t, (heads + 2 * kv_heads) * m.head_dim);
     detail::gemm<format, gemm>(b, x_act, w.qkv, qkv);
 
@@ -418,10 +456,14 @@ struct MoeBlock {
     Workspace& ws = *a.io.workspace;
     const index_t t = a.io.x.size(0);
     const index_t k = m.top_k;
+    const TpShape tp = tp_shape(a.io.tp);
+    const ExpertSplit split = expert_split(m, tp, format);
+    const index_t inter = split.intermediate.count;
 
     // The router reads the bf16 normed activations, the experts what their GEMMs read.
     auto normed = detail::take_act<ops::Bf16Act>(ws, t, m.hidden);
-    ops::add_rms_norm<ops::epi::Bf16>(b, a.io.x, a.io.residual, w.post_norm, m.rms_eps, normed);
+    detail::entry_norm<P.get<policy::AllReduceNorm>(), ops::epi::Bf16>(b, a.io, w.post_norm,
+                                                                       normed);
     const Act x_act = detail::to_gemm_input<format>(b, ws, normed.x);
 
     auto logits = ws.take<float>(t, m.num_experts);
@@ -434,19 +476,30 @@ struct MoeBlock {
     else
       ops::route_softmax_topk(b, logits, m.renormalize, ids, weights);
 
-    const bool has_shared = m.num_shared_experts > 0;
+    // Expert parallel: this rank's experts by their index in its weights, the others' no_expert.
+    View2<const std::int32_t> local_ids = ids;
+    if (split.expert_parallel) {
+      auto localized = ws.take<std::int32_t>(t, k);
+      ops::localize_experts(b, ids, static_cast<std::int32_t>(split.experts.begin),
+                            static_cast<std::int32_t>(split.experts.count), localized);
+      local_ids = localized;
+    }
+
+    const bool has_shared =
+        m.num_shared_experts > 0 &&
+        mlp_split(m.num_shared_experts * m.moe_intermediate, tp, format).computes(tp);
     auto shared_out = has_shared ? ws.take<bf16>(t, m.hidden) : View2<bf16>{};
     std::optional<detail::GatedMlp<format, gemm, Backend>> shared;
     if (has_shared) shared.emplace(ws, t, w.shared_gate_up, w.shared_down);
     auto shared_expert = [&](const Backend& on) { shared->run(on, x_act, shared_out); };
 
-    auto gate_up = ws.take<bf16>(t * k, 2 * m.moe_intermediate);
-    auto inter = detail::take_act<Act>(ws, t * k, m.moe_intermediate);
+    auto gate_up = ws.take<bf16>(t * k, 2 * inter);
+    auto activated = detail::take_act<Act>(ws, t * k, inter);
     auto expert_out = ws.take<bf16>(t * k, m.hidden);
     auto routed_experts = [&](const Backend& on) {
-      detail::moe_gemm<format, gemm>(on, x_act, ids, w.gate_up, gate_up);
-      ops::silu_mul<gemm_epi<format>>(on, gate_up, inter);
-      detail::moe_gemm<format, gemm>(on, inter, ids, w.down, expert_out);
+      detail::moe_gemm<format, gemm>(on, x_act, local_ids, w.gate_up, gate_up);
+      ops::silu_mul<gemm_epi<format>>(on, gate_up, activated);
+      detail::moe_gemm<format, gemm>(on, activated, local_ids, w.down, expert_out);
     };
 
     constexpr auto streams = P.get<policy::MoeStreams>();
@@ -480,8 +533,12 @@ struct DenseMlp {
     const DenseMlpWeights& w = detail::checked("dense_mlp", a.io, a.weights);
     const Backend b = detail::backend_of<Backend>(a.io);
     const index_t t = a.io.x.size(0);
+    const TpShape tp = tp_shape(a.io.tp);
     const auto x_act =
-        detail::norm_to_gemm_input<policy::InputNormQuant::separate, format>(b, a.io, w.post_norm);
+        detail::norm_to_gemm_input<P.get<policy::AllReduceNorm>(), policy::InputNormQuant::separate,
+                                   format>(b, a.io, w.post_norm);
+    if (!mlp_split(a.io.model->intermediate, tp, format).computes(tp))
+      return detail::write_zeros(b, a.io.out);
     const detail::GatedMlp<format, P.get<policy::GemmBackend>(), Backend> mlp(*a.io.workspace, t,
                                                                               w.gate_up, w.down);
     mlp.run(b, x_act, a.io.out);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "atom/pipeline/args.hpp"
+#include "atom/pipeline/tp.hpp"
 
 namespace atom::pipeline {
 
@@ -48,6 +49,11 @@ class DecodeState {
  public:
   // One token per entry of context_lens, each with its own context of that length (>= 1).
   DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed);
+  // Rank tp's share of the state made alike at size 1: the same batch and residual; x as this
+  // rank's partial sum (x / size on every rank for a power-of-two size, which sums back to x
+  // exactly; otherwise x on rank 0 and zeros elsewhere); a GQA cache of KV heads `kv_heads` only.
+  DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed,
+              TpShape tp, Part kv_heads);
   DecodeState(const DecodeState&) = delete;
   DecodeState& operator=(const DecodeState&) = delete;
 

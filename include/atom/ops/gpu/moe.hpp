@@ -6,7 +6,7 @@
 //   are routed normally). route_grouped_topk's bias must be finite (not checked on the device:
 //   a non-finite bias gives unspecified choices, never an out-of-bounds access).
 // - moe_gemm_a4w4, moe_gemm_a16w16, moe_gemm_a8w8_block: an id outside [0, E) makes that output
-//   row NaN; nothing is read through it.
+//   row NaN, except no_expert, whose row is zeros (as on the host); nothing is read through it.
 //
 // Semantics equal the host's: routing ids and weights are bit for bit the host's (the same float
 // operations in the same order, exp evaluated exactly as the host's C library does), silu_mul
@@ -48,6 +48,9 @@ void route_softmax_topk(const Gpu&, View2<const float> logits, bool renormalize,
 template <class Epi>
 requires Epilogue<Epi>
 void silu_mul(const Gpu&, View2<const bf16> gate_up, typename Epi::Output out);
+
+void localize_experts(const Gpu&, View2<const std::int32_t> ids, std::int32_t first,
+                      std::int32_t count, View2<std::int32_t> out);
 
 void moe_combine(const Gpu&, View2<const bf16> expert_out, View2<const float> weights,
                  View2<const bf16> shared_out, View2<bf16> out);
