@@ -1,5 +1,11 @@
 // atom-run: resolves the ATOM_* environment to an instantiation, runs it on a decode batch of a
 // model preset, checks it against the all-separate reference and prints the error and timings.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
@@ -14,6 +20,7 @@
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
+#include "atom/dist/dp_group.hpp"
 #include "atom/gpu/device.hpp"
 #include "atom/io/writer.hpp"
 #include "atom/model/checkpoint.hpp"
@@ -39,6 +46,7 @@ constexpr const char* usage =
     "       atom-run [--model NAME | --checkpoint DIR] --steps S [--layers A:B|N] [--tokens N]\n"
     "                [--context L] [--backend auto|host|gpu]\n"
     "       atom-run ... --tp N   (host backend: N ranks as threads)\n"
+    "       atom-run ... --steps S --dp N   (N data-parallel ranks as processes)\n"
     "  --model       deepseek-v3-tiny (default), qwen3-30b-a3b-tiny, deepseek-v3, qwen3-30b-a3b\n"
     "  --pipeline    layer (default: the model's attention block and its MoE block, each "
     "checked),\n"
@@ -70,6 +78,12 @@ constexpr const char* usage =
     "preset\n"
     "                block is checked against the same block at size 1, a checkpoint decoded at\n"
     "                size N. Host backend; not with --steps.\n"
+    "  --dp          starts N processes of atom-run as one data-parallel group (ATOM_DP_* set\n"
+    "                for each, the store on a free loopback port) and waits for them; each\n"
+    "                decodes its own batch with --steps. A process started with ATOM_DP_SIZE > 1\n"
+    "                joins that group instead. Every step the ranks agree whether any still has\n"
+    "                work (a rank done early runs dummy steps) and pad their batches to the\n"
+    "                largest; rank 0 prints the report.\n"
     "The ATOM_* variables pick the instantiation (atom-env --instances lists them).\n";
 
 struct Options {
@@ -86,6 +100,8 @@ struct Options {
   std::string output;
   long steps = 0;
   long tp = 1;
+  long dp = 1;
+  std::vector<std::string> args;  // the command line, for the ranks --dp starts
 };
 
 long parse_number(std::string_view flag, std::string_view text, long min, long max) {
@@ -134,8 +150,14 @@ Options parse(int argc, char** argv) {
       o.steps = parse_number(flag, value, 1, 1 << 20);
     else if (flag == "--tp")
       o.tp = parse_number(flag, value, 1, 8);
+    else if (flag == "--dp")
+      o.dp = parse_number(flag, value, 1, 64);
     else
       throw std::invalid_argument("unknown option " + std::string(flag));
+    if (flag != "--dp") {
+      o.args.emplace_back(flag);
+      o.args.emplace_back(value);
+    }
   }
   return o;
 }
@@ -319,22 +341,73 @@ std::vector<std::vector<bf16>> read_input(const std::string& path, index_t hidde
   return seqs;
 }
 
+// --steps in a data-parallel group: every step begins with the group's step collective (is any
+// rank still running, how many tokens each has); a rank whose own steps are done runs dummy
+// steps (the same captured step, outputs unused) while others still have work, so that none
+// waits alone. On the GPU the steps are replays of one captured step.
+int run_dp_steps(const Options& o, dist::DpGroup& dp, model::DecodeSteps& run,
+                 policy::BackendId backend, long padded) {
+  const bool graph = backend == policy::BackendId::gpu;
+  if (graph) {
+    run.step();  // sizes the workspace
+    run.capture();
+  }
+  long own = 0;
+  long dummy = 0;
+  run.synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    const bool working = own < o.steps;
+    const dist::StepPlan plan = dp.exchange_step({working, false}, {working ? o.tokens : 0, false});
+    if (!plan.state.has_unfinished) break;
+    if (!working && !plan.run_dummy_batch) continue;
+    graph ? run.replay() : run.step();
+    run.synchronize();
+    (working ? own : dummy) += 1;
+  }
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+      static_cast<double>(std::max(1L, own + dummy));
+  dp.shutdown();
+  if (dp.rank() == 0) {
+    const auto instances = run.instances();
+    for (std::size_t l = 0; l < instances.size(); ++l)
+      std::printf("layer %-5ld %s\n", static_cast<long>(run.setup().layers[l].index),
+                  instances[l].c_str());
+  }
+  std::printf(
+      "dp          rank %ld of %ld: %ld steps of %ld sequences (padded to %ld) and %ld dummy "
+      "steps, %.3f ms per step with the step collective\n",
+      static_cast<long>(dp.rank()), static_cast<long>(dp.size()), own, o.tokens, padded, dummy, ms);
+  return 0;
+}
+
 // --steps: decode steps of a ragged batch through the given layers; on the GPU, eager steps then
 // one step captured and replayed, each timed with device events.
 int run_steps(const Options& o, const env::Config& config, const pipeline::ModelConfig& m,
               const std::vector<model::DecodeLayer>& layers) {
   const policy::BackendId backend = backend_for(o.backend);
+  // The data-parallel group (size 1: no group, every collective the identity). The ranks agree
+  // first on the batch every rank pads to and on the steps the caches must hold.
+  dist::DpGroup dp(config);
+  std::array<std::int64_t, 2> extent{o.tokens, o.steps};
+  dp.sync_state(extent);
+  const long padded = static_cast<long>(extent[0]);
+  const long capacity = static_cast<long>(extent[1]);
   model::StepSetup s;
   s.model = &m;
   s.layers = layers;
   s.point = policy::point_from(config);
   s.dual_stream_threshold = config.get<env::Var::dual_stream_moe_token_threshold>();
-  const long context = std::min<long>(o.context, m.max_position - o.steps);
+  const long context = std::min<long>(o.context, m.max_position - capacity);
   if (context < 1)
-    throw std::invalid_argument("--steps " + std::to_string(o.steps) + " leaves no context below " +
-                                m.name + "'s " + std::to_string(m.max_position) + " positions");
-  s.context_lens = ragged_contexts(o.tokens, context);
-  s.steps = o.steps;
+    throw std::invalid_argument("--steps " + std::to_string(capacity) +
+                                " leaves no context below " + m.name + "'s " +
+                                std::to_string(m.max_position) + " positions");
+  // Padding: sequences beyond this rank's own (their outputs unused), as many as the largest batch
+  // of the group has, so that every rank runs the same token count.
+  s.context_lens = ragged_contexts(padded, context);
+  s.steps = capacity;
   s.seed = static_cast<std::uint64_t>(o.seed);
   std::unique_ptr<model::DecodeSteps> run;
 #if ATOM_GPU_INSTANCES
@@ -350,6 +423,7 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
   }
 #endif
   if (!run) run = model::decode_steps(s);
+  if (dp.size() > 1) return run_dp_steps(o, dp, *run, backend, padded);
   const auto instances = run->instances();
   for (std::size_t l = 0; l < layers.size(); ++l)
     std::printf("layer %-5ld %s\n", static_cast<long>(layers[l].index), instances[l].c_str());
@@ -497,6 +571,62 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   return 0;
 }
 
+// A loopback port that was free a moment ago (the DP store binds it).
+std::uint16_t free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("--dp: socket() failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  ::close(fd);
+  if (!ok) throw std::runtime_error("--dp: no free loopback port");
+  return ntohs(addr.sin_port);
+}
+
+// --dp N: this program N times as the ranks of one DP group; the largest exit status.
+int launch_dp(const Options& o, const env::Config& config) {
+  if (config.get<env::Var::dp_size>() > 1)
+    throw std::invalid_argument("--dp " + std::to_string(o.dp) + " starts its own group, but " +
+                                "ATOM_DP_SIZE is already " +
+                                std::to_string(config.get<env::Var::dp_size>()));
+  if (o.steps == 0)
+    throw std::invalid_argument("--dp " + std::to_string(o.dp) +
+                                " needs --steps: the ranks decode their batches step by step");
+  const std::string port = std::to_string(free_loopback_port());
+  std::vector<char*> argv{const_cast<char*>("atom-run")};
+  for (const std::string& a : o.args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::fflush(stdout);  // before fork, or every rank inherits the unwritten output
+  std::vector<pid_t> ranks;
+  for (long r = 0; r < o.dp; ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("--dp: fork() failed");
+    if (pid == 0) {
+      ::setenv("ATOM_DP_SIZE", std::to_string(o.dp).c_str(), 1);
+      ::setenv("ATOM_DP_RANK", std::to_string(r).c_str(), 1);
+      ::setenv("ATOM_DP_RANK_LOCAL", std::to_string(r).c_str(), 1);
+      ::setenv("ATOM_DP_MASTER_IP", "127.0.0.1", 1);
+      ::setenv("ATOM_DP_MASTER_PORT", port.c_str(), 1);
+      ::execv("/proc/self/exe", argv.data());
+      std::perror("atom-run --dp: exec");
+      ::_exit(127);
+    }
+    ranks.push_back(pid);
+  }
+  int status = 0;
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    int ws = 0;
+    ::waitpid(ranks[r], &ws, 0);
+    const int rc = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
+    if (rc != 0) std::fprintf(stderr, "atom-run: DP rank %zu exited with status %d\n", r, rc);
+    status = std::max(status, rc);
+  }
+  return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -509,6 +639,12 @@ int main(int argc, char** argv) {
       for (const auto& e : reading.errors) std::fprintf(stderr, "atom-run: error: %s\n", e.c_str());
       return 2;
     }
+    if (o.dp > 1) return launch_dp(o, *reading.config);
+    const auto dp_size = reading.config->get<env::Var::dp_size>();
+    if (dp_size > 1 && o.steps == 0)
+      throw std::invalid_argument("ATOM_DP_SIZE=" + std::to_string(dp_size) +
+                                  ": a data-parallel rank decodes its batch with --steps; the "
+                                  "block check and the checkpoint decode run alone");
     if (!o.checkpoint.empty()) return run_checkpoint(o, *reading.config);
     if (!o.input.empty() || !o.output.empty())
       throw std::invalid_argument("--input and --output need --checkpoint");
@@ -519,8 +655,9 @@ int main(int argc, char** argv) {
       const auto [first, last] = layer_range(o.layers.empty() ? "1" : o.layers, model.num_layers);
       std::vector<std::unique_ptr<pipeline::LayerWeights>> owned;
       std::vector<model::DecodeLayer> layers;
-      std::printf("weights     generating %ld layers of %s (seed %ld)...\n",
-                  static_cast<long>(last - first), model.name.c_str(), o.seed);
+      if (reading.config->get<env::Var::dp_rank>() == 0)
+        std::printf("weights     generating %ld layers of %s (seed %ld)...\n",
+                    static_cast<long>(last - first), model.name.c_str(), o.seed);
       std::fflush(stdout);
       for (index_t l = first; l < last; ++l) {
         owned.push_back(std::make_unique<pipeline::LayerWeights>(
