@@ -22,20 +22,24 @@ void expect_gpu_handle(policy::BackendId b, std::string_view name) {
 
 }  // namespace
 
+// The handle on device copies of `host` with `weights`; under tensor parallelism (`tp` set) the
+// output is all-reduced over the group before it is read back.
 template <PipelineId P>
-RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
-                       const DeviceLayerWeights& weights, int timed_calls) {
+RunOutput run_state_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
+                        const DecodeState& host, const DeviceLayerWeights& weights, TpComm* tp,
+                        int timed_calls) {
   expect_gpu_handle(handle.backend(), handle.name());
   expect_runnable(P, in);
-  const DecodeState host(*in.model, in.context_lens, in.seed);
   const DeviceDecodeState state(host);
   Workspace ws = device_workspace();
   gpu::Stream side;
   RunArgs<P> args = make_args<P>(in, weights, state, ws);
   args.io.side_stream = side.handle();
+  args.io.tp = tp;
   gpu::synchronize();
   const auto start = std::chrono::steady_clock::now();
   handle(args);
+  if (tp != nullptr) tp->all_reduce(state.out(), state.out(), nullptr);
   gpu::synchronize();
   const auto stop = std::chrono::steady_clock::now();
   RunOutput r{to_floats(download(state.out())), to_floats(download(state.residual())),
@@ -54,6 +58,38 @@ RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
   }
   return r;
 }
+
+template <PipelineId P>
+RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
+                       const DeviceLayerWeights& weights, int timed_calls) {
+  const DecodeState host(*in.model, in.context_lens, in.seed);
+  return run_state_gpu(handle, in, host, weights, nullptr, timed_calls);
+}
+
+template <PipelineId P>
+RunOutput run_rank_gpu(const dispatch::Handle<P>& handle, const RunInputs& in, TpComm& comm) {
+  expect_runnable(P, in);
+  const ModelConfig& m = *in.model;
+  const TpShape tp{comm.rank(), comm.size()};
+  const policy::WeightFormat attention_format = m.attention == AttentionKind::mla
+                                                    ? weight_format(in.weights->mla())
+                                                    : weight_format(in.weights->qwen3());
+  const DecodeState host(m, in.context_lens, in.seed, tp,
+                         attention_split(m, tp, attention_format).kv_heads);
+  const auto shard_weights = shard(*in.weights, m, tp);
+  const DeviceLayerWeights weights(m, *shard_weights,
+                                   {handle.point().template get<policy::GemmBackend>()});
+  return run_state_gpu(handle, in, host, weights, &comm, 0);
+}
+
+template RunOutput run_rank_gpu(const dispatch::Handle<PipelineId::mla_attention>&,
+                                const RunInputs&, TpComm&);
+template RunOutput run_rank_gpu(const dispatch::Handle<PipelineId::moe_block>&, const RunInputs&,
+                                TpComm&);
+template RunOutput run_rank_gpu(const dispatch::Handle<PipelineId::qwen3_attention>&,
+                                const RunInputs&, TpComm&);
+template RunOutput run_rank_gpu(const dispatch::Handle<PipelineId::dense_mlp>&, const RunInputs&,
+                                TpComm&);
 
 template RunOutput run_once_gpu(const dispatch::Handle<PipelineId::mla_attention>&,
                                 const RunInputs&, const DeviceLayerWeights&, int);

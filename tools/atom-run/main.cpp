@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -31,6 +32,7 @@
 #if ATOM_GPU_INSTANCES
 #include "atom/model/decode_gpu.hpp"
 #include "atom/pipeline/harness_gpu.hpp"
+#include "atom/pipeline/tp_gpu.hpp"
 #endif
 
 namespace {
@@ -77,7 +79,8 @@ constexpr const char* usage =
     "                next norm (ATOM_ENABLE_ALLREDUCE_RMSNORM_FUSION: fused or separate); a "
     "preset\n"
     "                block is checked against the same block at size 1, a checkpoint decoded at\n"
-    "                size N. Host backend; not with --steps.\n"
+    "                size N; not with --steps. With --backend gpu (preset blocks): N processes,\n"
+    "                rank r on GPU r, joined as one TP group (NCCL / RCCL and the fused kernel).\n"
     "  --dp          starts N processes of atom-run as one data-parallel group (ATOM_DP_* set\n"
     "                for each, the store on a free loopback port) and waits for them; each\n"
     "                decodes its own batch with --steps. A process started with ATOM_DP_SIZE > 1\n"
@@ -101,6 +104,8 @@ struct Options {
   long steps = 0;
   long tp = 1;
   long dp = 1;
+  long tp_rank = -1;  // a GPU TP rank that --tp N --backend gpu started, and its store's port
+  long tp_port = 0;
   std::vector<std::string> args;  // the command line, for the ranks --dp starts
 };
 
@@ -152,6 +157,10 @@ Options parse(int argc, char** argv) {
       o.tp = parse_number(flag, value, 1, 8);
     else if (flag == "--dp")
       o.dp = parse_number(flag, value, 1, 64);
+    else if (flag == "--tp-rank")
+      o.tp_rank = parse_number(flag, value, 0, 7);
+    else if (flag == "--tp-port")
+      o.tp_port = parse_number(flag, value, 1, 65535);
     else
       throw std::invalid_argument("unknown option " + std::string(flag));
     if (flag != "--dp") {
@@ -204,18 +213,24 @@ policy::BackendId backend_for(std::string_view name) {
                               "'; expected auto, host or gpu");
 }
 
-// Tensor parallelism runs the host backend's ranks as threads; the GPU's needs one process per
-// GPU, which atom-run does not start.
+// Tensor parallelism on the host runs the ranks as threads (--backend auto or host); on the GPU
+// (--backend gpu) one process per GPU, which atom-run starts (launch_tp_gpu).
 policy::BackendId tp_backend(const Options& o) {
   const policy::BackendId backend = backend_for(o.backend);
   if (o.tp == 1) return backend;
   if (o.steps > 0)
     throw std::invalid_argument("--tp " + std::to_string(o.tp) +
                                 " with --steps: decode steps run at tensor parallel size 1");
-  if (o.backend == "gpu")
+  if (o.backend != "gpu") return policy::BackendId::host;
+  if (!o.checkpoint.empty())
     throw std::invalid_argument("--tp " + std::to_string(o.tp) +
-                                " runs the host backend (ranks as threads); use --backend host");
-  return policy::BackendId::host;
+                                " --backend gpu runs a preset's blocks; a checkpoint decodes at "
+                                "tensor parallel size N on the host backend");
+  if (gpu::device_count() < o.tp)
+    throw std::invalid_argument("--tp " + std::to_string(o.tp) + " --backend gpu needs " +
+                                std::to_string(o.tp) + " GPUs, one per rank; " +
+                                std::to_string(gpu::device_count()) + " are present");
+  return backend;
 }
 
 // --tp N on a preset block: the block at size N (rank threads, sharded weights) against the same
@@ -232,7 +247,8 @@ pipeline::ReferenceCheck check_tp(const dispatch::Handle<P>& handle, const pipel
 }
 
 template <PipelineId P>
-int run(const Options& o, const env::Config& config, const pipeline::ModelConfig& model) {
+int run(const Options& o, const env::Config& config, const pipeline::ModelConfig& model,
+        [[maybe_unused]] pipeline::TpComm* gpu_tp) {
   const policy::BackendId backend = tp_backend(o);
   const bool on_gpu = backend == policy::BackendId::gpu;
   const auto handle = dispatch::resolve<P>(config, backend);
@@ -269,6 +285,17 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
   if (on_gpu) {
 #if ATOM_GPU_INSTANCES
     const policy::Point point = handle.point();
+    if (gpu_tp != nullptr) {
+      // This rank's share on its GPU against the host instantiation at size 1.
+      const auto got = pipeline::run_rank_gpu(handle, in, *gpu_tp);
+      const auto host = dispatch::resolve_point<P>(point, policy::BackendId::host);
+      check = pipeline::judge(std::string(host.name()) + " at tensor parallel size 1",
+                              pipeline::gpu_error_bound(P) + pipeline::tp_error_bound(P, o.tp), got,
+                              pipeline::run_once(host, in));
+      std::printf("check       residual %.3e, out %.3e vs reference (bound %.2g) %s\n",
+                  check.residual_error, check.out_error, check.bound, check.ok ? "ok" : "FAILED");
+      return check.ok ? 0 : 1;
+    }
     const pipeline::DeviceLayerWeights device(model, weights, {point.get<policy::GemmBackend>()});
     check = pipeline::check_against_host(handle, in, device);
     const int calls = static_cast<int>(std::max(1L, o.iters));
@@ -586,32 +613,28 @@ std::uint16_t free_loopback_port() {
   return ntohs(addr.sin_port);
 }
 
-// --dp N: this program N times as the ranks of one DP group; the largest exit status.
-int launch_dp(const Options& o, const env::Config& config) {
-  if (config.get<env::Var::dp_size>() > 1)
-    throw std::invalid_argument("--dp " + std::to_string(o.dp) + " starts its own group, but " +
-                                "ATOM_DP_SIZE is already " +
-                                std::to_string(config.get<env::Var::dp_size>()));
-  if (o.steps == 0)
-    throw std::invalid_argument("--dp " + std::to_string(o.dp) +
-                                " needs --steps: the ranks decode their batches step by step");
-  const std::string port = std::to_string(free_loopback_port());
-  std::vector<char*> argv{const_cast<char*>("atom-run")};
-  for (const std::string& a : o.args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
+// This program `n` times (its own arguments, then rank(r)'s), each rank with the environment
+// set_env(r) gives; waits for all and returns the largest exit status. With quiet_peers, ranks
+// above 0 keep their standard output quiet (rank 0 prints the report), their errors not.
+template <class Env, class Args>
+int launch_ranks(const Options& o, long n, const Env& set_env, const Args& rank_args,
+                 bool quiet_peers) {
   std::fflush(stdout);  // before fork, or every rank inherits the unwritten output
   std::vector<pid_t> ranks;
-  for (long r = 0; r < o.dp; ++r) {
+  for (long r = 0; r < n; ++r) {
+    std::vector<std::string> args{"atom-run"};
+    args.insert(args.end(), o.args.begin(), o.args.end());
+    for (std::string& a : rank_args(r)) args.push_back(std::move(a));
     const pid_t pid = ::fork();
-    if (pid < 0) throw std::runtime_error("--dp: fork() failed");
+    if (pid < 0) throw std::runtime_error("fork() failed");
     if (pid == 0) {
-      ::setenv("ATOM_DP_SIZE", std::to_string(o.dp).c_str(), 1);
-      ::setenv("ATOM_DP_RANK", std::to_string(r).c_str(), 1);
-      ::setenv("ATOM_DP_RANK_LOCAL", std::to_string(r).c_str(), 1);
-      ::setenv("ATOM_DP_MASTER_IP", "127.0.0.1", 1);
-      ::setenv("ATOM_DP_MASTER_PORT", port.c_str(), 1);
+      set_env(r);
+      if (quiet_peers && r > 0 && std::freopen("/dev/null", "w", stdout) == nullptr) ::_exit(126);
+      std::vector<char*> argv;
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
       ::execv("/proc/self/exe", argv.data());
-      std::perror("atom-run --dp: exec");
+      std::perror("atom-run: exec");
       ::_exit(127);
     }
     ranks.push_back(pid);
@@ -621,10 +644,44 @@ int launch_dp(const Options& o, const env::Config& config) {
     int ws = 0;
     ::waitpid(ranks[r], &ws, 0);
     const int rc = WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + WTERMSIG(ws);
-    if (rc != 0) std::fprintf(stderr, "atom-run: DP rank %zu exited with status %d\n", r, rc);
+    if (rc != 0) std::fprintf(stderr, "atom-run: rank %zu exited with status %d\n", r, rc);
     status = std::max(status, rc);
   }
   return status;
+}
+
+// --dp N: this program N times as the ranks of one DP group.
+int launch_dp(const Options& o, const env::Config& config) {
+  if (config.get<env::Var::dp_size>() > 1)
+    throw std::invalid_argument("--dp " + std::to_string(o.dp) + " starts its own group, but " +
+                                "ATOM_DP_SIZE is already " +
+                                std::to_string(config.get<env::Var::dp_size>()));
+  if (o.steps == 0)
+    throw std::invalid_argument("--dp " + std::to_string(o.dp) +
+                                " needs --steps: the ranks decode their batches step by step");
+  const std::string port = std::to_string(free_loopback_port());
+  const auto env = [&](long r) {
+    ::setenv("ATOM_DP_SIZE", std::to_string(o.dp).c_str(), 1);
+    ::setenv("ATOM_DP_RANK", std::to_string(r).c_str(), 1);
+    ::setenv("ATOM_DP_RANK_LOCAL", std::to_string(r).c_str(), 1);
+    ::setenv("ATOM_DP_MASTER_IP", "127.0.0.1", 1);
+    ::setenv("ATOM_DP_MASTER_PORT", port.c_str(), 1);
+  };
+  // Every rank prints its own line of steps.
+  return launch_ranks(
+      o, o.dp, env, [](long) { return std::vector<std::string>{}; }, false);
+}
+
+// --tp N --backend gpu: this program N times, rank r driving GPU r, joined as one TP group
+// through the store rank 0 serves on a free loopback port.
+int launch_tp_gpu(const Options& o) {
+  const std::string port = std::to_string(free_loopback_port());
+  return launch_ranks(
+      o, o.tp, [](long) {},
+      [&](long r) {
+        return std::vector<std::string>{"--tp-rank", std::to_string(r), "--tp-port", port};
+      },
+      true);
 }
 
 }  // namespace
@@ -640,6 +697,8 @@ int main(int argc, char** argv) {
       return 2;
     }
     if (o.dp > 1) return launch_dp(o, *reading.config);
+    if (o.tp > 1 && tp_backend(o) == policy::BackendId::gpu && o.tp_rank < 0)
+      return launch_tp_gpu(o);
     const auto dp_size = reading.config->get<env::Var::dp_size>();
     if (dp_size > 1 && o.steps == 0)
       throw std::invalid_argument("ATOM_DP_SIZE=" + std::to_string(dp_size) +
@@ -667,6 +726,20 @@ int main(int argc, char** argv) {
       return run_steps(o, *reading.config, model, layers);
     }
     if (!o.layers.empty()) throw std::invalid_argument("--layers needs --checkpoint or --steps");
+    // A GPU TP rank joins its group once, for every block it runs.
+    pipeline::TpComm* gpu_tp = nullptr;
+#if ATOM_GPU_INSTANCES
+    std::optional<dist::TpGroup> group;
+    std::optional<pipeline::GpuTpComm> comm;
+    if (o.tp_rank >= 0) {
+      dist::TpOptions t =
+          dist::tp_options(*reading.config, o.tp_rank, o.tp, static_cast<int>(o.tp_rank));
+      t.port = static_cast<std::uint16_t>(o.tp_port);
+      group.emplace(t);
+      comm.emplace(*group);
+      gpu_tp = &*comm;
+    }
+#endif
     int status = 0;
     bool first = true;
     for (const PipelineId p : pipelines_for(o.pipeline, model)) {
@@ -678,16 +751,16 @@ int main(int argc, char** argv) {
       int rc = 2;
       switch (p) {
         case PipelineId::mla_attention:
-          rc = run<PipelineId::mla_attention>(o, *reading.config, model);
+          rc = run<PipelineId::mla_attention>(o, *reading.config, model, gpu_tp);
           break;
         case PipelineId::moe_block:
-          rc = run<PipelineId::moe_block>(o, *reading.config, model);
+          rc = run<PipelineId::moe_block>(o, *reading.config, model, gpu_tp);
           break;
         case PipelineId::qwen3_attention:
-          rc = run<PipelineId::qwen3_attention>(o, *reading.config, model);
+          rc = run<PipelineId::qwen3_attention>(o, *reading.config, model, gpu_tp);
           break;
         case PipelineId::dense_mlp:
-          rc = run<PipelineId::dense_mlp>(o, *reading.config, model);
+          rc = run<PipelineId::dense_mlp>(o, *reading.config, model, gpu_tp);
           break;
       }
       status = std::max(status, rc);

@@ -18,6 +18,14 @@ template <policy::PipelineId P>
 RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
                        const DeviceLayerWeights& weights, int timed_calls = 0);
 
+// One rank of a GPU tensor-parallel run of the handle (every rank calls it, each on its own GPU):
+// this rank's shard of in.weights copied to the device (MXFP4 prepared for the handle's GEMM
+// backend), its share of the DecodeState made from `in` (pipeline::run_tp's), the collectives
+// through `comm` (a GpuTpComm over the TP group). Returns the output all-reduced over the group
+// and the residual, as every rank holds them.
+template <policy::PipelineId P>
+RunOutput run_rank_gpu(const dispatch::Handle<P>& handle, const RunInputs& in, TpComm& comm);
+
 // The relative L2 bound of a GPU instantiation against the host instantiation of the same point;
 // the reasons are in harness_gpu.cpp.
 double gpu_error_bound(policy::PipelineId p);
