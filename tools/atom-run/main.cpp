@@ -268,7 +268,9 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
     std::printf("backend     host\n");
   else
     std::printf("backend     host (this build has no GPU instantiations)\n");
-  if (o.tp > 1) std::printf("tensor      parallel size %ld (ranks as threads)\n", o.tp);
+  if (o.tp > 1)
+    std::printf("tensor      parallel size %ld (%s)\n", o.tp,
+                on_gpu ? "one process per GPU" : "ranks as threads");
 
   std::printf("weights     generating (seed %ld)...\n", o.seed);
   std::fflush(stdout);
