@@ -99,12 +99,12 @@ std::vector<LayerOutput> decode_sequences_gpu(
     const pipeline::ModelConfig& m, const std::vector<DecodeLayer>& layers,
     const std::vector<const pipeline::DeviceLayerWeights*>& device,
     const std::vector<std::vector<bf16>>& inputs, policy::Point point,
-    std::int64_t dual_stream_threshold) {
+    std::int64_t dual_stream_threshold, pipeline::TpComm* tp) {
   if (device.size() != layers.size())
     throw std::invalid_argument("decode_sequences_gpu: " + std::to_string(device.size()) +
                                 " device weights for " + std::to_string(layers.size()) + " layers");
   GpuMemory mem(m, layers, device);
-  return detail::decode_with(mem, m, layers, inputs, point, dual_stream_threshold);
+  return detail::decode_with(mem, m, layers, inputs, point, dual_stream_threshold, tp);
 }
 
 }  // namespace atom::model

@@ -222,10 +222,6 @@ policy::BackendId tp_backend(const Options& o) {
     throw std::invalid_argument("--tp " + std::to_string(o.tp) +
                                 " with --steps: decode steps run at tensor parallel size 1");
   if (o.backend != "gpu") return policy::BackendId::host;
-  if (!o.checkpoint.empty())
-    throw std::invalid_argument("--tp " + std::to_string(o.tp) +
-                                " --backend gpu runs a preset's blocks; a checkpoint decodes at "
-                                "tensor parallel size N on the host backend");
   if (gpu::device_count() < o.tp)
     throw std::invalid_argument("--tp " + std::to_string(o.tp) + " --backend gpu needs " +
                                 std::to_string(o.tp) + " GPUs, one per rank; " +
@@ -506,7 +502,7 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
   return 0;
 }
 
-int run_checkpoint(const Options& o, const env::Config& config) {
+int run_checkpoint(const Options& o, const env::Config& config, pipeline::TpComm* gpu_tp) {
   const policy::BackendId backend = tp_backend(o);
   if (!o.input.empty() && o.input == o.output)
     throw std::invalid_argument("--output must not overwrite --input");
@@ -519,10 +515,13 @@ int run_checkpoint(const Options& o, const env::Config& config) {
   std::vector<model::DecodeLayer> layers;
   std::vector<index_t> indices;
   const auto start = std::chrono::steady_clock::now();
+  // Under tensor parallelism a GPU rank reads its own share; the host ranks read theirs in
+  // decode_checkpoint_tp.
+  const pipeline::TpShape rank = pipeline::tp_shape(gpu_tp);
   for (index_t l = first; l < last; ++l) {
     indices.push_back(l);
-    if (o.tp > 1) continue;  // each rank reads its own share
-    owned.push_back(ckpt.layer(l));
+    if (o.tp > 1 && gpu_tp == nullptr) continue;
+    owned.push_back(ckpt.layer(l, rank));
     layers.push_back({l, owned.back().get()});
   }
   const double load_s =
@@ -560,7 +559,7 @@ int run_checkpoint(const Options& o, const env::Config& config) {
           m, *l.weights, std::vector{point.get<policy::GemmBackend>()}));
       views.push_back(device.back().get());
     }
-    outputs = model::decode_sequences_gpu(m, layers, views, inputs, point, threshold);
+    outputs = model::decode_sequences_gpu(m, layers, views, inputs, point, threshold, gpu_tp);
 #endif
   } else if (o.tp > 1) {
     outputs = model::decode_checkpoint_tp(ckpt, indices, inputs, point, threshold, o.tp);
@@ -578,7 +577,7 @@ int run_checkpoint(const Options& o, const env::Config& config) {
       inputs.size(), tokens, static_cast<long>(first), static_cast<long>(last),
       std::string(policy::backend_name(backend)).c_str(), o.tp);
   std::printf("time        load %.3f s, decode %.3f s\n", load_s, run_s);
-  if (!o.output.empty()) {
+  if (!o.output.empty() && rank.rank == 0) {  // the GPU TP ranks all hold the same outputs
     std::vector<io::TensorData> tensors;
     for (const auto& layer : outputs)
       for (std::size_t s = 0; s < inputs.size(); ++s) {
@@ -706,7 +705,21 @@ int main(int argc, char** argv) {
       throw std::invalid_argument("ATOM_DP_SIZE=" + std::to_string(dp_size) +
                                   ": a data-parallel rank decodes its batch with --steps; the "
                                   "block check and the checkpoint decode run alone");
-    if (!o.checkpoint.empty()) return run_checkpoint(o, *reading.config);
+    // A GPU TP rank joins its group once, for every block or layer it runs.
+    pipeline::TpComm* gpu_tp = nullptr;
+#if ATOM_GPU_INSTANCES
+    std::optional<dist::TpGroup> group;
+    std::optional<pipeline::GpuTpComm> comm;
+    if (o.tp_rank >= 0) {
+      dist::TpOptions t =
+          dist::tp_options(*reading.config, o.tp_rank, o.tp, static_cast<int>(o.tp_rank));
+      t.port = static_cast<std::uint16_t>(o.tp_port);
+      group.emplace(t);
+      comm.emplace(*group);
+      gpu_tp = &*comm;
+    }
+#endif
+    if (!o.checkpoint.empty()) return run_checkpoint(o, *reading.config, gpu_tp);
     if (!o.input.empty() || !o.output.empty())
       throw std::invalid_argument("--input and --output need --checkpoint");
     const pipeline::ModelConfig model = pipeline::preset(o.model);
@@ -728,20 +741,6 @@ int main(int argc, char** argv) {
       return run_steps(o, *reading.config, model, layers);
     }
     if (!o.layers.empty()) throw std::invalid_argument("--layers needs --checkpoint or --steps");
-    // A GPU TP rank joins its group once, for every block it runs.
-    pipeline::TpComm* gpu_tp = nullptr;
-#if ATOM_GPU_INSTANCES
-    std::optional<dist::TpGroup> group;
-    std::optional<pipeline::GpuTpComm> comm;
-    if (o.tp_rank >= 0) {
-      dist::TpOptions t =
-          dist::tp_options(*reading.config, o.tp_rank, o.tp, static_cast<int>(o.tp_rank));
-      t.port = static_cast<std::uint16_t>(o.tp_port);
-      group.emplace(t);
-      comm.emplace(*group);
-      gpu_tp = &*comm;
-    }
-#endif
     int status = 0;
     bool first = true;
     for (const PipelineId p : pipelines_for(o.pipeline, model)) {

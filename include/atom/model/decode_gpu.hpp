@@ -11,12 +11,13 @@
 namespace atom::model {
 
 // device[i]: the device copy of layers[i].weights (with the MXFP4 weights prepared for the GEMM
-// backend of `point`).
+// backend of `point`). Under tensor parallelism (`tp`: this process's rank of a GPU TP group,
+// pipeline/tp_gpu.hpp) the layers are the rank's shards and each recorded output is all-reduced.
 std::vector<LayerOutput> decode_sequences_gpu(
     const pipeline::ModelConfig& m, const std::vector<DecodeLayer>& layers,
     const std::vector<const pipeline::DeviceLayerWeights*>& device,
     const std::vector<std::vector<bf16>>& inputs, policy::Point point,
-    std::int64_t dual_stream_threshold);
+    std::int64_t dual_stream_threshold, pipeline::TpComm* tp = nullptr);
 
 // model/step.hpp's steps on the GPU backend: device[i] is the device copy of setup.layers[i]'s
 // weights. step() enqueues on the steps' own stream; capture() and replay() record and run one
