@@ -41,18 +41,18 @@ Part part_of(index_t n, TpShape tp) {
   return {tp.rank * (n / tp.size), n / tp.size};
 }
 
-void expect_shape(const ModelConfig& m, TpShape tp) {
+void expect_rank(TpShape tp) {
   if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size)
     throw std::invalid_argument("tensor parallel rank " + std::to_string(tp.rank) + " of size " +
                                 std::to_string(tp.size) + " is not a rank of the group");
-  if (m.num_heads % tp.size != 0)
-    impossible(m, tp, std::to_string(m.num_heads) + " query heads are not divisible by the size");
 }
 
 }  // namespace
 
 AttentionSplit attention_split(const ModelConfig& m, TpShape tp, WeightFormat f) {
-  expect_shape(m, tp);
+  expect_rank(tp);
+  if (m.num_heads % tp.size != 0)
+    impossible(m, tp, std::to_string(m.num_heads) + " query heads are not divisible by the size");
   AttentionSplit s;
   s.heads = part_of(m.num_heads, tp);
   if (m.attention == AttentionKind::gqa) {
@@ -75,6 +75,7 @@ AttentionSplit attention_split(const ModelConfig& m, TpShape tp, WeightFormat f)
 }
 
 MlpSplit mlp_split(index_t intermediate, TpShape tp, WeightFormat f) {
+  expect_rank(tp);
   MlpSplit s;
   s.intermediate = part_of(intermediate, tp);
   if (tp.size > 1 && (intermediate % tp.size != 0 || s.intermediate.count % quant_group(f) != 0)) {
@@ -85,7 +86,7 @@ MlpSplit mlp_split(index_t intermediate, TpShape tp, WeightFormat f) {
 }
 
 ExpertSplit expert_split(const ModelConfig& m, TpShape tp, WeightFormat f) {
-  expect_shape(m, tp);
+  expect_rank(tp);
   ExpertSplit s;
   s.experts = {0, m.num_experts};
   s.intermediate = part_of(m.moe_intermediate, tp);

@@ -140,8 +140,7 @@ TEST_CASE("TP splits: heads, KV heads, experts and replicated blocks", "[tp]") {
     odd.num_kv_heads = 3;
     CHECK_THROWS_WITH(pipeline::attention_split(odd, {0, 2}, WeightFormat::mxfp4),
                       Catch::Contains("3 KV heads neither divide nor are divided by the size"));
-    ModelConfig few = pipeline::preset("qwen3-30b-a3b-tiny");  // 64-wide experts, 16 of them
-    few.num_heads = 6;
+    const ModelConfig few = pipeline::preset("qwen3-30b-a3b-tiny");  // 64-wide experts, 16 of them
     CHECK_THROWS_WITH(pipeline::expert_split(few, {0, 3}, WeightFormat::fp8_block),
                       Catch::Contains("16 experts are not divisible by the size"));
     CHECK_THROWS_WITH(pipeline::attention_split(qwen, {2, 2}, WeightFormat::mxfp4),
