@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,20 @@ using atom::policy::GemmBackend;
 namespace {
 
 const std::vector<index_t> test_rows = {1, 3, 16, 17, 128, 1000, 4096};
+
+// ATOM_TEST_GEMM_ROWS=1,3,16 keeps only those row counts of a shape's list (to split a shape's
+// cases over processes, e.g. under compute-sanitizer); unset, every row count runs.
+std::vector<index_t> selected_rows(const std::vector<index_t>& ms) {
+  const char* only = std::getenv("ATOM_TEST_GEMM_ROWS");
+  if (only == nullptr) return ms;
+  std::set<index_t> keep;
+  std::istringstream in(only);
+  for (std::string item; std::getline(in, item, ',');) keep.insert(std::stol(item));
+  std::vector<index_t> out;
+  for (const index_t m : ms)
+    if (keep.count(m) != 0) out.push_back(m);
+  return out;
+}
 
 // Rows compared with the host: all of a small M, else both ends, the middle and random ones.
 std::vector<index_t> rows_to_check(index_t m) {
@@ -103,7 +119,7 @@ void check_shape(index_t n, index_t k, const std::vector<index_t>& ms = test_row
   Mxfp4Host w = Mxfp4Host::random(n, k);
   const auto w_mc = atom::ops::prepare_weight<GemmBackend::matrix_core>(w.weight());
   const auto w_pt = atom::ops::prepare_weight<GemmBackend::portable>(w.weight());
-  for (const index_t m : ms) {
+  for (const index_t m : selected_rows(ms)) {
     Mxfp4Host a = Mxfp4Host::random(m, k);
     const Reference ref = host_reference(a, w);
     const Mxfp4Device a_dev(a);

@@ -16,6 +16,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -152,7 +153,15 @@ void compare(const std::string& model, const std::string& format, Bounds bounds)
   const auto& m = ckpt.model();
   const Reference ref{io::SafetensorsFile::open(dir / "reference.safetensors", io::LoadMode::read)};
   const std::size_t sequences = sequence_count(ref);
+  // ATOM_TEST_HF_LAYER=l runs only layer l; ATOM_TEST_HF_SHARD=i/n only the distinct points whose
+  // index (the default point is 0) is i modulo n. Both split a case over processes (e.g. under
+  // compute-sanitizer); unset, every layer and point runs.
+  const char* only_layer = std::getenv("ATOM_TEST_HF_LAYER");
+  long shard = 0, shards = 1;
+  if (const char* s = std::getenv("ATOM_TEST_HF_SHARD"))
+    REQUIRE(std::sscanf(s, "%ld/%ld", &shard, &shards) == 2);
   for (index_t l = 0; l < m.num_layers; ++l) {
+    if (only_layer != nullptr && std::atol(only_layer) != static_cast<long>(l)) continue;
     CAPTURE(model, format, l);
     const auto inputs = layer_inputs(ref, l, sequences);
     const auto weights = ckpt.layer(l);
@@ -186,6 +195,7 @@ void compare(const std::string& model, const std::string& format, Bounds bounds)
         continue;  // not in this build's profile
       }
       if (!seen.insert(name).second) continue;
+      if (static_cast<long>(seen.size() - 1) % shards != shard) continue;
       CAPTURE(name);
       const bool mxfp4_bmm = m.attention == pipeline::AttentionKind::mla &&
                              p.get<policy::BmmFormat>() == policy::BmmFormat::mxfp4;

@@ -10,6 +10,10 @@
 # Logs go to $GPU_SANITIZE_LOGS (default: ./gpu-sanitize-logs), one per binary and tool. With
 # $GPU_SANITIZE_TIMEOUT (seconds) a run that takes longer is stopped and reported as a failure.
 # $GPU_SANITIZE_FILTER, when set, is passed to every binary as its test-case filter (Catch2).
+# The longest cases under racecheck split further by environment (unset, each runs whole):
+# ATOM_TEST_GEMM_ROWS=1,3,16 keeps those row counts of a test_gpu_gemm shape; ATOM_TEST_HF_LAYER=l
+# and ATOM_TEST_HF_SHARD=i/n keep one layer and every n-th policy point of a test_model_hf_gpu
+# case. Run the pieces as parallel processes, each with its own GPU_SANITIZE_LOGS.
 set -u
 if [ "${1:-}" = "--binaries" ]; then
   bins=$(find -L "$2" -maxdepth 1 -name 'test_*' -type f -perm -u+x | sort)
