@@ -89,7 +89,7 @@ std::vector<LayerOutput> decode_sequences(const pipeline::ModelConfig& m,
 
 namespace {
 
-// The TP decode of model/decode.hpp: rank r's weights of layer `index` from shard_of(index, r).
+// The TP decode of model/decode.hpp: rank tp's weights of the i-th layer from shard_of(i, tp).
 template <class ShardOf>
 std::vector<LayerOutput> decode_ranks(const pipeline::ModelConfig& m,
                                       const std::vector<index_t>& indices,
@@ -101,9 +101,9 @@ std::vector<LayerOutput> decode_ranks(const pipeline::ModelConfig& m,
     const pipeline::TpShape tp{comm.rank(), comm.size()};
     std::vector<std::unique_ptr<pipeline::LayerWeights>> shards;
     std::vector<DecodeLayer> mine;
-    for (const index_t l : indices) {
-      shards.push_back(shard_of(l, tp));
-      mine.push_back({l, shards.back().get()});
+    for (std::size_t i = 0; i < indices.size(); ++i) {
+      shards.push_back(shard_of(i, tp));
+      mine.push_back({indices[i], shards.back().get()});
     }
     HostMemory mem(m, mine);
     auto got = detail::decode_with(mem, m, mine, inputs, point, dual_stream_threshold, &comm);
@@ -122,11 +122,8 @@ std::vector<LayerOutput> decode_sequences_tp(const pipeline::ModelConfig& m,
   std::vector<index_t> indices;
   for (const DecodeLayer& l : layers) indices.push_back(l.index);
   return decode_ranks(m, indices, inputs, point, dual_stream_threshold, tp_size,
-                      [&](index_t index, pipeline::TpShape tp) {
-                        const auto it =
-                            std::find_if(layers.begin(), layers.end(),
-                                         [&](const auto& l) { return l.index == index; });
-                        return pipeline::shard(*it->weights, m, tp);
+                      [&](std::size_t i, pipeline::TpShape tp) {
+                        return pipeline::shard(*layers[i].weights, m, tp);
                       });
 }
 
@@ -137,7 +134,7 @@ std::vector<LayerOutput> decode_checkpoint_tp(const HfCheckpoint& checkpoint,
                                               std::int64_t dual_stream_threshold, index_t tp_size) {
   return decode_ranks(
       checkpoint.model(), layers, inputs, point, dual_stream_threshold, tp_size,
-      [&](index_t index, pipeline::TpShape tp) { return checkpoint.layer(index, tp); });
+      [&](std::size_t i, pipeline::TpShape tp) { return checkpoint.layer(layers[i], tp); });
 }
 
 }  // namespace atom::model

@@ -54,21 +54,25 @@ RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
           std::chrono::duration<double>(stop - start).count()};
 }
 
+DecodeState rank_state(const RunInputs& in, TpShape tp) {
+  const ModelConfig& m = *in.model;
+  const policy::WeightFormat attention_format = m.attention == AttentionKind::mla
+                                                    ? weight_format(in.weights->mla())
+                                                    : weight_format(in.weights->qwen3());
+  return DecodeState(m, in.context_lens, in.seed, tp,
+                     attention_split(m, tp, attention_format).kv_heads);
+}
+
 template <PipelineId P>
 RunOutput run_tp(const dispatch::Handle<P>& handle, const RunInputs& in, index_t size) {
   expect_runnable(P, in);
   expect(handle.backend() == policy::BackendId::host, policy::pipeline_name(P),
          "run_tp runs the host backend's ranks as threads");
-  const ModelConfig& m = *in.model;
-  const policy::WeightFormat attention_format = m.attention == AttentionKind::mla
-                                                    ? weight_format(in.weights->mla())
-                                                    : weight_format(in.weights->qwen3());
   std::vector<RunOutput> outputs(static_cast<std::size_t>(size));
   run_ranks(size, [&](TpComm& comm) {
     const TpShape tp{comm.rank(), comm.size()};
-    const auto weights = shard(*in.weights, m, tp);
-    const DecodeState state(m, in.context_lens, in.seed, tp,
-                            attention_split(m, tp, attention_format).kv_heads);
+    const auto weights = shard(*in.weights, *in.model, tp);
+    const DecodeState state = rank_state(in, tp);
     Workspace ws;
     RunArgs<P> args = make_args<P>(in, *weights, state, ws);
     args.io.tp = &comm;

@@ -112,69 +112,61 @@ namespace {
 using detail::alloc;
 using detail::Buffers;
 
-// Copies rows of src (parts in order) and columns [c0, c0 + cols) of every row into dst, which is
-// contiguous [sum of rows, cols], for every stack e of `experts` (stack e of dst from stack
-// experts.begin + e of src).
+// The source rows of the parts, in order.
+std::vector<index_t> rows_of_parts(const std::vector<Part>& parts) {
+  std::vector<index_t> rows;
+  for (const Part& p : parts)
+    for (index_t r = p.begin; r < p.end(); ++r) rows.push_back(r);
+  return rows;
+}
+
+// dst [experts.count, rows.size(), cols], contiguous: row i of stack e is columns
+// [c0, c0 + cols) of row rows[i] of stack experts.begin + e of src.
 template <class T>
-View3<T> cut_rows(Buffers& b, View3<const T> src, Part experts, const std::vector<Part>& rows,
-                  index_t c0, index_t cols) {
-  index_t n = 0;
-  for (const Part& p : rows) n += p.count;
+View3<T> copy_rows(Buffers& b, View3<const T> src, Part experts, const std::vector<index_t>& rows,
+                   index_t c0, index_t cols) {
+  const auto n = static_cast<index_t>(rows.size());
   auto dst = alloc<T>(b, experts.count, n, cols);
-  for (index_t e = 0; e < experts.count; ++e) {
-    index_t at = 0;
-    for (const Part& p : rows)
-      for (index_t r = p.begin; r < p.end(); ++r, ++at)
-        std::memcpy(&dst(e, at, 0), &src(experts.begin + e, r, c0),
-                    static_cast<std::size_t>(cols) * sizeof(T));
-  }
+  for (index_t e = 0; e < experts.count; ++e)
+    for (index_t i = 0; i < n; ++i)
+      std::memcpy(&dst(e, i, 0), &src(experts.begin + e, rows[static_cast<std::size_t>(i)], c0),
+                  static_cast<std::size_t>(cols) * sizeof(T));
   return dst;
 }
 
-// The stacks `experts`, rows `rows` (stacked in order) and K columns `cols` of w, in its format.
+// The stacks `experts`, rows `parts` (stacked in order) and K columns `cols` of w, in its format.
 // MXFP4 and FP8 column cuts start on a quant group (the splits guarantee it); FP8 rows that do not
 // keep whole blocks of block_n rows get one scale row each (the same values).
-ExpertWeights cut(Buffers& b, const ExpertWeights& w, Part experts, const std::vector<Part>& rows,
+ExpertWeights cut(Buffers& b, const ExpertWeights& w, Part experts, const std::vector<Part>& parts,
                   Part cols) {
+  const std::vector<index_t> rows = rows_of_parts(parts);
   ExpertWeights out;
   out.format = w.format;
   switch (w.format) {
     case WeightFormat::bf16:
-      out.bf16.w = cut_rows<bf16>(b, w.bf16.w, experts, rows, cols.begin, cols.count);
+      out.bf16.w = copy_rows<bf16>(b, w.bf16.w, experts, rows, cols.begin, cols.count);
       break;
     case WeightFormat::mxfp4:
-      out.mxfp4 = {cut_rows<std::uint8_t>(b, w.mxfp4.packed, experts, rows, cols.begin / 2,
-                                          ops::mxfp4_packed_cols(cols.count)),
-                   cut_rows<e8m0>(b, w.mxfp4.scale, experts, rows, cols.begin / mx_block,
-                                  ops::mxfp4_scale_cols(cols.count)),
+      out.mxfp4 = {copy_rows<std::uint8_t>(b, w.mxfp4.packed, experts, rows, cols.begin / 2,
+                                           ops::mxfp4_packed_cols(cols.count)),
+                   copy_rows<e8m0>(b, w.mxfp4.scale, experts, rows, cols.begin / mx_block,
+                                   ops::mxfp4_scale_cols(cols.count)),
                    cols.count};
       break;
     case WeightFormat::fp8_block: {
       const index_t bn = w.fp8.block_n;
-      const bool whole = std::all_of(rows.begin(), rows.end(), [&](const Part& p) {
+      const bool whole = std::all_of(parts.begin(), parts.end(), [&](const Part& p) {
         return p.begin % bn == 0 && p.count % bn == 0;
       });
-      out.fp8.q = cut_rows<fp8_e4m3>(b, w.fp8.q, experts, rows, cols.begin, cols.count);
-      const index_t c0 = cols.begin / ops::fp8_weight_block_k;
-      const index_t sc = ops::ceil_div(cols.count, ops::fp8_weight_block_k);
-      std::vector<Part> scale_rows;
-      if (whole) {
-        out.fp8.block_n = bn;
-        for (const Part& p : rows) scale_rows.push_back({p.begin / bn, p.count / bn});
-        out.fp8.scale = cut_rows<float>(b, w.fp8.scale, experts, scale_rows, c0, sc);
-      } else {
-        out.fp8.block_n = 1;
-        index_t n = 0;
-        for (const Part& p : rows) n += p.count;
-        out.fp8.scale = alloc<float>(b, experts.count, n, sc);
-        for (index_t e = 0; e < experts.count; ++e) {
-          index_t at = 0;
-          for (const Part& p : rows)
-            for (index_t r = p.begin; r < p.end(); ++r, ++at)
-              std::copy_n(&w.fp8.scale(experts.begin + e, r / bn, c0), sc,
-                          &out.fp8.scale(e, at, 0));
-        }
-      }
+      out.fp8.q = copy_rows<fp8_e4m3>(b, w.fp8.q, experts, rows, cols.begin, cols.count);
+      out.fp8.block_n = whole ? bn : 1;
+      // A scale row per block of the cut (whole blocks) or per row, from its source block.
+      std::vector<index_t> scale_rows;
+      for (std::size_t i = 0; i < rows.size(); i += static_cast<std::size_t>(out.fp8.block_n))
+        scale_rows.push_back(rows[i] / bn);
+      out.fp8.scale = copy_rows<float>(b, w.fp8.scale, experts, scale_rows,
+                                       cols.begin / ops::fp8_weight_block_k,
+                                       ops::ceil_div(cols.count, ops::fp8_weight_block_k));
       break;
     }
   }
@@ -209,7 +201,7 @@ LinearWeight cut(Buffers& b, const LinearWeight& w, const std::vector<Part>& row
   return detail::as_linear(cut(b, detail::as_stack(w), {0, 1}, rows, cols));
 }
 Part all_rows(const LinearWeight& w) {
-  return {0, rows_of(detail::as_stack(w))};
+  return {0, w.n()};
 }
 Part all_cols(const LinearWeight& w) {
   return {0, k_of(detail::as_stack(w))};
@@ -251,7 +243,7 @@ std::unique_ptr<LayerWeights> shard(const LayerWeights& full, const ModelConfig&
     const AttentionSplit s = attention_split(m, tp, weight_format(w));
     MlaWeights& o = parts.mla;
     o = w;
-    if (s.computes(tp) && !s.replicated) {
+    if (!s.replicated) {
       const Part h = s.heads;
       const index_t q_head = m.qk_nope_dim + m.qk_rope_dim;
       o.q_b = column_parallel(b, w.q_b, {{h.begin * q_head, h.count * q_head}});

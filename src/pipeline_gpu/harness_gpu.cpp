@@ -69,15 +69,10 @@ RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
 template <PipelineId P>
 RunOutput run_rank_gpu(const dispatch::Handle<P>& handle, const RunInputs& in, TpComm& comm) {
   expect_runnable(P, in);
-  const ModelConfig& m = *in.model;
   const TpShape tp{comm.rank(), comm.size()};
-  const policy::WeightFormat attention_format = m.attention == AttentionKind::mla
-                                                    ? weight_format(in.weights->mla())
-                                                    : weight_format(in.weights->qwen3());
-  const DecodeState host(m, in.context_lens, in.seed, tp,
-                         attention_split(m, tp, attention_format).kv_heads);
-  const auto shard_weights = shard(*in.weights, m, tp);
-  const DeviceLayerWeights weights(m, *shard_weights,
+  const DecodeState host = rank_state(in, tp);
+  const auto shard_weights = shard(*in.weights, *in.model, tp);
+  const DeviceLayerWeights weights(*in.model, *shard_weights,
                                    {handle.point().template get<policy::GemmBackend>()});
   return run_state_gpu(handle, in, host, weights, &comm, 0);
 }

@@ -56,6 +56,10 @@ void expect_runnable(policy::PipelineId p, const RunInputs& in);
 template <policy::PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in);
 
+// Rank tp's share of the DecodeState made from `in`: the same batch and residual, x as the rank's
+// partial sum, the cache of its KV heads (of the attention's format, from in.weights).
+DecodeState rank_state(const RunInputs& in, TpShape tp);
+
 // Runs the handle (host backend) at tensor parallel size `size`: one thread per rank (run_ranks),
 // each with its shard of in.weights (pipeline::shard), its share of the DecodeState made from `in`
 // and its own workspace. Returns the ranks' outputs summed by the group's all-reduce and the
