@@ -1,7 +1,8 @@
-// Decode attention over paged caches (flash-decoding). MLA on NVIDIA: tensor-core kernel over
-// bf16 tiles of latent rows staged once per block for up to 64 heads. GQA over the FP8 cache, and
-// MLA where no mma.sync is available, share a SIMT kernel template; only the staging of cache rows
-// differs.
+// Decode attention over paged caches (flash-decoding). On NVIDIA, tensor-core kernels: MLA over
+// bf16 tiles of latent rows staged once per block for up to 64 heads, GQA over the FP8 cache with
+// the codes loaded straight into f16 mma fragments for up to 16 heads of a kv head. Elsewhere (and
+// for GQA shapes the tensor-core kernel does not take) both share a SIMT kernel template; only
+// the staging of cache rows differs. All write one set of split partials that one combine reads.
 
 #include "atom/ops/gpu/attention.hpp"
 
@@ -9,6 +10,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -63,6 +65,58 @@ struct DecodeArgs {
   float* partial_acc;  // [tokens, q_heads, splits, value_dim], when splits > 1
   float* partial_ml;   // [tokens, q_heads, splits, 2]: running max and sum
 };
+
+// The context rows [begin, end) that split `split` of token t takes; `past` (the same for every
+// thread of a block) when they lie past the context, so that the block has nothing to do and the
+// combine skips the split; `bad` when the token's length is.
+struct Chunk {
+  index_t begin;
+  index_t end;
+  bool past;
+  bool bad;
+};
+
+__device__ inline Chunk chunk_of(const DecodeArgs& a, index_t t, int split) {
+  const index_t n = a.context_lens[t * a.len_stride];
+  const bool bad_length = n < 1 || n > a.table_cols * a.block_size;
+  const index_t begin = split * a.chunk;
+  const index_t end = bad_length ? begin : (n < begin + a.chunk ? n : begin + a.chunk);
+  return {begin, end, !bad_length && begin >= end, bad_length};
+}
+
+// Whether the chunk's length or any block id it reaches is bad, checked before any row is read;
+// a barrier, so every thread of the block calls it.
+__device__ inline bool chunk_is_bad(const DecodeArgs& a, const std::int32_t* table,
+                                    const Chunk& c) {
+  int bad = c.bad ? 1 : 0;
+  if (!c.bad) {
+    for (index_t b = c.begin / a.block_size + threadIdx.x; b <= (c.end - 1) / a.block_size;
+         b += blockDim.x) {
+      const std::int32_t id = table[b * a.table_col];
+      if (id < 0 || id >= a.num_blocks) bad = 1;
+    }
+  }
+  return __syncthreads_or(bad) != 0;
+}
+
+// The NaN contract for heads [h_begin, h_end) of token t: NaN outputs when the context is not
+// split, else NaN partials, which the combine turns into NaN outputs.
+__device__ inline void write_bad(const DecodeArgs& a, index_t t, int split, index_t h_begin,
+                                 index_t h_end) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int threads = static_cast<int>(blockDim.x);
+  if (a.splits == 1) {
+    for (index_t i = tid; i < (h_end - h_begin) * a.value_dim; i += threads)
+      a.out[t * a.out_token + (h_begin + i / a.value_dim) * a.out_head + i % a.value_dim] =
+          attn_nan;
+  } else {
+    for (index_t h = h_begin + tid; h < h_end; h += threads) {
+      const index_t row = (t * a.q_heads + h) * a.splits + split;
+      a.partial_ml[2 * row] = std::numeric_limits<float>::quiet_NaN();
+      a.partial_ml[2 * row + 1] = std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+}
 
 }  // namespace
 
@@ -167,6 +221,7 @@ struct MaxFloat {
 template <class Source>
 __global__ void __launch_bounds__(attn_lanes* attn_max_heads)
     decode_kernel(DecodeArgs a, Source src) {
+  gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
   __shared__ float keys[attn_tile][Source::key_width];
   __shared__ float values[attn_tile][Source::value_width > 0 ? Source::value_width : 1];
   __shared__ index_t row_block[attn_tile];
@@ -177,36 +232,21 @@ __global__ void __launch_bounds__(attn_lanes* attn_max_heads)
   const index_t t = blockIdx.z;
   const int split = static_cast<int>(blockIdx.x);
   const int kv_head = static_cast<int>(blockIdx.y) / a.head_groups;
-  const int in_group = static_cast<int>(blockIdx.y) % a.head_groups * (threads / attn_lanes) + slot;
+  const int first_in_group = static_cast<int>(blockIdx.y) % a.head_groups * (threads / attn_lanes);
+  const int in_group = first_in_group + slot;
   const bool active = in_group < a.group;
   const index_t h = static_cast<index_t>(kv_head) * a.group + (active ? in_group : 0);
 
-  const index_t n = a.context_lens[t * a.len_stride];
-  const bool bad_length = n < 1 || n > a.table_cols * a.block_size;
-  const index_t begin = split * a.chunk;
-  const index_t end = bad_length ? begin : (n < begin + a.chunk ? n : begin + a.chunk);
-  if (!bad_length && begin >= end) return;  // past the context: the combine skips this split
-
-  // Every block id the chunk reaches is checked before any row is read.
+  const Chunk chunk = chunk_of(a, t, split);
+  if (chunk.past) return;
+  const index_t begin = chunk.begin;
+  const index_t end = chunk.end;
   const std::int32_t* table = a.block_table + t * a.table_token;
-  int bad = bad_length ? 1 : 0;
-  if (!bad_length) {
-    for (index_t b = begin / a.block_size + threadIdx.x; b <= (end - 1) / a.block_size;
-         b += threads) {
-      const std::int32_t id = table[b * a.table_col];
-      if (id < 0 || id >= a.num_blocks) bad = 1;
-    }
-  }
-  if (__syncthreads_or(bad) != 0) {
-    if (!active) return;
-    if (a.splits == 1) {
-      bf16* o = a.out + t * a.out_token + h * a.out_head;
-      for (int d = lane; d < a.value_dim; d += attn_lanes) o[d] = attn_nan;
-    } else if (lane == 0) {
-      const index_t row = (t * a.q_heads + h) * a.splits + split;
-      a.partial_ml[2 * row] = std::numeric_limits<float>::quiet_NaN();
-      a.partial_ml[2 * row + 1] = std::numeric_limits<float>::quiet_NaN();
-    }
+  if (chunk_is_bad(a, table, chunk)) {
+    const index_t h0 = static_cast<index_t>(kv_head) * a.group + first_in_group;
+    const int in_block = a.group - first_in_group < threads / attn_lanes ? a.group - first_in_group
+                                                                         : threads / attn_lanes;
+    write_bad(a, t, split, h0, h0 + in_block);
     return;
   }
 
@@ -354,7 +394,8 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
   const index_t t = blockIdx.x / a.q_heads;
   const index_t h = blockIdx.x % a.q_heads;
   bf16* o = a.out + t * a.out_token + h * a.out_head;
-  const index_t n = a.context_lens[t * a.len_stride];
+  const index_t n = a.context_lens[t * a.len_stride];  // not the decode kernel's: read first
+  gpu::wait_for_prior_grid();
   if (n < 1 || n > a.table_cols * a.block_size) {
     for (int d = tid; d < a.value_dim; d += attn_combine_threads) o[d] = attn_nan;
     return;
@@ -444,6 +485,7 @@ constexpr int mla_shared_bytes() {
 
 template <int MT, bool Vec>
 __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaSource src) {
+  gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
   constexpr int heads = 16 * MT;
   constexpr int threads = 128 * MT;
   constexpr int n_tiles = 16 / MT;  // value n8 tiles per warp
@@ -466,12 +508,10 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   const int split = static_cast<int>(blockIdx.x);
   const int h0 = static_cast<int>(blockIdx.y) * heads;
 
-  const index_t n = a.context_lens[t * a.len_stride];
-  const bool bad_length = n < 1 || n > a.table_cols * a.block_size;
-  const index_t begin = split * a.chunk;
-  const index_t end = bad_length ? begin : (n < begin + a.chunk ? n : begin + a.chunk);
-  if (!bad_length && begin >= end) return;  // past the context: the combine skips this split
-
+  const Chunk chunk = chunk_of(a, t, split);
+  if (chunk.past) return;
+  const index_t begin = chunk.begin;
+  const index_t end = chunk.end;
   const std::int32_t* table = a.block_table + t * a.table_token;
   const int key_dim = a.key_dim;
   const int padded = (key_dim + 15) / 16 * 16;
@@ -501,25 +541,9 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   }
   cp_async_commit();
 
-  int bad = bad_length ? 1 : 0;
-  if (!bad_length) {
-    for (index_t b = begin / a.block_size + tid; b <= (end - 1) / a.block_size; b += threads) {
-      const std::int32_t id = table[b * a.table_col];
-      if (id < 0 || id >= a.num_blocks) bad = 1;
-    }
-  }
-  if (__syncthreads_or(bad) != 0) {
+  if (chunk_is_bad(a, table, chunk)) {
     cp_async_wait<0>();
-    if (a.splits == 1) {
-      for (int i = tid; i < heads * a.value_dim; i += threads) {
-        const int h = h0 + i / a.value_dim;
-        if (h < a.q_heads) a.out[t * a.out_token + h * a.out_head + i % a.value_dim] = attn_nan;
-      }
-    } else if (tid < heads && h0 + tid < a.q_heads) {
-      const index_t row = (t * a.q_heads + h0 + tid) * a.splits + split;
-      a.partial_ml[2 * row] = std::numeric_limits<float>::quiet_NaN();
-      a.partial_ml[2 * row + 1] = std::numeric_limits<float>::quiet_NaN();
-    }
+    write_bad(a, t, split, h0, h0 + heads < a.q_heads ? h0 + heads : a.q_heads);
     return;
   }
   if (padded != key_dim)
@@ -750,20 +774,434 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   }
 }
 
+// Paged GQA over the FP8 cache with tensor cores (NVIDIA; e4m3 to f16 in hardware needs sm_89).
+// A block takes one token, up to 16 query heads of one kv head (the rows of m16n8k16 f16 mma) and
+// one context chunk with 4 warps; warp w takes the chunk's 16-row steps w, w + 4, ..., staged by
+// cp.async in a ring of its own in shared memory (two steps in flight while it uses one: no block
+// barrier until the warps merge, in warp order). Thread (g, q) = (lane / 4, lane % 4):
+//   S = Q K^T: the thread takes key bytes 64 c + 16 q .. + 15 (c < D/64) of rows g and 8 + g
+//     (so that the four q lanes of a row read 64 contiguous bytes) as B fragments: k step s takes
+//     word s of them, d = 64 (s / 4) + 16 q + 4 (s % 4) .. + 3, in Q as in K, so the dot product
+//     is unchanged. Q enters as f16 scaled per head by the power of two that puts its largest
+//     magnitude in [2^14, 2^15) (exact for bf16 queries); the score is the fp32 sum times scale,
+//     that power's inverse and the row's key scale.
+//   softmax: the value scale of row j enters its exponent, p_j = sign(s_j) 2^(t_j + log2|s_j| - m
+//     + 15) with m the running max of t + log2|s| (t in log2 units), so that P, rounded to f16
+//     (the S fragments reused as A fragments), lies within 2^15 whatever the scales; the sum that
+//     normalizes adds 2^(t_j - m + 15) in float. The thread owns score columns 2q, 2q + 1, 8 + 2q,
+//     9 + 2q, which are also the value rows of its B fragments.
+//   O += P V: the thread takes value bytes [g D/8, (g + 1) D/8) of those four rows; column n of
+//     n tile i is d = n D/8 + i, so the thread's outputs are d = q D/4 + i and q D/4 + D/8 + i.
+// Rows past the chunk are copied as zeros (score -inf). Needs block_size % 16 == 0 (a step lies in
+// one cache block) and 16-byte aligned rows.
+inline constexpr int gqa_warps = 4;
+inline constexpr int gqa_rows = 16;   // cache rows per warp step
+inline constexpr int gqa_heads = 16;  // query heads per block
+inline constexpr index_t gqa_granule = gqa_warps * gqa_rows;
+// The |value scale| floor: 2^(t - m + 15) stays finite.
+inline constexpr float gqa_min_scale = 0x1p-64f;
+
+// What thread (g, q) uses of one 16-row step, in registers.
+template <int D>
+struct GqaStep {
+  std::uint32_t key[2][D / 16];    // rows g, 8 + g: one word per k step
+  std::uint32_t value[4][D / 32];  // rows 2q, 2q + 1, 8 + 2q, 9 + 2q
+  float key_scale[4];              // of the same four rows
+  float value_scale[4];
+
+  // The step row of value row r of thread q.
+  __device__ static int value_row(int r, int q) { return 2 * q + (r & 1) + 8 * (r >> 1); }
+};
+
+// The same, staged: each thread copies (cp.async) the code bytes it later reads itself, so a
+// warp's ring of steps needs only cp.async.wait_group and, for the scales (lane l copies the key
+// scale of row l, lane 16 + l its value scale, and every thread reads the four rows it needs), a
+// warp barrier. [piece][lane]: conflict-free.
+template <int D>
+struct GqaSlot {
+  using Value = std::conditional_t<D == 128, uint4, uint2>;  // D / 8 bytes
+  static constexpr int key_pieces = D / 64;                  // 16-byte pieces of D / 4 bytes
+  uint4 key[2 * key_pieces][32];
+  Value value[4][32];
+  float scale[2][gqa_rows];  // key scales of the step's rows, then their value scales
+};
+
+// Issues the copies of rows [j0, j0 + 16) into `slot` (rows from `end` on as zeros); false, with
+// nothing read, when their block id is outside the cache.
+template <int D>
+__device__ inline bool gqa_issue(GqaSlot<D>& slot, const DecodeArgs& a, const GqaSource& src,
+                                 const std::int32_t* table, index_t j0, index_t end, int kv_head,
+                                 int lane) {
+  const int g = lane / 4;
+  const int q = lane % 4;
+  // Context positions are int32 (context_lens), so 32-bit arithmetic finds the block.
+  const auto j = static_cast<std::uint32_t>(j0);
+  const auto block_size = static_cast<std::uint32_t>(a.block_size);
+  const std::uint32_t column = j / block_size;
+  const index_t block = table[column * a.table_col];
+  if (block < 0 || block >= a.num_blocks) return false;
+  const index_t slot0 = j - column * block_size;
+  const int left = static_cast<int>(end - j0);  // rows of the step inside the chunk
+  const fp8_e4m3* const key = src.key + block * src.key_strides[0] + slot0 * src.key_strides[1] +
+                              kv_head * src.key_strides[2] + 16 * q;
+  const fp8_e4m3* const value = src.value + block * src.value_strides[0] +
+                                slot0 * src.value_strides[1] + kv_head * src.value_strides[2] +
+                                g * (D / 8);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = g + 8 * r;
+    const fp8_e4m3* const p = key + row * src.key_strides[1];
+#pragma unroll
+    for (int c = 0; c < GqaSlot<D>::key_pieces; ++c)
+      cp_async_or_zero<16>(shared_address(&slot.key[r * GqaSlot<D>::key_pieces + c][lane]),
+                           p + 64 * c, row < left);
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int row = GqaStep<D>::value_row(r, q);
+    cp_async_or_zero<D / 8>(shared_address(&slot.value[r][lane]),
+                            value + row * src.value_strides[1], row < left);
+  }
+  const int row = lane % gqa_rows;
+  const bool is_value = lane >= gqa_rows;
+  const float* const scales = is_value ? src.value_scale : src.key_scale;
+  const index_t* const ss = is_value ? src.value_scale_strides : src.key_scale_strides;
+  cp_async_or_zero<4>(shared_address(&slot.scale[is_value ? 1 : 0][row]),
+                      scales + block * ss[0] + (slot0 + row) * ss[1] + kv_head * ss[2], row < left);
+  return true;
+}
+
+template <int D>
+__device__ inline GqaStep<D> gqa_read(const GqaSlot<D>& slot, int lane) {
+  GqaStep<D> s;
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int c = 0; c < GqaSlot<D>::key_pieces; ++c) {
+      const uint4 v = slot.key[r * GqaSlot<D>::key_pieces + c][lane];
+      s.key[r][4 * c] = v.x;
+      s.key[r][4 * c + 1] = v.y;
+      s.key[r][4 * c + 2] = v.z;
+      s.key[r][4 * c + 3] = v.w;
+    }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const auto v = slot.value[r][lane];
+    s.value[r][0] = v.x;
+    s.value[r][1] = v.y;
+    if constexpr (D == 128) {
+      s.value[r][2] = v.z;
+      s.value[r][3] = v.w;
+    }
+    const int row = GqaStep<D>::value_row(r, lane % 4);
+    s.key_scale[r] = slot.scale[0][row];
+    s.value_scale[r] = slot.scale[1][row];
+  }
+  return s;
+}
+
+inline constexpr int gqa_stages = 3;  // steps per warp staged: two in flight while one is used
+
+// The warps' merge, in the same shared memory as the rings once they are drained.
+template <int D>
+struct GqaMerge {
+  float ml[gqa_warps][2][gqa_heads];        // each warp's max and sum per head row
+  float acc[gqa_warps - 1][D / 8 * 4][32];  // warps 1..: accumulators in fragment order
+};
+
+template <int D>
+constexpr int gqa_shared_bytes() {
+  constexpr int ring = static_cast<int>(gqa_warps * gqa_stages * sizeof(GqaSlot<D>));
+  constexpr int merge = static_cast<int>(sizeof(GqaMerge<D>));
+  return ring > merge ? ring : merge;
+}
+
+template <int D>
+__global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a, GqaSource src) {
+  static_assert(D == 64 || D == 128);
+  gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
+  constexpr int ksteps = D / 16;
+  constexpr int ntiles = D / 8;
+  constexpr float log2e = 1.4426950408889634f;
+  extern __shared__ uint4 gqa_shared[];
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;
+  const int q = lane % 4;
+  GqaSlot<D>* const ring = reinterpret_cast<GqaSlot<D>*>(gqa_shared) + warp * gqa_stages;
+  auto& merge = *reinterpret_cast<GqaMerge<D>*>(gqa_shared);
+  const index_t t = blockIdx.z;
+  const int split = static_cast<int>(blockIdx.x);
+  const int kv_head = static_cast<int>(blockIdx.y) / a.head_groups;
+  const int first = static_cast<int>(blockIdx.y) % a.head_groups * gqa_heads;  // in the group
+  const int heads = a.group - first < gqa_heads ? a.group - first : gqa_heads;
+  const index_t h0 = static_cast<index_t>(kv_head) * a.group + first;
+
+  // A bad length leaves the chunk empty; each step's block id is checked where its copies are
+  // issued (a step lies in one block, so every block the chunk reaches is checked), and the
+  // block learns of either at the merge.
+  const Chunk chunk = chunk_of(a, t, split);
+  if (chunk.past) return;
+  const std::int32_t* table = a.block_table + t * a.table_token;
+  const index_t begin = chunk.begin;
+  const index_t end = chunk.end;
+  bool bad = chunk.bad;
+
+  // Q fragments of heads g and 8 + g (zero past the block's heads), and their score factors.
+  std::uint32_t qf[ksteps][4];
+  float qmul[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = g + 8 * hh;
+    float x[D / 4];
+    // x[i] is d = 64 (i / 16) + 16 q + i % 16, the key bytes this thread copies.
+#pragma unroll
+    for (int c = 0; c < D / 32; ++c) {
+      const bf16* const qx =
+          a.q0 + t * a.q0_token + (h0 + r) * a.q0_head + 64 * (c / 2) + 16 * q + 8 * (c % 2);
+      if (r >= heads) {
+#pragma unroll
+        for (int i = 0; i < vec_width; ++i) x[c * vec_width + i] = 0.0f;
+      } else if (a.q_vec) {
+        unpack_bf16x8(*reinterpret_cast<const uint4*>(qx), x + c * vec_width);
+      } else {
+#pragma unroll
+        for (int i = 0; i < vec_width; ++i) x[c * vec_width + i] = to_float(qx[i]);
+      }
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < D / 4; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    amax = lanes_reduce<4>(amax, MaxFloat{});
+    int e = 0;
+    frexpf(amax, &e);         // amax < 2^e
+    e = e < -100 ? -100 : e;  // 2^(15 - e) stays a finite float
+    const float up = ldexpf(1.0f, 15 - e);
+    qmul[hh] = r < heads ? ldexpf(a.scale * log2e, e - 15) : 0.0f;
+#pragma unroll
+    for (int s = 0; s < ksteps; ++s) {
+      qf[s][hh] = pack_f16x2(x[4 * s] * up, x[4 * s + 1] * up);
+      qf[s][2 + hh] = pack_f16x2(x[4 * s + 2] * up, x[4 * s + 3] * up);
+    }
+  }
+
+  float m[2] = {attn_neg_inf, attn_neg_inf};  // running max of t + log2|s|, per head row
+  float l[2] = {0.0f, 0.0f};                  // this thread's columns of the sum
+  std::uint32_t acc[ntiles][4];
+#pragma unroll
+  for (int i = 0; i < ntiles; ++i)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) acc[i][k] = 0;
+
+  // This warp's k-th step is step w + 4 k of the chunk, staged in slot k % stages; one commit
+  // group per step (empty past the last), so that wait_group counts steps.
+  const int steps = static_cast<int>((end - begin + gqa_rows - 1) / gqa_rows);
+  const auto issue = [&](int k) {
+    const int step = warp + k * gqa_warps;
+    if (step < steps && !gqa_issue<D>(ring[k % gqa_stages], a, src, table, begin + step * gqa_rows,
+                                      end, kv_head, lane))
+      bad = true;  // the slot keeps stale rows: computed on, never written out
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int k = 0; k < gqa_stages - 1; ++k) issue(k);
+  for (int k = 0; warp + k * gqa_warps < steps; ++k) {
+    const index_t j0 = begin + static_cast<index_t>(warp + k * gqa_warps) * gqa_rows;
+    // The slot refilled now was read in the previous iteration: by every lane once this warp
+    // barrier is passed.
+    warp_barrier();
+    issue(k + gqa_stages - 1);
+    cp_async_wait<gqa_stages - 1>();
+    warp_barrier();  // the scales of this step were copied by other lanes
+    const GqaStep<D> cur = gqa_read<D>(ring[k % gqa_stages], lane);
+    const int left = static_cast<int>(end - j0);
+
+    std::uint32_t c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+    for (int s = 0; s < ksteps; ++s) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+        mma_f16_m16n8k16(c[nt], qf[s], e4m3x2_to_f16x2<false>(cur.key[nt][s]),
+                         e4m3x2_to_f16x2<true>(cur.key[nt][s]));
+    }
+
+    // Scores t (log2 units) and shifted exponents t + log2|s| of the thread's four columns.
+    float score[2][4];
+    float shifted[2][4];
+    float lg[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      float vs = fabsf(cur.value_scale[r]);
+      vs = vs < gqa_min_scale ? gqa_min_scale : vs;  // NaN stays NaN
+      lg[r] = __log2f(vs);
+    }
+    float step_max[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      step_max[hh] = attn_neg_inf;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const bool valid = GqaStep<D>::value_row(r, q) < left;
+        score[hh][r] = valid ? as_float(c[r >> 1][2 * hh + (r & 1)]) * qmul[hh] * cur.key_scale[r]
+                             : attn_neg_inf;
+        shifted[hh][r] = score[hh][r] + lg[r];
+        step_max[hh] = shifted[hh][r] > step_max[hh] ? shifted[hh][r] : step_max[hh];
+      }
+      step_max[hh] = lanes_reduce<4>(step_max[hh], MaxFloat{});
+    }
+    float p[2][4];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float m_new = step_max[hh] > m[hh] ? step_max[hh] : m[hh];
+      const float base = (m_new == attn_neg_inf ? 0.0f : m_new) - 15.0f;
+      const float alpha = exp2f(m[hh] - base - 15.0f);
+      float sum = 0.0f;
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        p[hh][r] = copysignf(exp2f(shifted[hh][r] - base), cur.value_scale[r]);
+        sum += exp2f(score[hh][r] - base);
+      }
+      l[hh] = l[hh] * alpha + sum;
+      if (m_new != m[hh]) {  // mostly not, once the max has settled: the warp skips it
+#pragma unroll
+        for (int i = 0; i < ntiles; ++i) {
+          acc[i][2 * hh] = __float_as_uint(as_float(acc[i][2 * hh]) * alpha);
+          acc[i][2 * hh + 1] = __float_as_uint(as_float(acc[i][2 * hh + 1]) * alpha);
+        }
+      }
+      m[hh] = m_new;
+    }
+    const std::uint32_t pa[4] = {pack_f16x2(p[0][0], p[0][1]), pack_f16x2(p[1][0], p[1][1]),
+                                 pack_f16x2(p[0][2], p[0][3]), pack_f16x2(p[1][2], p[1][3])};
+#pragma unroll
+    for (int w = 0; w < D / 32; ++w) {
+      // Byte i of word w of rows (2q, 2q + 1) and (8 + 2q, 9 + 2q), interleaved into code pairs.
+      const std::uint32_t lo01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x5140);
+      const std::uint32_t hi01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x7362);
+      const std::uint32_t lo23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x5140);
+      const std::uint32_t hi23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x7362);
+      mma_f16_m16n8k16(acc[4 * w], pa, e4m3x2_to_f16x2<false>(lo01), e4m3x2_to_f16x2<false>(lo23));
+      mma_f16_m16n8k16(acc[4 * w + 1], pa, e4m3x2_to_f16x2<true>(lo01),
+                       e4m3x2_to_f16x2<true>(lo23));
+      mma_f16_m16n8k16(acc[4 * w + 2], pa, e4m3x2_to_f16x2<false>(hi01),
+                       e4m3x2_to_f16x2<false>(hi23));
+      mma_f16_m16n8k16(acc[4 * w + 3], pa, e4m3x2_to_f16x2<true>(hi01),
+                       e4m3x2_to_f16x2<true>(hi23));
+    }
+  }
+
+  // Merge the warps in warp order: factors 2^(m_w - M) against the block's max M.
+  cp_async_wait<0>();  // only empty groups are left, but the rings must be idle
+  // before the merge reuses their memory
+  if (__syncthreads_or(bad ? 1 : 0) != 0) {
+    write_bad(a, t, split, h0, h0 + heads);
+    return;
+  }
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    l[hh] = lanes_reduce<4>(l[hh], Sum{});
+    if (q == 0) {
+      merge.ml[warp][0][g + 8 * hh] = m[hh];
+      merge.ml[warp][1][g + 8 * hh] = l[hh];
+    }
+  }
+  __syncthreads();
+  float block_m[2];
+  float block_l[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = g + 8 * hh;
+    float mx = attn_neg_inf;
+#pragma unroll
+    for (int w = 0; w < gqa_warps; ++w) mx = merge.ml[w][0][r] > mx ? merge.ml[w][0][r] : mx;
+    const float base = (mx == attn_neg_inf ? 0.0f : mx) - 15.0f;
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < gqa_warps; ++w)
+      sum += exp2f(merge.ml[w][0][r] - base - 15.0f) * merge.ml[w][1][r];
+    block_m[hh] = mx == attn_neg_inf ? attn_neg_inf : base;
+    block_l[hh] = sum;
+    const float f = exp2f(m[hh] - base - 15.0f);
+#pragma unroll
+    for (int i = 0; i < ntiles; ++i) {
+      acc[i][2 * hh] = __float_as_uint(as_float(acc[i][2 * hh]) * f);
+      acc[i][2 * hh + 1] = __float_as_uint(as_float(acc[i][2 * hh + 1]) * f);
+    }
+  }
+  if (warp > 0) {
+#pragma unroll
+    for (int i = 0; i < ntiles; ++i)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) merge.acc[warp - 1][4 * i + k][lane] = as_float(acc[i][k]);
+  }
+  __syncthreads();
+  if (warp > 0) return;
+  float o[ntiles][4];
+#pragma unroll
+  for (int i = 0; i < ntiles; ++i)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      float v = as_float(acc[i][k]);
+#pragma unroll
+      for (int w = 1; w < gqa_warps; ++w) v += merge.acc[w - 1][4 * i + k][lane];
+      o[i][k] = v;
+    }
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int r = g + 8 * hh;
+    if (r >= heads) continue;
+    const index_t h = h0 + r;
+    if (a.splits == 1) {
+      bf16* const out = a.out + t * a.out_token + h * a.out_head + q * (D / 4);
+#pragma unroll
+      for (int i = 0; i < ntiles; ++i) {
+        out[i] = to_bf16(div(o[i][2 * hh], block_l[hh]));
+        out[D / 8 + i] = to_bf16(div(o[i][2 * hh + 1], block_l[hh]));
+      }
+    } else {
+      const index_t row = (t * a.q_heads + h) * a.splits + split;
+      float* const pa = a.partial_acc + row * D + q * (D / 4);
+#pragma unroll
+      for (int i = 0; i < ntiles; i += 4) {
+        *reinterpret_cast<float4*>(pa + i) =
+            make_float4(o[i][2 * hh], o[i + 1][2 * hh], o[i + 2][2 * hh], o[i + 3][2 * hh]);
+        *reinterpret_cast<float4*>(pa + D / 8 + i) = make_float4(
+            o[i][2 * hh + 1], o[i + 1][2 * hh + 1], o[i + 2][2 * hh + 1], o[i + 3][2 * hh + 1]);
+      }
+      if (q == 0) {
+        // The combine weighs splits by e^(m_s - max m): the natural-log form of the base.
+        a.partial_ml[2 * row] = block_m[hh] * 0.6931471805599453f;
+        a.partial_ml[2 * row + 1] = block_l[hh];
+      }
+    }
+  }
+}
+
 int current_device() {
   int device = 0;
   ATOM_GPU_CHECK(hipGetDevice(&device));
   return device;
 }
 
+// compute() for `device`, asked once per host thread and device: a fact of the device or of the
+// code loaded for it. Each call site (its own lambda type) keeps its own answers.
+template <class F>
+auto once_per_device(int device, F compute) -> decltype(compute()) {
+  thread_local std::vector<std::pair<int, decltype(compute())>> known;
+  for (const auto& [d, answer] : known)
+    if (d == device) return answer;
+  known.emplace_back(device, compute());
+  return known.back().second;
+}
+
 int multiprocessors(int device) {
-  thread_local std::vector<std::pair<int, int>> known;  // device, count
-  for (const auto& [d, count] : known)
-    if (d == device) return count;
-  hipDeviceProp_t p;
-  ATOM_GPU_CHECK(hipGetDeviceProperties(&p, device));
-  known.emplace_back(device, p.multiProcessorCount);
-  return p.multiProcessorCount;
+  return once_per_device(device, [device] {
+    hipDeviceProp_t p;
+    ATOM_GPU_CHECK(hipGetDeviceProperties(&p, device));
+    return p.multiProcessorCount;
+  });
 }
 
 // The split partials of a launch, per stream (detail/stream_scratch.hpp).
@@ -776,34 +1214,19 @@ bool aligned(const void* p, std::size_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
-// Picks heads per block and the context split, then launches the decode kernel (and the combine
-// when the context is split).
-template <class Source>
-void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Source& src,
-                   index_t tokens, index_t kv_heads) {
-  if (tokens == 0 || a.q_heads == 0) return;
-  expect(tokens <= 65535, op,
-         "the GPU kernel takes at most 65535 tokens, got " + std::to_string(tokens));
-  int heads_per_block = attn_min_heads;
-  while (heads_per_block < a.group && heads_per_block < attn_max_heads) heads_per_block *= 2;
-  a.head_groups = (a.group + heads_per_block - 1) / heads_per_block;
-  const index_t grid_y = kv_heads * a.head_groups;
-  expect(grid_y <= 65535, op, "too many heads for the GPU kernel");
-
-  const int device = current_device();
+// The context split of a launch: blocks * splits near `target` blocks, chunks a multiple of
+// `granule` rows and at least `min_chunk`; then the partials' scratch when there is more than one.
+void plan_split(const ops::Gpu& gpu, DecodeArgs& a, index_t tokens, index_t blocks, index_t target,
+                index_t granule, index_t min_chunk) {
   const index_t capacity = a.table_cols * a.block_size;
-  const index_t blocks = tokens * grid_y;
-  const index_t target = 4 * static_cast<index_t>(multiprocessors(device));
   index_t splits = (target + blocks - 1) / blocks;
   splits = splits < 1 ? 1 : (splits > attn_max_splits ? attn_max_splits : splits);
   index_t chunk = (capacity + splits - 1) / splits;
-  chunk = (chunk + attn_tile - 1) / attn_tile * attn_tile;
-  chunk = chunk < attn_min_chunk ? attn_min_chunk : chunk;
+  chunk = (chunk + granule - 1) / granule * granule;
+  chunk = chunk < min_chunk ? min_chunk : chunk;
   splits = capacity > chunk ? (capacity + chunk - 1) / chunk : 1;
   a.chunk = chunk;
   a.splits = static_cast<int>(splits);
-
-  const auto stream = static_cast<hipStream_t>(gpu.stream);
   if (splits > 1) {
     const index_t rows = tokens * a.q_heads * splits;
     auto* base = static_cast<float*>(
@@ -811,27 +1234,69 @@ void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const
     a.partial_acc = base;
     a.partial_ml = base + rows * a.value_dim;
   }
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(grid_y),
+}
+
+// Whether the combine may be launched as a programmatic dependent of the decode kernel on
+// `device` (its code then waits for the decode kernel's partials).
+bool combine_programmatic(int device) {
+  return once_per_device(device, [] {
+    return gpu::nvidia_ptx &&
+           gpu::compiled_arch(reinterpret_cast<const void*>(combine_kernel)) >= 90;
+  });
+}
+
+// The launch that just went out, checked, then the combine when the context was split; on
+// sm_90 the combine launches while the decode kernel runs and waits for its partials.
+void finish_split(const DecodeArgs& a, index_t tokens, hipStream_t stream, int device) {
+  ATOM_GPU_CHECK(hipGetLastError());
+  if (a.splits > 1)
+    gpu::launch_dependent(combine_programmatic(device), combine_kernel,
+                          dim3(static_cast<unsigned>(tokens * a.q_heads)),
+                          dim3(attn_combine_threads), 0, stream, a);
+}
+
+void expect_tokens(std::string_view op, index_t tokens) {
+  expect(tokens <= 65535, op,
+         "the GPU kernel takes at most 65535 tokens, got " + std::to_string(tokens));
+}
+
+// Picks heads per block and the context split, then launches the SIMT decode kernel (and the
+// combine when the context is split).
+template <class Source>
+void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Source& src,
+                   index_t tokens, index_t kv_heads) {
+  if (tokens == 0 || a.q_heads == 0) return;
+  expect_tokens(op, tokens);
+  int heads_per_block = attn_min_heads;
+  while (heads_per_block < a.group && heads_per_block < attn_max_heads) heads_per_block *= 2;
+  a.head_groups = (a.group + heads_per_block - 1) / heads_per_block;
+  const index_t grid_y = kv_heads * a.head_groups;
+  expect(grid_y <= 65535, op, "too many heads for the GPU kernel");
+  const int device = current_device();
+  plan_split(gpu, a, tokens, tokens * grid_y, 4 * multiprocessors(device), attn_tile,
+             attn_min_chunk);
+  const auto stream = static_cast<hipStream_t>(gpu.stream);
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(tokens));
   decode_kernel<Source>
       <<<grid, static_cast<unsigned>(heads_per_block * attn_lanes), 0, stream>>>(a, src);
-  ATOM_GPU_CHECK(hipGetLastError());
-  if (splits > 1) {
-    combine_kernel<<<static_cast<unsigned>(tokens * a.q_heads), attn_combine_threads, 0, stream>>>(
-        a);
-    ATOM_GPU_CHECK(hipGetLastError());
-  }
+  finish_split(a, tokens, stream, device);
+}
+
+// Lets Kernel take `bytes` of dynamic shared memory on `device` (once per host thread and device).
+template <auto Kernel>
+void allow_shared(int device, int bytes) {
+  once_per_device(device, [bytes] {
+    gpu::allow_dynamic_shared(Kernel, bytes);
+    return true;
+  });
 }
 
 template <int MT, bool Vec>
 void launch_mla_kernel(const dim3& grid, hipStream_t stream, const DecodeArgs& a,
                        const MlaSource& src, int device) {
   constexpr int bytes = mla_shared_bytes<MT>();
-  thread_local std::vector<int> raised;  // devices whose limit for this kernel is raised
-  if (std::find(raised.begin(), raised.end(), device) == raised.end()) {
-    gpu::allow_dynamic_shared(mla_mma_kernel<MT, Vec>, bytes);
-    raised.push_back(device);
-  }
+  allow_shared<mla_mma_kernel<MT, Vec>>(device, bytes);
   mla_mma_kernel<MT, Vec><<<grid, 128 * MT, bytes, stream>>>(a, src);
 }
 
@@ -844,32 +1309,15 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
     launch_decode(op, gpu, a, src, tokens, 1);
   } else {
     if (tokens == 0 || a.q_heads == 0) return;
-    expect(tokens <= 65535, op,
-           "the GPU kernel takes at most 65535 tokens, got " + std::to_string(tokens));
+    expect_tokens(op, tokens);
     const int mt = a.q_heads <= 16 ? 1 : (a.q_heads <= 32 ? 2 : 4);
     const index_t head_groups = (a.q_heads + 16 * mt - 1) / (16 * mt);
     expect(head_groups <= 65535, op, "too many heads for the GPU kernel");
     const int device = current_device();
-    const index_t capacity = a.table_cols * a.block_size;
-    const index_t blocks = tokens * head_groups;
-    const index_t target = multiprocessors(device);
-    index_t splits = (target + blocks - 1) / blocks;
-    splits = splits < 1 ? 1 : (splits > attn_max_splits ? attn_max_splits : splits);
-    index_t chunk = (capacity + splits - 1) / splits;
-    chunk = (chunk + mla_rows - 1) / mla_rows * mla_rows;
-    chunk = chunk < mla_min_chunk ? mla_min_chunk : chunk;
-    splits = capacity > chunk ? (capacity + chunk - 1) / chunk : 1;
-    a.chunk = chunk;
-    a.splits = static_cast<int>(splits);
+    plan_split(gpu, a, tokens, tokens * head_groups, multiprocessors(device), mla_rows,
+               mla_min_chunk);
     const auto stream = static_cast<hipStream_t>(gpu.stream);
-    if (splits > 1) {
-      const index_t rows = tokens * a.q_heads * splits;
-      auto* base = static_cast<float*>(
-          split_scratch(gpu, static_cast<std::size_t>(rows * (a.value_dim + 2)) * sizeof(float)));
-      a.partial_acc = base;
-      a.partial_ml = base + rows * a.value_dim;
-    }
-    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(head_groups),
+    const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(head_groups),
                     static_cast<unsigned>(tokens));
     if (src.vec) {
       if (mt == 1) launch_mla_kernel<1, true>(grid, stream, a, src, device);
@@ -880,13 +1328,57 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
       if (mt == 2) launch_mla_kernel<2, false>(grid, stream, a, src, device);
       if (mt == 4) launch_mla_kernel<4, false>(grid, stream, a, src, device);
     }
-    ATOM_GPU_CHECK(hipGetLastError());
-    if (splits > 1) {
-      combine_kernel<<<static_cast<unsigned>(tokens * a.q_heads), attn_combine_threads, 0,
-                       stream>>>(a);
-      ATOM_GPU_CHECK(hipGetLastError());
+    finish_split(a, tokens, stream, device);
+  }
+}
+
+// Whether this build's code for `device` has the tensor-core GQA kernel's body: it is compiled
+// for sm_89 and newer only (the PTX target of the loaded code, not the card, decides).
+template <int D>
+bool gqa_mma_built(int device) {
+  return once_per_device(device, [] {
+    return gpu::compiled_arch(reinterpret_cast<const void*>(gqa_mma_kernel<D>)) >= 89;
+  });
+}
+
+template <int D>
+void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const GqaSource& src, index_t tokens,
+                    index_t grid_y, int device) {
+  plan_split(gpu, a, tokens, tokens * grid_y, 2 * multiprocessors(device), gqa_granule,
+             gqa_granule);
+  const auto stream = static_cast<hipStream_t>(gpu.stream);
+  const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(grid_y),
+                  static_cast<unsigned>(tokens));
+  constexpr int bytes = gqa_shared_bytes<D>();
+  allow_shared<gqa_mma_kernel<D>>(device, bytes);
+  gqa_mma_kernel<D><<<grid, 32 * gqa_warps, bytes, stream>>>(a, src);
+  finish_split(a, tokens, stream, device);
+}
+
+// GQA: the tensor-core kernel where mma.sync and the e4m3 conversion exist, head_dim is 64 or
+// 128, a 16-row step lies in one cache block and the cache rows are 16-byte aligned; else the
+// SIMT kernel.
+template <bool Mma>
+void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const GqaSource& src,
+                index_t tokens, index_t kv_heads, bool rows_aligned) {
+  if constexpr (Mma) {
+    const bool shape = (a.key_dim == 64 || a.key_dim == 128) && a.block_size % gqa_rows == 0;
+    if (shape && rows_aligned && tokens > 0 && a.q_heads > 0) {
+      const int device = current_device();
+      if (a.key_dim == 64 ? gqa_mma_built<64>(device) : gqa_mma_built<128>(device)) {
+        expect_tokens(op, tokens);
+        a.head_groups = (a.group + gqa_heads - 1) / gqa_heads;
+        const index_t grid_y = kv_heads * a.head_groups;
+        expect(grid_y <= 65535, op, "too many heads for the GPU kernel");
+        if (a.key_dim == 64)
+          launch_gqa_mma<64>(gpu, a, src, tokens, grid_y, device);
+        else
+          launch_gqa_mma<128>(gpu, a, src, tokens, grid_y, device);
+        return;
+      }
     }
   }
+  launch_decode(op, gpu, a, src, tokens, kv_heads);
 }
 
 template <class Q, class O>
@@ -964,9 +1456,10 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
          "the GPU kernel takes head_dim a multiple of 8 up to 256, got " + std::to_string(dim));
   const index_t kv_heads = cache.kv_heads();
   expect(q.size(1) <= 0x7fffffff, op, "too many heads");
-  const kernels::DecodeArgs a = kernels::common_args(
+  kernels::DecodeArgs a = kernels::common_args(
       q, static_cast<int>(dim), static_cast<int>(dim), static_cast<int>(q.size(1) / kv_heads),
       block_table, context_lens, cache.num_blocks(), cache.block_size(), softmax_scale, out);
+  a.q_vec = kernels::aligned(q.data, 16) && q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0;
   const bool vec = kernels::aligned(cache.key.data, 8) && kernels::aligned(cache.value.data, 8) &&
                    cache.key.stride(0) % 8 == 0 && cache.key.stride(1) % 8 == 0 &&
                    cache.key.stride(2) % 8 == 0 && cache.value.stride(0) % 8 == 0 &&
@@ -981,7 +1474,12 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
       {cache.key_scale.stride(0), cache.key_scale.stride(1), cache.key_scale.stride(2)},
       {cache.value_scale.stride(0), cache.value_scale.stride(1), cache.value_scale.stride(2)},
       vec};
-  kernels::launch_decode(op, gpu, a, src, q.size(0), kv_heads);
+  const bool rows_aligned = kernels::aligned(cache.key.data, 16) &&
+                            kernels::aligned(cache.value.data, 16) &&
+                            cache.key.stride(0) % 16 == 0 && cache.key.stride(1) % 16 == 0 &&
+                            cache.key.stride(2) % 16 == 0 && cache.value.stride(0) % 16 == 0 &&
+                            cache.value.stride(1) % 16 == 0 && cache.value.stride(2) % 16 == 0;
+  kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned);
 }
 
 }  // namespace atom::ops

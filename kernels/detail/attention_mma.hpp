@@ -1,6 +1,7 @@
-// Warp-level tensor-core pieces for NVIDIA (sm_80 and newer) decode attention: bf16 mma.sync
-// m16n8k16 with fp32 accumulators, ldmatrix fragment loads from shared memory and 16-byte cp.async
-// copies from global into shared memory.
+// Warp-level tensor-core pieces for NVIDIA (sm_80 and newer) decode attention: bf16 and f16
+// mma.sync m16n8k16 with fp32 accumulators, ldmatrix fragment loads from shared memory, 16-byte
+// cp.async copies from global into shared memory, and the f16 conversions of the FP8 cache
+// (sm_89 and newer).
 //
 // Every operand is passed as a 32-bit register ("r") so that hipcc, which checks inline-assembly
 // constraints for its own targets, parses this header; the functions are only ever instantiated
@@ -11,6 +12,7 @@
 
 #include "atom/gpu/arch.hpp"
 #include "atom/gpu/runtime.hpp"
+#include "ptx.hpp"
 
 namespace atom::kernels {
 
@@ -29,6 +31,35 @@ __device__ inline void cp_async_16(std::uint32_t dst, const void* src) {
           "r"(dst),
       "r"(static_cast<std::uint32_t>(address)), "r"(static_cast<std::uint32_t>(address >> 32))
       : "memory");
+}
+
+// Bytes (4, 8 or 16) from global into shared memory, both aligned to Bytes; zeros instead when
+// `fill` is false (nothing is read then, though src must still be a valid address).
+template <int Bytes>
+__device__ inline void cp_async_or_zero(std::uint32_t dst, const void* src, bool fill) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16);
+  const auto address = reinterpret_cast<std::uintptr_t>(src);
+  const std::uint32_t read = fill ? Bytes : 0;
+  if constexpr (Bytes == 16)
+    asm volatile(
+        "{\n .reg .b64 p;\n mov.b64 p, {%1, %2};\n cp.async.cg.shared.global [%0], [p], 16, "
+        "%3;\n}\n" ::"r"(dst),
+        "r"(static_cast<std::uint32_t>(address)), "r"(static_cast<std::uint32_t>(address >> 32)),
+        "r"(read)
+        : "memory");
+  else
+    asm volatile(
+        "{\n .reg .b64 p;\n mov.b64 p, {%1, %2};\n cp.async.ca.shared.global [%0], [p], %4, "
+        "%3;\n}\n" ::"r"(dst),
+        "r"(static_cast<std::uint32_t>(address)), "r"(static_cast<std::uint32_t>(address >> 32)),
+        "r"(read), "n"(Bytes)
+        : "memory");
+}
+
+// Every lane of the warp reaches this point, and what each wrote to shared memory before is
+// visible to the others after (bar.warp.sync, as __syncwarp()).
+__device__ inline void warp_barrier() {
+  asm volatile("bar.warp.sync -1;\n" ::: "memory");
 }
 
 __device__ inline void cp_async_commit() {
@@ -77,15 +108,53 @@ __device__ inline void mma_bf16_m16n8k16(std::uint32_t (&d)[4], const std::uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// d += a (16 x 16, row) * b (16 x 8, col) with f16 operands, in fp32.
+__device__ inline void mma_f16_m16n8k16(std::uint32_t (&d)[4], const std::uint32_t (&a)[4],
+                                        std::uint32_t b0, std::uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as an f16 pair (round to nearest even), lo in the low half.
+__device__ inline std::uint32_t pack_f16x2(float lo, float hi) {
+  std::uint32_t d = 0;
+  asm("{\n .reg .f32 lo, hi;\n mov.b32 lo, %1;\n mov.b32 hi, %2;\n"
+      " cvt.rn.f16x2.f32 %0, hi, lo;\n}\n"
+      : "=r"(d)
+      : "r"(__float_as_uint(lo)), "r"(__float_as_uint(hi)));
+  return d;
+}
+
+// The two e4m3fn codes in the low (High = false) or high 16 bits of x as an f16 pair, the lower
+// byte in the low half; exact (sm_89 and newer).
+template <bool High>
+__device__ inline std::uint32_t e4m3x2_to_f16x2(std::uint32_t x) {
+  std::uint32_t d = 0;
+  if constexpr (High)
+    asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;\n}\n"
+        : "=r"(d)
+        : "r"(x));
+  else
+    asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}\n"
+        : "=r"(d)
+        : "r"(x));
+  return d;
+}
+
 }  // namespace atom::kernels
 
 namespace atom::gpu {
 
-// Lets `kernel` take `bytes` of dynamic shared memory (past the 48 KB default).
+// Lets `kernel` take `bytes` of dynamic shared memory (past the 48 KB default), and asks for the
+// largest shared-memory share of the L1, so that as many blocks as the bytes allow are resident.
 template <class Kernel>
 void allow_dynamic_shared(Kernel* kernel, int bytes) {
   ATOM_GPU_CHECK(hipFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                                      hipFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  ATOM_GPU_CHECK(hipFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                     hipFuncAttributePreferredSharedMemoryCarveout, 100));
 }
 
 }  // namespace atom::gpu

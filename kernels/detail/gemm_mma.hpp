@@ -13,15 +13,9 @@
 
 #include "atom/gpu/arch.hpp"
 #include "gemm_args.hpp"
+#include "ptx.hpp"
 
 namespace atom::kernels {
-
-// prmt.b32: byte i of the result is byte sel[4i+2:4i] of {b, a} (a is bytes 0..3).
-__device__ inline std::uint32_t byte_permute(std::uint32_t a, std::uint32_t b, std::uint32_t sel) {
-  std::uint32_t d = 0;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
 
 // The four e2m1 codes in the low 16 bits of x as four int8 holding 2 * value: magnitudes by
 // table lookup, then each byte taken from the positive or the negative table by its sign bit.

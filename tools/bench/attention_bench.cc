@@ -1,6 +1,7 @@
 // Decode attention on the GPU: MLA (DeepSeek, 128 / 16 heads, latent cache of 576 bf16 per row,
 // block size 64) and GQA (Qwen3-30B-A3B, 32 q / 4 kv heads, head_dim 128, FP8 cache, block size
-// 16) at T tokens of equal context length. Prints microseconds per call (median of batches after
+// 16; "gqa-simt": the same cache bytes in rows the tensor-core kernel does not take) at T tokens
+// of equal context length. Prints microseconds per call (median of batches after
 // warm-up, device events) and the cache bytes read per second, next to the device-to-device copy
 // bandwidth measured in the same run. Caches rotate over copies that exceed the L2 cache.
 // attention_bench_torch.py times the PyTorch peers on the same shapes.
@@ -116,12 +117,14 @@ void bench_mla(index_t heads, index_t tokens, index_t ctx, double copy_gbps) {
   report("mla", heads, tokens, ctx, us, static_cast<double>(tokens * ctx * 576 * 2), copy_gbps);
 }
 
-void bench_gqa(index_t tokens, index_t ctx, double copy_gbps) {
-  const index_t q_heads = 32, kv_heads = 4, dim = 128, bs = 16;
+// `pad` codes between kv heads: 8 leaves the rows 8-byte aligned only, which the tensor-core
+// kernel does not take (the SIMT kernel's figure, on the same cache bytes).
+void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
+  const index_t q_heads = 32, kv_heads = 4, dim = 128, bs = 16, stride = dim + pad;
   const index_t cols = (ctx + bs - 1) / bs, blocks = tokens * cols, slots = blocks * bs;
-  const std::size_t cache_bytes = sz(slots * kv_heads * (2 * dim + 8));
+  const std::size_t cache_bytes = sz(slots * kv_heads * (2 * stride + 8));
   const int copies = copies_for(cache_bytes);
-  const std::vector<fp8_e4m3> host_codes = random_fp8(slots * kv_heads * dim);
+  const std::vector<fp8_e4m3> host_codes = random_fp8(slots * kv_heads * stride);
   const std::vector<float> host_scales(sz(slots * kv_heads), 0.004f);
   struct Copy {
     gpu::Buffer<fp8_e4m3> key, value;
@@ -138,9 +141,13 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps) {
   gpu::Buffer<bf16> out(sz(tokens * q_heads * dim));
   const double us = time_us([&](int i) {
     const Copy& c = caches[sz(i % copies)];
+    const auto codes = [&](const gpu::Buffer<fp8_e4m3>& b) {
+      return atom::View4<const fp8_e4m3>{static_cast<const fp8_e4m3*>(b.data()),
+                                         {blocks, bs, kv_heads, dim},
+                                         {bs * kv_heads * stride, kv_heads * stride, stride, 1}};
+    };
     const ops::ConstKvCacheFp8 cache{
-        make_view(static_cast<const fp8_e4m3*>(c.key.data()), blocks, bs, kv_heads, dim),
-        make_view(static_cast<const fp8_e4m3*>(c.value.data()), blocks, bs, kv_heads, dim),
+        codes(c.key), codes(c.value),
         make_view(static_cast<const float*>(c.key_scale.data()), blocks, bs, kv_heads),
         make_view(static_cast<const float*>(c.value_scale.data()), blocks, bs, kv_heads)};
     ops::gqa_decode(ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, q_heads, dim),
@@ -148,7 +155,7 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps) {
                     make_view(static_cast<const std::int32_t*>(lens.data()), tokens), 0.0884f,
                     make_view(out.data(), tokens, q_heads, dim));
   });
-  report("gqa", q_heads, tokens, ctx, us,
+  report(pad == 0 ? "gqa" : "gqa-simt", q_heads, tokens, ctx, us,
          static_cast<double>(tokens * ctx * kv_heads * (2 * dim + 8)), copy_gbps);
 }
 
@@ -179,7 +186,10 @@ int main() {
   for (index_t tokens : {64}) {
     bench_mla(128, tokens, 4096, copy_gbps);
     bench_mla(16, tokens, 4096, copy_gbps);
+  }
+  for (index_t tokens : {1, 4, 16, 64}) {
     bench_gqa(tokens, 4096, copy_gbps);
+    bench_gqa(tokens, 4096, copy_gbps, 8);
   }
   return 0;
 }

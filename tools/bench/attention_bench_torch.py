@@ -77,6 +77,7 @@ def main():
     for t in (64,):
         bench_mla(128, t, 4096, mla_c)
         bench_mla(16, t, 4096, mla_c)
+    for t in (1, 4, 16, 64):
         bench_gqa(t, 4096, gqa_c)
 
 

@@ -78,6 +78,23 @@ __device__ inline uint4 load_volatile_16(const void* p) {
 #endif
 }
 
+// Programmatic dependent launch (NVIDIA sm_90 and newer): a kernel launched with
+// gpu::launch_dependent may start while the stream's previous kernel still runs, once every block
+// of that kernel has called allow_dependents() or exited; it calls wait_for_prior_grid() before
+// it reads anything the previous kernel writes, which returns once that kernel has completed and
+// its memory is visible. Elsewhere both are no-ops (and launch_dependent a plain launch).
+__device__ inline void allow_dependents() {
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ inline void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 }  // namespace atom::gpu
 #endif
 

@@ -68,6 +68,8 @@ inline hipError_t hipEventRecord(hipEvent_t e, hipStream_t s) {
 using hipFuncAttribute = cudaFuncAttribute;
 inline constexpr hipFuncAttribute hipFuncAttributeMaxDynamicSharedMemorySize =
     cudaFuncAttributeMaxDynamicSharedMemorySize;
+inline constexpr hipFuncAttribute hipFuncAttributePreferredSharedMemoryCarveout =
+    cudaFuncAttributePreferredSharedMemoryCarveout;
 inline hipError_t hipFuncSetAttribute(const void* f, hipFuncAttribute a, int v) {
   return cudaFuncSetAttribute(f, a, v);
 }

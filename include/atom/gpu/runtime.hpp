@@ -30,3 +30,45 @@ namespace atom::gpu {
     if (atom_gpu_status_ != hipSuccess)                               \
       ::atom::gpu::fail(atom_gpu_status_, #expr, __FILE__, __LINE__); \
   } while (0)
+
+namespace atom::gpu {
+
+// The PTX architecture that `kernel`'s code loaded for the current device was compiled for, as
+// major * 10 + minor (90 for sm_90): what its device code may assume, which can be older than
+// the card (code compiled for sm_80 and run on sm_90 answers 80).
+inline int compiled_arch(const void* kernel) {
+  hipFuncAttributes attr;
+  ATOM_GPU_CHECK(hipFuncGetAttributes(&attr, kernel));
+  return attr.ptxVersion;
+}
+
+// Launches kernel<<<grid, block, shared, stream>>>(args...), checked. With `programmatic` (NVIDIA
+// only; the caller asks for it only where the kernel's code calls wait_for_prior_grid(), i.e.
+// compiled_arch >= 90), as a programmatic dependent of the stream's previous kernel
+// (atom/gpu/arch.hpp), so that its launch overlaps that kernel's run.
+template <class... Params, class... Args>
+void launch_dependent(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block,
+                      std::size_t shared, hipStream_t stream, const Args&... args) {
+#if defined(__CUDACC__) && !defined(__HIPCC__)
+  if (programmatic) {
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared;
+    config.stream = stream;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    ATOM_GPU_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
+    return;
+  }
+#else
+  (void)programmatic;
+#endif
+  kernel<<<grid, block, shared, stream>>>(args...);
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
+}  // namespace atom::gpu
