@@ -1,7 +1,7 @@
 // Decode attention over paged caches (flash-decoding). On NVIDIA, tensor-core kernels: MLA over
 // bf16 tiles of latent rows staged once per block for up to 64 heads, GQA over the FP8 cache with
-// the codes loaded straight into f16 mma fragments for up to 16 heads of a kv head. Elsewhere (and
-// for GQA shapes the tensor-core kernel does not take) both share a SIMT kernel template; only
+// the codes converted in registers into f16 mma fragments for up to 8 heads of a kv head. Elsewhere
+// (and for GQA shapes the tensor-core kernel does not take) both share a SIMT kernel template; only
 // the staging of cache rows differs. All write one set of split partials that one combine reads.
 
 #include "atom/ops/gpu/attention.hpp"
@@ -775,39 +775,41 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
 }
 
 // Paged GQA over the FP8 cache with tensor cores (NVIDIA; e4m3 to f16 in hardware needs sm_89).
-// A block takes one token, up to 16 query heads of one kv head (the rows of m16n8k16 f16 mma) and
-// one context chunk with 4 warps; warp w takes the chunk's 16-row steps w, w + 4, ..., staged by
-// cp.async in a ring of its own in shared memory (two steps in flight while it uses one: no block
-// barrier until the warps merge, in warp order). Thread (g, q) = (lane / 4, lane % 4):
-//   S = Q K^T: the thread takes key bytes 64 c + 16 q .. + 15 (c < D/64) of rows g and 8 + g
-//     (so that the four q lanes of a row read 64 contiguous bytes) as B fragments: k step s takes
-//     word s of them, d = 64 (s / 4) + 16 q + 4 (s % 4) .. + 3, in Q as in K, so the dot product
-//     is unchanged. Q enters as f16 scaled per head by the power of two that puts its largest
-//     magnitude in [2^14, 2^15) (exact for bf16 queries); the score is the fp32 sum times scale,
-//     that power's inverse and the row's key scale.
+// A block takes one token, up to 8 query heads of one kv head and one context chunk with 4 warps;
+// warp w takes the chunk's 16-row steps w, w + 4, ..., staged by cp.async in a ring of its own in
+// shared memory (two steps in flight while it uses one: no block barrier until the warps merge,
+// in warp order). The products are transposed so that the heads are the n = 8 columns of
+// m16n8k16 f16 mma.sync (a group of 8 heads fills it) and the cache rows and value columns its
+// m = 16 rows. Thread (g, q) = (lane / 4, lane % 4):
+//   S^T = K Q^T: the thread takes key bytes 64 c + 16 q .. + 15 (c < D/64) of rows g and 8 + g
+//     (so that the four q lanes of a row read 64 contiguous bytes) as A fragments: k step s takes
+//     word s of them, d = 64 (s / 4) + 16 q + 4 (s % 4) .. + 3, in Q (head g, the B fragment)
+//     as in K, so the dot product is unchanged. Q enters as f16 scaled per head by the power of
+//     two that puts its largest magnitude in [2^14, 2^15) (exact for bf16 queries); the score is
+//     the fp32 sum times scale, that power's inverse and the row's key scale. The thread holds
+//     the scores of rows g, 8 + g for heads 2q, 2q + 1.
 //   softmax: the value scale of row j enters its exponent, p_j = sign(s_j) 2^(t_j + log2|s_j| - m
-//     + 15) with m the running max of t + log2|s| (t in log2 units), so that P, rounded to f16
-//     (the S fragments reused as A fragments), lies within 2^15 whatever the scales; the sum that
-//     normalizes adds 2^(t_j - m + 15) in float. The thread owns score columns 2q, 2q + 1, 8 + 2q,
-//     9 + 2q, which are also the value rows of its B fragments.
-//   O += P V: the thread takes value bytes [g D/8, (g + 1) D/8) of those four rows; column n of
-//     n tile i is d = n D/8 + i, so the thread's outputs are d = q D/4 + i and q D/4 + D/8 + i.
+//     + 15) with m the running max of t + log2|s| (t in log2 units), so that P, rounded to f16,
+//     lies within 2^15 whatever the scales; the sum that normalizes adds 2^(t_j - m + 15) in
+//     float. P^T's two 8x8 halves are transposed in registers (movmatrix) into the B fragments
+//     of the next product.
+//   O^T += V^T P^T: the thread takes value bytes [g D/8, (g + 1) D/8) of rows 2q, 2q + 1, 8 + 2q,
+//     9 + 2q; byte 2i stands for row g of m tile i, byte 2i + 1 for its row 8 + g, so the thread
+//     ends with heads 2q, 2q + 1 at d = g D/8 .. + D/8 - 1.
 // Rows past the chunk are copied as zeros (score -inf). Needs block_size % 16 == 0 (a step lies in
 // one cache block) and 16-byte aligned rows.
 inline constexpr int gqa_warps = 4;
-inline constexpr int gqa_rows = 16;   // cache rows per warp step
-inline constexpr int gqa_heads = 16;  // query heads per block
+inline constexpr int gqa_rows = 16;  // cache rows per warp step
+inline constexpr int gqa_heads = 8;  // query heads per block: the mma's n
 inline constexpr index_t gqa_granule = gqa_warps * gqa_rows;
 // The |value scale| floor: 2^(t - m + 15) stays finite.
 inline constexpr float gqa_min_scale = 0x1p-64f;
 
-// What thread (g, q) uses of one 16-row step, in registers.
+// The codes thread (g, q) uses of one 16-row step, in registers.
 template <int D>
 struct GqaStep {
   std::uint32_t key[2][D / 16];    // rows g, 8 + g: one word per k step
   std::uint32_t value[4][D / 32];  // rows 2q, 2q + 1, 8 + 2q, 9 + 2q
-  float key_scale[4];              // of the same four rows
-  float value_scale[4];
 
   // The step row of value row r of thread q.
   __device__ static int value_row(int r, int q) { return 2 * q + (r & 1) + 8 * (r >> 1); }
@@ -815,7 +817,7 @@ struct GqaStep {
 
 // The same, staged: each thread copies (cp.async) the code bytes it later reads itself, so a
 // warp's ring of steps needs only cp.async.wait_group and, for the scales (lane l copies the key
-// scale of row l, lane 16 + l its value scale, and every thread reads the four rows it needs), a
+// scale of row l, lane 16 + l its value scale, and every thread reads the two rows it needs), a
 // warp barrier. [piece][lane]: conflict-free.
 template <int D>
 struct GqaSlot {
@@ -893,9 +895,6 @@ __device__ inline GqaStep<D> gqa_read(const GqaSlot<D>& slot, int lane) {
       s.value[r][2] = v.z;
       s.value[r][3] = v.w;
     }
-    const int row = GqaStep<D>::value_row(r, lane % 4);
-    s.key_scale[r] = slot.scale[0][row];
-    s.value_scale[r] = slot.scale[1][row];
   }
   return s;
 }
@@ -905,8 +904,8 @@ inline constexpr int gqa_stages = 3;  // steps per warp staged: two in flight wh
 // The warps' merge, in the same shared memory as the rings once they are drained.
 template <int D>
 struct GqaMerge {
-  float ml[gqa_warps][2][gqa_heads];        // each warp's max and sum per head row
-  float acc[gqa_warps - 1][D / 8 * 4][32];  // warps 1..: accumulators in fragment order
+  float ml[gqa_warps][2][gqa_heads];         // each warp's max and sum per head
+  float acc[gqa_warps - 1][D / 16 * 4][32];  // warps 1..: accumulators in fragment order
 };
 
 template <int D>
@@ -917,11 +916,11 @@ constexpr int gqa_shared_bytes() {
 }
 
 template <int D>
-__global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a, GqaSource src) {
+__global__ void __launch_bounds__(32 * gqa_warps, 4) gqa_mma_kernel(DecodeArgs a, GqaSource src) {
   static_assert(D == 64 || D == 128);
   gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
   constexpr int ksteps = D / 16;
-  constexpr int ntiles = D / 8;
+  constexpr int mtiles = D / 16;  // of O^T
   constexpr float log2e = 1.4426950408889634f;
   extern __shared__ uint4 gqa_shared[];
 
@@ -949,19 +948,17 @@ __global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a
   const index_t end = chunk.end;
   bool bad = chunk.bad;
 
-  // Q fragments of heads g and 8 + g (zero past the block's heads), and their score factors.
-  std::uint32_t qf[ksteps][4];
+  // Q^T fragments of head g (zero past the block's heads); the score factors of heads 2q, 2q + 1.
+  std::uint32_t qf[ksteps][2];
   float qmul[2];
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int r = g + 8 * hh;
+  {
     float x[D / 4];
     // x[i] is d = 64 (i / 16) + 16 q + i % 16, the key bytes this thread copies.
 #pragma unroll
     for (int c = 0; c < D / 32; ++c) {
       const bf16* const qx =
-          a.q0 + t * a.q0_token + (h0 + r) * a.q0_head + 64 * (c / 2) + 16 * q + 8 * (c % 2);
-      if (r >= heads) {
+          a.q0 + t * a.q0_token + (h0 + g) * a.q0_head + 64 * (c / 2) + 16 * q + 8 * (c % 2);
+      if (g >= heads) {
 #pragma unroll
         for (int i = 0; i < vec_width; ++i) x[c * vec_width + i] = 0.0f;
       } else if (a.q_vec) {
@@ -979,19 +976,21 @@ __global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a
     frexpf(amax, &e);         // amax < 2^e
     e = e < -100 ? -100 : e;  // 2^(15 - e) stays a finite float
     const float up = ldexpf(1.0f, 15 - e);
-    qmul[hh] = r < heads ? ldexpf(a.scale * log2e, e - 15) : 0.0f;
+    const float own = g < heads ? ldexpf(a.scale * log2e, e - 15) : 0.0f;
+    qmul[0] = __shfl(own, 8 * q);  // head 2q's factor, from lane 4 (2q)
+    qmul[1] = __shfl(own, 8 * q + 4);
 #pragma unroll
     for (int s = 0; s < ksteps; ++s) {
-      qf[s][hh] = pack_f16x2(x[4 * s] * up, x[4 * s + 1] * up);
-      qf[s][2 + hh] = pack_f16x2(x[4 * s + 2] * up, x[4 * s + 3] * up);
+      qf[s][0] = pack_f16x2(x[4 * s] * up, x[4 * s + 1] * up);
+      qf[s][1] = pack_f16x2(x[4 * s + 2] * up, x[4 * s + 3] * up);
     }
   }
 
-  float m[2] = {attn_neg_inf, attn_neg_inf};  // running max of t + log2|s|, per head row
-  float l[2] = {0.0f, 0.0f};                  // this thread's columns of the sum
-  std::uint32_t acc[ntiles][4];
+  float m[2] = {attn_neg_inf, attn_neg_inf};  // running max of t + log2|s|, heads 2q, 2q + 1
+  float l[2] = {0.0f, 0.0f};                  // this thread's rows of the sum
+  std::uint32_t acc[mtiles][4];  // O^T: [i][2 e + h] is head 2q + h, d = g D/8 + 2i + e
 #pragma unroll
-  for (int i = 0; i < ntiles; ++i)
+  for (int i = 0; i < mtiles; ++i)
 #pragma unroll
     for (int k = 0; k < 4; ++k) acc[i][k] = 0;
 
@@ -1015,80 +1014,85 @@ __global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a
     issue(k + gqa_stages - 1);
     cp_async_wait<gqa_stages - 1>();
     warp_barrier();  // the scales of this step were copied by other lanes
-    const GqaStep<D> cur = gqa_read<D>(ring[k % gqa_stages], lane);
+    const GqaSlot<D>& slot = ring[k % gqa_stages];
+    const GqaStep<D> cur = gqa_read<D>(slot, lane);
     const int left = static_cast<int>(end - j0);
 
-    std::uint32_t c[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    // S^T: rows g, 8 + g (c[0], c[1]: heads 2q, 2q + 1 of row g; c[2], c[3]: of row 8 + g).
+    std::uint32_t c[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int s = 0; s < ksteps; ++s) {
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-        mma_f16_m16n8k16(c[nt], qf[s], e4m3x2_to_f16x2<false>(cur.key[nt][s]),
-                         e4m3x2_to_f16x2<true>(cur.key[nt][s]));
+      const std::uint32_t ka[4] = {
+          e4m3x2_to_f16x2<false>(cur.key[0][s]), e4m3x2_to_f16x2<false>(cur.key[1][s]),
+          e4m3x2_to_f16x2<true>(cur.key[0][s]), e4m3x2_to_f16x2<true>(cur.key[1][s])};
+      mma_f16_m16n8k16(c, ka, qf[s][0], qf[s][1]);
     }
 
-    // Scores t (log2 units) and shifted exponents t + log2|s| of the thread's four columns.
-    float score[2][4];
-    float shifted[2][4];
-    float lg[4];
+    // Scores t (log2 units) and shifted exponents t + log2|s| of rows g, 8 + g.
+    float score[2][2];  // [row][head]
+    float shifted[2][2];
+    float vscale[2];
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      float vs = fabsf(cur.value_scale[r]);
+    for (int r = 0; r < 2; ++r) {
+      const int row = g + 8 * r;
+      vscale[r] = slot.scale[1][row];
+      float vs = fabsf(vscale[r]);
       vs = vs < gqa_min_scale ? gqa_min_scale : vs;  // NaN stays NaN
-      lg[r] = __log2f(vs);
-    }
-    float step_max[2];
+      const float lg = __log2f(vs);
+      const float ks = slot.scale[0][row];
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      step_max[hh] = attn_neg_inf;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const bool valid = GqaStep<D>::value_row(r, q) < left;
-        score[hh][r] = valid ? as_float(c[r >> 1][2 * hh + (r & 1)]) * qmul[hh] * cur.key_scale[r]
-                             : attn_neg_inf;
-        shifted[hh][r] = score[hh][r] + lg[r];
-        step_max[hh] = shifted[hh][r] > step_max[hh] ? shifted[hh][r] : step_max[hh];
+      for (int h = 0; h < 2; ++h) {
+        score[r][h] = row < left ? as_float(c[2 * r + h]) * qmul[h] * ks : attn_neg_inf;
+        shifted[r][h] = score[r][h] + lg;
       }
-      step_max[hh] = lanes_reduce<4>(step_max[hh], MaxFloat{});
     }
-    float p[2][4];
+    std::uint32_t pb[2];  // P^T halves (rows g and 8 + g; heads 2q, 2q + 1) as f16
+    {
+      float p[2][2];
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const float m_new = step_max[hh] > m[hh] ? step_max[hh] : m[hh];
-      const float base = (m_new == attn_neg_inf ? 0.0f : m_new) - 15.0f;
-      const float alpha = exp2f(m[hh] - base - 15.0f);
-      float sum = 0.0f;
+      for (int h = 0; h < 2; ++h) {
+        float step_max = shifted[0][h] > shifted[1][h] ? shifted[0][h] : shifted[1][h];
 #pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        p[hh][r] = copysignf(exp2f(shifted[hh][r] - base), cur.value_scale[r]);
-        sum += exp2f(score[hh][r] - base);
-      }
-      l[hh] = l[hh] * alpha + sum;
-      if (m_new != m[hh]) {  // mostly not, once the max has settled: the warp skips it
+        for (int offset = 4; offset < 32; offset *= 2)
+          step_max = MaxFloat{}(step_max, __shfl_xor(step_max, offset));
+        const float m_new = step_max > m[h] ? step_max : m[h];
+        const float base = (m_new == attn_neg_inf ? 0.0f : m_new) - 15.0f;
+        const float alpha = exp2f(m[h] - base - 15.0f);
+        float sum = 0.0f;
 #pragma unroll
-        for (int i = 0; i < ntiles; ++i) {
-          acc[i][2 * hh] = __float_as_uint(as_float(acc[i][2 * hh]) * alpha);
-          acc[i][2 * hh + 1] = __float_as_uint(as_float(acc[i][2 * hh + 1]) * alpha);
+        for (int r = 0; r < 2; ++r) {
+          p[r][h] = copysignf(exp2f(shifted[r][h] - base), vscale[r]);
+          sum += exp2f(score[r][h] - base);
         }
+        l[h] = l[h] * alpha + sum;
+        if (m_new != m[h]) {  // mostly not, once the max has settled: the warp skips it
+#pragma unroll
+          for (int i = 0; i < mtiles; ++i) {
+            acc[i][h] = __float_as_uint(as_float(acc[i][h]) * alpha);
+            acc[i][2 + h] = __float_as_uint(as_float(acc[i][2 + h]) * alpha);
+          }
+        }
+        m[h] = m_new;
       }
-      m[hh] = m_new;
+      // Lane (g, q) holds P^T rows g (and 8 + g), columns 2q, 2q + 1; transposed it holds P^T
+      // rows 2q, 2q + 1 (and 8 + 2q, 9 + 2q) of column g: the B fragment of V^T P^T.
+      pb[0] = transpose_8x8_b16(pack_f16x2(p[0][0], p[0][1]));
+      pb[1] = transpose_8x8_b16(pack_f16x2(p[1][0], p[1][1]));
     }
-    const std::uint32_t pa[4] = {pack_f16x2(p[0][0], p[0][1]), pack_f16x2(p[1][0], p[1][1]),
-                                 pack_f16x2(p[0][2], p[0][3]), pack_f16x2(p[1][2], p[1][3])};
 #pragma unroll
     for (int w = 0; w < D / 32; ++w) {
-      // Byte i of word w of rows (2q, 2q + 1) and (8 + 2q, 9 + 2q), interleaved into code pairs.
+      // Byte i of word w of rows (2q, 2q + 1) and (8 + 2q, 9 + 2q), interleaved into code pairs:
+      // bytes 0, 1 are m tile 2w (its rows g, 8 + g), bytes 2, 3 m tile 2w + 1.
       const std::uint32_t lo01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x5140);
       const std::uint32_t hi01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x7362);
       const std::uint32_t lo23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x5140);
       const std::uint32_t hi23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x7362);
-      mma_f16_m16n8k16(acc[4 * w], pa, e4m3x2_to_f16x2<false>(lo01), e4m3x2_to_f16x2<false>(lo23));
-      mma_f16_m16n8k16(acc[4 * w + 1], pa, e4m3x2_to_f16x2<true>(lo01),
-                       e4m3x2_to_f16x2<true>(lo23));
-      mma_f16_m16n8k16(acc[4 * w + 2], pa, e4m3x2_to_f16x2<false>(hi01),
-                       e4m3x2_to_f16x2<false>(hi23));
-      mma_f16_m16n8k16(acc[4 * w + 3], pa, e4m3x2_to_f16x2<true>(hi01),
-                       e4m3x2_to_f16x2<true>(hi23));
+      const std::uint32_t va0[4] = {e4m3x2_to_f16x2<false>(lo01), e4m3x2_to_f16x2<true>(lo01),
+                                    e4m3x2_to_f16x2<false>(lo23), e4m3x2_to_f16x2<true>(lo23)};
+      const std::uint32_t va1[4] = {e4m3x2_to_f16x2<false>(hi01), e4m3x2_to_f16x2<true>(hi01),
+                                    e4m3x2_to_f16x2<false>(hi23), e4m3x2_to_f16x2<true>(hi23)};
+      mma_f16_m16n8k16(acc[2 * w], va0, pb[0], pb[1]);
+      mma_f16_m16n8k16(acc[2 * w + 1], va1, pb[0], pb[1]);
     }
   }
 
@@ -1100,19 +1104,20 @@ __global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a
     return;
   }
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    l[hh] = lanes_reduce<4>(l[hh], Sum{});
-    if (q == 0) {
-      merge.ml[warp][0][g + 8 * hh] = m[hh];
-      merge.ml[warp][1][g + 8 * hh] = l[hh];
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int offset = 4; offset < 32; offset *= 2) l[h] += __shfl_xor(l[h], offset);
+    if (g == 0) {
+      merge.ml[warp][0][2 * q + h] = m[h];
+      merge.ml[warp][1][2 * q + h] = l[h];
     }
   }
   __syncthreads();
   float block_m[2];
   float block_l[2];
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int r = g + 8 * hh;
+  for (int h = 0; h < 2; ++h) {
+    const int r = 2 * q + h;
     float mx = attn_neg_inf;
 #pragma unroll
     for (int w = 0; w < gqa_warps; ++w) mx = merge.ml[w][0][r] > mx ? merge.ml[w][0][r] : mx;
@@ -1121,26 +1126,26 @@ __global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a
 #pragma unroll
     for (int w = 0; w < gqa_warps; ++w)
       sum += exp2f(merge.ml[w][0][r] - base - 15.0f) * merge.ml[w][1][r];
-    block_m[hh] = mx == attn_neg_inf ? attn_neg_inf : base;
-    block_l[hh] = sum;
-    const float f = exp2f(m[hh] - base - 15.0f);
+    block_m[h] = mx == attn_neg_inf ? attn_neg_inf : base;
+    block_l[h] = sum;
+    const float f = exp2f(m[h] - base - 15.0f);
 #pragma unroll
-    for (int i = 0; i < ntiles; ++i) {
-      acc[i][2 * hh] = __float_as_uint(as_float(acc[i][2 * hh]) * f);
-      acc[i][2 * hh + 1] = __float_as_uint(as_float(acc[i][2 * hh + 1]) * f);
+    for (int i = 0; i < mtiles; ++i) {
+      acc[i][h] = __float_as_uint(as_float(acc[i][h]) * f);
+      acc[i][2 + h] = __float_as_uint(as_float(acc[i][2 + h]) * f);
     }
   }
   if (warp > 0) {
 #pragma unroll
-    for (int i = 0; i < ntiles; ++i)
+    for (int i = 0; i < mtiles; ++i)
 #pragma unroll
       for (int k = 0; k < 4; ++k) merge.acc[warp - 1][4 * i + k][lane] = as_float(acc[i][k]);
   }
   __syncthreads();
   if (warp > 0) return;
-  float o[ntiles][4];
+  float o[mtiles][4];
 #pragma unroll
-  for (int i = 0; i < ntiles; ++i)
+  for (int i = 0; i < mtiles; ++i)
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       float v = as_float(acc[i][k]);
@@ -1149,31 +1154,28 @@ __global__ void __launch_bounds__(32 * gqa_warps, 3) gqa_mma_kernel(DecodeArgs a
       o[i][k] = v;
     }
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int r = g + 8 * hh;
+  for (int h = 0; h < 2; ++h) {
+    const int r = 2 * q + h;
     if (r >= heads) continue;
-    const index_t h = h0 + r;
+    const index_t head = h0 + r;
     if (a.splits == 1) {
-      bf16* const out = a.out + t * a.out_token + h * a.out_head + q * (D / 4);
+      bf16* const out = a.out + t * a.out_token + head * a.out_head + g * (D / 8);
 #pragma unroll
-      for (int i = 0; i < ntiles; ++i) {
-        out[i] = to_bf16(div(o[i][2 * hh], block_l[hh]));
-        out[D / 8 + i] = to_bf16(div(o[i][2 * hh + 1], block_l[hh]));
+      for (int i = 0; i < mtiles; ++i) {
+        out[2 * i] = to_bf16(div(o[i][h], block_l[h]));
+        out[2 * i + 1] = to_bf16(div(o[i][2 + h], block_l[h]));
       }
     } else {
-      const index_t row = (t * a.q_heads + h) * a.splits + split;
-      float* const pa = a.partial_acc + row * D + q * (D / 4);
+      const index_t row = (t * a.q_heads + head) * a.splits + split;
+      float* const pa = a.partial_acc + row * D + g * (D / 8);
 #pragma unroll
-      for (int i = 0; i < ntiles; i += 4) {
-        *reinterpret_cast<float4*>(pa + i) =
-            make_float4(o[i][2 * hh], o[i + 1][2 * hh], o[i + 2][2 * hh], o[i + 3][2 * hh]);
-        *reinterpret_cast<float4*>(pa + D / 8 + i) = make_float4(
-            o[i][2 * hh + 1], o[i + 1][2 * hh + 1], o[i + 2][2 * hh + 1], o[i + 3][2 * hh + 1]);
-      }
-      if (q == 0) {
+      for (int i = 0; i < mtiles; i += 2)
+        *reinterpret_cast<float4*>(pa + 2 * i) =
+            make_float4(o[i][h], o[i][2 + h], o[i + 1][h], o[i + 1][2 + h]);
+      if (g == 0) {
         // The combine weighs splits by e^(m_s - max m): the natural-log form of the base.
-        a.partial_ml[2 * row] = block_m[hh] * 0.6931471805599453f;
-        a.partial_ml[2 * row + 1] = block_l[hh];
+        a.partial_ml[2 * row] = block_m[h] * 0.6931471805599453f;
+        a.partial_ml[2 * row + 1] = block_l[h];
       }
     }
   }

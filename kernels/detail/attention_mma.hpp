@@ -117,6 +117,14 @@ __device__ inline void mma_f16_m16n8k16(std::uint32_t (&d)[4], const std::uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The 8x8 matrix of 16-bit elements whose row lane / 4, columns 2 (lane % 4) and + 1, lane holds
+// in x, transposed: lane then holds row lane / 4 of the transpose (movmatrix, sm_75 and newer).
+__device__ inline std::uint32_t transpose_8x8_b16(std::uint32_t x) {
+  std::uint32_t d = 0;
+  asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(x));
+  return d;
+}
+
 // Two floats as an f16 pair (round to nearest even), lo in the low half.
 __device__ inline std::uint32_t pack_f16x2(float lo, float hi) {
   std::uint32_t d = 0;

@@ -455,7 +455,7 @@ TEST_CASE("gpu mla_decode: other widths, 64, 32, 24 and 80 heads, unaligned cach
 }
 
 // On NVIDIA the first six shapes and the last take the tensor-core kernel (groups of 8, 1, 32 =
-// two blocks of 16 heads, and 3; value scales over 40 binades, with zeros, and queries not
+// four blocks of 8 heads, and 3; value scales over 40 binades, with zeros, and queries not
 // 16-byte aligned); head_dim 96, block size 8 and rows not 16-byte aligned take the SIMT kernel.
 TEST_CASE("gpu gqa_decode matches the host (Qwen3 32/4 heads and 8/8, head_dim 128 and 64)") {
   require_gpu();

@@ -13,10 +13,11 @@
 // tensor-core mma.sync, keeps an online softmax (running max and sum in fp32) and accumulates
 // P V with V the staged rows' first kv_lora columns, so each row is read from memory once per
 // block. GQA on NVIDIA (sm_89 and newer; head_dim 64 or 128, block_size a multiple of 16, cache
-// rows 16-byte aligned): a block takes up to 16 query heads of one kv head; each of its 4 warps
+// rows 16-byte aligned): a block takes up to 8 query heads of one kv head; each of its 4 warps
 // streams 16-row steps of the FP8 codes and scales into a private shared-memory ring (cp.async,
-// two steps in flight), converts the codes to f16 in registers and runs Q K^T and P V on
-// tensor-core mma.sync with fp32 accumulators; the warps merge in a fixed order. Other GQA shapes
+// two steps in flight), converts the codes to f16 in registers and runs K Q^T and V^T P^T on
+// tensor-core mma.sync with fp32 accumulators (the heads as the mma's 8 columns); the warps merge
+// in a fixed order. Other GQA shapes
 // (and MLA and GQA on AMD): a block takes up to 16 query heads that read the same cache rows,
 // stages 16 rows at a time as floats and accumulates with SIMT fp32 arithmetic. When tokens x
 // head groups would not fill the GPU, the context is split into chunks over several blocks, whose
