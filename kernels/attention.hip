@@ -6,7 +6,6 @@
 
 #include "atom/ops/gpu/attention.hpp"
 
-#include <algorithm>
 #include <limits>
 #include <memory>
 #include <string>
@@ -1462,10 +1461,15 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
       q, static_cast<int>(dim), static_cast<int>(dim), static_cast<int>(q.size(1) / kv_heads),
       block_table, context_lens, cache.num_blocks(), cache.block_size(), softmax_scale, out);
   a.q_vec = kernels::aligned(q.data, 16) && q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0;
-  const bool vec = kernels::aligned(cache.key.data, 8) && kernels::aligned(cache.value.data, 8) &&
-                   cache.key.stride(0) % 8 == 0 && cache.key.stride(1) % 8 == 0 &&
-                   cache.key.stride(2) % 8 == 0 && cache.value.stride(0) % 8 == 0 &&
-                   cache.value.stride(1) % 8 == 0 && cache.value.stride(2) % 8 == 0;
+  // Whether every row of codes starts `bytes`-aligned (a code is one byte).
+  const auto rows_aligned = [&](std::size_t bytes) {
+    const auto rows = [bytes](const auto& v) {
+      return kernels::aligned(v.data, bytes) && v.stride(0) % bytes == 0 &&
+             v.stride(1) % bytes == 0 && v.stride(2) % bytes == 0;
+    };
+    return rows(cache.key) && rows(cache.value);
+  };
+  const bool vec = rows_aligned(8);
   const kernels::GqaSource src{
       cache.key.data,
       cache.value.data,
@@ -1476,12 +1480,7 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
       {cache.key_scale.stride(0), cache.key_scale.stride(1), cache.key_scale.stride(2)},
       {cache.value_scale.stride(0), cache.value_scale.stride(1), cache.value_scale.stride(2)},
       vec};
-  const bool rows_aligned = kernels::aligned(cache.key.data, 16) &&
-                            kernels::aligned(cache.value.data, 16) &&
-                            cache.key.stride(0) % 16 == 0 && cache.key.stride(1) % 16 == 0 &&
-                            cache.key.stride(2) % 16 == 0 && cache.value.stride(0) % 16 == 0 &&
-                            cache.value.stride(1) % 16 == 0 && cache.value.stride(2) % 16 == 0;
-  kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned);
+  kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned(16));
 }
 
 }  // namespace atom::ops

@@ -23,16 +23,6 @@ __device__ inline std::uint32_t shared_address(const T* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// 16 bytes from global (16-byte aligned) into shared memory (16-byte aligned), bypassing L1.
-__device__ inline void cp_async_16(std::uint32_t dst, const void* src) {
-  const auto address = reinterpret_cast<std::uintptr_t>(src);
-  asm volatile(
-      "{\n .reg .b64 p;\n mov.b64 p, {%1, %2};\n cp.async.cg.shared.global [%0], [p], 16;\n}\n" ::
-          "r"(dst),
-      "r"(static_cast<std::uint32_t>(address)), "r"(static_cast<std::uint32_t>(address >> 32))
-      : "memory");
-}
-
 // Bytes (4, 8 or 16) from global into shared memory, both aligned to Bytes; zeros instead when
 // `fill` is false (nothing is read then, though src must still be a valid address).
 template <int Bytes>
@@ -54,6 +44,11 @@ __device__ inline void cp_async_or_zero(std::uint32_t dst, const void* src, bool
         "r"(static_cast<std::uint32_t>(address)), "r"(static_cast<std::uint32_t>(address >> 32)),
         "r"(read), "n"(Bytes)
         : "memory");
+}
+
+// 16 bytes from global (16-byte aligned) into shared memory (16-byte aligned), bypassing L1.
+__device__ inline void cp_async_16(std::uint32_t dst, const void* src) {
+  cp_async_or_zero<16>(dst, src, true);
 }
 
 // Every lane of the warp reaches this point, and what each wrote to shared memory before is

@@ -10,10 +10,10 @@
 // also round each softmax weight before the weighted sum of values, while the normalizing sum
 // stays in float: a weighted mean of values with relative weight errors <= r moves by at most
 // r * max|v|. MLA rounds to bf16 (r = 2^-9): e = 2^-8 (2^-9 plus the float terms, with room).
-// GQA rounds to f16 (r = 2^-11; the weights are scaled into [2^-25, 2^15], so that the f16
-// subnormals, absolute error 2^-25 out of a largest weight of 2^15, add at most n * 2^-40, below
-// 2^-26 for n < 2^14); its queries and FP8 codes convert to f16 exactly: e = 2^-10 (2^-11 plus
-// the float terms, with room). The SIMT kernel (AMD, and shapes the tensor-core GQA kernel does
+// GQA rounds to f16 (r = 2^-11; the weights are scaled so that the largest is 2^15, so that the
+// f16 subnormals, absolute error <= 2^-25 each, add at most n * 2^-40 of the largest, below 2^-26
+// for n < 2^14); its queries and FP8 codes convert to f16 exactly: e = 2^-10 (2^-11 plus the
+// float terms, with room). The SIMT kernel (AMD, and shapes the tensor-core GQA kernel does
 // not take) is float reassociation only and stays far inside both. NaN never passes.
 #include <catch2/catch.hpp>
 
@@ -283,13 +283,14 @@ Fp8Cache random_fp8_cache(Rng& rng, index_t slots, index_t kv_heads, index_t dim
   const auto scales = [&](std::vector<float>& v, bool spread) {
     v.resize(sz(slots * kv_heads));
     for (auto& x : v) {
-      x = std::fabs(rng.nonzero(0.002f, 0.0045f));
-      if (spread) {
-        const std::uint64_t r = rng.next();
-        x = r % 64 == 0 ? 0.0f
-                        : std::ldexp(std::fabs(rng.nonzero(0.5f, 1.0f)),
-                                     static_cast<int>(r / 64 % 40) - 32);
+      if (!spread) {
+        x = std::fabs(rng.nonzero(0.002f, 0.0045f));
+        continue;
       }
+      const std::uint64_t r = rng.next();
+      x = r % 64 == 0
+              ? 0.0f
+              : std::ldexp(std::fabs(rng.nonzero(0.5f, 1.0f)), static_cast<int>(r / 64 % 40) - 32);
     }
   };
   codes(c.key);

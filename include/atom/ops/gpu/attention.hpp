@@ -17,12 +17,11 @@
 // streams 16-row steps of the FP8 codes and scales into a private shared-memory ring (cp.async,
 // two steps in flight), converts the codes to f16 in registers and runs K Q^T and V^T P^T on
 // tensor-core mma.sync with fp32 accumulators (the heads as the mma's 8 columns); the warps merge
-// in a fixed order. Other GQA shapes
-// (and MLA and GQA on AMD): a block takes up to 16 query heads that read the same cache rows,
-// stages 16 rows at a time as floats and accumulates with SIMT fp32 arithmetic. When tokens x
-// head groups would not fill the GPU, the context is split into chunks over several blocks, whose
-// partial max/sum/accumulator a second kernel combines in a fixed order (results are the same
-// on every run). Split partials live in a per-thread,
+// in a fixed order. Other GQA shapes (and MLA and GQA on AMD): a block takes up to 16 query heads
+// that read the same cache rows, stages 16 rows at a time as floats and accumulates with SIMT
+// fp32 arithmetic. When tokens x head groups would not fill the GPU, the context is split into
+// chunks over several blocks, whose partial max/sum/accumulator a second kernel combines in a
+// fixed order (results are the same on every run). Split partials live in a per-thread,
 // per-stream device buffer that grows on demand (growing synchronizes the device; capture a graph
 // only after a call of the same or a larger shape).
 //
