@@ -47,12 +47,12 @@ struct DecodeArgs {
   int q_heads;
   int group;        // query heads per kv head
   int head_groups;  // blocks per kv head
+  // The batch (ops/decode_batch.hpp); sequence s's block-table row at block_table + s * table_row.
+  ops::DecodeBatch batch;
   const std::int32_t* block_table;
-  index_t table_token;
+  index_t table_row;
   index_t table_col;
   index_t table_cols;
-  const std::int32_t* context_lens;
-  index_t len_stride;
   index_t num_blocks;
   index_t block_size;
   float scale;
@@ -65,49 +65,62 @@ struct DecodeArgs {
   float* partial_ml;   // [tokens, q_heads, splits, 2]: running max and sum
 };
 
-// The context rows [begin, end) that split `split` of token t takes; `past` (the same for every
-// thread of a block) when they lie past the context, so that the block has nothing to do and the
-// combine skips the split; `bad` when the token's length is.
+__device__ inline ops::TokenContext context_of(const DecodeArgs& a, index_t t) {
+  return ops::token_context(a.batch.query_start, a.batch.sequences(), a.batch.context_lens,
+                            a.batch.slots(t), t, a.table_cols * a.block_size);
+}
+
+// The context rows [begin, end) that split `split` of token t takes, and the block-table row of
+// its sequence. `past` (the same for every thread of a block) when they lie past the context, so
+// that the block has nothing to do and the combine skips the split; `bad` when the token's batch
+// data is; `pad` for a padded token, whose outputs are zeros: written by split 0 when the context
+// is not split, else by the combine (every split is past).
 struct Chunk {
   index_t begin;
   index_t end;
+  const std::int32_t* table;
   bool past;
   bool bad;
+  bool pad;
 };
 
 __device__ inline Chunk chunk_of(const DecodeArgs& a, index_t t, int split) {
-  const index_t n = a.context_lens[t * a.len_stride];
-  const bool bad_length = n < 1 || n > a.table_cols * a.block_size;
+  const ops::TokenContext c = context_of(a, t);
   const index_t begin = split * a.chunk;
-  const index_t end = bad_length ? begin : (n < begin + a.chunk ? n : begin + a.chunk);
-  return {begin, end, !bad_length && begin >= end, bad_length};
+  if (c.padding || c.bad) {
+    const bool past = c.padding && (split > 0 || a.splits > 1);
+    return {begin, begin, a.block_table, past, c.bad, c.padding};
+  }
+  const index_t end = c.length < begin + a.chunk ? c.length : begin + a.chunk;
+  return {begin, end, a.block_table + c.sequence * a.table_row, begin >= end, false, false};
 }
 
-// Whether the chunk's length or any block id it reaches is bad, checked before any row is read;
-// a barrier, so every thread of the block calls it.
-__device__ inline bool chunk_is_bad(const DecodeArgs& a, const std::int32_t* table,
-                                    const Chunk& c) {
-  int bad = c.bad ? 1 : 0;
-  if (!c.bad) {
+// Whether the block writes its constant outputs instead of reading rows: for padding, or when the
+// chunk's length or any block id it reaches is bad (checked before any row is read). A barrier,
+// so every thread of the block calls it.
+__device__ inline bool chunk_is_constant(const DecodeArgs& a, const Chunk& c) {
+  int bad = c.bad || c.pad ? 1 : 0;
+  if (bad == 0) {
     for (index_t b = c.begin / a.block_size + threadIdx.x; b <= (c.end - 1) / a.block_size;
          b += blockDim.x) {
-      const std::int32_t id = table[b * a.table_col];
+      const std::int32_t id = c.table[b * a.table_col];
       if (id < 0 || id >= a.num_blocks) bad = 1;
     }
   }
   return __syncthreads_or(bad) != 0;
 }
 
-// The NaN contract for heads [h_begin, h_end) of token t: NaN outputs when the context is not
-// split, else NaN partials, which the combine turns into NaN outputs.
-__device__ inline void write_bad(const DecodeArgs& a, index_t t, int split, index_t h_begin,
-                                 index_t h_end) {
+// The constant outputs of heads [h_begin, h_end) of token t: zeros for padding (context not
+// split, see Chunk), else the NaN contract: NaN outputs when the context is not split, else NaN
+// partials, which the combine turns into NaN outputs.
+__device__ inline void write_constant(const DecodeArgs& a, const Chunk& c, index_t t, int split,
+                                      index_t h_begin, index_t h_end) {
   const int tid = static_cast<int>(threadIdx.x);
   const int threads = static_cast<int>(blockDim.x);
   if (a.splits == 1) {
+    const bf16 value = c.pad ? bf16{} : attn_nan;
     for (index_t i = tid; i < (h_end - h_begin) * a.value_dim; i += threads)
-      a.out[t * a.out_token + (h_begin + i / a.value_dim) * a.out_head + i % a.value_dim] =
-          attn_nan;
+      a.out[t * a.out_token + (h_begin + i / a.value_dim) * a.out_head + i % a.value_dim] = value;
   } else {
     for (index_t h = h_begin + tid; h < h_end; h += threads) {
       const index_t row = (t * a.q_heads + h) * a.splits + split;
@@ -240,12 +253,12 @@ __global__ void __launch_bounds__(attn_lanes* attn_max_heads)
   if (chunk.past) return;
   const index_t begin = chunk.begin;
   const index_t end = chunk.end;
-  const std::int32_t* table = a.block_table + t * a.table_token;
-  if (chunk_is_bad(a, table, chunk)) {
+  const std::int32_t* table = chunk.table;
+  if (chunk_is_constant(a, chunk)) {
     const index_t h0 = static_cast<index_t>(kv_head) * a.group + first_in_group;
     const int in_block = a.group - first_in_group < threads / attn_lanes ? a.group - first_in_group
                                                                          : threads / attn_lanes;
-    write_bad(a, t, split, h0, h0 + in_block);
+    write_constant(a, chunk, t, split, h0, h0 + in_block);
     return;
   }
 
@@ -393,12 +406,14 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
   const index_t t = blockIdx.x / a.q_heads;
   const index_t h = blockIdx.x % a.q_heads;
   bf16* o = a.out + t * a.out_token + h * a.out_head;
-  const index_t n = a.context_lens[t * a.len_stride];  // not the decode kernel's: read first
+  const ops::TokenContext c = context_of(a, t);  // not the decode kernel's: read first
   gpu::wait_for_prior_grid();
-  if (n < 1 || n > a.table_cols * a.block_size) {
-    for (int d = tid; d < a.value_dim; d += attn_combine_threads) o[d] = attn_nan;
+  if (c.padding || c.bad) {
+    for (int d = tid; d < a.value_dim; d += attn_combine_threads)
+      o[d] = c.padding ? bf16{} : attn_nan;
     return;
   }
+  const index_t n = c.length;
   const int used = static_cast<int>((n + a.chunk - 1) / a.chunk);
   const index_t row0 = (t * a.q_heads + h) * a.splits;
   float m = attn_neg_inf;
@@ -511,7 +526,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   if (chunk.past) return;
   const index_t begin = chunk.begin;
   const index_t end = chunk.end;
-  const std::int32_t* table = a.block_table + t * a.table_token;
+  const std::int32_t* table = chunk.table;
   const int key_dim = a.key_dim;
   const int padded = (key_dim + 15) / 16 * 16;
   const uint4 zero = make_uint4(0, 0, 0, 0);
@@ -540,9 +555,9 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   }
   cp_async_commit();
 
-  if (chunk_is_bad(a, table, chunk)) {
+  if (chunk_is_constant(a, chunk)) {
     cp_async_wait<0>();
-    write_bad(a, t, split, h0, h0 + heads < a.q_heads ? h0 + heads : a.q_heads);
+    write_constant(a, chunk, t, split, h0, h0 + heads < a.q_heads ? h0 + heads : a.q_heads);
     return;
   }
   if (padded != key_dim)
@@ -937,15 +952,15 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4) gqa_mma_kernel(DecodeArgs a
   const int heads = a.group - first < gqa_heads ? a.group - first : gqa_heads;
   const index_t h0 = static_cast<index_t>(kv_head) * a.group + first;
 
-  // A bad length leaves the chunk empty; each step's block id is checked where its copies are
-  // issued (a step lies in one block, so every block the chunk reaches is checked), and the
-  // block learns of either at the merge.
+  // A bad length or padding leaves the chunk empty; each step's block id is checked where its
+  // copies are issued (a step lies in one block, so every block the chunk reaches is checked),
+  // and the block learns of either at the merge.
   const Chunk chunk = chunk_of(a, t, split);
   if (chunk.past) return;
-  const std::int32_t* table = a.block_table + t * a.table_token;
+  const std::int32_t* table = chunk.table;
   const index_t begin = chunk.begin;
   const index_t end = chunk.end;
-  bool bad = chunk.bad;
+  bool bad = chunk.bad || chunk.pad;
 
   // Q^T fragments of head g (zero past the block's heads); the score factors of heads 2q, 2q + 1.
   std::uint32_t qf[ksteps][2];
@@ -1099,7 +1114,7 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4) gqa_mma_kernel(DecodeArgs a
   cp_async_wait<0>();  // only empty groups are left, but the rings must be idle
   // before the merge reuses their memory
   if (__syncthreads_or(bad ? 1 : 0) != 0) {
-    write_bad(a, t, split, h0, h0 + heads);
+    write_constant(a, chunk, t, split, h0, h0 + heads);
     return;
   }
 #pragma unroll
@@ -1384,9 +1399,8 @@ void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Gq
 
 template <class Q, class O>
 DecodeArgs common_args(const Q& q, int key_dim, int value_dim, int group,
-                       View2<const std::int32_t> block_table,
-                       View1<const std::int32_t> context_lens, index_t num_blocks,
-                       index_t block_size, float softmax_scale, const O& out) {
+                       const ops::DecodeBatch& batch, index_t num_blocks, index_t block_size,
+                       float softmax_scale, const O& out) {
   DecodeArgs a{};
   a.q0 = q.data;
   a.q0_token = q.stride(0);
@@ -1397,12 +1411,11 @@ DecodeArgs common_args(const Q& q, int key_dim, int value_dim, int group,
   a.value_dim = value_dim;
   a.q_heads = static_cast<int>(q.size(1));
   a.group = group;
-  a.block_table = block_table.data;
-  a.table_token = block_table.stride(0);
-  a.table_col = block_table.stride(1);
-  a.table_cols = block_table.size(1);
-  a.context_lens = context_lens.data;
-  a.len_stride = context_lens.stride(0);
+  a.batch = batch;
+  a.block_table = batch.block_table.data;
+  a.table_row = batch.block_table.stride(0);
+  a.table_col = batch.block_table.stride(1);
+  a.table_cols = batch.block_table.size(1);
   a.num_blocks = num_blocks;
   a.block_size = block_size;
   a.scale = softmax_scale;
@@ -1418,10 +1431,10 @@ DecodeArgs common_args(const Q& q, int key_dim, int value_dim, int group,
 namespace atom::ops {
 
 void mla_decode(const Gpu& gpu, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                View3<const bf16> cache, View2<const std::int32_t> block_table,
-                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out) {
+                View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
+                View3<bf16> out) {
   constexpr std::string_view op = "mla_decode";
-  expect_mla_decode_args(op, q_latent, q_pe, cache, block_table, context_lens, softmax_scale, out);
+  expect_mla_decode_args(op, q_latent, q_pe, cache, batch, softmax_scale, out);
   const index_t kv_lora = q_latent.size(2);
   const index_t rope_dim = q_pe.size(2);
   expect(kv_lora % 8 == 0 && rope_dim % 8 == 0 && kv_lora <= 512 && kv_lora + rope_dim <= 576, op,
@@ -1430,10 +1443,9 @@ void mla_decode(const Gpu& gpu, View3<const bf16> q_latent, View3<const bf16> q_
              std::to_string(kv_lora) + ", rope " + std::to_string(rope_dim));
   const index_t heads = q_latent.size(1);
   expect(heads <= 0x7fffffff, op, "too many heads");
-  kernels::DecodeArgs a =
-      kernels::common_args(q_latent, static_cast<int>(kv_lora + rope_dim),
-                           static_cast<int>(kv_lora), static_cast<int>(heads), block_table,
-                           context_lens, cache.size(0), cache.size(1), softmax_scale, out);
+  kernels::DecodeArgs a = kernels::common_args(
+      q_latent, static_cast<int>(kv_lora + rope_dim), static_cast<int>(kv_lora),
+      static_cast<int>(heads), batch, cache.size(0), cache.size(1), softmax_scale, out);
   a.q0_dim = static_cast<int>(kv_lora);
   a.q1 = q_pe.data;
   a.q1_token = q_pe.stride(0);
@@ -1448,10 +1460,9 @@ void mla_decode(const Gpu& gpu, View3<const bf16> q_latent, View3<const bf16> q_
 }
 
 void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cache,
-                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
-                float softmax_scale, View3<bf16> out) {
+                const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
   constexpr std::string_view op = "gqa_decode";
-  expect_gqa_decode_args(op, q, cache, block_table, context_lens, softmax_scale, out);
+  expect_gqa_decode_args(op, q, cache, batch, softmax_scale, out);
   const index_t dim = cache.head_dim();
   expect(dim % 8 == 0 && dim <= 256, op,
          "the GPU kernel takes head_dim a multiple of 8 up to 256, got " + std::to_string(dim));
@@ -1459,7 +1470,7 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
   expect(q.size(1) <= 0x7fffffff, op, "too many heads");
   kernels::DecodeArgs a = kernels::common_args(
       q, static_cast<int>(dim), static_cast<int>(dim), static_cast<int>(q.size(1) / kv_heads),
-      block_table, context_lens, cache.num_blocks(), cache.block_size(), softmax_scale, out);
+      batch, cache.num_blocks(), cache.block_size(), softmax_scale, out);
   a.q_vec = kernels::aligned(q.data, 16) && q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0;
   // Whether every row of codes starts `bytes`-aligned (a code is one byte).
   const auto rows_aligned = [&](std::size_t bytes) {

@@ -1,5 +1,5 @@
-// The decode batch's advance and the uniform fill on the GPU: one thread per token, one thread per
-// element (grid-stride).
+// The decode batch's advance and the uniform fill on the GPU: one thread per sequence, one thread
+// per element (grid-stride).
 
 #include "atom/ops/gpu/decode_batch.hpp"
 
@@ -11,10 +11,8 @@ namespace atom::kernels {
 namespace {
 
 __global__ void advance_decode_kernel(ops::DecodeCursor b, index_t block_size) {
-  const index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= b.positions.size(0)) return;
-  ops::advance_token(b.positions(t), b.slots(t), &b.block_table(t, 0), b.block_table.size(1),
-                     b.context_lens(t), block_size);
+  const index_t s = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (s < b.context_lens.size(0)) ops::advance_sequence(b, s, block_size);
 }
 
 template <class T>
@@ -31,14 +29,12 @@ namespace atom::ops {
 
 void advance_decode(const Gpu& gpu, const DecodeCursor& b, index_t block_size) {
   constexpr std::string_view op = "advance_decode";
-  const index_t tokens = b.positions.size(0);
-  expect_shape(op, "slots", b.slots, {tokens});
-  expect_shape(op, "context_lens", b.context_lens, {tokens});
-  expect(b.block_table.size(0) == tokens, op, "block_table has another token count");
+  expect_batch_shape(op, b.batch(), b.slots.size(0));
   expect(block_size >= 1, op, "block_size must be at least 1");
-  if (tokens == 0) return;
+  const index_t sequences = b.context_lens.size(0);
+  if (sequences == 0) return;
   constexpr unsigned threads = 128;
-  const auto blocks = static_cast<unsigned>((tokens + threads - 1) / threads);
+  const auto blocks = static_cast<unsigned>((sequences + threads - 1) / threads);
   kernels::advance_decode_kernel<<<blocks, threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
       b, block_size);
   ATOM_GPU_CHECK(hipGetLastError());

@@ -104,6 +104,7 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
   }
 
   // The step's buffers, at the largest batch; a step of t tokens uses the first t rows.
+  auto* starts = mem.template alloc<std::int32_t>(u(max_t + 1));
   auto* positions = mem.template alloc<std::int64_t>(u(max_t));
   auto* slots = mem.template alloc<std::int64_t>(u(max_t));
   auto* table = mem.template alloc<std::int32_t>(u(max_t * std::max<index_t>(max_blocks, 1)));
@@ -130,6 +131,9 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
       slot_rows.push_back((first[s] + step / bs) * bs + step % bs);
       std::copy_n(inputs[s].begin() + step * h, h, input_rows.begin() + i * h);
     }
+    std::vector<std::int32_t> start_rows(u(t + 1));
+    for (index_t i = 0; i <= t; ++i) start_rows[u(i)] = static_cast<std::int32_t>(i);
+    mem.put(starts, start_rows);  // one query token per running sequence
     mem.put(positions, std::vector<std::int64_t>(u(t), step));
     mem.put(slots, slot_rows);
     mem.put(table, table_rows);
@@ -138,10 +142,11 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
     mem.put(residual, input_rows);
     mem.put(x, std::vector<bf16>(u(t * h), bf16{}));
     const pipeline::DecodeBatch batch{
-        make_view(static_cast<const std::int64_t*>(positions), t),
-        make_view(static_cast<const std::int64_t*>(slots), t),
+        make_view(static_cast<const std::int32_t*>(starts), t + 1),
+        make_view(static_cast<const std::int32_t*>(context), t),
         make_view(static_cast<const std::int32_t*>(table), t, max_blocks),
-        make_view(static_cast<const std::int32_t*>(context), t)};
+        make_view(static_cast<const std::int64_t*>(positions), t),
+        make_view(static_cast<const std::int64_t*>(slots), t)};
     for (std::size_t l = 0; l < layers.size(); ++l) {
       const Layer& r = run[l];
       pipeline::BlockIo io{&m,

@@ -101,20 +101,26 @@ class StepLoop {
     }
     const index_t width = *std::max_element(count.begin(), count.end());
     const auto u = [](index_t v) { return static_cast<std::size_t>(v); };
+    // One query token per sequence: token i is sequence i's.
     std::vector<std::int32_t> table(u(t * width), -1);
+    std::vector<std::int32_t> starts;
     std::vector<std::int64_t> positions, slots;
     for (index_t i = 0; i < t; ++i) {
       for (index_t b = 0; b < count[u(i)]; ++b)
         table[u(i * width + b)] = static_cast<std::int32_t>(first[u(i)] + b);
       const index_t pos = s.context_lens[u(i)] - 1;
+      starts.push_back(static_cast<std::int32_t>(i));
       positions.push_back(pos);
       slots.push_back((first[u(i)] + pos / bs) * bs + pos % bs);
     }
-    mirror_ = {positions, slots, table, s.context_lens, width};
+    starts.push_back(static_cast<std::int32_t>(t));
+    mirror_ = {starts, positions, slots, table, s.context_lens, width};
+    starts_ = make_view(mem.template alloc<std::int32_t>(u(t + 1)), t + 1);
     positions_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
     slots_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
     table_ = make_view(mem.template alloc<std::int32_t>(table.size()), t, width);
     context_ = make_view(mem.template alloc<std::int32_t>(u(t)), t);
+    mem.put(starts_.data, starts);
     mem.put(positions_.data, positions);
     mem.put(slots_.data, slots);
     mem.put(table_.data, table);
@@ -174,7 +180,8 @@ class StepLoop {
     const index_t h = m.hidden;
     // Zeros: the uniform fill over the empty range [0, 0).
     fill_uniform(mem_.ops(), View1<bf16>(make_view(residual_.data, t * h)), 0, 0.0f, 0.0f);
-    const pipeline::DecodeBatch batch{positions_, slots_, table_, context_};
+    const ops::DecodeCursor cursor{starts_, context_, table_, positions_, slots_};
+    const pipeline::DecodeBatch batch = cursor.batch();
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const Layer& r = layers_[l];
       pipeline::BlockIo io{
@@ -187,19 +194,25 @@ class StepLoop {
           {io, intermediate_, batch, r.mla_cache, r.kv_cache, s_.dual_stream_threshold, r.routes});
       mem_.workspace().reset();
     }
-    advance_decode(mem_.ops(), {positions_, slots_, table_, context_}, m.block_size);
+    advance_decode(mem_.ops(), cursor, m.block_size);
   }
 
   // Host bookkeeping of a step the device runs (eagerly or replayed): what it attends to, then
   // the advance.
   void mirror() {
+    // A padded token (a sequence that ran out of its table) reads nothing.
     attended_ = mirror_.context;
+    for (std::size_t i = 0; i < attended_.size(); ++i)
+      if (mirror_.slots[i] < 0) attended_[i] = 0;
     written_ = static_cast<double>(
         std::count_if(mirror_.slots.begin(), mirror_.slots.end(), [](auto v) { return v >= 0; }));
-    for (std::size_t t = 0; t < mirror_.context.size(); ++t)
-      ops::advance_token(mirror_.positions[t], mirror_.slots[t],
-                         mirror_.table.data() + t * static_cast<std::size_t>(mirror_.width),
-                         mirror_.width, mirror_.context[t], s_.model->block_size);
+    const auto n = static_cast<index_t>(mirror_.context.size());
+    const ops::DecodeCursor host{
+        make_view(static_cast<const std::int32_t*>(mirror_.starts.data()), n + 1),
+        make_view(mirror_.context.data(), n),
+        make_view(static_cast<const std::int32_t*>(mirror_.table.data()), n, mirror_.width),
+        make_view(mirror_.positions.data(), n), make_view(mirror_.slots.data(), n)};
+    for (index_t i = 0; i < n; ++i) ops::advance_sequence(host, i, s_.model->block_size);
   }
 
   StepBytes last_step_bytes() {
@@ -285,8 +298,9 @@ class StepLoop {
   };
 
   // The batch metadata as the device holds it, advanced on the host by the same rule
-  // (ops::advance_token), so that the byte floor knows what each step attended to.
+  // (ops::advance_sequence), so that the byte floor knows what each step attended to.
   struct Mirror {
+    std::vector<std::int32_t> starts;
     std::vector<std::int64_t> positions, slots;
     std::vector<std::int32_t> table, context;
     index_t width = 1;
@@ -300,6 +314,7 @@ class StepLoop {
 
   Memory& mem_;
   const StepSetup& s_;
+  View1<std::int32_t> starts_;
   View1<std::int64_t> positions_, slots_;
   View2<std::int32_t> table_;
   View1<std::int32_t> context_;

@@ -10,31 +10,23 @@
 namespace atom::ops {
 namespace {
 
-// Checks block_table [tokens, *] and context_lens [tokens] against a cache of num_blocks blocks
-// of block_size slots.
-void expect_block_table(std::string_view op, View2<const std::int32_t> block_table,
-                        View1<const std::int32_t> context_lens, index_t tokens, index_t num_blocks,
-                        index_t block_size) {
-  expect_shape(op, "block_table", block_table, {tokens, -1});
-  expect_shape(op, "context_lens", context_lens, {tokens});
-  const index_t max_context = block_table.size(1) * block_size;
-  for (index_t t = 0; t < tokens; ++t) {
-    const index_t n = context_lens(t);
-    if (n < 1 || n > max_context)
-      expect(false, op,
-             "argument 'context_lens' holds " + std::to_string(n) + " at token " +
-                 std::to_string(t) + ", expected 1 to " + std::to_string(max_context) +
-                 " (block_table has " + std::to_string(block_table.size(1)) + " blocks of " +
-                 std::to_string(block_size) + " per token)");
-    for (index_t b = 0; b < (n + block_size - 1) / block_size; ++b) {
-      const index_t id = block_table(t, b);
-      if (id < 0 || id >= num_blocks)
-        expect(false, op,
-               "argument 'block_table' holds block " + std::to_string(id) + " at [" +
-                   std::to_string(t) + ", " + std::to_string(b) + "], outside the cache's " +
-                   std::to_string(num_blocks) + " blocks");
-    }
-  }
+// The context of each token: rows [0, length) of its sequence, none for padding. The batch's
+// contents are checked first (expect_batch_contents), so none is bad.
+std::vector<TokenContext> token_contexts(std::string_view op, const DecodeBatch& b,
+                                         index_t num_blocks, index_t block_size) {
+  expect_batch_contents(op, b, num_blocks, block_size);
+  std::vector<TokenContext> out;
+  const index_t max_context = b.block_table.size(1) * block_size;
+  for (index_t t = 0; t < b.tokens(); ++t)
+    out.push_back(
+        token_context(b.query_start, b.sequences(), b.context_lens, b.slots(t), t, max_context));
+  return out;
+}
+
+index_t longest(const std::vector<TokenContext>& contexts) {
+  index_t n = 0;
+  for (const auto& c : contexts) n = std::max(n, c.length);
+  return n;
 }
 
 void expect_scale(std::string_view op, float softmax_scale) {
@@ -75,11 +67,16 @@ std::size_t sz(index_t n) {
   return static_cast<std::size_t>(n);
 }
 
+// A padded token's attention output.
+void zero_token(View3<bf16> out, index_t t) {
+  for (index_t h = 0; h < out.size(1); ++h)
+    for (index_t i = 0; i < out.size(2); ++i) out(t, h, i) = bf16{};
+}
+
 }  // namespace
 
 void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                            View3<const bf16> cache, View2<const std::int32_t> block_table,
-                            View1<const std::int32_t> context_lens, float softmax_scale,
+                            View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
                             View3<bf16> out) {
   const index_t tokens = q_latent.size(0);
   const index_t heads = q_latent.size(1);
@@ -94,14 +91,11 @@ void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, Vie
   expect_disjoint(op, "out", out, "q_pe", q_pe);
   expect_disjoint(op, "out", out, "cache", cache);
   expect_scale(op, softmax_scale);
-  expect_shape(op, "block_table", block_table, {tokens, -1});
-  expect_shape(op, "context_lens", context_lens, {tokens});
+  expect_batch_shape(op, batch, tokens);
 }
 
 void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCacheFp8& cache,
-                            View2<const std::int32_t> block_table,
-                            View1<const std::int32_t> context_lens, float softmax_scale,
-                            View3<bf16> out) {
+                            const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
   expect_kv_cache(op, "cache", cache, -1, -1);
   const index_t tokens = q.size(0);
   const index_t q_heads = q.size(1);
@@ -118,34 +112,36 @@ void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const Cons
   expect_disjoint(op, "out", out, "cache.key_scale", cache.key_scale);
   expect_disjoint(op, "out", out, "cache.value_scale", cache.value_scale);
   expect_scale(op, softmax_scale);
-  expect_shape(op, "block_table", block_table, {tokens, -1});
-  expect_shape(op, "context_lens", context_lens, {tokens});
+  expect_batch_shape(op, batch, tokens);
 }
 
 void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                View3<const bf16> cache, View2<const std::int32_t> block_table,
-                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out) {
+                View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
+                View3<bf16> out) {
   constexpr std::string_view op = "mla_decode";
-  expect_mla_decode_args(op, q_latent, q_pe, cache, block_table, context_lens, softmax_scale, out);
+  expect_mla_decode_args(op, q_latent, q_pe, cache, batch, softmax_scale, out);
   const index_t tokens = q_latent.size(0);
   const index_t heads = q_latent.size(1);
   const index_t kv_lora = q_latent.size(2);
   const index_t rope_dim = q_pe.size(2);
   const index_t width = kv_lora + rope_dim;
   const index_t block_size = cache.size(1);
-  expect_block_table(op, block_table, context_lens, tokens, cache.size(0), block_size);
+  const auto contexts = token_contexts(op, batch, cache.size(0), block_size);
 
-  index_t longest = 0;
-  for (index_t t = 0; t < tokens; ++t) longest = std::max<index_t>(longest, context_lens(t));
   // The latent rows double as keys (all width dims) and values (the first kv_lora dims).
-  std::vector<float> context(sz(longest * width));
+  std::vector<float> context(sz(longest(contexts) * width));
   std::vector<float> query(sz(width));
-  std::vector<float> scores(sz(longest));
+  std::vector<float> scores(sz(longest(contexts)));
   std::vector<float> acc(sz(kv_lora));
   for (index_t t = 0; t < tokens; ++t) {
-    const index_t n = context_lens(t);
+    const TokenContext& c = contexts[sz(t)];
+    if (c.padding) {
+      zero_token(out, t);
+      continue;
+    }
+    const index_t n = c.length;
     for (index_t j = 0; j < n; ++j) {
-      const bf16* row = &cache(block_table(t, j / block_size), j % block_size, 0);
+      const bf16* row = &cache(batch.block_table(c.sequence, j / block_size), j % block_size, 0);
       for (index_t i = 0; i < width; ++i) context[sz(j * width + i)] = to_float(row[i]);
     }
     for (index_t h = 0; h < heads; ++h) {
@@ -161,30 +157,32 @@ void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
 }
 
 void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
-                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
-                float softmax_scale, View3<bf16> out) {
+                const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
   constexpr std::string_view op = "gqa_decode";
-  expect_gqa_decode_args(op, q, cache, block_table, context_lens, softmax_scale, out);
+  expect_gqa_decode_args(op, q, cache, batch, softmax_scale, out);
   const index_t tokens = q.size(0);
   const index_t q_heads = q.size(1);
   const index_t kv_heads = cache.kv_heads();
   const index_t dim = cache.head_dim();
   const index_t block_size = cache.block_size();
-  expect_block_table(op, block_table, context_lens, tokens, cache.num_blocks(), block_size);
+  const auto contexts = token_contexts(op, batch, cache.num_blocks(), block_size);
 
-  index_t longest = 0;
-  for (index_t t = 0; t < tokens; ++t) longest = std::max<index_t>(longest, context_lens(t));
   const index_t group = q_heads / kv_heads;
-  std::vector<float> keys(sz(longest * dim));
-  std::vector<float> values(sz(longest * dim));
+  std::vector<float> keys(sz(longest(contexts) * dim));
+  std::vector<float> values(sz(longest(contexts) * dim));
   std::vector<float> query(sz(dim));
-  std::vector<float> scores(sz(longest));
+  std::vector<float> scores(sz(longest(contexts)));
   std::vector<float> acc(sz(dim));
   for (index_t t = 0; t < tokens; ++t) {
-    const index_t n = context_lens(t);
+    const TokenContext& c = contexts[sz(t)];
+    if (c.padding) {
+      zero_token(out, t);
+      continue;
+    }
+    const index_t n = c.length;
     for (index_t kvh = 0; kvh < kv_heads; ++kvh) {
       for (index_t j = 0; j < n; ++j) {
-        const index_t block = block_table(t, j / block_size);
+        const index_t block = batch.block_table(c.sequence, j / block_size);
         const index_t offset = j % block_size;
         const float k_scale = cache.key_scale(block, offset, kvh);
         const float v_scale = cache.value_scale(block, offset, kvh);

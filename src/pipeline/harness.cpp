@@ -44,7 +44,7 @@ void expect_runnable(PipelineId p, const RunInputs& in) {
 template <PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
   expect_runnable(P, in);
-  const DecodeState state(*in.model, in.context_lens, in.seed);
+  const DecodeState state(*in.model, in.context_lens, in.seed, in.query_tokens);
   Workspace ws;
   const RunArgs<P> args = make_args<P>(in, *in.weights, state, ws);
   const auto start = std::chrono::steady_clock::now();
@@ -60,7 +60,7 @@ DecodeState rank_state(const RunInputs& in, TpShape tp) {
                                                     ? weight_format(in.weights->mla())
                                                     : weight_format(in.weights->qwen3());
   return DecodeState(m, in.context_lens, in.seed, tp,
-                     attention_split(m, tp, attention_format).kv_heads);
+                     attention_split(m, tp, attention_format).kv_heads, in.query_tokens);
 }
 
 template <PipelineId P>

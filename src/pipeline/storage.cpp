@@ -197,37 +197,46 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::Wei
 }
 
 DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
-                         std::uint64_t seed)
+                         std::uint64_t seed, index_t query_tokens)
     : context_lens_(std::move(context_lens)) {
   Random r{std::mt19937_64(seed)};
-  const index_t t = tokens();
+  if (query_tokens < 1)
+    throw std::invalid_argument("query tokens per sequence must be at least 1, got " +
+                                std::to_string(query_tokens));
+  const auto sequences = static_cast<index_t>(context_lens_.size());
+  const index_t t = sequences * query_tokens;
   const index_t bs = m.block_size;
   for (const auto len : context_lens_) {
-    if (len < 1 || len > m.max_position)
-      throw std::invalid_argument("context length " + std::to_string(len) + " is outside 1.." +
+    if (len < query_tokens || len > m.max_position)
+      throw std::invalid_argument("context length " + std::to_string(len) + " is outside " +
+                                  std::to_string(query_tokens) + ".." +
                                   std::to_string(m.max_position) + " for model " + m.name);
     max_blocks_ = std::max<index_t>(max_blocks_, (len + bs - 1) / bs);
   }
-  // Every token owns distinct blocks, handed out in a shuffled order so that tables are not
+  // Every sequence owns distinct blocks, handed out in a shuffled order so that tables are not
   // contiguous.
   index_t total_blocks = 0;
   for (const auto len : context_lens_) total_blocks += (len + bs - 1) / bs;
   std::vector<std::int32_t> pool(static_cast<std::size_t>(total_blocks));
   std::iota(pool.begin(), pool.end(), 0);
   std::shuffle(pool.begin(), pool.end(), r.rng);
-  block_table_.assign(static_cast<std::size_t>(t * std::max<index_t>(max_blocks_, 1)), 0);
+  block_table_.assign(static_cast<std::size_t>(sequences * std::max<index_t>(max_blocks_, 1)), 0);
   std::size_t next = 0;
   std::vector<std::int64_t> prior_slots;
-  for (index_t i = 0; i < t; ++i) {
+  query_start_.push_back(0);
+  for (index_t i = 0; i < sequences; ++i) {
     const index_t len = context_lens_[static_cast<std::size_t>(i)];
     for (index_t j = 0; j < (len + bs - 1) / bs; ++j)
       block_table_[static_cast<std::size_t>(i * max_blocks_ + j)] = pool[next++];
     auto slot_of = [&](index_t pos) {
       return block_table_[static_cast<std::size_t>(i * max_blocks_ + pos / bs)] * bs + pos % bs;
     };
-    positions_.push_back(len - 1);
-    slots_.push_back(slot_of(len - 1));
-    for (index_t pos = 0; pos + 1 < len; ++pos) prior_slots.push_back(slot_of(pos));
+    for (index_t pos = len - query_tokens; pos < len; ++pos) {
+      positions_.push_back(pos);
+      slots_.push_back(slot_of(pos));
+    }
+    query_start_.push_back(static_cast<std::int32_t>((i + 1) * query_tokens));
+    for (index_t pos = 0; pos < len - query_tokens; ++pos) prior_slots.push_back(slot_of(pos));
   }
 
   Buffers& b = buffers_;
@@ -267,8 +276,8 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
 }
 
 DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
-                         std::uint64_t seed, TpShape tp, Part kv_heads)
-    : DecodeState(m, std::move(context_lens), seed) {
+                         std::uint64_t seed, TpShape tp, Part kv_heads, index_t query_tokens)
+    : DecodeState(m, std::move(context_lens), seed, query_tokens) {
   const bool power_of_two = tp.size > 0 && (tp.size & (tp.size - 1)) == 0;
   for (index_t i = 0; i < x_.numel(); ++i) {
     const float v = to_float(x_.data[i]);
@@ -295,9 +304,11 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
 }
 
 DecodeBatch DecodeState::batch() const {
+  const auto s = static_cast<index_t>(context_lens_.size());
   const index_t t = tokens();
-  return {make_view(positions_.data(), t), make_view(slots_.data(), t),
-          make_view(block_table_.data(), t, max_blocks_), make_view(context_lens_.data(), t)};
+  return {make_view(query_start_.data(), s + 1), make_view(context_lens_.data(), s),
+          make_view(block_table_.data(), s, max_blocks_), make_view(positions_.data(), t),
+          make_view(slots_.data(), t)};
 }
 
 }  // namespace atom::pipeline

@@ -139,8 +139,9 @@ DeviceLayerWeights::~DeviceLayerWeights() = default;
 
 DeviceDecodeState::DeviceDecodeState(const DecodeState& host) {
   const DecodeBatch b = host.batch();
-  batch_ = {upload(buffers_, b.positions), upload(buffers_, b.slots),
-            upload(buffers_, b.block_table), upload(buffers_, b.context_lens)};
+  batch_ = {upload(buffers_, b.query_start), upload(buffers_, b.context_lens),
+            upload(buffers_, b.block_table), upload(buffers_, b.positions),
+            upload(buffers_, b.slots)};
   x_ = upload(buffers_, host.x());
   residual_ = upload(buffers_, host.residual());
   out_ = upload(buffers_, host.out());

@@ -62,7 +62,7 @@ RunOutput run_state_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
 template <PipelineId P>
 RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
                        const DeviceLayerWeights& weights, int timed_calls) {
-  const DecodeState host(*in.model, in.context_lens, in.seed);
+  const DecodeState host(*in.model, in.context_lens, in.seed, in.query_tokens);
   return run_state_gpu(handle, in, host, weights, nullptr, timed_calls);
 }
 

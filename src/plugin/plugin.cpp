@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <set>
 #include <string>
 #include <string_view>
@@ -66,7 +67,8 @@ struct atom_plugin_pipeline {
   AnyHandle handle;
   std::string instance;
   pipeline::Workspace workspace;
-  std::vector<bf16> intermediate;  // a layer's attention output, the MoE block's input
+  std::vector<bf16> intermediate;    // a layer's attention output, the MoE block's input
+  std::vector<std::int32_t> starts;  // 0, 1, ..., tokens: ABI 1's token t is sequence t
 };
 
 namespace {
@@ -277,6 +279,7 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
                              resolve_handle(*spec, *k, model, r->config),
                              {},
                              {},
+                             {},
                              {}});
     p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
     p->weights = std::make_unique<pipeline::LayerWeights>(p->model, seed);
@@ -466,11 +469,14 @@ struct Run {
             make_view(reinterpret_cast<bf16*>(a.out), t, h),
             &p.workspace};
   }
+  // ABI 1's per-token batch in the per-sequence form: every token a sequence of its own.
   pipeline::DecodeBatch batch() const {
     const index_t t = tokens();
-    return {make_view(a.positions, t), make_view(a.slots, t),
-            make_view(a.block_table, t, a.shape.max_blocks_per_token),
-            make_view(a.context_lens, t)};
+    p.starts.resize(static_cast<std::size_t>(t + 1));
+    std::iota(p.starts.begin(), p.starts.end(), 0);
+    return {make_view(static_cast<const std::int32_t*>(p.starts.data()), t + 1),
+            make_view(a.context_lens, t), make_view(a.block_table, t, a.shape.max_blocks_per_token),
+            make_view(a.positions, t), make_view(a.slots, t)};
   }
   View3<bf16> mla_cache() const {
     return make_view(reinterpret_cast<bf16*>(a.mla_cache), a.shape.num_blocks, p.model.block_size,

@@ -128,19 +128,120 @@ std::vector<std::int32_t> ragged_lengths(Rng& rng, index_t tokens) {
   return lens;
 }
 
+// A decode batch (ops/decode_batch.hpp) over a table with one row per sequence, and which tokens
+// must come out NaN.
+struct Batch {
+  std::vector<std::int32_t> starts;            // [S + 1]
+  std::vector<std::int32_t> lens;              // [S]
+  Table table;                                 // [S, cols]
+  std::vector<std::int64_t> positions, slots;  // [T]; slot -1: padding
+  std::vector<bool> bad;                       // [T]
+
+  index_t tokens() const { return static_cast<index_t>(slots.size()); }
+  index_t sequences() const { return static_cast<index_t>(lens.size()); }
+  ops::DecodeBatch view(const std::int32_t* starts_p, const std::int32_t* lens_p,
+                        const std::int32_t* table_p, const std::int64_t* positions_p,
+                        const std::int64_t* slots_p) const {
+    return {make_view(starts_p, sequences() + 1), make_view(lens_p, sequences()),
+            make_view(table_p, sequences(), table.cols), make_view(positions_p, tokens()),
+            make_view(slots_p, tokens())};
+  }
+  // The sequence that holds token t and the rows it attends to (-1, 0: none).
+  std::pair<index_t, index_t> context(index_t t) const {
+    for (index_t s = 0; s < sequences(); ++s)
+      if (starts[sz(s)] <= t && t < starts[sz(s) + 1])
+        return {s, lens[sz(s)] - (starts[sz(s) + 1] - 1 - t)};
+    return {-1, 0};
+  }
+};
+
+// One query token per sequence (plain decode), the given bad tokens.
+Batch one_token_each(const std::vector<std::int32_t>& lens, Table table,
+                     std::vector<bool> bad = {}) {
+  Batch b{{}, lens, std::move(table), {}, {}, std::move(bad)};
+  for (std::size_t s = 0; s <= lens.size(); ++s) b.starts.push_back(static_cast<std::int32_t>(s));
+  for (std::int32_t n : lens) {
+    b.positions.push_back(n - 1);
+    b.slots.push_back(0);  // any slot but -1: attention does not write
+  }
+  if (b.bad.empty()) b.bad.assign(lens.size(), false);
+  return b;
+}
+
+// Sequence s with counts[s] query tokens (the last rows of its context); every 5th token of a
+// sequence with several padded (slot -1); `padding` tokens past the last sequence.
+Batch with_queries(const std::vector<std::int32_t>& lens, const std::vector<index_t>& counts,
+                   Table table, index_t padding) {
+  Batch b{{0}, lens, std::move(table), {}, {}, {}};
+  for (std::size_t s = 0; s < lens.size(); ++s) {
+    for (index_t j = 0; j < counts[s]; ++j) {
+      b.positions.push_back(lens[s] - counts[s] + j);
+      b.slots.push_back(counts[s] > 1 && b.slots.size() % 5 == 4 ? -1 : 0);
+    }
+    b.starts.push_back(static_cast<std::int32_t>(b.slots.size()));
+  }
+  for (index_t i = 0; i < padding; ++i) {
+    b.positions.push_back(0);
+    b.slots.push_back(-1);
+  }
+  b.bad.assign(b.slots.size(), false);
+  return b;
+}
+
+// The host reference's batch: the good tokens `good`, each a sequence of its own with its causal
+// context over its sequence's row (padding stays padding: its context is 1 over row 0).
+struct HostBatch {
+  std::vector<std::int32_t> starts, lens, ids;
+  std::vector<std::int64_t> positions, slots;
+  index_t cols;
+  ops::DecodeBatch view() const {
+    const auto n = static_cast<index_t>(lens.size());
+    return {make_view(starts.data(), n + 1), make_view(lens.data(), n),
+            make_view(ids.data(), n, cols), make_view(positions.data(), n),
+            make_view(slots.data(), n)};
+  }
+};
+
+HostBatch host_batch(const Batch& b, const std::vector<index_t>& good) {
+  HostBatch h{{0}, {}, {}, {}, {}, b.table.cols};
+  for (index_t t : good) {
+    auto [s, n] = b.context(t);
+    const bool pad = s < 0 || b.slots[sz(t)] < 0;
+    h.lens.push_back(pad ? 1 : static_cast<std::int32_t>(n));
+    const auto row = b.table.ids.begin() + (s < 0 ? 0 : s) * b.table.cols;
+    h.ids.insert(h.ids.end(), row, row + b.table.cols);
+    h.positions.push_back(0);
+    h.slots.push_back(pad ? -1 : 0);
+    h.starts.push_back(static_cast<std::int32_t>(h.lens.size()));
+  }
+  return h;
+}
+
+// The batch's arrays on the device.
+struct DeviceBatch {
+  gpu::Buffer<std::int32_t> starts, lens, ids;
+  gpu::Buffer<std::int64_t> positions, slots;
+  explicit DeviceBatch(const Batch& b)
+      : starts(b.starts), lens(b.lens), ids(b.table.ids), positions(b.positions), slots(b.slots) {}
+  ops::DecodeBatch view(const Batch& b) const {
+    return b.view(starts.data(), lens.data(), ids.data(), positions.data(), slots.data());
+  }
+};
+
 double bf16_ulp(double x) {
   const double a = std::fabs(x);
   return a < 0x1p-126 ? 0x1p-133 : std::ldexp(1.0, std::ilogb(a) - 7);
 }
 
-// Compares every element; `bad_tokens` must be NaN in all their rows.
 // The value term of the bound, e above, per op.
 constexpr double mla_value_error = 0x1p-8;
 constexpr double gqa_value_error = 0x1p-10;
 
+// Compares every element; the batch's bad tokens must be NaN in all their rows, its padded tokens
+// exactly zero (the host's are zero too).
 void compare(const std::string& what, const std::vector<bf16>& got, const std::vector<bf16>& want,
-             index_t row_elems, double vmax, double value_error,
-             const std::vector<bool>& bad_tokens) {
+             index_t row_elems, double vmax, double value_error, const Batch& b) {
+  const std::vector<bool>& bad_tokens = b.bad;
   REQUIRE(got.size() == want.size());
   const double float_err = value_error * vmax;
   index_t exact = 0;
@@ -153,6 +254,9 @@ void compare(const std::string& what, const std::vector<bf16>& got, const std::v
     }
     if (is_nan(got[i]) || is_nan(want[i]))
       FAIL(what << "[" << i << "]: got bits " << got[i].bits << ", want " << want[i].bits);
+    const bool padded = b.slots[token] < 0 || b.context(static_cast<index_t>(token)).first < 0;
+    if (padded && (got[i].bits != 0 || want[i].bits != 0))
+      FAIL(what << "[" << i << "]: token " << token << " is padding, must be zero");
     const double g = atom::to_float(got[i]);
     const double w = atom::to_float(want[i]);
     const double diff = std::fabs(g - w);
@@ -176,11 +280,11 @@ struct MlaCase {
   float scale = 0.0721f;
 };
 
-// Runs both backends on the same inputs; lengths as given (bad ones allowed: the host then runs on
-// the good tokens only and bad tokens must be NaN).
-void run_mla(Rng& rng, const MlaCase& c, const std::vector<std::int32_t>& lens, Table table,
-             const std::vector<bool>& bad = {}) {
-  const index_t tokens = static_cast<index_t>(lens.size());
+// Runs both backends on the same inputs; the batch as given (bad tokens allowed: the host then
+// runs on the good tokens only, each as a sequence of its own, and bad tokens must be NaN).
+void run_mla(Rng& rng, const MlaCase& c, const Batch& b) {
+  const index_t tokens = b.tokens();
+  const Table& table = b.table;
   const index_t width = c.kv_lora + c.rope;
   // q_pe is the rope slice of a per-head [nope | rope] q, as in the pipeline.
   const index_t nope = 128;
@@ -212,26 +316,22 @@ void run_mla(Rng& rng, const MlaCase& c, const std::vector<std::int32_t>& lens, 
   {
     std::vector<index_t> good;
     for (index_t t = 0; t < tokens; ++t)
-      if (bad.empty() || !bad[sz(t)]) good.push_back(t);
+      if (!b.bad[sz(t)]) good.push_back(t);
     const index_t g = static_cast<index_t>(good.size());
     std::vector<bf16> ql(sz(g * c.heads * c.kv_lora)), qf(sz(g * c.heads * q_width));
-    std::vector<std::int32_t> gl(sz(g)), gt(sz(g * table.cols));
     for (index_t i = 0; i < g; ++i) {
       const index_t t = good[sz(i)];
       std::copy_n(&q_latent[sz(t * c.heads * c.kv_lora)], c.heads * c.kv_lora,
                   &ql[sz(i * c.heads * c.kv_lora)]);
       std::copy_n(&q_full[sz(t * c.heads * q_width)], c.heads * q_width,
                   &qf[sz(i * c.heads * q_width)]);
-      gl[sz(i)] = lens[sz(t)];
-      std::copy_n(&table.ids[sz(t * table.cols)], table.cols, &gt[sz(i * table.cols)]);
     }
+    const HostBatch hb = host_batch(b, good);
     std::vector<bf16> out(sz(g * c.heads * c.kv_lora));
     ops::mla_decode(host, make_view(static_cast<const bf16*>(ql.data()), g, c.heads, c.kv_lora),
                     atom::View3<const bf16>{
                         qf.data() + nope, {g, c.heads, c.rope}, {c.heads * q_width, q_width, 1}},
-                    cache_view(cache_mem.data()),
-                    make_view(static_cast<const std::int32_t*>(gt.data()), g, table.cols),
-                    make_view(static_cast<const std::int32_t*>(gl.data()), g), c.scale,
+                    cache_view(cache_mem.data()), hb.view(), c.scale,
                     make_view(out.data(), g, c.heads, c.kv_lora));
     for (index_t i = 0; i < g; ++i)
       std::copy_n(&out[sz(i * c.heads * c.kv_lora)], c.heads * c.kv_lora,
@@ -239,14 +339,12 @@ void run_mla(Rng& rng, const MlaCase& c, const std::vector<std::int32_t>& lens, 
   }
 
   const gpu::Buffer<bf16> d_ql(q_latent), d_qf(q_full), d_cache(cache_mem);
-  const gpu::Buffer<std::int32_t> d_table(table.ids), d_lens(lens);
+  const DeviceBatch d_batch(b);
   gpu::Buffer<bf16> d_out(poison<bf16>(want.size()));
   ops::mla_decode(device, q_latent_view(d_ql.data()), q_pe_view(d_qf.data()),
-                  cache_view(d_cache.data()),
-                  make_view(static_cast<const std::int32_t*>(d_table.data()), tokens, table.cols),
-                  make_view(static_cast<const std::int32_t*>(d_lens.data()), tokens), c.scale,
+                  cache_view(d_cache.data()), d_batch.view(b), c.scale,
                   make_view(d_out.data(), tokens, c.heads, c.kv_lora));
-  compare("mla_decode", d_out.download(), want, c.heads * c.kv_lora, vmax, mla_value_error, bad);
+  compare("mla_decode", d_out.download(), want, c.heads * c.kv_lora, vmax, mla_value_error, b);
 }
 
 struct GqaCase {
@@ -304,9 +402,9 @@ Fp8Cache random_fp8_cache(Rng& rng, index_t slots, index_t kv_heads, index_t dim
   return c;
 }
 
-void run_gqa(Rng& rng, const GqaCase& c, const std::vector<std::int32_t>& lens, Table table,
-             const std::vector<bool>& bad = {}) {
-  const index_t tokens = static_cast<index_t>(lens.size());
+void run_gqa(Rng& rng, const GqaCase& c, const Batch& b) {
+  const index_t tokens = b.tokens();
+  const Table& table = b.table;
   // q is the q part of a packed [q | k | v] projection row.
   const index_t row = (c.q_heads + 2 * c.kv_heads) * c.dim;
   const std::vector<bf16> qkv = rng.bf16s(tokens * row);
@@ -333,23 +431,19 @@ void run_gqa(Rng& rng, const GqaCase& c, const std::vector<std::int32_t>& lens, 
   {
     std::vector<index_t> good;
     for (index_t t = 0; t < tokens; ++t)
-      if (bad.empty() || !bad[sz(t)]) good.push_back(t);
+      if (!b.bad[sz(t)]) good.push_back(t);
     const index_t g = static_cast<index_t>(good.size());
     std::vector<bf16> q(sz(g * row));
-    std::vector<std::int32_t> gl(sz(g)), gt(sz(g * table.cols));
     for (index_t i = 0; i < g; ++i) {
       const index_t t = good[sz(i)];
       std::copy_n(&qkv[sz(t * row)], row, &q[sz(i * row)]);
-      gl[sz(i)] = lens[sz(t)];
-      std::copy_n(&table.ids[sz(t * table.cols)], table.cols, &gt[sz(i * table.cols)]);
     }
+    const HostBatch hb = host_batch(b, good);
     std::vector<bf16> out(sz(g * c.q_heads * c.dim));
     ops::gqa_decode(host, q_view(q.data(), g),
                     cache_view(cache.key.data(), cache.value.data(), cache.key_scale.data(),
                                cache.value_scale.data()),
-                    make_view(static_cast<const std::int32_t*>(gt.data()), g, table.cols),
-                    make_view(static_cast<const std::int32_t*>(gl.data()), g), c.scale,
-                    make_view(out.data(), g, c.q_heads, c.dim));
+                    hb.view(), c.scale, make_view(out.data(), g, c.q_heads, c.dim));
     for (index_t i = 0; i < g; ++i)
       std::copy_n(&out[sz(i * c.q_heads * c.dim)], c.q_heads * c.dim,
                   &want[sz(good[sz(i)] * c.q_heads * c.dim)]);
@@ -358,15 +452,12 @@ void run_gqa(Rng& rng, const GqaCase& c, const std::vector<std::int32_t>& lens, 
   const gpu::Buffer<bf16> d_qkv(qkv);
   const gpu::Buffer<fp8_e4m3> d_key(cache.key), d_value(cache.value);
   const gpu::Buffer<float> d_ks(cache.key_scale), d_vs(cache.value_scale);
-  const gpu::Buffer<std::int32_t> d_table(table.ids), d_lens(lens);
+  const DeviceBatch d_batch(b);
   gpu::Buffer<bf16> d_out(poison<bf16>(want.size()));
   ops::gqa_decode(device, q_view(d_qkv.data(), tokens),
                   cache_view(d_key.data(), d_value.data(), d_ks.data(), d_vs.data()),
-                  make_view(static_cast<const std::int32_t*>(d_table.data()), tokens, table.cols),
-                  make_view(static_cast<const std::int32_t*>(d_lens.data()), tokens), c.scale,
-                  make_view(d_out.data(), tokens, c.q_heads, c.dim));
-  compare("gqa_decode", d_out.download(), want, c.q_heads * c.dim, cache.vmax, gqa_value_error,
-          bad);
+                  d_batch.view(b), c.scale, make_view(d_out.data(), tokens, c.q_heads, c.dim));
+  compare("gqa_decode", d_out.download(), want, c.q_heads * c.dim, cache.vmax, gqa_value_error, b);
 }
 
 const index_t token_counts[] = {1, 3, 17, 64};
@@ -382,7 +473,7 @@ TEST_CASE("gpu mla_decode matches the host (16 heads, ragged contexts, both bloc
       MlaCase c;
       c.block_size = block_size;
       const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
-      run_mla(rng, c, lens, make_table(rng, lens, block_size, 2));
+      run_mla(rng, c, one_token_each(lens, make_table(rng, lens, block_size, 2)));
     }
   }
 }
@@ -396,11 +487,11 @@ TEST_CASE("gpu mla_decode matches the host (128 heads, one long context over 8k)
   for (index_t tokens : {1, 3, 17}) {
     INFO("tokens " << tokens);
     const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
-    run_mla(rng, c, lens, make_table(rng, lens, c.block_size, 0));
+    run_mla(rng, c, one_token_each(lens, make_table(rng, lens, c.block_size, 0)));
   }
   c.block_size = 16;
   const std::vector<std::int32_t> long_context{8209};
-  run_mla(rng, c, long_context, make_table(rng, long_context, c.block_size, 1));
+  run_mla(rng, c, one_token_each(long_context, make_table(rng, long_context, c.block_size, 1)));
 }
 
 TEST_CASE("gpu mla_decode: 128 heads of one token, splits the context leaves unused or uneven") {
@@ -416,7 +507,7 @@ TEST_CASE("gpu mla_decode: 128 heads of one token, splits the context leaves unu
     INFO("context " << len << ", block_size " << block_size << ", spare blocks " << spare);
     c.block_size = block_size;
     const std::vector<std::int32_t> lens{len};
-    run_mla(rng, c, lens, make_table(rng, lens, block_size, spare));
+    run_mla(rng, c, one_token_each(lens, make_table(rng, lens, block_size, spare)));
   }
 }
 
@@ -429,13 +520,13 @@ TEST_CASE("gpu mla_decode: other widths, 64, 32, 24 and 80 heads, unaligned cach
   small.rope = 32;
   small.aligned_cache = false;
   std::vector<std::int32_t> lens{1, 17, 769, 300};
-  run_mla(rng, small, lens, make_table(rng, lens, 16, 1));
+  run_mla(rng, small, one_token_each(lens, make_table(rng, lens, 16, 1)));
   MlaCase tp;
   tp.heads = 64;
   tp.block_size = 64;
   tp.aligned_cache = false;
   lens = {4097, 33};
-  run_mla(rng, tp, lens, make_table(rng, lens, 64, 0));
+  run_mla(rng, tp, one_token_each(lens, make_table(rng, lens, 64, 0)));
   // Head counts that leave the last head group part empty; a key width (152) that is not a
   // multiple of 16 and values (136) that end inside a warp's columns.
   MlaCase odd;
@@ -443,16 +534,16 @@ TEST_CASE("gpu mla_decode: other widths, 64, 32, 24 and 80 heads, unaligned cach
   odd.kv_lora = 136;
   odd.rope = 16;
   lens = {1, 2049, 95};
-  run_mla(rng, odd, lens, make_table(rng, lens, 16, 1));
+  run_mla(rng, odd, one_token_each(lens, make_table(rng, lens, 16, 1)));
   odd.heads = 80;
   odd.aligned_cache = false;
   lens = {3, 1000};
-  run_mla(rng, odd, lens, make_table(rng, lens, 16, 0));
+  run_mla(rng, odd, one_token_each(lens, make_table(rng, lens, 16, 0)));
   MlaCase wide;
   wide.heads = 80;
   wide.block_size = 64;
   lens = {2000, 5, 64};
-  run_mla(rng, wide, lens, make_table(rng, lens, 64, 1));
+  run_mla(rng, wide, one_token_each(lens, make_table(rng, lens, 64, 1)));
 }
 
 // On NVIDIA the first six shapes and the last take the tensor-core kernel (groups of 8, 1, 32 =
@@ -473,11 +564,11 @@ TEST_CASE("gpu gqa_decode matches the host (Qwen3 32/4 heads and 8/8, head_dim 1
                       << ", wide scales " << c.wide_scales << ", q offset " << c.q_offset
                       << ", tokens " << tokens);
       const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
-      run_gqa(rng, c, lens, make_table(rng, lens, c.block_size, 1));
+      run_gqa(rng, c, one_token_each(lens, make_table(rng, lens, c.block_size, 1)));
     }
   }
   const std::vector<std::int32_t> long_context{12289};
-  run_gqa(rng, GqaCase{}, long_context, make_table(rng, long_context, 16, 0));
+  run_gqa(rng, GqaCase{}, one_token_each(long_context, make_table(rng, long_context, 16, 0)));
 }
 
 namespace {
@@ -514,10 +605,46 @@ TEST_CASE("gpu decode attention: bad lengths and block ids give NaN rows, other 
   for (index_t padding : {0, 700}) {
     INFO("padding tokens " << padding);
     const BadBatch mla = bad_batch(rng, MlaCase{}.block_size, padding);
-    run_mla(rng, MlaCase{}, mla.lens, mla.table, mla.bad);
+    run_mla(rng, MlaCase{}, one_token_each(mla.lens, mla.table, mla.bad));
     const BadBatch gqa = bad_batch(rng, GqaCase{}.block_size, padding);
-    run_gqa(rng, GqaCase{}, gqa.lens, gqa.table, gqa.bad);
+    run_gqa(rng, GqaCase{}, one_token_each(gqa.lens, gqa.table, gqa.bad));
   }
+}
+
+TEST_CASE("gpu decode attention: sequences of several query tokens, padding, bad query starts") {
+  require_gpu();
+  Rng rng(7);
+  // Query counts 1, 2, 3, 0 and 2 cycling over the sequences (2 is speculative decoding's); every
+  // 5th token of a multi-token sequence padded; 3 padding tokens at the end. Few sequences (the
+  // context split) and many (one block per token and head group).
+  const index_t counts_cycle[] = {1, 2, 3, 0, 2};
+  for (index_t sequences : {5, 37}) {
+    INFO("sequences " << sequences);
+    std::vector<std::int32_t> lens = ragged_lengths(rng, sequences);
+    std::vector<index_t> counts;
+    for (index_t s = 0; s < sequences; ++s) {
+      counts.push_back(counts_cycle[s % 5]);
+      lens[sz(s)] = std::max<std::int32_t>(lens[sz(s)], 3);
+    }
+    MlaCase mla;
+    run_mla(rng, mla, with_queries(lens, counts, make_table(rng, lens, mla.block_size, 1), 3));
+    mla.heads = 128;
+    mla.block_size = 64;
+    run_mla(rng, mla, with_queries(lens, counts, make_table(rng, lens, mla.block_size, 0), 3));
+    for (const GqaCase& c : {GqaCase{}, GqaCase{8, 8, 64, 16, 0.125f}, GqaCase{16, 2, 96, 16}}) {
+      INFO("q_heads " << c.q_heads << ", dim " << c.dim);
+      run_gqa(rng, c, with_queries(lens, counts, make_table(rng, lens, c.block_size, 1), 3));
+    }
+  }
+  // Starts that do not begin at 0: the tokens before the first start are in no sequence's range
+  // but before the last start, so they are NaN; the others are exact.
+  const std::vector<std::int32_t> lens{40, 50, 60};
+  Batch b = with_queries(lens, {1, 1, 1}, make_table(rng, lens, 16, 0), 1);
+  b.slots.assign(b.slots.size(), 0);
+  b.starts = {1, 2, 3, 4};
+  b.bad = {true, false, false, false};
+  run_mla(rng, MlaCase{}, b);
+  run_gqa(rng, GqaCase{}, b);
 }
 
 TEST_CASE("gpu decode attention rejects bad shapes before launching") {
@@ -525,36 +652,47 @@ TEST_CASE("gpu decode attention rejects bad shapes before launching") {
   const index_t tokens = 2, heads = 4, blocks = 3, block_size = 16;
   const gpu::Buffer<bf16> q(sz(tokens * heads * 512)), pe(sz(tokens * heads * 64));
   const gpu::Buffer<bf16> cache(sz(blocks * block_size * 576));
-  const gpu::Buffer<std::int32_t> table(sz(tokens * 2)), lens(sz(tokens));
+  const gpu::Buffer<std::int32_t> table(sz(tokens * 2)), lens(sz(tokens)), starts(sz(tokens + 1));
+  const gpu::Buffer<std::int64_t> slots(sz(tokens));
   gpu::Buffer<bf16> out(sz(tokens * heads * 512));
   const auto cq = make_view(static_cast<const bf16*>(q.data()), tokens, heads, 512);
   const auto cpe = make_view(static_cast<const bf16*>(pe.data()), tokens, heads, 64);
   const auto cc = make_view(static_cast<const bf16*>(cache.data()), blocks, block_size, 576);
-  const auto ct = make_view(static_cast<const std::int32_t*>(table.data()), tokens, 2);
-  const auto cl = make_view(static_cast<const std::int32_t*>(lens.data()), tokens);
+  const ops::DecodeBatch ct{make_view(static_cast<const std::int32_t*>(starts.data()), tokens + 1),
+                            make_view(static_cast<const std::int32_t*>(lens.data()), tokens),
+                            make_view(static_cast<const std::int32_t*>(table.data()), tokens, 2),
+                            make_view(static_cast<const std::int64_t*>(slots.data()), tokens),
+                            make_view(static_cast<const std::int64_t*>(slots.data()), tokens)};
   // Output with one head too few.
-  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct, cl, 0.1f,
-                                  make_view(out.data(), tokens, heads - 1, 512)),
+  CHECK_THROWS_AS(
+      ops::mla_decode(device, cq, cpe, cc, ct, 0.1f, make_view(out.data(), tokens, heads - 1, 512)),
+      atom::ShapeError);
+  // Slots for a different token count.
+  ops::DecodeBatch short_slots = ct;
+  short_slots.slots.shape[0] = 1;
+  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, short_slots, 0.1f,
+                                  make_view(out.data(), tokens, heads, 512)),
                   atom::ShapeError);
-  // Context lengths for a different token count.
-  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct,
-                                  make_view(static_cast<const std::int32_t*>(lens.data()), 1), 0.1f,
+  // A table with another sequence count than the context lengths.
+  ops::DecodeBatch short_table = ct;
+  short_table.block_table.shape[0] = 1;
+  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, short_table, 0.1f,
                                   make_view(out.data(), tokens, heads, 512)),
                   atom::ShapeError);
   // Cache rows not kv_lora + rope wide.
   CHECK_THROWS_AS(
       ops::mla_decode(device, cq, cpe,
                       make_view(static_cast<const bf16*>(cache.data()), blocks, block_size, 512),
-                      ct, cl, 0.1f, make_view(out.data(), tokens, heads, 512)),
+                      ct, 0.1f, make_view(out.data(), tokens, heads, 512)),
       atom::ShapeError);
   // A width the kernel does not take (kv_lora 500).
   CHECK_THROWS_AS(
       ops::mla_decode(device, make_view(static_cast<const bf16*>(q.data()), tokens, heads, 500),
                       cpe, make_view(static_cast<const bf16*>(cache.data()), blocks, 8, 564), ct,
-                      cl, 0.1f, make_view(out.data(), tokens, heads, 500)),
+                      0.1f, make_view(out.data(), tokens, heads, 500)),
       atom::ShapeError);
   // Non-finite scale.
-  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct, cl, std::nanf(""),
+  CHECK_THROWS_AS(ops::mla_decode(device, cq, cpe, cc, ct, std::nanf(""),
                                   make_view(out.data(), tokens, heads, 512)),
                   atom::ShapeError);
 
@@ -570,16 +708,16 @@ TEST_CASE("gpu decode attention rejects bad shapes before launching") {
   // 4 query heads over 3 kv heads.
   CHECK_THROWS_AS(
       ops::gqa_decode(device, make_view(static_cast<const bf16*>(gq.data()), tokens, 4, 128), kv,
-                      ct, cl, 0.1f, make_view(gout.data(), tokens, 4, 128)),
+                      ct, 0.1f, make_view(gout.data(), tokens, 4, 128)),
       atom::ShapeError);
   // head_dim mismatch between q and the cache.
   CHECK_THROWS_AS(
       ops::gqa_decode(device, make_view(static_cast<const bf16*>(gq.data()), tokens, 3, 64), kv, ct,
-                      cl, 0.1f, make_view(gout.data(), tokens, 3, 64)),
+                      0.1f, make_view(gout.data(), tokens, 3, 64)),
       atom::ShapeError);
   // Output aliasing the query.
   CHECK_THROWS_AS(
       ops::gqa_decode(device, make_view(static_cast<const bf16*>(gout.data()), tokens, 3, 128), kv,
-                      ct, cl, 0.1f, make_view(gout.data(), tokens, 3, 128)),
+                      ct, 0.1f, make_view(gout.data(), tokens, 3, 128)),
       atom::ShapeError);
 }

@@ -53,23 +53,37 @@ model::StepSetup setup_for(const Model& m, std::vector<std::int32_t> contexts, i
 }  // namespace
 
 TEST_CASE(
-    "advance_decode moves each token to its next slot, across blocks and to the table's end") {
-  // Block size 4; token 0 crosses from block 2 into block 5, token 1 is padding, token 2 reaches
-  // the end of its row (no block for position 8) and stops.
-  std::vector<std::int64_t> positions{3, 0, 7};
-  std::vector<std::int64_t> slots{2 * 4 + 3, -1, 6 * 4 + 3};
-  const std::vector<std::int32_t> table{2, 5, -1, 1, -1, -1, 4, 6, -1};  // [3 tokens, 3]
-  std::vector<std::int32_t> context{4, 1, 8};
-  const ops::DecodeCursor c{make_view(positions.data(), 3), make_view(slots.data(), 3),
-                            make_view(static_cast<const std::int32_t*>(table.data()), 3, 3),
-                            make_view(context.data(), 3)};
+    "advance_decode moves each sequence to its next slots, across blocks and to the table's end") {
+  // Block size 4. Sequence 0 (one token) crosses from block 2 into block 5; sequence 1 is padding;
+  // sequence 2 reaches the end of its row (no block for position 8) and stops; sequence 3 has two
+  // query tokens (positions 5, 6) that move on by two, the second into block 7; token 5 belongs
+  // to no sequence and stays padding.
+  const std::vector<std::int32_t> starts{0, 1, 2, 3, 5};
+  std::vector<std::int64_t> positions{3, 0, 7, 5, 6, 0};
+  std::vector<std::int64_t> slots{2 * 4 + 3, -1, 6 * 4 + 3, 3 * 4 + 1, 3 * 4 + 2, -1};
+  const std::vector<std::int32_t> table{2, 5, -1, 1, -1, -1,  // [4 sequences, 3]
+                                        4, 6, -1, 0, 3,  7};
+  std::vector<std::int32_t> context{4, 1, 8, 7};
+  const ops::DecodeCursor c{make_view(starts.data(), 5), make_view(context.data(), 4),
+                            make_view(table.data(), 4, 3), make_view(positions.data(), 6),
+                            make_view(slots.data(), 6)};
   ops::advance_decode(ops::Host{}, c, 4);
-  CHECK(positions == std::vector<std::int64_t>{4, 0, 7});
-  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 0, -1, -1});
-  CHECK(context == std::vector<std::int32_t>{5, 1, 8});
+  CHECK(positions == std::vector<std::int64_t>{4, 0, 7, 7, 8, 0});
+  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 0, -1, -1, 3 * 4 + 3, 7 * 4 + 0, -1});
+  CHECK(context == std::vector<std::int32_t>{5, 1, 8, 9});
   ops::advance_decode(ops::Host{}, c, 4);
-  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 1, -1, -1});
-  CHECK(context == std::vector<std::int32_t>{6, 1, 8});
+  // Sequence 3's next positions (9, 10) are both in block 7.
+  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 1, -1, -1, 7 * 4 + 1, 7 * 4 + 2, -1});
+  CHECK(context == std::vector<std::int32_t>{6, 1, 8, 11});
+  ops::advance_decode(ops::Host{}, c, 4);
+  // Of sequence 3's next positions (11, 12), 12 has no block in its row: it stops as a whole.
+  CHECK(slots == std::vector<std::int64_t>{5 * 4 + 2, -1, -1, -1, -1, -1});
+  CHECK(positions == std::vector<std::int64_t>{6, 0, 7, 9, 10, 0});
+  CHECK(context == std::vector<std::int32_t>{7, 1, 8, 11});
+  const ops::DecodeCursor short_positions{c.query_start, c.context_lens, c.block_table,
+                                          make_view(positions.data(), 5), c.slots};
+  CHECK_THROWS_WITH(ops::advance_decode(ops::Host{}, short_positions, 4),
+                    Catch::Contains("advance_decode") && Catch::Contains("'positions'"));
 }
 
 TEST_CASE("fill_uniform is deterministic, in range and differs between seeds") {

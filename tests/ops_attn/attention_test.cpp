@@ -72,7 +72,7 @@ TEST_CASE("mla_decode matches float64 attention over the latent cache", "[attent
     const View3<const bf16> q_lat = make_view(q_latent.data(), tokens, c.heads, c.kv_lora);
     std::vector<bf16> out(z(tokens * c.heads * c.kv_lora), bf16_nan);
     const float scale = 0.1f;
-    mla_decode(Host{}, q_lat, q_pe, s.view(), s.paging.table(), s.paging.lens(), scale,
+    mla_decode(Host{}, q_lat, q_pe, s.view(), s.paging.batch(), scale,
                make_view(out.data(), tokens, c.heads, c.kv_lora));
 
     std::size_t bad = 0;
@@ -146,8 +146,8 @@ TEST_CASE("mla_decode absorbed equals ordinary attention over the decompressed c
       }
   std::vector<bf16> out(z(tokens * heads * kv_lora), bf16_nan);
   mla_decode(Host{}, make_view(q_latent.data(), tokens, heads, kv_lora),
-             make_view(q_pe.data(), tokens, heads, rope_dim), s.view(), s.paging.table(),
-             s.paging.lens(), scale, make_view(out.data(), tokens, heads, kv_lora));
+             make_view(q_pe.data(), tokens, heads, rope_dim), s.view(), s.paging.batch(), scale,
+             make_view(out.data(), tokens, heads, kv_lora));
 
   std::size_t bad = 0;
   double worst_ratio = 0.0, ref_square_sum = 0.0, max_tol = 0.0;
@@ -258,7 +258,7 @@ TEST_CASE("gqa_decode matches float64 attention over the dequantized FP8 cache",
     const std::vector<bf16> q = random_bf16(g, tokens * c.q_heads * c.dim);
     std::vector<bf16> out(q.size(), bf16_nan);
     const float softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
-    gqa_decode(Host{}, make_view(q.data(), tokens, c.q_heads, c.dim), cache, p.table(), p.lens(),
+    gqa_decode(Host{}, make_view(q.data(), tokens, c.q_heads, c.dim), cache, p.batch(),
                softmax_scale, make_view(out.data(), tokens, c.q_heads, c.dim));
 
     const auto deq = [&](const std::vector<fp8_e4m3>& codes, const std::vector<float>& scales,
@@ -299,6 +299,111 @@ TEST_CASE("gqa_decode matches float64 attention over the dequantized FP8 cache",
   }
 }
 
+TEST_CASE("decode attention: a sequence's query tokens attend causally, padded tokens read nothing",
+          "[attention]") {
+  // Sequences of 1, 2, 3 and 0 query tokens, sequence 2's middle token padded (slot -1), and two
+  // padding tokens after the last sequence. Each token's outputs are those of a sequence of its
+  // own with its causal context over the same rows, bit for bit (the host ops' arithmetic does
+  // not depend on the batch's form); a padded token's outputs are zeros.
+  Rng g = rng(91);
+  const MlaCase c{3, 64, 16, 4, {9, 6, 13, 5}};
+  MlaSetup s(g, c);
+  s.paging.with_queries({1, 2, 3, 0}, 2);
+  s.paging.slots[4] = ops::skip_slot;
+  const Paging single = s.paging.one_per_token();
+  const index_t tokens = s.paging.tokens();
+  REQUIRE(tokens == 8);
+  const std::vector<bf16> q_lat = random_bf16(g, tokens * c.heads * c.kv_lora);
+  const std::vector<bf16> q_pe = random_bf16(g, tokens * c.heads * c.rope_dim);
+  const auto ql = make_view(q_lat.data(), tokens, c.heads, c.kv_lora);
+  const auto qp = make_view(q_pe.data(), tokens, c.heads, c.rope_dim);
+  std::vector<bf16> got(z(tokens * c.heads * c.kv_lora), bf16_nan), want(got);
+  mla_decode(Host{}, ql, qp, s.view(), s.paging.batch(), 0.25f,
+             make_view(got.data(), tokens, c.heads, c.kv_lora));
+  mla_decode(Host{}, ql, qp, s.view(), single.batch(), 0.25f,
+             make_view(want.data(), tokens, c.heads, c.kv_lora));
+  const auto padded = [&](index_t t) { return s.paging.slots[z(t)] < 0; };
+  const auto row_bits = [&](const std::vector<bf16>& v, index_t t, index_t width) {
+    std::vector<std::uint16_t> bits;
+    for (index_t i = t * width; i < (t + 1) * width; ++i) bits.push_back(v[z(i)].bits);
+    return bits;
+  };
+  for (index_t t = 0; t < tokens; ++t) {
+    INFO("MLA token " << t);
+    CHECK(row_bits(got, t, c.heads * c.kv_lora) == row_bits(want, t, c.heads * c.kv_lora));
+    if (padded(t))
+      CHECK(row_bits(got, t, c.heads * c.kv_lora) ==
+            std::vector<std::uint16_t>(z(c.heads * c.kv_lora), 0));
+  }
+
+  // GQA over the same paging: 4 query heads per kv head, random finite codes.
+  const index_t kv_heads = 2, q_heads = 8, dim = 16;
+  const index_t rows = s.paging.num_blocks * c.block_size * kv_heads;
+  std::vector<fp8_e4m3> key(z(rows * dim)), val(key.size());
+  std::uniform_int_distribution<int> code(0, 0x7e);
+  for (auto* v : {&key, &val})
+    for (fp8_e4m3& x : *v) x.bits = static_cast<std::uint8_t>(code(g) | (g() & 0x80u));
+  std::vector<float> key_scales(z(rows)), val_scales(z(rows));
+  for (auto* v : {&key_scales, &val_scales})
+    for (float& x : *v) x = 1e-3f + 3e-3f * static_cast<float>(g() % 1000) / 1000.0f;
+  const index_t nb = s.paging.num_blocks;
+  const ConstKvCacheFp8 kv{
+      make_view(static_cast<const fp8_e4m3*>(key.data()), nb, c.block_size, kv_heads, dim),
+      make_view(static_cast<const fp8_e4m3*>(val.data()), nb, c.block_size, kv_heads, dim),
+      make_view(static_cast<const float*>(key_scales.data()), nb, c.block_size, kv_heads),
+      make_view(static_cast<const float*>(val_scales.data()), nb, c.block_size, kv_heads)};
+  const std::vector<bf16> q = random_bf16(g, tokens * q_heads * dim);
+  std::vector<bf16> gqa_got(q.size(), bf16_nan), gqa_want(q.size(), bf16_nan);
+  const auto qv = make_view(q.data(), tokens, q_heads, dim);
+  gqa_decode(Host{}, qv, kv, s.paging.batch(), 0.25f,
+             make_view(gqa_got.data(), tokens, q_heads, dim));
+  gqa_decode(Host{}, qv, kv, single.batch(), 0.25f,
+             make_view(gqa_want.data(), tokens, q_heads, dim));
+  for (index_t t = 0; t < tokens; ++t) {
+    INFO("GQA token " << t);
+    CHECK(row_bits(gqa_got, t, q_heads * dim) == row_bits(gqa_want, t, q_heads * dim));
+    if (padded(t))
+      CHECK(row_bits(gqa_got, t, q_heads * dim) == std::vector<std::uint16_t>(z(q_heads * dim), 0));
+  }
+}
+
+TEST_CASE("decode attention rejects a bad per-sequence batch, naming the entry", "[attention]") {
+  Rng g = rng(6);
+  const MlaCase c{2, 8, 4, 4, {5, 3}};
+  MlaSetup s(g, c);
+  s.paging.with_queries({2, 1}, 1);
+  const std::vector<bf16> q_lat = random_bf16(g, 4 * 2 * 8), q_pe = random_bf16(g, 4 * 2 * 4);
+  std::vector<bf16> out(4 * 2 * 8, bf16_nan);
+  const auto run = [&](const Paging& p) {
+    mla_decode(Host{}, make_view(q_lat.data(), 4, 2, 8), make_view(q_pe.data(), 4, 2, 4), s.view(),
+               p.batch(), 0.5f, make_view(out.data(), 4, 2, 8));
+  };
+  CHECK_NOTHROW(run(s.paging));
+  std::fill(out.begin(), out.end(), bf16_nan);
+  Paging p = s.paging;
+  p.query_start[0] = 1;
+  CHECK_THROWS_WITH(run(p), Catch::Contains("'query_start'") && Catch::Contains("start at 0"));
+  p = s.paging;
+  p.query_start = {0, 3, 2};
+  CHECK_THROWS_WITH(run(p), Catch::Contains("'query_start'") && Catch::Contains("[2]"));
+  p = s.paging;
+  p.query_start = {0, 2, 5};
+  CHECK_THROWS_WITH(run(p), Catch::Contains("'query_start'") && Catch::Contains("4 tokens"));
+  p = s.paging;
+  p.context_lens[0] = 1;  // fewer rows than its 2 query tokens
+  CHECK_THROWS_WITH(run(p), Catch::Contains("'context_lens'") && Catch::Contains("sequence 0"));
+  p = s.paging;
+  p.slots[3] = 7;  // the token past the last sequence must be padding
+  CHECK_THROWS_WITH(run(p), Catch::Contains("token 3") && Catch::Contains("no sequence"));
+  ops::DecodeBatch b = s.paging.batch();
+  b.slots.shape[0] = 3;
+  CHECK_THROWS_WITH(
+      mla_decode(Host{}, make_view(q_lat.data(), 4, 2, 8), make_view(q_pe.data(), 4, 2, 4),
+                 s.view(), b, 0.5f, make_view(out.data(), 4, 2, 8)),
+      Catch::Contains("'slots'") && Catch::Contains("[3]"));
+  for (const bf16 x : out) REQUIRE(x.bits == bf16_nan.bits);
+}
+
 TEST_CASE("decode attention rejects bad tables, lengths and shapes before writing", "[attention]") {
   Rng g = rng(5);
   const MlaCase c{2, 8, 4, 4, {5, 3}};
@@ -310,8 +415,10 @@ TEST_CASE("decode attention rejects bad tables, lengths and shapes before writin
   const auto o = make_view(out.data(), 2, 2, 8);
   const auto run = [&](const std::vector<std::int32_t>& table,
                        const std::vector<std::int32_t>& lens) {
-    mla_decode(Host{}, ql, qp, s.view(), make_view(table.data(), 2, index_t(table.size() / 2)),
-               make_view(lens.data(), 2), 0.5f, o);
+    ops::DecodeBatch b = s.paging.batch();
+    b.block_table = make_view(table.data(), 2, index_t(table.size() / 2));
+    b.context_lens = make_view(lens.data(), 2);
+    mla_decode(Host{}, ql, qp, s.view(), b, 0.5f, o);
   };
   std::vector<std::int32_t> table = s.paging.block_table;
   CHECK_NOTHROW(run(table, {5, 3}));
@@ -321,7 +428,7 @@ TEST_CASE("decode attention rejects bad tables, lengths and shapes before writin
   const std::int32_t too_long = static_cast<std::int32_t>(s.paging.max_blocks * 4 + 1);
   CHECK_THROWS_WITH(run(table, {too_long, 3}),
                     Catch::Contains("'context_lens'") && Catch::Contains(std::to_string(too_long)));
-  // Token 1's second block (needed for a length of 5) is -1 in the table.
+  // Sequence 1's second block (needed for a length of 5) is -1 in the table.
   CHECK_THROWS_WITH(run(table, {5, 5}), Catch::Contains("mla_decode") &&
                                             Catch::Contains("'block_table'") &&
                                             Catch::Contains("-1"));
@@ -329,20 +436,19 @@ TEST_CASE("decode attention rejects bad tables, lengths and shapes before writin
   CHECK_THROWS_WITH(run(table, {5, 3}), Catch::Contains("'block_table'"));
   for (const bf16 x : out) REQUIRE(x.bits == bf16_nan.bits);
 
-  const auto lens = s.paging.lens();
+  const ops::DecodeBatch batch = s.paging.batch();
   CHECK_THROWS_WITH(
-      mla_decode(Host{}, ql, make_view(q_pe.data(), 2, 4, 2), s.view(), s.paging.table(), lens,
-                 0.5f, o),
+      mla_decode(Host{}, ql, make_view(q_pe.data(), 2, 4, 2), s.view(), batch, 0.5f, o),
       Catch::Contains("mla_decode") && Catch::Contains("'q_pe'") && Catch::Contains("[2, 2, 2]"));
-  CHECK_THROWS_WITH(mla_decode(Host{}, ql, qp, s.view(), s.paging.table(), lens, 0.5f,
-                               make_view(out.data(), 2, 2, 7)),
-                    Catch::Contains("mla_decode") && Catch::Contains("'out'"));
-  CHECK_THROWS_WITH(mla_decode(Host{}, ql, qp, s.view(), s.paging.table(), lens, NAN, o),
+  CHECK_THROWS_WITH(
+      mla_decode(Host{}, ql, qp, s.view(), batch, 0.5f, make_view(out.data(), 2, 2, 7)),
+      Catch::Contains("mla_decode") && Catch::Contains("'out'"));
+  CHECK_THROWS_WITH(mla_decode(Host{}, ql, qp, s.view(), batch, NAN, o),
                     Catch::Contains("'softmax_scale'"));
   // Writing the output over the queries is rejected.
   std::vector<bf16> q_and_out = q_lat;
   const auto alias = make_view(q_and_out.data(), 2, 2, 8);
-  CHECK_THROWS_WITH(mla_decode(Host{}, alias, qp, s.view(), s.paging.table(), lens, 0.5f, alias),
+  CHECK_THROWS_WITH(mla_decode(Host{}, alias, qp, s.view(), batch, 0.5f, alias),
                     Catch::Contains("overlaps"));
 
   std::vector<fp8_e4m3> key(z(s.paging.num_blocks * 4 * 2 * 8), fp8_e4m3{0x38});
@@ -352,7 +458,7 @@ TEST_CASE("decode attention rejects bad tables, lengths and shapes before writin
       make_view(static_cast<const fp8_e4m3*>(key.data()), s.paging.num_blocks, 4, 2, 8),
       make_view(static_cast<const float*>(scales.data()), s.paging.num_blocks, 4, 2),
       make_view(static_cast<const float*>(scales.data()), s.paging.num_blocks, 4, 2)};
-  CHECK_THROWS_WITH(gqa_decode(Host{}, ql, kv, s.paging.table(), lens, 0.5f, o),
+  CHECK_THROWS_WITH(gqa_decode(Host{}, ql, kv, batch, 0.5f, o),
                     Catch::Contains("gqa_decode") && Catch::Contains("overlap"));
   std::vector<fp8_e4m3> val(key.size(), fp8_e4m3{0x38});
   std::vector<float> val_scales(scales.size(), 1.0f);
@@ -360,13 +466,13 @@ TEST_CASE("decode attention rejects bad tables, lengths and shapes before writin
   kv2.value = make_view(static_cast<const fp8_e4m3*>(val.data()), s.paging.num_blocks, 4, 2, 8);
   kv2.value_scale =
       make_view(static_cast<const float*>(val_scales.data()), s.paging.num_blocks, 4, 2);
-  CHECK_NOTHROW(gqa_decode(Host{}, ql, kv2, s.paging.table(), lens, 0.5f, o));
+  CHECK_NOTHROW(gqa_decode(Host{}, ql, kv2, batch, 0.5f, o));
   const std::vector<bf16> q3 = random_bf16(g, 2 * 3 * 8);
   std::vector<bf16> out3(2 * 3 * 8);
-  CHECK_THROWS_WITH(gqa_decode(Host{}, make_view(q3.data(), 2, 3, 8), kv2, s.paging.table(), lens,
-                               0.5f, make_view(out3.data(), 2, 3, 8)),
+  CHECK_THROWS_WITH(gqa_decode(Host{}, make_view(q3.data(), 2, 3, 8), kv2, batch, 0.5f,
+                               make_view(out3.data(), 2, 3, 8)),
                     Catch::Contains("gqa_decode") && Catch::Contains("multiple"));
   CHECK_THROWS_WITH(
-      gqa_decode(Host{}, make_view(q3.data(), 2, 2, 12), kv2, s.paging.table(), lens, 0.5f, o),
+      gqa_decode(Host{}, make_view(q3.data(), 2, 2, 12), kv2, batch, 0.5f, o),
       Catch::Contains("gqa_decode") && Catch::Contains("'q'") && Catch::Contains("[2, 2, 8]"));
 }

@@ -12,6 +12,7 @@
 #include "atom/core/tensor.hpp"
 #include "atom/numeric/numeric.hpp"
 #include "atom/ops/cache.hpp"
+#include "atom/ops/decode_batch.hpp"
 
 namespace atom::attn_test {
 
@@ -44,26 +45,77 @@ inline double value(bf16 x) {
   return static_cast<double>(to_float(x));
 }
 
-// A ragged batch's paging: token t owns ceil(context_lens[t] / block_size) blocks taken from a
+// A ragged batch's paging: sequence s owns ceil(context_lens[s] / block_size) blocks taken from a
 // shuffled list of all block ids (so tables are not contiguous); unused table entries hold -1,
-// which an op must never read.
+// which an op must never read. Its tokens are query_start[s] .. query_start[s + 1] - 1, the last
+// rows of its context (make_paging: one token per sequence; with_queries: several), and tokens
+// past query_start.back() are padding.
 struct Paging {
   index_t block_size = 0;
   index_t num_blocks = 0;
   index_t max_blocks = 0;
-  std::vector<std::int32_t> context_lens;
-  std::vector<std::int32_t> block_table;  // [tokens, max_blocks]
+  std::vector<std::int32_t> context_lens;  // [S]
+  std::vector<std::int32_t> block_table;   // [S, max_blocks]
+  std::vector<std::int32_t> query_start;   // [S + 1]
+  std::vector<std::int64_t> positions;     // [T]
+  std::vector<std::int64_t> slots;         // [T]
 
+  index_t sequences() const { return static_cast<index_t>(context_lens.size()); }
+  index_t tokens() const { return static_cast<index_t>(slots.size()); }
   View2<const std::int32_t> table() const {
-    return make_view(block_table.data(), static_cast<index_t>(context_lens.size()), max_blocks);
+    return make_view(block_table.data(), sequences(), max_blocks);
   }
-  View1<const std::int32_t> lens() const {
-    return make_view(context_lens.data(), static_cast<index_t>(context_lens.size()));
+  View1<const std::int32_t> lens() const { return make_view(context_lens.data(), sequences()); }
+  ops::DecodeBatch batch() const {
+    return {make_view(query_start.data(), sequences() + 1), lens(), table(),
+            make_view(positions.data(), tokens()), make_view(slots.data(), tokens())};
   }
-  // The cache slot of context position j of token t.
-  index_t slot(index_t t, index_t j) const {
-    return block_table[static_cast<std::size_t>(t * max_blocks + j / block_size)] * block_size +
+  // The cache slot of context position j of sequence s.
+  index_t slot(index_t s, index_t j) const {
+    return block_table[static_cast<std::size_t>(s * max_blocks + j / block_size)] * block_size +
            j % block_size;
+  }
+  // Sequence s gets counts[s] query tokens (at most its context; zero allowed), then `padding`
+  // tokens follow that belong to no sequence.
+  void with_queries(const std::vector<index_t>& counts, index_t padding = 0) {
+    query_start.assign(1, 0);
+    positions.clear();
+    slots.clear();
+    for (index_t s = 0; s < sequences(); ++s) {
+      const index_t n = context_lens[static_cast<std::size_t>(s)];
+      const index_t q = counts[static_cast<std::size_t>(s)];
+      for (index_t j = n - q; j < n; ++j) {
+        positions.push_back(j);
+        slots.push_back(slot(s, j));
+      }
+      query_start.push_back(static_cast<std::int32_t>(positions.size()));
+    }
+    for (index_t i = 0; i < padding; ++i) {
+      positions.push_back(0);
+      slots.push_back(ops::skip_slot);
+    }
+  }
+  // The same tokens, each a sequence of its own over its sequence's table row with its causal
+  // context (a token past every sequence: context 1 over sequence 0's row; it stays padding).
+  Paging one_per_token() const {
+    Paging p = *this;
+    p.context_lens.clear();
+    p.block_table.clear();
+    p.query_start.assign(1, 0);
+    for (index_t t = 0; t < tokens(); ++t) {
+      index_t s = 0;
+      while (s < sequences() && query_start[static_cast<std::size_t>(s) + 1] <= t) ++s;
+      const bool owned = s < sequences();
+      const index_t end = owned ? query_start[static_cast<std::size_t>(s) + 1] : 0;
+      p.context_lens.push_back(
+          owned
+              ? static_cast<std::int32_t>(context_lens[static_cast<std::size_t>(s)] - (end - 1 - t))
+              : 1);
+      const auto row = block_table.begin() + (owned ? s : 0) * max_blocks;
+      p.block_table.insert(p.block_table.end(), row, row + max_blocks);
+      p.query_start.push_back(static_cast<std::int32_t>(t + 1));
+    }
+    return p;
   }
 };
 
@@ -87,6 +139,7 @@ inline Paging make_paging(Rng& g, const std::vector<std::int32_t>& contexts, ind
     for (index_t b = 0; b < (contexts[t] + block_size - 1) / block_size; ++b)
       p.block_table[t * static_cast<std::size_t>(p.max_blocks) + static_cast<std::size_t>(b)] =
           ids[next++];
+  p.with_queries(std::vector<index_t>(contexts.size(), 1));
   return p;
 }
 

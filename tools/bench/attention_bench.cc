@@ -74,14 +74,47 @@ double time_us(Call call) {
   return per_call[per_call.size() / 2];
 }
 
-// Block table of `tokens` rows of `ctx` tokens each over `blocks` blocks (a shuffled pool).
-std::vector<std::int32_t> table_for(index_t tokens, index_t cols, index_t blocks) {
+// A decode batch of `tokens` sequences of one query token and `ctx` context rows each, whose
+// block table rows of `cols` blocks draw on `blocks` blocks (a shuffled pool), on the device.
+struct Batch {
+  gpu::Buffer<std::int32_t> query_start, context_lens, table;
+  gpu::Buffer<std::int64_t> positions, slots;
+  index_t tokens = 0, cols = 0;
+
+  ops::DecodeBatch view() const {
+    const auto c32 = [](const gpu::Buffer<std::int32_t>& b) {
+      return static_cast<const std::int32_t*>(b.data());
+    };
+    const auto c64 = [](const gpu::Buffer<std::int64_t>& b) {
+      return static_cast<const std::int64_t*>(b.data());
+    };
+    return {make_view(c32(query_start), tokens + 1), make_view(c32(context_lens), tokens),
+            make_view(c32(table), tokens, cols), make_view(c64(positions), tokens),
+            make_view(c64(slots), tokens)};
+  }
+};
+
+Batch batch_for(index_t tokens, index_t ctx, index_t block_size, index_t blocks) {
+  const index_t cols = (ctx + block_size - 1) / block_size;
   std::vector<std::int32_t> ids(sz(tokens * cols));
   std::vector<std::int32_t> pool(sz(blocks));
   for (std::size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<std::int32_t>(i);
   std::shuffle(pool.begin(), pool.end(), engine);
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = pool[i % pool.size()];
-  return ids;
+  std::vector<std::int32_t> starts(sz(tokens + 1));
+  for (std::size_t i = 0; i < starts.size(); ++i) starts[i] = static_cast<std::int32_t>(i);
+  std::vector<std::int64_t> positions(sz(tokens), ctx - 1), slots(sz(tokens));
+  for (index_t t = 0; t < tokens; ++t)
+    slots[sz(t)] = std::int64_t{ids[sz(t * cols + (ctx - 1) / block_size)]} * block_size +
+                   (ctx - 1) % block_size;
+  return {gpu::Buffer<std::int32_t>(starts),
+          gpu::Buffer<std::int32_t>(
+              std::vector<std::int32_t>(sz(tokens), static_cast<std::int32_t>(ctx))),
+          gpu::Buffer<std::int32_t>(ids),
+          gpu::Buffer<std::int64_t>(positions),
+          gpu::Buffer<std::int64_t>(slots),
+          tokens,
+          cols};
 }
 
 void report(const char* kind, index_t heads, index_t tokens, index_t ctx, double us, double bytes,
@@ -101,18 +134,14 @@ void bench_mla(index_t heads, index_t tokens, index_t ctx, double copy_gbps) {
   for (int c = 0; c < copies; ++c) caches.emplace_back(host_cache);
   const gpu::Buffer<bf16> q(random_bf16(tokens * heads * 512)),
       pe(random_bf16(tokens * heads * 64));
-  const gpu::Buffer<std::int32_t> table(table_for(tokens, cols, blocks));
-  const gpu::Buffer<std::int32_t> lens(
-      std::vector<std::int32_t>(sz(tokens), static_cast<std::int32_t>(ctx)));
+  const Batch batch = batch_for(tokens, ctx, bs, blocks);
   gpu::Buffer<bf16> out(sz(tokens * heads * 512));
   const double us = time_us([&](int i) {
     ops::mla_decode(
         ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, heads, 512),
         make_view(static_cast<const bf16*>(pe.data()), tokens, heads, 64),
         make_view(static_cast<const bf16*>(caches[sz(i % copies)].data()), blocks, bs, 576),
-        make_view(static_cast<const std::int32_t*>(table.data()), tokens, cols),
-        make_view(static_cast<const std::int32_t*>(lens.data()), tokens), 0.0721f,
-        make_view(out.data(), tokens, heads, 512));
+        batch.view(), 0.0721f, make_view(out.data(), tokens, heads, 512));
   });
   report("mla", heads, tokens, ctx, us, static_cast<double>(tokens * ctx * 576 * 2), copy_gbps);
 }
@@ -135,9 +164,7 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
     caches.push_back({gpu::Buffer<fp8_e4m3>(host_codes), gpu::Buffer<fp8_e4m3>(host_codes),
                       gpu::Buffer<float>(host_scales), gpu::Buffer<float>(host_scales)});
   const gpu::Buffer<bf16> q(random_bf16(tokens * q_heads * dim));
-  const gpu::Buffer<std::int32_t> table(table_for(tokens, cols, blocks));
-  const gpu::Buffer<std::int32_t> lens(
-      std::vector<std::int32_t>(sz(tokens), static_cast<std::int32_t>(ctx)));
+  const Batch batch = batch_for(tokens, ctx, bs, blocks);
   gpu::Buffer<bf16> out(sz(tokens * q_heads * dim));
   const double us = time_us([&](int i) {
     const Copy& c = caches[sz(i % copies)];
@@ -151,9 +178,7 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
         make_view(static_cast<const float*>(c.key_scale.data()), blocks, bs, kv_heads),
         make_view(static_cast<const float*>(c.value_scale.data()), blocks, bs, kv_heads)};
     ops::gqa_decode(ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, q_heads, dim),
-                    cache, make_view(static_cast<const std::int32_t*>(table.data()), tokens, cols),
-                    make_view(static_cast<const std::int32_t*>(lens.data()), tokens), 0.0884f,
-                    make_view(out.data(), tokens, q_heads, dim));
+                    cache, batch.view(), 0.0884f, make_view(out.data(), tokens, q_heads, dim));
   });
   report(pad == 0 ? "gqa" : "gqa-simt", q_heads, tokens, ctx, us,
          static_cast<double>(tokens * ctx * kv_heads * (2 * dim + 8)), copy_gbps);

@@ -1,10 +1,7 @@
-// Decode attention over paged caches: each token of a ragged batch attends to its own context,
-// found through its row of the block table.
-//
-// Context position j of token t lives in cache block block_table[t, j / block_size] at offset
-// j % block_size, for 0 <= j < context_lens[t]. Each context length must be at least 1 and fit
-// the token's block table row, and every block id it reaches must lie inside the cache; a bad
-// table or length is rejected before anything is written.
+// Decode attention over paged caches: each token of a decode batch (ops/decode_batch.hpp: per
+// sequence its query tokens, context length and block-table row) attends to the causal prefix of
+// its sequence's context; a padded token's outputs are zero. A bad batch is rejected before
+// anything is written.
 //
 // Arithmetic (the reference the device kernels are compared against, to float reassociation):
 // every dot product is one fp32 sum in index order; softmax subtracts the maximum score, takes
@@ -19,6 +16,7 @@
 #include "atom/numeric/numeric.hpp"
 #include "atom/ops/backend.hpp"
 #include "atom/ops/cache.hpp"
+#include "atom/ops/decode_batch.hpp"
 
 namespace atom::ops {
 
@@ -32,8 +30,8 @@ namespace atom::ops {
 // score_j = (q_latent . c_j + q_pe . k_pe_j) * softmax_scale, summed over the latent dims then
 // the rope dims; out = softmax-weighted sum of c_j.
 void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                View3<const bf16> cache, View2<const std::int32_t> block_table,
-                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out);
+                View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
+                View3<bf16> out);
 
 // Grouped-query decode over the FP8 paged cache.
 //   q   [T, q_heads, head_dim], q_heads a multiple of cache.kv_heads(); query head h reads kv
@@ -42,19 +40,15 @@ void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
 // Keys and values are dequantized as to_float(code) * scale in float; score_j = (q . k_j) *
 // softmax_scale.
 void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
-                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
-                float softmax_scale, View3<bf16> out);
+                const DecodeBatch& batch, float softmax_scale, View3<bf16> out);
 
 // The boundary checks both backends run before touching any data: shapes, contiguous rows,
-// head divisibility, aliasing, a finite scale, and the block table's and context lengths' shapes.
-// The host ops then check the table's contents; device ops cannot read them without a sync.
+// head divisibility, aliasing, a finite scale, and the batch's shapes. The host ops then check
+// the batch's contents; device ops cannot read them without a sync.
 void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                            View3<const bf16> cache, View2<const std::int32_t> block_table,
-                            View1<const std::int32_t> context_lens, float softmax_scale,
+                            View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
                             View3<bf16> out);
 void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCacheFp8& cache,
-                            View2<const std::int32_t> block_table,
-                            View1<const std::int32_t> context_lens, float softmax_scale,
-                            View3<bf16> out);
+                            const DecodeBatch& batch, float softmax_scale, View3<bf16> out);
 
 }  // namespace atom::ops

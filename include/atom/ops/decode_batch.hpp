@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <type_traits>
 
 #include "atom/core/tensor.hpp"
@@ -11,35 +12,119 @@
 
 namespace atom::ops {
 
-// The batch metadata of a decode step that the next step derives on its own: each token's context
-// grows by one, its position advances by one, and its slot becomes the cache slot of the new
-// position in its row of the block table (a token whose slot is -1 is padding and stays so). The
-// block table must already hold the block of the new position; a token whose new position falls
-// outside its row, or on a negative block id, gets slot -1 (no cache write) and keeps its
-// context, so that its attention reads nothing new.
+// A decode batch in the per-sequence form (vLLM's and FlashMLA's): S sequences and T tokens.
+// Sequence s owns the query tokens query_start[s] .. query_start[s + 1] - 1 (1 in plain decode,
+// 2 or more for speculative decoding) and attends to context_lens[s] cache rows, which include its
+// query tokens' own rows, through its row of the block table. Token t of sequence s is causal: it
+// attends to the first context_lens[s] - (query_start[s + 1] - 1 - t) rows. A token whose slot is
+// -1 is padding: it writes no cache row and attends to nothing (its attention output is zero);
+// tokens past query_start[S] belong to no sequence and must be padding.
+//
+// Context position j of sequence s lives in cache block block_table[s, j / block_size] at offset
+// j % block_size. query_start starts at 0 and never decreases; every token of a sequence has a
+// context of at least 1 row inside its row of the table, every block id it reaches lies inside
+// the cache. The host ops check all of it before writing anything; the device ops cannot read it
+// without a sync and give a token whose batch data is bad NaN outputs instead (ops/gpu).
+struct DecodeBatch {
+  View1<const std::int32_t> query_start;   // [S + 1]
+  View1<const std::int32_t> context_lens;  // [S]
+  View2<const std::int32_t> block_table;   // [S, max_blocks]
+  View1<const std::int64_t> positions;     // [T] position of each token (its RoPE angle)
+  View1<const std::int64_t> slots;         // [T] cache slot it writes; -1: padding
+
+  ATOM_HD index_t sequences() const { return context_lens.size(0); }
+  ATOM_HD index_t tokens() const { return slots.size(0); }
+};
+
+// The metadata that the next decode step derives on its own (ops::advance_decode): each sequence
+// decodes its next query tokens, so its context grows by its query count, each of its tokens'
+// positions advances by that count, and each slot becomes the cache slot of the new position in
+// the sequence's row of the table. The table must already hold the blocks of the new positions;
+// a sequence any of whose new positions falls outside its row or on a negative block id stops:
+// its tokens become padding (slot -1) and its context stays. Padding stays padding.
 struct DecodeCursor {
+  View1<const std::int32_t> query_start;  // [S + 1]
+  View1<std::int32_t> context_lens;       // [S]
+  View2<const std::int32_t> block_table;  // [S, max_blocks]
   View1<std::int64_t> positions;          // [T]
   View1<std::int64_t> slots;              // [T]
-  View2<const std::int32_t> block_table;  // [T, max_blocks]
-  View1<std::int32_t> context_lens;       // [T]
+
+  DecodeBatch batch() const { return {query_start, context_lens, block_table, positions, slots}; }
 };
 void advance_decode(const Host&, const DecodeCursor& batch, index_t block_size);
 
-// One token of advance_decode: the shared definition of both backends.
-ATOM_HD inline void advance_token(std::int64_t& position, std::int64_t& slot,
-                                  const std::int32_t* table_row, index_t max_blocks,
-                                  std::int32_t& context_len, index_t block_size) {
-  if (slot < 0) return;
-  const std::int64_t next = position + 1;
-  const std::int64_t block = next / block_size;
-  const std::int32_t id = block < max_blocks ? table_row[block] : -1;
-  if (id < 0) {
-    slot = -1;
-    return;
+// The batch's shapes for T tokens: query_start [S + 1], context_lens [S], block_table [S, *],
+// positions and slots [T]. Both backends' ops check them.
+void expect_batch_shape(std::string_view op, const DecodeBatch& b, index_t tokens);
+// Everything the contract says of the batch's contents (host memory), against a cache of
+// num_blocks blocks of block_size rows: each error names the entry. The host ops check it before
+// writing anything.
+void expect_batch_contents(std::string_view op, const DecodeBatch& b, index_t num_blocks,
+                           index_t block_size);
+
+// Where token t of a batch reads: its sequence, the number of context rows it attends to, and
+// whether it is padding (nothing to read) or its batch data is bad (no sequence holds it as the
+// starts say, or its context does not fit `max_context`). The one definition of the contract
+// above for the host checks and the device kernels; `starts` are the S + 1 query starts.
+struct TokenContext {
+  index_t sequence = 0;
+  index_t length = 0;
+  bool padding = false;
+  bool bad = false;
+};
+
+template <class Starts, class Lens>
+ATOM_HD inline TokenContext token_context(const Starts& starts, index_t sequences,
+                                          const Lens& context_lens, std::int64_t slot, index_t t,
+                                          index_t max_context) {
+  TokenContext c;
+  // The last sequence whose start is at most t (a binary search: the starts never decrease).
+  index_t lo = 0;
+  index_t hi = sequences;
+  while (lo < hi) {
+    const index_t mid = (lo + hi + 1) / 2;
+    if (starts(mid) <= t)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
-  position = next;
-  slot = static_cast<std::int64_t>(id) * block_size + next % block_size;
-  context_len += 1;
+  c.sequence = lo;
+  if (lo == sequences || slot < 0) {
+    c.padding = true;
+    return c;
+  }
+  const index_t begin = starts(lo);
+  const index_t end = starts(lo + 1);
+  c.length = static_cast<index_t>(context_lens(lo)) - (end - 1 - t);
+  c.bad = begin > t || end <= t || c.length < 1 || c.length > max_context;
+  return c;
+}
+
+// One sequence of advance_decode: the shared definition of both backends.
+ATOM_HD inline void advance_sequence(const DecodeCursor& b, index_t s, index_t block_size) {
+  const index_t begin = b.query_start(s);
+  const index_t end = b.query_start(s + 1);
+  const index_t count = end - begin;
+  if (count <= 0) return;
+  for (index_t t = begin; t < end; ++t)
+    if (b.slots(t) < 0) return;
+  const index_t max_blocks = b.block_table.size(1);
+  bool stops = false;
+  for (index_t t = begin; t < end; ++t) {
+    const std::int64_t block = (b.positions(t) + count) / block_size;
+    stops = stops || block >= max_blocks || b.block_table(s, block) < 0;
+  }
+  for (index_t t = begin; t < end; ++t) {
+    if (stops) {
+      b.slots(t) = -1;
+      continue;
+    }
+    const std::int64_t next = b.positions(t) + count;
+    b.positions(t) = next;
+    b.slots(t) = static_cast<std::int64_t>(b.block_table(s, next / block_size)) * block_size +
+                 next % block_size;
+  }
+  if (!stops) b.context_lens(s) += static_cast<std::int32_t>(count);
 }
 
 // Deterministic values for rows nobody computed (a prefilled context, the fed tokens' hidden

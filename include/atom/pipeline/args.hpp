@@ -9,6 +9,7 @@
 
 #include "atom/ops/bmm.hpp"
 #include "atom/ops/cache.hpp"
+#include "atom/ops/decode_batch.hpp"
 #include "atom/ops/formats.hpp"
 #include "atom/ops/gpu/gemm.hpp"
 #include "atom/ops/gpu/moe.hpp"
@@ -57,13 +58,9 @@ class Workspace {
   std::size_t used_ = 0;                               // bytes of it handed out
 };
 
-// Per-token decode metadata: each token has its own context (ragged batch).
-struct DecodeBatch {
-  View1<const std::int64_t> positions;     // [T] position of the token being decoded
-  View1<const std::int64_t> slots;         // [T] cache slot it writes (block * block_size + offset)
-  View2<const std::int32_t> block_table;   // [T, max_blocks] cache blocks of its context
-  View1<const std::int32_t> context_lens;  // [T] context length including the token itself
-};
+// The decode batch, per sequence its query tokens, context length and block-table row, per token
+// its position and cache slot (-1: padding): ops/decode_batch.hpp states the contract.
+using ops::DecodeBatch;
 
 // A linear layer's weight [N, K] in the format its checkpoint stores (`format`; a block's GEMMs
 // read the member of that format) and the form each backend reads. bf16 and FP8: `bf16` / `fp8`

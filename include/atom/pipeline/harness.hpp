@@ -15,9 +15,10 @@ namespace atom::pipeline {
 struct RunInputs {
   const ModelConfig* model = nullptr;
   const LayerWeights* weights = nullptr;
-  std::vector<std::int32_t> context_lens;  // one decode token each
+  std::vector<std::int32_t> context_lens;  // one sequence each (DecodeState)
   std::uint64_t seed = 1;                  // inputs and cache contents
   std::int64_t dual_stream_threshold = 1024;
+  index_t query_tokens = 1;  // per sequence
 };
 
 struct RunOutput {

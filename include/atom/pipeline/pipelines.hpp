@@ -348,8 +348,7 @@ struct MlaAttention {
 
     auto o_latent = ws.take<bf16>(t, heads, m.kv_lora_rank);
     const float scale = mla_softmax_scale(m);  // with the YaRN correction where the model has it
-    ops::mla_decode(b, q_latent, q_pe, a.cache, a.batch.block_table, a.batch.context_lens, scale,
-                    o_latent);
+    ops::mla_decode(b, q_latent, q_pe, a.cache, a.batch, scale, o_latent);
 
     auto o = ws.take<bf16>(t, heads, m.v_head_dim);
     absorbed_bmm(b, ws, o_latent, w.w_uv_fp8, w.w_uv_mxfp4, o);
@@ -427,7 +426,7 @@ struct Qwen3Attention {
     }
     auto o = ws.take<bf16>(t, heads, m.head_dim);
     const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
-    ops::gqa_decode(b, q, a.cache, a.batch.block_table, a.batch.context_lens, scale, o);
+    ops::gqa_decode(b, q, a.cache, a.batch, scale, o);
     detail::gemm<format, gemm>(b, detail::to_gemm_input<format>(b, ws, detail::merge_heads(o)),
                                w.o_proj, a.io.out);
   }

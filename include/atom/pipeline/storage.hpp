@@ -1,5 +1,5 @@
 // Owners of host memory behind the pipeline views: random weights of one decoder layer, and a
-// decode batch with its caches already holding each token's earlier context. Deterministic in
+// decode batch with its caches already holding each sequence's earlier context. Deterministic in
 // their seed, so two owners made alike hold identical bytes. For tests, benchmarks and atom-run.
 #pragma once
 
@@ -47,17 +47,20 @@ class LayerWeights {
 
 class DecodeState {
  public:
-  // One token per entry of context_lens, each with its own context of that length (>= 1).
-  DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed);
+  // One sequence per entry of context_lens, each with its own context of that length (at least
+  // its query tokens) and `query_tokens` query tokens (1: plain decode; more: the tokens a
+  // speculative step verifies), the last rows of its context.
+  DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed,
+              index_t query_tokens = 1);
   // Rank tp's share of the state made alike at size 1: the same batch and residual; x as this
   // rank's partial sum (x / size on every rank for a power-of-two size, which sums back to x
   // exactly; otherwise x on rank 0 and zeros elsewhere); a GQA cache of KV heads `kv_heads` only.
   DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed,
-              TpShape tp, Part kv_heads);
+              TpShape tp, Part kv_heads, index_t query_tokens = 1);
   DecodeState(const DecodeState&) = delete;
   DecodeState& operator=(const DecodeState&) = delete;
 
-  index_t tokens() const { return static_cast<index_t>(context_lens_.size()); }
+  index_t tokens() const { return static_cast<index_t>(slots_.size()); }
   DecodeBatch batch() const;
   View2<const bf16> x() const { return x_; }
   View2<bf16> residual() const { return residual_; }
@@ -67,6 +70,7 @@ class DecodeState {
   ops::KvCacheFp8 kv_cache() const { return kv_cache_; }
 
  private:
+  std::vector<std::int32_t> query_start_;
   std::vector<std::int32_t> context_lens_;
   std::vector<std::int64_t> positions_;
   std::vector<std::int64_t> slots_;

@@ -142,7 +142,9 @@ typedef struct atom_plugin_buffer_sizes {
  *   residual     [tokens, hidden]  the residual stream, updated in place to x + residual
  *   out          [tokens, hidden]  this block's output
  *   positions    [tokens]          position of each decoded token
- *   slots        [tokens]          cache slot it writes (block * block_size + offset), -1 none
+ *   slots        [tokens]          cache slot it writes (block * block_size + offset); -1: a
+ *                                  padded token, which writes no cache row and attends to
+ *                                  nothing (its attention output is zero)
  *   block_table  [tokens, max_blocks_per_token]  cache blocks of each token's context
  *   context_lens [tokens]          context length including the token itself
  * and the cache of the pipeline's cache_kind (written at `slots`):

@@ -1,11 +1,14 @@
 // Decode attention on the GPU (atom/ops/attention.hpp's ops with `const Gpu&` first; every view in
 // device memory). Same arguments, same boundary checks as the host ops, except for the contents
-// of block_table and context_lens, which live on the device:
+// of the batch, which live on the device:
 //
-//   a token whose context length is < 1 or exceeds its block-table row (block_table.size(1) *
-//   block_size), or any of whose context blocks has an id outside [0, num_blocks), gets NaN in
-//   every element of all its output rows; the kernel never reads outside the cache for it, and
-//   the other tokens are unaffected.
+//   a token whose batch data is bad (no sequence holds it as query_start says, its context is < 1
+//   or exceeds its sequence's block-table row, block_table.size(1) * block_size, or any of its
+//   context blocks has an id outside [0, num_blocks)) gets NaN in every element of all its output
+//   rows; the kernel never reads outside the cache for it, and the other tokens are unaffected.
+//   A padded token (slot -1, or past the last sequence) gets zeros and reads nothing. (With
+//   starts that decrease, which of the sequences whose ranges hold a token it attends to is not
+//   specified; it still reads only its blocks. The host ops reject such a batch.)
 //
 // Kernel shape (flash-decoding). MLA on NVIDIA: a block of threads takes one token, 16, 32 or 64
 // heads and one chunk of the context; it stages tiles of 32 latent rows in shared memory as bf16
@@ -49,11 +52,10 @@
 namespace atom::ops {
 
 void mla_decode(const Gpu&, View3<const bf16> q_latent, View3<const bf16> q_pe,
-                View3<const bf16> cache, View2<const std::int32_t> block_table,
-                View1<const std::int32_t> context_lens, float softmax_scale, View3<bf16> out);
+                View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
+                View3<bf16> out);
 
 void gqa_decode(const Gpu&, View3<const bf16> q, const ConstKvCacheFp8& cache,
-                View2<const std::int32_t> block_table, View1<const std::int32_t> context_lens,
-                float softmax_scale, View3<bf16> out);
+                const DecodeBatch& batch, float softmax_scale, View3<bf16> out);
 
 }  // namespace atom::ops
