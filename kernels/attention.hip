@@ -66,8 +66,7 @@ struct DecodeArgs {
 };
 
 __device__ inline ops::TokenContext context_of(const DecodeArgs& a, index_t t) {
-  return ops::token_context(a.batch.query_start, a.batch.sequences(), a.batch.context_lens,
-                            a.batch.slots(t), t, a.table_cols * a.block_size);
+  return ops::token_context(a.batch, t, a.table_cols * a.block_size);
 }
 
 // The context rows [begin, end) that split `split` of token t takes, and the block-table row of

@@ -20,6 +20,11 @@ ConfigError::ConfigError(std::string file, std::string field, const std::string&
       file_(std::move(file)),
       field_(std::move(field)) {}
 
+std::string_view architecture_name(pipeline::Architecture a) {
+  using pipeline::Architecture;
+  return a == Architecture::deepseek_v3 ? "DeepseekV3ForCausalLM" : "Qwen3MoeForCausalLM";
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -91,10 +96,6 @@ constexpr std::array defaults_table{
     HfDefault{"quantization.modules_to_not_convert", "null", "null"},
     HfDefault{"quantization.exclude", "[]", "[]"},
 };
-
-std::string_view architecture_name(Architecture a) {
-  return a == Architecture::deepseek_v3 ? "DeepseekV3ForCausalLM" : "Qwen3MoeForCausalLM";
-}
 
 // Reads fields of one JSON object (the root, the rope dictionary or quantization_config) with
 // the file's name for errors; `table_prefix` names the object's rows in defaults_table and

@@ -17,9 +17,7 @@ std::vector<TokenContext> token_contexts(std::string_view op, const DecodeBatch&
   expect_batch_contents(op, b, num_blocks, block_size);
   std::vector<TokenContext> out;
   const index_t max_context = b.block_table.size(1) * block_size;
-  for (index_t t = 0; t < b.tokens(); ++t)
-    out.push_back(
-        token_context(b.query_start, b.sequences(), b.context_lens, b.slots(t), t, max_context));
+  for (index_t t = 0; t < b.tokens(); ++t) out.push_back(token_context(b, t, max_context));
   return out;
 }
 

@@ -1,8 +1,10 @@
-// libatom_plugin.so: the C ABI of atom_plugin.h over the dispatch table and the host pipelines.
+// libatom_plugin.so: the C ABI of atom_plugin.h over the dispatch table, the host pipelines and
+// the checkpoint loader.
 // Every entry point catches everything: a host sees a status and a message, never an exception.
 #include "atom/plugin/atom_plugin.h"
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -16,6 +18,10 @@
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
+#include "atom/io/loader.hpp"
+#include "atom/model/checkpoint.hpp"
+#include "atom/model/decode.hpp"
+#include "atom/model/hf_config.hpp"
 #include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
 #include "atom/plugin/models.hpp"
@@ -38,18 +44,20 @@ using AnyHandle =
                  dispatch::Handle<PipelineId::qwen3_attention>, pipeline::LayerHandles>;
 
 AnyHandle resolve_handle(const plugin::ModelSpec& spec, plugin::Kind kind,
-                         const pipeline::ModelConfig& model, const env::Config& c) {
+                         const pipeline::ModelConfig& model, pipeline::LayerKind layer_kind,
+                         policy::Point point, policy::WeightFormat attention_format,
+                         policy::WeightFormat mlp_format) {
   constexpr auto host = policy::BackendId::host;
   if (kind == plugin::Kind::layer)
-    return pipeline::resolve_layer(model, pipeline::LayerKind::moe, policy::point_from(c),
-                                   policy::WeightFormat::mxfp4, policy::WeightFormat::mxfp4, host);
+    return pipeline::resolve_layer(model, layer_kind, point, attention_format, mlp_format, host);
+  const policy::Point a = point.with(attention_format);
   switch (plugin::pipeline_of(spec, kind)) {
     case PipelineId::mla_attention:
-      return dispatch::resolve<PipelineId::mla_attention>(c, host);
+      return dispatch::resolve_point<PipelineId::mla_attention>(a, host);
     case PipelineId::moe_block:
-      return dispatch::resolve<PipelineId::moe_block>(c, host);
+      return dispatch::resolve_point<PipelineId::moe_block>(point.with(mlp_format), host);
     case PipelineId::qwen3_attention:
-      return dispatch::resolve<PipelineId::qwen3_attention>(c, host);
+      return dispatch::resolve_point<PipelineId::qwen3_attention>(a, host);
     case PipelineId::dense_mlp:
       break;
   }
@@ -59,15 +67,22 @@ AnyHandle resolve_handle(const plugin::ModelSpec& spec, plugin::Kind kind,
 }  // namespace
 
 struct atom_plugin_pipeline {
+  explicit atom_plugin_pipeline(AnyHandle h) : handle(std::move(h)) {}
+
   const plugin::ModelSpec* spec = nullptr;
   plugin::Kind kind = plugin::Kind::layer;
   pipeline::ModelConfig model;
+  std::string source;  // the preset, or the checkpoint folder
+  // A loaded layer's checkpoint: its files stay open while the weights may map them.
+  std::unique_ptr<model::HfCheckpoint> checkpoint;
   std::unique_ptr<pipeline::LayerWeights> weights;
+  pipeline::LayerKind layer_kind = pipeline::LayerKind::moe;
   std::int64_t dual_stream_threshold = 0;
   AnyHandle handle;
   std::string instance;
+  std::int64_t max_tokens = 0;  // 0: no bound (version 1's pipelines size on demand)
   pipeline::Workspace workspace;
-  std::vector<bf16> intermediate;    // a layer's attention output, the MoE block's input
+  std::vector<bf16> intermediate;    // a layer's attention output, the MLP block's input
   std::vector<std::int32_t> starts;  // 0, 1, ..., tokens: ABI 1's token t is sequence t
 };
 
@@ -233,6 +248,25 @@ std::string known_architectures() {
   return s;
 }
 
+// The kind named `kind` of `spec`, if the registration serves it.
+plugin::Kind served_kind(const atom_plugin_registration& r, const plugin::ModelSpec& spec,
+                         const char* kind) {
+  const auto k = plugin::kind_from(kind);
+  if (!k)
+    raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME,
+          "unknown pipeline kind '" + env::printable(kind) + "'; expected layer, attention or moe");
+  if (!r.allowed.plugin)
+    raise(ATOM_PLUGIN_ERROR_NOT_REGISTERED, std::string(spec.architecture) +
+                                                " is not registered: ATOM_DISABLE_VLLM_PLUGIN "
+                                                "is set, so atom registers nothing");
+  if (!r.allowed.serves(*k))
+    raise(ATOM_PLUGIN_ERROR_NOT_REGISTERED,
+          "the " + std::string(kind) + " pipeline of " + spec.architecture +
+              " contains attention, and ATOM_DISABLE_VLLM_PLUGIN_ATTENTION is set: the host "
+              "engine's attention is used; only the moe kind is registered");
+  return *k;
+}
+
 atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char* architecture,
                                    const char* kind, const char* preset, std::uint64_t seed,
                                    atom_plugin_pipeline** out) {
@@ -248,19 +282,7 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
       raise(ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE, "unknown architecture '" +
                                                         env::printable(architecture) +
                                                         "'; atom serves " + known_architectures());
-    const auto k = plugin::kind_from(kind);
-    if (!k)
-      raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME, "unknown pipeline kind '" + env::printable(kind) +
-                                                "'; expected layer, attention or moe");
-    if (!r->allowed.plugin)
-      raise(ATOM_PLUGIN_ERROR_NOT_REGISTERED, std::string(spec->architecture) +
-                                                  " is not registered: ATOM_DISABLE_VLLM_PLUGIN "
-                                                  "is set, so atom registers nothing");
-    if (!r->allowed.serves(*k))
-      raise(ATOM_PLUGIN_ERROR_NOT_REGISTERED,
-            "the " + std::string(kind) + " pipeline of " + spec->architecture +
-                " contains attention, and ATOM_DISABLE_VLLM_PLUGIN_ATTENTION is set: the host "
-                "engine's attention is used; only the moe kind is registered");
+    const plugin::Kind k = served_kind(*r, *spec, kind);
     const auto preset_it =
         std::find_if(spec->presets.begin(), spec->presets.end(),
                      [&](const char* p) { return std::string_view(p) == preset; });
@@ -270,17 +292,15 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
                 "; expected " + spec->presets[0] + " or " + spec->presets[1]);
 
     const pipeline::ModelConfig model = pipeline::preset(*preset_it);
-    auto p = std::make_unique<atom_plugin_pipeline>(
-        atom_plugin_pipeline{spec,
-                             *k,
-                             model,
-                             nullptr,
-                             r->config.get<env::Var::dual_stream_moe_token_threshold>(),
-                             resolve_handle(*spec, *k, model, r->config),
-                             {},
-                             {},
-                             {},
-                             {}});
+    // The presets' generated weights are MXFP4 throughout.
+    constexpr auto mxfp4 = policy::WeightFormat::mxfp4;
+    auto p = std::make_unique<atom_plugin_pipeline>(resolve_handle(
+        *spec, k, model, pipeline::LayerKind::moe, policy::point_from(r->config), mxfp4, mxfp4));
+    p->spec = spec;
+    p->kind = k;
+    p->model = model;
+    p->source = *preset_it;
+    p->dual_stream_threshold = r->config.get<env::Var::dual_stream_moe_token_threshold>();
     p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
     p->weights = std::make_unique<pipeline::LayerWeights>(p->model, seed);
     *out = p.release();
@@ -313,7 +333,7 @@ atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipe
     const bool fp8 = cache_kind_of(*p) == ATOM_PLUGIN_CACHE_FP8_KV;
     *out = {p->spec->architecture,
             plugin::kind_name(p->kind),
-            p->model.name.c_str(),
+            p->source.c_str(),
             p->spec->pipeline_names[static_cast<std::size_t>(p->kind)],
             p->instance.c_str(),
             "host",
@@ -340,6 +360,18 @@ void expect_extent(std::string_view name, std::int64_t v, std::int64_t max) {
                                                   std::to_string(max));
 }
 
+// The cache buffers' element counts of either version's sizes.
+template <class Sizes>
+void set_cache_sizes(const atom_plugin_pipeline& p, std::int64_t num_blocks, Sizes& z) {
+  const auto slots = static_cast<std::size_t>(num_blocks * p.model.block_size);
+  if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT) {
+    z.mla_cache = slots * static_cast<std::size_t>(cache_row(p.model));
+  } else {
+    z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p.model));
+    z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.model.num_kv_heads);
+  }
+}
+
 atom_plugin_buffer_sizes sizes_for(const atom_plugin_pipeline& p,
                                    const atom_plugin_batch_shape& s) {
   expect_extent("tokens", s.tokens, max_tokens);
@@ -352,13 +384,7 @@ atom_plugin_buffer_sizes sizes_for(const atom_plugin_pipeline& p,
   expect_extent("num_blocks", s.num_blocks, max_num_blocks);
   z.positions = z.slots = z.context_lens = t;
   z.block_table = t * static_cast<std::size_t>(s.max_blocks_per_token);
-  const auto slots = static_cast<std::size_t>(s.num_blocks * p.model.block_size);
-  if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT) {
-    z.mla_cache = slots * static_cast<std::size_t>(cache_row(p.model));
-  } else {
-    z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p.model));
-    z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.model.num_kv_heads);
-  }
+  set_cache_sizes(p, s.num_blocks, z);
   return z;
 }
 
@@ -408,40 +434,23 @@ void expect_buffers(const std::vector<Buffer>& buffers) {
   }
 }
 
-// Every entry a run will index, checked before anything is written.
-void expect_batch(const atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
-  const auto& s = a.shape;
-  const std::int64_t bs = p.model.block_size;
-  const std::int64_t max_context = std::min(p.model.max_position, s.max_blocks_per_token * bs);
-  const std::int64_t capacity = s.num_blocks * bs;
+// Positions inside the model's range (padded tokens too: their rotation is computed) and slots
+// -1 or inside the cache of `capacity` rows, each written by one token at most.
+void expect_positions_and_slots(const atom_plugin_pipeline& p, const std::int64_t* positions,
+                                const std::int64_t* slots, std::int64_t tokens,
+                                std::int64_t capacity) {
   std::set<std::int64_t> written;
-  for (std::int64_t t = 0; t < s.tokens; ++t) {
+  for (std::int64_t t = 0; t < tokens; ++t) {
     // Messages are built only on failure: this loop runs on every call.
     auto entry = [t](const char* name) {
       return "args." + std::string(name) + "[" + std::to_string(t) + "]";
     };
-    const std::int64_t len = a.context_lens[t];
-    if (len < 1 || len > max_context)
-      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
-            entry("context_lens") + " is " + std::to_string(len) + ", expected 1.." +
-                std::to_string(max_context) + " (max_position " +
-                std::to_string(p.model.max_position) + ", " +
-                std::to_string(s.max_blocks_per_token) + " blocks of " + std::to_string(bs) +
-                " per token)");
-    const std::int64_t pos = a.positions[t];
+    const std::int64_t pos = positions[t];
     if (pos < 0 || pos >= p.model.max_position)
       raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, entry("positions") + " is " + std::to_string(pos) +
                                                     ", expected 0.." +
                                                     std::to_string(p.model.max_position - 1));
-    for (std::int64_t b = 0; b < (len + bs - 1) / bs; ++b) {
-      const std::int32_t id = a.block_table[t * s.max_blocks_per_token + b];
-      if (id < 0 || id >= s.num_blocks)
-        raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
-              "args.block_table[" + std::to_string(t) + ", " + std::to_string(b) + "] is " +
-                  std::to_string(id) + ", outside the cache's " + std::to_string(s.num_blocks) +
-                  " blocks");
-    }
-    const std::int64_t slot = a.slots[t];
+    const std::int64_t slot = slots[t];
     if (slot == -1) continue;
     if (slot < 0 || slot >= capacity)
       raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, entry("slots") + " is " + std::to_string(slot) +
@@ -453,69 +462,158 @@ void expect_batch(const atom_plugin_pipeline& p, const atom_plugin_run_args& a) 
   }
 }
 
-// The run of a block or layer on the host's buffers.
+// Every entry a version 1 run will index, checked before anything is written.
+void expect_batch(const atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
+  const auto& s = a.shape;
+  const std::int64_t bs = p.model.block_size;
+  const std::int64_t max_context = std::min(p.model.max_position, s.max_blocks_per_token * bs);
+  for (std::int64_t t = 0; t < s.tokens; ++t) {
+    const std::int64_t len = a.context_lens[t];
+    if (len < 1 || len > max_context)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "args.context_lens[" + std::to_string(t) + "] is " + std::to_string(len) +
+                ", expected 1.." + std::to_string(max_context) + " (max_position " +
+                std::to_string(p.model.max_position) + ", " +
+                std::to_string(s.max_blocks_per_token) + " blocks of " + std::to_string(bs) +
+                " per token)");
+    for (std::int64_t b = 0; b < (len + bs - 1) / bs; ++b) {
+      const std::int32_t id = a.block_table[t * s.max_blocks_per_token + b];
+      if (id < 0 || id >= s.num_blocks)
+        raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+              "args.block_table[" + std::to_string(t) + ", " + std::to_string(b) + "] is " +
+                  std::to_string(id) + ", outside the cache's " + std::to_string(s.num_blocks) +
+                  " blocks");
+    }
+  }
+  expect_positions_and_slots(p, a.positions, a.slots, s.tokens, s.num_blocks * bs);
+}
+
+// What one run reads and writes, from either version's arguments (or the sizing run).
+struct RunViews {
+  View2<const bf16> x;
+  View2<bf16> residual, out;
+  pipeline::DecodeBatch batch;
+  View3<bf16> mla_cache;
+  ops::KvCacheFp8 kv_cache;
+};
+
+View3<bf16> mla_cache_view(const atom_plugin_pipeline& p, std::uint16_t* cache,
+                           std::int64_t num_blocks) {
+  return make_view(reinterpret_cast<bf16*>(cache), num_blocks, p.model.block_size,
+                   cache_row(p.model));
+}
+
+template <class Args>
+ops::KvCacheFp8 kv_cache_view(const atom_plugin_pipeline& p, const Args& a) {
+  const index_t blocks = a.shape.num_blocks;
+  const index_t bs = p.model.block_size;
+  const index_t kvh = p.model.num_kv_heads;
+  const index_t d = p.model.head_dim;
+  return {make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
+          make_view(reinterpret_cast<fp8_e4m3*>(a.value_cache), blocks, bs, kvh, d),
+          make_view(a.key_scale, blocks, bs, kvh), make_view(a.value_scale, blocks, bs, kvh)};
+}
+
+template <class Args>
+RunViews activations(const atom_plugin_pipeline& p, const Args& a) {
+  const index_t t = a.shape.tokens;
+  const index_t h = p.model.hidden;
+  return {make_view(reinterpret_cast<const bf16*>(a.x), t, h),
+          make_view(reinterpret_cast<bf16*>(a.residual), t, h),
+          make_view(reinterpret_cast<bf16*>(a.out), t, h),
+          {},
+          mla_cache_view(p, a.mla_cache, a.shape.num_blocks),
+          kv_cache_view(p, a)};
+}
+
+// Version 1's per-token batch in the per-sequence form: every token a sequence of its own.
+RunViews views_of(atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
+  RunViews v = activations(p, a);
+  const index_t t = a.shape.tokens;
+  p.starts.resize(static_cast<std::size_t>(t + 1));
+  std::iota(p.starts.begin(), p.starts.end(), 0);
+  v.batch = {make_view(static_cast<const std::int32_t*>(p.starts.data()), t + 1),
+             make_view(a.context_lens, t),
+             make_view(a.block_table, t, a.shape.max_blocks_per_token), make_view(a.positions, t),
+             make_view(a.slots, t)};
+  return v;
+}
+
+pipeline::DecodeBatch batch_of(const atom_plugin_sequence_args& a) {
+  const index_t t = a.shape.tokens;
+  const index_t s = a.shape.sequences;
+  return {make_view(a.query_start, s + 1), make_view(a.context_lens, s),
+          make_view(a.block_table, s, a.shape.max_blocks_per_sequence), make_view(a.positions, t),
+          make_view(a.slots, t)};
+}
+
+RunViews views_of(const atom_plugin_pipeline& p, const atom_plugin_sequence_args& a) {
+  RunViews v = activations(p, a);
+  v.batch = batch_of(a);
+  return v;
+}
+
+// The run of a block or layer on the views.
 struct Run {
   atom_plugin_pipeline& p;
-  const atom_plugin_run_args& a;
+  const RunViews& v;
 
-  index_t tokens() const { return a.shape.tokens; }
-  pipeline::BlockIo io() const {
-    const index_t t = tokens();
-    const index_t h = p.model.hidden;
-    return {&p.model,
-            nullptr,
-            make_view(reinterpret_cast<const bf16*>(a.x), t, h),
-            make_view(reinterpret_cast<bf16*>(a.residual), t, h),
-            make_view(reinterpret_cast<bf16*>(a.out), t, h),
-            &p.workspace};
-  }
-  // ABI 1's per-token batch in the per-sequence form: every token a sequence of its own.
-  pipeline::DecodeBatch batch() const {
-    const index_t t = tokens();
-    p.starts.resize(static_cast<std::size_t>(t + 1));
-    std::iota(p.starts.begin(), p.starts.end(), 0);
-    return {make_view(static_cast<const std::int32_t*>(p.starts.data()), t + 1),
-            make_view(a.context_lens, t), make_view(a.block_table, t, a.shape.max_blocks_per_token),
-            make_view(a.positions, t), make_view(a.slots, t)};
-  }
-  View3<bf16> mla_cache() const {
-    return make_view(reinterpret_cast<bf16*>(a.mla_cache), a.shape.num_blocks, p.model.block_size,
-                     cache_row(p.model));
-  }
-  ops::KvCacheFp8 kv_cache() const {
-    const index_t blocks = a.shape.num_blocks;
-    const index_t bs = p.model.block_size;
-    const index_t kvh = p.model.num_kv_heads;
-    const index_t d = p.model.head_dim;
-    return {make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
-            make_view(reinterpret_cast<fp8_e4m3*>(a.value_cache), blocks, bs, kvh, d),
-            make_view(a.key_scale, blocks, bs, kvh), make_view(a.value_scale, blocks, bs, kvh)};
-  }
-
+  pipeline::BlockIo io() const { return {&p.model, nullptr, v.x, v.residual, v.out, &p.workspace}; }
   void operator()(const dispatch::Handle<PipelineId::mla_attention>& h) const {
-    h(pipeline::MlaArgs{io(), &p.weights->mla(), batch(), mla_cache()});
+    h(pipeline::MlaArgs{io(), &p.weights->mla(), v.batch, v.mla_cache});
   }
   void operator()(const dispatch::Handle<PipelineId::qwen3_attention>& h) const {
-    h(pipeline::Qwen3AttentionArgs{io(), &p.weights->qwen3(), batch(), kv_cache()});
+    h(pipeline::Qwen3AttentionArgs{io(), &p.weights->qwen3(), v.batch, v.kv_cache});
   }
   void operator()(const dispatch::Handle<PipelineId::moe_block>& h) const {
     h(pipeline::MoeArgs{io(), &p.weights->moe(), p.dual_stream_threshold, {}});
   }
   void operator()(const pipeline::LayerHandles& layer) const {
-    p.intermediate.resize(static_cast<std::size_t>(tokens() * p.model.hidden));
+    const index_t tokens = v.x.size(0);
+    p.intermediate.resize(static_cast<std::size_t>(tokens * p.model.hidden));
     const bool mla = p.model.attention == pipeline::AttentionKind::mla;
+    const bool moe = p.layer_kind == pipeline::LayerKind::moe;
     pipeline::run_layer(layer,
                         {mla ? &p.weights->mla() : nullptr, mla ? nullptr : &p.weights->qwen3(),
-                         &p.weights->moe(), nullptr},
+                         moe ? &p.weights->moe() : nullptr, moe ? nullptr : &p.weights->dense()},
                         {io(),
-                         make_view(p.intermediate.data(), tokens(), p.model.hidden),
-                         batch(),
-                         mla ? mla_cache() : View3<bf16>{},
-                         mla ? ops::KvCacheFp8{} : kv_cache(),
+                         make_view(p.intermediate.data(), tokens, p.model.hidden),
+                         v.batch,
+                         mla ? v.mla_cache : View3<bf16>{},
+                         mla ? ops::KvCacheFp8{} : v.kv_cache,
                          p.dual_stream_threshold,
                          {}});
   }
 };
+
+void run_views(atom_plugin_pipeline& p, const RunViews& v) {
+  std::visit(Run{p, v}, p.handle);
+  p.workspace.reset();
+}
+
+// The buffers of a run of either version with their layouts in words, for expect_buffers.
+template <class Args, class Sizes>
+std::vector<Buffer> buffers_of(const atom_plugin_pipeline& p, const Args& a, const Sizes& n,
+                               const std::vector<Buffer>& batch) {
+  thread_local std::string act, cache;
+  act = "[tokens, hidden] = [" + std::to_string(a.shape.tokens) + ", " +
+        std::to_string(p.model.hidden) + "]";
+  cache = "[num_blocks, block_size, ...] = [" + std::to_string(a.shape.num_blocks) + ", " +
+          std::to_string(p.model.block_size) + ", ...]";
+  const char* c = cache.c_str();
+  std::vector<Buffer> all{
+      {"x", a.x, a.x_count, 2, n.x, act.c_str(), false},
+      {"residual", a.residual, a.residual_count, 2, n.residual, act.c_str(), true},
+      {"out", a.out, a.out_count, 2, n.out, act.c_str(), true}};
+  all.insert(all.end(), batch.begin(), batch.end());
+  all.insert(all.end(),
+             {{"mla_cache", a.mla_cache, a.mla_cache_count, 2, n.mla_cache, c, true},
+              {"key_cache", a.key_cache, a.key_cache_count, 1, n.key_cache, c, true},
+              {"value_cache", a.value_cache, a.value_cache_count, 1, n.value_cache, c, true},
+              {"key_scale", a.key_scale, a.key_scale_count, 4, n.key_scale, c, true},
+              {"value_scale", a.value_scale, a.value_scale_count, 4, n.value_scale, c, true}});
+  return all;
+}
 
 atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, void* stream) {
   // The host backend runs synchronously on the calling thread; device backends take the stream.
@@ -524,38 +622,208 @@ atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, v
     require(p, "pipeline");
     require(a, "args");
     const atom_plugin_buffer_sizes n = sizes_for(*p, a->shape);
-    const std::string act = "[tokens, hidden] = [" + std::to_string(a->shape.tokens) + ", " +
-                            std::to_string(p->model.hidden) + "]";
     const std::string per_token = "[tokens] = [" + std::to_string(a->shape.tokens) + "]";
     const std::string table = "[tokens, max_blocks_per_token] = [" +
                               std::to_string(a->shape.tokens) + ", " +
                               std::to_string(a->shape.max_blocks_per_token) + "]";
-    const std::string cache = "[num_blocks, block_size, ...] = [" +
-                              std::to_string(a->shape.num_blocks) + ", " +
-                              std::to_string(p->model.block_size) + ", ...]";
-    const char* c = cache.c_str();
-    expect_buffers(
-        {{"x", a->x, a->x_count, 2, n.x, act.c_str(), false},
-         {"residual", a->residual, a->residual_count, 2, n.residual, act.c_str(), true},
-         {"out", a->out, a->out_count, 2, n.out, act.c_str(), true},
-         {"positions", a->positions, a->positions_count, 8, n.positions, per_token.c_str(), false},
-         {"slots", a->slots, a->slots_count, 8, n.slots, per_token.c_str(), false},
+    const char* pt = per_token.c_str();
+    expect_buffers(buffers_of(
+        *p, *a, n,
+        {{"positions", a->positions, a->positions_count, 8, n.positions, pt, false},
+         {"slots", a->slots, a->slots_count, 8, n.slots, pt, false},
          {"block_table", a->block_table, a->block_table_count, 4, n.block_table, table.c_str(),
           false},
-         {"context_lens", a->context_lens, a->context_lens_count, 4, n.context_lens,
-          per_token.c_str(), false},
-         {"mla_cache", a->mla_cache, a->mla_cache_count, 2, n.mla_cache, c, true},
-         {"key_cache", a->key_cache, a->key_cache_count, 1, n.key_cache, c, true},
-         {"value_cache", a->value_cache, a->value_cache_count, 1, n.value_cache, c, true},
-         {"key_scale", a->key_scale, a->key_scale_count, 4, n.key_scale, c, true},
-         {"value_scale", a->value_scale, a->value_scale_count, 4, n.value_scale, c, true}});
+         {"context_lens", a->context_lens, a->context_lens_count, 4, n.context_lens, pt, false}}));
     if (reads_batch(p->kind)) expect_batch(*p, *a);
-    std::visit(Run{*p, *a}, p->handle);
-    p->workspace.reset();
+    run_views(*p, views_of(*p, *a));
   });
 }
 
-constexpr atom_plugin_api api_v1{ATOM_PLUGIN_ABI_VERSION,
+// Version 2.
+
+constexpr std::int64_t default_max_tokens = 256;
+
+atom_plugin_sequence_sizes sequence_sizes_for(const atom_plugin_pipeline& p,
+                                              const atom_plugin_sequence_shape& s) {
+  expect_extent("tokens", s.tokens, max_tokens);
+  if (p.max_tokens > 0 && s.tokens > p.max_tokens)
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+          "shape.tokens is " + std::to_string(s.tokens) + ", above the pipeline's max_tokens " +
+              std::to_string(p.max_tokens) + " (atom_plugin_load_options.max_tokens)");
+  const auto t = static_cast<std::size_t>(s.tokens);
+  atom_plugin_sequence_sizes z{};
+  z.x = z.residual = z.out = t * static_cast<std::size_t>(p.model.hidden);
+  if (!reads_batch(p.kind)) return z;
+  expect_extent("sequences", s.sequences, max_tokens);
+  expect_extent("max_blocks_per_sequence", s.max_blocks_per_sequence, max_blocks_per_token);
+  expect_extent("num_blocks", s.num_blocks, max_num_blocks);
+  const auto seqs = static_cast<std::size_t>(s.sequences);
+  z.query_start = seqs + 1;
+  z.context_lens = seqs;
+  z.block_table = seqs * static_cast<std::size_t>(s.max_blocks_per_sequence);
+  z.positions = z.slots = t;
+  set_cache_sizes(p, s.num_blocks, z);
+  return z;
+}
+
+atom_plugin_status sequence_sizes(const atom_plugin_pipeline* p,
+                                  const atom_plugin_sequence_shape* s,
+                                  atom_plugin_sequence_sizes* out) {
+  return guarded("sequence_sizes", [&] {
+    require(p, "pipeline");
+    require(s, "shape");
+    require(out, "out");
+    *out = sequence_sizes_for(*p, *s);
+  });
+}
+
+// Every entry a per-sequence run will index (ops/decode_batch.hpp's contract, and the positions
+// and slots), checked before anything is written.
+void expect_sequence_batch(const atom_plugin_pipeline& p, const atom_plugin_sequence_args& a) {
+  const auto& s = a.shape;
+  const std::int64_t bs = p.model.block_size;
+  try {
+    ops::expect_batch_contents("args", batch_of(a), s.num_blocks, bs);
+  } catch (const ShapeError& e) {
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, e.what());
+  }
+  const std::int64_t max_context = std::min(p.model.max_position, s.max_blocks_per_sequence * bs);
+  for (std::int64_t q = 0; q < s.sequences; ++q)
+    if (a.context_lens[q] > max_context)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "args.context_lens[" + std::to_string(q) + "] is " + std::to_string(a.context_lens[q]) +
+                ", above max_position " + std::to_string(p.model.max_position));
+  expect_positions_and_slots(p, a.positions, a.slots, s.tokens, s.num_blocks * bs);
+}
+
+atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequence_args* a,
+                                 void* stream) {
+  // The host backend runs synchronously on the calling thread; device backends take the stream.
+  static_cast<void>(stream);
+  return guarded("run_sequences", [&] {
+    require(p, "pipeline");
+    require(a, "args");
+    const atom_plugin_sequence_sizes n = sequence_sizes_for(*p, a->shape);
+    const std::string per_token = "[tokens] = [" + std::to_string(a->shape.tokens) + "]";
+    const std::string starts = "[sequences + 1] = [" + std::to_string(a->shape.sequences + 1) + "]";
+    const std::string per_seq = "[sequences] = [" + std::to_string(a->shape.sequences) + "]";
+    const std::string table = "[sequences, max_blocks_per_sequence] = [" +
+                              std::to_string(a->shape.sequences) + ", " +
+                              std::to_string(a->shape.max_blocks_per_sequence) + "]";
+    const char* pt = per_token.c_str();
+    expect_buffers(
+        buffers_of(*p, *a, n,
+                   {{"query_start", a->query_start, a->query_start_count, 4, n.query_start,
+                     starts.c_str(), false},
+                    {"context_lens", a->context_lens, a->context_lens_count, 4, n.context_lens,
+                     per_seq.c_str(), false},
+                    {"block_table", a->block_table, a->block_table_count, 4, n.block_table,
+                     table.c_str(), false},
+                    {"positions", a->positions, a->positions_count, 8, n.positions, pt, false},
+                    {"slots", a->slots, a->slots_count, 8, n.slots, pt, false}}));
+    if (reads_batch(p->kind)) expect_sequence_batch(*p, *a);
+    run_views(*p, views_of(*p, *a));
+  });
+}
+
+// Sizes the workspace for `p.max_tokens` tokens: one run on a batch of that many one-token
+// sequences (context 1) of the plugin's own, after which runs up to that size take no new
+// workspace memory.
+void size_workspace(atom_plugin_pipeline& p) {
+  const pipeline::DecodeState state(
+      p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1);
+  run_views(p, {state.x(), state.residual(), state.out(), state.batch(), state.mla_cache(),
+                state.kv_cache()});
+}
+
+// A failure of the checkpoint (a missing file, tensor or field, a wrong dtype or shape), with
+// the loader's message.
+template <class F>
+auto from_checkpoint(F&& read) {
+  try {
+    return read();
+  } catch (const Failure&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    raise(ATOM_PLUGIN_ERROR_CHECKPOINT, e.what());
+  }
+}
+
+atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* checkpoint,
+                                 std::int64_t layer, const char* kind,
+                                 const atom_plugin_load_options* options,
+                                 atom_plugin_pipeline** out) {
+  if (out != nullptr) *out = nullptr;
+  return guarded("load_pipeline", [&] {
+    require(r, "registration");
+    require(checkpoint, "checkpoint");
+    require(kind, "kind");
+    require(out, "out");
+    const atom_plugin_load_options o =
+        options != nullptr ? *options : atom_plugin_load_options{nullptr, default_max_tokens};
+    const std::string_view backend = o.backend == nullptr ? "auto" : o.backend;
+    if (backend == "gpu")
+      raise(ATOM_PLUGIN_ERROR_NO_INSTANCE,
+            "options.backend is 'gpu', but this build of the plugin runs the host backend only");
+    if (backend != "auto" && backend != "host")
+      raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME,
+            "options.backend is '" + env::printable(backend) + "'; expected auto, host or gpu");
+    if (o.max_tokens < 1 || o.max_tokens > max_tokens)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "options.max_tokens is " +
+                                                    std::to_string(o.max_tokens) +
+                                                    ", expected 1.." + std::to_string(max_tokens));
+    auto ckpt = from_checkpoint([&] {
+      return std::make_unique<model::HfCheckpoint>(
+          model::HfCheckpoint::open(checkpoint, io::load_mode(r->config)));
+    });
+    const pipeline::ModelConfig& m = ckpt->model();
+    const plugin::ModelSpec* spec = plugin::find_model(model::architecture_name(m.architecture));
+    if (spec == nullptr)
+      raise(ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE,
+            std::string(checkpoint) + " holds a model atom does not serve");
+    const plugin::Kind k = served_kind(*r, *spec, kind);
+    if (layer < 0 || layer >= m.num_layers)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "layer " + std::to_string(layer) + " is not a decoder layer of " + checkpoint +
+                ", which has layers 0.." + std::to_string(m.num_layers - 1));
+    const pipeline::LayerKind layer_kind = pipeline::layer_kind(m, layer);
+    if (k == plugin::Kind::moe && layer_kind != pipeline::LayerKind::moe)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "layer " + std::to_string(layer) + " of " + checkpoint +
+                " has a dense MLP, not a MoE block; kind 'layer' runs it");
+    auto weights = from_checkpoint([&] { return ckpt->layer(layer); });
+    const auto [attention_format, mlp_format] = model::block_formats(m, {layer, weights.get()});
+    auto p = std::make_unique<atom_plugin_pipeline>(resolve_handle(
+        *spec, k, m, layer_kind, policy::point_from(r->config), attention_format, mlp_format));
+    p->spec = spec;
+    p->kind = k;
+    p->model = m;
+    p->source = checkpoint;
+    p->checkpoint = std::move(ckpt);
+    p->weights = std::move(weights);
+    p->layer_kind = layer_kind;
+    p->dual_stream_threshold = r->config.get<env::Var::dual_stream_moe_token_threshold>();
+    p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
+    p->max_tokens = o.max_tokens;
+    size_workspace(*p);
+    *out = p.release();
+  });
+}
+
+atom_plugin_status workspace(const atom_plugin_pipeline* p, std::int64_t* max_tokens_out,
+                             std::size_t* bytes) {
+  return guarded("workspace", [&] {
+    require(p, "pipeline");
+    require(max_tokens_out, "max_tokens");
+    require(bytes, "bytes");
+    *max_tokens_out = p->max_tokens;
+    *bytes = p->workspace.capacity() + p->intermediate.capacity() * sizeof(bf16);
+  });
+}
+
+constexpr atom_plugin_api api_v2{2,
                                  sizeof(atom_plugin_api),
                                  last_error,
                                  register_plugin,
@@ -567,7 +835,30 @@ constexpr atom_plugin_api api_v1{ATOM_PLUGIN_ABI_VERSION,
                                  destroy_pipeline,
                                  pipeline_info,
                                  buffer_sizes,
-                                 run};
+                                 run,
+                                 load_pipeline,
+                                 sequence_sizes,
+                                 run_sequences,
+                                 workspace};
+
+// Version 1's table: the same functions, its struct ending before version 2's.
+constexpr atom_plugin_api api_v1{1,
+                                 offsetof(atom_plugin_api, load_pipeline),
+                                 last_error,
+                                 register_plugin,
+                                 release_registration,
+                                 registration_info,
+                                 model,
+                                 attention_backend,
+                                 create_pipeline,
+                                 destroy_pipeline,
+                                 pipeline_info,
+                                 buffer_sizes,
+                                 run,
+                                 nullptr,
+                                 nullptr,
+                                 nullptr,
+                                 nullptr};
 
 }  // namespace
 
@@ -576,11 +867,11 @@ extern "C" __attribute__((visibility("default"))) atom_plugin_status atom_plugin
   if (api != nullptr) *api = nullptr;
   const atom_plugin_status s = guarded("atom_plugin_get_api", [&] {
     require(api, "api");
-    if (abi_version != ATOM_PLUGIN_ABI_VERSION)
-      raise(ATOM_PLUGIN_ERROR_ABI_VERSION,
-            "the host asks for ABI version " + std::to_string(abi_version) +
-                "; this plugin provides version " + std::to_string(ATOM_PLUGIN_ABI_VERSION));
-    *api = &api_v1;
+    if (abi_version != 1 && abi_version != 2)
+      raise(ATOM_PLUGIN_ERROR_ABI_VERSION, "the host asks for ABI version " +
+                                               std::to_string(abi_version) +
+                                               "; this plugin provides versions 1 and 2");
+    *api = abi_version == 1 ? &api_v1 : &api_v2;
   });
   if (error != nullptr) *error = s == ATOM_PLUGIN_OK ? "" : last_error_text.c_str();
   return s;

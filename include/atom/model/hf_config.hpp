@@ -36,6 +36,9 @@ class ConfigError : public std::invalid_argument {
 // Parses config.json text; `source_name` names it in errors and becomes the config's name. The
 // KV-cache page (block_size, not a checkpoint fact) is 64 tokens for DeepSeek, 16 for Qwen3, as
 // in the presets.
+// The architecture's model class as config.json names it ("DeepseekV3ForCausalLM", ...).
+std::string_view architecture_name(pipeline::Architecture a);
+
 pipeline::ModelConfig parse_hf_config(std::string_view json_text, std::string_view source_name);
 
 // Reads `path`, a config.json or a checkpoint directory holding one.

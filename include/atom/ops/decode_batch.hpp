@@ -65,7 +65,7 @@ void expect_batch_contents(std::string_view op, const DecodeBatch& b, index_t nu
 // Where token t of a batch reads: its sequence, the number of context rows it attends to, and
 // whether it is padding (nothing to read) or its batch data is bad (no sequence holds it as the
 // starts say, or its context does not fit `max_context`). The one definition of the contract
-// above for the host checks and the device kernels; `starts` are the S + 1 query starts.
+// above for the host checks and the device kernels.
 struct TokenContext {
   index_t sequence = 0;
   index_t length = 0;
@@ -73,29 +73,42 @@ struct TokenContext {
   bool bad = false;
 };
 
-template <class Starts, class Lens>
-ATOM_HD inline TokenContext token_context(const Starts& starts, index_t sequences,
-                                          const Lens& context_lens, std::int64_t slot, index_t t,
-                                          index_t max_context) {
+ATOM_HD inline TokenContext token_context(const DecodeBatch& b, index_t t, index_t max_context) {
   TokenContext c;
-  // The last sequence whose start is at most t (a binary search: the starts never decrease).
-  index_t lo = 0;
-  index_t hi = sequences;
-  while (lo < hi) {
-    const index_t mid = (lo + hi + 1) / 2;
-    if (starts(mid) <= t)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  c.sequence = lo;
-  if (lo == sequences || slot < 0) {
+  const index_t sequences = b.sequences();
+  if (b.slots(t) < 0 || sequences == 0) {
     c.padding = true;
     return c;
   }
-  const index_t begin = starts(lo);
-  const index_t end = starts(lo + 1);
-  c.length = static_cast<index_t>(context_lens(lo)) - (end - 1 - t);
+  // A guess first, t * S / T: it is token t's sequence whenever every sequence has the same
+  // number of query tokens (plain decode, uniform speculative batches), and its three loads are
+  // independent of each other. Otherwise a binary search for the last sequence whose start is at
+  // most t (the starts never decrease).
+  index_t s = t * sequences / b.tokens();
+  index_t begin = b.query_start(s);
+  index_t end = b.query_start(s + 1);
+  index_t lens = b.context_lens(s);
+  if (begin > t || end <= t) {
+    index_t lo = 0;
+    index_t hi = sequences;
+    while (lo < hi) {
+      const index_t mid = (lo + hi + 1) / 2;
+      if (b.query_start(mid) <= t)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    if (lo == sequences) {  // past the last sequence's tokens: nothing to read
+      c.padding = true;
+      return c;
+    }
+    s = lo;
+    begin = b.query_start(s);
+    end = b.query_start(s + 1);
+    lens = b.context_lens(s);
+  }
+  c.sequence = s;
+  c.length = lens - (end - 1 - t);
   c.bad = begin > t || end <= t || c.length < 1 || c.length > max_context;
   return c;
 }

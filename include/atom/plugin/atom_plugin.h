@@ -24,11 +24,22 @@
  * Strings returned in the info structs are owned by the plugin: those of registrations and
  * models live as long as the library is loaded, those of a pipeline until it is destroyed.
  *
- * Weights. A pipeline owns its weights. In this ABI version they are deterministic random
- * weights generated from a seed (as atom's tests and atom-run use them), which makes a run
- * reproducible bit for bit (the full-size presets get full-size weights: gigabytes, generated in
- * seconds to minutes). Loading checkpoint weights goes through atom's io layer (C++) and is not
- * part of this ABI version.
+ * Versions. atom_plugin_get_api answers version 2 (this header) and version 1. Version 2 adds
+ * the functions after `run` in atom_plugin_api; version 1's table is the same table without
+ * them (its struct_size ends before load_pipeline), so a host compiled against version 1 keeps
+ * working unchanged.
+ *
+ * Weights. A pipeline owns its weights: those of one decoder layer of a Hugging Face checkpoint
+ * folder (load_pipeline, version 2), read in the formats the checkpoint stores, or deterministic
+ * random weights generated from a seed with the dimensions of a model preset (create_pipeline),
+ * as atom's tests and atom-run use them (the full-size presets get full-size weights: gigabytes,
+ * generated in seconds to minutes).
+ *
+ * Batches. Version 2 runs the per-sequence batch (run_sequences), the form vLLM and FlashMLA
+ * use: S sequences, sequence s owning the query tokens query_start[s] .. query_start[s + 1] - 1
+ * (1 in plain decode, 2 or more for speculative decoding) with its context length and its row of
+ * the block table; per token a position and a slot, -1 meaning a padded token that writes no
+ * cache row and whose attention output is zero. Version 1's run takes one sequence per token.
  *
  * Streams. run() takes a `stream` pointer owned by the host (a hipStream_t or cudaStream_t
  * for device backends). The host (CPU) backend, the only one in this build, runs synchronously
@@ -48,7 +59,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to the structs or the function table below. */
-#define ATOM_PLUGIN_ABI_VERSION 1u
+#define ATOM_PLUGIN_ABI_VERSION 2u
 #define ATOM_PLUGIN_ENTRY_POINT "atom_plugin_get_api"
 
 typedef int32_t atom_plugin_status;
@@ -64,6 +75,8 @@ typedef int32_t atom_plugin_status;
 #define ATOM_PLUGIN_ERROR_NO_INSTANCE 9          /* this build has no instantiation for it */
 #define ATOM_PLUGIN_ERROR_OUT_OF_MEMORY 10
 #define ATOM_PLUGIN_ERROR_INTERNAL 11
+#define ATOM_PLUGIN_ERROR_CHECKPOINT \
+  12 /* version 2: the checkpoint cannot be read as its config says */
 
 typedef struct atom_plugin_registration atom_plugin_registration;
 typedef struct atom_plugin_pipeline atom_plugin_pipeline;
@@ -179,6 +192,83 @@ typedef struct atom_plugin_run_args {
   size_t value_scale_count;
 } atom_plugin_run_args;
 
+/* Version 2: how load_pipeline builds a pipeline. */
+typedef struct atom_plugin_load_options {
+  /* "host", or NULL / "auto" for the best backend this build of the plugin provides (the host
+   * backend in this build; a request for any other backend is refused with
+   * ATOM_PLUGIN_ERROR_NO_INSTANCE). */
+  const char* backend;
+  /* The most tokens one run takes (1..2^24). The workspace is sized for it at creation: a run of
+   * at most max_tokens tokens allocates nothing, a larger one is refused. */
+  int64_t max_tokens;
+} atom_plugin_load_options;
+
+/* Version 2: the size of a per-sequence decode batch. */
+typedef struct atom_plugin_sequence_shape {
+  int64_t tokens;                  /* T, query tokens of all sequences plus padding */
+  int64_t sequences;               /* S; ignored by the "moe" kind */
+  int64_t max_blocks_per_sequence; /* columns of the block table; ignored by "moe" */
+  int64_t num_blocks;              /* blocks of the cache; ignored by "moe" */
+} atom_plugin_sequence_shape;
+
+/* Element counts each buffer of atom_plugin_sequence_args needs; 0 for buffers the kind does not
+ * read. */
+typedef struct atom_plugin_sequence_sizes {
+  size_t x, residual, out;          /* bf16 */
+  size_t query_start;               /* int32 */
+  size_t context_lens, block_table; /* int32 */
+  size_t positions, slots;          /* int64 */
+  size_t mla_cache;                 /* bf16 */
+  size_t key_cache, value_cache;    /* fp8 e4m3 codes, one byte each */
+  size_t key_scale, value_scale;    /* float */
+} atom_plugin_sequence_sizes;
+
+/* One run of the per-sequence batch on host-owned memory; bf16 values as their 16 bits, each
+ * pointer with its element count, buffers a kind does not read may be NULL.
+ *   x, residual, out [tokens, hidden]  as in atom_plugin_run_args
+ *   query_start  [sequences + 1]  0, then non-decreasing, at most tokens: sequence s owns tokens
+ *                                 query_start[s] .. query_start[s + 1] - 1; tokens from
+ *                                 query_start[sequences] on must be padding
+ *   context_lens [sequences]      cache rows of each sequence, its query tokens' rows included
+ *                                 (at least its query count); query token t of sequence s
+ *                                 attends to the first context_lens[s] - (query_start[s + 1] -
+ *                                 1 - t) rows (causal)
+ *   block_table  [sequences, max_blocks_per_sequence]  cache blocks of each sequence's context
+ *   positions    [tokens]         position of each token (below max_position)
+ *   slots        [tokens]         cache slot it writes (block * block_size + offset), each slot
+ *                                 at most once; -1: padding (writes nothing, reads nothing, its
+ *                                 attention output is zero)
+ *   caches       as in atom_plugin_run_args, of shape.num_blocks blocks */
+typedef struct atom_plugin_sequence_args {
+  atom_plugin_sequence_shape shape;
+  const uint16_t* x;
+  size_t x_count;
+  uint16_t* residual;
+  size_t residual_count;
+  uint16_t* out;
+  size_t out_count;
+  const int32_t* query_start;
+  size_t query_start_count;
+  const int32_t* context_lens;
+  size_t context_lens_count;
+  const int32_t* block_table;
+  size_t block_table_count;
+  const int64_t* positions;
+  size_t positions_count;
+  const int64_t* slots;
+  size_t slots_count;
+  uint16_t* mla_cache;
+  size_t mla_cache_count;
+  uint8_t* key_cache;
+  size_t key_cache_count;
+  uint8_t* value_cache;
+  size_t value_cache_count;
+  float* key_scale;
+  size_t key_scale_count;
+  float* value_scale;
+  size_t value_scale_count;
+} atom_plugin_sequence_args;
+
 typedef struct atom_plugin_api {
   uint32_t abi_version; /* ATOM_PLUGIN_ABI_VERSION of the plugin */
   uint32_t struct_size; /* sizeof(atom_plugin_api) of the plugin */
@@ -217,6 +307,30 @@ typedef struct atom_plugin_api {
   /* Runs once. Checks every pointer, count and batch entry before writing anything. */
   atom_plugin_status (*run)(atom_plugin_pipeline* pipeline, const atom_plugin_run_args* args,
                             void* stream);
+
+  /* Version 2. */
+
+  /* A pipeline of `kind` ("layer", "attention" or "moe") for decoder layer `layer` (0-based) of
+   * the Hugging Face checkpoint folder `checkpoint` (config.json with model.safetensors or
+   * model.safetensors.index.json), its weights read in their stored formats (bf16, FP8 with
+   * 128x128 block scales, MXFP4), running the instantiation the registration's settings select
+   * at those formats. The architecture is the checkpoint's own. A "layer" runs the layer's
+   * attention and its MLP, MoE or dense as the config makes that layer; "moe" is refused for a
+   * dense layer. `options` may be NULL: the best backend, max_tokens 256. */
+  atom_plugin_status (*load_pipeline)(const atom_plugin_registration* registration,
+                                      const char* checkpoint, int64_t layer, const char* kind,
+                                      const atom_plugin_load_options* options,
+                                      atom_plugin_pipeline** out);
+  atom_plugin_status (*sequence_sizes)(const atom_plugin_pipeline* pipeline,
+                                       const atom_plugin_sequence_shape* shape,
+                                       atom_plugin_sequence_sizes* out);
+  /* Runs the per-sequence batch once; checks every pointer, count and batch entry before
+   * writing anything. */
+  atom_plugin_status (*run_sequences)(atom_plugin_pipeline* pipeline,
+                                      const atom_plugin_sequence_args* args, void* stream);
+  /* The most tokens one run takes and the bytes of scratch memory held for them. */
+  atom_plugin_status (*workspace)(const atom_plugin_pipeline* pipeline, int64_t* max_tokens,
+                                  size_t* bytes);
 } atom_plugin_api;
 
 /* The entry point. Sets *api to the function table of `abi_version`, or returns
