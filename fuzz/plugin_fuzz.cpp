@@ -1,8 +1,9 @@
 // libFuzzer target: the plugin ABI's argument checks, through the C entry points a host calls. The
 // input chooses the ABI version, the settings list (known and unknown names, any values), the
-// architecture, kind and preset (the tiny presets, or arbitrary strings), the batch shape, each
-// buffer's element count and pointer (exact, short, NULL or aliasing another), and every batch
-// entry (positions, slots, block ids, context lengths, in and around their ranges). Each call
+// architecture, kind and preset (the tiny presets, or arbitrary strings), version 1's per-token
+// run or version 2's per-sequence run, the batch shape, each buffer's element count and pointer
+// (exact, short, NULL or aliasing another), and every batch entry (query starts, positions,
+// slots, block ids, context lengths, in and around their ranges). Each call
 // must return a status of the ABI with a message naming what was wrong, or run; a crash, a
 // sanitizer report, a failure without a message or an unknown status is a finding.
 #include <fuzzer/FuzzedDataProvider.h>
@@ -26,7 +27,7 @@ namespace {
 const atom_plugin_api* api = nullptr;
 
 void check(atom_plugin_status s) {
-  if (s < ATOM_PLUGIN_OK || s > ATOM_PLUGIN_ERROR_INTERNAL) __builtin_trap();
+  if (s < ATOM_PLUGIN_OK || s > ATOM_PLUGIN_ERROR_CHECKPOINT) __builtin_trap();
   // INTERNAL means a check let bad input through to code that then failed.
   if (s == ATOM_PLUGIN_ERROR_INTERNAL) __builtin_trap();
   if (s != ATOM_PLUGIN_OK && std::strlen(api->last_error()) == 0) __builtin_trap();
@@ -107,16 +108,19 @@ Arg<T> make_arg(FuzzedDataProvider& in, std::size_t needed, std::minstd_rand& bi
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
   {
-    // The entry point: any version; only the built one is handed out.
+    // The entry point: any version; versions 1 and 2 are handed out, the rest refused. Runs use
+    // version 2's table (version 1's functions are its first ones).
     const atom_plugin_api* got = nullptr;
     const char* error = nullptr;
     const auto version = in.ConsumeIntegralInRange<int>(0, 7) < 7 ? ATOM_PLUGIN_ABI_VERSION
                                                                   : in.ConsumeIntegral<uint32_t>();
     const atom_plugin_status s = atom_plugin_get_api(version, &got, &error);
-    if ((s == ATOM_PLUGIN_OK) != (version == ATOM_PLUGIN_ABI_VERSION)) __builtin_trap();
+    if ((s == ATOM_PLUGIN_OK) != (version == 1 || version == 2)) __builtin_trap();
+    if (s == ATOM_PLUGIN_OK && got->abi_version != version) __builtin_trap();
     if (s != ATOM_PLUGIN_OK && (error == nullptr || std::strlen(error) == 0)) __builtin_trap();
     if (s != ATOM_PLUGIN_OK) return 0;
-    api = got;
+    if (atom_plugin_get_api(ATOM_PLUGIN_ABI_VERSION, &api, &error) != ATOM_PLUGIN_OK)
+      __builtin_trap();
   }
 
   // Settings: name/value pairs of registry names or arbitrary strings, the value arbitrary.
@@ -163,16 +167,27 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   atom_plugin_pipeline_info pi{};
   check(api->pipeline_info(p, &pi));
 
-  atom_plugin_batch_shape shape{around<std::int64_t>(in, 1, 6), around<std::int64_t>(in, 1, 5),
-                                around<std::int64_t>(in, 1, 24)};
-  atom_plugin_buffer_sizes n{};
-  s = api->buffer_sizes(p, &shape, &n);
+  // Version 1's per-token batch, or version 2's per-sequence one.
+  const bool per_sequence = in.ConsumeBool();
+  atom_plugin_sequence_shape shape{around<std::int64_t>(in, 1, 6), around<std::int64_t>(in, 1, 4),
+                                   around<std::int64_t>(in, 1, 5), around<std::int64_t>(in, 1, 24)};
+  atom_plugin_sequence_sizes n{};
+  if (per_sequence) {
+    s = api->sequence_sizes(p, &shape, &n);
+  } else {
+    const atom_plugin_batch_shape v1{shape.tokens, shape.max_blocks_per_sequence, shape.num_blocks};
+    atom_plugin_buffer_sizes z{};
+    s = api->buffer_sizes(p, &v1, &z);
+    n = {z.x,           z.residual,  z.out,        0,           z.context_lens,
+         z.block_table, z.positions, z.slots,      z.mla_cache, z.key_cache,
+         z.value_cache, z.key_scale, z.value_scale};
+  }
   check(s);
   if (s != ATOM_PLUGIN_OK) {
     api->destroy_pipeline(p);
     return 0;
   }
-  // buffer_sizes accepts any extent up to the ABI's limits; the fuzzer allocates small batches.
+  // The sizes accept any extent up to the ABI's limits; the fuzzer allocates small batches.
   const std::size_t total = n.x + n.block_table + n.mla_cache + n.key_cache + n.key_scale;
   if (total > (std::size_t{1} << 22)) {
     api->destroy_pipeline(p);
@@ -184,6 +199,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto x = make_arg<std::uint16_t>(in, n.x, bits, raw);
   auto residual = make_arg<std::uint16_t>(in, n.residual, bits, raw);
   auto out = make_arg<std::uint16_t>(in, n.out, bits, raw);
+  auto starts = make_arg<std::int32_t>(in, n.query_start, bits, raw);
   auto positions = make_arg<std::int64_t>(in, n.positions, bits, raw);
   auto slots = make_arg<std::int64_t>(in, n.slots, bits, raw);
   auto table = make_arg<std::int32_t>(in, n.block_table, bits, raw);
@@ -195,7 +211,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto value_scale = make_arg<float>(in, n.value_scale, bits, raw);
   // The moe kind ignores the cache extents, which may then be anything: ranges from clamped ones.
   const std::int64_t blocks = std::clamp<std::int64_t>(shape.num_blocks, 0, 1 << 20);
-  const std::int64_t width = std::clamp<std::int64_t>(shape.max_blocks_per_token, 0, 1 << 20);
+  const std::int64_t width = std::clamp<std::int64_t>(shape.max_blocks_per_sequence, 0, 1 << 20);
+  const std::int64_t tokens = std::clamp<std::int64_t>(shape.tokens, 0, 1 << 20);
   const std::int64_t slots_total = blocks * pi.block_size;
   for (auto& v : positions.storage) v = around<std::int64_t>(in, 0, pi.max_position - 1);
   // Slots: distinct by default (token t writes slot t), else padding or anything near the range.
@@ -205,29 +222,66 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                        : choice == 6 ? around<std::int64_t>(in, 0, slots_total - 1)
                                      : static_cast<std::int64_t>(t);
   }
+  // Query starts: 0, then steps of 0 to 3 tokens, each near the range of a valid next start.
+  for (std::size_t i = 0; i < starts.storage.size(); ++i) {
+    const std::int32_t previous = i == 0 ? 0 : starts.storage[i - 1];
+    starts.storage[i] =
+        i == 0 ? around<std::int32_t>(in, 0, 0)
+               : around<std::int32_t>(in, previous, std::min<std::int64_t>(previous + 3, tokens));
+  }
   for (auto& v : table.storage) v = around<std::int32_t>(in, 0, blocks - 1);
   for (auto& v : context.storage) v = around<std::int32_t>(in, 1, width * pi.block_size);
 
-  atom_plugin_run_args a{
-      shape,       x.data,         x.count,         residual.data,    residual.count,
-      out.data,    out.count,      positions.data,  positions.count,  slots.data,
-      slots.count, table.data,     table.count,     context.data,     context.count,
-      mla.data,    mla.count,      key.data,        key.count,        value.data,
-      value.count, key_scale.data, key_scale.count, value_scale.data, value_scale.count};
   // Aliasing: the output over the residual stream, or the input over the output.
-  switch (in.ConsumeIntegralInRange<int>(0, 15)) {
-    case 14:
+  const int alias = in.ConsumeIntegralInRange<int>(0, 15);
+  auto aliased = [&](auto& a) {
+    if (alias == 14) {
       a.out = a.residual;
       a.out_count = a.residual_count;
-      break;
-    case 15:
+    } else if (alias == 15) {
       a.x = a.out;
       a.x_count = a.out_count;
-      break;
-    default:
-      break;
+    }
+  };
+  if (per_sequence) {
+    atom_plugin_sequence_args a{shape,           x.data,           x.count,          residual.data,
+                                residual.count,  out.data,         out.count,        starts.data,
+                                starts.count,    context.data,     context.count,    table.data,
+                                table.count,     positions.data,   positions.count,  slots.data,
+                                slots.count,     mla.data,         mla.count,        key.data,
+                                key.count,       value.data,       value.count,      key_scale.data,
+                                key_scale.count, value_scale.data, value_scale.count};
+    aliased(a);
+    check(api->run_sequences(p, &a, nullptr));
+  } else {
+    atom_plugin_run_args a{{shape.tokens, shape.max_blocks_per_sequence, shape.num_blocks},
+                           x.data,
+                           x.count,
+                           residual.data,
+                           residual.count,
+                           out.data,
+                           out.count,
+                           positions.data,
+                           positions.count,
+                           slots.data,
+                           slots.count,
+                           table.data,
+                           table.count,
+                           context.data,
+                           context.count,
+                           mla.data,
+                           mla.count,
+                           key.data,
+                           key.count,
+                           value.data,
+                           value.count,
+                           key_scale.data,
+                           key_scale.count,
+                           value_scale.data,
+                           value_scale.count};
+    aliased(a);
+    check(api->run(p, &a, nullptr));
   }
-  check(api->run(p, &a, nullptr));
   api->destroy_pipeline(p);
   return 0;
 }

@@ -215,7 +215,9 @@ class Layer:
         (key, value, key_scale, value_scale) of the FP8 cache; block_table [sequences,
         max_blocks] and context_lens [sequences] int32; positions and slots [tokens] int64 (slot
         -1: a padded token); query_start [sequences + 1] int32 (None: one token a sequence).
-        Returns out (a new buffer like x when not given)."""
+        `stream`: a torch.cuda.Stream or a cudaStream_t as an integer; on the GPU backend None means
+        torch's current stream, so that a call inside torch.cuda.graph() is captured. Returns
+        out (a new buffer like x when not given)."""
         on_gpu = self.backend == "gpu"
         xa = _Arg("x", x, "bf16", False, on_gpu)
         if xa.count % self.hidden != 0:
@@ -237,7 +239,11 @@ class Layer:
             sequences = lens.count
             if sequences == 0:
                 raise ValueError("context_lens is empty; a batch has at least one sequence")
-            if query_start is None:
+            if query_start is None and on_gpu:
+                import torch
+                query_start = torch.arange(sequences + 1, dtype=torch.int32,
+                                           device=context_lens.device)
+            elif query_start is None:
                 query_start = (ctypes.c_int32 * (sequences + 1))(*range(sequences + 1))
             table = _Arg("block_table", block_table, "int32", False, on_gpu)
             if table.count % sequences != 0:
@@ -270,6 +276,9 @@ class Layer:
         for name, arg in args.items():
             setattr(a, name, arg.pointer())
             setattr(a, name + "_count", arg.count)
+        if stream is None and on_gpu:
+            import torch  # a GPU pipeline runs on torch tensors: torch's current stream
+            stream = torch.cuda.current_stream()
         _abi.check(_abi.api().run_sequences(self._handle, ctypes.byref(a),
                                             _stream_handle(stream)))
         return out

@@ -70,15 +70,6 @@ std::unique_ptr<DecodeSteps> decode_steps(const StepSetup& setup) {
   return std::make_unique<HostSteps>(setup);
 }
 
-std::pair<policy::WeightFormat, policy::WeightFormat> block_formats(const pipeline::ModelConfig& m,
-                                                                    const DecodeLayer& layer) {
-  const pipeline::LayerWeights& w = *layer.weights;
-  const bool moe = pipeline::layer_kind(m, layer.index) == pipeline::LayerKind::moe;
-  return {m.attention == pipeline::AttentionKind::mla ? pipeline::weight_format(w.mla())
-                                                      : pipeline::weight_format(w.qwen3()),
-          moe ? pipeline::weight_format(w.moe()) : pipeline::weight_format(w.dense())};
-}
-
 std::vector<LayerOutput> decode_sequences(const pipeline::ModelConfig& m,
                                           const std::vector<DecodeLayer>& layers,
                                           const std::vector<std::vector<bf16>>& inputs,

@@ -25,10 +25,7 @@ namespace atom::model::detail {
 template <class Weights>
 pipeline::LayerBlockWeights block_weights(const pipeline::ModelConfig& m, const DecodeLayer& l,
                                           const Weights& w) {
-  const bool mla = m.attention == pipeline::AttentionKind::mla;
-  const bool moe = pipeline::layer_kind(m, l.index) == pipeline::LayerKind::moe;
-  return {mla ? &w.mla() : nullptr, mla ? nullptr : &w.qwen3(), moe ? &w.moe() : nullptr,
-          moe ? nullptr : &w.dense()};
+  return pipeline::block_weights(m, pipeline::layer_kind(m, l.index), w);
 }
 
 template <class Memory>

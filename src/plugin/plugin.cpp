@@ -1,5 +1,5 @@
-// libatom_plugin.so: the C ABI of atom_plugin.h over the dispatch table, the host pipelines and
-// the checkpoint loader.
+// libatom_plugin.so: the C ABI of atom_plugin.h over the dispatch table, the host and (in a GPU
+// build) GPU pipelines and the checkpoint loader.
 // Every entry point catches everything: a host sees a status and a message, never an exception.
 #include "atom/plugin/atom_plugin.h"
 
@@ -25,6 +25,10 @@
 #include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
 #include "atom/plugin/models.hpp"
+#if ATOM_GPU_INSTANCES
+#include "atom/gpu/device.hpp"
+#include "atom/pipeline/device_storage.hpp"
+#endif
 
 using namespace atom;
 using policy::PipelineId;
@@ -46,8 +50,7 @@ using AnyHandle =
 AnyHandle resolve_handle(const plugin::ModelSpec& spec, plugin::Kind kind,
                          const pipeline::ModelConfig& model, pipeline::LayerKind layer_kind,
                          policy::Point point, policy::WeightFormat attention_format,
-                         policy::WeightFormat mlp_format) {
-  constexpr auto host = policy::BackendId::host;
+                         policy::WeightFormat mlp_format, policy::BackendId host) {
   if (kind == plugin::Kind::layer)
     return pipeline::resolve_layer(model, layer_kind, point, attention_format, mlp_format, host);
   const policy::Point a = point.with(attention_format);
@@ -64,6 +67,20 @@ AnyHandle resolve_handle(const plugin::ModelSpec& spec, plugin::Kind kind,
   throw std::logic_error("a plugin kind without a pipeline");
 }
 
+#if ATOM_GPU_INSTANCES
+// A GPU pipeline's device side: its weights' device copies, a layer's intermediate (the attention
+// block's output) for max_tokens tokens, and the MoE block's side stream.
+struct DeviceSide {
+  DeviceSide(const pipeline::ModelConfig& m, const pipeline::LayerWeights& host,
+             policy::GemmBackend gemm, std::int64_t max_tokens)
+      : weights(m, host, {gemm}), intermediate(static_cast<std::size_t>(max_tokens * m.hidden)) {}
+
+  pipeline::DeviceLayerWeights weights;
+  gpu::Buffer<bf16> intermediate;
+  gpu::Stream side;
+};
+#endif
+
 }  // namespace
 
 struct atom_plugin_pipeline {
@@ -75,15 +92,34 @@ struct atom_plugin_pipeline {
   std::string source;  // the preset, or the checkpoint folder
   // A loaded layer's checkpoint: its files stay open while the weights may map them.
   std::unique_ptr<model::HfCheckpoint> checkpoint;
-  std::unique_ptr<pipeline::LayerWeights> weights;
+  std::unique_ptr<pipeline::LayerWeights> weights;  // host weights (released once on the GPU)
   pipeline::LayerKind layer_kind = pipeline::LayerKind::moe;
+  policy::BackendId backend = policy::BackendId::host;
+  pipeline::LayerBlockWeights blocks;  // the weights the handle reads, in the backend's memory
   std::int64_t dual_stream_threshold = 0;
   AnyHandle handle;
   std::string instance;
   std::int64_t max_tokens = 0;  // 0: no bound (version 1's pipelines size on demand)
   pipeline::Workspace workspace;
-  std::vector<bf16> intermediate;    // a layer's attention output, the MLP block's input
-  std::vector<std::int32_t> starts;  // 0, 1, ..., tokens: ABI 1's token t is sequence t
+  std::vector<bf16> host_intermediate;  // a layer's attention output, the MLP block's input
+  std::vector<std::int32_t> starts;     // 0, 1, ..., tokens: ABI 1's token t is sequence t
+#if ATOM_GPU_INSTANCES
+  std::unique_ptr<DeviceSide> device;  // GPU pipelines only
+#endif
+
+  View2<bf16> intermediate(index_t tokens) {
+#if ATOM_GPU_INSTANCES
+    if (device) return make_view(device->intermediate.data(), tokens, model.hidden);
+#endif
+    host_intermediate.resize(static_cast<std::size_t>(tokens * model.hidden));
+    return make_view(host_intermediate.data(), tokens, model.hidden);
+  }
+  void* side_stream() const {
+#if ATOM_GPU_INSTANCES
+    if (device) return device->side.handle();
+#endif
+    return nullptr;
+  }
 };
 
 namespace {
@@ -294,8 +330,9 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
     const pipeline::ModelConfig model = pipeline::preset(*preset_it);
     // The presets' generated weights are MXFP4 throughout.
     constexpr auto mxfp4 = policy::WeightFormat::mxfp4;
-    auto p = std::make_unique<atom_plugin_pipeline>(resolve_handle(
-        *spec, k, model, pipeline::LayerKind::moe, policy::point_from(r->config), mxfp4, mxfp4));
+    auto p = std::make_unique<atom_plugin_pipeline>(
+        resolve_handle(*spec, k, model, pipeline::LayerKind::moe, policy::point_from(r->config),
+                       mxfp4, mxfp4, policy::BackendId::host));
     p->spec = spec;
     p->kind = k;
     p->model = model;
@@ -303,6 +340,7 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
     p->dual_stream_threshold = r->config.get<env::Var::dual_stream_moe_token_threshold>();
     p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
     p->weights = std::make_unique<pipeline::LayerWeights>(p->model, seed);
+    p->blocks = pipeline::block_weights(p->model, p->layer_kind, *p->weights);
     *out = p.release();
   });
 }
@@ -336,7 +374,7 @@ atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipe
             p->source.c_str(),
             p->spec->pipeline_names[static_cast<std::size_t>(p->kind)],
             p->instance.c_str(),
-            "host",
+            p->backend == policy::BackendId::gpu ? "gpu" : "host",
             p->model.hidden,
             p->model.block_size,
             p->model.max_position,
@@ -495,6 +533,7 @@ struct RunViews {
   pipeline::DecodeBatch batch;
   View3<bf16> mla_cache;
   ops::KvCacheFp8 kv_cache;
+  void* stream = nullptr;
 };
 
 View3<bf16> mla_cache_view(const atom_plugin_pipeline& p, std::uint16_t* cache,
@@ -558,26 +597,26 @@ struct Run {
   atom_plugin_pipeline& p;
   const RunViews& v;
 
-  pipeline::BlockIo io() const { return {&p.model, nullptr, v.x, v.residual, v.out, &p.workspace}; }
+  pipeline::BlockIo io() const {
+    pipeline::BlockIo io{&p.model, nullptr, v.x, v.residual, v.out, &p.workspace};
+    io.stream = v.stream;
+    io.side_stream = p.side_stream();
+    return io;
+  }
   void operator()(const dispatch::Handle<PipelineId::mla_attention>& h) const {
-    h(pipeline::MlaArgs{io(), &p.weights->mla(), v.batch, v.mla_cache});
+    h(pipeline::MlaArgs{io(), p.blocks.mla, v.batch, v.mla_cache});
   }
   void operator()(const dispatch::Handle<PipelineId::qwen3_attention>& h) const {
-    h(pipeline::Qwen3AttentionArgs{io(), &p.weights->qwen3(), v.batch, v.kv_cache});
+    h(pipeline::Qwen3AttentionArgs{io(), p.blocks.qwen3, v.batch, v.kv_cache});
   }
   void operator()(const dispatch::Handle<PipelineId::moe_block>& h) const {
-    h(pipeline::MoeArgs{io(), &p.weights->moe(), p.dual_stream_threshold, {}});
+    h(pipeline::MoeArgs{io(), p.blocks.moe, p.dual_stream_threshold, {}});
   }
   void operator()(const pipeline::LayerHandles& layer) const {
-    const index_t tokens = v.x.size(0);
-    p.intermediate.resize(static_cast<std::size_t>(tokens * p.model.hidden));
     const bool mla = p.model.attention == pipeline::AttentionKind::mla;
-    const bool moe = p.layer_kind == pipeline::LayerKind::moe;
-    pipeline::run_layer(layer,
-                        {mla ? &p.weights->mla() : nullptr, mla ? nullptr : &p.weights->qwen3(),
-                         moe ? &p.weights->moe() : nullptr, moe ? nullptr : &p.weights->dense()},
+    pipeline::run_layer(layer, p.blocks,
                         {io(),
-                         make_view(p.intermediate.data(), tokens, p.model.hidden),
+                         p.intermediate(v.x.size(0)),
                          v.batch,
                          mla ? v.mla_cache : View3<bf16>{},
                          mla ? ops::KvCacheFp8{} : v.kv_cache,
@@ -621,6 +660,10 @@ atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, v
   return guarded("run", [&] {
     require(p, "pipeline");
     require(a, "args");
+    if (p->backend != policy::BackendId::host)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "the pipeline runs on the GPU backend; version 1's run takes host buffers, "
+            "run_sequences takes device buffers");
     const atom_plugin_buffer_sizes n = sizes_for(*p, a->shape);
     const std::string per_token = "[tokens] = [" + std::to_string(a->shape.tokens) + "]";
     const std::string table = "[tokens, max_blocks_per_token] = [" +
@@ -699,7 +742,6 @@ void expect_sequence_batch(const atom_plugin_pipeline& p, const atom_plugin_sequ
 atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequence_args* a,
                                  void* stream) {
   // The host backend runs synchronously on the calling thread; device backends take the stream.
-  static_cast<void>(stream);
   return guarded("run_sequences", [&] {
     require(p, "pipeline");
     require(a, "args");
@@ -721,8 +763,12 @@ atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequ
                      table.c_str(), false},
                     {"positions", a->positions, a->positions_count, 8, n.positions, pt, false},
                     {"slots", a->slots, a->slots_count, 8, n.slots, pt, false}}));
-    if (reads_batch(p->kind)) expect_sequence_batch(*p, *a);
-    run_views(*p, views_of(*p, *a));
+    // A GPU pipeline's batch lives in device memory: its kernels check every entry instead.
+    if (reads_batch(p->kind) && p->backend == policy::BackendId::host)
+      expect_sequence_batch(*p, *a);
+    RunViews v = views_of(*p, *a);
+    v.stream = stream;
+    run_views(*p, v);
   });
 }
 
@@ -732,8 +778,39 @@ atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequ
 void size_workspace(atom_plugin_pipeline& p) {
   const pipeline::DecodeState state(
       p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1);
-  run_views(p, {state.x(), state.residual(), state.out(), state.batch(), state.mla_cache(),
-                state.kv_cache()});
+  const auto views = [](const auto& s) -> RunViews {
+    return {s.x(), s.residual(), s.out(), s.batch(), s.mla_cache(), s.kv_cache()};
+  };
+#if ATOM_GPU_INSTANCES
+  if (p.device) {
+    const pipeline::DeviceDecodeState device(state);
+    run_views(p, views(device));
+    gpu::synchronize();
+    return;
+  }
+#endif
+  run_views(p, views(state));
+}
+
+// The backend `name` asks for ("auto": the GPU where this build has one and a GPU is present).
+policy::BackendId backend_named(std::string_view name) {
+  const bool built = ATOM_GPU_INSTANCES != 0;
+  bool present = false;
+#if ATOM_GPU_INSTANCES
+  present = gpu::device_count() > 0;
+#endif
+  if (name == "host") return policy::BackendId::host;
+  if (name == "auto") return present ? policy::BackendId::gpu : policy::BackendId::host;
+  if (name != "gpu")
+    raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME,
+          "options.backend is '" + env::printable(name) + "'; expected auto, host or gpu");
+  if (!built)
+    raise(ATOM_PLUGIN_ERROR_NO_INSTANCE,
+          "options.backend is 'gpu', but this build of the plugin has no GPU backend (it was "
+          "built without a GPU toolchain): the host backend only");
+  if (!present)
+    raise(ATOM_PLUGIN_ERROR_NO_INSTANCE, "options.backend is 'gpu', but no GPU is present");
+  return policy::BackendId::gpu;
 }
 
 // A failure of the checkpoint (a missing file, tensor or field, a wrong dtype or shape), with
@@ -763,13 +840,7 @@ atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* 
     require(out, "out");
     const atom_plugin_load_options o =
         options != nullptr ? *options : atom_plugin_load_options{nullptr, default_max_tokens};
-    const std::string_view backend = o.backend == nullptr ? "auto" : o.backend;
-    if (backend == "gpu")
-      raise(ATOM_PLUGIN_ERROR_NO_INSTANCE,
-            "options.backend is 'gpu', but this build of the plugin runs the host backend only");
-    if (backend != "auto" && backend != "host")
-      raise(ATOM_PLUGIN_ERROR_UNKNOWN_NAME,
-            "options.backend is '" + env::printable(backend) + "'; expected auto, host or gpu");
+    const policy::BackendId backend = backend_named(o.backend == nullptr ? "auto" : o.backend);
     if (o.max_tokens < 1 || o.max_tokens > max_tokens)
       raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "options.max_tokens is " +
                                                     std::to_string(o.max_tokens) +
@@ -795,8 +866,9 @@ atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* 
                 " has a dense MLP, not a MoE block; kind 'layer' runs it");
     auto weights = from_checkpoint([&] { return ckpt->layer(layer); });
     const auto [attention_format, mlp_format] = model::block_formats(m, {layer, weights.get()});
-    auto p = std::make_unique<atom_plugin_pipeline>(resolve_handle(
-        *spec, k, m, layer_kind, policy::point_from(r->config), attention_format, mlp_format));
+    auto p = std::make_unique<atom_plugin_pipeline>(
+        resolve_handle(*spec, k, m, layer_kind, policy::point_from(r->config), attention_format,
+                       mlp_format, backend));
     p->spec = spec;
     p->kind = k;
     p->model = m;
@@ -807,6 +879,19 @@ atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* 
     p->dual_stream_threshold = r->config.get<env::Var::dual_stream_moe_token_threshold>();
     p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
     p->max_tokens = o.max_tokens;
+    p->backend = backend;
+    p->blocks = pipeline::block_weights(p->model, layer_kind, *p->weights);
+#if ATOM_GPU_INSTANCES
+    if (backend == policy::BackendId::gpu) {
+      // The device copies are made from the host weights, which are released after.
+      const auto gemm = policy::point_from(r->config).get<policy::GemmBackend>();
+      p->device = std::make_unique<DeviceSide>(p->model, *p->weights, gemm, p->max_tokens);
+      p->blocks = pipeline::block_weights(p->model, layer_kind, p->device->weights);
+      p->weights.reset();
+      p->checkpoint.reset();
+      p->workspace = pipeline::device_workspace();
+    }
+#endif
     size_workspace(*p);
     *out = p.release();
   });
@@ -819,7 +904,10 @@ atom_plugin_status workspace(const atom_plugin_pipeline* p, std::int64_t* max_to
     require(max_tokens_out, "max_tokens");
     require(bytes, "bytes");
     *max_tokens_out = p->max_tokens;
-    *bytes = p->workspace.capacity() + p->intermediate.capacity() * sizeof(bf16);
+    *bytes = p->workspace.capacity() + p->host_intermediate.capacity() * sizeof(bf16);
+#if ATOM_GPU_INSTANCES
+    if (p->device) *bytes += p->device->intermediate.size() * sizeof(bf16);
+#endif
   });
 }
 

@@ -37,11 +37,30 @@ def bf16_to_float(bits):
     return struct.unpack("<f", struct.pack("<I", bits << 16))[0]
 
 
-def decode_through_binding(checkpoint, inputs, layers):
+class HostBuffers:
+    """Python buffers (array.array) for decode_through_binding."""
+    codes = {"bf16": "H", "int32": "i", "int64": "q", "fp8": "B", "float": "f"}
+
+    def zeros(self, kind, n):
+        return array.array(self.codes[kind], bytes(n * array.array(self.codes[kind]).itemsize))
+
+    def of(self, kind, values):
+        return array.array(self.codes[kind], values)
+
+    def of_bytes(self, kind, data):
+        return array.array(self.codes[kind], data)
+
+    def to_bytes(self, buf):
+        return buf.tobytes()
+
+
+def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), **options):
     """atom-run's checkpoint decode (src/model/decode_loop.hpp) through the binding: every step
     each running sequence decodes its next token, one query token a sequence, through layers 0..
-    layers-1, from empty caches; returns {name: F32 bytes} as atom-run --output writes them."""
-    pipes = [atom.load_layer(checkpoint, l, max_tokens=len(inputs)) for l in range(layers)]
+    layers-1, from empty caches; returns {name: F32 bytes} as atom-run --output writes them.
+    `buffers` makes the buffers (HostBuffers, or torch tensors on a device)."""
+    pipes = [atom.load_layer(checkpoint, l, max_tokens=len(inputs), **options)
+             for l in range(layers)]
     p = pipes[0]
     h, bs = p.hidden, p.block_size
     lens = [len(x) // (2 * h) for x in inputs]  # inputs hold bf16 bytes
@@ -53,10 +72,10 @@ def decode_through_binding(checkpoint, inputs, layers):
 
     def cache():
         if p.cache_kind == "mla_latent":
-            return (ctypes.c_uint16 * (blocks * bs * p.cache_row))()
+            return buffers.zeros("bf16", blocks * bs * p.cache_row)
         row = blocks * bs * p.kv_heads
-        return ((ctypes.c_uint8 * (row * p.head_dim))(), (ctypes.c_uint8 * (row * p.head_dim))(),
-                (ctypes.c_float * row)(), (ctypes.c_float * row)())
+        return (buffers.zeros("fp8", row * p.head_dim), buffers.zeros("fp8", row * p.head_dim),
+                buffers.zeros("float", row), buffers.zeros("float", row))
 
     caches = [cache() for _ in pipes]
     outputs = {f"hidden.{s}.layer.{l}": [b""] * lens[s] for s in range(len(lens))
@@ -64,27 +83,42 @@ def decode_through_binding(checkpoint, inputs, layers):
     for step in range(max(lens)):
         running = [s for s in range(len(lens)) if step < lens[s]]
         t = len(running)
-        table = array.array("i", [0] * (t * max_blocks))
-        slots = array.array("q")
-        residual = array.array("H")
+        table = [0] * (t * max_blocks)
+        slots = []
+        residual = b""
         for i, s in enumerate(running):
             for b in range((lens[s] + bs - 1) // bs):
                 table[i * max_blocks + b] = first[s] + b
             slots.append((first[s] + step // bs) * bs + step % bs)
-            residual.frombytes(inputs[s][step * h * 2:(step + 1) * h * 2])
-        positions = array.array("q", [step] * t)
-        context = array.array("i", [step + 1] * t)
-        x = array.array("H", [0] * (t * h))
-        out = array.array("H", [0] * (t * h))
+            residual += inputs[s][step * h * 2:(step + 1) * h * 2]
+        residual = buffers.of_bytes("bf16", residual)
+        batch = (buffers.of("int32", table), buffers.of("int32", [step + 1] * t),
+                 buffers.of("int64", [step] * t), buffers.of("int64", slots))
+        x, out = buffers.zeros("bf16", t * h), buffers.zeros("bf16", t * h)
         for l, pipe in enumerate(pipes):
-            pipe(x, residual, caches[l], table, context, positions, slots, out=out)
+            pipe(x, residual, caches[l], *batch, out=out)
+            got = array.array("H", buffers.to_bytes(out))
+            res = array.array("H", buffers.to_bytes(residual))
             for i, s in enumerate(running):
-                row = b"".join(
-                    struct.pack("<f", bf16_to_float(out[i * h + c]) +
-                                bf16_to_float(residual[i * h + c])) for c in range(h))
-                outputs[f"hidden.{s}.layer.{l}"][step] = row
+                outputs[f"hidden.{s}.layer.{l}"][step] = b"".join(
+                    struct.pack("<f", bf16_to_float(got[i * h + c]) + bf16_to_float(res[i * h + c]))
+                    for c in range(h))
             x, out = out, x
     return {k: b"".join(v) for k, v in outputs.items()}
+
+
+def atom_run_decode(model, fmt, layers, backend):
+    """What `atom-run --checkpoint` writes for the model's input sequences, and the inputs."""
+    checkpoint = os.path.join(HF, model, fmt)
+    source = read_safetensors(os.path.join(HF, model, "input.safetensors"))
+    names = sorted(source, key=lambda k: int(k.split(".")[1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        written = os.path.join(tmp, "out.safetensors")
+        subprocess.run([os.environ["ATOM_RUN"], "--checkpoint", checkpoint, "--layers",
+                        str(layers), "--input", os.path.join(HF, model, "input.safetensors"),
+                        "--output", written, "--backend", backend], check=True,
+                       capture_output=True)
+        return read_safetensors(written), [source[k][2] for k in names]
 
 
 class Layout(unittest.TestCase):
@@ -134,17 +168,8 @@ class Register(unittest.TestCase):
 
 class Decode(unittest.TestCase):
     def check(self, model, fmt):
-        checkpoint = os.path.join(HF, model, fmt)
-        source = read_safetensors(os.path.join(HF, model, "input.safetensors"))
-        names = sorted(source, key=lambda k: int(k.split(".")[1]))
-        self.assertTrue(all(source[k][0] == "BF16" for k in names))
-        with tempfile.TemporaryDirectory() as tmp:
-            written = os.path.join(tmp, "out.safetensors")
-            subprocess.run([os.environ["ATOM_RUN"], "--checkpoint", checkpoint, "--layers", "3",
-                            "--input", os.path.join(HF, model, "input.safetensors"), "--output",
-                            written, "--backend", "host"], check=True, capture_output=True)
-            want = read_safetensors(written)
-        got = decode_through_binding(checkpoint, [source[k][2] for k in names], 3)
+        want, inputs = atom_run_decode(model, fmt, 3, "host")
+        got = decode_through_binding(os.path.join(HF, model, fmt), inputs, 3, backend="host")
         for name, data in got.items():
             self.assertEqual(want[name][0], "F32", name)
             self.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
@@ -163,7 +188,7 @@ class Decode(unittest.TestCase):
 class BadInput(unittest.TestCase):
     def setUp(self):
         self.layer = atom.load_layer(os.path.join(HF, "qwen3-30b-a3b-tiny", "bf16"), 1,
-                                     max_tokens=2)
+                                     max_tokens=2, backend="host")
         L = self.layer
         self.assertEqual((L.architecture, L.kind, L.backend, L.cache_kind),
                          ("Qwen3MoeForCausalLM", "layer", "host", "fp8_kv"))

@@ -1,7 +1,11 @@
 """The binding with torch tensors (skipped, exit code 77, where torch is not installed): the
 README's Python snippet runs as written; torch tensors through the binding give the same bytes as
 Python buffers; torch's own bad input (dtype, layout, device) raises a ValueError naming the
-argument with nothing written. Same environment as test_binding.py."""
+argument with nothing written. Where the plugin has a GPU backend and a GPU is present (the GPU
+build, on the GPU machine): a checkpoint's layers decoded through the binding on CUDA tensors
+equal `atom-run --checkpoint --backend gpu` bit for bit, a call captured in a torch.cuda.CUDAGraph
+and replayed equals the eager call bit for bit, and host tensors are refused. Same environment as
+test_binding.py."""
 import array
 import ctypes
 import os
@@ -16,6 +20,7 @@ except ImportError:
     sys.exit(77)
 
 import atom
+from test_binding import atom_run_decode, decode_through_binding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHECKPOINT = os.path.join(os.environ.get("ATOM_HF_DATA", ""), "qwen3-30b-a3b-tiny", "bf16")
@@ -33,7 +38,7 @@ class Torch(unittest.TestCase):
         self.assertIn("Qwen3MoeForCausalLM", run.stdout)
 
     def test_tensors_equal_buffers(self):
-        layer = atom.load_layer(CHECKPOINT, 1, max_tokens=3)
+        layer = atom.load_layer(CHECKPOINT, 1, max_tokens=3, backend="host")
         h, bs = layer.hidden, layer.block_size
         g = torch.Generator().manual_seed(5)
         x = torch.randn(3, h, generator=g).bfloat16()
@@ -67,7 +72,7 @@ class Torch(unittest.TestCase):
             self.assertEqual(t.numpy().tobytes(), b.tobytes())
 
     def test_bad_tensors(self):
-        layer = atom.load_layer(CHECKPOINT, 1, max_tokens=2)
+        layer = atom.load_layer(CHECKPOINT, 1, max_tokens=2, backend="host")
         h, bs = layer.hidden, layer.block_size
         rows = 2 * bs * layer.kv_heads
         cache = (torch.zeros(rows, layer.head_dim, dtype=torch.uint8),
@@ -95,6 +100,116 @@ class Torch(unittest.TestCase):
                 self.assertIn(says, str(e.exception))
                 self.assertTrue(out.isnan().all())
                 self.assertTrue((residual == 1).all())
+
+
+class CudaBuffers:
+    """torch tensors on the GPU for decode_through_binding."""
+    dtypes = {"bf16": torch.int16, "int32": torch.int32, "int64": torch.int64,
+              "fp8": torch.uint8, "float": torch.float32}
+
+    def zeros(self, kind, n):
+        return self._typed(kind, torch.zeros(n, dtype=self.dtypes[kind], device="cuda"))
+
+    def of(self, kind, values):
+        return self._typed(kind, torch.tensor(values, dtype=self.dtypes[kind], device="cuda"))
+
+    def of_bytes(self, kind, data):
+        host = torch.frombuffer(bytearray(data), dtype=self.dtypes[kind])
+        return self._typed(kind, host.cuda())
+
+    def to_bytes(self, t):
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        return t.cpu().numpy().tobytes()
+
+    def _typed(self, kind, t):
+        return t.view(torch.bfloat16) if kind == "bf16" else t
+
+
+def gpu_layer(checkpoint, layer, **options):
+    """The layer on the GPU backend, or None where the plugin or the machine has none."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return atom.load_layer(checkpoint, layer, backend="gpu", **options)
+    except atom.PluginError as e:
+        if e.status_name == "NO_INSTANCE":
+            return None
+        raise
+
+
+@unittest.skipUnless(gpu_layer(CHECKPOINT, 1, max_tokens=1), "no GPU backend")
+class Cuda(unittest.TestCase):
+    def test_decode_equals_atom_run_on_the_gpu(self):
+        for model in ("qwen3-30b-a3b-tiny", "deepseek-v3-tiny"):
+            for fmt in ("bf16", "fp8", "mxfp4"):
+                with self.subTest(model=model, format=fmt):
+                    want, inputs = atom_run_decode(model, fmt, 3, "gpu")
+                    got = decode_through_binding(
+                        os.path.join(os.environ["ATOM_HF_DATA"], model, fmt), inputs, 3,
+                        CudaBuffers(), backend="gpu")
+                    for name, data in got.items():
+                        self.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
+
+    def test_graph_capture_equals_eager(self):
+        layer = gpu_layer(CHECKPOINT, 1, max_tokens=4)
+        self.assertEqual(layer.backend, "gpu")
+        h, bs = layer.hidden, layer.block_size
+        g = torch.Generator().manual_seed(9)
+        rows = 4 * bs * layer.kv_heads
+        state = dict(
+            x=torch.randn(4, h, generator=g).bfloat16(),
+            residual=torch.randn(4, h, generator=g).bfloat16(),
+            key=torch.randint(0, 126, (rows, layer.head_dim), generator=g, dtype=torch.uint8),
+            value=torch.randint(0, 126, (rows, layer.head_dim), generator=g, dtype=torch.uint8),
+            key_scale=torch.rand(rows, generator=g) * 0.01,
+            value_scale=torch.rand(rows, generator=g) * 0.01)
+        i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device="cuda")
+        # Two sequences of two query tokens (speculative decoding), contexts 6 and 3.
+        batch = dict(block_table=i32(0, 1, 2, 3), context_lens=i32(6, 3),
+                     positions=torch.tensor([4, 5, 1, 2], device="cuda"),
+                     slots=torch.tensor([4, 5, 2 * bs + 1, 2 * bs + 2], device="cuda"),
+                     query_start=i32(0, 2, 4))
+
+        def fresh():
+            return {k: v.cuda() for k, v in state.items()}
+
+        def call(s, out):
+            layer(s["x"], s["residual"], (s["key"], s["value"], s["key_scale"],
+                                          s["value_scale"]), out=out, **batch)
+
+        eager = fresh()
+        eager_out = torch.empty(4, h, dtype=torch.bfloat16, device="cuda")
+        call(eager, eager_out)
+        replayed = fresh()
+        graph_out = torch.empty(4, h, dtype=torch.bfloat16, device="cuda")
+        # The warm-up torch prescribes before a capture, on the capture stream: it also sizes the
+        # ops' scratch of that stream (atom_plugin.h, Streams).
+        capture = torch.cuda.Stream()
+        capture.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(capture):
+            call(fresh(), graph_out)
+        torch.cuda.current_stream().wait_stream(capture)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=capture):
+            call(replayed, graph_out)
+        for k in replayed:  # capture ran nothing: restore the state, then replay
+            replayed[k].copy_(state[k].cuda())
+        graph.replay()
+        torch.cuda.synchronize()
+        bits = lambda t: t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+        self.assertTrue(torch.equal(bits(graph_out), bits(eager_out)))
+        for k in eager:
+            self.assertTrue(torch.equal(bits(replayed[k]), bits(eager[k])), k)
+        self.assertFalse(eager_out.float().isnan().any().item())
+
+    def test_host_tensor_for_the_gpu(self):
+        layer = gpu_layer(CHECKPOINT, 1, max_tokens=1)
+        with self.assertRaises(ValueError) as e:
+            layer(torch.zeros(1, layer.hidden, dtype=torch.bfloat16),
+                  torch.zeros(1, layer.hidden, dtype=torch.bfloat16, device="cuda"))
+        self.assertIn("x is on cpu; the pipeline runs on the GPU", str(e.exception))
 
 
 if __name__ == "__main__":

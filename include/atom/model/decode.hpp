@@ -30,8 +30,14 @@ struct LayerOutput {
 };
 
 // The weight formats of a layer's attention and MLP blocks.
-std::pair<policy::WeightFormat, policy::WeightFormat> block_formats(const pipeline::ModelConfig& m,
-                                                                    const DecodeLayer& layer);
+inline std::pair<policy::WeightFormat, policy::WeightFormat> block_formats(
+    const pipeline::ModelConfig& m, const DecodeLayer& layer) {
+  const pipeline::LayerWeights& w = *layer.weights;
+  const bool moe = pipeline::layer_kind(m, layer.index) == pipeline::LayerKind::moe;
+  return {m.attention == pipeline::AttentionKind::mla ? pipeline::weight_format(w.mla())
+                                                      : pipeline::weight_format(w.qwen3()),
+          moe ? pipeline::weight_format(w.moe()) : pipeline::weight_format(w.dense())};
+}
 
 // inputs: per sequence [len, hidden] bf16 (len >= 1). Host backend; `point` from the environment,
 // each block at its weights' format.

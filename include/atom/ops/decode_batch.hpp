@@ -76,18 +76,23 @@ struct TokenContext {
 ATOM_HD inline TokenContext token_context(const DecodeBatch& b, index_t t, index_t max_context) {
   TokenContext c;
   const index_t sequences = b.sequences();
-  if (b.slots(t) < 0 || sequences == 0) {
+  if (sequences == 0) {
     c.padding = true;
     return c;
   }
   // A guess first, t * S / T: it is token t's sequence whenever every sequence has the same
-  // number of query tokens (plain decode, uniform speculative batches), and its three loads are
-  // independent of each other. Otherwise a binary search for the last sequence whose start is at
-  // most t (the starts never decrease).
+  // number of query tokens (plain decode, uniform speculative batches). Its loads and the slot's
+  // are independent of each other, so a kernel pays one memory latency for all four. Otherwise a
+  // binary search for the last sequence whose start is at most t (the starts never decrease).
   index_t s = t * sequences / b.tokens();
+  const std::int64_t slot = b.slots(t);
   index_t begin = b.query_start(s);
   index_t end = b.query_start(s + 1);
   index_t lens = b.context_lens(s);
+  if (slot < 0) {
+    c.padding = true;
+    return c;
+  }
   if (begin > t || end <= t) {
     index_t lo = 0;
     index_t hi = sequences;

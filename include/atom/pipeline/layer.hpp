@@ -45,6 +45,15 @@ struct LayerBlockWeights {
   const DenseMlpWeights* dense = nullptr;
 };
 
+// The blocks of a layer of `kind` from its weights' owner (LayerWeights, or their device copies).
+template <class Weights>
+LayerBlockWeights block_weights(const ModelConfig& m, LayerKind kind, const Weights& w) {
+  const bool mla = m.attention == AttentionKind::mla;
+  const bool moe = kind == LayerKind::moe;
+  return {mla ? &w.mla() : nullptr, mla ? nullptr : &w.qwen3(), moe ? &w.moe() : nullptr,
+          moe ? nullptr : &w.dense()};
+}
+
 // A layer run: io.x enters the attention block (io.residual is updated by both blocks), the
 // attention output goes to `intermediate` [T, hidden], the MLP block's to io.out.
 struct LayerIo {

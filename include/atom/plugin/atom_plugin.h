@@ -41,9 +41,26 @@
  * the block table; per token a position and a slot, -1 meaning a padded token that writes no
  * cache row and whose attention output is zero. Version 1's run takes one sequence per token.
  *
- * Streams. run() takes a `stream` pointer owned by the host (a hipStream_t or cudaStream_t
- * for device backends). The host (CPU) backend, the only one in this build, runs synchronously
- * on the calling thread and ignores it; NULL is accepted.
+ * Backends. A pipeline runs on the host (CPU) backend or, in a build of the plugin with a GPU
+ * backend (built with nvcc or hipcc), on the GPU: load_pipeline's options pick it, and
+ * pipeline_info's `backend` says which ("host" or "gpu"). create_pipeline and run (version 1)
+ * are host only.
+ *
+ * Streams. run() and run_sequences() take a `stream` owned by the host (a cudaStream_t or
+ * hipStream_t). The host backend runs synchronously on the calling thread and ignores it (NULL is
+ * accepted). A GPU pipeline enqueues its kernels on `stream` (NULL: the legacy default stream)
+ * and returns without synchronising and without host-device copies. The pipeline's workspace is
+ * sized at load for max_tokens; some GPU ops also keep scratch per host thread and stream, sized
+ * by their first call of a shape on that stream. So a call can be captured into the host's
+ * CUDA/HIP graph and replayed once one eager call of the same shape has run on the capture stream
+ * from the same thread (the warm-up graph capture asks for anyway); a capture that would grow the
+ * scratch fails with the runtime's capture error instead.
+ *
+ * Memory. A host pipeline reads and writes host memory. A GPU pipeline's run_sequences takes
+ * device pointers of the current device for every buffer (activations, batch, caches); the host
+ * cannot read the batch without a sync, so only pointers, counts and overlaps are checked before
+ * the launch, and the kernels check every entry: a token whose batch data is bad gets NaN outputs,
+ * and no cache row outside the cache is ever written.
  *
  * Threads. Registrations are immutable and may be shared between threads. A pipeline holds
  * scratch memory: run one pipeline from one thread at a time.
@@ -194,9 +211,9 @@ typedef struct atom_plugin_run_args {
 
 /* Version 2: how load_pipeline builds a pipeline. */
 typedef struct atom_plugin_load_options {
-  /* "host", or NULL / "auto" for the best backend this build of the plugin provides (the host
-   * backend in this build; a request for any other backend is refused with
-   * ATOM_PLUGIN_ERROR_NO_INSTANCE). */
+  /* "host", "gpu", or NULL / "auto": the GPU where this build of the plugin has a GPU backend
+   * and a GPU is present, else the host. "gpu" without either is refused with
+   * ATOM_PLUGIN_ERROR_NO_INSTANCE. */
   const char* backend;
   /* The most tokens one run takes (1..2^24). The workspace is sized for it at creation: a run of
    * at most max_tokens tokens allocates nothing, a larger one is refused. */
@@ -223,8 +240,9 @@ typedef struct atom_plugin_sequence_sizes {
   size_t key_scale, value_scale;    /* float */
 } atom_plugin_sequence_sizes;
 
-/* One run of the per-sequence batch on host-owned memory; bf16 values as their 16 bits, each
- * pointer with its element count, buffers a kind does not read may be NULL.
+/* One run of the per-sequence batch on the caller's memory (host memory for a host pipeline,
+ * device memory for a GPU pipeline); bf16 values as their 16 bits, each pointer with its element
+ * count, buffers a kind does not read may be NULL.
  *   x, residual, out [tokens, hidden]  as in atom_plugin_run_args
  *   query_start  [sequences + 1]  0, then non-decreasing, at most tokens: sequence s owns tokens
  *                                 query_start[s] .. query_start[s + 1] - 1; tokens from
@@ -324,8 +342,8 @@ typedef struct atom_plugin_api {
   atom_plugin_status (*sequence_sizes)(const atom_plugin_pipeline* pipeline,
                                        const atom_plugin_sequence_shape* shape,
                                        atom_plugin_sequence_sizes* out);
-  /* Runs the per-sequence batch once; checks every pointer, count and batch entry before
-   * writing anything. */
+  /* Runs the per-sequence batch once; checks every pointer and count, and on the host backend
+   * every batch entry, before writing anything (see Memory above for the GPU backend). */
   atom_plugin_status (*run_sequences)(atom_plugin_pipeline* pipeline,
                                       const atom_plugin_sequence_args* args, void* stream);
   /* The most tokens one run takes and the bytes of scratch memory held for them. */
