@@ -3,6 +3,12 @@
 // Every entry point catches everything: a host sees a status and a message, never an exception.
 #include "atom/plugin/atom_plugin.h"
 
+// Whether the dispatch table holds GPU instantiations (atom::instances defines it; builds of the
+// plugin's sources without it, the fuzzer's, are host only).
+#ifndef ATOM_GPU_INSTANCES
+#define ATOM_GPU_INSTANCES 0
+#endif
+
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
@@ -553,21 +559,29 @@ ops::KvCacheFp8 kv_cache_view(const atom_plugin_pipeline& p, const Args& a) {
           make_view(a.key_scale, blocks, bs, kvh), make_view(a.value_scale, blocks, bs, kvh)};
 }
 
+// The activations and the cache of the pipeline's cache kind (the moe kind ignores the cache's
+// extents, which may then be anything).
 template <class Args>
 RunViews activations(const atom_plugin_pipeline& p, const Args& a) {
   const index_t t = a.shape.tokens;
   const index_t h = p.model.hidden;
-  return {make_view(reinterpret_cast<const bf16*>(a.x), t, h),
-          make_view(reinterpret_cast<bf16*>(a.residual), t, h),
-          make_view(reinterpret_cast<bf16*>(a.out), t, h),
-          {},
-          mla_cache_view(p, a.mla_cache, a.shape.num_blocks),
-          kv_cache_view(p, a)};
+  RunViews v{make_view(reinterpret_cast<const bf16*>(a.x), t, h),
+             make_view(reinterpret_cast<bf16*>(a.residual), t, h),
+             make_view(reinterpret_cast<bf16*>(a.out), t, h),
+             {},
+             {},
+             {}};
+  if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT)
+    v.mla_cache = mla_cache_view(p, a.mla_cache, a.shape.num_blocks);
+  else if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_FP8_KV)
+    v.kv_cache = kv_cache_view(p, a);
+  return v;
 }
 
 // Version 1's per-token batch in the per-sequence form: every token a sequence of its own.
 RunViews views_of(atom_plugin_pipeline& p, const atom_plugin_run_args& a) {
   RunViews v = activations(p, a);
+  if (!reads_batch(p.kind)) return v;  // the moe kind ignores the batch's extents
   const index_t t = a.shape.tokens;
   p.starts.resize(static_cast<std::size_t>(t + 1));
   std::iota(p.starts.begin(), p.starts.end(), 0);
@@ -588,7 +602,7 @@ pipeline::DecodeBatch batch_of(const atom_plugin_sequence_args& a) {
 
 RunViews views_of(const atom_plugin_pipeline& p, const atom_plugin_sequence_args& a) {
   RunViews v = activations(p, a);
-  v.batch = batch_of(a);
+  if (reads_batch(p.kind)) v.batch = batch_of(a);  // the moe kind ignores the batch's extents
   return v;
 }
 
@@ -929,24 +943,17 @@ constexpr atom_plugin_api api_v2{2,
                                  run_sequences,
                                  workspace};
 
-// Version 1's table: the same functions, its struct ending before version 2's.
-constexpr atom_plugin_api api_v1{1,
-                                 offsetof(atom_plugin_api, load_pipeline),
-                                 last_error,
-                                 register_plugin,
-                                 release_registration,
-                                 registration_info,
-                                 model,
-                                 attention_backend,
-                                 create_pipeline,
-                                 destroy_pipeline,
-                                 pipeline_info,
-                                 buffer_sizes,
-                                 run,
-                                 nullptr,
-                                 nullptr,
-                                 nullptr,
-                                 nullptr};
+// Version 1's table: version 2's, its struct ending before version 2's additions.
+constexpr atom_plugin_api version_1(atom_plugin_api t) {
+  t.abi_version = 1;
+  t.struct_size = offsetof(atom_plugin_api, load_pipeline);
+  t.load_pipeline = nullptr;
+  t.sequence_sizes = nullptr;
+  t.run_sequences = nullptr;
+  t.workspace = nullptr;
+  return t;
+}
+constexpr atom_plugin_api api_v1 = version_1(api_v2);
 
 }  // namespace
 

@@ -16,6 +16,7 @@
 #include "atom/pipeline/storage.hpp"
 #include "atom/plugin/atom_plugin.h"
 #include "atom/plugin/models.hpp"
+#include "plugin_library.hpp"
 
 namespace {
 
@@ -23,20 +24,8 @@ using namespace atom;
 using policy::PipelineId;
 
 const atom_plugin_api& plugin_api() {
-  static const atom_plugin_api* api = [] {
-    void* lib = dlopen(ATOM_PLUGIN_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr) throw std::runtime_error(std::string("dlopen: ") + dlerror());
-    void* sym = dlsym(lib, ATOM_PLUGIN_ENTRY_POINT);
-    if (sym == nullptr) throw std::runtime_error(std::string("dlsym: ") + dlerror());
-    atom_plugin_get_api_fn get_api = nullptr;
-    std::memcpy(&get_api, &sym, sizeof sym);
-    const atom_plugin_api* a = nullptr;
-    const char* error = nullptr;
-    if (get_api(ATOM_PLUGIN_ABI_VERSION, &a, &error) != ATOM_PLUGIN_OK)
-      throw std::runtime_error(error);
-    return a;
-  }();
-  return *api;
+  static const atom_plugin_api& api = plugin_table(ATOM_PLUGIN_ABI_VERSION);
+  return api;
 }
 
 template <class T, int R>

@@ -18,6 +18,7 @@
 #include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
 #include "atom/plugin/atom_plugin.h"
+#include "plugin_library.hpp"
 
 namespace {
 
@@ -25,26 +26,12 @@ using namespace atom;
 using policy::PipelineId;
 
 atom_plugin_get_api_fn get_api() {
-  static const atom_plugin_get_api_fn fn = [] {
-    void* lib = dlopen(ATOM_PLUGIN_PATH, RTLD_NOW | RTLD_LOCAL);
-    if (lib == nullptr) throw std::runtime_error(std::string("dlopen: ") + dlerror());
-    void* sym = dlsym(lib, ATOM_PLUGIN_ENTRY_POINT);
-    if (sym == nullptr) throw std::runtime_error(std::string("dlsym: ") + dlerror());
-    atom_plugin_get_api_fn f = nullptr;
-    std::memcpy(&f, &sym, sizeof sym);
-    return f;
-  }();
-  return fn;
+  return plugin_entry();
 }
 
 const atom_plugin_api& api() {
-  static const atom_plugin_api* a = [] {
-    const atom_plugin_api* t = nullptr;
-    const char* error = nullptr;
-    if (get_api()(2, &t, &error) != ATOM_PLUGIN_OK) throw std::runtime_error(error);
-    return t;
-  }();
-  return *a;
+  static const atom_plugin_api& a = plugin_table(2);
+  return a;
 }
 
 std::string checkpoint_dir(const char* model, const char* format) {
