@@ -134,10 +134,10 @@ typedef int32_t atom_plugin_cache_kind;
 typedef struct atom_plugin_pipeline_info {
   const char* architecture;
   const char* kind;     /* "layer", "attention" or "moe" */
-  const char* preset;   /* "deepseek-v3-tiny", ... */
+  const char* preset;   /* "deepseek-v3-tiny", ...; a loaded layer: its checkpoint folder */
   const char* pipeline; /* "ds_layer", ... */
   const char* instance; /* the instantiation the settings selected */
-  const char* backend;  /* "host" */
+  const char* backend;  /* "host" or "gpu" */
   int64_t hidden;
   int64_t block_size;   /* tokens per KV-cache block */
   int64_t max_position; /* positions must be below it */
