@@ -342,7 +342,24 @@ TEST_CASE("plugin ABI 2: bad folders, layers, kinds and options are refused with
   refused(ds.c_str(), 0, "mlp", nullptr, ATOM_PLUGIN_ERROR_UNKNOWN_NAME, "'mlp'", r.r);
   refused(nullptr, 0, "layer", nullptr, ATOM_PLUGIN_ERROR_NULL_POINTER, "'checkpoint'", r.r);
   const atom_plugin_load_options gpu{"gpu", 8}, tpu{"tpu", 8}, none{"host", 0};
-  refused(ds.c_str(), 0, "layer", &gpu, ATOM_PLUGIN_ERROR_NO_INSTANCE, "host backend only", r.r);
+  {
+    // "gpu" runs only where the build has a GPU backend and a GPU is present; elsewhere the
+    // refusal says which of the two is missing.
+    atom_plugin_pipeline* p = nullptr;
+    const auto status = api().load_pipeline(r.r, ds.c_str(), 0, "layer", &gpu, &p);
+    if (status == ATOM_PLUGIN_OK) {
+      atom_plugin_pipeline_info info{};
+      REQUIRE(api().pipeline_info(p, &info) == ATOM_PLUGIN_OK);
+      CHECK(std::string(info.backend) == "gpu");
+      api().destroy_pipeline(p);
+    } else {
+      CHECK(status == ATOM_PLUGIN_ERROR_NO_INSTANCE);
+      CHECK(p == nullptr);
+      const std::string message = api().last_error();
+      CHECK_THAT(message, Catch::Contains("options.backend is 'gpu', but") &&
+                              (Catch::Contains("no GPU backend") || Catch::Contains("no GPU is")));
+    }
+  }
   refused(ds.c_str(), 0, "layer", &tpu, ATOM_PLUGIN_ERROR_UNKNOWN_NAME, "'tpu'", r.r);
   refused(ds.c_str(), 0, "layer", &none, ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
           "options.max_tokens is 0", r.r);
