@@ -755,7 +755,7 @@ void expect_sequence_batch(const atom_plugin_pipeline& p, const atom_plugin_sequ
 
 atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequence_args* a,
                                  void* stream) {
-  // The host backend runs synchronously on the calling thread; device backends take the stream.
+  // The host backend runs synchronously on the calling thread; the GPU backend on `stream`.
   return guarded("run_sequences", [&] {
     require(p, "pipeline");
     require(a, "args");
