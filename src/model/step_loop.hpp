@@ -212,7 +212,7 @@ class StepLoop {
         make_view(mirror_.context.data(), n),
         make_view(static_cast<const std::int32_t*>(mirror_.table.data()), n, mirror_.width),
         make_view(mirror_.positions.data(), n), make_view(mirror_.slots.data(), n)};
-    for (index_t i = 0; i < n; ++i) ops::advance_sequence(host, i, s_.model->block_size);
+    ops::advance_decode(ops::Host{}, host, s_.model->block_size);
   }
 
   StepBytes last_step_bytes() {

@@ -90,7 +90,15 @@ struct DeviceSide {
 }  // namespace
 
 struct atom_plugin_pipeline {
-  explicit atom_plugin_pipeline(AnyHandle h) : handle(std::move(h)) {}
+  atom_plugin_pipeline(const plugin::ModelSpec& s, plugin::Kind k, pipeline::ModelConfig m,
+                       std::string from, const env::Config& config, AnyHandle h)
+      : spec(&s),
+        kind(k),
+        model(std::move(m)),
+        source(std::move(from)),
+        dual_stream_threshold(config.get<env::Var::dual_stream_moe_token_threshold>()),
+        handle(std::move(h)),
+        instance(std::visit([](const auto& x) { return std::string(x.name()); }, handle)) {}
 
   const plugin::ModelSpec* spec = nullptr;
   plugin::Kind kind = plugin::Kind::layer;
@@ -337,14 +345,9 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
     // The presets' generated weights are MXFP4 throughout.
     constexpr auto mxfp4 = policy::WeightFormat::mxfp4;
     auto p = std::make_unique<atom_plugin_pipeline>(
+        *spec, k, model, *preset_it, r->config,
         resolve_handle(*spec, k, model, pipeline::LayerKind::moe, policy::point_from(r->config),
                        mxfp4, mxfp4, policy::BackendId::host));
-    p->spec = spec;
-    p->kind = k;
-    p->model = model;
-    p->source = *preset_it;
-    p->dual_stream_threshold = r->config.get<env::Var::dual_stream_moe_token_threshold>();
-    p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
     p->weights = std::make_unique<pipeline::LayerWeights>(p->model, seed);
     p->blocks = pipeline::block_weights(p->model, p->layer_kind, *p->weights);
     *out = p.release();
@@ -542,9 +545,9 @@ struct RunViews {
   void* stream = nullptr;
 };
 
-View3<bf16> mla_cache_view(const atom_plugin_pipeline& p, std::uint16_t* cache,
-                           std::int64_t num_blocks) {
-  return make_view(reinterpret_cast<bf16*>(cache), num_blocks, p.model.block_size,
+template <class Args>
+View3<bf16> mla_cache_view(const atom_plugin_pipeline& p, const Args& a) {
+  return make_view(reinterpret_cast<bf16*>(a.mla_cache), a.shape.num_blocks, p.model.block_size,
                    cache_row(p.model));
 }
 
@@ -572,7 +575,7 @@ RunViews activations(const atom_plugin_pipeline& p, const Args& a) {
              {},
              {}};
   if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT)
-    v.mla_cache = mla_cache_view(p, a.mla_cache, a.shape.num_blocks);
+    v.mla_cache = mla_cache_view(p, a);
   else if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_FP8_KV)
     v.kv_cache = kv_cache_view(p, a);
   return v;
@@ -881,17 +884,12 @@ atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* 
     auto weights = from_checkpoint([&] { return ckpt->layer(layer); });
     const auto [attention_format, mlp_format] = model::block_formats(m, {layer, weights.get()});
     auto p = std::make_unique<atom_plugin_pipeline>(
+        *spec, k, m, checkpoint, r->config,
         resolve_handle(*spec, k, m, layer_kind, policy::point_from(r->config), attention_format,
                        mlp_format, backend));
-    p->spec = spec;
-    p->kind = k;
-    p->model = m;
-    p->source = checkpoint;
     p->checkpoint = std::move(ckpt);
     p->weights = std::move(weights);
     p->layer_kind = layer_kind;
-    p->dual_stream_threshold = r->config.get<env::Var::dual_stream_moe_token_threshold>();
-    p->instance = std::visit([](const auto& h) { return std::string(h.name()); }, p->handle);
     p->max_tokens = o.max_tokens;
     p->backend = backend;
     p->blocks = pipeline::block_weights(p->model, layer_kind, *p->weights);

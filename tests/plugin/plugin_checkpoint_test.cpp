@@ -274,12 +274,11 @@ void check_checkpoint(const char* model_name, const char* format, index_t layer,
   CHECK(same_bytes(abi.key_scale, direct.key_scale));
   CHECK(same_bytes(abi.value_scale, direct.value_scale));
   if (std::string(kind) == "attention") {
-    // The padded token's attention output is zero.
+    // The attention block's output (o_proj of the attention) is zero for the padded token.
     const auto h = static_cast<std::size_t>(m.hidden);
     bool zero = true;
     for (std::size_t i = (static_cast<std::size_t>(tokens) - 1) * h; i < abi.out.size(); ++i)
       zero = zero && to_float(abi.out[i]) == 0.0f;
-    // The attention block's output is its o_proj of the attention, zero for padding.
     CHECK(zero);
   }
 }
