@@ -1,9 +1,14 @@
 #include "atom/pipeline/storage.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
+#include <mutex>
 #include <numeric>
 #include <random>
+#include <thread>
+#include <type_traits>
 
 #include "weight_memory.hpp"
 
@@ -27,116 +32,182 @@ void fill_bf16(View<bf16, R> v, Random& r, float mean, float stddev) {
   for (index_t i = 0; i < v.numel(); ++i) p[i] = to_bf16(r(mean, stddev));
 }
 
-// n floats drawn with stddev 1/sqrt(K) (activations keep unit scale through a GEMM).
-std::vector<float> draw(Random& r, index_t n, index_t k) {
-  std::vector<float> x(static_cast<std::size_t>(n));
+// Random weights are drawn in parallel by a counter-based generator: value i of a layer's j-th
+// tensor is a function of the seed, j and i alone, so a layer's bits do not depend on the number
+// of threads, and no tensor is ever held whole as floats. The values before quantization are the
+// same in every weight format.
+constexpr std::uint64_t golden = 0x9e3779b97f4a7c15ull;
+
+constexpr std::uint64_t mix(std::uint64_t z) {  // splitmix64's finalizer
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// One tensor's values: approximately standard normal, the sum of four uniform 16-bit fractions of
+// one hash, centred and scaled to unit variance (Irwin-Hall of order 4, |z| < 3.47).
+struct Stream {
+  std::uint64_t key;
+  float normal(std::uint64_t i) const {
+    const std::uint64_t h = mix(key + (i + 1) * golden);
+    const float sum = static_cast<float>(h & 0xffff) + static_cast<float>((h >> 16) & 0xffff) +
+                      static_cast<float>((h >> 32) & 0xffff) + static_cast<float>(h >> 48);
+    constexpr float sqrt3 = 1.7320508f;
+    return ((sum + 2.0f) * (1.0f / 65536.0f) - 2.0f) * sqrt3;
+  }
+};
+
+class Draws {
+ public:
+  explicit Draws(std::uint64_t seed) : seed_(mix(seed + golden)) {}
+  Stream next() { return Stream{mix(seed_ ^ mix(++count_ * golden))}; }
+
+ private:
+  std::uint64_t seed_;
+  std::uint64_t count_ = 0;
+};
+
+// Runs task(0..count-1) on the machine's threads, each task once; rethrows the first failure.
+template <class Task>
+void parallel_tasks(index_t count, const Task& task) {
+  const auto threads =
+      static_cast<index_t>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 64u));
+  std::atomic<index_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_lock;
+  const auto work = [&] {
+    for (index_t i = next++; i < count; i = next++) try {
+        task(i);
+      } catch (...) {
+        const std::lock_guard lock(failure_lock);
+        if (!failure) failure = std::current_exception();
+      }
+  };
+  std::vector<std::jthread> pool;
+  for (index_t t = 1; t < std::min(threads, count); ++t) pool.emplace_back(work);
+  work();
+  pool.clear();  // joins
+  if (failure) std::rethrow_exception(failure);
+}
+
+// `groups` x `per` rows of k values (stddev 1/sqrt(k), so that activations keep unit scale
+// through a GEMM), drawn in chunks of whole multiples of `granule` rows that never cross a group,
+// each into a float buffer of its own and handed to sink(values, first row overall, row count).
+template <class Sink>
+void draw_rows(Stream s, index_t groups, index_t per, index_t k, index_t granule,
+               const Sink& sink) {
+  const index_t target = std::max<index_t>(1, (index_t{1} << 20) / std::max<index_t>(k, 1));
+  const index_t chunk = ops::ceil_div(target, granule) * granule;
+  const index_t chunks = ops::ceil_div(per, chunk);
   const float stddev = 1.0f / std::sqrt(static_cast<float>(k));
-  for (auto& v : x) v = r(0.0f, stddev);
+  parallel_tasks(groups * chunks, [&](index_t c) {
+    const index_t in_group = (c % chunks) * chunk;
+    const index_t first = (c / chunks) * per + in_group;
+    const index_t n = std::min(chunk, per - in_group);
+    std::vector<float> x(static_cast<std::size_t>(n * k));
+    const auto base = static_cast<std::uint64_t>(first * k);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = stddev * s.normal(base + i);
+    sink(x.data(), first, n);
+  });
+}
+
+void fill_bf16(View1<bf16> v, Stream s, float mean, float stddev) {
+  for (index_t i = 0; i < v.numel(); ++i)
+    v(i) = to_bf16(mean + stddev * s.normal(static_cast<std::uint64_t>(i)));
+}
+
+// All h * n * k values at once (the per-head quantizers need a head whole): a few MB.
+std::vector<float> draw_all(Stream s, index_t h, index_t n, index_t k) {
+  std::vector<float> x(static_cast<std::size_t>(h * n * k));
+  draw_rows(s, 1, h * n, k, 1, [&](const float* v, index_t first, index_t rows) {
+    std::copy_n(v, rows * k, x.data() + first * k);
+  });
   return x;
 }
 
-// Rows of K drawn values, quantized into MXFP4 blocks along each row.
-void quantize_rows(Random& r, index_t rows, index_t k, std::uint8_t* packed, e8m0* scale) {
-  detail::quantize_mxfp4_rows(draw(r, rows * k, k).data(), rows, k, packed, scale);
+// Per-head weights: MXFP4, or FP8 with one scale per head (amax / 448).
+ops::Mxfp4HeadWeight mxfp4_heads(Buffers& b, Stream s, index_t h, index_t n, index_t k) {
+  return detail::mxfp4_heads(b, draw_all(s, h, n, k).data(), h, n, k);
+}
+ops::Fp8HeadWeight fp8_heads(Buffers& b, Stream s, index_t h, index_t n, index_t k) {
+  return detail::fp8_heads(b, draw_all(s, h, n, k).data(), h, n, k);
 }
 
-ops::Mxfp4Weight mxfp4_weight(Buffers& b, Random& r, index_t n, index_t k) {
-  ops::Mxfp4Weight w{alloc<std::uint8_t>(b, n, ops::mxfp4_packed_cols(k)),
-                     alloc<e8m0>(b, n, ops::mxfp4_scale_cols(k)), k};
-  quantize_rows(r, n, k, w.packed.data, w.scale.data);
-  return w;
-}
-
-ops::Mxfp4Experts mxfp4_experts(Buffers& b, Random& r, index_t e, index_t n, index_t k) {
-  ops::Mxfp4Experts w{alloc<std::uint8_t>(b, e, n, ops::mxfp4_packed_cols(k)),
-                      alloc<e8m0>(b, e, n, ops::mxfp4_scale_cols(k)), k};
-  quantize_rows(r, e * n, k, w.packed.data, w.scale.data);
-  return w;
-}
-
-// Per-head weights of drawn values: MXFP4, or FP8 with one scale per head (amax / 448).
-ops::Mxfp4HeadWeight mxfp4_heads(Buffers& b, Random& r, index_t h, index_t n, index_t k) {
-  return detail::mxfp4_heads(b, draw(r, h * n * k, k).data(), h, n, k);
-}
-ops::Fp8HeadWeight fp8_heads(Buffers& b, Random& r, index_t h, index_t n, index_t k) {
-  return detail::fp8_heads(b, draw(r, h * n * k, k).data(), h, n, k);
-}
-
-// Rows of K values drawn as quantize_rows draws them, as bf16 or as FP8 e4m3 with one scale per
-// block of 128 x 128 (scale = the block's amax / 448, 1 for an all-zero block).
-void bf16_rows(Random& r, index_t rows, index_t k, bf16* out) {
-  for (const float x : draw(r, rows * k, k)) *out++ = to_bf16(x);
-}
-
-void fp8_block_rows(Random& r, index_t rows, index_t k, fp8_e4m3* q, float* scale) {
-  constexpr index_t block = ops::fp8_weight_block_k;
-  const std::vector<float> m = draw(r, rows * k, k);
-  const index_t scale_cols = ops::ceil_div(k, block);
-  for (index_t bn = 0; bn < ops::ceil_div(rows, block); ++bn)
-    for (index_t bk = 0; bk < scale_cols; ++bk) {
-      const index_t n_end = std::min(rows, (bn + 1) * block);
-      const index_t k_end = std::min(k, (bk + 1) * block);
-      float amax = 0.0f;
-      for (index_t n = bn * block; n < n_end; ++n)
-        for (index_t c = bk * block; c < k_end; ++c)
-          amax = std::max(amax, std::fabs(m[static_cast<std::size_t>(n * k + c)]));
-      const float s = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
-      scale[bn * scale_cols + bk] = s;
-      for (index_t n = bn * block; n < n_end; ++n)
-        for (index_t c = bk * block; c < k_end; ++c)
-          q[n * k + c] = to_fp8<Fp8Kind::e4m3fn>(m[static_cast<std::size_t>(n * k + c)] / s);
+// A linear weight [n, k] (groups = 1) or experts [groups, n, k] of drawn values in format f.
+template <class W>
+W quantized(Buffers& b, Stream s, policy::WeightFormat f, index_t groups, index_t n, index_t k) {
+  W w;
+  w.format = f;
+  const auto view = [&]<class T>(T, index_t cols) {
+    if constexpr (std::is_same_v<W, LinearWeight>)
+      return alloc<T>(b, n, cols);
+    else
+      return alloc<T>(b, groups, n, cols);
+  };
+  switch (f) {
+    case policy::WeightFormat::mxfp4: {
+      const index_t pc = ops::mxfp4_packed_cols(k);
+      const index_t sc = ops::mxfp4_scale_cols(k);
+      w.mxfp4 = {view(std::uint8_t{}, pc), view(e8m0{}, sc), k};
+      draw_rows(s, groups, n, k, 1, [&](const float* x, index_t first, index_t rows) {
+        detail::quantize_mxfp4_rows(x, rows, k, w.mxfp4.packed.data + first * pc,
+                                    w.mxfp4.scale.data + first * sc);
+      });
+      break;
     }
-}
-
-// A random linear weight [n, k] or experts [e, n, k] in format f.
-LinearWeight linear_weight(Buffers& b, Random& r, policy::WeightFormat f, index_t n, index_t k) {
-  LinearWeight w;
-  w.format = f;
-  switch (f) {
-    case policy::WeightFormat::mxfp4:
-      w.mxfp4 = mxfp4_weight(b, r, n, k);
-      break;
     case policy::WeightFormat::bf16:
-      w.bf16.w = alloc<bf16>(b, n, k);
-      bf16_rows(r, n, k, w.bf16.w.data);
-      break;
-    case policy::WeightFormat::fp8_block:
-      w.fp8 = {alloc<fp8_e4m3>(b, n, k),
-               alloc<float>(b, ops::ceil_div(n, 128), ops::ceil_div(k, ops::fp8_weight_block_k)),
-               128};
-      fp8_block_rows(r, n, k, w.fp8.q.data, w.fp8.scale.data);
-      break;
-  }
-  return w;
-}
-
-ExpertWeights expert_weights(Buffers& b, Random& r, policy::WeightFormat f, index_t e, index_t n,
-                             index_t k) {
-  ExpertWeights w;
-  w.format = f;
-  switch (f) {
-    case policy::WeightFormat::mxfp4:
-      w.mxfp4 = mxfp4_experts(b, r, e, n, k);
-      break;
-    case policy::WeightFormat::bf16:
-      w.bf16.w = alloc<bf16>(b, e, n, k);
-      bf16_rows(r, e * n, k, w.bf16.w.data);
+      w.bf16.w = view(bf16{}, k);
+      draw_rows(s, groups, n, k, 1, [&](const float* x, index_t first, index_t rows) {
+        std::transform(x, x + rows * k, w.bf16.w.data + first * k, to_bf16);
+      });
       break;
     case policy::WeightFormat::fp8_block: {
-      const index_t sn = ops::ceil_div(n, 128);
-      const index_t sk = ops::ceil_div(k, ops::fp8_weight_block_k);
-      w.fp8 = {alloc<fp8_e4m3>(b, e, n, k), alloc<float>(b, e, sn, sk), 128};
-      for (index_t i = 0; i < e; ++i)
-        fp8_block_rows(r, n, k, w.fp8.q.data + i * n * k, w.fp8.scale.data + i * sn * sk);
+      // One scale per block of 128 x 128 of each expert: the block's amax / 448 (1 for an
+      // all-zero block); chunks of whole 128-row blocks.
+      constexpr index_t block = ops::fp8_weight_block_k;
+      const index_t sn = ops::ceil_div(n, index_t{128});
+      const index_t sk = ops::ceil_div(k, block);
+      w.fp8.q = view(fp8_e4m3{}, k);
+      if constexpr (std::is_same_v<W, LinearWeight>)
+        w.fp8.scale = alloc<float>(b, sn, sk);
+      else
+        w.fp8.scale = alloc<float>(b, groups, sn, sk);
+      w.fp8.block_n = 128;
+      fp8_e4m3* q = w.fp8.q.data;
+      float* scale = w.fp8.scale.data;
+      draw_rows(s, groups, n, k, 128, [&](const float* x, index_t first, index_t rows) {
+        const index_t scale_row = (first / n) * sn + (first % n) / 128;
+        for (index_t bn = 0; bn < ops::ceil_div(rows, index_t{128}); ++bn)
+          for (index_t bk = 0; bk < sk; ++bk) {
+            const index_t r_end = std::min(rows, (bn + 1) * 128);
+            const index_t k_end = std::min(k, (bk + 1) * block);
+            float amax = 0.0f;
+            for (index_t r = bn * 128; r < r_end; ++r)
+              for (index_t c = bk * block; c < k_end; ++c)
+                amax = std::max(amax, std::fabs(x[r * k + c]));
+            const float sc = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
+            scale[(scale_row + bn) * sk + bk] = sc;
+            for (index_t r = bn * 128; r < r_end; ++r)
+              for (index_t c = bk * block; c < k_end; ++c)
+                q[(first + r) * k + c] = to_fp8<Fp8Kind::e4m3fn>(x[r * k + c] / sc);
+          }
+      });
       break;
     }
   }
   return w;
 }
 
-View1<bf16> norm_weight(Buffers& b, Random& r, index_t n) {
+LinearWeight linear_weight(Buffers& b, Draws& d, policy::WeightFormat f, index_t n, index_t k) {
+  return quantized<LinearWeight>(b, d.next(), f, 1, n, k);
+}
+ExpertWeights expert_weights(Buffers& b, Draws& d, policy::WeightFormat f, index_t e, index_t n,
+                             index_t k) {
+  return quantized<ExpertWeights>(b, d.next(), f, e, n, k);
+}
+View1<bf16> norm_weight(Buffers& b, Draws& d, index_t n) {
   auto w = alloc<bf16>(b, n);
-  fill_bf16(w, r, 1.0f, 0.1f);
+  fill_bf16(w, d.next(), 1.0f, 0.1f);
   return w;
 }
 
@@ -150,7 +221,7 @@ LayerWeights::LayerWeights(LayerWeightParts parts)
       dense_(parts.dense) {}
 
 LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::WeightFormat f) {
-  Random r{std::mt19937_64(seed)};
+  Draws r(seed);
   Buffers& b = buffers_;
   if (m.attention == AttentionKind::mla) {
     const index_t qk_head = m.qk_nope_dim + m.qk_rope_dim;
@@ -159,10 +230,10 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::Wei
     mla_.q_a_norm = norm_weight(b, r, m.q_lora_rank);
     mla_.kv_a_norm = norm_weight(b, r, m.kv_lora_rank);
     mla_.q_b = linear_weight(b, r, f, m.num_heads * qk_head, m.q_lora_rank);
-    mla_.w_uk_fp8 = fp8_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
-    mla_.w_uv_fp8 = fp8_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
-    mla_.w_uk_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
-    mla_.w_uv_mxfp4 = mxfp4_heads(b, r, m.num_heads, m.v_head_dim, m.kv_lora_rank);
+    mla_.w_uk_fp8 = fp8_heads(b, r.next(), m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
+    mla_.w_uv_fp8 = fp8_heads(b, r.next(), m.num_heads, m.v_head_dim, m.kv_lora_rank);
+    mla_.w_uk_mxfp4 = mxfp4_heads(b, r.next(), m.num_heads, m.kv_lora_rank, m.qk_nope_dim);
+    mla_.w_uv_mxfp4 = mxfp4_heads(b, r.next(), m.num_heads, m.v_head_dim, m.kv_lora_rank);
     mla_.o_proj = linear_weight(b, r, f, m.hidden, m.num_heads * m.v_head_dim);
     mla_.cos_sin = rope_table(b, m, m.qk_rope_dim);
   } else {
@@ -175,10 +246,13 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::Wei
   }
   moe_.post_norm = norm_weight(b, r, m.hidden);
   auto router = alloc<bf16>(b, m.num_experts, m.hidden);
-  fill_bf16(router, r, 0.0f, 1.0f / std::sqrt(static_cast<float>(m.hidden)));
+  fill_bf16(make_view(router.data, router.numel()), r.next(), 0.0f,
+            1.0f / std::sqrt(static_cast<float>(m.hidden)));
   moe_.router = router;
   auto bias = alloc<float>(b, m.num_experts);
-  for (index_t e = 0; e < m.num_experts; ++e) bias(e) = r(0.0f, 0.1f);
+  const Stream bias_values = r.next();
+  for (index_t e = 0; e < m.num_experts; ++e)
+    bias(e) = 0.1f * bias_values.normal(static_cast<std::uint64_t>(e));
   moe_.router_bias = bias;
   moe_.gate_up = expert_weights(b, r, f, m.num_experts, 2 * m.moe_intermediate, m.hidden);
   moe_.down = expert_weights(b, r, f, m.num_experts, m.hidden, m.moe_intermediate);

@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
@@ -242,6 +243,13 @@ pipeline::ReferenceCheck check_tp(const dispatch::Handle<P>& handle, const pipel
   return c;
 }
 
+// Random weights are drawn on every host thread (pipeline::LayerWeights).
+void report_generated(std::chrono::steady_clock::time_point since) {
+  std::printf("weights     generated in %.1f s on %u threads\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count(),
+              std::max(1u, std::thread::hardware_concurrency()));
+}
+
 template <PipelineId P>
 int run(const Options& o, const env::Config& config, const pipeline::ModelConfig& model,
         [[maybe_unused]] pipeline::TpComm* gpu_tp) {
@@ -270,7 +278,9 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
 
   std::printf("weights     generating (seed %ld)...\n", o.seed);
   std::fflush(stdout);
+  const auto generating = std::chrono::steady_clock::now();
   const pipeline::LayerWeights weights(model, static_cast<std::uint64_t>(o.seed));
+  report_generated(generating);
   pipeline::RunInputs in{&model, &weights, ragged_contexts(o.tokens, o.context),
                          static_cast<std::uint64_t>(o.seed) + 1,
                          config.get<env::Var::dual_stream_moe_token_threshold>()};
@@ -733,11 +743,13 @@ int main(int argc, char** argv) {
         std::printf("weights     generating %ld layers of %s (seed %ld)...\n",
                     static_cast<long>(last - first), model.name.c_str(), o.seed);
       std::fflush(stdout);
+      const auto generating = std::chrono::steady_clock::now();
       for (index_t l = first; l < last; ++l) {
         owned.push_back(std::make_unique<pipeline::LayerWeights>(
             model, static_cast<std::uint64_t>(o.seed + l)));
         layers.push_back({l, owned.back().get()});
       }
+      if (reading.config->get<env::Var::dp_rank>() == 0) report_generated(generating);
       return run_steps(o, *reading.config, model, layers);
     }
     if (!o.layers.empty()) throw std::invalid_argument("--layers needs --checkpoint or --steps");
@@ -767,10 +779,18 @@ int main(int argc, char** argv) {
       status = std::max(status, rc);
     }
     return status;
-  } catch (const std::exception& e) {
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr,
+                 "atom-run: out of host memory (a full-size preset holds one layer's weights per "
+                 "layer run: --layers and --tokens size it)\n");
+    return 1;
+  } catch (const std::invalid_argument& e) {
     std::fprintf(stderr, "atom-run: %s\n", e.what());
     std::fputs(usage, stderr);
     return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "atom-run: %s\n", e.what());
+    return 1;
   }
   return 2;
 }
