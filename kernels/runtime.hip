@@ -103,6 +103,30 @@ void Event::synchronize() {
   ATOM_GPU_CHECK(hipEventSynchronize(static_cast<hipEvent_t>(event_)));
 }
 
+StreamMarks::~StreamMarks() {
+  for (void* e : events_) (void)hipEventDestroy(static_cast<hipEvent_t>(e));
+}
+
+void StreamMarks::mark() {
+  hipEvent_t e = nullptr;
+  ATOM_GPU_CHECK(hipEventCreate(&e));
+  events_.push_back(e);
+  ATOM_GPU_CHECK(hipEventRecord(e, static_cast<hipStream_t>(stream_)));
+}
+
+std::vector<double> StreamMarks::intervals_ms() {
+  std::vector<double> out;
+  if (events_.empty()) return out;
+  ATOM_GPU_CHECK(hipEventSynchronize(static_cast<hipEvent_t>(events_.back())));
+  for (std::size_t i = 1; i < events_.size(); ++i) {
+    float ms = 0;
+    ATOM_GPU_CHECK(hipEventElapsedTime(&ms, static_cast<hipEvent_t>(events_[i - 1]),
+                                       static_cast<hipEvent_t>(events_[i])));
+    out.push_back(ms);
+  }
+  return out;
+}
+
 void stream_wait(void* waiting, void* signalling) {
   if (waiting == signalling) return;
   hipEvent_t e = nullptr;

@@ -58,6 +58,13 @@ Event::Event() {
 Event::~Event() = default;
 void Event::record(Stream&) {}
 void Event::synchronize() {}
+StreamMarks::~StreamMarks() = default;
+void StreamMarks::mark() {
+  no_gpu("StreamMarks");
+}
+std::vector<double> StreamMarks::intervals_ms() {
+  return {};
+}
 void stream_wait(void*, void*) {
   no_gpu("stream_wait");
 }

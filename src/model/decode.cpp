@@ -1,15 +1,32 @@
 #include "atom/model/decode.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 
 #include "atom/model/checkpoint.hpp"
 #include "atom/ops/decode_batch.hpp"
+#include "atom/ops/norm.hpp"
 #include "step_loop.hpp"
 
 namespace atom::model {
 
 namespace {
+
+// Timing points on the host's clock (the host backend runs each op before it returns).
+class HostMarks {
+ public:
+  void mark() { points_.push_back(std::chrono::steady_clock::now()); }
+  std::vector<double> intervals_ms() const {
+    std::vector<double> out;
+    for (std::size_t i = 1; i < points_.size(); ++i)
+      out.push_back(std::chrono::duration<double, std::milli>(points_[i] - points_[i - 1]).count());
+    return out;
+  }
+
+ private:
+  std::vector<std::chrono::steady_clock::time_point> points_;
+};
 
 // Host memory: vectors the Memory owns.
 class HostMemory {
@@ -40,6 +57,13 @@ class HostMemory {
   ops::Host ops() const { return {}; }
   void* stream() const { return nullptr; }
   void* side_stream() const { return nullptr; }
+  using Marks = HostMarks;
+  Marks marks() const { return {}; }
+  double copy_gbs() {
+    const index_t n = index_t{64} << 20;  // 128 MiB of bf16
+    std::vector<bf16> a(static_cast<std::size_t>(n), to_bf16(1.0f)), b(a.size());
+    return detail::copy_rate(*this, a.data(), b.data(), n);
+  }
 
  private:
   const pipeline::ModelConfig& m_;

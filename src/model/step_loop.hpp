@@ -73,6 +73,25 @@ inline double weight_bytes(const pipeline::MoeWeights& w, double experts, pipeli
          norm_bytes(w.post_norm);
 }
 
+// The copy rate of DecodeSteps::copy_gbs between two buffers of n bf16 of the Memory's kind: one
+// warm-up copy, then the median of 5 timed with the Memory's marks.
+template <class Memory>
+double copy_rate(Memory& mem, const bf16* src, bf16* dst, index_t n) {
+  const index_t cols = 4096;
+  const auto from = make_view(src, n / cols, cols);
+  const auto to = make_view(dst, n / cols, cols);
+  copy(mem.ops(), from, to);
+  typename Memory::Marks marks = mem.marks();
+  for (int i = 0; i < 5; ++i) {
+    marks.mark();
+    copy(mem.ops(), from, to);
+  }
+  marks.mark();
+  std::vector<double> ms = marks.intervals_ms();
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * 2.0 * static_cast<double>(n) / (ms[ms.size() / 2] * 1e6);
+}
+
 template <class Memory>
 class StepLoop {
  public:
@@ -173,8 +192,9 @@ class StepLoop {
 
   // One step: the residual stream starts at zero and x at the fed hidden state, so the first
   // block's add makes the residual the input; each layer's output is the next one's x (two
-  // buffers in turn); then the batch advances.
-  void enqueue() {
+  // buffers in turn); then the batch advances. With `marks`, a timing point before the first block
+  // and after each block.
+  void enqueue(typename Memory::Marks* marks = nullptr) {
     const pipeline::ModelConfig& m = *s_.model;
     const index_t t = context_.size(0);
     const index_t h = m.hidden;
@@ -182,6 +202,10 @@ class StepLoop {
     fill_uniform(mem_.ops(), View1<bf16>(make_view(residual_.data, t * h)), 0, 0.0f, 0.0f);
     const ops::DecodeCursor cursor{starts_, context_, table_, positions_, slots_};
     const pipeline::DecodeBatch batch = cursor.batch();
+    const auto mark = [&] {
+      if (marks != nullptr) marks->mark();
+    };
+    mark();
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       const Layer& r = layers_[l];
       pipeline::BlockIo io{
@@ -189,9 +213,12 @@ class StepLoop {
           residual_, out(l), &mem_.workspace()};
       io.stream = mem_.stream();
       io.side_stream = mem_.side_stream();
-      pipeline::run_layer(
-          r.handles, mem_.weights(l),
-          {io, intermediate_, batch, r.mla_cache, r.kv_cache, s_.dual_stream_threshold, r.routes});
+      const pipeline::LayerIo layer{
+          io, intermediate_, batch, r.mla_cache, r.kv_cache, s_.dual_stream_threshold, r.routes};
+      pipeline::run_attention(r.handles, mem_.weights(l), layer);
+      mark();
+      pipeline::run_mlp(r.handles, mem_.weights(l), layer);
+      mark();
       mem_.workspace().reset();
     }
     advance_decode(mem_.ops(), cursor, m.block_size);
@@ -215,9 +242,10 @@ class StepLoop {
     ops::advance_decode(ops::Host{}, host, s_.model->block_size);
   }
 
-  StepBytes last_step_bytes() {
-    StepBytes b;
-    if (attended_.empty()) return b;
+  // The byte floor of each block of the last step run, in the order run (model/step.hpp).
+  std::vector<BlockCost> last_block_costs() {
+    std::vector<BlockCost> out;
+    if (attended_.empty()) return out;
     const pipeline::ModelConfig& m = *s_.model;
     const auto t = static_cast<double>(attended_.size());
     double attended = 0;
@@ -226,22 +254,42 @@ class StepLoop {
     const double row =
         mla ? 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim)
             : static_cast<double>(m.num_kv_heads) * (2.0 * static_cast<double>(m.head_dim) + 8.0);
+    // Each block reads x and the residual and writes the residual and its output.
+    const double activations = 4 * t * static_cast<double>(m.hidden) * 2.0;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
-      const pipeline::LayerBlockWeights w = block_weights(m, s_.layers[l], *s_.layers[l].weights);
-      if (w.mla != nullptr) b.weights += weight_bytes(*w.mla, s_.point.get<policy::BmmFormat>());
-      if (w.qwen3 != nullptr) b.weights += weight_bytes(*w.qwen3);
-      if (w.dense != nullptr) b.weights += weight_bytes(*w.dense);
+      const DecodeLayer& dl = s_.layers[l];
+      const pipeline::LayerBlockWeights w = block_weights(m, dl, *dl.weights);
+      BlockCost attention{dl.index, pipeline::attention_pipeline(m), {}, 0};
+      attention.bytes.weights = w.mla != nullptr
+                                    ? weight_bytes(*w.mla, s_.point.get<policy::BmmFormat>())
+                                    : weight_bytes(*w.qwen3);
+      attention.bytes.cache_read = attended * row;
+      attention.bytes.cache_write = written_ * row;  // padded tokens (slot -1) write nothing
+      attention.bytes.activations = activations;
+      BlockCost mlp{dl.index, pipeline::mlp_pipeline(pipeline::layer_kind(m, dl.index)), {}, 0};
       if (w.moe != nullptr) {
         std::vector<std::int32_t> routes(static_cast<std::size_t>(layers_[l].routes.numel()));
         mem_.get(routes, layers_[l].routes.data);
         std::sort(routes.begin(), routes.end());
         const auto used = std::unique(routes.begin(), routes.end()) - routes.begin();
-        b.weights += weight_bytes(*w.moe, static_cast<double>(used), m.router);
+        mlp.bytes.weights = weight_bytes(*w.moe, static_cast<double>(used), m.router);
+      } else {
+        mlp.bytes.weights = weight_bytes(*w.dense);
       }
-      b.cache_read += attended * row;
-      b.cache_write += written_ * row;  // padded tokens (slot -1) write nothing
-      // Each block reads x and the residual and writes the residual and its output.
-      b.activations += 2 * 4 * t * static_cast<double>(m.hidden) * 2.0;
+      mlp.bytes.activations = activations;
+      out.push_back(attention);
+      out.push_back(mlp);
+    }
+    return out;
+  }
+
+  StepBytes last_step_bytes() {
+    StepBytes b;
+    for (const BlockCost& c : last_block_costs()) {
+      b.weights += c.bytes.weights;
+      b.cache_read += c.bytes.cache_read;
+      b.cache_write += c.bytes.cache_write;
+      b.activations += c.bytes.activations;
     }
     return b;
   }
@@ -340,6 +388,17 @@ class StepsOn : public DecodeSteps {
     loop_.mirror();
     ++steps_;
   }
+  std::vector<BlockCost> profile() override {
+    typename Memory::Marks marks = mem_.marks();
+    loop_.enqueue(&marks);
+    loop_.mirror();
+    ++steps_;
+    const std::vector<double> ms = marks.intervals_ms();
+    std::vector<BlockCost> costs = loop_.last_block_costs();
+    for (std::size_t i = 0; i < costs.size() && i < ms.size(); ++i) costs[i].ms = ms[i];
+    return costs;
+  }
+  double copy_gbs() override { return mem_.copy_gbs(); }
   index_t steps_run() const override { return steps_; }
   StepBytes last_step_bytes() const override { return loop_.last_step_bytes(); }
   const StepSetup& setup() const override { return setup_; }

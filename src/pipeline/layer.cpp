@@ -35,7 +35,7 @@ LayerHandles resolve_layer(const ModelConfig& m, LayerKind kind, policy::Point p
   return {attention, mlp};
 }
 
-void run_layer(const LayerHandles& layer, const LayerBlockWeights& w, const LayerIo& r) {
+void run_attention(const LayerHandles& layer, const LayerBlockWeights& w, const LayerIo& r) {
   BlockIo attention_io = r.io;
   attention_io.out = r.intermediate;
   std::visit(
@@ -46,6 +46,9 @@ void run_layer(const LayerHandles& layer, const LayerBlockWeights& w, const Laye
           h(Qwen3AttentionArgs{attention_io, w.qwen3, r.batch, r.kv_cache});
       },
       layer.attention);
+}
+
+void run_mlp(const LayerHandles& layer, const LayerBlockWeights& w, const LayerIo& r) {
   BlockIo mlp_io = r.io;
   mlp_io.x = r.intermediate;
   std::visit(
@@ -56,6 +59,11 @@ void run_layer(const LayerHandles& layer, const LayerBlockWeights& w, const Laye
           h(DenseMlpArgs{mlp_io, w.dense});
       },
       layer.mlp);
+}
+
+void run_layer(const LayerHandles& layer, const LayerBlockWeights& w, const LayerIo& r) {
+  run_attention(layer, w, r);
+  run_mlp(layer, w, r);
 }
 
 }  // namespace atom::pipeline

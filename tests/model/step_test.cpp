@@ -175,6 +175,52 @@ TEST_CASE("the byte floor of a step counts each weight once, the routed experts 
   CHECK(b.activations == 2 * 2 * 4 * tokens * h * 2);
 }
 
+TEST_CASE("a profiled step is a step, and its blocks' bytes make the step's byte floor") {
+  for (const char* preset : {"qwen3-30b-a3b-tiny", "deepseek-v3-tiny"}) {
+    CAPTURE(preset);
+    const Model m = make_model(preset, 3, policy::WeightFormat::mxfp4);
+    const std::vector<std::int32_t> contexts{5, 33, 17, 1};
+    auto plain = model::decode_steps(setup_for(m, contexts, 3));
+    auto profiled = model::decode_steps(setup_for(m, contexts, 3));
+    plain->step();
+    plain->step();
+    profiled->step();
+    const std::vector<model::BlockCost> blocks = profiled->profile();
+    CHECK(profiled->steps_run() == 2);
+    CHECK(profiled->snapshot() == plain->snapshot());
+    // Per layer its attention block, then its MLP block.
+    REQUIRE(blocks.size() == 2 * m.layers.size());
+    model::StepBytes sum;
+    for (std::size_t l = 0; l < m.layers.size(); ++l) {
+      const model::BlockCost& a = blocks[2 * l];
+      const model::BlockCost& b = blocks[2 * l + 1];
+      CHECK(a.layer == m.layers[l].index);
+      CHECK(b.layer == m.layers[l].index);
+      CHECK(a.pipeline == pipeline::attention_pipeline(m.config));
+      CHECK(b.pipeline == pipeline::mlp_pipeline(pipeline::layer_kind(m.config, a.layer)));
+      CHECK(b.bytes.cache_read == 0);
+      CHECK(a.bytes.cache_read > 0);
+      for (const auto* c : {&a, &b}) {
+        CHECK(std::isfinite(c->ms));
+        CHECK(c->ms >= 0);
+        sum.weights += c->bytes.weights;
+        sum.cache_read += c->bytes.cache_read;
+        sum.cache_write += c->bytes.cache_write;
+        sum.activations += c->bytes.activations;
+      }
+    }
+    const model::StepBytes floor = plain->last_step_bytes();
+    CHECK(sum.weights == floor.weights);
+    CHECK(sum.cache_read == floor.cache_read);
+    CHECK(sum.cache_write == floor.cache_write);
+    CHECK(sum.activations == floor.activations);
+  }
+  const Model m = make_model("qwen3-30b-a3b-tiny", 1, policy::WeightFormat::mxfp4);
+  const double copy = model::decode_steps(setup_for(m, {3}, 1))->copy_gbs();
+  CHECK(std::isfinite(copy));
+  CHECK(copy > 0);
+}
+
 TEST_CASE("decode steps reject bad setups with a message naming what is wrong") {
   const Model m = make_model("qwen3-30b-a3b-tiny", 1, policy::WeightFormat::mxfp4);
   CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {4, 0}, 2)),
@@ -215,6 +261,10 @@ TEST_CASE("a replayed step equals an eager step bit for bit, and the GPU steps f
       graph->synchronize();
       REQUIRE(eager->snapshot() == graph->snapshot());
     }
+    // A profiled step (device events around each block) is an eager step.
+    eager->step();
+    graph->profile();
+    REQUIRE(eager->snapshot() == graph->snapshot());
     // One step on the host against one on the GPU: each layer adds at most the GPU pipelines'
     // stated bound (harness_gpu.cpp) to the relative L2 error, to first order.
     auto host = model::decode_steps(s);

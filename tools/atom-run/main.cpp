@@ -417,6 +417,50 @@ int run_dp_steps(const Options& o, dist::DpGroup& dp, model::DecodeSteps& run,
   return 0;
 }
 
+// Eager steps with a timing point around every block, after the timed steps.
+constexpr long profiled_steps = 5;
+
+// Per kind of block (each pipeline, summed over the layers): the median time of the profiled
+// steps, the bytes it must move and the fraction of the copy rate that makes.
+void report_blocks(model::DecodeSteps& run, double copy) {
+  std::vector<std::vector<model::BlockCost>> runs;
+  for (long i = 0; i < profiled_steps; ++i) runs.push_back(run.profile());
+  const std::vector<model::BlockCost>& last = runs.back();
+  std::printf("blocks      median of %ld eager steps with %s around each block:\n", profiled_steps,
+              run.stream() == nullptr ? "the host's clock" : "device events");
+  std::printf("  %-16s %6s %10s %10s %9s %8s\n", "block", "layers", "ms/step", "MB/step", "GB/s",
+              "of copy");
+  std::vector<policy::PipelineId> kinds;
+  for (const auto& c : last)
+    if (std::find(kinds.begin(), kinds.end(), c.pipeline) == kinds.end())
+      kinds.push_back(c.pipeline);
+  double all_ms = 0;
+  double all_bytes = 0;
+  for (const policy::PipelineId kind : kinds) {
+    double ms = 0;
+    double bytes = 0;
+    long layers = 0;
+    for (std::size_t b = 0; b < last.size(); ++b) {
+      if (last[b].pipeline != kind) continue;
+      std::vector<double> times;
+      for (const auto& r : runs) times.push_back(r[b].ms);
+      std::sort(times.begin(), times.end());
+      ms += times[times.size() / 2];
+      bytes += last[b].bytes.total();
+      ++layers;
+    }
+    all_ms += ms;
+    all_bytes += bytes;
+    const double gbs = bytes / (ms * 1e6);
+    std::printf("  %-16s %6ld %10.3f %10.2f %9.1f %7.1f%%\n",
+                std::string(policy::pipeline_name(kind)).c_str(), layers, ms, bytes / 1e6, gbs,
+                100.0 * gbs / copy);
+  }
+  const double gbs = all_bytes / (all_ms * 1e6);
+  std::printf("  %-16s %6s %10.3f %10.2f %9.1f %7.1f%%\n", "blocks (eager)", "", all_ms,
+              all_bytes / 1e6, gbs, 100.0 * gbs / copy);
+}
+
 // --steps: decode steps of a ragged batch through the given layers; on the GPU, eager steps then
 // one step captured and replayed, each timed with device events.
 int run_steps(const Options& o, const env::Config& config, const pipeline::ModelConfig& m,
@@ -425,7 +469,8 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
   // The data-parallel group (size 1: no group, every collective the identity). The ranks agree
   // first on the batch every rank pads to and on the steps the caches must hold.
   dist::DpGroup dp(config);
-  std::array<std::int64_t, 2> extent{o.tokens, o.steps};
+  // Beyond --steps, the caches hold the profiled steps of the per-block report.
+  std::array<std::int64_t, 2> extent{o.tokens, o.steps + profiled_steps};
   dp.sync_state(extent);
   const long padded = static_cast<long>(extent[0]);
   const long capacity = static_cast<long>(extent[1]);
@@ -465,13 +510,17 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
   std::printf("batch       %ld sequences, contexts %d..%d, %ld steps on the %s backend\n", o.tokens,
               s.context_lens.back(), s.context_lens.front(), o.steps,
               std::string(policy::backend_name(backend)).c_str());
+  // The device's copy rate, measured in this run: the measure of the rates below.
+  const double copy = run->copy_gbs();
+  std::printf("copy        %.0f GB/s (%s copy, bytes read + written)\n", copy,
+              backend == policy::BackendId::host ? "host memory" : "device-to-device");
   // The time per step, tokens per second, and the rate at which the step moves its byte floor.
   const auto report = [&](const char* what, double ms) {
+    const double gbs = run->last_step_bytes().total() / (ms * 1e6);
     std::printf(
         "%-11s %.3f ms per step (mean of back-to-back steps), %.0f tokens/s, floor moved "
-        "at %.1f GB/s\n",
-        what, ms, 1e3 * static_cast<double>(o.tokens) / ms,
-        run->last_step_bytes().total() / (ms * 1e6));
+        "at %.1f GB/s (%.1f%% of copy)\n",
+        what, ms, 1e3 * static_cast<double>(o.tokens) / ms, gbs, 100.0 * gbs / copy);
   };
   // Steps back to back, timed from the first enqueue until the device is idle: what a serving
   // loop sees (on the GPU, launches overlap the device's work when it is the bottleneck).
@@ -505,6 +554,7 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
       "activations %.3f\n",
       floor.total() / 1e6, floor.weights / 1e6, floor.cache_read / 1e6, floor.cache_write / 1e6,
       floor.activations / 1e6);
+  report_blocks(*run, copy);
   double sum = 0;
   for (const float v : run->hidden()) sum += std::fabs(static_cast<double>(v));
   std::printf("hidden      mean |h| %.4f after %ld steps\n",

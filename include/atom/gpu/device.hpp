@@ -102,6 +102,23 @@ class Timer {
   void* stop_ = nullptr;
 };
 
+// Timing points on one stream (a hipStream_t / cudaStream_t): mark() records one where the stream
+// stands; intervals_ms() waits for the last and gives the device time between consecutive marks.
+// Marks may not be recorded while the stream is being captured.
+class StreamMarks {
+ public:
+  explicit StreamMarks(void* stream) : stream_(stream) {}
+  ~StreamMarks();
+  StreamMarks(const StreamMarks&) = delete;
+  StreamMarks& operator=(const StreamMarks&) = delete;
+  void mark();
+  std::vector<double> intervals_ms();
+
+ private:
+  void* stream_;
+  std::vector<void*> events_;
+};
+
 // Device memory for n values of T.
 template <class T>
 class Buffer {

@@ -46,6 +46,16 @@ struct StepBytes {
   double total() const { return weights + cache_read + cache_write + activations; }
 };
 
+// One block of a step (a layer's attention or MLP block): its pipeline, the bytes it must move
+// (its share of StepBytes: its weights, for attention the cache rows, and the hidden states it
+// reads and writes), and in a profiled step its time.
+struct BlockCost {
+  index_t layer = 0;  // the checkpoint's layer index (DecodeLayer::index)
+  policy::PipelineId pipeline{};
+  StepBytes bytes;
+  double ms = 0;
+};
+
 class DecodeSteps {
  public:
   virtual ~DecodeSteps() = default;
@@ -73,6 +83,14 @@ class DecodeSteps {
   virtual std::vector<float> hidden() const = 0;
   // The byte floor of the last step run (routes read back from the backend); zero before one.
   virtual StepBytes last_step_bytes() const = 0;
+  // Runs one step eagerly with a timing point before and after every block (device events on the
+  // stream on the GPU, the host's clock on the host) and returns each block's time and bytes, in
+  // the order run. It counts as a step; the batch's advance at its end is in no block.
+  virtual std::vector<BlockCost> profile() = 0;
+  // The backend's copy rate measured now, for the fraction of it a step reaches: bytes read plus
+  // bytes written per second (GB/s), the median of 5 copies of 512 MiB of bf16 (the host: 128
+  // MiB) on the steps' stream. Call it between steps (it waits for the device).
+  virtual double copy_gbs() = 0;
   // Every byte a step writes (the last layer's output and residual, every layer's cache and the
   // batch metadata), for comparing two runs bit for bit.
   virtual std::vector<std::byte> snapshot() const = 0;

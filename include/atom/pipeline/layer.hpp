@@ -67,5 +67,9 @@ struct LayerIo {
 };
 
 void run_layer(const LayerHandles& layer, const LayerBlockWeights& weights, const LayerIo& io);
+// Its two blocks one at a time (run_layer is run_attention then run_mlp), for a caller that marks
+// the boundary between them.
+void run_attention(const LayerHandles& layer, const LayerBlockWeights& weights, const LayerIo& io);
+void run_mlp(const LayerHandles& layer, const LayerBlockWeights& weights, const LayerIo& io);
 
 }  // namespace atom::pipeline
