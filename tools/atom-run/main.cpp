@@ -554,11 +554,11 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
       "activations %.3f\n",
       floor.total() / 1e6, floor.weights / 1e6, floor.cache_read / 1e6, floor.cache_write / 1e6,
       floor.activations / 1e6);
-  report_blocks(*run, copy);
   double sum = 0;
   for (const float v : run->hidden()) sum += std::fabs(static_cast<double>(v));
   std::printf("hidden      mean |h| %.4f after %ld steps\n",
               sum / static_cast<double>(o.tokens * m.hidden), static_cast<long>(run->steps_run()));
+  report_blocks(*run, copy);
   return 0;
 }
 
