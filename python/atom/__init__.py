@@ -166,17 +166,41 @@ def _stream_handle(stream):
 class Layer:
     """Decoder layer `layer` of a checkpoint folder as a pipeline of `kind`: "layer" (the
     attention and the layer's MLP, MoE or dense), "attention" or "moe". The workspace is sized at
-    load for `max_tokens` tokens a call."""
+    load for `max_tokens` tokens a call.
+
+    `tp=(rank, size, all_reduce)` loads that rank's share of the layer for a tensor-parallel group
+    the engine holds (the header's "Tensor parallelism"): `all_reduce(x, out, count, stream)`
+    gets the addresses of `count` bf16 values and must write the group's sum of x to out (out may
+    be x) on every rank; raising fails the call with PluginError COMMUNICATOR."""
 
     def __init__(self, checkpoint, layer, kind="layer", *, max_tokens=256, backend="auto",
-                 settings=None, registration=None):
+                 settings=None, registration=None, tp=None):
         api = _abi.api()
         reg = registration if registration is not None else Registration(settings)
         options = _abi.LoadOptions(str(backend).encode(), int(max_tokens))
         self._handle = ctypes.c_void_p()
-        _abi.check(api.load_pipeline(reg._handle, os.fspath(checkpoint).encode(), int(layer),
-                                     str(kind).encode(), ctypes.byref(options),
-                                     ctypes.byref(self._handle)))
+        args = (reg._handle, os.fspath(checkpoint).encode(), int(layer), str(kind).encode(),
+                ctypes.byref(options))
+        if tp is None:
+            _abi.check(api.load_pipeline(*args, ctypes.byref(self._handle)))
+        else:
+            rank, size, all_reduce = tp
+
+            def reduce(_, x, out, count, stream):
+                try:
+                    all_reduce(ctypes.cast(x, ctypes.c_void_p).value or 0,
+                               ctypes.cast(out, ctypes.c_void_p).value or 0, int(count),
+                               stream or 0)
+                    return 0
+                except BaseException:  # the plugin reports it; nothing may unwind through C
+                    return 1
+
+            # The callback and the struct live as long as the layer (the plugin keeps a copy of
+            # the struct, which points at the callback).
+            self._reduce = _abi.ALL_REDUCE_BF16(reduce)
+            self._communicator = _abi.Communicator(int(rank), int(size), None, self._reduce)
+            _abi.check(api.load_pipeline_tp(*args, ctypes.byref(self._communicator),
+                                            ctypes.byref(self._handle)))
         info = _abi.PipelineInfo()
         _abi.check(api.pipeline_info(self._handle, ctypes.byref(info)))
         self.architecture = _text(info.architecture)
@@ -292,5 +316,5 @@ def _like(x, count):
 
 
 def load_layer(checkpoint, layer, kind="layer", **options):
-    """Layer(checkpoint, layer, kind, max_tokens=256, backend="auto", settings=None)."""
+    """Layer(checkpoint, layer, kind, max_tokens=256, backend="auto", settings=None, tp=None)."""
     return Layer(checkpoint, layer, kind, **options)

@@ -1,4 +1,4 @@
-"""The C ABI of libatom_plugin.so (include/atom/plugin/atom_plugin.h, version 2) in ctypes.
+"""The C ABI of libatom_plugin.so (include/atom/plugin/atom_plugin.h, version 3) in ctypes.
 
 The header is the definition; these mirrors follow it field by field, and a test compares every
 struct's size and field offsets with what a C compiler makes of the header.
@@ -8,7 +8,7 @@ import os
 from ctypes import (POINTER, Structure, c_char_p, c_float, c_int32, c_int64, c_size_t,
                     c_uint8, c_uint16, c_uint32, c_uint64, c_void_p)
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 ENTRY_POINT = "atom_plugin_get_api"
 
 OK = 0
@@ -16,6 +16,7 @@ STATUS_NAMES = {
     1: "ABI_VERSION", 2: "NULL_POINTER", 3: "INVALID_ARGUMENT", 4: "BUFFER_TOO_SMALL",
     5: "UNKNOWN_ARCHITECTURE", 6: "UNKNOWN_NAME", 7: "CONFIG", 8: "NOT_REGISTERED",
     9: "NO_INSTANCE", 10: "OUT_OF_MEMORY", 11: "INTERNAL", 12: "CHECKPOINT",
+    13: "COMMUNICATOR",
 }
 
 CACHE_NONE, CACHE_MLA_LATENT, CACHE_FP8_KV = 0, 1, 2
@@ -105,6 +106,14 @@ _fn = ctypes.CFUNCTYPE
 _p = c_void_p  # opaque registration and pipeline handles
 
 
+ALL_REDUCE_BF16 = _fn(c_int32, c_void_p, POINTER(c_uint16), POINTER(c_uint16), c_uint64, c_void_p)
+
+
+class Communicator(Structure):
+    _fields_ = [("rank", c_int32), ("size", c_int32), ("context", c_void_p),
+                ("all_reduce_bf16", ALL_REDUCE_BF16)]
+
+
 class Api(Structure):
     _fields_ = [
         ("abi_version", c_uint32),
@@ -126,6 +135,8 @@ class Api(Structure):
         ("sequence_sizes", _fn(status, _p, POINTER(SequenceShape), POINTER(SequenceSizes))),
         ("run_sequences", _fn(status, _p, POINTER(SequenceArgs), c_void_p)),
         ("workspace", _fn(status, _p, POINTER(c_int64), POINTER(c_size_t))),
+        ("load_pipeline_tp", _fn(status, _p, c_char_p, c_int64, c_char_p, POINTER(LoadOptions),
+                                 POINTER(Communicator), POINTER(_p))),
     ]
 
 
@@ -142,6 +153,7 @@ STRUCTS = {
     "atom_plugin_sequence_shape": SequenceShape,
     "atom_plugin_sequence_sizes": SequenceSizes,
     "atom_plugin_sequence_args": SequenceArgs,
+    "atom_plugin_communicator": Communicator,
     "atom_plugin_api": Api,
 }
 
@@ -164,7 +176,7 @@ _api = None
 
 
 def api():
-    """The version 2 function table, loaded once."""
+    """The version 3 function table, loaded once."""
     global _api
     if _api is None:
         path = library_path()

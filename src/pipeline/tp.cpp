@@ -391,17 +391,7 @@ class HostTpGroup::Rank final : public TpComm {
     std::vector<bf16> summed(static_cast<std::size_t>(x.numel()));
     const auto sum = make_view(summed.data(), x.size(0), x.size(1));
     all_reduce(x, sum, stream);
-    std::visit(
-        [&](const auto& o) {
-          using Act = std::decay_t<decltype(o)>;
-          if constexpr (std::is_same_v<Act, ops::Bf16Act>)
-            ops::add_rms_norm<ops::epi::Bf16>(ops::Host{}, sum, residual, weight, eps, o);
-          else if constexpr (std::is_same_v<Act, ops::Mxfp4Act>)
-            ops::add_rms_norm<ops::epi::Mxfp4>(ops::Host{}, sum, residual, weight, eps, o);
-          else
-            ops::add_rms_norm<ops::epi::Fp8PerGroup128>(ops::Host{}, sum, residual, weight, eps, o);
-        },
-        out);
+    add_rms_norm_into(ops::Host{}, sum, residual, weight, eps, out);
   }
 
  private:

@@ -24,15 +24,19 @@
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
+#include "atom/dist/tp.hpp"
 #include "atom/io/loader.hpp"
 #include "atom/model/checkpoint.hpp"
 #include "atom/model/decode.hpp"
 #include "atom/model/hf_config.hpp"
+#include "atom/ops/norm.hpp"
 #include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
+#include "atom/pipeline/tp.hpp"
 #include "atom/plugin/models.hpp"
 #if ATOM_GPU_INSTANCES
 #include "atom/gpu/device.hpp"
+#include "atom/ops/gpu/norm.hpp"
 #include "atom/pipeline/device_storage.hpp"
 #endif
 
@@ -87,6 +91,8 @@ struct DeviceSide {
 };
 #endif
 
+class EngineComm;
+
 }  // namespace
 
 struct atom_plugin_pipeline {
@@ -117,6 +123,11 @@ struct atom_plugin_pipeline {
   pipeline::Workspace workspace;
   std::vector<bf16> host_intermediate;  // a layer's attention output, the MLP block's input
   std::vector<std::int32_t> starts;     // 0, 1, ..., tokens: ABI 1's token t is sequence t
+  // Tensor parallelism (ABI 3): this rank's place, the KV heads its cache holds, and the engine's
+  // communicator (null at size 1).
+  pipeline::TpShape tp;
+  pipeline::Part kv_heads{0, model.num_kv_heads};
+  std::unique_ptr<EngineComm> comm;
 #if ATOM_GPU_INSTANCES
   std::unique_ptr<DeviceSide> device;  // GPU pipelines only
 #endif
@@ -155,6 +166,87 @@ void require(const T* p, std::string_view name) {
   if (p == nullptr)
     raise(ATOM_PLUGIN_ERROR_NULL_POINTER, "argument '" + std::string(name) + "' is NULL");
 }
+
+// An engine's communicator (ABI 3) as the blocks' TpComm. Its fused all-reduce + norm is the
+// all-reduce into scratch memory followed by the norm (the arithmetic of HostTpGroup's fused
+// form). Until engage(), reductions stay local (out := x): the load's sizing run runs the blocks
+// without calling into the engine, so that the ranks load independently.
+class EngineComm final : public pipeline::TpComm {
+ public:
+  EngineComm(const atom_plugin_communicator& c, policy::BackendId backend, index_t max_values)
+      : c_(c), backend_(backend) {
+#if ATOM_GPU_INSTANCES
+    if (backend == policy::BackendId::gpu) {
+      device_scratch_ = std::make_unique<gpu::Buffer<bf16>>(static_cast<std::size_t>(max_values));
+      return;
+    }
+#endif
+    host_scratch_.resize(static_cast<std::size_t>(max_values));
+  }
+  index_t rank() const noexcept override {
+    return c_.rank;
+  }
+  index_t size() const noexcept override {
+    return c_.size;
+  }
+  void engage() {
+    engaged_ = true;
+  }
+
+  void all_reduce(View2<const bf16> x, View2<bf16> out, void* stream) override {
+    if (!engaged_) {
+      if (out.data != x.data) on_backend(stream, [&](const auto& b) { ops::copy(b, x, out); });
+      return;
+    }
+    const std::int32_t rc = c_.all_reduce_bf16(
+        c_.context, reinterpret_cast<const std::uint16_t*>(x.data),
+        reinterpret_cast<std::uint16_t*>(out.data), static_cast<std::uint64_t>(x.numel()), stream);
+    if (rc != 0)
+      raise(ATOM_PLUGIN_ERROR_COMMUNICATOR,
+            "the engine's all_reduce_bf16 returned " + std::to_string(rc) + " on rank " +
+                std::to_string(c_.rank) + " of " + std::to_string(c_.size) + " (" +
+                std::to_string(x.numel()) + " values); the run's outputs are unspecified");
+  }
+
+  void all_reduce_add_rms_norm(View2<const bf16> x, View2<bf16> residual, View1<const bf16> weight,
+                               float eps, const pipeline::NormOutput& out, void* stream) override {
+    const auto sum = make_view(scratch(x.numel()), x.size(0), x.size(1));
+    all_reduce(x, sum, stream);
+    on_backend(stream, [&](const auto& b) {
+      pipeline::add_rms_norm_into(b, View2<const bf16>(sum), residual, weight, eps, out);
+    });
+  }
+
+ private:
+  template <class F>
+  void on_backend(void* stream, F&& f) const {
+#if ATOM_GPU_INSTANCES
+    if (backend_ == policy::BackendId::gpu) return f(ops::Gpu{stream});
+#endif
+    static_cast<void>(stream);
+    f(ops::Host{});
+  }
+  bf16* scratch(index_t n) {
+#if ATOM_GPU_INSTANCES
+    if (device_scratch_) {
+      if (static_cast<std::size_t>(n) > device_scratch_->size())
+        raise(ATOM_PLUGIN_ERROR_INTERNAL, "a reduction larger than the load sized");
+      return device_scratch_->data();
+    }
+#endif
+    if (static_cast<std::size_t>(n) > host_scratch_.size())
+      raise(ATOM_PLUGIN_ERROR_INTERNAL, "a reduction larger than the load sized");
+    return host_scratch_.data();
+  }
+
+  atom_plugin_communicator c_;
+  policy::BackendId backend_;
+  bool engaged_ = false;
+  std::vector<bf16> host_scratch_;
+#if ATOM_GPU_INSTANCES
+  std::unique_ptr<gpu::Buffer<bf16>> device_scratch_;
+#endif
+};
 
 std::string joined(const std::vector<std::string>& lines, std::string_view sep) {
   std::string out;
@@ -368,9 +460,11 @@ atom_plugin_cache_kind cache_kind_of(const atom_plugin_pipeline& p) {
                                                            : ATOM_PLUGIN_CACHE_FP8_KV;
 }
 
-index_t cache_row(const pipeline::ModelConfig& m) {
+// Elements of one cache slot: MLA's latent row, or the KV heads this rank's cache holds.
+index_t cache_row(const atom_plugin_pipeline& p) {
+  const pipeline::ModelConfig& m = p.model;
   return m.attention == pipeline::AttentionKind::mla ? m.kv_lora_rank + m.qk_rope_dim
-                                                     : m.num_kv_heads * m.head_dim;
+                                                     : p.kv_heads.count * m.head_dim;
 }
 
 atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipeline_info* out) {
@@ -388,8 +482,8 @@ atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipe
             p->model.block_size,
             p->model.max_position,
             cache_kind_of(*p),
-            cache_kind_of(*p) == ATOM_PLUGIN_CACHE_NONE ? 0 : cache_row(p->model),
-            fp8 ? p->model.num_kv_heads : 0,
+            cache_kind_of(*p) == ATOM_PLUGIN_CACHE_NONE ? 0 : cache_row(*p),
+            fp8 ? p->kv_heads.count : 0,
             fp8 ? p->model.head_dim : 0};
   });
 }
@@ -412,10 +506,10 @@ template <class Sizes>
 void set_cache_sizes(const atom_plugin_pipeline& p, std::int64_t num_blocks, Sizes& z) {
   const auto slots = static_cast<std::size_t>(num_blocks * p.model.block_size);
   if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT) {
-    z.mla_cache = slots * static_cast<std::size_t>(cache_row(p.model));
+    z.mla_cache = slots * static_cast<std::size_t>(cache_row(p));
   } else {
-    z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p.model));
-    z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.model.num_kv_heads);
+    z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p));
+    z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.kv_heads.count);
   }
 }
 
@@ -548,14 +642,14 @@ struct RunViews {
 template <class Args>
 View3<bf16> mla_cache_view(const atom_plugin_pipeline& p, const Args& a) {
   return make_view(reinterpret_cast<bf16*>(a.mla_cache), a.shape.num_blocks, p.model.block_size,
-                   cache_row(p.model));
+                   cache_row(p));
 }
 
 template <class Args>
 ops::KvCacheFp8 kv_cache_view(const atom_plugin_pipeline& p, const Args& a) {
   const index_t blocks = a.shape.num_blocks;
   const index_t bs = p.model.block_size;
-  const index_t kvh = p.model.num_kv_heads;
+  const index_t kvh = p.kv_heads.count;
   const index_t d = p.model.head_dim;
   return {make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
           make_view(reinterpret_cast<fp8_e4m3*>(a.value_cache), blocks, bs, kvh, d),
@@ -615,7 +709,7 @@ struct Run {
   const RunViews& v;
 
   pipeline::BlockIo io() const {
-    pipeline::BlockIo io{&p.model, nullptr, v.x, v.residual, v.out, &p.workspace};
+    pipeline::BlockIo io{&p.model, p.comm.get(), v.x, v.residual, v.out, &p.workspace};
     io.stream = v.stream;
     io.side_stream = p.side_stream();
     return io;
@@ -794,7 +888,8 @@ atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequ
 // workspace memory.
 void size_workspace(atom_plugin_pipeline& p) {
   const pipeline::DecodeState state(
-      p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1);
+      p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1, p.tp,
+      p.kv_heads);
   const auto views = [](const auto& s) -> RunViews {
     return {s.x(), s.residual(), s.out(), s.batch(), s.mla_cache(), s.kv_cache()};
   };
@@ -845,67 +940,106 @@ auto from_checkpoint(F&& read) {
   }
 }
 
+// load_pipeline and load_pipeline_tp: rank `c` of its group (null: the whole layer).
+void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_t layer,
+          const char* kind, const atom_plugin_load_options* options,
+          const atom_plugin_communicator* c, atom_plugin_pipeline** out) {
+  require(r, "registration");
+  require(checkpoint, "checkpoint");
+  require(kind, "kind");
+  require(out, "out");
+  pipeline::TpShape tp;
+  if (c != nullptr) {
+    if (c->all_reduce_bf16 == nullptr)
+      raise(ATOM_PLUGIN_ERROR_NULL_POINTER, "communicator->all_reduce_bf16 is NULL");
+    if (c->size < 1 || c->size > dist::tp_max_ranks)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "communicator->size is " + std::to_string(c->size) +
+                                                    ", expected 1.." +
+                                                    std::to_string(dist::tp_max_ranks));
+    if (c->rank < 0 || c->rank >= c->size)
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "communicator->rank is " + std::to_string(c->rank) +
+                                                    ", expected 0.." + std::to_string(c->size - 1));
+    tp = {c->rank, c->size};
+  }
+  const atom_plugin_load_options o =
+      options != nullptr ? *options : atom_plugin_load_options{nullptr, default_max_tokens};
+  const policy::BackendId backend = backend_named(o.backend == nullptr ? "auto" : o.backend);
+  if (o.max_tokens < 1 || o.max_tokens > max_tokens)
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "options.max_tokens is " +
+                                                  std::to_string(o.max_tokens) + ", expected 1.." +
+                                                  std::to_string(max_tokens));
+  auto ckpt = from_checkpoint([&] {
+    return std::make_unique<model::HfCheckpoint>(
+        model::HfCheckpoint::open(checkpoint, io::load_mode(r->config)));
+  });
+  const pipeline::ModelConfig& m = ckpt->model();
+  const plugin::ModelSpec* spec = plugin::find_model(model::architecture_name(m.architecture));
+  if (spec == nullptr)
+    raise(ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE,
+          std::string(checkpoint) + " holds a model atom does not serve");
+  const plugin::Kind k = served_kind(*r, *spec, kind);
+  if (layer < 0 || layer >= m.num_layers)
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+          "layer " + std::to_string(layer) + " is not a decoder layer of " + checkpoint +
+              ", which has layers 0.." + std::to_string(m.num_layers - 1));
+  const pipeline::LayerKind layer_kind = pipeline::layer_kind(m, layer);
+  if (k == plugin::Kind::moe && layer_kind != pipeline::LayerKind::moe)
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+          "layer " + std::to_string(layer) + " of " + checkpoint +
+              " has a dense MLP, not a MoE block; kind 'layer' runs it");
+  // A split the dimensions do not allow is the caller's error, not the checkpoint's: checked
+  // before the rank's share is read (the heads and experts do not depend on the formats).
+  pipeline::attention_split(m, tp, policy::WeightFormat::bf16);
+  if (layer_kind == pipeline::LayerKind::moe)
+    pipeline::expert_split(m, tp, policy::WeightFormat::bf16);
+  auto weights = from_checkpoint([&] { return ckpt->layer(layer, tp); });
+  const auto [attention_format, mlp_format] = model::block_formats(m, {layer, weights.get()});
+  auto p = std::make_unique<atom_plugin_pipeline>(
+      *spec, k, m, checkpoint, r->config,
+      resolve_handle(*spec, k, m, layer_kind, policy::point_from(r->config), attention_format,
+                     mlp_format, backend));
+  p->checkpoint = std::move(ckpt);
+  p->weights = std::move(weights);
+  p->layer_kind = layer_kind;
+  p->max_tokens = o.max_tokens;
+  p->backend = backend;
+  p->tp = tp;
+  p->kv_heads = pipeline::attention_split(m, tp, attention_format).kv_heads;
+  if (tp.size > 1) p->comm = std::make_unique<EngineComm>(*c, backend, o.max_tokens * m.hidden);
+  p->blocks = pipeline::block_weights(p->model, layer_kind, *p->weights);
+#if ATOM_GPU_INSTANCES
+  if (backend == policy::BackendId::gpu) {
+    // The device copies are made from the host weights, which are released after.
+    const auto gemm = policy::point_from(r->config).get<policy::GemmBackend>();
+    p->device = std::make_unique<DeviceSide>(p->model, *p->weights, gemm, p->max_tokens);
+    p->blocks = pipeline::block_weights(p->model, layer_kind, p->device->weights);
+    p->weights.reset();
+    p->checkpoint.reset();
+    p->workspace = pipeline::device_workspace();
+  }
+#endif
+  size_workspace(*p);
+  if (p->comm) p->comm->engage();
+  *out = p.release();
+}
+
 atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* checkpoint,
                                  std::int64_t layer, const char* kind,
                                  const atom_plugin_load_options* options,
                                  atom_plugin_pipeline** out) {
   if (out != nullptr) *out = nullptr;
-  return guarded("load_pipeline", [&] {
-    require(r, "registration");
-    require(checkpoint, "checkpoint");
-    require(kind, "kind");
-    require(out, "out");
-    const atom_plugin_load_options o =
-        options != nullptr ? *options : atom_plugin_load_options{nullptr, default_max_tokens};
-    const policy::BackendId backend = backend_named(o.backend == nullptr ? "auto" : o.backend);
-    if (o.max_tokens < 1 || o.max_tokens > max_tokens)
-      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "options.max_tokens is " +
-                                                    std::to_string(o.max_tokens) +
-                                                    ", expected 1.." + std::to_string(max_tokens));
-    auto ckpt = from_checkpoint([&] {
-      return std::make_unique<model::HfCheckpoint>(
-          model::HfCheckpoint::open(checkpoint, io::load_mode(r->config)));
-    });
-    const pipeline::ModelConfig& m = ckpt->model();
-    const plugin::ModelSpec* spec = plugin::find_model(model::architecture_name(m.architecture));
-    if (spec == nullptr)
-      raise(ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE,
-            std::string(checkpoint) + " holds a model atom does not serve");
-    const plugin::Kind k = served_kind(*r, *spec, kind);
-    if (layer < 0 || layer >= m.num_layers)
-      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
-            "layer " + std::to_string(layer) + " is not a decoder layer of " + checkpoint +
-                ", which has layers 0.." + std::to_string(m.num_layers - 1));
-    const pipeline::LayerKind layer_kind = pipeline::layer_kind(m, layer);
-    if (k == plugin::Kind::moe && layer_kind != pipeline::LayerKind::moe)
-      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
-            "layer " + std::to_string(layer) + " of " + checkpoint +
-                " has a dense MLP, not a MoE block; kind 'layer' runs it");
-    auto weights = from_checkpoint([&] { return ckpt->layer(layer); });
-    const auto [attention_format, mlp_format] = model::block_formats(m, {layer, weights.get()});
-    auto p = std::make_unique<atom_plugin_pipeline>(
-        *spec, k, m, checkpoint, r->config,
-        resolve_handle(*spec, k, m, layer_kind, policy::point_from(r->config), attention_format,
-                       mlp_format, backend));
-    p->checkpoint = std::move(ckpt);
-    p->weights = std::move(weights);
-    p->layer_kind = layer_kind;
-    p->max_tokens = o.max_tokens;
-    p->backend = backend;
-    p->blocks = pipeline::block_weights(p->model, layer_kind, *p->weights);
-#if ATOM_GPU_INSTANCES
-    if (backend == policy::BackendId::gpu) {
-      // The device copies are made from the host weights, which are released after.
-      const auto gemm = policy::point_from(r->config).get<policy::GemmBackend>();
-      p->device = std::make_unique<DeviceSide>(p->model, *p->weights, gemm, p->max_tokens);
-      p->blocks = pipeline::block_weights(p->model, layer_kind, p->device->weights);
-      p->weights.reset();
-      p->checkpoint.reset();
-      p->workspace = pipeline::device_workspace();
-    }
-#endif
-    size_workspace(*p);
-    *out = p.release();
+  return guarded("load_pipeline", [&] { load(r, checkpoint, layer, kind, options, nullptr, out); });
+}
+
+atom_plugin_status load_pipeline_tp(const atom_plugin_registration* r, const char* checkpoint,
+                                    std::int64_t layer, const char* kind,
+                                    const atom_plugin_load_options* options,
+                                    const atom_plugin_communicator* communicator,
+                                    atom_plugin_pipeline** out) {
+  if (out != nullptr) *out = nullptr;
+  return guarded("load_pipeline_tp", [&] {
+    require(communicator, "communicator");
+    load(r, checkpoint, layer, kind, options, communicator, out);
   });
 }
 
@@ -923,7 +1057,7 @@ atom_plugin_status workspace(const atom_plugin_pipeline* p, std::int64_t* max_to
   });
 }
 
-constexpr atom_plugin_api api_v2{2,
+constexpr atom_plugin_api api_v3{3,
                                  sizeof(atom_plugin_api),
                                  last_error,
                                  register_plugin,
@@ -939,7 +1073,17 @@ constexpr atom_plugin_api api_v2{2,
                                  load_pipeline,
                                  sequence_sizes,
                                  run_sequences,
-                                 workspace};
+                                 workspace,
+                                 load_pipeline_tp};
+
+// Version 2's table: version 3's, its struct ending before version 3's addition.
+constexpr atom_plugin_api version_2(atom_plugin_api t) {
+  t.abi_version = 2;
+  t.struct_size = offsetof(atom_plugin_api, load_pipeline_tp);
+  t.load_pipeline_tp = nullptr;
+  return t;
+}
+constexpr atom_plugin_api api_v2 = version_2(api_v3);
 
 // Version 1's table: version 2's, its struct ending before version 2's additions.
 constexpr atom_plugin_api version_1(atom_plugin_api t) {
@@ -960,11 +1104,11 @@ extern "C" __attribute__((visibility("default"))) atom_plugin_status atom_plugin
   if (api != nullptr) *api = nullptr;
   const atom_plugin_status s = guarded("atom_plugin_get_api", [&] {
     require(api, "api");
-    if (abi_version != 1 && abi_version != 2)
+    if (abi_version < 1 || abi_version > 3)
       raise(ATOM_PLUGIN_ERROR_ABI_VERSION, "the host asks for ABI version " +
                                                std::to_string(abi_version) +
-                                               "; this plugin provides versions 1 and 2");
-    *api = abi_version == 1 ? &api_v1 : &api_v2;
+                                               "; this plugin provides versions 1, 2 and 3");
+    *api = abi_version == 1 ? &api_v1 : abi_version == 2 ? &api_v2 : &api_v3;
   });
   if (error != nullptr) *error = s == ATOM_PLUGIN_OK ? "" : last_error_text.c_str();
   return s;

@@ -216,7 +216,7 @@ static void test_version(atom_plugin_get_api_fn get_api) {
     error = NULL;
     CHECK(get_api(wrong[i], &a, &error) == ATOM_PLUGIN_ERROR_ABI_VERSION);
     CHECK(a == NULL);
-    CHECK(error != NULL && strstr(error, "provides versions 1 and 2") != NULL);
+    CHECK(error != NULL && strstr(error, "provides versions 1, 2 and 3") != NULL);
     CHECK(get_api(wrong[i], &a, NULL) == ATOM_PLUGIN_ERROR_ABI_VERSION);
   }
   error = NULL;

@@ -1,15 +1,19 @@
 // ABI version 2 through libatom_plugin.so: a layer of a committed tiny checkpoint (tests/model/hf,
 // in its bf16, FP8 and MXFP4 forms) loaded by load_pipeline and run by run_sequences on a
 // per-sequence batch (sequences of one and two query tokens, a padded token) matches the direct
-// C++ call on the same checkpoint bit for bit; the sized workspace; version 1's table; and the
-// errors of bad folders, layers, kinds, options and batches, each before anything is written.
+// C++ call on the same checkpoint bit for bit; the sized workspace; versions 1 and 2's tables; the
+// errors of bad folders, layers, kinds, options and batches, each before anything is written; and
+// ABI 3's tensor-parallel ranks (load_pipeline_tp with an engine's communicator) against the same
+// ranks run by atom in its own group, bit for bit, with the errors of bad communicators.
 #include <dlfcn.h>
 
+#include <barrier>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
@@ -17,6 +21,7 @@
 #include "atom/model/decode.hpp"
 #include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
+#include "atom/pipeline/tp.hpp"
 #include "atom/plugin/atom_plugin.h"
 #include "plugin_library.hpp"
 
@@ -30,7 +35,7 @@ atom_plugin_get_api_fn get_api() {
 }
 
 const atom_plugin_api& api() {
-  static const atom_plugin_api& a = plugin_table(2);
+  static const atom_plugin_api& a = plugin_table(3);
   return a;
 }
 
@@ -95,7 +100,7 @@ struct Buffers {
   std::vector<bf16> x, residual, out, intermediate, mla_cache;
   std::vector<fp8_e4m3> key, value;
   std::vector<float> key_scale, value_scale;
-  index_t tokens = 0, num_blocks = 0;
+  index_t tokens = 0, num_blocks = 0, kv_heads = 0;
 };
 
 Buffers buffers_of(const pipeline::ModelConfig& m, const pipeline::DecodeState& s, index_t tokens) {
@@ -115,6 +120,7 @@ Buffers buffers_of(const pipeline::ModelConfig& m, const pipeline::DecodeState& 
   } else {
     const auto kv = s.kv_cache();
     b.num_blocks = kv.num_blocks();
+    b.kv_heads = kv.key.size(2);
     b.key.assign(kv.key.data, kv.key.data + kv.key.numel());
     b.value.assign(kv.value.data, kv.value.data + kv.value.numel());
     b.key_scale.assign(kv.key_scale.data, kv.key_scale.data + kv.key_scale.numel());
@@ -129,17 +135,19 @@ View3<bf16> mla_view(const pipeline::ModelConfig& m, Buffers& b) {
 
 ops::KvCacheFp8 kv_view(const pipeline::ModelConfig& m, Buffers& b) {
   const index_t bs = m.block_size;
-  return {make_view(b.key.data(), b.num_blocks, bs, m.num_kv_heads, m.head_dim),
-          make_view(b.value.data(), b.num_blocks, bs, m.num_kv_heads, m.head_dim),
-          make_view(b.key_scale.data(), b.num_blocks, bs, m.num_kv_heads),
-          make_view(b.value_scale.data(), b.num_blocks, bs, m.num_kv_heads)};
+  const index_t h = b.kv_heads;
+  return {make_view(b.key.data(), b.num_blocks, bs, h, m.head_dim),
+          make_view(b.value.data(), b.num_blocks, bs, h, m.head_dim),
+          make_view(b.key_scale.data(), b.num_blocks, bs, h),
+          make_view(b.value_scale.data(), b.num_blocks, bs, h)};
 }
 
-// Layer `layer` of the checkpoint run directly (kind "layer", "attention" or "moe").
+// Layer `layer` of the checkpoint run directly (kind "layer", "attention" or "moe"); with `tp`,
+// as that rank of its group.
 std::string run_direct(const model::HfCheckpoint& ckpt, index_t layer, const std::string& kind,
-                       const Batch& batch, Buffers& b) {
+                       const Batch& batch, Buffers& b, pipeline::TpComm* tp = nullptr) {
   const pipeline::ModelConfig& m = ckpt.model();
-  const auto w = ckpt.layer(layer);
+  const auto w = ckpt.layer(layer, pipeline::tp_shape(tp));
   const auto [fa, fm] = model::block_formats(m, {layer, w.get()});
   const policy::Point point = policy::point_from(env::Config::from({}));
   const auto layer_kind = pipeline::layer_kind(m, layer);
@@ -148,7 +156,7 @@ std::string run_direct(const model::HfCheckpoint& ckpt, index_t layer, const std
   pipeline::Workspace ws;
   const index_t t = b.tokens;
   const pipeline::BlockIo io{&m,
-                             {},
+                             tp,
                              make_view(static_cast<const bf16*>(b.x.data()), t, m.hidden),
                              make_view(b.residual.data(), t, m.hidden),
                              make_view(b.out.data(), t, m.hidden),
@@ -283,6 +291,127 @@ void check_checkpoint(const char* model_name, const char* format, index_t layer,
   }
 }
 
+// An engine's communicator as the tests hold one: ranks are threads; a sum is taken in float in
+// rank order and rounded to bf16 once (the arithmetic of atom's own HostTpGroup), so that a rank
+// run through the ABI can equal the same rank run by atom directly, bit for bit. `failing` makes
+// that rank's reductions fail.
+struct TestGroup {
+  explicit TestGroup(int n) : size(n), sync(n), inputs(static_cast<std::size_t>(n)) {
+    for (int r = 0; r < n; ++r) ranks.push_back({this, r});
+  }
+  struct Rank {
+    TestGroup* group;
+    int rank;
+  };
+  atom_plugin_communicator communicator(int r) {
+    return {r, size, &ranks[static_cast<std::size_t>(r)], &all_reduce};
+  }
+  static std::int32_t all_reduce(void* context, const std::uint16_t* x, std::uint16_t* out,
+                                 std::uint64_t count, void*) {
+    const Rank& me = *static_cast<Rank*>(context);
+    TestGroup& g = *me.group;
+    if (me.rank == g.failing) return 7;
+    g.inputs[static_cast<std::size_t>(me.rank)] = x;
+    g.sync.arrive_and_wait();
+    std::vector<bf16> sum(count);
+    for (std::uint64_t i = 0; i < count; ++i) {
+      float acc = 0.0f;
+      for (const std::uint16_t* peer : g.inputs) {
+        bf16 v;
+        std::memcpy(&v, peer + i, sizeof v);
+        acc += to_float(v);
+      }
+      sum[i] = to_bf16(acc);
+    }
+    g.sync.arrive_and_wait();  // every rank has read every input before any writes (out may be x)
+    std::memcpy(out, sum.data(), count * sizeof(bf16));
+    return 0;
+  }
+
+  int size;
+  int failing = -1;
+  std::barrier<> sync;
+  std::vector<const std::uint16_t*> inputs;
+  std::vector<Rank> ranks;
+};
+
+// Rank r of `size` through load_pipeline_tp and run_sequences against the same rank run directly
+// in a HostTpGroup (pipeline::run_ranks), each on its share of one DecodeState.
+void check_tp(const char* model_name, const char* format, index_t layer, const char* kind,
+              int size) {
+  CAPTURE(model_name, format, layer, kind, size);
+  const std::string dir = checkpoint_dir(model_name, format);
+  const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::mmap);
+  const pipeline::ModelConfig& m = ckpt.model();
+  const auto whole = ckpt.layer(layer);
+  const auto attention_format = model::block_formats(m, {layer, whole.get()}).first;
+  const std::vector<std::int32_t> contexts{3, 17, 40, 70};
+  const auto seed = 11 + Catch::rngSeed();
+  // The states of each rank, made alike for both paths.
+  const auto state_of = [&](int r) {
+    const pipeline::TpShape tp{r, size};
+    return std::make_unique<pipeline::DecodeState>(
+        m, contexts, seed, tp, pipeline::attention_split(m, tp, attention_format).kv_heads, 2);
+  };
+  std::vector<std::unique_ptr<pipeline::DecodeState>> states;
+  for (int r = 0; r < size; ++r) states.push_back(state_of(r));
+  const Batch batch = batch_over(*states[0], {1, 2, 1, 2}, 1);
+  const auto tokens = static_cast<index_t>(batch.slots.size());
+  std::vector<Buffers> direct, abi;
+  for (int r = 0; r < size; ++r) {
+    direct.push_back(buffers_of(m, *states[static_cast<std::size_t>(r)], tokens));
+    abi.push_back(buffers_of(m, *states[static_cast<std::size_t>(r)], tokens));
+  }
+  pipeline::run_ranks(size, [&](pipeline::TpComm& comm) {
+    run_direct(ckpt, layer, kind, batch, direct[static_cast<std::size_t>(comm.rank())], &comm);
+  });
+
+  Registration reg;
+  TestGroup group(size);
+  std::vector<atom_plugin_status> loaded(static_cast<std::size_t>(size)), ran(loaded);
+  std::vector<std::string> errors(loaded.size());
+  std::vector<std::int64_t> kv_heads(loaded.size());
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < size; ++r)
+    ranks.emplace_back([&, r] {
+      const auto i = static_cast<std::size_t>(r);
+      Loaded p;
+      const atom_plugin_load_options options{"host", 8};
+      const atom_plugin_communicator c = group.communicator(r);
+      loaded[i] = api().load_pipeline_tp(reg.r, dir.c_str(), layer, kind, &options, &c, &p.p);
+      if (loaded[i] != ATOM_PLUGIN_OK) {
+        errors[i] = api().last_error();
+        group.sync.arrive_and_drop();  // the others' reductions do not wait for this rank
+        return;
+      }
+      atom_plugin_pipeline_info info{};
+      api().pipeline_info(p.p, &info);
+      kv_heads[i] = info.cache_kv_heads;
+      const atom_plugin_sequence_args a = args_of(batch, abi[i]);
+      ran[i] = api().run_sequences(p.p, &a, nullptr);
+      if (ran[i] != ATOM_PLUGIN_OK) errors[i] = api().last_error();
+    });
+  for (auto& t : ranks) t.join();
+  for (int r = 0; r < size; ++r) {
+    CAPTURE(r);
+    const auto i = static_cast<std::size_t>(r);
+    INFO(errors[i]);
+    REQUIRE(loaded[i] == ATOM_PLUGIN_OK);
+    REQUIRE(ran[i] == ATOM_PLUGIN_OK);
+    if (m.attention == pipeline::AttentionKind::gqa && std::string(kind) != "moe")
+      CHECK(kv_heads[i] == abi[i].kv_heads);
+    index_t non_finite = 0;
+    for (const bf16 v : abi[i].out) non_finite += !std::isfinite(to_float(v));
+    CHECK(non_finite == 0);
+    CHECK(same_bytes(abi[i].out, direct[i].out));
+    CHECK(same_bytes(abi[i].residual, direct[i].residual));
+    CHECK(same_bytes(abi[i].mla_cache, direct[i].mla_cache));
+    CHECK(same_bytes(abi[i].key, direct[i].key));
+    CHECK(same_bytes(abi[i].value, direct[i].value));
+    CHECK(same_bytes(abi[i].key_scale, direct[i].key_scale));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("plugin ABI 2: DeepSeek-V3 checkpoint layers through run_sequences, bit for bit") {
@@ -303,18 +432,86 @@ TEST_CASE("plugin ABI 2: Qwen3-MoE checkpoint layers through run_sequences, bit 
   }
 }
 
-TEST_CASE("plugin ABI 2: version 1's table is version 2's without its additions") {
+TEST_CASE("plugin ABI 3: tensor-parallel ranks through the engine's communicator, bit for bit") {
+  check_tp("qwen3-30b-a3b-tiny", "bf16", 1, "layer", 2);
+  check_tp("qwen3-30b-a3b-tiny", "mxfp4", 1, "layer", 4);  // KV heads replicated beyond 2
+  check_tp("qwen3-30b-a3b-tiny", "fp8", 0, "layer", 2);    // a dense layer
+  check_tp("qwen3-30b-a3b-tiny", "bf16", 2, "attention", 2);
+  check_tp("deepseek-v3-tiny", "fp8", 2, "layer", 2);
+  check_tp("deepseek-v3-tiny", "mxfp4", 0, "layer", 2);
+  check_tp("deepseek-v3-tiny", "bf16", 1, "moe", 4);
+}
+
+TEST_CASE("plugin ABI 3: bad communicators and impossible splits are refused with their names") {
+  Registration r;
+  const std::string qwen = checkpoint_dir("qwen3-30b-a3b-tiny", "bf16");
+  TestGroup group(2);
+  const auto refused = [&](const atom_plugin_communicator* c, atom_plugin_status want,
+                           const std::string& says) {
+    atom_plugin_pipeline* p = reinterpret_cast<atom_plugin_pipeline*>(&r);
+    CHECK(api().load_pipeline_tp(r.r, qwen.c_str(), 1, "layer", nullptr, c, &p) == want);
+    CHECK(p == nullptr);
+    CHECK_THAT(std::string(api().last_error()),
+               Catch::Contains("load_pipeline_tp") && Catch::Contains(says));
+  };
+  refused(nullptr, ATOM_PLUGIN_ERROR_NULL_POINTER, "'communicator'");
+  atom_plugin_communicator c = group.communicator(0);
+  c.all_reduce_bf16 = nullptr;
+  refused(&c, ATOM_PLUGIN_ERROR_NULL_POINTER, "communicator->all_reduce_bf16");
+  c = group.communicator(0);
+  c.size = 9;
+  refused(&c, ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "communicator->size is 9, expected 1..8");
+  c = group.communicator(0);
+  c.rank = 2;
+  refused(&c, ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "communicator->rank is 2, expected 0..1");
+  c = group.communicator(0);
+  c.size = 3;  // the tiny Qwen3's 4 query heads do not split over 3 ranks
+  refused(&c, ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "heads");
+}
+
+TEST_CASE("plugin ABI 3: a failing reduction is the communicator's error") {
+  const std::string dir = checkpoint_dir("qwen3-30b-a3b-tiny", "bf16");
+  const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::mmap);
+  const pipeline::ModelConfig& m = ckpt.model();
+  Registration reg;
+  TestGroup group(1);
+  group.size = 2;  // a group of two as rank 0 sees it, whose reductions fail
+  group.failing = 0;
+  Loaded p;
+  const atom_plugin_communicator c = group.communicator(0);
+  const atom_plugin_load_options options{"host", 8};
+  REQUIRE(api().load_pipeline_tp(reg.r, dir.c_str(), 1, "layer", &options, &c, &p.p) ==
+          ATOM_PLUGIN_OK);
+  const pipeline::TpShape tp{0, 2};
+  const pipeline::DecodeState state(
+      m, {5, 9}, 3, tp, pipeline::attention_split(m, tp, policy::WeightFormat::bf16).kv_heads, 2);
+  const Batch batch = batch_over(state, {2, 2}, 0);
+  Buffers b = buffers_of(m, state, 4);
+  const atom_plugin_sequence_args a = args_of(batch, b);
+  CHECK(api().run_sequences(p.p, &a, nullptr) == ATOM_PLUGIN_ERROR_COMMUNICATOR);
+  CHECK_THAT(std::string(api().last_error()),
+             Catch::Contains("all_reduce_bf16 returned 7 on rank 0 of 2"));
+}
+
+TEST_CASE("plugin ABI 3: versions 1 and 2 are version 3's table without the later additions") {
   const atom_plugin_api* v1 = nullptr;
+  const atom_plugin_api* v2 = nullptr;
   const char* error = nullptr;
   REQUIRE(get_api()(1, &v1, &error) == ATOM_PLUGIN_OK);
+  REQUIRE(get_api()(2, &v2, &error) == ATOM_PLUGIN_OK);
   CHECK(v1->abi_version == 1);
   CHECK(v1->struct_size == offsetof(atom_plugin_api, load_pipeline));
   CHECK(v1->run == api().run);
-  CHECK(api().abi_version == 2);
+  CHECK(v2->abi_version == 2);
+  CHECK(v2->struct_size == offsetof(atom_plugin_api, load_pipeline_tp));
+  CHECK(v2->load_pipeline == api().load_pipeline);
+  CHECK(v2->workspace == api().workspace);
+  CHECK(v2->load_pipeline_tp == nullptr);
+  CHECK(api().abi_version == 3);
   CHECK(api().struct_size == sizeof(atom_plugin_api));
   const atom_plugin_api* none = nullptr;
-  CHECK(get_api()(3, &none, &error) == ATOM_PLUGIN_ERROR_ABI_VERSION);
-  CHECK(std::string(error).find("provides versions 1 and 2") != std::string::npos);
+  CHECK(get_api()(4, &none, &error) == ATOM_PLUGIN_ERROR_ABI_VERSION);
+  CHECK(std::string(error).find("provides versions 1, 2 and 3") != std::string::npos);
   CHECK(none == nullptr);
 }
 

@@ -142,6 +142,12 @@ int main(void) {
   COUNTED(atom_plugin_sequence_args, key_scale);
   COUNTED(atom_plugin_sequence_args, value_scale);
   end();
+  BEGIN(atom_plugin_communicator);
+  FIELD(atom_plugin_communicator, rank);
+  FIELD(atom_plugin_communicator, size);
+  FIELD(atom_plugin_communicator, context);
+  FIELD(atom_plugin_communicator, all_reduce_bf16);
+  end();
   BEGIN(atom_plugin_api);
   FIELD(atom_plugin_api, abi_version);
   FIELD(atom_plugin_api, struct_size);
@@ -160,6 +166,7 @@ int main(void) {
   FIELD(atom_plugin_api, sequence_sizes);
   FIELD(atom_plugin_api, run_sequences);
   FIELD(atom_plugin_api, workspace);
+  FIELD(atom_plugin_api, load_pipeline_tp);
   end();
   printf("}\n");
   return 0;

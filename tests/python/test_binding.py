@@ -14,6 +14,7 @@ import os
 import struct
 import subprocess
 import tempfile
+import threading
 import unittest
 
 import atom
@@ -54,11 +55,14 @@ class HostBuffers:
         return buf.tobytes()
 
 
-def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), **options):
+def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), reduce=None,
+                           **options):
     """atom-run's checkpoint decode (src/model/decode_loop.hpp) through the binding: every step
     each running sequence decodes its next token, one query token a sequence, through layers 0..
     layers-1, from empty caches; returns {name: F32 bytes} as atom-run --output writes them.
-    `buffers` makes the buffers (HostBuffers, or torch tensors on a device)."""
+    `buffers` makes the buffers (HostBuffers, or torch tensors on a device); with `reduce` (a
+    tensor-parallel rank: options hold tp) a layer's output is recorded as reduce(out), the sum
+    over the group of the ranks' partial outputs."""
     pipes = [atom.load_layer(checkpoint, l, max_tokens=len(inputs), **options)
              for l in range(layers)]
     p = pipes[0]
@@ -98,6 +102,8 @@ def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), **
         for l, pipe in enumerate(pipes):
             pipe(x, residual, caches[l], *batch, out=out)
             got = array.array("H", buffers.to_bytes(out))
+            if reduce is not None:
+                got = reduce(got)
             res = array.array("H", buffers.to_bytes(residual))
             for i, s in enumerate(running):
                 outputs[f"hidden.{s}.layer.{l}"][step] = b"".join(
@@ -107,8 +113,9 @@ def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), **
     return {k: b"".join(v) for k, v in outputs.items()}
 
 
-def atom_run_decode(model, fmt, layers, backend):
-    """What `atom-run --checkpoint` writes for the model's input sequences, and the inputs."""
+def atom_run_decode(model, fmt, layers, backend, tp=1):
+    """What `atom-run --checkpoint [--tp N]` writes for the model's input sequences, and the
+    inputs."""
     checkpoint = os.path.join(HF, model, fmt)
     source = read_safetensors(os.path.join(HF, model, "input.safetensors"))
     names = sorted(source, key=lambda k: int(k.split(".")[1]))
@@ -116,7 +123,7 @@ def atom_run_decode(model, fmt, layers, backend):
         written = os.path.join(tmp, "out.safetensors")
         subprocess.run([os.environ["ATOM_RUN"], "--checkpoint", checkpoint, "--layers",
                         str(layers), "--input", os.path.join(HF, model, "input.safetensors"),
-                        "--output", written, "--backend", backend], check=True,
+                        "--output", written, "--backend", backend, "--tp", str(tp)], check=True,
                        capture_output=True)
         return read_safetensors(written), [source[k][2] for k in names]
 
@@ -183,6 +190,95 @@ class Decode(unittest.TestCase):
         for fmt in ("bf16", "fp8", "mxfp4"):
             with self.subTest(format=fmt):
                 self.check("deepseek-v3-tiny", fmt)
+
+
+class Group:
+    """An engine's tensor-parallel group for the tests: ranks are threads; a sum is taken in float
+    in rank order and rounded to bf16 once (atom's own HostTpGroup's arithmetic, which atom-run
+    --tp uses), through buffers given by address (all_reduce) or as arrays (reduce)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.barrier = threading.Barrier(size)
+        self.inputs = [None] * size
+
+    def _sum(self, rank, values):
+        self.inputs[rank] = values
+        self.barrier.wait()
+        total = array.array("H", bytes(2 * len(values)))
+        for i in range(len(values)):
+            acc = 0.0
+            for peer in self.inputs:
+                acc = struct.unpack("<f", struct.pack("<f", acc + bf16_to_float(peer[i])))[0]
+            total[i] = float_to_bf16(acc)
+        self.barrier.wait()  # every rank has read every input before any writes
+        return total
+
+    def all_reduce(self, rank):
+        def reduce(x, out, count, stream):
+            values = array.array("H", ctypes.string_at(x, 2 * count))
+            ctypes.memmove(out, self._sum(rank, values).tobytes(), 2 * count)
+        return reduce
+
+    def reduce(self, rank):
+        return lambda values: self._sum(rank, values)
+
+
+def float_to_bf16(v):
+    """Round to nearest even, as atom's to_bf16 (finite values)."""
+    bits = struct.unpack("<I", struct.pack("<f", v))[0]
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+
+
+class TensorParallel(unittest.TestCase):
+    def test_ranks_through_an_engine_group_equal_atom_run_tp(self):
+        """Two ranks, each a thread loading its share with tp=(rank, 2, all_reduce), decode the
+        checkpoint's sequences; their recorded outputs equal `atom-run --tp 2` bit for bit."""
+        for model, fmt in (("qwen3-30b-a3b-tiny", "bf16"), ("deepseek-v3-tiny", "mxfp4")):
+            with self.subTest(model=model, format=fmt):
+                checkpoint = os.path.join(HF, model, fmt)
+                want, inputs = atom_run_decode(model, fmt, 3, "host", tp=2)
+                group = Group(2)
+                got = [None, None]
+                failed = []
+
+                def rank(r):
+                    try:
+                        got[r] = decode_through_binding(
+                            checkpoint, inputs, 3, backend="host", reduce=group.reduce(r),
+                            tp=(r, 2, group.all_reduce(r)))
+                    except BaseException as e:  # reported below; release the other rank
+                        failed.append(e)
+                        group.barrier.abort()
+
+                threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                self.assertEqual(failed, [])
+                self.assertEqual(got[0], got[1])
+                self.assertEqual(set(got[0]), {k for k in want if k.startswith("hidden.")})
+                for name, data in got[0].items():
+                    self.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
+
+    def test_a_failing_reduction_raises(self):
+        def broken(x, out, count, stream):
+            raise RuntimeError("the engine's group is gone")
+
+        layer = atom.load_layer(os.path.join(HF, "qwen3-30b-a3b-tiny", "bf16"), 1, max_tokens=1,
+                                backend="host", tp=(0, 2, broken))
+        h, bs = layer.hidden, layer.block_size
+        row = bs * layer.kv_heads
+        cache = ((ctypes.c_uint8 * (row * layer.head_dim))(),
+                 (ctypes.c_uint8 * (row * layer.head_dim))(), (ctypes.c_float * row)(),
+                 (ctypes.c_float * row)())
+        with self.assertRaises(atom.PluginError) as e:
+            layer(array.array("H", [0x3f80] * h), array.array("H", [0x3f00] * h), cache,
+                  array.array("i", [0]), array.array("i", [1]), array.array("q", [0]),
+                  array.array("q", [0]), out=array.array("H", [0] * h))
+        self.assertEqual(e.exception.status_name, "COMMUNICATOR")
+        self.assertIn("all_reduce_bf16 returned 1 on rank 0 of 2", str(e.exception))
 
 
 class BadInput(unittest.TestCase):

@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from torch_timing import capture_graph
+
 HIDDEN = 7168
 EPS = 1e-6
 BATCH = 20
@@ -46,17 +48,7 @@ def eager_us(fn):
 
 
 def graph_us(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(BATCH):
-            fn()
+    graph = capture_graph(fn, calls=BATCH, warmup=3)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()

@@ -16,23 +16,15 @@ import time
 
 import torch
 
+from torch_timing import capture_graph
+
 EPS = 1e-6
 dev = "cuda"
 SWEEP = (1, 16, 64, 256, 1024, 4096, 16384)
 
 
 def graph_us(fn, per_graph=20, replays=15):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(per_graph):
-            fn()
+    g = capture_graph(fn, calls=per_graph)
     g.replay()
     torch.cuda.synchronize()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -33,6 +33,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from torch_timing import capture_graph
+
 MODELS = {
     "deepseek-v3": dict(attention="mla", hidden=7168, heads=128, q_lora=1536, kv_lora=512,
                         nope=128, rope=64, v_head=128, experts=256, top_k=8, inter=2048,
@@ -267,15 +269,7 @@ def time_shape(c, layers, calls, t, ctx, replays):
             x, r = call(x, r, cache, table, slots, cos, sin)
         return x
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph = capture_graph(step)
     for _ in range(WARMUP):
         graph.replay()
     events = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]

@@ -30,3 +30,20 @@ def time_us(call):
 def copies_for(nbytes):
     """Copies of an operand of `nbytes` to rotate over (2 to 16)."""
     return max(2, min(16, ROTATE_BYTES // max(nbytes, 1) + 1))
+
+
+def capture_graph(fn, calls=1, warmup=2):
+    """A CUDA graph of `calls` calls of fn(), after `warmup` eager calls on a side stream (which
+    allocate what the calls need outside the graph's pool); replay it with .replay()."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph

@@ -27,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <variant>
 
 #include "atom/core/tensor.hpp"
@@ -58,6 +59,25 @@ class TpComm {
                                        View1<const bf16> weight, float eps, const NormOutput& out,
                                        void* stream) = 0;
 };
+
+// add_rms_norm of the ops of `backend` (ops::Host, ops::Gpu: found by argument-dependent lookup,
+// so the backend's ops header must be included where this is used) in the format `out` asks for:
+// the norm that ends a TpComm's fused form when it is an all-reduce followed by the norm.
+template <class Backend>
+void add_rms_norm_into(const Backend& backend, View2<const bf16> x, View2<bf16> residual,
+                       View1<const bf16> weight, float eps, const NormOutput& out) {
+  std::visit(
+      [&](const auto& o) {
+        using Act = std::decay_t<decltype(o)>;
+        if constexpr (std::is_same_v<Act, ops::Bf16Act>)
+          add_rms_norm<ops::epi::Bf16>(backend, x, residual, weight, eps, o);
+        else if constexpr (std::is_same_v<Act, ops::Mxfp4Act>)
+          add_rms_norm<ops::epi::Mxfp4>(backend, x, residual, weight, eps, o);
+        else
+          add_rms_norm<ops::epi::Fp8PerGroup128>(backend, x, residual, weight, eps, o);
+      },
+      out);
+}
 
 // The position of a rank: size 1 when there is no communicator.
 inline TpShape tp_shape(const TpComm* tp) {

@@ -24,10 +24,10 @@
  * Strings returned in the info structs are owned by the plugin: those of registrations and
  * models live as long as the library is loaded, those of a pipeline until it is destroyed.
  *
- * Versions. atom_plugin_get_api answers version 2 (this header) and version 1. Version 2 adds
- * the functions after `run` in atom_plugin_api; version 1's table is the same table without
- * them (its struct_size ends before load_pipeline), so a host compiled against version 1 keeps
- * working unchanged.
+ * Versions. atom_plugin_get_api answers version 3 (this header), 2 and 1. Version 2 adds the
+ * functions after `run` in atom_plugin_api, version 3 load_pipeline_tp after them; an older
+ * version's table is the same table without the later functions (its struct_size ends before
+ * them), so a host compiled against version 1 or 2 keeps working unchanged.
  *
  * Weights. A pipeline owns its weights: those of one decoder layer of a Hugging Face checkpoint
  * folder (load_pipeline, version 2), read in the formats the checkpoint stores, or deterministic
@@ -64,6 +64,18 @@
  *
  * Threads. Registrations are immutable and may be shared between threads. A pipeline holds
  * scratch memory: run one pipeline from one thread at a time.
+ *
+ * Tensor parallelism (version 3). load_pipeline_tp loads one rank's share of a layer: query heads
+ * split across the ranks, GQA KV heads split while the size divides them (replicated beyond,
+ * each rank holding the KV head of its query heads), MLA's latent cache replicated, routed
+ * experts split on their intermediate dimension (expert parallel where a split would cut a quant
+ * group), the dense MLP and the shared experts split alike, norms and router replicated. The
+ * rank's cache holds its KV heads only (pipeline_info's cache_kv_heads). Every block begins by
+ * all-reducing its input x through the engine's communicator into the residual add and RMSNorm,
+ * and ends with its rank's partial sum in `out`: x of every rank's first call is that rank's
+ * share of the hidden state (the partial sums of the previous layer, or the hidden state on one
+ * rank and zeros on the others), and the engine all-reduces the last block's `out` itself when it
+ * needs the sum. Every rank runs the same calls on the same batch, in the same order.
  */
 #ifndef ATOM_PLUGIN_H
 #define ATOM_PLUGIN_H
@@ -76,7 +88,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to the structs or the function table below. */
-#define ATOM_PLUGIN_ABI_VERSION 2u
+#define ATOM_PLUGIN_ABI_VERSION 3u
 #define ATOM_PLUGIN_ENTRY_POINT "atom_plugin_get_api"
 
 typedef int32_t atom_plugin_status;
@@ -94,6 +106,8 @@ typedef int32_t atom_plugin_status;
 #define ATOM_PLUGIN_ERROR_INTERNAL 11
 #define ATOM_PLUGIN_ERROR_CHECKPOINT \
   12 /* version 2: the checkpoint cannot be read as its config says */
+#define ATOM_PLUGIN_ERROR_COMMUNICATOR \
+  13 /* version 3: the engine's all_reduce_bf16 failed; the run's outputs are unspecified */
 
 typedef struct atom_plugin_registration atom_plugin_registration;
 typedef struct atom_plugin_pipeline atom_plugin_pipeline;
@@ -287,6 +301,22 @@ typedef struct atom_plugin_sequence_args {
   size_t value_scale_count;
 } atom_plugin_sequence_args;
 
+/* Version 3: a tensor-parallel group the engine holds (an NCCL / RCCL communicator, its own
+ * collectives on the host), as one rank sees it. The pipeline keeps a copy of the struct; the
+ * context must stay valid while the pipeline exists. */
+typedef struct atom_plugin_communicator {
+  int32_t rank;  /* 0 .. size - 1 */
+  int32_t size;  /* 1 .. 8 */
+  void* context; /* handed back to all_reduce_bf16 */
+  /* out[i] := the sum over the group of every rank's x[i], `count` bf16 values as their 16 bits
+   * (out may be x). Every rank calls it with the same count, in the same order. A host
+   * pipeline's buffers are host memory and the sum is complete when it returns; a GPU pipeline's
+   * are device memory and the reduction is enqueued on `stream` (the stream the run was given).
+   * Returns 0 on success; anything else fails the run with ATOM_PLUGIN_ERROR_COMMUNICATOR. */
+  int32_t (*all_reduce_bf16)(void* context, const uint16_t* x, uint16_t* out, uint64_t count,
+                             void* stream);
+} atom_plugin_communicator;
+
 typedef struct atom_plugin_api {
   uint32_t abi_version; /* ATOM_PLUGIN_ABI_VERSION of the plugin */
   uint32_t struct_size; /* sizeof(atom_plugin_api) of the plugin */
@@ -349,6 +379,19 @@ typedef struct atom_plugin_api {
   /* The most tokens one run takes and the bytes of scratch memory held for them. */
   atom_plugin_status (*workspace)(const atom_plugin_pipeline* pipeline, int64_t* max_tokens,
                                   size_t* bytes);
+
+  /* Version 3. */
+
+  /* load_pipeline for rank communicator->rank of a tensor-parallel group of communicator->size
+   * ranks (see Tensor parallelism above): the rank reads only its share of the layer's weights,
+   * and its runs all-reduce through `communicator`. Not collective: each rank loads on its own.
+   * A split the model's dimensions do not allow (query heads not divisible by the size, KV heads
+   * neither dividing nor divided by it) is ATOM_PLUGIN_ERROR_INVALID_ARGUMENT naming them. */
+  atom_plugin_status (*load_pipeline_tp)(const atom_plugin_registration* registration,
+                                         const char* checkpoint, int64_t layer, const char* kind,
+                                         const atom_plugin_load_options* options,
+                                         const atom_plugin_communicator* communicator,
+                                         atom_plugin_pipeline** out);
 } atom_plugin_api;
 
 /* The entry point. Sets *api to the function table of `abi_version`, or returns
