@@ -1,5 +1,6 @@
 #include "atom/pipeline/harness.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -52,6 +53,146 @@ RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
   const auto stop = std::chrono::steady_clock::now();
   return {to_floats(state.out()), to_floats(state.residual()),
           std::chrono::duration<double>(stop - start).count()};
+}
+
+double host_macs(PipelineId p, const RunInputs& in) {
+  const ModelConfig& m = *in.model;
+  const auto f = [](index_t v) { return static_cast<double>(v); };
+  const double tokens = f(static_cast<index_t>(in.context_lens.size()) * in.query_tokens);
+  double context = 0;  // rows attended, summed over tokens
+  for (const auto len : in.context_lens) context += f(len) * f(in.query_tokens);
+  const double h = f(m.hidden);
+  switch (p) {
+    case PipelineId::mla_attention: {
+      const double heads = f(m.num_heads);
+      const double weights = h * f(m.q_lora_rank + m.kv_lora_rank + m.qk_rope_dim) +
+                             f(m.q_lora_rank) * heads * f(m.qk_nope_dim + m.qk_rope_dim) +
+                             heads * f(m.qk_nope_dim) * f(m.kv_lora_rank) +
+                             heads * f(m.kv_lora_rank) * f(m.v_head_dim) +
+                             heads * f(m.v_head_dim) * h;
+      return tokens * weights + context * heads * f(2 * m.kv_lora_rank + m.qk_rope_dim);
+    }
+    case PipelineId::qwen3_attention: {
+      const double qkv = f(m.num_heads + 2 * m.num_kv_heads) * f(m.head_dim);
+      return tokens * (h * qkv + f(m.num_heads * m.head_dim) * h) +
+             context * f(m.num_heads) * 2 * f(m.head_dim);
+    }
+    case PipelineId::moe_block:
+      return tokens * (f(m.top_k + m.num_shared_experts) * 3 * f(m.moe_intermediate) * h +
+                       f(m.num_experts) * h);
+    case PipelineId::dense_mlp:
+      return tokens * 3 * f(m.intermediate) * h;
+  }
+  return 0;
+}
+
+std::vector<index_t> check_sample(PipelineId p, const RunInputs& in) {
+  const auto n = static_cast<index_t>(in.context_lens.size());
+  const double macs = host_macs(p, in);
+  const index_t keep =
+      macs <= check_budget_macs
+          ? n
+          : std::clamp<index_t>(
+                static_cast<index_t>(static_cast<double>(n) * check_budget_macs / macs), 1, n);
+  std::vector<index_t> out;
+  for (index_t i = 0; i < keep; ++i) out.push_back(keep == 1 ? 0 : i * (n - 1) / (keep - 1));
+  return out;
+}
+
+namespace {
+
+// The state run_sample runs on: the sampled sequences' rows of a DecodeState and a batch of just
+// them, over the state's caches (make_args reads it like a DecodeState).
+class SampleState {
+ public:
+  SampleState(const DecodeState& whole, const std::vector<index_t>& sample) : whole_(whole) {
+    const DecodeBatch b = whole.batch();
+    const index_t h = whole.x().size(1);
+    width_ = b.block_table.size(1);
+    starts_.push_back(0);
+    for (const index_t s : sample) {
+      expect(s >= 0 && s < b.sequences() && (rows_.empty() || s > last_), "run_sample",
+             "sample entries must increase within the batch's " + std::to_string(b.sequences()) +
+                 " sequences");
+      last_ = s;
+      for (index_t t = b.query_start(s); t < b.query_start(s + 1); ++t) {
+        rows_.push_back(t);
+        positions_.push_back(b.positions(t));
+        slots_.push_back(b.slots(t));
+      }
+      starts_.push_back(static_cast<std::int32_t>(rows_.size()));
+      context_.push_back(b.context_lens(s));
+      for (index_t c = 0; c < width_; ++c) table_.push_back(b.block_table(s, c));
+    }
+    const auto copy_rows = [&](View2<const bf16> from, std::vector<bf16>& to) {
+      for (const index_t t : rows_) to.insert(to.end(), &from(t, 0), &from(t, 0) + h);
+    };
+    copy_rows(whole.x(), x_);
+    copy_rows(View2<const bf16>(whole.residual()), residual_);
+    copy_rows(View2<const bf16>(whole.out()), out_);
+  }
+  index_t tokens() const { return static_cast<index_t>(rows_.size()); }
+  View2<const bf16> x() const { return make_view(x_.data(), tokens(), hidden()); }
+  View2<bf16> residual() const { return make_view(residual_.data(), tokens(), hidden()); }
+  View2<bf16> out() const { return make_view(out_.data(), tokens(), hidden()); }
+  DecodeBatch batch() const {
+    const auto s = static_cast<index_t>(context_.size());
+    return {make_view(starts_.data(), s + 1), make_view(context_.data(), s),
+            make_view(table_.data(), s, width_), make_view(positions_.data(), tokens()),
+            make_view(slots_.data(), tokens())};
+  }
+  View3<bf16> mla_cache() const { return whole_.mla_cache(); }
+  ops::KvCacheFp8 kv_cache() const { return whole_.kv_cache(); }
+
+ private:
+  index_t hidden() const { return whole_.x().size(1); }
+
+  const DecodeState& whole_;
+  std::vector<index_t> rows_;
+  index_t last_ = -1, width_ = 0;
+  std::vector<std::int32_t> starts_, context_, table_;
+  std::vector<std::int64_t> positions_, slots_;
+  mutable std::vector<bf16> x_, residual_, out_;
+};
+
+}  // namespace
+
+template <PipelineId P>
+RunOutput run_sample(const dispatch::Handle<P>& handle, const RunInputs& in,
+                     const std::vector<index_t>& sample) {
+  expect_runnable(P, in);
+  const DecodeState state(*in.model, in.context_lens, in.seed, in.query_tokens);
+  const SampleState part(state, sample);
+  Workspace ws;
+  const RunArgs<P> args = make_args<P>(in, *in.weights, part, ws);
+  const auto start = std::chrono::steady_clock::now();
+  handle(args);
+  const auto stop = std::chrono::steady_clock::now();
+  return {to_floats(part.out()), to_floats(part.residual()),
+          std::chrono::duration<double>(stop - start).count()};
+}
+
+template RunOutput run_sample(const dispatch::Handle<PipelineId::mla_attention>&, const RunInputs&,
+                              const std::vector<index_t>&);
+template RunOutput run_sample(const dispatch::Handle<PipelineId::moe_block>&, const RunInputs&,
+                              const std::vector<index_t>&);
+template RunOutput run_sample(const dispatch::Handle<PipelineId::qwen3_attention>&,
+                              const RunInputs&, const std::vector<index_t>&);
+template RunOutput run_sample(const dispatch::Handle<PipelineId::dense_mlp>&, const RunInputs&,
+                              const std::vector<index_t>&);
+
+RunOutput sample_rows(const RunOutput& whole, const RunInputs& in,
+                      const std::vector<index_t>& sample) {
+  const auto h = static_cast<std::size_t>(in.model->hidden);
+  const auto q = static_cast<std::size_t>(in.query_tokens);
+  RunOutput out{{}, {}, whole.seconds};
+  for (const index_t s : sample) {
+    const std::size_t first = static_cast<std::size_t>(s) * q * h;
+    out.out.insert(out.out.end(), whole.out.begin() + first, whole.out.begin() + first + q * h);
+    out.residual.insert(out.residual.end(), whole.residual.begin() + first,
+                        whole.residual.begin() + first + q * h);
+  }
+  return out;
 }
 
 DecodeState rank_state(const RunInputs& in, TpShape tp) {
@@ -150,7 +291,9 @@ ReferenceCheck check_against_reference(const dispatch::Handle<P>& handle, const 
   const RunOutput got = run_once(handle, in);
   const RunOutput want = run_once(reference, in);
   if (got_out != nullptr) *got_out = got;
-  return judge(std::string(reference.name()), fused_error_bound(P), got, want);
+  ReferenceCheck c = judge(std::string(reference.name()), fused_error_bound(P), got, want);
+  c.sequences = c.checked_sequences = static_cast<index_t>(in.context_lens.size());
+  return c;
 }
 
 template ReferenceCheck check_against_reference(const dispatch::Handle<PipelineId::mla_attention>&,

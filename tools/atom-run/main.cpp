@@ -330,6 +330,12 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
   }
   std::printf("check       residual %.3e, out %.3e vs reference (bound %.2g) %s\n",
               check.residual_error, check.out_error, check.bound, check.ok ? "ok" : "FAILED");
+  if (check.checked_sequences < check.sequences)
+    std::printf(
+        "            on %ld of %ld sequences, evenly spaced: the host reference of the whole "
+        "batch would take %.0f G multiply-adds\n",
+        static_cast<long>(check.checked_sequences), static_cast<long>(check.sequences),
+        pipeline::host_macs(P, in) / 1e9);
   std::printf("time        median %.3f ms over %zu runs on the %s backend%s\n",
               1e3 * median_seconds, runs, on_gpu ? "gpu" : "host",
               on_gpu ? " (device events, warm workspace)" : "");

@@ -57,6 +57,26 @@ void expect_runnable(policy::PipelineId p, const RunInputs& in);
 template <policy::PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in);
 
+// Host checks of full-size blocks on a sample. A host run of pipeline p on `in` takes about
+// host_macs multiply-adds (its weights' GEMMs per token, the routed and shared experts each token
+// reads, the attention's products over each token's context); the sequences a host check runs are
+// all of them while that stays within check_budget_macs (seconds of one host core), else evenly
+// spaced ones, the first and the last among them, as many as the budget allows (at least one).
+inline constexpr double check_budget_macs = 4e9;
+double host_macs(policy::PipelineId p, const RunInputs& in);
+std::vector<index_t> check_sample(policy::PipelineId p, const RunInputs& in);
+
+// Runs the handle once on the sequences `sample` (increasing) of the DecodeState made from `in`:
+// a batch of just those sequences over the same caches, so that each attends to what it does in
+// the whole batch. out and residual hold their tokens' rows, in order.
+template <policy::PipelineId P>
+RunOutput run_sample(const dispatch::Handle<P>& handle, const RunInputs& in,
+                     const std::vector<index_t>& sample);
+
+// The rows of the tokens of `sample` in a run of the whole batch of `in`.
+RunOutput sample_rows(const RunOutput& whole, const RunInputs& in,
+                      const std::vector<index_t>& sample);
+
 // Rank tp's share of the DecodeState made from `in`: the same batch and residual, x as the rank's
 // partial sum, the cache of its KV heads (of the attention's format, from in.weights).
 DecodeState rank_state(const RunInputs& in, TpShape tp);
@@ -80,6 +100,8 @@ struct ReferenceCheck {
   double residual_error = 0;
   double bound = 0;
   bool ok = false;
+  index_t sequences = 0;          // of the batch
+  index_t checked_sequences = 0;  // of them compared (check_sample)
 };
 
 // The verdict of a check from its runs: out and residual against `want`'s within `bound`.
