@@ -100,8 +100,10 @@ class StepLoop {
     if (s.layers.empty()) throw std::invalid_argument("decode steps: no layers");
     if (s.context_lens.empty()) throw std::invalid_argument("decode steps: no sequences");
     if (s.steps < 1) throw std::invalid_argument("decode steps: steps must be at least 1");
+    if (s.padding < 0) throw std::invalid_argument("decode steps: negative padding");
     const index_t bs = m.block_size;
-    const auto t = static_cast<index_t>(s.context_lens.size());
+    const auto n = static_cast<index_t>(s.context_lens.size());  // sequences
+    const index_t t = n + s.padding;                             // tokens
     // Sequence i owns the blocks [first[i], first[i] + count[i]) that hold its longest context;
     // the rest of its block-table row is -1.
     std::vector<index_t> first, count;
@@ -120,11 +122,12 @@ class StepLoop {
     }
     const index_t width = *std::max_element(count.begin(), count.end());
     const auto u = [](index_t v) { return static_cast<std::size_t>(v); };
-    // One query token per sequence: token i is sequence i's.
-    std::vector<std::int32_t> table(u(t * width), -1);
+    // One query token per sequence: token i is sequence i's; the padding tokens after them
+    // belong to no sequence (slot -1: they write and read no cache row).
+    std::vector<std::int32_t> table(u(n * width), -1);
     std::vector<std::int32_t> starts;
     std::vector<std::int64_t> positions, slots;
-    for (index_t i = 0; i < t; ++i) {
+    for (index_t i = 0; i < n; ++i) {
       for (index_t b = 0; b < count[u(i)]; ++b)
         table[u(i * width + b)] = static_cast<std::int32_t>(first[u(i)] + b);
       const index_t pos = s.context_lens[u(i)] - 1;
@@ -132,13 +135,15 @@ class StepLoop {
       positions.push_back(pos);
       slots.push_back((first[u(i)] + pos / bs) * bs + pos % bs);
     }
-    starts.push_back(static_cast<std::int32_t>(t));
+    starts.push_back(static_cast<std::int32_t>(n));
+    positions.resize(u(t), 0);
+    slots.resize(u(t), -1);
     mirror_ = {starts, positions, slots, table, s.context_lens, width};
-    starts_ = make_view(mem.template alloc<std::int32_t>(u(t + 1)), t + 1);
+    starts_ = make_view(mem.template alloc<std::int32_t>(u(n + 1)), n + 1);
     positions_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
     slots_ = make_view(mem.template alloc<std::int64_t>(u(t)), t);
-    table_ = make_view(mem.template alloc<std::int32_t>(table.size()), t, width);
-    context_ = make_view(mem.template alloc<std::int32_t>(u(t)), t);
+    table_ = make_view(mem.template alloc<std::int32_t>(table.size()), n, width);
+    context_ = make_view(mem.template alloc<std::int32_t>(u(n)), n);
     mem.put(starts_.data, starts);
     mem.put(positions_.data, positions);
     mem.put(slots_.data, slots);
@@ -175,13 +180,13 @@ class StepLoop {
       } else {
         const index_t kvh = m.num_kv_heads;
         const index_t d = m.head_dim;
-        const index_t n = blocks * bs * kvh * d;
-        r.kv_cache = {make_view(mem.template alloc<fp8_e4m3>(u(n)), blocks, bs, kvh, d),
-                      make_view(mem.template alloc<fp8_e4m3>(u(n)), blocks, bs, kvh, d),
+        const index_t codes = blocks * bs * kvh * d;
+        r.kv_cache = {make_view(mem.template alloc<fp8_e4m3>(u(codes)), blocks, bs, kvh, d),
+                      make_view(mem.template alloc<fp8_e4m3>(u(codes)), blocks, bs, kvh, d),
                       make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh),
                       make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh)};
-        fill(make_view(r.kv_cache.key.data, n), seed, -448.0f, 448.0f);
-        fill(make_view(r.kv_cache.value.data, n), seed + 1, -448.0f, 448.0f);
+        fill(make_view(r.kv_cache.key.data, codes), seed, -448.0f, 448.0f);
+        fill(make_view(r.kv_cache.value.data, codes), seed + 1, -448.0f, 448.0f);
         // Scales as the writer makes them for rows of magnitude about 1: amax / 448.
         fill(make_view(r.kv_cache.key_scale.data, blocks * bs * kvh), seed + 2, 1e-3f, 4e-3f);
         fill(make_view(r.kv_cache.value_scale.data, blocks * bs * kvh), seed + 3, 1e-3f, 4e-3f);
@@ -196,7 +201,7 @@ class StepLoop {
   // and after each block.
   void enqueue(typename Memory::Marks* marks = nullptr) {
     const pipeline::ModelConfig& m = *s_.model;
-    const index_t t = context_.size(0);
+    const index_t t = slots_.size(0);
     const index_t h = m.hidden;
     // Zeros: the uniform fill over the empty range [0, 0).
     fill_uniform(mem_.ops(), View1<bf16>(make_view(residual_.data, t * h)), 0, 0.0f, 0.0f);
@@ -227,18 +232,20 @@ class StepLoop {
   // Host bookkeeping of a step the device runs (eagerly or replayed): what it attends to, then
   // the advance.
   void mirror() {
-    // A padded token (a sequence that ran out of its table) reads nothing.
-    attended_ = mirror_.context;
-    for (std::size_t i = 0; i < attended_.size(); ++i)
-      if (mirror_.slots[i] < 0) attended_[i] = 0;
+    // Per token the rows it attends to: a padded token (of a sequence that ran out of its table,
+    // or a padding token after the sequences) reads nothing.
+    attended_.assign(mirror_.slots.size(), 0);
+    for (std::size_t i = 0; i < mirror_.context.size(); ++i)
+      if (mirror_.slots[i] >= 0) attended_[i] = mirror_.context[i];
     written_ = static_cast<double>(
         std::count_if(mirror_.slots.begin(), mirror_.slots.end(), [](auto v) { return v >= 0; }));
     const auto n = static_cast<index_t>(mirror_.context.size());
+    const auto t = static_cast<index_t>(mirror_.slots.size());
     const ops::DecodeCursor host{
         make_view(static_cast<const std::int32_t*>(mirror_.starts.data()), n + 1),
         make_view(mirror_.context.data(), n),
         make_view(static_cast<const std::int32_t*>(mirror_.table.data()), n, mirror_.width),
-        make_view(mirror_.positions.data(), n), make_view(mirror_.slots.data(), n)};
+        make_view(mirror_.positions.data(), t), make_view(mirror_.slots.data(), t)};
     ops::advance_decode(ops::Host{}, host, s_.model->block_size);
   }
 

@@ -221,6 +221,38 @@ TEST_CASE("a profiled step is a step, and its blocks' bytes make the step's byte
   CHECK(copy > 0);
 }
 
+TEST_CASE("padding tokens after the sequences change nothing for them and write no cache row") {
+  for (const char* preset : {"qwen3-30b-a3b-tiny", "deepseek-v3-tiny"}) {
+    CAPTURE(preset);
+    const Model m = make_model(preset, 2, policy::WeightFormat::mxfp4);
+    const std::vector<std::int32_t> contexts{5, 33, 17};
+    const index_t n = 3, h = m.config.hidden;
+    auto plain = model::decode_steps(setup_for(m, contexts, 3));
+    model::StepSetup padded_setup = setup_for(m, contexts, 3);
+    padded_setup.padding = 2;
+    auto padded = model::decode_steps(padded_setup);
+    CHECK(padded->tokens() == n + 2);
+    for (int k = 0; k < 3; ++k) {
+      plain->step();
+      padded->step();
+      // The sequences' hidden states, bit for bit; the caches (everything after the hidden
+      // states, positions, slots and context lengths in the snapshot) byte for byte.
+      const std::vector<float> a = plain->hidden(), b = padded->hidden();
+      REQUIRE(b.size() == static_cast<std::size_t>((n + 2) * h));
+      CHECK(std::equal(a.begin(), a.end(), b.begin()));
+      const auto tail = [&](const std::vector<std::byte>& snap, index_t t) {
+        const auto skip = static_cast<std::size_t>(2 * t * h * 2 + 2 * t * 8 + n * 4);
+        return std::vector<std::byte>(snap.begin() + static_cast<std::ptrdiff_t>(skip), snap.end());
+      };
+      CHECK(tail(plain->snapshot(), n) == tail(padded->snapshot(), n + 2));
+      const model::StepBytes pb = plain->last_step_bytes(), qb = padded->last_step_bytes();
+      CHECK(qb.cache_read == pb.cache_read);
+      CHECK(qb.cache_write == pb.cache_write);
+      CHECK(qb.activations == pb.activations * static_cast<double>(n + 2) / static_cast<double>(n));
+    }
+  }
+}
+
 TEST_CASE("decode steps reject bad setups with a message naming what is wrong") {
   const Model m = make_model("qwen3-30b-a3b-tiny", 1, policy::WeightFormat::mxfp4);
   CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {4, 0}, 2)),
@@ -230,6 +262,9 @@ TEST_CASE("decode steps reject bad setups with a message naming what is wrong") 
       Catch::Contains("positions"));
   CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {}, 2)), Catch::Contains("no sequences"));
   CHECK_THROWS_WITH(model::decode_steps(setup_for(m, {3}, 0)), Catch::Contains("steps"));
+  model::StepSetup negative = setup_for(m, {3}, 2);
+  negative.padding = -1;
+  CHECK_THROWS_WITH(model::decode_steps(negative), Catch::Contains("negative padding"));
   auto run = model::decode_steps(setup_for(m, {3}, 2));
   CHECK_THROWS_WITH(run->capture(), Catch::Contains("GPU backend"));
 }

@@ -87,7 +87,7 @@ constexpr const char* usage =
     "                decodes its own batch with --steps. A process started with ATOM_DP_SIZE > 1\n"
     "                joins that group instead. Every step the ranks agree whether any still has\n"
     "                work (a rank done early runs dummy steps) and pad their batches to the\n"
-    "                largest; rank 0 prints the report.\n"
+    "                largest with padding tokens (slot -1); rank 0 prints the report.\n"
     "The ATOM_* variables pick the instantiation (atom-env --instances lists them).\n";
 
 struct Options {
@@ -490,9 +490,10 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
     throw std::invalid_argument("--steps " + std::to_string(capacity) +
                                 " leaves no context below " + m.name + "'s " +
                                 std::to_string(m.max_position) + " positions");
-  // Padding: sequences beyond this rank's own (their outputs unused), as many as the largest batch
-  // of the group has, so that every rank runs the same token count.
-  s.context_lens = ragged_contexts(padded, context);
+  // Padding: tokens after this rank's own sequences (slot -1: they write and read no cache row),
+  // up to the largest batch of the group, so that every rank runs the same token count.
+  s.context_lens = ragged_contexts(o.tokens, context);
+  s.padding = padded - o.tokens;
   s.steps = capacity;
   s.seed = static_cast<std::uint64_t>(o.seed);
   std::unique_ptr<model::DecodeSteps> run;

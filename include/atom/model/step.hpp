@@ -31,6 +31,10 @@ struct StepSetup {
   std::vector<std::int32_t> context_lens;
   index_t steps = 1;  // steps the caches hold: the contexts may grow by that many tokens
   std::uint64_t seed = 1;
+  // Padding tokens after the sequences' (slot -1: no cache row written or read, attention output
+  // zero; the MLP blocks still compute them), as a data-parallel rank pads its batch to the
+  // group's largest.
+  index_t padding = 0;
 };
 
 // The bytes a decode step must move at least, its byte floor: every weight its tokens' path reads,
@@ -74,7 +78,9 @@ class DecodeSteps {
   virtual void* stream() const = 0;
   // Steps run so far (step() and replay() each count one; capture() does not).
   virtual index_t steps_run() const = 0;
-  index_t tokens() const { return static_cast<index_t>(setup().context_lens.size()); }
+  index_t tokens() const {
+    return static_cast<index_t>(setup().context_lens.size()) + setup().padding;
+  }
   virtual const StepSetup& setup() const = 0;
   // The blocks' instantiations of each layer (LayerHandles::name).
   virtual std::vector<std::string> instances() const = 0;
