@@ -1,8 +1,14 @@
-// Decode attention on the GPU: MLA (DeepSeek, 128 / 16 heads, latent cache of 576 bf16 per row,
-// block size 64) and GQA (Qwen3-30B-A3B, 32 q / 4 kv heads, head_dim 128, FP8 cache, block size
-// 16; "gqa-simt": the same cache bytes in rows the tensor-core kernel does not take) at T tokens
-// of equal context length. Prints microseconds per call (median of batches after
-// warm-up, device events) and the cache bytes read per second, next to the device-to-device copy
+// Decode attention on the GPU: MLA (DeepSeek, latent cache of 576 bf16 per row, values its first
+// 512, block size 64) and GQA (Qwen3-30B-A3B, 32 q / 4 kv heads, head_dim 128, FP8 cache, block
+// size 16; "gqa-simt": the same cache bytes in rows the tensor-core kernel does not take).
+// First the shape users deploy: DeepSeek-V3 at TP 8, 16 heads per rank (memory-bound); then
+// FlashMLA's own benchmark shapes (b = 128 sequences, s_k 4096 / 8192, h_q 16 / 32 / 64 / 128,
+// s_q 1 / 2 query tokens per sequence, causal within a sequence); then the GQA shapes. Prints
+// microseconds per call (median of batches after warm-up, device events), and with FlashMLA's
+// formulas (its tests/test_flash_mla.py) the bytes and FLOPs per second:
+//   bytes = (sum(s_k) * 576 + b * s_q * h_q * (576 + 512)) * 2,
+//   FLOPs = 2 * s_q * sum(s_k) * h_q * (576 + 512)
+// (GQA: the cache bytes, and 4 * T * ctx * 32 * 128 FLOPs), next to the device-to-device copy
 // bandwidth measured in the same run. Caches rotate over copies that exceed the L2 cache.
 // attention_bench_torch.py times the PyTorch peers on the same shapes.
 // Usage: atom-bench-attention
@@ -74,12 +80,13 @@ double time_us(Call call) {
   return per_call[per_call.size() / 2];
 }
 
-// A decode batch of `tokens` sequences of one query token and `ctx` context rows each, whose
-// block table rows of `cols` blocks draw on `blocks` blocks (a shuffled pool), on the device.
+// A decode batch of `sequences` sequences of `per` query tokens and `ctx` context rows each
+// (query token j of a sequence attends to its first ctx - per + 1 + j rows), whose block-table
+// rows of `cols` blocks draw on `blocks` blocks (a shuffled pool), on the device.
 struct Batch {
   gpu::Buffer<std::int32_t> query_start, context_lens, table;
   gpu::Buffer<std::int64_t> positions, slots;
-  index_t tokens = 0, cols = 0;
+  index_t sequences = 0, tokens = 0, cols = 0;
 
   ops::DecodeBatch view() const {
     const auto c32 = [](const gpu::Buffer<std::int32_t>& b) {
@@ -88,45 +95,56 @@ struct Batch {
     const auto c64 = [](const gpu::Buffer<std::int64_t>& b) {
       return static_cast<const std::int64_t*>(b.data());
     };
-    return {make_view(c32(query_start), tokens + 1), make_view(c32(context_lens), tokens),
-            make_view(c32(table), tokens, cols), make_view(c64(positions), tokens),
+    return {make_view(c32(query_start), sequences + 1), make_view(c32(context_lens), sequences),
+            make_view(c32(table), sequences, cols), make_view(c64(positions), tokens),
             make_view(c64(slots), tokens)};
   }
 };
 
-Batch batch_for(index_t tokens, index_t ctx, index_t block_size, index_t blocks) {
+Batch batch_for(index_t sequences, index_t per, index_t ctx, index_t block_size, index_t blocks) {
   const index_t cols = (ctx + block_size - 1) / block_size;
-  std::vector<std::int32_t> ids(sz(tokens * cols));
+  const index_t tokens = sequences * per;
+  std::vector<std::int32_t> ids(sz(sequences * cols));
   std::vector<std::int32_t> pool(sz(blocks));
   for (std::size_t i = 0; i < pool.size(); ++i) pool[i] = static_cast<std::int32_t>(i);
   std::shuffle(pool.begin(), pool.end(), engine);
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = pool[i % pool.size()];
-  std::vector<std::int32_t> starts(sz(tokens + 1));
-  for (std::size_t i = 0; i < starts.size(); ++i) starts[i] = static_cast<std::int32_t>(i);
-  std::vector<std::int64_t> positions(sz(tokens), ctx - 1), slots(sz(tokens));
-  for (index_t t = 0; t < tokens; ++t)
-    slots[sz(t)] = std::int64_t{ids[sz(t * cols + (ctx - 1) / block_size)]} * block_size +
-                   (ctx - 1) % block_size;
+  std::vector<std::int32_t> starts(sz(sequences + 1));
+  for (std::size_t i = 0; i < starts.size(); ++i)
+    starts[i] = static_cast<std::int32_t>(i * sz(per));
+  std::vector<std::int64_t> positions(sz(tokens)), slots(sz(tokens));
+  for (index_t s = 0; s < sequences; ++s)
+    for (index_t j = 0; j < per; ++j) {
+      const index_t t = s * per + j;
+      const index_t pos = ctx - per + j;
+      positions[sz(t)] = pos;
+      slots[sz(t)] =
+          std::int64_t{ids[sz(s * cols + pos / block_size)]} * block_size + pos % block_size;
+    }
   return {gpu::Buffer<std::int32_t>(starts),
           gpu::Buffer<std::int32_t>(
-              std::vector<std::int32_t>(sz(tokens), static_cast<std::int32_t>(ctx))),
+              std::vector<std::int32_t>(sz(sequences), static_cast<std::int32_t>(ctx))),
           gpu::Buffer<std::int32_t>(ids),
           gpu::Buffer<std::int64_t>(positions),
           gpu::Buffer<std::int64_t>(slots),
+          sequences,
           tokens,
           cols};
 }
 
-void report(const char* kind, index_t heads, index_t tokens, index_t ctx, double us, double bytes,
-            double copy_gbps) {
+void report(const char* kind, index_t heads, index_t sequences, index_t per, index_t ctx, double us,
+            double bytes, double flops, double copy_gbps) {
   const double gbps = bytes / (us * 1e-6) / 1e9;
-  std::printf("%s,%lld,%lld,%lld,%.2f,%.0f,%.0f%%\n", kind, static_cast<long long>(heads),
-              static_cast<long long>(tokens), static_cast<long long>(ctx), us, gbps,
-              100.0 * gbps / copy_gbps);
+  std::printf("%s,%lld,%lld,%lld,%lld,%.2f,%.0f,%.0f%%,%.1f\n", kind, static_cast<long long>(heads),
+              static_cast<long long>(sequences), static_cast<long long>(per),
+              static_cast<long long>(ctx), us, gbps, 100.0 * gbps / copy_gbps,
+              flops / (us * 1e-6) / 1e12);
 }
 
-void bench_mla(index_t heads, index_t tokens, index_t ctx, double copy_gbps) {
-  const index_t bs = 64, cols = (ctx + bs - 1) / bs, blocks = tokens * cols;
+// MLA decode over `sequences` sequences of `per` query tokens at context ctx.
+void bench_mla(index_t heads, index_t sequences, index_t per, index_t ctx, double copy_gbps) {
+  const index_t bs = 64, cols = (ctx + bs - 1) / bs, blocks = sequences * cols;
+  const index_t tokens = sequences * per;
   const std::size_t cache_bytes = sz(blocks * bs * 576) * sizeof(bf16);
   const int copies = copies_for(cache_bytes);
   std::vector<gpu::Buffer<bf16>> caches;
@@ -134,7 +152,7 @@ void bench_mla(index_t heads, index_t tokens, index_t ctx, double copy_gbps) {
   for (int c = 0; c < copies; ++c) caches.emplace_back(host_cache);
   const gpu::Buffer<bf16> q(random_bf16(tokens * heads * 512)),
       pe(random_bf16(tokens * heads * 64));
-  const Batch batch = batch_for(tokens, ctx, bs, blocks);
+  const Batch batch = batch_for(sequences, per, ctx, bs, blocks);
   gpu::Buffer<bf16> out(sz(tokens * heads * 512));
   const double us = time_us([&](int i) {
     ops::mla_decode(
@@ -143,7 +161,11 @@ void bench_mla(index_t heads, index_t tokens, index_t ctx, double copy_gbps) {
         make_view(static_cast<const bf16*>(caches[sz(i % copies)].data()), blocks, bs, 576),
         batch.view(), 0.0721f, make_view(out.data(), tokens, heads, 512));
   });
-  report("mla", heads, tokens, ctx, us, static_cast<double>(tokens * ctx * 576 * 2), copy_gbps);
+  const auto f = [](index_t v) { return static_cast<double>(v); };
+  const double rows = f(sequences) * f(ctx);  // FlashMLA's sum of the cache lengths
+  report("mla", heads, sequences, per, ctx, us,
+         (rows * 576 + f(tokens) * f(heads) * (576 + 512)) * 2,
+         2 * f(per) * rows * f(heads) * (576 + 512), copy_gbps);
 }
 
 // `pad` codes between kv heads: 8 leaves the rows 8-byte aligned only, which the tensor-core
@@ -164,7 +186,7 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
     caches.push_back({gpu::Buffer<fp8_e4m3>(host_codes), gpu::Buffer<fp8_e4m3>(host_codes),
                       gpu::Buffer<float>(host_scales), gpu::Buffer<float>(host_scales)});
   const gpu::Buffer<bf16> q(random_bf16(tokens * q_heads * dim));
-  const Batch batch = batch_for(tokens, ctx, bs, blocks);
+  const Batch batch = batch_for(tokens, 1, ctx, bs, blocks);
   gpu::Buffer<bf16> out(sz(tokens * q_heads * dim));
   const double us = time_us([&](int i) {
     const Copy& c = caches[sz(i % copies)];
@@ -180,8 +202,9 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
     ops::gqa_decode(ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, q_heads, dim),
                     cache, batch.view(), 0.0884f, make_view(out.data(), tokens, q_heads, dim));
   });
-  report(pad == 0 ? "gqa" : "gqa-simt", q_heads, tokens, ctx, us,
-         static_cast<double>(tokens * ctx * kv_heads * (2 * dim + 8)), copy_gbps);
+  report(pad == 0 ? "gqa" : "gqa-simt", q_heads, tokens, 1, ctx, us,
+         static_cast<double>(tokens * ctx * kv_heads * (2 * dim + 8)),
+         4.0 * static_cast<double>(tokens * ctx * q_heads * dim), copy_gbps);
 }
 
 }  // namespace
@@ -200,21 +223,17 @@ int main() {
     copy_gbps = 2.0 * static_cast<double>(rows * cols) * 2.0 / (us * 1e-6) / 1e9;
   }
   std::printf("copy bandwidth %.0f GB/s (1 GiB device-to-device, read + write)\n", copy_gbps);
-  std::printf("kind,heads,T,ctx,us,cache_GB/s,of_copy\n");
-  for (index_t ctx : {4096, 16384}) {
-    bench_mla(128, 1, ctx, copy_gbps);
-    bench_mla(16, 1, ctx, copy_gbps);
-    bench_gqa(1, ctx, copy_gbps);
-  }
-  bench_mla(128, 8, 4096, copy_gbps);
-  bench_mla(32, 8, 4096, copy_gbps);
-  for (index_t tokens : {64}) {
-    bench_mla(128, tokens, 4096, copy_gbps);
-    bench_mla(16, tokens, 4096, copy_gbps);
-  }
-  for (index_t tokens : {1, 4, 16, 64}) {
-    bench_gqa(tokens, 4096, copy_gbps);
-    bench_gqa(tokens, 4096, copy_gbps, 8);
-  }
+  std::printf("kind,heads,b,s_q,ctx,us,GB/s,of_copy,TFLOP/s\n");
+  // The deployed shape: DeepSeek-V3 at TP 8 (16 heads per rank), one query token.
+  for (index_t b : {1, 16, 64, 128})
+    for (index_t ctx : {4096, 16384}) bench_mla(16, b, 1, ctx, copy_gbps);
+  bench_mla(128, 1, 1, 4096, copy_gbps);  // the latency goal: 128 heads, T = 1
+  // FlashMLA's benchmark shapes.
+  for (index_t ctx : {4096, 8192})
+    for (index_t heads : {16, 32, 64, 128})
+      for (index_t per : {1, 2}) bench_mla(heads, 128, per, ctx, copy_gbps);
+  for (index_t ctx : {4096, 16384}) bench_gqa(1, ctx, copy_gbps);
+  for (index_t tokens : {4, 16, 64}) bench_gqa(tokens, 4096, copy_gbps);
+  for (index_t tokens : {1, 64}) bench_gqa(tokens, 4096, copy_gbps, 8);
   return 0;
 }
