@@ -166,6 +166,21 @@ TEST_CASE("e2m1: random floats match the brute-force nearest code") {
   }
 }
 
+TEST_CASE("e2m1: every float from 2^-4 to 8 codes as the generic round-to-nearest-even rule") {
+  // All 2^23 mantissas of each binade where a rounding boundary lies (the smallest midpoint is
+  // 0.25; everything below 2^-4 codes 0, as the random case above checks), both signs, against
+  // round_magnitude_rne with e2m1's 1 mantissa bit and minimum exponent 0.
+  std::uint64_t mismatches = 0;
+  for (std::uint32_t b = atom::bits_of(0.0625f); b <= atom::bits_of(8.0f); ++b) {
+    const float x = atom::float_of(b);
+    const std::uint8_t want =
+        x >= 6.0f ? 7 : static_cast<std::uint8_t>(atom::round_magnitude_rne(b, 1, 0));
+    mismatches += atom::to_e2m1(x) != want;
+    mismatches += atom::to_e2m1(-x) != (want | 0x8);
+  }
+  CHECK(mismatches == 0);
+}
+
 TEST_CASE("e2m1: saturation, NaN, zero and negative zero") {
   for (float x : {6.0f, 6.5f, 7.0f, 1e30f, inf}) {
     INFO("x = " << x);
