@@ -72,10 +72,11 @@
  * group), the dense MLP and the shared experts split alike, norms and router replicated. The
  * rank's cache holds its KV heads only (pipeline_info's cache_kv_heads). Every block begins by
  * all-reducing its input x through the engine's communicator into the residual add and RMSNorm,
- * and ends with its rank's partial sum in `out`: x of every rank's first call is that rank's
- * share of the hidden state (the partial sums of the previous layer, or the hidden state on one
- * rank and zeros on the others), and the engine all-reduces the last block's `out` itself when it
- * needs the sum. Every rank runs the same calls on the same batch, in the same order.
+ * and ends with its rank's partial sum in `out`. So the residual stream is the same on every
+ * rank, and x of a rank's first call is its share of the hidden state to add to it (the partial
+ * sums of the previous layer; for the first layer, zeros on every rank with the hidden state in
+ * the residual); the engine all-reduces the last block's `out` itself when it needs the sum.
+ * Every rank runs the same calls on the same batch, in the same order.
  */
 #ifndef ATOM_PLUGIN_H
 #define ATOM_PLUGIN_H
