@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import torch
 
-from torch_timing import capture_graph, copies_for
+from torch_timing import capture_graph, copies_for, replay_ms
 
 CALLS = 20
 REPLAYS = 10
@@ -37,15 +37,7 @@ def graph_us(call):
         state["i"] += 1
 
     graph = capture_graph(next_call, calls=CALLS, warmup=CALLS)
-    graph.replay()
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(REPLAYS + 1)]
-    for r in range(REPLAYS):
-        events[r].record()
-        graph.replay()
-    events[REPLAYS].record()
-    events[REPLAYS].synchronize()
-    ms = sorted(events[r].elapsed_time(events[r + 1]) for r in range(REPLAYS))
-    return ms[len(ms) // 2] * 1000.0 / CALLS
+    return replay_ms(graph, REPLAYS) * 1000.0 / CALLS
 
 
 def rows_scales(x):

@@ -33,7 +33,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from torch_timing import capture_graph
+from torch_timing import capture_graph, replay_ms
 
 MODELS = {
     "deepseek-v3": dict(attention="mla", hidden=7168, heads=128, q_lora=1536, kv_lora=512,
@@ -270,17 +270,9 @@ def time_shape(c, layers, calls, t, ctx, replays):
         return x
 
     graph = capture_graph(step)
-    for _ in range(WARMUP):
-        graph.replay()
-    events = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]
-    for j in range(replays):
-        events[j].record()
-        graph.replay()
-    events[replays].record()
-    events[replays].synchronize()
-    ms = sorted(events[j].elapsed_time(events[j + 1]) for j in range(replays))
+    ms = replay_ms(graph, replays, warmup=WARMUP)
     del graph, caches
-    return ms[len(ms) // 2]
+    return ms
 
 
 def main():

@@ -47,3 +47,18 @@ def capture_graph(fn, calls=1, warmup=2):
         for _ in range(calls):
             fn()
     return graph
+
+
+def replay_ms(graph, replays, warmup=1):
+    """Median milliseconds of one replay of `graph`, over `replays` replays back to back, each
+    between two CUDA events, after `warmup` replays."""
+    for _ in range(warmup):
+        graph.replay()
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]
+    for r in range(replays):
+        events[r].record()
+        graph.replay()
+    events[replays].record()
+    events[replays].synchronize()
+    ms = sorted(events[r].elapsed_time(events[r + 1]) for r in range(replays))
+    return ms[len(ms) // 2]
