@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <string>
 #include <type_traits>
+#include <vector>
+
+#include "atom/gpu/device.hpp"
 
 #include "detail/norm_launch.hpp"
 #include "detail/rows.hpp"
@@ -333,6 +336,27 @@ void copy(const Gpu& gpu, View2<const bf16> src, View2<bf16> dst) {
                          threads, 0, kernels::stream_of(gpu)>>>(src.data, src.stride(0), dst.data,
                                                                 dst.stride(0), rows, cols, vec);
   ATOM_GPU_CHECK(hipGetLastError());
+}
+
+double copy_gbs(const Gpu& gpu, index_t values) {
+  const index_t cols = 16384;
+  const index_t rows = std::max<index_t>(1, values / cols);
+  gpu::Buffer<bf16> a(static_cast<std::size_t>(rows * cols)),
+      b(static_cast<std::size_t>(rows * cols));
+  a.fill(0x3c);
+  gpu::synchronize();  // the fill runs on the default stream, which gpu's stream may not wait for
+  const auto src = make_view(static_cast<const bf16*>(a.data()), rows, cols);
+  const auto dst = make_view(b.data(), rows, cols);
+  copy(gpu, src, dst);
+  gpu::StreamMarks marks(gpu.stream);
+  for (int i = 0; i < 5; ++i) {
+    marks.mark();
+    copy(gpu, src, dst);
+  }
+  marks.mark();
+  std::vector<double> ms = marks.intervals_ms();
+  std::sort(ms.begin(), ms.end());
+  return 2.0 * 2.0 * static_cast<double>(rows * cols) / (ms[2] * 1e6);
 }
 
 #define ATOM_INSTANTIATE_GPU_NORMS(Epi)                                                          \

@@ -59,11 +59,7 @@ class HostMemory {
   void* side_stream() const { return nullptr; }
   using Marks = HostMarks;
   Marks marks() const { return {}; }
-  double copy_gbs() {
-    const index_t n = index_t{64} << 20;  // 128 MiB of bf16
-    std::vector<bf16> a(static_cast<std::size_t>(n), to_bf16(1.0f)), b(a.size());
-    return detail::copy_rate(*this, a.data(), b.data(), n);
-  }
+  double copy_gbs() const { return ops::copy_gbs(ops()); }
 
  private:
   const pipeline::ModelConfig& m_;

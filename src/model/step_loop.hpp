@@ -73,25 +73,6 @@ inline double weight_bytes(const pipeline::MoeWeights& w, double experts, pipeli
          norm_bytes(w.post_norm);
 }
 
-// The copy rate of DecodeSteps::copy_gbs between two buffers of n bf16 of the Memory's kind: one
-// warm-up copy, then the median of 5 timed with the Memory's marks.
-template <class Memory>
-double copy_rate(Memory& mem, const bf16* src, bf16* dst, index_t n) {
-  const index_t cols = 4096;
-  const auto from = make_view(src, n / cols, cols);
-  const auto to = make_view(dst, n / cols, cols);
-  copy(mem.ops(), from, to);
-  typename Memory::Marks marks = mem.marks();
-  for (int i = 0; i < 5; ++i) {
-    marks.mark();
-    copy(mem.ops(), from, to);
-  }
-  marks.mark();
-  std::vector<double> ms = marks.intervals_ms();
-  std::sort(ms.begin(), ms.end());
-  return 2.0 * 2.0 * static_cast<double>(n) / (ms[ms.size() / 2] * 1e6);
-}
-
 template <class Memory>
 class StepLoop {
  public:
@@ -257,10 +238,7 @@ class StepLoop {
     const auto t = static_cast<double>(attended_.size());
     double attended = 0;
     for (const auto len : attended_) attended += len;
-    const bool mla = m.attention == pipeline::AttentionKind::mla;
-    const double row =
-        mla ? 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim)
-            : static_cast<double>(m.num_kv_heads) * (2.0 * static_cast<double>(m.head_dim) + 8.0);
+    const double row = cache_row_bytes(m);
     // Each block reads x and the residual and writes the residual and its output.
     const double activations = 4 * t * static_cast<double>(m.hidden) * 2.0;
     for (std::size_t l = 0; l < layers_.size(); ++l) {

@@ -1,6 +1,7 @@
 #include "atom/ops/norm.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <string>
@@ -129,6 +130,24 @@ void copy(const Host&, View2<const bf16> src, View2<bf16> dst) {
     bf16* d = dst[r].data;
     for (index_t i = 0; i < src.shape[1]; ++i) d[i] = s[i];
   }
+}
+
+double copy_gbs(const Host& host, index_t values) {
+  const index_t cols = 16384;
+  const index_t rows = std::max<index_t>(1, values / cols);
+  std::vector<bf16> a(static_cast<std::size_t>(rows * cols), to_bf16(1.0f)), b(a.size());
+  const auto src = make_view(static_cast<const bf16*>(a.data()), rows, cols);
+  const auto dst = make_view(b.data(), rows, cols);
+  copy(host, src, dst);
+  std::vector<double> seconds;
+  for (int i = 0; i < 5; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    copy(host, src, dst);
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return 2.0 * 2.0 * static_cast<double>(rows * cols) / seconds[2] / 1e9;
 }
 
 #define ATOM_INSTANTIATE_NORMS(Epi)                                                               \

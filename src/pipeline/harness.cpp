@@ -42,10 +42,11 @@ void expect_runnable(PipelineId p, const RunInputs& in) {
          "does not apply to model " + in.model->name);
 }
 
-template <PipelineId P>
-RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
-  expect_runnable(P, in);
-  const DecodeState state(*in.model, in.context_lens, in.seed, in.query_tokens);
+namespace {
+
+// The handle once on `state` (a DecodeState, or a SampleState below) with in.weights.
+template <PipelineId P, class State>
+RunOutput run_on(const dispatch::Handle<P>& handle, const RunInputs& in, const State& state) {
   Workspace ws;
   const RunArgs<P> args = make_args<P>(in, *in.weights, state, ws);
   const auto start = std::chrono::steady_clock::now();
@@ -53,6 +54,14 @@ RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
   const auto stop = std::chrono::steady_clock::now();
   return {to_floats(state.out()), to_floats(state.residual()),
           std::chrono::duration<double>(stop - start).count()};
+}
+
+}  // namespace
+
+template <PipelineId P>
+RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
+  expect_runnable(P, in);
+  return run_on(handle, in, DecodeState(*in.model, in.context_lens, in.seed, in.query_tokens));
 }
 
 double host_macs(PipelineId p, const RunInputs& in) {
@@ -162,14 +171,7 @@ RunOutput run_sample(const dispatch::Handle<P>& handle, const RunInputs& in,
                      const std::vector<index_t>& sample) {
   expect_runnable(P, in);
   const DecodeState state(*in.model, in.context_lens, in.seed, in.query_tokens);
-  const SampleState part(state, sample);
-  Workspace ws;
-  const RunArgs<P> args = make_args<P>(in, *in.weights, part, ws);
-  const auto start = std::chrono::steady_clock::now();
-  handle(args);
-  const auto stop = std::chrono::steady_clock::now();
-  return {to_floats(part.out()), to_floats(part.residual()),
-          std::chrono::duration<double>(stop - start).count()};
+  return run_on(handle, in, SampleState(state, sample));
 }
 
 template RunOutput run_sample(const dispatch::Handle<PipelineId::mla_attention>&, const RunInputs&,

@@ -133,22 +133,43 @@ ops::Fp8HeadWeight fp8_heads(Buffers& b, Stream s, index_t h, index_t n, index_t
   return detail::fp8_heads(b, draw_all(s, h, n, k).data(), h, n, k);
 }
 
+// rows x k floats into FP8 e4m3 with one scale per block of 128 rows x 128 columns, the block's
+// amax / 448 (1 for an all-zero block); scale holds ceil(rows / 128) x ceil(k / 128) of them.
+void fp8_block_rows(const float* x, index_t rows, index_t k, fp8_e4m3* q, float* scale) {
+  constexpr index_t block = ops::fp8_weight_block_k;
+  const index_t scale_cols = ops::ceil_div(k, block);
+  for (index_t bn = 0; bn < ops::ceil_div(rows, index_t{128}); ++bn)
+    for (index_t bk = 0; bk < scale_cols; ++bk) {
+      const index_t r_end = std::min(rows, (bn + 1) * 128);
+      const index_t k_end = std::min(k, (bk + 1) * block);
+      float amax = 0.0f;
+      for (index_t r = bn * 128; r < r_end; ++r)
+        for (index_t c = bk * block; c < k_end; ++c) amax = std::max(amax, std::fabs(x[r * k + c]));
+      const float sc = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
+      scale[bn * scale_cols + bk] = sc;
+      for (index_t r = bn * 128; r < r_end; ++r)
+        for (index_t c = bk * block; c < k_end; ++c)
+          q[r * k + c] = to_fp8<Fp8Kind::e4m3fn>(x[r * k + c] / sc);
+    }
+}
+
 // A linear weight [n, k] (groups = 1) or experts [groups, n, k] of drawn values in format f.
 template <class W>
 W quantized(Buffers& b, Stream s, policy::WeightFormat f, index_t groups, index_t n, index_t k) {
   W w;
   w.format = f;
-  const auto view = [&]<class T>(T, index_t cols) {
+  // [rows, cols], or per expert for experts.
+  const auto view = [&]<class T>(T, index_t rows, index_t cols) {
     if constexpr (std::is_same_v<W, LinearWeight>)
-      return alloc<T>(b, n, cols);
+      return alloc<T>(b, rows, cols);
     else
-      return alloc<T>(b, groups, n, cols);
+      return alloc<T>(b, groups, rows, cols);
   };
   switch (f) {
     case policy::WeightFormat::mxfp4: {
       const index_t pc = ops::mxfp4_packed_cols(k);
       const index_t sc = ops::mxfp4_scale_cols(k);
-      w.mxfp4 = {view(std::uint8_t{}, pc), view(e8m0{}, sc), k};
+      w.mxfp4 = {view(std::uint8_t{}, n, pc), view(e8m0{}, n, sc), k};
       draw_rows(s, groups, n, k, 1, [&](const float* x, index_t first, index_t rows) {
         detail::quantize_mxfp4_rows(x, rows, k, w.mxfp4.packed.data + first * pc,
                                     w.mxfp4.scale.data + first * sc);
@@ -156,41 +177,19 @@ W quantized(Buffers& b, Stream s, policy::WeightFormat f, index_t groups, index_
       break;
     }
     case policy::WeightFormat::bf16:
-      w.bf16.w = view(bf16{}, k);
+      w.bf16.w = view(bf16{}, n, k);
       draw_rows(s, groups, n, k, 1, [&](const float* x, index_t first, index_t rows) {
         std::transform(x, x + rows * k, w.bf16.w.data + first * k, to_bf16);
       });
       break;
     case policy::WeightFormat::fp8_block: {
-      // One scale per block of 128 x 128 of each expert: the block's amax / 448 (1 for an
-      // all-zero block); chunks of whole 128-row blocks.
-      constexpr index_t block = ops::fp8_weight_block_k;
+      // Block scales of each expert (fp8_block_rows); chunks of whole 128-row blocks.
       const index_t sn = ops::ceil_div(n, index_t{128});
-      const index_t sk = ops::ceil_div(k, block);
-      w.fp8.q = view(fp8_e4m3{}, k);
-      if constexpr (std::is_same_v<W, LinearWeight>)
-        w.fp8.scale = alloc<float>(b, sn, sk);
-      else
-        w.fp8.scale = alloc<float>(b, groups, sn, sk);
-      w.fp8.block_n = 128;
-      fp8_e4m3* q = w.fp8.q.data;
-      float* scale = w.fp8.scale.data;
+      const index_t sk = ops::ceil_div(k, ops::fp8_weight_block_k);
+      w.fp8 = {view(fp8_e4m3{}, n, k), view(float{}, sn, sk), 128};
       draw_rows(s, groups, n, k, 128, [&](const float* x, index_t first, index_t rows) {
         const index_t scale_row = (first / n) * sn + (first % n) / 128;
-        for (index_t bn = 0; bn < ops::ceil_div(rows, index_t{128}); ++bn)
-          for (index_t bk = 0; bk < sk; ++bk) {
-            const index_t r_end = std::min(rows, (bn + 1) * 128);
-            const index_t k_end = std::min(k, (bk + 1) * block);
-            float amax = 0.0f;
-            for (index_t r = bn * 128; r < r_end; ++r)
-              for (index_t c = bk * block; c < k_end; ++c)
-                amax = std::max(amax, std::fabs(x[r * k + c]));
-            const float sc = amax > 0.0f ? amax / fp8_max<Fp8Kind::e4m3fn> : 1.0f;
-            scale[(scale_row + bn) * sk + bk] = sc;
-            for (index_t r = bn * 128; r < r_end; ++r)
-              for (index_t c = bk * block; c < k_end; ++c)
-                q[(first + r) * k + c] = to_fp8<Fp8Kind::e4m3fn>(x[r * k + c] / sc);
-          }
+        fp8_block_rows(x, rows, k, w.fp8.q.data + first * k, w.fp8.scale.data + scale_row * sk);
       });
       break;
     }

@@ -48,16 +48,7 @@ class GpuMemory {
   void* side_stream() const { return side_.handle(); }
   using Marks = gpu::StreamMarks;
   Marks marks() const { return Marks(main_.handle()); }
-  double copy_gbs() {
-    const index_t n = index_t{256} << 20;  // 512 MiB of bf16
-    gpu::Buffer<bf16> a(static_cast<std::size_t>(n)), b(static_cast<std::size_t>(n));
-    a.fill(0x3c);
-    gpu::synchronize();  // the fill runs on the default stream, which the Memory's does not wait
-                         // for
-    const double gbs = detail::copy_rate(*this, a.data(), b.data(), n);
-    gpu::synchronize();
-    return gbs;
-  }
+  double copy_gbs() const { return ops::copy_gbs(ops()); }
 
  private:
   const pipeline::ModelConfig& m_;

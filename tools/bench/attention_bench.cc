@@ -211,18 +211,8 @@ void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
 
 int main() {
   std::printf("device: %s\n", gpu::device_name(0).c_str());
-  double copy_gbps = 0;
-  {
-    const index_t rows = 1 << 15, cols = 1 << 14;  // 1 GiB of bf16
-    gpu::Buffer<bf16> a(sz(rows * cols)), b(sz(rows * cols));
-    a.fill(0x3c);
-    const double us = time_us([&](int) {
-      ops::copy(ops::Gpu{}, make_view(static_cast<const bf16*>(a.data()), rows, cols),
-                make_view(b.data(), rows, cols));
-    });
-    copy_gbps = 2.0 * static_cast<double>(rows * cols) * 2.0 / (us * 1e-6) / 1e9;
-  }
-  std::printf("copy bandwidth %.0f GB/s (1 GiB device-to-device, read + write)\n", copy_gbps);
+  const double copy_gbps = ops::copy_gbs(ops::Gpu{});
+  std::printf("copy bandwidth %.0f GB/s (512 MiB device-to-device, read + written)\n", copy_gbps);
   std::printf("kind,heads,b,s_q,ctx,us,GB/s,of_copy,TFLOP/s\n");
   // The deployed shape: DeepSeek-V3 at TP 8 (16 heads per rank), one query token.
   for (index_t b : {1, 16, 64, 128})

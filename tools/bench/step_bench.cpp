@@ -118,11 +118,7 @@ double cache_bytes(const pipeline::ModelConfig& m, long tokens, long context, lo
   const double rows =
       static_cast<double>(tokens) *
       static_cast<double>(((context + steps + m.block_size - 1) / m.block_size) * m.block_size);
-  const double row =
-      m.attention == pipeline::AttentionKind::mla
-          ? 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim)
-          : static_cast<double>(m.num_kv_heads) * (2.0 * static_cast<double>(m.head_dim) + 8.0);
-  return rows * row;
+  return rows * model::cache_row_bytes(m);
 }
 
 double median(std::vector<double> v) {

@@ -50,6 +50,14 @@ struct StepBytes {
   double total() const { return weights + cache_read + cache_write + activations; }
 };
 
+// Bytes of one cache slot of one layer (the row a token writes and later tokens read): MLA's bf16
+// latent row (kv_lora + rope), or per KV head the FP8 key and value codes and their float scales.
+inline double cache_row_bytes(const pipeline::ModelConfig& m) {
+  return m.attention == pipeline::AttentionKind::mla
+             ? 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim)
+             : static_cast<double>(m.num_kv_heads) * (2.0 * static_cast<double>(m.head_dim) + 8.0);
+}
+
 // One block of a step (a layer's attention or MLP block): its pipeline, the bytes it must move
 // (its share of StepBytes: its weights, for attention the cache rows, and the hidden states it
 // reads and writes), and in a profiled step its time.
@@ -93,9 +101,8 @@ class DecodeSteps {
   // stream on the GPU, the host's clock on the host) and returns each block's time and bytes, in
   // the order run. It counts as a step; the batch's advance at its end is in no block.
   virtual std::vector<BlockCost> profile() = 0;
-  // The backend's copy rate measured now, for the fraction of it a step reaches: bytes read plus
-  // bytes written per second (GB/s), the median of 5 copies of 512 MiB of bf16 (the host: 128
-  // MiB) on the steps' stream. Call it between steps (it waits for the device).
+  // The backend's copy rate measured now (ops::copy_gbs on the steps' stream), for the fraction of
+  // it a step reaches. Call it between steps (it waits for the device).
   virtual double copy_gbs() = 0;
   // Every byte a step writes (the last layer's output and residual, every layer's cache and the
   // batch metadata), for comparing two runs bit for bit.

@@ -42,4 +42,9 @@ void qk_norm_fused(const Host&, View2<const bf16> qkv_a, View1<const bf16> q_wei
 // dst = src, both [R, C]; the separate path's k_pe pass-through. dst must not overlap src.
 void copy(const Host&, View2<const bf16> src, View2<bf16> dst);
 
+// The backend's copy rate, measured now: the bytes copy() reads plus those it writes per second
+// (GB/s) over `values` bf16 between two fresh buffers, the median of 5 copies after one. The rate
+// the benchmarks and the decode steps state their own rates against.
+double copy_gbs(const Host&, index_t values = index_t{64} << 20);
+
 }  // namespace atom::ops

@@ -42,4 +42,8 @@ void qk_norm_fused(const Gpu&, View2<const bf16> qkv_a, View1<const bf16> q_weig
 
 void copy(const Gpu&, View2<const bf16> src, View2<bf16> dst);
 
+// ops/norm.hpp's copy_gbs on the GPU: copies on the Gpu's stream between device events; waits for
+// the stream.
+double copy_gbs(const Gpu&, index_t values = index_t{256} << 20);
+
 }  // namespace atom::ops
