@@ -123,9 +123,8 @@ struct atom_plugin_pipeline {
   pipeline::Workspace workspace;
   std::vector<bf16> host_intermediate;  // a layer's attention output, the MLP block's input
   std::vector<std::int32_t> starts;     // 0, 1, ..., tokens: ABI 1's token t is sequence t
-  // Tensor parallelism (ABI 3): this rank's place, the KV heads its cache holds, and the engine's
-  // communicator (null at size 1).
-  pipeline::TpShape tp;
+  // Tensor parallelism (ABI 3): the KV heads this rank's cache holds, and the engine's
+  // communicator (null at size 1; the rank's place is its rank and size).
   pipeline::Part kv_heads{0, model.num_kv_heads};
   std::unique_ptr<EngineComm> comm;
 #if ATOM_GPU_INSTANCES
@@ -888,8 +887,8 @@ atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequ
 // workspace memory.
 void size_workspace(atom_plugin_pipeline& p) {
   const pipeline::DecodeState state(
-      p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1, p.tp,
-      p.kv_heads);
+      p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1,
+      pipeline::tp_shape(p.comm.get()), p.kv_heads);
   const auto views = [](const auto& s) -> RunViews {
     return {s.x(), s.residual(), s.out(), s.batch(), s.mla_cache(), s.kv_cache()};
   };
@@ -1003,7 +1002,6 @@ void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_
   p->layer_kind = layer_kind;
   p->max_tokens = o.max_tokens;
   p->backend = backend;
-  p->tp = tp;
   p->kv_heads = pipeline::attention_split(m, tp, attention_format).kv_heads;
   if (tp.size > 1) p->comm = std::make_unique<EngineComm>(*c, backend, o.max_tokens * m.hidden);
   p->blocks = pipeline::block_weights(p->model, layer_kind, *p->weights);
