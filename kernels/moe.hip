@@ -461,7 +461,10 @@ void launch_moe_matrix_core(const A4W4Args& p, const MoeRowsArgs& m, index_t pad
   const int warps = moe_decode_warps(p.k_tiles, moe_decode_u, mma_decode_max_warps);
   const dim3 grid(static_cast<unsigned>(padded_n / 16), slots);
   const auto block = static_cast<unsigned>(32 * warps);
-  if (m.by_expert)
+  // Two token tiles per chunk only where experts average more than one tile's rows: the tile
+  // multiplies both whatever its row count, so a second tile would double the work of a chunk
+  // of at most 8 rows.
+  if (m.by_expert && m.rows > 8 * m.experts)
     moe_mma_decode<2, moe_decode_u><<<grid, block, 0, stream>>>(p, m);
   else
     moe_mma_decode<1, moe_decode_u><<<grid, block, 0, stream>>>(p, m);

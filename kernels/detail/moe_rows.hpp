@@ -71,10 +71,14 @@ __device__ inline void write_unserved_row(const Args& p, int expert, int row, in
 // the expert's weight (at_expert) and the chunk's row count. Args has the output's `out`,
 // `out_stride`, `n` and the row count `m`. The CTA's output columns are [col0, col0 + cols) (for
 // NaN rows). Every thread of the CTA calls it; the decisions are uniform.
+//
+// The rows are gathered a window (one per thread) at a time, and a chunk runs only when it is
+// full or the last window is gathered: the rows of the expert found in several windows share
+// chunks, so each chunk's weight slice is read once per C rows whatever T and the CTA's size.
 template <int C, class Args, class Tile>
 __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m, int col0,
                                              int cols, Tile tile) {
-  __shared__ int list[moe_max_window];
+  __shared__ int list[moe_max_window + C];
   __shared__ int count;
   const int tid = static_cast<int>(threadIdx.x);
   const int window = static_cast<int>(blockDim.x);
@@ -103,19 +107,28 @@ __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m
     start = slot;
   }
   Args args = at_expert(p, m, expert);
+  if (tid == 0) count = 0;
+  __syncthreads();
   for (int w0 = start; w0 < m.rows; w0 += window) {
-    if (tid == 0) count = 0;
-    __syncthreads();
+    // At most C - 1 rows are carried into this window, so the list has room for all it finds.
     // The order within a chunk is free: each output row's arithmetic does not depend on it.
     const int r = w0 + tid;
     if (r < m.rows && routed_expert(m, r) == expert) list[atomicAdd(&count, 1)] = r;
     __syncthreads();
     const int found = count;
-    for (int c0 = 0; c0 < found; c0 += C) {
-      args.m = found - c0 < C ? found - c0 : C;
+    const bool last = w0 + window >= m.rows;
+    const int ready = last ? found : found / C * C;
+    for (int c0 = 0; c0 < ready; c0 += C) {
+      args.m = ready - c0 < C ? ready - c0 : C;
       tile(args, GatheredRows{list + c0, m.k, m.a_per_token});
       __syncthreads();
     }
+    // The rows of a partial chunk move to the front (fewer than C: one per thread).
+    const int carried = found - ready;
+    const int moved = tid < carried ? list[ready + tid] : 0;
+    __syncthreads();
+    if (tid < carried) list[tid] = moved;
+    if (tid == 0) count = carried;
     __syncthreads();
   }
 }

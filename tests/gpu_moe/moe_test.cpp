@@ -527,6 +527,11 @@ TEST_CASE("gpu moe: expert GEMM, Qwen3 expert shapes") {
   REQUIRE(have_gpu());
   check_moe_gemm(32, 1536, 2048, 8, {1, 3, 8});
   check_moe_gemm(32, 2048, 768, 8, {1, 3, 8});
+  // More rows than experts: each CTA serves one expert, its rows gathered over several windows
+  // (a CTA of the 768-deep GEMM has 192 threads) and run in full chunks, of one token tile
+  // (at most 8 rows per expert on average: T = 5) or two.
+  check_moe_gemm(32, 2048, 768, 8, {5, 97});
+  check_moe_gemm(32, 1536, 2048, 8, {5, 64});
 }
 
 TEST_CASE("gpu moe: expert GEMM, tiny preset shapes and many tokens") {
