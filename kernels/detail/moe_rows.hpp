@@ -123,7 +123,8 @@ __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m
       tile(args, GatheredRows{list + c0, m.k, m.a_per_token});
       __syncthreads();
     }
-    // The rows of a partial chunk move to the front (fewer than C: one per thread).
+    // The rows of a partial chunk move to the front (fewer than C, and C is at most the CTA's
+    // thread count: one per thread).
     const int carried = found - ready;
     const int moved = tid < carried ? list[ready + tid] : 0;
     __syncthreads();

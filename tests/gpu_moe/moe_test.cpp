@@ -528,8 +528,9 @@ TEST_CASE("gpu moe: expert GEMM, Qwen3 expert shapes") {
   check_moe_gemm(32, 1536, 2048, 8, {1, 3, 8});
   check_moe_gemm(32, 2048, 768, 8, {1, 3, 8});
   // More rows than experts: each CTA serves one expert, its rows gathered over several windows
-  // (a CTA of the 768-deep GEMM has 192 threads) and run in full chunks, of one token tile
-  // (at most 8 rows per expert on average: T = 5) or two.
+  // (a CTA of the 768-deep GEMM has 96 threads: 9 windows of T = 97's 776 rows; of the 2048-deep
+  // one 256: 2 windows at T = 64) and run in full chunks of two token tiles; at T = 5 (at most 8
+  // rows per expert on average) of one.
   check_moe_gemm(32, 2048, 768, 8, {5, 97});
   check_moe_gemm(32, 1536, 2048, 8, {5, 64});
 }
