@@ -11,7 +11,7 @@ configure_package_config_file(cmake/atomConfig.cmake.in
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/atomConfigVersion.cmake
   COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/atomConfig.cmake ${PROJECT_BINARY_DIR}/atomConfigVersion.cmake
-  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
+  ${PROJECT_SOURCE_DIR}/cmake/AtomExtend.cmake DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/atom)
 
 # The table, exported as atom::instances (the name the build tree's alias has), with the
 # instances.hpp of the build's profile.

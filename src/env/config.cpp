@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 #include "atom/env/parse.hpp"
@@ -81,7 +82,54 @@ const VarSpec* find(std::string_view name) {
   return nullptr;
 }
 
+// The extensions' variables and the errors of their registration, filled before main().
+struct Extensions {
+  std::mutex mutex;
+  std::vector<VarSpec> vars;
+  std::vector<std::string> errors;
+};
+Extensions& extensions() {
+  static Extensions e;
+  return e;
+}
+
 }  // namespace
+
+bool add_extension_variable(const VarSpec& spec) {
+  Extensions& e = extensions();
+  const std::lock_guard lock(e.mutex);
+  const std::string what =
+      "variable " + printable(spec.name) + " (" + std::string(spec.feeds) + ")";
+  const bool taken = find(spec.name) != nullptr ||
+                     std::any_of(e.vars.begin(), e.vars.end(),
+                                 [&](const VarSpec& v) { return v.name == spec.name; });
+  if (spec.name.empty() || taken) {
+    e.errors.push_back(what + ": the name is empty or already defined by atom or an extension");
+  } else if (spec.type == Type::string) {
+    e.errors.push_back(what + ": an extension variable is a bool or an integer");
+  } else if (const auto parsed = parse_value(spec, spec.default_text);
+             const auto* msg = std::get_if<std::string>(&parsed)) {
+    e.errors.push_back(what + ": its default does not parse: " + *msg);
+  } else {
+    VarSpec s = spec;
+    s.id = extension_var;
+    e.vars.push_back(s);
+    return true;
+  }
+  return false;
+}
+
+void add_extension_error(std::string message) {
+  Extensions& e = extensions();
+  const std::lock_guard lock(e.mutex);
+  e.errors.push_back(std::move(message));
+}
+
+std::vector<VarSpec> extension_variables() {
+  Extensions& e = extensions();
+  const std::lock_guard lock(e.mutex);
+  return e.vars;
+}
 
 ConfigError::ConfigError(std::vector<std::string> errors)
     : std::runtime_error([&] {
@@ -93,16 +141,29 @@ ConfigError::ConfigError(std::vector<std::string> errors)
 
 Config::Config() {
   for (const auto& s : registry) values_[static_cast<std::size_t>(s.id)] = default_value(s);
+  for (const auto& s : extension_variables())
+    extension_values_.emplace(std::string(s.name), default_value(s));
+}
+
+const Config::Value& Config::value(std::string_view extension_variable) const {
+  const auto it = extension_values_.find(extension_variable);
+  if (it == extension_values_.end())
+    throw std::out_of_range(printable(extension_variable) + " is not an extension's variable");
+  return it->second;
 }
 
 Environment process_environment() {
+  const std::vector<VarSpec> ext = extension_variables();
   Environment env;
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
     const std::string_view entry(*e);
-    if (!entry.starts_with(prefix)) continue;
     const auto eq = entry.find('=');
     if (eq == std::string_view::npos) continue;
-    env.emplace(entry.substr(0, eq), entry.substr(eq + 1));
+    const std::string_view name = entry.substr(0, eq);
+    if (!name.starts_with(prefix) &&
+        std::none_of(ext.begin(), ext.end(), [&](const VarSpec& v) { return v.name == name; }))
+      continue;
+    env.emplace(name, entry.substr(eq + 1));
   }
   return env;
 }
@@ -110,17 +171,31 @@ Environment process_environment() {
 Reading Config::read(const Environment& env) {
   Reading r;
   Config c;
-  for (const auto& s : registry) {
+  // The value of one variable, when the environment sets it; an error otherwise.
+  const auto set = [&](const VarSpec& s) -> std::optional<Value> {
     const auto it = env.find(s.name);
-    if (it == env.end() || it->second.empty()) continue;  // empty means the default
+    if (it == env.end() || it->second.empty()) return std::nullopt;  // empty means the default
     auto parsed = parse_value(s, it->second);
     if (auto* msg = std::get_if<std::string>(&parsed)) {
       r.errors.push_back(std::move(*msg));
-      continue;
+      return std::nullopt;
     }
-    const auto i = static_cast<std::size_t>(s.id);
-    c.values_[i] = std::get<Value>(std::move(parsed));
-    c.sources_[i] = Source::environment;
+    return std::get<Value>(std::move(parsed));
+  };
+  for (const auto& s : registry) {
+    if (auto v = set(s)) {
+      const auto i = static_cast<std::size_t>(s.id);
+      c.values_[i] = std::move(*v);
+      c.sources_[i] = Source::environment;
+    }
+  }
+  const std::vector<VarSpec> ext = extension_variables();
+  for (const auto& s : ext)
+    if (auto v = set(s)) c.extension_values_[std::string(s.name)] = std::move(*v);
+  {
+    Extensions& e = extensions();
+    const std::lock_guard lock(e.mutex);
+    r.errors.insert(r.errors.end(), e.errors.begin(), e.errors.end());
   }
   if (r.errors.empty()) {
     const auto rank = c.get<Var::dp_rank>();
@@ -130,7 +205,9 @@ Reading Config::read(const Environment& env) {
                          " must be less than ATOM_DP_SIZE=" + std::to_string(size));
   }
   for (const auto& [name, value] : env) {
-    if (!std::string_view(name).starts_with(prefix) || find(name) != nullptr) continue;
+    if (!std::string_view(name).starts_with(prefix) || find(name) != nullptr ||
+        std::any_of(ext.begin(), ext.end(), [&](const VarSpec& v) { return v.name == name; }))
+      continue;
     std::string w = "unknown variable " + printable(name) + " is ignored";
     if (auto near = nearest_name(name)) w += "; did you mean " + std::string(*near) + "?";
     r.warnings.push_back(std::move(w));

@@ -17,11 +17,15 @@
 #include <string>
 #include <vector>
 
+#include "atom/codegen/text.hpp"
 #include "atom/pipeline/pipelines.hpp"
 #include "atom/policy/space.hpp"
 
 namespace fs = std::filesystem;
 using namespace atom::policy;
+using atom::codegen::identifier;
+using atom::codegen::plain_name;
+using atom::codegen::write_if_changed;
 
 namespace {
 
@@ -49,13 +53,6 @@ std::vector<DeclaredPipeline> declared_pipelines() {
     out.push_back({decltype(id)::value, D::type, D::reads, {points.begin(), points.end()}});
   });
   return out;
-}
-
-// Names end up in file names, C++ identifiers and CMake patterns.
-bool plain_name(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-  });
 }
 
 // The definitions the generated code is written from, checked for what the compiler cannot see:
@@ -110,13 +107,6 @@ std::vector<Instance> all_instances(const std::vector<DeclaredPipeline>& declare
 const DeclaredPipeline& declared_of(const std::vector<DeclaredPipeline>& declared, PipelineId p) {
   return *std::find_if(declared.begin(), declared.end(),
                        [p](const DeclaredPipeline& d) { return d.id == p; });
-}
-
-std::string cpp_identifier(const std::string& name) {
-  std::string id = name;
-  for (char& c : id)
-    if (c == '.' || c == '-') c = '_';
-  return id;
 }
 
 // The generated files are laid out as the repository's .clang-format lays them out (Google
@@ -186,7 +176,7 @@ std::string translation_unit(const Instance& i, const DeclaredPipeline& d) {
     << "namespace atom::instances {\n\n"
     << "namespace {\n"
     << point_literal(i.point, d.reads) << "}  // namespace\n\n"
-    << function_head(cpp_identifier(i.name), params, " {") << "  " << d.type << "<point, "
+    << function_head(identifier(i.name), params, " {") << "  " << d.type << "<point, "
     << backend_type(i.backend) << ">::run(args);\n"
     << "}\n\n"
     << "}  // namespace atom::instances\n";
@@ -199,7 +189,7 @@ std::string table_unit(const std::vector<Instance>& list) {
     << "#include \"atom/dispatch/table.hpp\"\n\n"
     << "namespace atom::instances {\n";
   for (const auto& i : list)
-    o << function_head(cpp_identifier(i.name),
+    o << function_head(identifier(i.name),
                        "const pipeline::RunArgs<policy::PipelineId::" +
                            std::string(pipeline_name(i.pipeline)) + ">&",
                        ";");
@@ -223,7 +213,7 @@ std::string table_unit(const std::vector<Instance>& list) {
       std::ostringstream key;
       key << "      {0x" << std::hex << i->key << "u,";
       const std::string name = "\"" + i->name + "\",";
-      const std::string run = "&" + cpp_identifier(i->name) + "},";
+      const std::string run = "&" + identifier(i->name) + "},";
       // As clang-format packs a row: on one line when it fits, else the key and the name, or the
       // name and the function, share a line when they fit.
       const std::size_t k = key.str().size();
@@ -314,22 +304,6 @@ std::string manifest(const std::vector<Instance>& list) {
   }
   o << "  ]\n}\n";
   return o.str();
-}
-
-// Writes the file only when its content differs; returns whether it wrote.
-bool write_if_changed(const fs::path& path, const std::string& content) {
-  {
-    std::ifstream in(path, std::ios::binary);
-    if (in) {
-      const std::string old((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (old == content) return false;
-    }
-  }
-  fs::create_directories(path.parent_path());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << content;
-  if (!out) throw std::runtime_error("cannot write " + path.string());
-  return true;
 }
 
 int generate(const fs::path& dir) {

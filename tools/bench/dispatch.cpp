@@ -38,9 +38,8 @@ int main() {
   constexpr int calls = 20'000'000;
   Args args;
   args.dual_stream_threshold = 1;
-  const atom::dispatch::Entry<PipelineId::moe_block> entry{0, "callee", &callee};
-  const atom::dispatch::Handle<PipelineId::moe_block> handle(entry, atom::policy::BackendId::host,
-                                                             atom::policy::Point{});
+  const atom::dispatch::Handle<PipelineId::moe_block> handle(
+      &callee, "callee", atom::policy::BackendId::host, atom::policy::Point{});
   // Keep the compiler from seeing through the handle.
   const auto* volatile handle_ptr = &handle;
   const double direct = median_ns_per_call([&] { callee(args); }, calls);

@@ -10,6 +10,7 @@
 
 #include "atom/dispatch/table.hpp"
 #include "atom/env/config.hpp"
+#include "atom/extend/rows.hpp"
 
 namespace atom::dispatch {
 
@@ -21,8 +22,8 @@ class DispatchError : public std::runtime_error {
 template <policy::PipelineId P>
 class Handle {
  public:
-  Handle(const Entry<P>& e, policy::BackendId backend, policy::Point point)
-      : run_(e.run), name_(e.name), backend_(backend), point_(point) {}
+  Handle(RunFn<P> run, std::string_view name, policy::BackendId backend, policy::Point point)
+      : run_(run), name_(name), backend_(backend), point_(point) {}
 
   void operator()(const pipeline::RunArgs<P>& args) const { run_(args); }
   std::string_view name() const { return name_; }
@@ -48,10 +49,19 @@ const Entry<P>* find(policy::Key k) {
   return (it != rows.end() && it->key == k) ? &*it : nullptr;
 }
 
+// The instance of pipeline P at point x on backend b: atom's own where every extension axis that
+// an instance of P reads is at its first value, else the extension's (atom/extend).
 template <policy::PipelineId P>
 Handle<P> resolve_point(policy::Point x, policy::BackendId b) {
+  using Args = pipeline::RunArgs<P>;
   x = policy::canonical(P, x);
-  if (const Entry<P>* e = find<P>(policy::key(P, b, x))) return Handle<P>(*e, b, x);
+  constexpr auto name = policy::pipeline_name(P);
+  x.extension &= extend::rows<Args>().reads_of(name);
+  if (x.extension != 0) {
+    if (const auto* r = extend::find<Args>(name, b, x)) return Handle<P>(r->run, r->name, b, x);
+    throw DispatchError(extend::miss_message<Args>(name, policy::reads(P), b, x));
+  }
+  if (const Entry<P>* e = find<P>(policy::key(P, b, x))) return Handle<P>(e->run, e->name, b, x);
   std::vector<std::pair<policy::Key, std::string_view>> available;
   for (const auto& e : table<P>()) available.emplace_back(e.key, e.name);
   throw DispatchError(miss_message(P, b, x, available));

@@ -59,6 +59,9 @@ class Config {
 
   const Value& value(Var v) const { return values_[static_cast<std::size_t>(v)]; }
   Source source(Var v) const { return sources_[static_cast<std::size_t>(v)]; }
+  // A variable an extension registered (add_extension_variable); throws std::out_of_range for a
+  // name that is not one.
+  const Value& value(std::string_view extension_variable) const;
   // The value as text in canonical spelling ("true", "1024", "127.0.0.1").
   std::string text(Var v) const;
 
@@ -67,7 +70,18 @@ class Config {
  private:
   std::array<Value, var_count> values_;
   std::array<Source, var_count> sources_{};
+  std::map<std::string, Value, std::less<>> extension_values_;  // by name
 };
+
+// Variables defined by extensions (atom/extend): read from the same environment with the same
+// spellings, ranges and messages as atom's own, and never reported as unknown.
+// An extension's generated table registers them before main(); `feeds` names the extension and
+// its axis. A name that atom or another extension already uses, or a default that does not
+// parse, is an error that every later Config::read() reports.
+bool add_extension_variable(const VarSpec& spec);  // false: an error was recorded
+std::vector<VarSpec> extension_variables();
+// An error in an extension's definitions found at registration, reported the same way.
+void add_extension_error(std::string message);
 
 // The result of reading an environment: a Config when there were no errors, every error
 // otherwise (one message each, naming the variable, the value and what is accepted), and

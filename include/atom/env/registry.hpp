@@ -46,6 +46,10 @@ enum class Var : std::uint8_t {
 
 inline constexpr std::size_t var_count = 16;
 
+// The id of a variable that an extension defines (env::add_extension_variable): it has a name but
+// no place in `registry`.
+inline constexpr Var extension_var = static_cast<Var>(0xff);
+
 struct VarSpec {
   Var id;
   std::string_view name;

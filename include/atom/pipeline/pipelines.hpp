@@ -54,14 +54,17 @@ const Weights& checked(std::string_view pipeline, const BlockIo& io, const Weigh
   return *weights;
 }
 
+// A backend type is atom's or derived from it (an extension's backend, atom/extend).
 template <class Backend>
-inline constexpr bool on_gpu = std::is_same_v<Backend, ops::Gpu>;
+inline constexpr bool on_gpu = std::is_base_of_v<ops::Gpu, Backend>;
 
-// The backend value a run uses: the GPU backend enqueues on the io's stream.
+// The backend value a run uses: a GPU backend enqueues on the io's stream.
 template <class Backend>
 Backend backend_of(const BlockIo& io) {
-  if constexpr (on_gpu<Backend>)
+  if constexpr (std::is_same_v<Backend, ops::Gpu>)
     return ops::Gpu{io.stream};
+  else if constexpr (on_gpu<Backend>)
+    return Backend{ops::Gpu{io.stream}};
   else
     return Backend{};
 }

@@ -40,8 +40,15 @@ inline constexpr unsigned point_bits = axis_shift[0] + axis_bits[0];
 // One value per axis, packed. A structural type: pipelines take it (as PointFor) as a template
 // argument and branch on it with `if constexpr`. (Packed into an integer rather than an array:
 // GCC 12 confuses template instantiations over array-valued arguments.)
+//
+// `extension` holds the values of the axes that extensions define (atom/extend/extension.hpp),
+// four bits per axis in the order the extensions registered them; zero (every extension axis at
+// its first value) is atom's own behaviour, the only one atom's instances have. It travels with
+// the point through every resolution, so that an extension's instances are found wherever atom's
+// are; atom's folds leave it alone and separate_of() clears it.
 struct Point {
   std::uint32_t packed = 0;
+  std::uint64_t extension = 0;
 
   friend constexpr bool operator==(const Point&, const Point&) = default;
 
@@ -56,7 +63,8 @@ struct Point {
 
   constexpr Point with(std::size_t axis, std::uint8_t v) const {
     const std::uint32_t field = ((1u << detail::axis_bits[axis]) - 1) << detail::axis_shift[axis];
-    return {(packed & ~field) | (static_cast<std::uint32_t>(v) << detail::axis_shift[axis])};
+    return {(packed & ~field) | (static_cast<std::uint32_t>(v) << detail::axis_shift[axis]),
+            extension};
   }
   template <class E>
   constexpr Point with(E v) const {
@@ -157,9 +165,13 @@ constexpr std::string_view backend_name(BackendId b) {
 AxisSet reads(PipelineId p);
 
 // The axis values the variables of a Config select.
+// The extension axes' values a Config selects (atom/extend: 0 where no extension is linked).
+std::uint64_t extension_values(const env::Config& c);
+
 inline Point point_from(const env::Config& c) {
   Point p;
   for_each_axis([&](const auto& axis, std::size_t i) { p = p.with(i, read_value(axis, c)); });
+  p.extension = extension_values(c);
   return p;
 }
 
@@ -206,7 +218,7 @@ constexpr BackendId key_backend(Key k) {
   return static_cast<BackendId>((k >> detail::point_bits) & 1u);
 }
 constexpr Point key_point(Key k) {
-  return {k & ((Key{1} << detail::point_bits) - 1)};
+  return {k & ((Key{1} << detail::point_bits) - 1), 0};
 }
 
 // Variable settings that select each axis value of `x` the pipeline reads, e.g.
