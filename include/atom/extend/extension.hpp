@@ -15,6 +15,7 @@
 //                    .default_text = "false", .doc = "..."}};
 //
 //   struct CheckedMlp : atom::extend::Extends<atom::policy::PipelineId::dense_mlp> {
+//     static constexpr std::string_view type = "myengine::CheckedMlp";  // for the generated code
 //     using reads = std::tuple<MlpCheck>;  // the extension's axes it reads, in this order
 //     static constexpr std::array backends{atom::extend::Backend{host, "atom::ops::Host"}};
 //     template <atom::policy::Point P, class Backend, MlpCheck C>
@@ -26,7 +27,8 @@
 //     using pipelines = std::tuple<CheckedMlp>;
 //   };
 //
-// The rules:
+// A pipeline of the extension's own derives from atom::extend::Own and adds its `name` and its
+// `args` type (examples/extension/myengine.hpp has both kinds). The rules:
 // - An extension axis is fed by one variable of its own: a bool for two values (false selects the
 //   first), an integer 0..N-1 (the value's index) for more. Its first value is the behaviour
 //   without the extension: a pipeline that extends one of atom's has instances only where one of
