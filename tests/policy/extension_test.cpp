@@ -70,6 +70,30 @@ const extend::Instance<Levels> levels[] = {
     {BackendId::host, {0, 0x20}, "testext.levels.host.lv-two", &level_run<2>}};
 const bool registered = extend::add<Extension>(traced, levels);
 
+// A second extension of the same pipeline.
+enum class Other : std::uint8_t { off, on };
+inline constexpr extend::Axis<Other, 2> other{
+    .name = "other",
+    .tag = "ot",
+    .type_name = "Other",
+    .enumerators = {"off", "on"},
+    .labels = {"off", "on"},
+    .variable = {.name = "OTHEREXT_FLAG",
+                 .type = env::Type::boolean,
+                 .default_text = "false",
+                 .doc = "a second test extension's flag"}};
+struct OtherMlp : extend::Extends<PipelineId::dense_mlp> {
+  using reads = std::tuple<Other>;
+};
+struct OtherExtension {
+  static constexpr std::string_view name = "otherext";
+  static constexpr std::tuple axes{other};
+  using pipelines = std::tuple<OtherMlp>;
+};
+const extend::Instance<OtherMlp> other_rows[] = {
+    {BackendId::host, {dense_default.packed, 0x1}, "otherext.dense_mlp.host.ot-on", &traced_mlp}};
+const bool other_registered = extend::add<OtherExtension>(other_rows);
+
 env::Config with(env::Environment e) {
   return env::Config::from(e);
 }
@@ -121,6 +145,21 @@ TEST_CASE("extension: its instances extend atom's pipeline, atom's serve the fir
           with({{"ATOM_TEST_EXTENSION_TRACE", "1"}, {"ATOM_USE_TRITON_GEMM", "1"}}),
           BackendId::host),
       Catch::Contains("no instance of dense_mlp") && Catch::Contains("gemm_backend=triton"));
+}
+
+TEST_CASE("extension: two extensions of one pipeline, each alone, never silently together") {
+  REQUIRE(other_registered);
+  if (dispatch::table<PipelineId::dense_mlp>().empty()) return;
+  CHECK(dispatch::resolve<PipelineId::dense_mlp>(with({{"OTHEREXT_FLAG", "1"}}), BackendId::host)
+            .name() == "otherext.dense_mlp.host.ot-on");
+  CHECK(dispatch::resolve<PipelineId::dense_mlp>(with({{"ATOM_TEST_EXTENSION_TRACE", "1"}}),
+                                                 BackendId::host)
+            .name() == "testext.dense_mlp.host.tr-on");
+  CHECK_THROWS_WITH(
+      dispatch::resolve<PipelineId::dense_mlp>(
+          with({{"ATOM_TEST_EXTENSION_TRACE", "1"}, {"OTHEREXT_FLAG", "1"}}), BackendId::host),
+      Catch::Contains("testext.trace=on otherext.other=on") &&
+          Catch::Contains("otherext.dense_mlp.host.ot-on"));
 }
 
 TEST_CASE("extension: a pipeline of its own resolves at every value of its axis") {

@@ -59,10 +59,13 @@ struct Rows {
   std::vector<Row<Args>> rows;
   std::vector<std::pair<std::string_view, std::uint64_t>> reads;  // pipeline name, field mask
 
+  // The fields any extension's instances of `pipeline` read (several extensions may extend one
+  // pipeline: a point with values of two of them set has no instance, and says so).
   std::uint64_t reads_of(std::string_view pipeline) const {
+    std::uint64_t all = 0;
     for (const auto& [p, mask] : reads)
-      if (p == pipeline) return mask;
-    return 0;
+      if (p == pipeline) all |= mask;
+    return all;
   }
 };
 template <class Args>
