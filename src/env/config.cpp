@@ -82,6 +82,10 @@ const VarSpec* find(std::string_view name) {
   return nullptr;
 }
 
+bool named(const std::vector<VarSpec>& vars, std::string_view name) {
+  return std::any_of(vars.begin(), vars.end(), [name](const VarSpec& v) { return v.name == name; });
+}
+
 // The extensions' variables and the errors of their registration, filled before main().
 struct Extensions {
   std::mutex mutex;
@@ -100,9 +104,7 @@ bool add_extension_variable(const VarSpec& spec) {
   const std::lock_guard lock(e.mutex);
   const std::string what =
       "variable " + printable(spec.name) + " (" + std::string(spec.feeds) + ")";
-  const bool taken = find(spec.name) != nullptr ||
-                     std::any_of(e.vars.begin(), e.vars.end(),
-                                 [&](const VarSpec& v) { return v.name == spec.name; });
+  const bool taken = find(spec.name) != nullptr || named(e.vars, spec.name);
   if (spec.name.empty() || taken) {
     e.errors.push_back(what + ": the name is empty or already defined by atom or an extension");
   } else if (spec.type == Type::string) {
@@ -160,9 +162,7 @@ Environment process_environment() {
     const auto eq = entry.find('=');
     if (eq == std::string_view::npos) continue;
     const std::string_view name = entry.substr(0, eq);
-    if (!name.starts_with(prefix) &&
-        std::none_of(ext.begin(), ext.end(), [&](const VarSpec& v) { return v.name == name; }))
-      continue;
+    if (!name.starts_with(prefix) && !named(ext, name)) continue;
     env.emplace(name, entry.substr(eq + 1));
   }
   return env;
@@ -205,8 +205,7 @@ Reading Config::read(const Environment& env) {
                          " must be less than ATOM_DP_SIZE=" + std::to_string(size));
   }
   for (const auto& [name, value] : env) {
-    if (!std::string_view(name).starts_with(prefix) || find(name) != nullptr ||
-        std::any_of(ext.begin(), ext.end(), [&](const VarSpec& v) { return v.name == name; }))
+    if (!std::string_view(name).starts_with(prefix) || find(name) != nullptr || named(ext, name))
       continue;
     std::string w = "unknown variable " + printable(name) + " is ignored";
     if (auto near = nearest_name(name)) w += "; did you mean " + std::string(*near) + "?";
