@@ -1,6 +1,8 @@
 #include "atom/model/checkpoint.hpp"
 
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <regex>
 #include <string_view>
 #include <vector>
@@ -34,12 +36,16 @@ std::string format_name(WeightFormat f) {
 
 }  // namespace
 
-// The open shards, each mapped or read once.
+// The open shards, each mapped or read once. Tensor-parallel ranks read their layers from one
+// checkpoint on several threads at once: the map is shared, so it is locked (its entries, once
+// in, never move).
 struct HfCheckpoint::Files {
   io::LoadMode mode;
   std::map<std::filesystem::path, io::SafetensorsFile> open;
+  std::mutex lock;
 
   const io::SafetensorsFile& file(const std::filesystem::path& path) {
+    const std::lock_guard hold(lock);
     auto it = open.find(path);
     if (it == open.end()) it = open.emplace(path, io::SafetensorsFile::open(path, mode)).first;
     return it->second;
@@ -444,7 +450,8 @@ HfCheckpoint HfCheckpoint::open(const std::filesystem::path& dir, io::LoadMode m
   c.mode_ = mode;
   c.model_ = load_hf_config(dir);
   c.checkpoint_ = std::make_unique<io::Checkpoint>(io::Checkpoint::open(dir));
-  c.files_ = std::make_unique<Files>(Files{mode, {}});
+  c.files_ = std::make_unique<Files>();
+  c.files_->mode = mode;
   return c;
 }
 
