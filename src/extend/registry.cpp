@@ -1,3 +1,4 @@
+#include <atomic>
 #include <deque>
 #include <mutex>
 #include <string>
@@ -8,9 +9,11 @@ namespace atom::extend {
 
 namespace {
 
+// The registered axes (this file's; extension_values below reads them too).
 struct Registry {
   std::mutex mutex;
-  std::vector<AxisInfo> axes;  // by slot
+  std::vector<AxisInfo> axes;      // by slot
+  std::atomic<std::size_t> count;  // axes.size(), read without the lock
 };
 Registry& registry() {
   static Registry r;
@@ -45,6 +48,7 @@ std::size_t add_axes(std::string_view extension, std::span<const AxisInfo> axes,
     }
     r.axes.push_back(a);
   }
+  r.count.store(r.axes.size(), std::memory_order_release);
   return first;
 }
 
@@ -84,12 +88,16 @@ std::string describe(std::uint64_t extension) {
 
 namespace atom::policy {
 
+// Read in place under the registry's lock (resolution calls it once per Config): no copy of the
+// axes, and not even the lock where no extension registered one.
 std::uint64_t extension_values(const env::Config& c) {
+  extend::Registry& r = extend::registry();
+  if (r.count.load(std::memory_order_acquire) == 0) return 0;
+  const std::lock_guard lock(r.mutex);
   std::uint64_t out = 0;
-  const auto registered = extend::registered_axes();
-  for (std::size_t s = 0; s < registered.size(); ++s) {
-    if (registered[s].variable.empty()) continue;
-    const auto& value = c.value(registered[s].variable);
+  for (std::size_t s = 0; s < r.axes.size(); ++s) {
+    if (r.axes[s].variable.empty()) continue;
+    const auto& value = c.value(r.axes[s].variable);
     const std::uint64_t v = std::holds_alternative<bool>(value)
                                 ? std::uint64_t{std::get<bool>(value)}
                                 : static_cast<std::uint64_t>(std::get<std::int64_t>(value));
