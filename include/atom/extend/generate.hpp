@@ -5,11 +5,8 @@
 // code could not express is an error that names it.
 #pragma once
 
-#include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -55,7 +52,7 @@ std::vector<AxisText> read_axes() {
 }
 
 struct Generated {
-  std::string pipeline_type, args_type, function, name, point_literal, run_args;
+  std::string pipeline_type, function, name, point_literal, run_args;
   policy::BackendId backend;
   policy::Point point;  // atom point; extension = the extension's own packing (4 bits per slot)
 };
@@ -90,7 +87,7 @@ void add_pipeline(std::vector<Generated>& out) {
   for (const Backend& b : Pl::backends)
     for (const policy::Point& x : policy::canonical_points<Pl::atom_reads>) {
       for (std::size_t c = 0; c < combos; ++c) {
-        Generated g{std::string(type), "", "", "", "", "", b.id, x};
+        Generated g{.pipeline_type = std::string(type), .backend = b.id, .point = x};
         std::string values, suffix;
         std::size_t rest = c;
         bool any = false;
