@@ -14,11 +14,6 @@
 
 namespace atom::dispatch {
 
-class DispatchError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
 template <policy::PipelineId P>
 class Handle {
  public:
@@ -55,12 +50,8 @@ template <policy::PipelineId P>
 Handle<P> resolve_point(policy::Point x, policy::BackendId b) {
   using Args = pipeline::RunArgs<P>;
   x = policy::canonical(P, x);
-  constexpr auto name = policy::pipeline_name(P);
-  x.extension &= extend::rows<Args>().reads_of(name);
-  if (x.extension != 0) {
-    if (const auto* r = extend::find<Args>(name, b, x)) return Handle<P>(r->run, r->name, b, x);
-    throw DispatchError(extend::miss_message<Args>(name, policy::reads(P), b, x));
-  }
+  if (const auto* r = extend::extension_row<Args>(policy::pipeline_name(P), policy::reads(P), b, x))
+    return Handle<P>(r->run, r->name, b, x);
   if (const Entry<P>* e = find<P>(policy::key(P, b, x))) return Handle<P>(e->run, e->name, b, x);
   std::vector<std::pair<policy::Key, std::string_view>> available;
   for (const auto& e : table<P>()) available.emplace_back(e.key, e.name);

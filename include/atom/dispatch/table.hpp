@@ -2,12 +2,19 @@
 #pragma once
 
 #include <span>
+#include <stdexcept>
 #include <string_view>
 
 #include "atom/pipeline/args.hpp"
 #include "atom/policy/point.hpp"
 
 namespace atom::dispatch {
+
+// A point that has no instance: the message names it and what is available.
+class DispatchError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 template <policy::PipelineId P>
 using RunFn = void (*)(const pipeline::RunArgs<P>&);

@@ -198,7 +198,9 @@ template <class Pl>
 Handle<Pl> resolve_point(policy::Point x, policy::BackendId b) {
   using Args = typename Pl::args;
   x = policy::canonical(Pl::atom_reads, x);
-  x.extension &= rows<Args>().reads_of(Pl::name);
+  if (const Row<Args>* r = extension_row<Args>(Pl::name, Pl::atom_reads, b, x))
+    return Handle<Pl>(*r, x);
+  // Every value of an own pipeline's axes is the extension's: at the first ones too.
   if (const Row<Args>* r = find<Args>(Pl::name, b, x)) return Handle<Pl>(*r, x);
   throw dispatch::DispatchError(miss_message<Args>(Pl::name, Pl::atom_reads, b, x));
 }

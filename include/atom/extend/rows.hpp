@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "atom/dispatch/table.hpp"
 #include "atom/env/config.hpp"
 #include "atom/policy/point.hpp"
 
@@ -98,6 +99,18 @@ std::string miss_message(std::string_view pipeline, const policy::AxisSet& reads
       any = true;
     }
   return msg + (any ? "" : " none");
+}
+
+// The extensions' part of every resolution: masks x's extension field to what the extensions'
+// instances of `pipeline` read; then nullptr where it is zero (atom's own instance serves x), the
+// extension's row where one matches, and a DispatchError naming x's values otherwise.
+template <class Args>
+const Row<Args>* extension_row(std::string_view pipeline, const policy::AxisSet& reads,
+                               policy::BackendId b, policy::Point& x) {
+  x.extension &= rows<Args>().reads_of(pipeline);
+  if (x.extension == 0) return nullptr;
+  if (const Row<Args>* r = find<Args>(pipeline, b, x)) return r;
+  throw dispatch::DispatchError(miss_message<Args>(pipeline, reads, b, x));
 }
 
 }  // namespace atom::extend
