@@ -16,484 +16,612 @@ using host = std::tuple<
     // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x0u>,
     // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x1u>,
+    dispatch::Instance<0x4u>,
     // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x2u>,
+    dispatch::Instance<0x8u>,
     // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x10u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x11u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x12u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x20u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x21u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x40u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x41u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x50u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x51u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x60u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x61u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x44u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x48u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x80u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x81u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x82u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x90u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x91u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x92u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0xa0u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0xa1u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0xc0u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0xc1u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0xd0u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0xd1u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0xe0u>,
-    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0xe1u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x84u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x100u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x101u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x102u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x110u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x111u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x112u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x120u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x121u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x104u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x140u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x141u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x150u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x151u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x160u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x161u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x144u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x180u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x181u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x182u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x190u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x191u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x192u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x1a0u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x1a1u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x1c0u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x1c1u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x1d0u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x1d1u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x1e0u>,
-    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x1e1u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x184u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x200u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x210u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x220u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x204u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x208u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
     dispatch::Instance<0x240u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x250u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x260u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x244u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x248u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x280u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x290u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x2a0u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x2c0u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x2d0u>,
-    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x2e0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x284u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
     dispatch::Instance<0x300u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x310u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x320u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x304u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
     dispatch::Instance<0x340u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x350u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x360u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x344u>,
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x380u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x390u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x3a0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x3c0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x3d0u>,
-    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x3e0u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4
+    // mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x384u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x400u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x404u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x408u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x440u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x444u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x448u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x480u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x484u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x500u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x504u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x540u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x544u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x580u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x584u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x600u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
+    dispatch::Instance<0x604u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x608u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x640u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x644u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x648u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x680u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
+    dispatch::Instance<0x684u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x700u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x704u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x740u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x744u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x780u>,
+    // mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x784u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x800u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8
-    dispatch::Instance<0x801u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16
-    dispatch::Instance<0x802u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-mxfp4
-    dispatch::Instance<0x808u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-fp8
-    dispatch::Instance<0x809u>,
-    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-bf16
-    dispatch::Instance<0x80au>,
-    // moe_block.host.gemm-asm.ar-fused.moe-single.w-mxfp4
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x840u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x880u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-single.w-fp8
-    dispatch::Instance<0x881u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-single.w-bf16
-    dispatch::Instance<0x882u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-mxfp4
-    dispatch::Instance<0x888u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8
-    dispatch::Instance<0x889u>,
-    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16
-    dispatch::Instance<0x88au>,
-    // moe_block.host.gemm-triton.ar-separate.moe-single.w-mxfp4
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x900u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x940u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x980u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0xa00u>,
-    // moe_block.host.gemm-triton.ar-separate.moe-dual.w-mxfp4
-    dispatch::Instance<0xa08u>,
-    // moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0xa40u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0xa80u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0xb00u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0xb40u>,
+    // mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0xb80u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0xc00u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0xc40u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0xc80u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0xd00u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0xd40u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0xd80u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0xe00u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0xe40u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0xe80u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0xf00u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0xf40u>,
+    // mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0xf80u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0x2000u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8
+    dispatch::Instance<0x2004u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16
+    dispatch::Instance<0x2008u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0x2020u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-fp8
+    dispatch::Instance<0x2024u>,
+    // moe_block.host.gemm-asm.ar-separate.moe-dual.w-bf16
+    dispatch::Instance<0x2028u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0x2200u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-single.w-fp8
+    dispatch::Instance<0x2204u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-single.w-bf16
+    dispatch::Instance<0x2208u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0x2220u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8
+    dispatch::Instance<0x2224u>,
+    // moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16
+    dispatch::Instance<0x2228u>,
+    // moe_block.host.gemm-triton.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0x2800u>,
+    // moe_block.host.gemm-triton.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0x2820u>,
+    // moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0x2a00u>,
     // moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4
-    dispatch::Instance<0xa88u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
-    dispatch::Instance<0x1000u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8
-    dispatch::Instance<0x1001u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16
-    dispatch::Instance<0x1002u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
-    dispatch::Instance<0x1004u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8
-    dispatch::Instance<0x1005u>,
-    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16
-    dispatch::Instance<0x1006u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
-    dispatch::Instance<0x1080u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8
-    dispatch::Instance<0x1081u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16
-    dispatch::Instance<0x1082u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
-    dispatch::Instance<0x1084u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8
-    dispatch::Instance<0x1085u>,
-    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16
-    dispatch::Instance<0x1086u>,
-    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
-    dispatch::Instance<0x1200u>,
-    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
-    dispatch::Instance<0x1204u>,
-    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
-    dispatch::Instance<0x1280u>,
-    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4
-    dispatch::Instance<0x1284u>,
+    dispatch::Instance<0x2a20u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4000u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4001u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4002u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8row
+    dispatch::Instance<0x4004u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x4005u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-bf16
+    dispatch::Instance<0x4006u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8row
+    dispatch::Instance<0x4008u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x4009u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-bf16
+    dispatch::Instance<0x400au>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4010u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4011u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4012u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8row
+    dispatch::Instance<0x4014u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x4015u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-bf16
+    dispatch::Instance<0x4016u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8row
+    dispatch::Instance<0x4018u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x4019u>,
+    // qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-bf16
+    dispatch::Instance<0x401au>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4200u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4201u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4202u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8row
+    dispatch::Instance<0x4204u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x4205u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-bf16
+    dispatch::Instance<0x4206u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8row
+    dispatch::Instance<0x4208u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x4209u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-bf16
+    dispatch::Instance<0x420au>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4210u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4211u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4212u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8row
+    dispatch::Instance<0x4214u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x4215u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-bf16
+    dispatch::Instance<0x4216u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8row
+    dispatch::Instance<0x4218u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x4219u>,
+    // qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-bf16
+    dispatch::Instance<0x421au>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4800u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4801u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4802u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4810u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4811u>,
+    // qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4812u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4a00u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4a01u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4a02u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x4a10u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x4a11u>,
+    // qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x4a12u>,
     // dense_mlp.host.gemm-asm.ar-separate.w-mxfp4
-    dispatch::Instance<0x1800u>,
+    dispatch::Instance<0x6000u>,
     // dense_mlp.host.gemm-asm.ar-separate.w-fp8
-    dispatch::Instance<0x1801u>,
+    dispatch::Instance<0x6004u>,
     // dense_mlp.host.gemm-asm.ar-separate.w-bf16
-    dispatch::Instance<0x1802u>,
+    dispatch::Instance<0x6008u>,
     // dense_mlp.host.gemm-asm.ar-fused.w-mxfp4
-    dispatch::Instance<0x1880u>,
+    dispatch::Instance<0x6200u>,
     // dense_mlp.host.gemm-asm.ar-fused.w-fp8
-    dispatch::Instance<0x1881u>,
+    dispatch::Instance<0x6204u>,
     // dense_mlp.host.gemm-asm.ar-fused.w-bf16
-    dispatch::Instance<0x1882u>,
+    dispatch::Instance<0x6208u>,
     // dense_mlp.host.gemm-triton.ar-separate.w-mxfp4
-    dispatch::Instance<0x1a00u>,
+    dispatch::Instance<0x6800u>,
     // dense_mlp.host.gemm-triton.ar-fused.w-mxfp4
-    dispatch::Instance<0x1a80u>>;
+    dispatch::Instance<0x6a00u>>;
 using gpu = std::tuple<
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x400u>,
+    dispatch::Instance<0x1000u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x401u>,
+    dispatch::Instance<0x1004u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x402u>,
+    dispatch::Instance<0x1008u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x410u>,
+    dispatch::Instance<0x1040u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x411u>,
+    dispatch::Instance<0x1044u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x412u>,
+    dispatch::Instance<0x1048u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x420u>,
+    dispatch::Instance<0x1080u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x421u>,
+    dispatch::Instance<0x1084u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x440u>,
+    dispatch::Instance<0x1100u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x441u>,
+    dispatch::Instance<0x1104u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x450u>,
+    dispatch::Instance<0x1140u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x451u>,
+    dispatch::Instance<0x1144u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x460u>,
+    dispatch::Instance<0x1180u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x461u>,
+    dispatch::Instance<0x1184u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x480u>,
+    dispatch::Instance<0x1200u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x481u>,
+    dispatch::Instance<0x1204u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x482u>,
+    dispatch::Instance<0x1208u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x490u>,
+    dispatch::Instance<0x1240u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x491u>,
+    dispatch::Instance<0x1244u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x492u>,
+    dispatch::Instance<0x1248u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x4a0u>,
+    dispatch::Instance<0x1280u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x4a1u>,
+    dispatch::Instance<0x1284u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x4c0u>,
+    dispatch::Instance<0x1300u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x4c1u>,
+    dispatch::Instance<0x1304u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x4d0u>,
+    dispatch::Instance<0x1340u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x4d1u>,
+    dispatch::Instance<0x1344u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x4e0u>,
+    dispatch::Instance<0x1380u>,
     // mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x4e1u>,
+    dispatch::Instance<0x1384u>,
     // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x500u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x501u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x502u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x510u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x511u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x512u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x520u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x521u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x540u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x541u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x550u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x551u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x560u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x561u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x580u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
-    dispatch::Instance<0x581u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
-    dispatch::Instance<0x582u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x590u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
-    dispatch::Instance<0x591u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
-    dispatch::Instance<0x592u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x5a0u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
-    dispatch::Instance<0x5a1u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x5c0u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
-    dispatch::Instance<0x5c1u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x5d0u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
-    dispatch::Instance<0x5d1u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x5e0u>,
-    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
-    dispatch::Instance<0x5e1u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x600u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x610u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x620u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x640u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x650u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x660u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x680u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x690u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x6a0u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x6c0u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x6d0u>,
-    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x6e0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x700u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x710u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x720u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x740u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x750u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x760u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
-    dispatch::Instance<0x780u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
-    dispatch::Instance<0x790u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x7a0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
-    dispatch::Instance<0x7c0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
-    dispatch::Instance<0x7d0u>,
-    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
-    dispatch::Instance<0x7e0u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
-    dispatch::Instance<0xc00u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8
-    dispatch::Instance<0xc01u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16
-    dispatch::Instance<0xc02u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4
-    dispatch::Instance<0xc08u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8
-    dispatch::Instance<0xc09u>,
-    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16
-    dispatch::Instance<0xc0au>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4
-    dispatch::Instance<0xc80u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8
-    dispatch::Instance<0xc81u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16
-    dispatch::Instance<0xc82u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
-    dispatch::Instance<0xc88u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8
-    dispatch::Instance<0xc89u>,
-    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16
-    dispatch::Instance<0xc8au>,
-    // moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4
-    dispatch::Instance<0xe00u>,
-    // moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4
-    dispatch::Instance<0xe08u>,
-    // moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4
-    dispatch::Instance<0xe80u>,
-    // moe_block.gpu.gemm-triton.ar-fused.moe-dual.w-mxfp4
-    dispatch::Instance<0xe88u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4
     dispatch::Instance<0x1400u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8
-    dispatch::Instance<0x1401u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16
-    dispatch::Instance<0x1402u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8
     dispatch::Instance<0x1404u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8
-    dispatch::Instance<0x1405u>,
-    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16
-    dispatch::Instance<0x1406u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x1408u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x1440u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x1444u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x1448u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x1480u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8
-    dispatch::Instance<0x1481u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16
-    dispatch::Instance<0x1482u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8
     dispatch::Instance<0x1484u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8
-    dispatch::Instance<0x1485u>,
-    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16
-    dispatch::Instance<0x1486u>,
-    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x1500u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x1504u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x1540u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x1544u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1580u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x1584u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x1600u>,
-    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8
     dispatch::Instance<0x1604u>,
-    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16
+    dispatch::Instance<0x1608u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x1640u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8
+    dispatch::Instance<0x1644u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16
+    dispatch::Instance<0x1648u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x1680u>,
-    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8
     dispatch::Instance<0x1684u>,
-    // dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x1700u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8
+    dispatch::Instance<0x1704u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x1740u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8
+    dispatch::Instance<0x1744u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1780u>,
+    // mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8
+    dispatch::Instance<0x1784u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x1800u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x1840u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1880u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x1900u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x1940u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1980u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4
+    dispatch::Instance<0x1a00u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x1a40u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1a80u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x1b00u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x1b40u>,
+    // mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1b80u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x1c00u>,
-    // dense_mlp.gpu.gemm-asm.ar-separate.w-fp8
-    dispatch::Instance<0x1c01u>,
-    // dense_mlp.gpu.gemm-asm.ar-separate.w-bf16
-    dispatch::Instance<0x1c02u>,
-    // dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x1c40u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4
     dispatch::Instance<0x1c80u>,
-    // dense_mlp.gpu.gemm-asm.ar-fused.w-fp8
-    dispatch::Instance<0x1c81u>,
-    // dense_mlp.gpu.gemm-asm.ar-fused.w-bf16
-    dispatch::Instance<0x1c82u>,
-    // dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x1d00u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x1d40u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1d80u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4
     dispatch::Instance<0x1e00u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4
+    dispatch::Instance<0x1e40u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1e80u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4
+    dispatch::Instance<0x1f00u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4
+    dispatch::Instance<0x1f40u>,
+    // mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4
+    dispatch::Instance<0x1f80u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0x3000u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8
+    dispatch::Instance<0x3004u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16
+    dispatch::Instance<0x3008u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0x3020u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8
+    dispatch::Instance<0x3024u>,
+    // moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16
+    dispatch::Instance<0x3028u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0x3200u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8
+    dispatch::Instance<0x3204u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16
+    dispatch::Instance<0x3208u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0x3220u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8
+    dispatch::Instance<0x3224u>,
+    // moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16
+    dispatch::Instance<0x3228u>,
+    // moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4
+    dispatch::Instance<0x3800u>,
+    // moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4
+    dispatch::Instance<0x3820u>,
+    // moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4
+    dispatch::Instance<0x3a00u>,
+    // moe_block.gpu.gemm-triton.ar-fused.moe-dual.w-mxfp4
+    dispatch::Instance<0x3a20u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5000u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5001u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5002u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8row
+    dispatch::Instance<0x5004u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x5005u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-bf16
+    dispatch::Instance<0x5006u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8row
+    dispatch::Instance<0x5008u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x5009u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-bf16
+    dispatch::Instance<0x500au>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5010u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5011u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5012u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8row
+    dispatch::Instance<0x5014u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x5015u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-bf16
+    dispatch::Instance<0x5016u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8row
+    dispatch::Instance<0x5018u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x5019u>,
+    // qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-bf16
+    dispatch::Instance<0x501au>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5200u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5201u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5202u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8row
+    dispatch::Instance<0x5204u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x5205u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-bf16
+    dispatch::Instance<0x5206u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8row
+    dispatch::Instance<0x5208u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x5209u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-bf16
+    dispatch::Instance<0x520au>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5210u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5211u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5212u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8row
+    dispatch::Instance<0x5214u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8tensor
+    dispatch::Instance<0x5215u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-bf16
+    dispatch::Instance<0x5216u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8row
+    dispatch::Instance<0x5218u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8tensor
+    dispatch::Instance<0x5219u>,
+    // qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-bf16
+    dispatch::Instance<0x521au>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5800u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5801u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5802u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5810u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5811u>,
+    // qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5812u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5a00u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5a01u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5a02u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row
+    dispatch::Instance<0x5a10u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor
+    dispatch::Instance<0x5a11u>,
+    // qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-bf16
+    dispatch::Instance<0x5a12u>,
+    // dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4
+    dispatch::Instance<0x7000u>,
+    // dense_mlp.gpu.gemm-asm.ar-separate.w-fp8
+    dispatch::Instance<0x7004u>,
+    // dense_mlp.gpu.gemm-asm.ar-separate.w-bf16
+    dispatch::Instance<0x7008u>,
+    // dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4
+    dispatch::Instance<0x7200u>,
+    // dense_mlp.gpu.gemm-asm.ar-fused.w-fp8
+    dispatch::Instance<0x7204u>,
+    // dense_mlp.gpu.gemm-asm.ar-fused.w-bf16
+    dispatch::Instance<0x7208u>,
+    // dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4
+    dispatch::Instance<0x7800u>,
     // dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4
-    dispatch::Instance<0x1e80u>>;
+    dispatch::Instance<0x7a00u>>;
 // clang-format on
 
 }  // namespace atom::instances

@@ -390,69 +390,197 @@ void moe_block_gpu_gemm_triton_ar_fused_moe_single_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
 void moe_block_gpu_gemm_triton_ar_fused_moe_dual_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::moe_block>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8row(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
-void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4(
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_bf16(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor(
+    const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
+void qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_bf16(
     const pipeline::RunArgs<policy::PipelineId::qwen3_attention>&);
 void dense_mlp_host_gemm_asm_ar_separate_w_mxfp4(
     const pipeline::RunArgs<policy::PipelineId::dense_mlp>&);
@@ -496,339 +624,344 @@ table<policy::PipelineId::mla_attention>() {
   static constexpr Entry<policy::PipelineId::mla_attention> rows[] = {
       {0x0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8",
+      {0x4u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_fp8},
-      {0x2u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16",
+      {0x8u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_bf16},
-      {0x10u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x40u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x11u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8",
+      {0x44u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_fp8},
-      {0x12u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16",
+      {0x48u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_bf16},
-      {0x20u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x80u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x21u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+      {0x84u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_fp8},
-      {0x40u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x100u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x41u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8",
+      {0x104u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_fp8},
-      {0x50u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x140u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x51u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8",
+      {0x144u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_fp8},
-      {0x60u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x180u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x61u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+      {0x184u, "mla_attention.host.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_fp8},
-      {0x80u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0x200u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x81u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8",
+      {0x204u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_fp8},
-      {0x82u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16",
+      {0x208u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_bf16},
-      {0x90u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0x240u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x91u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8",
+      {0x244u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_fp8},
-      {0x92u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16",
+      {0x248u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_bf16},
-      {0xa0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x280u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0xa1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+      {0x284u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_fp8},
-      {0xc0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0x300u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0xc1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8",
+      {0x304u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_fp8},
-      {0xd0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0x340u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0xd1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8",
+      {0x344u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_fp8},
-      {0xe0u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x380u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0xe1u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+      {0x384u, "mla_attention.host.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_fp8},
-      {0x100u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
+      {0x400u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x101u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8",
+      {0x404u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_fp8},
-      {0x102u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16",
+      {0x408u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_bf16},
-      {0x110u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x440u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x111u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8",
+      {0x444u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_fp8},
-      {0x112u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16",
+      {0x448u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_bf16},
-      {0x120u,
+      {0x480u,
        "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x121u,
+      {0x484u,
        "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_fp8},
-      {0x140u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x500u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x141u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8",
+      {0x504u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_fp8},
-      {0x150u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x540u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x151u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8",
+      {0x544u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_fp8},
-      {0x160u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x580u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x161u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+      {0x584u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_fp8},
-      {0x180u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0x600u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x181u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8",
+      {0x604u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_fp8},
-      {0x182u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16",
+      {0x608u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_bf16},
-      {0x190u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0x640u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x191u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8",
+      {0x644u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_fp8},
-      {0x192u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16",
+      {0x648u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_bf16},
-      {0x1a0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x680u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x1a1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+      {0x684u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_fp8},
-      {0x1c0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0x700u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x1c1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8",
+      {0x704u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_fp8},
-      {0x1d0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0x740u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x1d1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8",
+      {0x744u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_fp8},
-      {0x1e0u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x780u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x1e1u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+      {0x784u, "mla_attention.host.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_host_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_fp8},
-      {0x200u,
+      {0x800u,
        "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x210u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x840u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x220u,
+      {0x880u,
        "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x240u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x900u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x250u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x940u, "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x260u,
+      {0x980u,
        "mla_attention.host.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x280u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0xa00u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x290u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0xa40u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x2a0u,
+      {0xa80u,
        "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x2c0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0xb00u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x2d0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0xb40u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x2e0u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0xb80u, "mla_attention.host.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x300u,
+      {0xc00u,
        "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x310u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0xc40u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x320u,
+      {0xc80u,
        "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x340u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0xd00u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x350u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0xd40u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x360u,
+      {0xd80u,
        "mla_attention.host.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x380u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0xe00u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x390u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0xe40u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x3a0u,
+      {0xe80u,
        "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x3c0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0xf00u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x3d0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0xf40u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x3e0u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0xf80u, "mla_attention.host.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_host_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x400u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
+      {0x1000u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x401u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8",
+      {0x1004u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_fp8},
-      {0x402u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16",
+      {0x1008u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-separate.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_separate_w_bf16},
-      {0x410u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x1040u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x411u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8",
+      {0x1044u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_fp8},
-      {0x412u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16",
+      {0x1048u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_w_bf16},
-      {0x420u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x1080u,
+       "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x421u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+      {0x1084u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_fp8},
-      {0x440u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x1100u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x441u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8",
+      {0x1104u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_separate_w_fp8},
-      {0x450u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x1140u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x451u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8",
+      {0x1144u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_w_fp8},
-      {0x460u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1180u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x461u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+      {0x1184u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_fp8},
-      {0x480u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0x1200u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x481u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8",
+      {0x1204u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_fp8},
-      {0x482u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16",
+      {0x1208u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-separate.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_separate_w_bf16},
-      {0x490u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0x1240u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x491u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8",
+      {0x1244u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_fp8},
-      {0x492u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16",
+      {0x1248u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_w_bf16},
-      {0x4a0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x1280u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x4a1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+      {0x1284u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_fp8},
-      {0x4c0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0x1300u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x4c1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8",
+      {0x1304u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_separate_w_fp8},
-      {0x4d0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0x1340u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x4d1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8",
+      {0x1344u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_w_fp8},
-      {0x4e0u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1380u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x4e1u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+      {0x1384u, "mla_attention.gpu.gemm-asm.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_fp8},
-      {0x500u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
+      {0x1400u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x501u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8",
+      {0x1404u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_fp8},
-      {0x502u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16",
+      {0x1408u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_bf16},
-      {0x510u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x1440u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x511u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8",
+      {0x1444u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_fp8},
-      {0x512u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16",
+      {0x1448u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_bf16},
-      {0x520u,
+      {0x1480u,
        "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x521u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8",
+      {0x1484u,
+       "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_fp8},
-      {0x540u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x1500u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x541u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8",
+      {0x1504u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_fp8},
-      {0x550u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x1540u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x551u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8",
+      {0x1544u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_fp8},
-      {0x560u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1580u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x561u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8",
+      {0x1584u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_fp8},
-      {0x580u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0x1600u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x581u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8",
+      {0x1604u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_fp8},
-      {0x582u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16",
+      {0x1608u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_bf16},
-      {0x590u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0x1640u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x591u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8",
+      {0x1644u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_fp8},
-      {0x592u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16",
+      {0x1648u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-bf16",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_bf16},
-      {0x5a0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x1680u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x5a1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8",
+      {0x1684u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_fp8},
-      {0x5c0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0x1700u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x5c1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8",
+      {0x1704u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_fp8},
-      {0x5d0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0x1740u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x5d1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8",
+      {0x1744u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_fp8},
-      {0x5e0u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1780u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x5e1u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8",
+      {0x1784u, "mla_attention.gpu.gemm-asm.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-fp8",
        &mla_attention_gpu_gemm_asm_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_fp8},
-      {0x600u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
+      {0x1800u,
+       "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x610u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x1840u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x620u,
+      {0x1880u,
        "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x640u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x1900u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x650u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x1940u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x660u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1980u,
+       "mla_attention.gpu.gemm-triton.bmm-fp8.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x680u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0x1a00u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x690u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0x1a40u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x6a0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
+      {0x1a80u,
+       "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x6c0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0x1b00u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x6d0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0x1b40u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x6e0u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1b80u, "mla_attention.gpu.gemm-triton.bmm-fp8.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_fp8_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x700u,
+      {0x1c00u,
        "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_separate_w_mxfp4},
-      {0x710u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
+      {0x1c40u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_w_mxfp4},
-      {0x720u,
+      {0x1c80u,
        "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x740u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
+      {0x1d00u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_separate_w_mxfp4},
-      {0x750u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
+      {0x1d40u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_w_mxfp4},
-      {0x760u,
+      {0x1d80u,
        "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-separate.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_separate_inq_fused_qk_fused_quant_w_mxfp4},
-      {0x780u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
+      {0x1e00u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_separate_w_mxfp4},
-      {0x790u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
+      {0x1e40u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_w_mxfp4},
-      {0x7a0u,
+      {0x1e80u,
        "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-separate.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_separate_qk_fused_quant_w_mxfp4},
-      {0x7c0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
+      {0x1f00u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-separate.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_separate_w_mxfp4},
-      {0x7d0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
+      {0x1f40u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_w_mxfp4},
-      {0x7e0u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
+      {0x1f80u, "mla_attention.gpu.gemm-triton.bmm-mxfp4.ar-fused.inq-fused.qk-fused_quant.w-mxfp4",
        &mla_attention_gpu_gemm_triton_bmm_mxfp4_ar_fused_inq_fused_qk_fused_quant_w_mxfp4},
   };
   return rows;
@@ -838,69 +971,69 @@ template <>
 std::span<const Entry<policy::PipelineId::moe_block>> table<policy::PipelineId::moe_block>() {
   using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::moe_block> rows[] = {
-      {0x800u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4",
+      {0x2000u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-mxfp4",
        &moe_block_host_gemm_asm_ar_separate_moe_single_w_mxfp4},
-      {0x801u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8",
+      {0x2004u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-fp8",
        &moe_block_host_gemm_asm_ar_separate_moe_single_w_fp8},
-      {0x802u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16",
+      {0x2008u, "moe_block.host.gemm-asm.ar-separate.moe-single.w-bf16",
        &moe_block_host_gemm_asm_ar_separate_moe_single_w_bf16},
-      {0x808u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-mxfp4",
+      {0x2020u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-mxfp4",
        &moe_block_host_gemm_asm_ar_separate_moe_dual_w_mxfp4},
-      {0x809u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-fp8",
+      {0x2024u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-fp8",
        &moe_block_host_gemm_asm_ar_separate_moe_dual_w_fp8},
-      {0x80au, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-bf16",
+      {0x2028u, "moe_block.host.gemm-asm.ar-separate.moe-dual.w-bf16",
        &moe_block_host_gemm_asm_ar_separate_moe_dual_w_bf16},
-      {0x880u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-mxfp4",
+      {0x2200u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-mxfp4",
        &moe_block_host_gemm_asm_ar_fused_moe_single_w_mxfp4},
-      {0x881u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-fp8",
+      {0x2204u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-fp8",
        &moe_block_host_gemm_asm_ar_fused_moe_single_w_fp8},
-      {0x882u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-bf16",
+      {0x2208u, "moe_block.host.gemm-asm.ar-fused.moe-single.w-bf16",
        &moe_block_host_gemm_asm_ar_fused_moe_single_w_bf16},
-      {0x888u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-mxfp4",
+      {0x2220u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-mxfp4",
        &moe_block_host_gemm_asm_ar_fused_moe_dual_w_mxfp4},
-      {0x889u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8",
+      {0x2224u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-fp8",
        &moe_block_host_gemm_asm_ar_fused_moe_dual_w_fp8},
-      {0x88au, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16",
+      {0x2228u, "moe_block.host.gemm-asm.ar-fused.moe-dual.w-bf16",
        &moe_block_host_gemm_asm_ar_fused_moe_dual_w_bf16},
-      {0xa00u, "moe_block.host.gemm-triton.ar-separate.moe-single.w-mxfp4",
+      {0x2800u, "moe_block.host.gemm-triton.ar-separate.moe-single.w-mxfp4",
        &moe_block_host_gemm_triton_ar_separate_moe_single_w_mxfp4},
-      {0xa08u, "moe_block.host.gemm-triton.ar-separate.moe-dual.w-mxfp4",
+      {0x2820u, "moe_block.host.gemm-triton.ar-separate.moe-dual.w-mxfp4",
        &moe_block_host_gemm_triton_ar_separate_moe_dual_w_mxfp4},
-      {0xa80u, "moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4",
+      {0x2a00u, "moe_block.host.gemm-triton.ar-fused.moe-single.w-mxfp4",
        &moe_block_host_gemm_triton_ar_fused_moe_single_w_mxfp4},
-      {0xa88u, "moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4",
+      {0x2a20u, "moe_block.host.gemm-triton.ar-fused.moe-dual.w-mxfp4",
        &moe_block_host_gemm_triton_ar_fused_moe_dual_w_mxfp4},
-      {0xc00u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4",
+      {0x3000u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_mxfp4},
-      {0xc01u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8",
+      {0x3004u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-fp8",
        &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_fp8},
-      {0xc02u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16",
+      {0x3008u, "moe_block.gpu.gemm-asm.ar-separate.moe-single.w-bf16",
        &moe_block_gpu_gemm_asm_ar_separate_moe_single_w_bf16},
-      {0xc08u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4",
+      {0x3020u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_mxfp4},
-      {0xc09u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8",
+      {0x3024u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-fp8",
        &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_fp8},
-      {0xc0au, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16",
+      {0x3028u, "moe_block.gpu.gemm-asm.ar-separate.moe-dual.w-bf16",
        &moe_block_gpu_gemm_asm_ar_separate_moe_dual_w_bf16},
-      {0xc80u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4",
+      {0x3200u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_mxfp4},
-      {0xc81u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8",
+      {0x3204u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-fp8",
        &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_fp8},
-      {0xc82u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16",
+      {0x3208u, "moe_block.gpu.gemm-asm.ar-fused.moe-single.w-bf16",
        &moe_block_gpu_gemm_asm_ar_fused_moe_single_w_bf16},
-      {0xc88u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4",
+      {0x3220u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-mxfp4",
        &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_mxfp4},
-      {0xc89u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8",
+      {0x3224u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-fp8",
        &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_fp8},
-      {0xc8au, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16",
+      {0x3228u, "moe_block.gpu.gemm-asm.ar-fused.moe-dual.w-bf16",
        &moe_block_gpu_gemm_asm_ar_fused_moe_dual_w_bf16},
-      {0xe00u, "moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4",
+      {0x3800u, "moe_block.gpu.gemm-triton.ar-separate.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_triton_ar_separate_moe_single_w_mxfp4},
-      {0xe08u, "moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4",
+      {0x3820u, "moe_block.gpu.gemm-triton.ar-separate.moe-dual.w-mxfp4",
        &moe_block_gpu_gemm_triton_ar_separate_moe_dual_w_mxfp4},
-      {0xe80u, "moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4",
+      {0x3a00u, "moe_block.gpu.gemm-triton.ar-fused.moe-single.w-mxfp4",
        &moe_block_gpu_gemm_triton_ar_fused_moe_single_w_mxfp4},
-      {0xe88u, "moe_block.gpu.gemm-triton.ar-fused.moe-dual.w-mxfp4",
+      {0x3a20u, "moe_block.gpu.gemm-triton.ar-fused.moe-dual.w-mxfp4",
        &moe_block_gpu_gemm_triton_ar_fused_moe_dual_w_mxfp4},
   };
   return rows;
@@ -911,70 +1044,198 @@ std::span<const Entry<policy::PipelineId::qwen3_attention>>
 table<policy::PipelineId::qwen3_attention>() {
   using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::qwen3_attention> rows[] = {
-      {0x1000u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4},
-      {0x1001u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8},
-      {0x1002u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16},
-      {0x1004u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4},
-      {0x1005u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8},
-      {0x1006u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16",
-       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16},
-      {0x1080u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4},
-      {0x1081u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8},
-      {0x1082u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16},
-      {0x1084u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4},
-      {0x1085u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8},
-      {0x1086u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16",
-       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16},
-      {0x1200u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4",
-       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4},
-      {0x1204u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4",
-       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4},
-      {0x1280u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4",
-       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4},
-      {0x1284u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4",
-       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4},
-      {0x1400u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4},
-      {0x1401u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8},
-      {0x1402u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16},
-      {0x1404u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4},
-      {0x1405u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8},
-      {0x1406u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16",
-       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16},
-      {0x1480u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4},
-      {0x1481u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8},
-      {0x1482u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16},
-      {0x1484u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4},
-      {0x1485u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8},
-      {0x1486u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16",
-       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16},
-      {0x1600u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4",
-       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4},
-      {0x1604u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4",
-       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4},
-      {0x1680u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4",
-       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4},
-      {0x1684u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4",
-       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4},
+      {0x4000u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x4001u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x4002u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x4004u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8row},
+      {0x4005u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8tensor},
+      {0x4006u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_bf16},
+      {0x4008u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8row},
+      {0x4009u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8tensor},
+      {0x400au, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_bf16},
+      {0x4010u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x4011u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x4012u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x4014u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8row},
+      {0x4015u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8tensor},
+      {0x4016u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_bf16},
+      {0x4018u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8row},
+      {0x4019u, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8tensor},
+      {0x401au, "qwen3_attention.host.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_bf16},
+      {0x4200u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x4201u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x4202u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x4204u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8row},
+      {0x4205u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8tensor},
+      {0x4206u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_bf16},
+      {0x4208u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8row},
+      {0x4209u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8tensor},
+      {0x420au, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_bf16},
+      {0x4210u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x4211u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x4212u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x4214u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8row},
+      {0x4215u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8tensor},
+      {0x4216u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_bf16},
+      {0x4218u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8row",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8row},
+      {0x4219u, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8tensor",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8tensor},
+      {0x421au, "qwen3_attention.host.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-bf16",
+       &qwen3_attention_host_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_bf16},
+      {0x4800u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x4801u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x4802u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x4810u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x4811u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x4812u, "qwen3_attention.host.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x4a00u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x4a01u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x4a02u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x4a10u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x4a11u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x4a12u, "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_host_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x5000u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x5001u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x5002u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x5004u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8row},
+      {0x5005u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_fp8tensor},
+      {0x5006u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-fp8.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_fp8_kv_bf16},
+      {0x5008u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8row},
+      {0x5009u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_fp8tensor},
+      {0x500au, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-separate.w-bf16.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_separate_w_bf16_kv_bf16},
+      {0x5010u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x5011u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x5012u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x5014u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8row},
+      {0x5015u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_fp8tensor},
+      {0x5016u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-fp8.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_fp8_kv_bf16},
+      {0x5018u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8row},
+      {0x5019u, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_fp8tensor},
+      {0x501au, "qwen3_attention.gpu.gemm-asm.ar-separate.qkrc-fused.w-bf16.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_separate_qkrc_fused_w_bf16_kv_bf16},
+      {0x5200u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x5201u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x5202u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x5204u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8row},
+      {0x5205u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_fp8tensor},
+      {0x5206u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-fp8.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_fp8_kv_bf16},
+      {0x5208u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8row},
+      {0x5209u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_fp8tensor},
+      {0x520au, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-separate.w-bf16.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_separate_w_bf16_kv_bf16},
+      {0x5210u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x5211u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x5212u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x5214u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8row},
+      {0x5215u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_fp8tensor},
+      {0x5216u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-fp8.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_fp8_kv_bf16},
+      {0x5218u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8row",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8row},
+      {0x5219u, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_fp8tensor},
+      {0x521au, "qwen3_attention.gpu.gemm-asm.ar-fused.qkrc-fused.w-bf16.kv-bf16",
+       &qwen3_attention_gpu_gemm_asm_ar_fused_qkrc_fused_w_bf16_kv_bf16},
+      {0x5800u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x5801u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x5802u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x5810u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x5811u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x5812u, "qwen3_attention.gpu.gemm-triton.ar-separate.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_triton_ar_separate_qkrc_fused_w_mxfp4_kv_bf16},
+      {0x5a00u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8row},
+      {0x5a01u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_fp8tensor},
+      {0x5a02u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-separate.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_separate_w_mxfp4_kv_bf16},
+      {0x5a10u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8row},
+      {0x5a11u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8tensor",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_fp8tensor},
+      {0x5a12u, "qwen3_attention.gpu.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-bf16",
+       &qwen3_attention_gpu_gemm_triton_ar_fused_qkrc_fused_w_mxfp4_kv_bf16},
   };
   return rows;
 }
@@ -983,34 +1244,34 @@ template <>
 std::span<const Entry<policy::PipelineId::dense_mlp>> table<policy::PipelineId::dense_mlp>() {
   using namespace instances;  // the run functions declared above
   static constexpr Entry<policy::PipelineId::dense_mlp> rows[] = {
-      {0x1800u, "dense_mlp.host.gemm-asm.ar-separate.w-mxfp4",
+      {0x6000u, "dense_mlp.host.gemm-asm.ar-separate.w-mxfp4",
        &dense_mlp_host_gemm_asm_ar_separate_w_mxfp4},
-      {0x1801u, "dense_mlp.host.gemm-asm.ar-separate.w-fp8",
+      {0x6004u, "dense_mlp.host.gemm-asm.ar-separate.w-fp8",
        &dense_mlp_host_gemm_asm_ar_separate_w_fp8},
-      {0x1802u, "dense_mlp.host.gemm-asm.ar-separate.w-bf16",
+      {0x6008u, "dense_mlp.host.gemm-asm.ar-separate.w-bf16",
        &dense_mlp_host_gemm_asm_ar_separate_w_bf16},
-      {0x1880u, "dense_mlp.host.gemm-asm.ar-fused.w-mxfp4",
+      {0x6200u, "dense_mlp.host.gemm-asm.ar-fused.w-mxfp4",
        &dense_mlp_host_gemm_asm_ar_fused_w_mxfp4},
-      {0x1881u, "dense_mlp.host.gemm-asm.ar-fused.w-fp8", &dense_mlp_host_gemm_asm_ar_fused_w_fp8},
-      {0x1882u, "dense_mlp.host.gemm-asm.ar-fused.w-bf16",
+      {0x6204u, "dense_mlp.host.gemm-asm.ar-fused.w-fp8", &dense_mlp_host_gemm_asm_ar_fused_w_fp8},
+      {0x6208u, "dense_mlp.host.gemm-asm.ar-fused.w-bf16",
        &dense_mlp_host_gemm_asm_ar_fused_w_bf16},
-      {0x1a00u, "dense_mlp.host.gemm-triton.ar-separate.w-mxfp4",
+      {0x6800u, "dense_mlp.host.gemm-triton.ar-separate.w-mxfp4",
        &dense_mlp_host_gemm_triton_ar_separate_w_mxfp4},
-      {0x1a80u, "dense_mlp.host.gemm-triton.ar-fused.w-mxfp4",
+      {0x6a00u, "dense_mlp.host.gemm-triton.ar-fused.w-mxfp4",
        &dense_mlp_host_gemm_triton_ar_fused_w_mxfp4},
-      {0x1c00u, "dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4",
+      {0x7000u, "dense_mlp.gpu.gemm-asm.ar-separate.w-mxfp4",
        &dense_mlp_gpu_gemm_asm_ar_separate_w_mxfp4},
-      {0x1c01u, "dense_mlp.gpu.gemm-asm.ar-separate.w-fp8",
+      {0x7004u, "dense_mlp.gpu.gemm-asm.ar-separate.w-fp8",
        &dense_mlp_gpu_gemm_asm_ar_separate_w_fp8},
-      {0x1c02u, "dense_mlp.gpu.gemm-asm.ar-separate.w-bf16",
+      {0x7008u, "dense_mlp.gpu.gemm-asm.ar-separate.w-bf16",
        &dense_mlp_gpu_gemm_asm_ar_separate_w_bf16},
-      {0x1c80u, "dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4",
+      {0x7200u, "dense_mlp.gpu.gemm-asm.ar-fused.w-mxfp4",
        &dense_mlp_gpu_gemm_asm_ar_fused_w_mxfp4},
-      {0x1c81u, "dense_mlp.gpu.gemm-asm.ar-fused.w-fp8", &dense_mlp_gpu_gemm_asm_ar_fused_w_fp8},
-      {0x1c82u, "dense_mlp.gpu.gemm-asm.ar-fused.w-bf16", &dense_mlp_gpu_gemm_asm_ar_fused_w_bf16},
-      {0x1e00u, "dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4",
+      {0x7204u, "dense_mlp.gpu.gemm-asm.ar-fused.w-fp8", &dense_mlp_gpu_gemm_asm_ar_fused_w_fp8},
+      {0x7208u, "dense_mlp.gpu.gemm-asm.ar-fused.w-bf16", &dense_mlp_gpu_gemm_asm_ar_fused_w_bf16},
+      {0x7800u, "dense_mlp.gpu.gemm-triton.ar-separate.w-mxfp4",
        &dense_mlp_gpu_gemm_triton_ar_separate_w_mxfp4},
-      {0x1e80u, "dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4",
+      {0x7a00u, "dense_mlp.gpu.gemm-triton.ar-fused.w-mxfp4",
        &dense_mlp_gpu_gemm_triton_ar_fused_w_mxfp4},
   };
   return rows;

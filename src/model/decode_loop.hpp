@@ -28,6 +28,41 @@ pipeline::LayerBlockWeights block_weights(const pipeline::ModelConfig& m, const 
   return pipeline::block_weights(m, pipeline::layer_kind(m, l.index), w);
 }
 
+// An empty (zeroed) GQA cache of `blocks` blocks of kv_heads heads in format f, from `mem`; an
+// fp8_tensor cache's two scales are `tensor_scale` (1: the scale an engine's FP8 cache uses where
+// the checkpoint calibrates none).
+template <class Memory>
+ops::AnyKvCache alloc_kv_cache(Memory& mem, ops::KvCacheFormat f, index_t blocks, index_t bs,
+                               index_t kv_heads, index_t head_dim, float tensor_scale = 1.0f) {
+  const auto rows = [&]<class T>() {
+    return make_view(
+        mem.template alloc<T>(static_cast<std::size_t>(blocks * bs * kv_heads * head_dim)), blocks,
+        bs, kv_heads, head_dim);
+  };
+  const auto scales = [&] {
+    return make_view(mem.template alloc<float>(static_cast<std::size_t>(blocks * bs * kv_heads)),
+                     blocks, bs, kv_heads);
+  };
+  const auto tensor_scale_in_mem = [&] {
+    float* p = mem.template alloc<float>(1);
+    mem.put(p, std::vector<float>{tensor_scale});
+    return p;
+  };
+  using ops::KvCacheFormat;
+  switch (f) {
+    case KvCacheFormat::fp8_row:
+      return ops::KvCacheFp8{rows.template operator()<fp8_e4m3>(),
+                             rows.template operator()<fp8_e4m3>(), scales(), scales()};
+    case KvCacheFormat::fp8_tensor:
+      return ops::per_tensor_fp8_cache(rows.template operator()<fp8_e4m3>(),
+                                       rows.template operator()<fp8_e4m3>(), tensor_scale_in_mem(),
+                                       tensor_scale_in_mem());
+    case KvCacheFormat::bf16:
+      return ops::bf16_cache(rows.template operator()<bf16>(), rows.template operator()<bf16>());
+  }
+  throw std::invalid_argument("unknown KV cache format");
+}
+
 template <class Memory>
 std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m,
                                      const std::vector<DecodeLayer>& layers,
@@ -64,7 +99,7 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
     pipeline::LayerHandles handles;
     bool moe;
     View3<bf16> mla_cache;
-    ops::KvCacheFp8 kv_cache;
+    ops::AnyKvCache kv_cache;
   };
   std::vector<Layer> run;
   std::vector<LayerOutput> out;
@@ -82,12 +117,8 @@ std::vector<LayerOutput> decode_with(Memory& mem, const pipeline::ModelConfig& m
     } else {
       const index_t kvh =
           pipeline::attention_split(m, pipeline::tp_shape(tp), attention_format).kv_heads.count;
-      const index_t d = m.head_dim;
-      const auto n = u(blocks * bs * kvh * d);
-      r.kv_cache = {make_view(mem.template alloc<fp8_e4m3>(n), blocks, bs, kvh, d),
-                    make_view(mem.template alloc<fp8_e4m3>(n), blocks, bs, kvh, d),
-                    make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh),
-                    make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh)};
+      r.kv_cache =
+          alloc_kv_cache(mem, point.get<policy::KvCacheFormat>(), blocks, bs, kvh, m.head_dim);
     }
     LayerOutput o;
     o.index = l.index;

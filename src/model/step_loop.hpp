@@ -159,18 +159,7 @@ class StepLoop {
         r.mla_cache = make_view(mem.template alloc<bf16>(u(blocks * bs * row)), blocks, bs, row);
         fill(make_view(r.mla_cache.data, blocks * bs * row), seed, -1.0f, 1.0f);
       } else {
-        const index_t kvh = m.num_kv_heads;
-        const index_t d = m.head_dim;
-        const index_t codes = blocks * bs * kvh * d;
-        r.kv_cache = {make_view(mem.template alloc<fp8_e4m3>(u(codes)), blocks, bs, kvh, d),
-                      make_view(mem.template alloc<fp8_e4m3>(u(codes)), blocks, bs, kvh, d),
-                      make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh),
-                      make_view(mem.template alloc<float>(u(blocks * bs * kvh)), blocks, bs, kvh)};
-        fill(make_view(r.kv_cache.key.data, codes), seed, -448.0f, 448.0f);
-        fill(make_view(r.kv_cache.value.data, codes), seed + 1, -448.0f, 448.0f);
-        // Scales as the writer makes them for rows of magnitude about 1: amax / 448.
-        fill(make_view(r.kv_cache.key_scale.data, blocks * bs * kvh), seed + 2, 1e-3f, 4e-3f);
-        fill(make_view(r.kv_cache.value_scale.data, blocks * bs * kvh), seed + 3, 1e-3f, 4e-3f);
+        r.kv_cache = random_kv_cache(m, blocks, seed);
       }
       layers_.push_back(std::move(r));
     }
@@ -238,7 +227,7 @@ class StepLoop {
     const auto t = static_cast<double>(attended_.size());
     double attended = 0;
     for (const auto len : attended_) attended += len;
-    const double row = cache_row_bytes(m);
+    const double row = cache_row_bytes(m, s_.point.get<policy::KvCacheFormat>());
     // Each block reads x and the residual and writes the residual and its output.
     const double activations = 4 * t * static_cast<double>(m.hidden) * 2.0;
     for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -312,12 +301,19 @@ class StepLoop {
     add(context_.data, context_.numel());
     for (const auto& l : layers_) {
       if (l.mla_cache.data != nullptr) add(l.mla_cache.data, l.mla_cache.numel());
-      if (l.kv_cache.key.data != nullptr) {
-        add(l.kv_cache.key.data, l.kv_cache.key.numel());
-        add(l.kv_cache.value.data, l.kv_cache.value.numel());
-        add(l.kv_cache.key_scale.data, l.kv_cache.key_scale.numel());
-        add(l.kv_cache.value_scale.data, l.kv_cache.value_scale.numel());
-      }
+      std::visit(
+          [&](const auto& c) {
+            if (c.key.data == nullptr) return;
+            add(c.key.data, c.key.numel());
+            add(c.value.data, c.value.numel());
+            // An fp8_tensor cache's scales are one float each (strides 0), a bf16 cache's none.
+            if (c.key_scale.data != nullptr) {
+              const bool per_tensor = c.format == ops::KvCacheFormat::fp8_tensor;
+              add(c.key_scale.data, per_tensor ? 1 : c.key_scale.numel());
+              add(c.value_scale.data, per_tensor ? 1 : c.value_scale.numel());
+            }
+          },
+          l.kv_cache);
     }
     return all;
   }
@@ -326,7 +322,7 @@ class StepLoop {
   struct Layer {
     pipeline::LayerHandles handles;
     View3<bf16> mla_cache;
-    ops::KvCacheFp8 kv_cache;
+    ops::AnyKvCache kv_cache;
     View2<std::int32_t> routes;  // MoE layers: the experts each token chose
   };
 
@@ -343,6 +339,29 @@ class StepLoop {
   template <class T>
   void fill(View1<T> v, std::uint64_t seed, float lo, float hi) {
     fill_uniform(mem_.ops(), v, seed, lo, hi);
+  }
+
+  // A layer's GQA cache of `blocks` blocks in the point's format, prefilled with random rows: FP8
+  // codes over the whole range with the scales the writer makes for rows of magnitude about 1
+  // (amax / 448: per row in fp8_row, one per tensor in fp8_tensor), or bf16 values in [-1, 1].
+  ops::AnyKvCache random_kv_cache(const pipeline::ModelConfig& m, index_t blocks,
+                                  std::uint64_t seed) {
+    ops::AnyKvCache c = alloc_kv_cache(mem_, s_.point.get<policy::KvCacheFormat>(), blocks,
+                                       m.block_size, m.num_kv_heads, m.head_dim);
+    std::visit(
+        [&](const auto& k) {
+          const auto all = [](const auto& v) { return make_view(v.data, v.numel()); };
+          const float range = k.format == ops::KvCacheFormat::bf16 ? 1.0f : 448.0f;
+          fill(all(k.key), seed, -range, range);
+          fill(all(k.value), seed + 1, -range, range);
+          if (k.key_scale.data == nullptr) return;
+          const bool per_tensor = k.format == ops::KvCacheFormat::fp8_tensor;
+          const index_t n = per_tensor ? 1 : k.key_scale.numel();
+          fill(make_view(k.key_scale.data, n), seed + 2, 1e-3f, 4e-3f);
+          fill(make_view(k.value_scale.data, n), seed + 3, 1e-3f, 4e-3f);
+        },
+        c);
+    return c;
   }
 
   Memory& mem_;

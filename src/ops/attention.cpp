@@ -92,7 +92,8 @@ void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, Vie
   expect_batch_shape(op, batch, tokens);
 }
 
-void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCacheFp8& cache,
+template <KvCacheFormat F>
+void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCache<F>& cache,
                             const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
   expect_kv_cache(op, "cache", cache, -1, -1);
   const index_t tokens = q.size(0);
@@ -154,7 +155,8 @@ void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
   }
 }
 
-void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
+template <KvCacheFormat F>
+void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCache<F>& cache,
                 const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
   constexpr std::string_view op = "gqa_decode";
   expect_gqa_decode_args(op, q, cache, batch, softmax_scale, out);
@@ -182,13 +184,9 @@ void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
       for (index_t j = 0; j < n; ++j) {
         const index_t block = batch.block_table(c.sequence, j / block_size);
         const index_t offset = j % block_size;
-        const float k_scale = cache.key_scale(block, offset, kvh);
-        const float v_scale = cache.value_scale(block, offset, kvh);
-        const fp8_e4m3* k_row = &cache.key(block, offset, kvh, 0);
-        const fp8_e4m3* v_row = &cache.value(block, offset, kvh, 0);
         for (index_t d = 0; d < dim; ++d) {
-          keys[sz(j * dim + d)] = to_float(k_row[d]) * k_scale;
-          values[sz(j * dim + d)] = to_float(v_row[d]) * v_scale;
+          keys[sz(j * dim + d)] = cache.element(false, block, offset, kvh, d);
+          values[sz(j * dim + d)] = cache.element(true, block, offset, kvh, d);
         }
       }
       for (index_t h = kvh * group; h < (kvh + 1) * group; ++h) {
@@ -202,5 +200,16 @@ void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
     }
   }
 }
+
+#define ATOM_GQA_FORMAT(F)                                                                        \
+  template void expect_gqa_decode_args(std::string_view, View3<const bf16>,                       \
+                                       const ConstKvCache<KvCacheFormat::F>&, const DecodeBatch&, \
+                                       float, View3<bf16>);                                       \
+  template void gqa_decode(const Host&, View3<const bf16>, const ConstKvCache<KvCacheFormat::F>&, \
+                           const DecodeBatch&, float, View3<bf16>);
+ATOM_GQA_FORMAT(fp8_row)
+ATOM_GQA_FORMAT(fp8_tensor)
+ATOM_GQA_FORMAT(bf16)
+#undef ATOM_GQA_FORMAT
 
 }  // namespace atom::ops

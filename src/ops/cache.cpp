@@ -27,7 +27,41 @@ void expect_slots(std::string_view op, View1<const std::int64_t> slots, index_t 
            "argument 'slots' names slot " + std::to_string(*repeated) + " for more than one token");
 }
 
-void expect_kv_cache(std::string_view op, std::string_view arg, const ConstKvCacheFp8& cache,
+std::string_view kv_cache_format_name(KvCacheFormat f) {
+  switch (f) {
+    case KvCacheFormat::fp8_row:
+      return "fp8_row";
+    case KvCacheFormat::fp8_tensor:
+      return "fp8_tensor";
+    case KvCacheFormat::bf16:
+      return "bf16";
+  }
+  return "unknown";
+}
+
+KvCacheFormat kv_cache_format_named(std::string_view what, std::string_view name) {
+  for (const KvCacheFormat f :
+       {KvCacheFormat::fp8_row, KvCacheFormat::fp8_tensor, KvCacheFormat::bf16})
+    if (name == kv_cache_format_name(f)) return f;
+  throw ShapeError(std::string(what) + ": unknown KV cache format '" + std::string(name) +
+                   "'; expected fp8_row, fp8_tensor or bf16");
+}
+
+KvCache<KvCacheFormat::fp8_tensor> per_tensor_fp8_cache(View4<fp8_e4m3> key, View4<fp8_e4m3> value,
+                                                        float* key_scale, float* value_scale) {
+  const auto broadcast = [&](float* scale) {
+    View3<float> v{scale, {key.size(0), key.size(1), key.size(2)}, {0, 0, 0}};
+    return v;
+  };
+  return {key, value, broadcast(key_scale), broadcast(value_scale)};
+}
+
+KvCache<KvCacheFormat::bf16> bf16_cache(View4<bf16> key, View4<bf16> value) {
+  return {key, value, {}, {}};
+}
+
+template <KvCacheFormat F, bool C>
+void expect_kv_cache(std::string_view op, std::string_view arg, const PagedKvCache<F, C>& cache,
                      index_t kv_heads, index_t head_dim) {
   const std::string name(arg);
   expect_view(op, name + ".key", cache.key, {-1, -1, kv_heads, head_dim});
@@ -35,12 +69,24 @@ void expect_kv_cache(std::string_view op, std::string_view arg, const ConstKvCac
   const index_t block_size = cache.block_size();
   expect_view(op, name + ".value", cache.value,
               {blocks, block_size, cache.kv_heads(), cache.head_dim()});
-  expect_shape(op, name + ".key_scale", cache.key_scale, {blocks, block_size, cache.kv_heads()});
-  expect_shape(op, name + ".value_scale", cache.value_scale,
-               {blocks, block_size, cache.kv_heads()});
   expect(block_size > 0 && cache.kv_heads() > 0 && cache.head_dim() > 0, op,
          "argument '" + name + "' must have positive block_size, kv_heads and head_dim, got " +
              shape_text(cache.key));
+  const auto scales_of_format = [&](const std::string& scale_name, const auto& scale) {
+    if constexpr (F == KvCacheFormat::bf16) {
+      expect(scale.numel() == 0, op,
+             "argument '" + scale_name + "' must be empty: a bf16 cache has no scales, got " +
+                 shape_text(scale));
+    } else {
+      expect_shape(op, scale_name, scale, {blocks, block_size, cache.kv_heads()});
+      if constexpr (F == KvCacheFormat::fp8_tensor)
+        expect(scale.stride(0) == 0 && scale.stride(1) == 0 && scale.stride(2) == 0, op,
+               "argument '" + scale_name +
+                   "' must be one scale for the whole tensor (strides 0; per_tensor_fp8_cache)");
+    }
+  };
+  scales_of_format(name + ".key_scale", cache.key_scale);
+  scales_of_format(name + ".value_scale", cache.value_scale);
   expect(!overlaps(cache.key, cache.value) && !overlaps(cache.key, cache.key_scale) &&
              !overlaps(cache.key, cache.value_scale) && !overlaps(cache.value, cache.key_scale) &&
              !overlaps(cache.value, cache.value_scale) &&
@@ -72,9 +118,10 @@ void mla_cache_write(const Host&, View2<const bf16> kv_c, View2<const bf16> k_pe
   }
 }
 
-void kv_cache_write_fp8(const Host&, View3<const bf16> k, View3<const bf16> v,
-                        View1<const std::int64_t> slots, const KvCacheFp8& cache) {
-  constexpr std::string_view op = "kv_cache_write_fp8";
+template <KvCacheFormat F>
+void kv_cache_write(const Host&, View3<const bf16> k, View3<const bf16> v,
+                    View1<const std::int64_t> slots, const KvCache<F>& cache) {
+  constexpr std::string_view op = "kv_cache_write";
   const index_t tokens = k.size(0);
   expect_kv_cache(op, "cache", cache, -1, -1);
   const index_t heads = cache.kv_heads();
@@ -92,17 +139,25 @@ void kv_cache_write_fp8(const Host&, View3<const bf16> k, View3<const bf16> v,
     if (s == skip_slot) continue;
     const index_t block = s / block_size;
     const index_t offset = s % block_size;
-    for (index_t h = 0; h < heads; ++h) {
-      const bf16* k_row = &k(t, h, 0);
-      for (index_t d = 0; d < dim; ++d) row[static_cast<std::size_t>(d)] = to_float(k_row[d]);
-      cache.key_scale(block, offset, h) =
-          quantize_kv_row(row.data(), dim, &cache.key(block, offset, h, 0));
-      const bf16* v_row = &v(t, h, 0);
-      for (index_t d = 0; d < dim; ++d) row[static_cast<std::size_t>(d)] = to_float(v_row[d]);
-      cache.value_scale(block, offset, h) =
-          quantize_kv_row(row.data(), dim, &cache.value(block, offset, h, 0));
-    }
+    for (index_t h = 0; h < heads; ++h)
+      for (const bool is_value : {false, true}) {
+        const bf16* in = is_value ? &v(t, h, 0) : &k(t, h, 0);
+        for (index_t d = 0; d < dim; ++d) row[static_cast<std::size_t>(d)] = to_float(in[d]);
+        store_kv_row(cache, is_value, block, offset, h, row.data(), dim);
+      }
   }
 }
+
+#define ATOM_KV_FORMAT(F)                                                                        \
+  template void expect_kv_cache(std::string_view, std::string_view,                              \
+                                const PagedKvCache<KvCacheFormat::F, false>&, index_t, index_t); \
+  template void expect_kv_cache(std::string_view, std::string_view,                              \
+                                const PagedKvCache<KvCacheFormat::F, true>&, index_t, index_t);  \
+  template void kv_cache_write(const Host&, View3<const bf16>, View3<const bf16>,                \
+                               View1<const std::int64_t>, const KvCache<KvCacheFormat::F>&);
+ATOM_KV_FORMAT(fp8_row)
+ATOM_KV_FORMAT(fp8_tensor)
+ATOM_KV_FORMAT(bf16)
+#undef ATOM_KV_FORMAT
 
 }  // namespace atom::ops

@@ -18,10 +18,11 @@ struct QkShape {
 };
 
 // The boundary checks both variants share, so that either names itself in errors.
+template <KvCacheFormat F>
 QkShape expect_qk_args(std::string_view op, View2<const bf16> qkv, View1<const bf16> q_norm_weight,
                        View1<const bf16> k_norm_weight, View1<const std::int64_t> positions,
                        View2<const float> cos_sin, View1<const std::int64_t> slots,
-                       const KvCacheFp8& cache, View3<bf16> q_out) {
+                       const KvCache<F>& cache, View3<bf16> q_out) {
   expect_kv_cache(op, "cache", cache, -1, -1);
   const QkShape s{qkv.size(0), q_out.size(1), cache.kv_heads(), cache.head_dim()};
   expect(s.head_dim % 2 == 0, op,
@@ -65,11 +66,11 @@ void load(const bf16* src, index_t n, float* dst) {
 
 }  // namespace
 
-template <RopeStyle S>
+template <RopeStyle S, KvCacheFormat F>
 void qk_norm_rope_cache_fused(const Host&, View2<const bf16> qkv, View1<const bf16> q_norm_weight,
                               View1<const bf16> k_norm_weight, float eps,
                               View1<const std::int64_t> positions, View2<const float> cos_sin,
-                              View1<const std::int64_t> slots, const KvCacheFp8& cache,
+                              View1<const std::int64_t> slots, const KvCache<F>& cache,
                               View3<bf16> q_out) {
   const QkShape s = expect_qk_args("qk_norm_rope_cache_fused", qkv, q_norm_weight, k_norm_weight,
                                    positions, cos_sin, slots, cache, q_out);
@@ -97,21 +98,19 @@ void qk_norm_rope_cache_fused(const Host&, View2<const bf16> qkv, View1<const bf
       load(&k(t, h, 0), dim, x.data());
       rms_normalize(x.data(), k_norm_weight.data, dim, eps, y.data());
       rotate_head<S>(y.data(), cos_sin_row, dim);
-      cache.key_scale(block, offset, h) =
-          quantize_kv_row(y.data(), dim, &cache.key(block, offset, h, 0));
+      store_kv_row(cache, false, block, offset, h, y.data(), dim);
       load(&v(t, h, 0), dim, x.data());
-      cache.value_scale(block, offset, h) =
-          quantize_kv_row(x.data(), dim, &cache.value(block, offset, h, 0));
+      store_kv_row(cache, true, block, offset, h, x.data(), dim);
     }
   }
 }
 
-template <RopeStyle S>
+template <RopeStyle S, KvCacheFormat F>
 void qk_norm_rope_cache_separate(const Host& host, View2<const bf16> qkv,
                                  View1<const bf16> q_norm_weight, View1<const bf16> k_norm_weight,
                                  float eps, View1<const std::int64_t> positions,
                                  View2<const float> cos_sin, View1<const std::int64_t> slots,
-                                 const KvCacheFp8& cache, View3<bf16> q_out) {
+                                 const KvCache<F>& cache, View3<bf16> q_out) {
   const QkShape s = expect_qk_args("qk_norm_rope_cache_separate", qkv, q_norm_weight, k_norm_weight,
                                    positions, cos_sin, slots, cache, q_out);
   const index_t dim = s.head_dim;
@@ -128,20 +127,24 @@ void qk_norm_rope_cache_separate(const Host& host, View2<const bf16> qkv,
   }
   rope<S>(host, positions, cos_sin, q_out);
   rope<S>(host, positions, cos_sin, k_rows);
-  kv_cache_write_fp8(host, k_rows, v, slots, cache);
+  kv_cache_write(host, View3<const bf16>(k_rows), v, slots, cache);
 }
 
-#define ATOM_INSTANTIATE_QK(S)                                                                     \
-  template void qk_norm_rope_cache_fused<S>(const Host&, View2<const bf16>, View1<const bf16>,     \
-                                            View1<const bf16>, float, View1<const std::int64_t>,   \
-                                            View2<const float>, View1<const std::int64_t>,         \
-                                            const KvCacheFp8&, View3<bf16>);                       \
-  template void qk_norm_rope_cache_separate<S>(                                                    \
+#define ATOM_INSTANTIATE_QK(S, F)                                                                  \
+  template void qk_norm_rope_cache_fused<S, F>(                                                    \
       const Host&, View2<const bf16>, View1<const bf16>, View1<const bf16>, float,                 \
-      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCacheFp8&, \
+      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCache<F>&, \
+      View3<bf16>);                                                                                \
+  template void qk_norm_rope_cache_separate<S, F>(                                                 \
+      const Host&, View2<const bf16>, View1<const bf16>, View1<const bf16>, float,                 \
+      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCache<F>&, \
       View3<bf16>);
+#define ATOM_INSTANTIATE_QK_FORMATS(S)              \
+  ATOM_INSTANTIATE_QK(S, KvCacheFormat::fp8_row)    \
+  ATOM_INSTANTIATE_QK(S, KvCacheFormat::fp8_tensor) \
+  ATOM_INSTANTIATE_QK(S, KvCacheFormat::bf16)
 
-ATOM_INSTANTIATE_QK(RopeStyle::neox)
-ATOM_INSTANTIATE_QK(RopeStyle::interleaved)
+ATOM_INSTANTIATE_QK_FORMATS(RopeStyle::neox)
+ATOM_INSTANTIATE_QK_FORMATS(RopeStyle::interleaved)
 
 }  // namespace atom::ops

@@ -61,7 +61,9 @@ RunOutput run_on(const dispatch::Handle<P>& handle, const RunInputs& in, const S
 template <PipelineId P>
 RunOutput run_once(const dispatch::Handle<P>& handle, const RunInputs& in) {
   expect_runnable(P, in);
-  return run_on(handle, in, DecodeState(*in.model, in.context_lens, in.seed, in.query_tokens));
+  return run_on(
+      handle, in,
+      DecodeState(*in.model, in.context_lens, in.seed, in.query_tokens, kv_format_of(handle)));
 }
 
 double host_macs(PipelineId p, const RunInputs& in) {
@@ -151,7 +153,7 @@ class SampleState {
             make_view(slots_.data(), tokens())};
   }
   View3<bf16> mla_cache() const { return whole_.mla_cache(); }
-  ops::KvCacheFp8 kv_cache() const { return whole_.kv_cache(); }
+  ops::AnyKvCache kv_cache() const { return whole_.kv_cache(); }
 
  private:
   index_t hidden() const { return whole_.x().size(1); }
@@ -170,7 +172,8 @@ template <PipelineId P>
 RunOutput run_sample(const dispatch::Handle<P>& handle, const RunInputs& in,
                      const std::vector<index_t>& sample) {
   expect_runnable(P, in);
-  const DecodeState state(*in.model, in.context_lens, in.seed, in.query_tokens);
+  const DecodeState state(*in.model, in.context_lens, in.seed, in.query_tokens,
+                          kv_format_of(handle));
   return run_on(handle, in, SampleState(state, sample));
 }
 
@@ -197,13 +200,13 @@ RunOutput sample_rows(const RunOutput& whole, const RunInputs& in,
   return out;
 }
 
-DecodeState rank_state(const RunInputs& in, TpShape tp) {
+DecodeState rank_state(const RunInputs& in, TpShape tp, ops::KvCacheFormat kv_format) {
   const ModelConfig& m = *in.model;
   const policy::WeightFormat attention_format = m.attention == AttentionKind::mla
                                                     ? weight_format(in.weights->mla())
                                                     : weight_format(in.weights->qwen3());
   return DecodeState(m, in.context_lens, in.seed, tp,
-                     attention_split(m, tp, attention_format).kv_heads, in.query_tokens);
+                     attention_split(m, tp, attention_format).kv_heads, in.query_tokens, kv_format);
 }
 
 template <PipelineId P>
@@ -215,7 +218,7 @@ RunOutput run_tp(const dispatch::Handle<P>& handle, const RunInputs& in, index_t
   run_ranks(size, [&](TpComm& comm) {
     const TpShape tp{comm.rank(), comm.size()};
     const auto weights = shard(*in.weights, *in.model, tp);
-    const DecodeState state = rank_state(in, tp);
+    const DecodeState state = rank_state(in, tp, kv_format_of(handle));
     Workspace ws;
     RunArgs<P> args = make_args<P>(in, *weights, state, ws);
     args.io.tp = &comm;

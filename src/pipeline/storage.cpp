@@ -9,6 +9,8 @@
 #include <random>
 #include <thread>
 #include <type_traits>
+#include <utility>
+#include <variant>
 
 #include "weight_memory.hpp"
 
@@ -269,8 +271,38 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::Wei
   }
 }
 
+namespace {
+
+// An empty GQA cache of format f over fresh buffers, [blocks, bs, kv_heads, head_dim]; an
+// fp8_tensor cache's scales are `scales` (key, value).
+ops::AnyKvCache alloc_kv_cache(Buffers& b, ops::KvCacheFormat f, index_t blocks, index_t bs,
+                               index_t kvh, index_t d, std::pair<float, float> scales) {
+  using ops::KvCacheFormat;
+  switch (f) {
+    case KvCacheFormat::fp8_row:
+      return ops::KvCacheFp8{alloc<fp8_e4m3>(b, blocks, bs, kvh, d),
+                             alloc<fp8_e4m3>(b, blocks, bs, kvh, d),
+                             alloc<float>(b, blocks, bs, kvh), alloc<float>(b, blocks, bs, kvh)};
+    case KvCacheFormat::fp8_tensor: {
+      const auto key_scale = alloc<float>(b, 1);
+      const auto value_scale = alloc<float>(b, 1);
+      key_scale.data[0] = scales.first;
+      value_scale.data[0] = scales.second;
+      return ops::per_tensor_fp8_cache(alloc<fp8_e4m3>(b, blocks, bs, kvh, d),
+                                       alloc<fp8_e4m3>(b, blocks, bs, kvh, d), key_scale.data,
+                                       value_scale.data);
+    }
+    case KvCacheFormat::bf16:
+      return ops::bf16_cache(alloc<bf16>(b, blocks, bs, kvh, d),
+                             alloc<bf16>(b, blocks, bs, kvh, d));
+  }
+  throw std::invalid_argument("unknown KV cache format");
+}
+
+}  // namespace
+
 DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
-                         std::uint64_t seed, index_t query_tokens)
+                         std::uint64_t seed, index_t query_tokens, ops::KvCacheFormat kv_format)
     : context_lens_(std::move(context_lens)) {
   Random r{std::mt19937_64(seed)};
   if (query_tokens < 1)
@@ -337,43 +369,51 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
     ops::mla_cache_write(host, kv_c, k_pe, prior_view, mla_cache_);
   } else {
     const index_t kvh = m.num_kv_heads;
-    kv_cache_ = {alloc<fp8_e4m3>(b, total_blocks, bs, kvh, m.head_dim),
-                 alloc<fp8_e4m3>(b, total_blocks, bs, kvh, m.head_dim),
-                 alloc<float>(b, total_blocks, bs, kvh), alloc<float>(b, total_blocks, bs, kvh)};
+    kv_cache_ = alloc_kv_cache(b, kv_format, total_blocks, bs, kvh, m.head_dim,
+                               {state_key_scale, state_value_scale});
     auto k = alloc<bf16>(b, prior, kvh, m.head_dim);
     auto v = alloc<bf16>(b, prior, kvh, m.head_dim);
     fill_bf16(k, r, 0.0f, 1.0f);
     fill_bf16(v, r, 0.0f, 1.0f);
-    ops::kv_cache_write_fp8(host, k, v, prior_view, kv_cache_);
+    std::visit([&](const auto& c) { ops::kv_cache_write(host, k, v, prior_view, c); }, kv_cache_);
   }
 }
 
 DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
-                         std::uint64_t seed, TpShape tp, Part kv_heads, index_t query_tokens)
-    : DecodeState(m, std::move(context_lens), seed, query_tokens) {
+                         std::uint64_t seed, TpShape tp, Part kv_heads, index_t query_tokens,
+                         ops::KvCacheFormat kv_format)
+    : DecodeState(m, std::move(context_lens), seed, query_tokens, kv_format) {
   const bool power_of_two = tp.size > 0 && (tp.size & (tp.size - 1)) == 0;
   for (index_t i = 0; i < x_.numel(); ++i) {
     const float v = to_float(x_.data[i]);
     x_.data[i] = to_bf16(power_of_two ? v / static_cast<float>(tp.size) : tp.rank == 0 ? v : 0.0f);
   }
   if (m.attention != AttentionKind::gqa || kv_heads.count == m.num_kv_heads) return;
-  const ops::KvCacheFp8 full = kv_cache_;
-  const index_t blocks = full.num_blocks();
-  const index_t bs = full.block_size();
-  const index_t d = m.head_dim;
-  const index_t h = kv_heads.count;
-  kv_cache_ = {alloc<fp8_e4m3>(buffers_, blocks, bs, h, d),
-               alloc<fp8_e4m3>(buffers_, blocks, bs, h, d), alloc<float>(buffers_, blocks, bs, h),
-               alloc<float>(buffers_, blocks, bs, h)};
-  for (index_t blk = 0; blk < blocks; ++blk)
-    for (index_t s = 0; s < bs; ++s)
-      for (index_t i = 0; i < h; ++i) {
-        const index_t src = kv_heads.begin + i;
-        std::copy_n(&full.key(blk, s, src, 0), d, &kv_cache_.key(blk, s, i, 0));
-        std::copy_n(&full.value(blk, s, src, 0), d, &kv_cache_.value(blk, s, i, 0));
-        kv_cache_.key_scale(blk, s, i) = full.key_scale(blk, s, src);
-        kv_cache_.value_scale(blk, s, i) = full.value_scale(blk, s, src);
-      }
+  std::visit(
+      [&](const auto& full) {
+        const index_t blocks = full.num_blocks();
+        const index_t bs = full.block_size();
+        const index_t d = m.head_dim;
+        const index_t h = kv_heads.count;
+        const float* const key_scale = full.key_scale.data;
+        const float* const value_scale = full.value_scale.data;
+        const std::pair<float, float> scales =
+            key_scale != nullptr ? std::pair{key_scale[0], value_scale[0]} : std::pair{1.0f, 1.0f};
+        kv_cache_ = alloc_kv_cache(buffers_, full.format, blocks, bs, h, d, scales);
+        const auto& part = std::get<std::decay_t<decltype(full)>>(kv_cache_);
+        for (index_t blk = 0; blk < blocks; ++blk)
+          for (index_t s = 0; s < bs; ++s)
+            for (index_t i = 0; i < h; ++i) {
+              const index_t src = kv_heads.begin + i;
+              std::copy_n(&full.key(blk, s, src, 0), d, &part.key(blk, s, i, 0));
+              std::copy_n(&full.value(blk, s, src, 0), d, &part.value(blk, s, i, 0));
+              if constexpr (std::decay_t<decltype(full)>::format == ops::KvCacheFormat::fp8_row) {
+                part.key_scale(blk, s, i) = full.key_scale(blk, s, src);
+                part.value_scale(blk, s, i) = full.value_scale(blk, s, src);
+              }
+            }
+      },
+      ops::AnyKvCache(kv_cache_));
 }
 
 DecodeBatch DecodeState::batch() const {

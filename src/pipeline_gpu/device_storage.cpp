@@ -29,6 +29,28 @@ View<std::remove_const_t<T>, R> upload(Buffers& buffers, View<T, R> host) {
   return v;
 }
 
+// A device copy of a GQA cache, same format (an fp8_tensor cache's two scales copied once each).
+ops::AnyKvCache upload_kv_cache(Buffers& buffers, const ops::AnyKvCache& host) {
+  using ops::KvCacheFormat;
+  return std::visit(
+      [&](const auto& c) -> ops::AnyKvCache {
+        constexpr KvCacheFormat f = std::decay_t<decltype(c)>::format;
+        if (c.key.data == nullptr) return ops::AnyKvCache{};
+        const auto key = upload(buffers, c.key);
+        const auto value = upload(buffers, c.value);
+        if constexpr (f == KvCacheFormat::fp8_row)
+          return ops::KvCacheFp8{key, value, upload(buffers, c.key_scale),
+                                 upload(buffers, c.value_scale)};
+        else if constexpr (f == KvCacheFormat::fp8_tensor)
+          return ops::per_tensor_fp8_cache(key, value,
+                                           upload(buffers, make_view(c.key_scale.data, 1)).data,
+                                           upload(buffers, make_view(c.value_scale.data, 1)).data);
+        else
+          return ops::bf16_cache(key, value);
+      },
+      host);
+}
+
 }  // namespace
 
 // The prepared weights, one of each kind per backend asked for.
@@ -147,10 +169,7 @@ DeviceDecodeState::DeviceDecodeState(const DecodeState& host) {
   out_ = upload(buffers_, host.out());
   intermediate_ = upload(buffers_, host.intermediate());
   if (host.mla_cache().data != nullptr) mla_cache_ = upload(buffers_, host.mla_cache());
-  const ops::KvCacheFp8 kv = host.kv_cache();
-  if (kv.key.data != nullptr)
-    kv_cache_ = {upload(buffers_, kv.key), upload(buffers_, kv.value),
-                 upload(buffers_, kv.key_scale), upload(buffers_, kv.value_scale)};
+  kv_cache_ = upload_kv_cache(buffers_, host.kv_cache());
 }
 
 DeviceDecodeState::~DeviceDecodeState() = default;

@@ -62,7 +62,8 @@ RunOutput run_state_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
 template <PipelineId P>
 RunOutput run_once_gpu(const dispatch::Handle<P>& handle, const RunInputs& in,
                        const DeviceLayerWeights& weights, int timed_calls) {
-  const DecodeState host(*in.model, in.context_lens, in.seed, in.query_tokens);
+  const DecodeState host(*in.model, in.context_lens, in.seed, in.query_tokens,
+                         kv_format_of(handle));
   return run_state_gpu(handle, in, host, weights, nullptr, timed_calls);
 }
 
@@ -70,7 +71,7 @@ template <PipelineId P>
 RunOutput run_rank_gpu(const dispatch::Handle<P>& handle, const RunInputs& in, TpComm& comm) {
   expect_runnable(P, in);
   const TpShape tp{comm.rank(), comm.size()};
-  const DecodeState host = rank_state(in, tp);
+  const DecodeState host = rank_state(in, tp, kv_format_of(handle));
   const auto shard_weights = shard(*in.weights, *in.model, tp);
   const DeviceLayerWeights weights(*in.model, *shard_weights,
                                    {handle.point().template get<policy::GemmBackend>()});

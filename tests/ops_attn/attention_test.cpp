@@ -223,80 +223,100 @@ struct GqaCase {
 
 }  // namespace
 
-TEST_CASE("gqa_decode matches float64 attention over the dequantized FP8 cache", "[attention]") {
+TEST_CASE("gqa_decode matches float64 attention over the cache in every format", "[attention]") {
   const std::vector<GqaCase> cases = {
       {16, 4, 128, 16, {1, 7, 300}}, {3, 1, 64, 1, {300, 7, 1}}, {1, 1, 17, 16, {33}},
       {32, 4, 128, 16, {65, 2}},     {3, 3, 34, 1, {5, 9, 2}},
   };
-  for (const GqaCase& c : cases) {
-    const index_t tokens = static_cast<index_t>(c.contexts.size());
-    INFO("q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim " << c.dim
-                    << ", block_size " << c.block_size << ", tokens " << tokens);
-    Rng g = rng(static_cast<std::uint64_t>(c.q_heads * 100 + c.kv_heads * 10 + c.dim));
-    const Paging p = make_paging(g, c.contexts, c.block_size);
-    const index_t rows = p.num_blocks * c.block_size * c.kv_heads;
-    // Random finite codes (never the NaN codes 0x7f / 0xff) and positive scales.
-    std::vector<fp8_e4m3> key(z(rows * c.dim)), val(key.size());
-    std::uniform_int_distribution<int> code(0, 253);
-    for (auto* cache : {&key, &val})
-      for (fp8_e4m3& x : *cache) {
-        const int b = code(g);
-        x.bits = static_cast<std::uint8_t>(b >= 0x7f ? b + 1 : b);
-      }
-    std::vector<float> key_scale(z(rows)), val_scale(z(rows));
-    std::uniform_real_distribution<float> scale_dist(1e-3f, 4e-3f);
-    for (float& x : key_scale) x = scale_dist(g);
-    for (float& x : val_scale) x = scale_dist(g);
-    const ConstKvCacheFp8 cache{make_view(static_cast<const fp8_e4m3*>(key.data()), p.num_blocks,
-                                          c.block_size, c.kv_heads, c.dim),
-                                make_view(static_cast<const fp8_e4m3*>(val.data()), p.num_blocks,
-                                          c.block_size, c.kv_heads, c.dim),
-                                make_view(static_cast<const float*>(key_scale.data()), p.num_blocks,
-                                          c.block_size, c.kv_heads),
-                                make_view(static_cast<const float*>(val_scale.data()), p.num_blocks,
-                                          c.block_size, c.kv_heads)};
-    const std::vector<bf16> q = random_bf16(g, tokens * c.q_heads * c.dim);
-    std::vector<bf16> out(q.size(), bf16_nan);
-    const float softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
-    gqa_decode(Host{}, make_view(q.data(), tokens, c.q_heads, c.dim), cache, p.batch(),
-               softmax_scale, make_view(out.data(), tokens, c.q_heads, c.dim));
+  for (const GqaCase& c : cases)
+    for (const KvCacheFormat format :
+         {KvCacheFormat::fp8_row, KvCacheFormat::fp8_tensor, KvCacheFormat::bf16}) {
+      const index_t tokens = static_cast<index_t>(c.contexts.size());
+      INFO("q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim " << c.dim
+                      << ", block_size " << c.block_size << ", tokens " << tokens << ", format "
+                      << kv_cache_format_name(format));
+      Rng g = rng(static_cast<std::uint64_t>(c.q_heads * 100 + c.kv_heads * 10 + c.dim) +
+                  static_cast<std::uint64_t>(format) * 7);
+      const Paging p = make_paging(g, c.contexts, c.block_size);
+      const index_t rows = p.num_blocks * c.block_size * c.kv_heads;
+      // Random finite codes (never the NaN codes 0x7f / 0xff) and positive scales; for bf16,
+      // random values.
+      std::vector<fp8_e4m3> key(z(rows * c.dim)), val(key.size());
+      std::uniform_int_distribution<int> code(0, 253);
+      for (auto* cache : {&key, &val})
+        for (fp8_e4m3& x : *cache) {
+          const int b = code(g);
+          x.bits = static_cast<std::uint8_t>(b >= 0x7f ? b + 1 : b);
+        }
+      std::vector<float> key_scale(z(rows)), val_scale(z(rows));
+      std::uniform_real_distribution<float> scale_dist(1e-3f, 4e-3f);
+      for (float& x : key_scale) x = scale_dist(g);
+      for (float& x : val_scale) x = scale_dist(g);
+      std::vector<bf16> key16 = random_bf16(g, rows * c.dim), val16 = random_bf16(g, rows * c.dim);
+      const auto rows4 = [&](auto* data) {
+        return make_view(data, p.num_blocks, c.block_size, c.kv_heads, c.dim);
+      };
+      const auto rows3 = [&](float* data) {
+        return make_view(data, p.num_blocks, c.block_size, c.kv_heads);
+      };
+      const AnyKvCache cache =
+          format == KvCacheFormat::fp8_row
+              ? AnyKvCache{KvCacheFp8{rows4(key.data()), rows4(val.data()), rows3(key_scale.data()),
+                                      rows3(val_scale.data())}}
+          : format == KvCacheFormat::fp8_tensor
+              ? AnyKvCache{per_tensor_fp8_cache(rows4(key.data()), rows4(val.data()),
+                                                key_scale.data(), val_scale.data())}
+              : AnyKvCache{bf16_cache(rows4(key16.data()), rows4(val16.data()))};
+      const std::vector<bf16> q = random_bf16(g, tokens * c.q_heads * c.dim);
+      std::vector<bf16> out(q.size(), bf16_nan);
+      const float softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
+      std::visit(
+          [&](const auto& kv) {
+            gqa_decode(Host{}, make_view(q.data(), tokens, c.q_heads, c.dim), kv, p.batch(),
+                       softmax_scale, make_view(out.data(), tokens, c.q_heads, c.dim));
+          },
+          cache);
 
-    const auto deq = [&](const std::vector<fp8_e4m3>& codes, const std::vector<float>& scales,
-                         index_t slot, index_t head, index_t d) {
-      const index_t row = slot * c.kv_heads + head;
-      return static_cast<double>(to_float(codes[z(row * c.dim + d)])) *
-             static_cast<double>(scales[z(row)]);
-    };
-    std::size_t bad = 0;
-    const index_t group = c.q_heads / c.kv_heads;
-    for (index_t t = 0; t < tokens; ++t) {
-      const index_t n = c.contexts[z(t)];
-      for (index_t h = 0; h < c.q_heads; ++h) {
-        const index_t kvh = h / group;
-        std::vector<double> scores(z(n));
-        std::vector<std::vector<double>> values(z(n), std::vector<double>(z(c.dim)));
-        double v_max = 0.0;
-        for (index_t j = 0; j < n; ++j) {
-          const index_t slot = p.slot(t, j);
-          double dot = 0.0;
-          for (index_t d = 0; d < c.dim; ++d) {
-            dot += value(q[z((t * c.q_heads + h) * c.dim + d)]) * deq(key, key_scale, slot, kvh, d);
-            values[z(j)][z(d)] = deq(val, val_scale, slot, kvh, d);
-            v_max = std::max(v_max, std::fabs(values[z(j)][z(d)]));
+      // The format's element, from the raw buffers: code x its row's scale (fp8_row), x the
+      // tensor's one scale (fp8_tensor: element 0 of the scale vectors), or the bf16 value.
+      const auto deq = [&](bool is_value, index_t slot, index_t head, index_t d) {
+        const index_t row = slot * c.kv_heads + head;
+        const std::size_t at = z(row * c.dim + d);
+        if (format == KvCacheFormat::bf16) return value((is_value ? val16 : key16)[at]);
+        const auto& scales = is_value ? val_scale : key_scale;
+        return static_cast<double>(to_float((is_value ? val : key)[at])) *
+               static_cast<double>(scales[format == KvCacheFormat::fp8_tensor ? 0 : z(row)]);
+      };
+      std::size_t bad = 0;
+      const index_t group = c.q_heads / c.kv_heads;
+      for (index_t t = 0; t < tokens; ++t) {
+        const index_t n = c.contexts[z(t)];
+        for (index_t h = 0; h < c.q_heads; ++h) {
+          const index_t kvh = h / group;
+          std::vector<double> scores(z(n));
+          std::vector<std::vector<double>> values(z(n), std::vector<double>(z(c.dim)));
+          double v_max = 0.0;
+          for (index_t j = 0; j < n; ++j) {
+            const index_t slot = p.slot(t, j);
+            double dot = 0.0;
+            for (index_t d = 0; d < c.dim; ++d) {
+              dot += value(q[z((t * c.q_heads + h) * c.dim + d)]) * deq(false, slot, kvh, d);
+              values[z(j)][z(d)] = deq(true, slot, kvh, d);
+              v_max = std::max(v_max, std::fabs(values[z(j)][z(d)]));
+            }
+            scores[z(j)] = dot * softmax_scale;
           }
-          scores[z(j)] = dot * softmax_scale;
-        }
-        const std::vector<double> ref = reference_attend(scores, values);
-        for (index_t d = 0; d < c.dim; ++d) {
-          // One bf16 rounding of the output; 2^-12 of the largest value covers fp32 sums.
-          const double tol = u_bf16 * std::fabs(ref[z(d)]) + std::ldexp(v_max, -12);
-          const double got = value(out[z((t * c.q_heads + h) * c.dim + d)]);
-          if (!(std::fabs(got - ref[z(d)]) <= tol)) ++bad;
+          const std::vector<double> ref = reference_attend(scores, values);
+          for (index_t d = 0; d < c.dim; ++d) {
+            // One bf16 rounding of the output; 2^-12 of the largest value covers fp32 sums.
+            const double tol = u_bf16 * std::fabs(ref[z(d)]) + std::ldexp(v_max, -12);
+            const double got = value(out[z((t * c.q_heads + h) * c.dim + d)]);
+            if (!(std::fabs(got - ref[z(d)]) <= tol)) ++bad;
+          }
         }
       }
+      CHECK(bad == 0);
     }
-    CHECK(bad == 0);
-  }
 }
 
 TEST_CASE("decode attention: a sequence's query tokens attend causally, padded tokens read nothing",

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
@@ -180,6 +181,130 @@ void check_qk(const QkCase& c) {
   CHECK(touched == 0);
 }
 
+// The fp8_tensor and bf16 formats: q is the same as with any cache (bit for bit against an fp8_row
+// run); k is the reference rounded once (bf16) or quantized once with the tensor's scale (fp8),
+// within the bounds of the header's contract for the separate chain; v is stored from its bf16
+// input by both variants alike.
+template <RopeStyle S>
+void check_qk_formats(const QkCase& c) {
+  INFO("tokens " << c.tokens << ", q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim "
+                 << c.dim << ", style " << (S == RopeStyle::neox ? "neox" : "interleaved"));
+  Rng g = rng(static_cast<std::uint64_t>(c.tokens * 1000 + c.q_heads * 10 + c.dim + 1));
+  const index_t heads = c.q_heads + 2 * c.kv_heads;
+  const std::vector<bf16> buffer = random_bf16(g, c.tokens * heads * c.dim, 0.01f, 4.0f);
+  const View2<const bf16> qkv = make_view(buffer.data(), c.tokens, heads * c.dim);
+  const std::vector<bf16> q_w = random_bf16(g, c.dim, 0.5f, 1.5f);
+  const std::vector<bf16> k_w = random_bf16(g, c.dim, 0.5f, 1.5f);
+  const float eps = 1e-6f;
+  const index_t max_positions = 2053;
+  const std::vector<float> table = make_cos_sin_cache(max_positions, c.dim, 1000000.0);
+  std::vector<std::int64_t> positions(z(c.tokens));
+  std::uniform_int_distribution<std::int64_t> pos(0, max_positions - 1);
+  for (auto& p : positions) p = pos(g);
+  const index_t block_size = 16;
+  const index_t blocks = c.tokens / block_size + 2;
+  const std::vector<std::int64_t> slots = random_slots(g, c.tokens, blocks * block_size);
+  const auto n = z(blocks * block_size * c.kv_heads * c.dim);
+  const auto rows = [&](auto* data) {
+    return make_view(data, blocks, block_size, c.kv_heads, c.dim);
+  };
+  // Scales that put the normed keys (|k| up to a few units) in the middle of the FP8 range and
+  // saturate the largest values (up to 4 x 0.01..4 summed in no GEMM here: v is qkv's input).
+  float scales[2][2] = {{0.011f, 0.007f}, {0.011f, 0.007f}};  // [fused, separate][key, value]
+
+  QkRun row_run(blocks, block_size, c);
+  std::vector<bf16> q_out[2][2];  // [format: fp8_tensor, bf16][fused, separate]
+  std::vector<fp8_e4m3> key8[2], value8[2];
+  std::vector<bf16> key16[2], value16[2];
+  const auto call = [&](bool fused, const auto& cache, std::vector<bf16>& q) {
+    q.assign(z(c.tokens * c.q_heads * c.dim), bf16_nan);
+    const auto out = make_view(q.data(), c.tokens, c.q_heads, c.dim);
+    const auto qw = make_view(q_w.data(), c.dim), kw = make_view(k_w.data(), c.dim);
+    const auto p = make_view(positions.data(), c.tokens);
+    const auto cs = make_view(table.data(), max_positions, c.dim);
+    const auto sl = make_view(slots.data(), c.tokens);
+    if (fused)
+      qk_norm_rope_cache_fused<S>(Host{}, qkv, qw, kw, eps, p, cs, sl, cache, out);
+    else
+      qk_norm_rope_cache_separate<S>(Host{}, qkv, qw, kw, eps, p, cs, sl, cache, out);
+  };
+  for (int v = 0; v < 2; ++v) {
+    key8[v].assign(n, fp8_nan);
+    value8[v].assign(n, fp8_nan);
+    key16[v].assign(n, bf16_nan);
+    value16[v].assign(n, bf16_nan);
+    call(v == 0,
+         per_tensor_fp8_cache(rows(key8[v].data()), rows(value8[v].data()), &scales[v][0],
+                              &scales[v][1]),
+         q_out[0][v]);
+    call(v == 0, bf16_cache(rows(key16[v].data()), rows(value16[v].data())), q_out[1][v]);
+  }
+  const auto same = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                      [](bf16 x, bf16 y) { return x.bits == y.bits; });
+  };
+  std::vector<bf16> q_row;
+  call(true, row_run.cache.view(), q_row);
+  CHECK(same(q_out[0][0], q_row));
+  CHECK(same(q_out[1][0], q_row));
+  std::vector<bf16> q_row_separate;
+  call(false, row_run.cache.view(), q_row_separate);
+  CHECK(same(q_out[0][1], q_row_separate));
+  CHECK(same(q_out[1][1], q_row_separate));
+
+  std::size_t k_bad = 0, v_bad = 0, untouched_bad = 0;
+  std::vector<double> ref, pair_norm;
+  std::vector<bool> owned(z(blocks * block_size), false);
+  for (index_t t = 0; t < c.tokens; ++t) {
+    const std::int64_t slot = slots[z(t)];
+    if (slot < 0) continue;
+    owned[z(slot)] = true;
+    const float* row = &table[z(positions[z(t)] * c.dim)];
+    for (index_t h = 0; h < c.kv_heads; ++h) {
+      reference_head(S, &qkv(t, (c.q_heads + h) * c.dim), k_w.data(), c.dim, eps, row, ref,
+                     pair_norm);
+      for (index_t d = 0; d < c.dim; ++d) {
+        const std::size_t at = z((slot * c.kv_heads + h) * c.dim + d);
+        const double r = ref[z(d)];
+        const double slack = std::ldexp(pair_norm[z(d)], -16);  // fp32 norm and rotation
+        // The separate chain's k before its store: within 2u of its pair's norm and u of itself.
+        const double moved = 2.0 * u_bf16 * pair_norm[z(d)] + u_bf16 * std::fabs(r) + slack;
+        // bf16: one rounding (fused), the moved value rounded once more (separate).
+        const double f16 = value(key16[0][at]), s16 = value(key16[1][at]);
+        k_bad += !(std::fabs(f16 - r) <= u_bf16 * std::fabs(r) + slack);
+        k_bad += !(std::fabs(s16 - r) <= u_bf16 * (std::fabs(r) + moved) + moved);
+        // fp8_tensor: half a step of x / scale, or saturated at 448 x scale.
+        const double scale = 0.011;
+        for (int v = 0; v < 2; ++v) {
+          const double tol = (v == 0 ? slack : moved);
+          const double got = to_float(key8[v][at]) * scale;
+          const double limit = 448.0 * scale;
+          if (std::fabs(r) - tol > limit)
+            k_bad += got != std::copysign(limit, r);
+          else
+            k_bad += !(std::fabs(std::clamp(r, -limit, limit) - got) <=
+                       fp8_half_step((std::fabs(r) + tol) / scale) * scale * (1.0 + 1e-6) + tol);
+        }
+        // v: both variants store the same bf16 input alike.
+        const bf16 vx = qkv(t, (c.q_heads + c.kv_heads + h) * c.dim + d);
+        v_bad += value16[0][at].bits != vx.bits || value16[1][at].bits != vx.bits;
+        v_bad += value8[0][at].bits != quantize_kv_tensor(to_float(vx), 0.007f).bits ||
+                 value8[1][at].bits != value8[0][at].bits;
+      }
+    }
+  }
+  for (index_t s = 0; s < blocks * block_size; ++s)
+    for (index_t i = 0; i < c.kv_heads * c.dim && !owned[z(s)]; ++i) {
+      const std::size_t at = z(s * c.kv_heads * c.dim + i);
+      for (int v = 0; v < 2; ++v)
+        untouched_bad += key8[v][at].bits != 0xff || value8[v][at].bits != 0xff ||
+                         key16[v][at].bits != bf16_nan.bits || value16[v][at].bits != bf16_nan.bits;
+    }
+  CHECK(k_bad == 0);
+  CHECK(v_bad == 0);
+  CHECK(untouched_bad == 0);
+}
+
 }  // namespace
 
 TEST_CASE("qk_norm_rope_cache fused matches float64 and the separate chain within bounds",
@@ -189,6 +314,16 @@ TEST_CASE("qk_norm_rope_cache fused matches float64 and the separate chain withi
                            QkCase{tokens, 1, 1, 64}, QkCase{tokens, 16, 16, 64}}) {
       check_qk<RopeStyle::neox>(c);
       check_qk<RopeStyle::interleaved>(c);
+    }
+}
+
+TEST_CASE("qk_norm_rope_cache over fp8_tensor and bf16 caches stores k and v by the format",
+          "[qwen_qk]") {
+  for (const index_t tokens : {1, 3, 17})
+    for (const QkCase c :
+         {QkCase{tokens, 32, 4, 128}, QkCase{tokens, 3, 1, 34}, QkCase{tokens, 16, 16, 64}}) {
+      check_qk_formats<RopeStyle::neox>(c);
+      check_qk_formats<RopeStyle::interleaved>(c);
     }
 }
 

@@ -45,7 +45,7 @@ TEST_CASE("resolving the default environment") {
       env::Config::from(
           {{"ATOM_USE_TRITON_GEMM", "yes"}, {"ATOM_ENABLE_QK_NORM_ROPE_CACHE_QUANT_FUSION", "on"}}),
       BackendId::host);
-  CHECK(q.name() == "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4");
+  CHECK(q.name() == "qwen3_attention.host.gemm-triton.ar-fused.qkrc-fused.w-mxfp4.kv-fp8row");
 }
 
 TEST_CASE("a miss names the requested point, the missing axis value and what exists") {

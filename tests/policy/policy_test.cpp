@@ -175,10 +175,12 @@ TEMPLATE_TEST_CASE_SIG("reachability: every setting resolves, every instantiatio
       if (key_backend(e.key) == b) in_table.insert(e.key);
     CHECK(in_table == built);
     for (Key k : built) CHECK(canonical(reads_of<P>, key_point(k)) == key_point(k));
-    // Every environment with weights of every format (the format comes from the weights).
+    // Every environment with weights and caches of every format (the data sets those axes).
     for (const auto& e : all_policy_environments())
-      for (std::uint8_t f = 0; f < weight_format.size; ++f) {
-        const Point asked = point_from(env::Config::from(e)).with(axis_index<WeightFormat>, f);
+      for (std::uint8_t f = 0; f < weight_format.size * kv_cache_format.size; ++f) {
+        const Point asked = point_from(env::Config::from(e))
+                                .with(axis_index<WeightFormat>, f % weight_format.size)
+                                .with(axis_index<KvCacheFormat>, f / weight_format.size);
         const Key want = key(P, b, canonical(P, asked));
         if (built.count(want)) {
           const auto h = dispatch::resolve_point<P>(asked, b);
@@ -239,12 +241,14 @@ TEMPLATE_TEST_CASE_SIG("flipping one variable changes the instantiation exactly 
 }
 
 TEST_CASE("the settings printed for an instantiation select it") {
-  // With the weights' format, which no setting selects (the weights do).
+  // With the formats of the weights and caches, which no setting selects (the data does).
   for (PipelineId p : pipelines)
     for (const Point& x : all_points) {
       const Point c = canonical(p, x);
-      const Point selected = point_from(env::Config::from(environment_for(p, c)))
-                                 .with(axis_index<WeightFormat>, c[axis_index<WeightFormat>]);
+      Point selected = point_from(env::Config::from(environment_for(p, c)));
+      for_each_axis([&](const auto& axis, std::size_t i) {
+        if (axis.source != AxisSource::environment) selected = selected.with(i, c[i]);
+      });
       CHECK(canonical(p, selected) == c);
     }
 }

@@ -69,6 +69,9 @@ constexpr const char* usage =
     "                Without it, --tokens random sequences of lengths L/2..L are decoded.\n"
     "  --output      writes hidden.<s>.layer.<l> [len_s, hidden] F32 (layer l's output, residual\n"
     "                included) and, for MoE layers, route.<s>.layer.<l> [len_s, top_k] I32\n"
+    "  --kv-cache    the format of a Qwen3 model's KV cache: fp8_row (default; FP8 with a scale\n"
+    "                per token and head), fp8_tensor (FP8 with one scale per tensor, as vLLM and\n"
+    "                SGLang keep it; a checkpoint run uses scale 1), bf16\n"
     "  --steps       decode S steps of --tokens sequences (contexts L/2..L, prefilled) through\n"
     "                the decoder layers (a preset: --layers N layers, default 1, each with its "
     "own\n"
@@ -103,6 +106,7 @@ struct Options {
   std::string input;
   std::string output;
   long steps = 0;
+  ops::KvCacheFormat kv_cache = ops::KvCacheFormat::fp8_row;
   long tp = 1;
   long dp = 1;
   long tp_rank = -1;  // a GPU TP rank that --tp N --backend gpu started, and its store's port
@@ -154,6 +158,8 @@ Options parse(int argc, char** argv) {
       o.output = value;
     else if (flag == "--steps")
       o.steps = parse_number(flag, value, 1, 1 << 20);
+    else if (flag == "--kv-cache")
+      o.kv_cache = ops::kv_cache_format_named("--kv-cache", value);
     else if (flag == "--tp")
       o.tp = parse_number(flag, value, 1, 8);
     else if (flag == "--dp")
@@ -255,7 +261,8 @@ int run(const Options& o, const env::Config& config, const pipeline::ModelConfig
         [[maybe_unused]] pipeline::TpComm* gpu_tp) {
   const policy::BackendId backend = tp_backend(o);
   const bool on_gpu = backend == policy::BackendId::gpu;
-  const auto handle = dispatch::resolve<P>(config, backend);
+  const auto handle =
+      dispatch::resolve_point<P>(policy::point_from(config).with(o.kv_cache), backend);
   const std::string reference =
       on_gpu     ? policy::instance_name(P, policy::BackendId::host, handle.point())
       : o.tp > 1 ? std::string(handle.name()) + " at tensor parallel size 1"
@@ -483,7 +490,7 @@ int run_steps(const Options& o, const env::Config& config, const pipeline::Model
   model::StepSetup s;
   s.model = &m;
   s.layers = layers;
-  s.point = policy::point_from(config);
+  s.point = policy::point_from(config).with(o.kv_cache);
   s.dual_stream_threshold = config.get<env::Var::dual_stream_moe_token_threshold>();
   const long context = std::min<long>(o.context, m.max_position - capacity);
   if (context < 1)
@@ -611,7 +618,7 @@ int run_checkpoint(const Options& o, const env::Config& config, pipeline::TpComm
       inputs.push_back(std::move(v));
     }
   }
-  const policy::Point point = policy::point_from(config);
+  const policy::Point point = policy::point_from(config).with(o.kv_cache);
   const auto t0 = std::chrono::steady_clock::now();
   const std::int64_t threshold = config.get<env::Var::dual_stream_moe_token_threshold>();
   std::vector<model::LayerOutput> outputs;

@@ -16,7 +16,9 @@
 // both against the byte floor.
 //
 // Usage: atom-bench-step [--model M[,M...]] [--tokens 1,4,16,64,256] [--contexts 512,4096,16384]
-//                        [--layers N] [--replays R] [--csv FILE]
+//                        [--layers N] [--replays R] [--kv-cache fp8_row|fp8_tensor|bf16]
+//                        [--csv FILE]
+// (--kv-cache: the Qwen3 models' cache format; the PyTorch peer's cache is bf16.)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -48,6 +50,7 @@ struct Options {
   std::vector<long> contexts{512, 4096, 16384};
   long layers = 0;  // 0: as many as fit
   int replays = 20;
+  ops::KvCacheFormat kv_cache = ops::KvCacheFormat::fp8_row;
   std::string csv;
 };
 
@@ -97,6 +100,8 @@ Options parse(int argc, char** argv) {
       o.layers = number(flag, value, 1, 1024);
     else if (flag == "--replays")
       o.replays = static_cast<int>(number(flag, value, 1, 10000));
+    else if (flag == "--kv-cache")
+      o.kv_cache = ops::kv_cache_format_named(flag, value);
     else if (flag == "--csv")
       o.csv = value;
     else
@@ -114,11 +119,12 @@ index_t first_moe_layer(const pipeline::ModelConfig& m) {
 }
 
 // Bytes of one layer's cache for `tokens` sequences of `context` rows (and the steps' growth).
-double cache_bytes(const pipeline::ModelConfig& m, long tokens, long context, long steps) {
+double cache_bytes(const pipeline::ModelConfig& m, long tokens, long context, long steps,
+                   ops::KvCacheFormat f) {
   const double rows =
       static_cast<double>(tokens) *
       static_cast<double>(((context + steps + m.block_size - 1) / m.block_size) * m.block_size);
-  return rows * model::cache_row_bytes(m);
+  return rows * model::cache_row_bytes(m, f);
 }
 
 double median(std::vector<double> v) {
@@ -223,12 +229,12 @@ int run(const Options& o) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     model::StepSetup s;
     s.model = &m;
-    s.point = policy::point_from(config);
+    s.point = policy::point_from(config).with(o.kv_cache);
     s.dual_stream_threshold = config.get<env::Var::dual_stream_moe_token_threshold>();
     s.steps = steps;
     const long max_tokens = *std::max_element(o.tokens.begin(), o.tokens.end());
     const long max_context = *std::max_element(o.contexts.begin(), o.contexts.end());
-    const double largest_cache = cache_bytes(m, max_tokens, max_context, steps);
+    const double largest_cache = cache_bytes(m, max_tokens, max_context, steps, o.kv_cache);
     long layers = m.num_layers - first;
     if (o.layers > layers)
       throw std::invalid_argument("--layers " + std::to_string(o.layers) + ": " + name + " has " +

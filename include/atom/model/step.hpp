@@ -24,7 +24,9 @@ namespace atom::model {
 struct StepSetup {
   const pipeline::ModelConfig* model = nullptr;
   std::vector<DecodeLayer> layers;  // the layers' host weights (the host backend runs on them)
-  policy::Point point;              // from the environment; each block at its weights' format
+  // From the environment, with the format of the GQA caches the step allocates (its
+  // KvCacheFormat); each block at its weights' format.
+  policy::Point point;
   std::int64_t dual_stream_threshold = 0;
   // Per sequence, the context length its first step attends to (>= 1, the token itself
   // included): context_lens[s] - 1 rows are prefilled.
@@ -51,11 +53,17 @@ struct StepBytes {
 };
 
 // Bytes of one cache slot of one layer (the row a token writes and later tokens read): MLA's bf16
-// latent row (kv_lora + rope), or per KV head the FP8 key and value codes and their float scales.
-inline double cache_row_bytes(const pipeline::ModelConfig& m) {
-  return m.attention == pipeline::AttentionKind::mla
-             ? 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim)
-             : static_cast<double>(m.num_kv_heads) * (2.0 * static_cast<double>(m.head_dim) + 8.0);
+// latent row (kv_lora + rope), or per KV head the key and value rows in the GQA cache's format
+// (FP8 codes with their float scales in fp8_row, FP8 codes alone in fp8_tensor, bf16 values).
+inline double cache_row_bytes(const pipeline::ModelConfig& m,
+                              ops::KvCacheFormat f = ops::KvCacheFormat::fp8_row) {
+  if (m.attention == pipeline::AttentionKind::mla)
+    return 2.0 * static_cast<double>(m.kv_lora_rank + m.qk_rope_dim);
+  const double d = static_cast<double>(m.head_dim);
+  const double row = f == ops::KvCacheFormat::bf16         ? 2.0 * d
+                     : f == ops::KvCacheFormat::fp8_tensor ? d
+                                                           : d + 4.0;
+  return static_cast<double>(m.num_kv_heads) * 2.0 * row;
 }
 
 // One block of a step (a layer's attention or MLP block): its pipeline, the bytes it must move

@@ -33,14 +33,22 @@ void mla_decode(const Host&, View3<const bf16> q_latent, View3<const bf16> q_pe,
                 View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
                 View3<bf16> out);
 
-// Grouped-query decode over the FP8 paged cache.
+// Grouped-query decode over the paged cache of format F (kv_format.hpp).
 //   q   [T, q_heads, head_dim], q_heads a multiple of cache.kv_heads(); query head h reads kv
 //       head h / (q_heads / kv_heads)
 //   out [T, q_heads, head_dim]
-// Keys and values are dequantized as to_float(code) * scale in float; score_j = (q . k_j) *
-// softmax_scale.
-void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
+// Keys and values are read as floats (PagedKvCache::element: to_float(code) * scale); score_j = (q
+// . k_j) * softmax_scale.
+template <KvCacheFormat F>
+void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCache<F>& cache,
                 const DecodeBatch& batch, float softmax_scale, View3<bf16> out);
+
+// The same over a writable cache (seen read-only), on either backend.
+template <class Backend, KvCacheFormat F>
+void gqa_decode(const Backend& b, View3<const bf16> q, const KvCache<F>& cache,
+                const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
+  gqa_decode<F>(b, q, ConstKvCache<F>(cache), batch, softmax_scale, out);
+}
 
 // The boundary checks both backends run before touching any data: shapes, contiguous rows,
 // head divisibility, aliasing, a finite scale, and the batch's shapes. The host ops then check
@@ -48,7 +56,8 @@ void gqa_decode(const Host&, View3<const bf16> q, const ConstKvCacheFp8& cache,
 void expect_mla_decode_args(std::string_view op, View3<const bf16> q_latent, View3<const bf16> q_pe,
                             View3<const bf16> cache, const DecodeBatch& batch, float softmax_scale,
                             View3<bf16> out);
-void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCacheFp8& cache,
+template <KvCacheFormat F>
+void expect_gqa_decode_args(std::string_view op, View3<const bf16> q, const ConstKvCache<F>& cache,
                             const DecodeBatch& batch, float softmax_scale, View3<bf16> out);
 
 }  // namespace atom::ops

@@ -170,7 +170,7 @@ struct Qwen3AttentionArgs {
   BlockIo io;
   const Qwen3AttentionWeights* weights = nullptr;
   DecodeBatch batch;
-  ops::KvCacheFp8 cache;
+  ops::AnyKvCache cache;  // of the instantiation's kv_cache_format
 };
 
 struct MoeArgs {

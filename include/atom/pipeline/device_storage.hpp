@@ -52,7 +52,7 @@ class DeviceDecodeState {
   View2<bf16> out() const { return out_; }
   View2<bf16> intermediate() const { return intermediate_; }
   View3<bf16> mla_cache() const { return mla_cache_; }
-  ops::KvCacheFp8 kv_cache() const { return kv_cache_; }
+  ops::AnyKvCache kv_cache() const { return kv_cache_; }
 
  private:
   std::vector<gpu::Buffer<std::byte>> buffers_;
@@ -62,7 +62,7 @@ class DeviceDecodeState {
   View2<bf16> out_;
   View2<bf16> intermediate_;
   View3<bf16> mla_cache_;
-  ops::KvCacheFp8 kv_cache_;
+  ops::AnyKvCache kv_cache_;
 };
 
 // A workspace over device memory, for GPU runs.

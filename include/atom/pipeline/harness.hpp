@@ -47,6 +47,13 @@ RunArgs<P> make_args(const RunInputs& in, const Weights& w, const State& s, Work
     static_assert(policy::unhandled<P>);
 }
 
+// The format of the GQA cache a handle reads: the state a harness run makes for it holds one of
+// that format (fp8_row for the pipelines without a GQA cache, whose points fold the axis).
+template <policy::PipelineId P>
+ops::KvCacheFormat kv_format_of(const dispatch::Handle<P>& h) {
+  return h.point().template get<policy::KvCacheFormat>();
+}
+
 // Whether pipeline p can run on this model (MLA pipelines need an MLA model, and so on).
 bool pipeline_fits(policy::PipelineId p, const ModelConfig& model);
 
@@ -79,7 +86,8 @@ RunOutput sample_rows(const RunOutput& whole, const RunInputs& in,
 
 // Rank tp's share of the DecodeState made from `in`: the same batch and residual, x as the rank's
 // partial sum, the cache of its KV heads (of the attention's format, from in.weights).
-DecodeState rank_state(const RunInputs& in, TpShape tp);
+DecodeState rank_state(const RunInputs& in, TpShape tp,
+                       ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row);
 
 // Runs the handle (host backend) at tensor parallel size `size`: one thread per rank (run_ranks),
 // each with its shard of in.weights (pipeline::shard), its share of the DecodeState made from `in`

@@ -31,7 +31,8 @@ struct LayerHandles {
 policy::PipelineId attention_pipeline(const ModelConfig& m);
 policy::PipelineId mlp_pipeline(LayerKind kind);
 
-// The blocks of a layer of `kind`: `point` (from the environment) with each block's weight format.
+// The blocks of a layer of `kind`: `point` (from the environment, with the format of the GQA cache
+// the layer will be given) with each block's weight format.
 LayerHandles resolve_layer(const ModelConfig& m, LayerKind kind, policy::Point point,
                            policy::WeightFormat attention_format, policy::WeightFormat mlp_format,
                            policy::BackendId backend);
@@ -61,7 +62,7 @@ struct LayerIo {
   View2<bf16> intermediate;
   DecodeBatch batch;
   View3<bf16> mla_cache;     // MLA models
-  ops::KvCacheFp8 kv_cache;  // GQA models
+  ops::AnyKvCache kv_cache;  // GQA models
   std::int64_t dual_stream_threshold = 0;
   View2<std::int32_t> routes;  // optional [T, top_k]: the MoE block's experts (MoeArgs::routes)
 };

@@ -208,15 +208,20 @@ GemmAct<F> to_gemm_input(const Backend& b, Workspace& ws, View2<bf16> x) {
   }
 }
 
-// Views of a contiguous [T, H, D] tensor: as [T, H * D] (one row per token) and as [T * H, D]
-// (one row per token and head).
+// Views of a contiguous [T, H, D] tensor as [T, H * D] (one row per token), and of a [T, H, D]
+// tensor whose (token, head) rows are evenly strided (uniform_head_rows: contiguous, or a column
+// slice of a wider head dimension) as [T * H, D] (one row per token and head).
 template <class T>
 View2<T> merge_heads(View3<T> v) {
   return make_view(v.data, v.size(0), v.size(1) * v.size(2));
 }
 template <class T>
+bool uniform_head_rows(View3<T> v) {
+  return v.stride(2) == 1 && v.stride(0) == v.size(1) * v.stride(1);
+}
+template <class T>
 View2<T> rows_per_head(View3<T> v) {
-  return make_view(v.data, v.size(0) * v.size(1), v.size(2));
+  return {v.data, {v.size(0) * v.size(1), v.size(2)}, {v.stride(1), 1}};
 }
 
 // The GEMM of weight format F (A4W4, W8A8 with block scales, bf16); both GEMM backends compute
@@ -366,11 +371,16 @@ struct MlaAttention {
                            View3<bf16> out) {
     constexpr auto bmm = P.get<policy::BmmFormat>();
     if constexpr (bmm == policy::BmmFormat::fp8) {
-      // Activations FP8 per token-group of 128, one row per (token, head).
-      auto dense = ws.take<bf16>(in.size(0), in.size(1), in.size(2));
-      for (index_t i = 0; i < in.size(0); ++i) ops::copy(b, in[i], dense[i]);
+      // Activations FP8 per token-group of 128, one row per (token, head), quantized where they
+      // lie (q_nope is a column slice of q, o_latent contiguous: both rows evenly strided), else
+      // from a contiguous copy.
+      View3<bf16> rows = in;
+      if (!detail::uniform_head_rows(in)) {
+        rows = ws.take<bf16>(in.size(0), in.size(1), in.size(2));
+        for (index_t i = 0; i < in.size(0); ++i) ops::copy(b, in[i], rows[i]);
+      }
       auto act = detail::take_act<ops::Fp8GroupAct>(ws, in.size(0) * in.size(1), in.size(2));
-      ops::quantize<link<ops::epi::Fp8PerGroup128, BmmFp8Input>>(b, detail::rows_per_head(dense),
+      ops::quantize<link<ops::epi::Fp8PerGroup128, BmmFp8Input>>(b, detail::rows_per_head(rows),
                                                                  act);
       ops::bmm_fp8(b, act, w_fp8, out);
     } else if constexpr (bmm == policy::BmmFormat::mxfp4) {
@@ -382,12 +392,14 @@ struct MlaAttention {
 };
 
 // Qwen3 attention, decode: [AR+]add+RMSNorm -> quant -> qkv GEMM -> per-head Q/K norm + RoPE +
-// FP8 KV-cache write (one fused op or the separate chain) -> GQA decode -> o_proj.
+// KV-cache write (one fused op or the separate chain) -> GQA decode -> o_proj, over a cache of
+// the instantiation's format (the caller's: Qwen3AttentionArgs::cache holds any, checked here).
 template <>
 struct Declared<policy::PipelineId::qwen3_attention> {
   // The DS_* input norm fusion is DeepSeek's: Qwen3's input norm is always norm, then quant.
-  static constexpr auto reads = policy::axes_read<policy::GemmBackend, policy::AllReduceNorm,
-                                                  policy::QkNormRopeCache, policy::WeightFormat>;
+  static constexpr auto reads =
+      policy::axes_read<policy::GemmBackend, policy::AllReduceNorm, policy::QkNormRopeCache,
+                        policy::WeightFormat, policy::KvCacheFormat>;
   static constexpr std::string_view type = "pipeline::Qwen3Attention";
 };
 template <PointOf<policy::PipelineId::qwen3_attention> P, class Backend>
@@ -396,9 +408,11 @@ struct Qwen3Attention {
   static constexpr auto format = P.get<policy::WeightFormat>();
   static constexpr auto qk_norm_rope_cache = P.get<policy::QkNormRopeCache>();
   static constexpr auto all_reduce = P.get<policy::AllReduceNorm>();
+  static constexpr auto kv_format = P.get<policy::KvCacheFormat>();
 
   static void run(const Qwen3AttentionArgs& a) {
     const Qwen3AttentionWeights& w = detail::checked("qwen3_attention", a.io, a.weights);
+    const auto& cache = ops::kv_cache_of<kv_format>("qwen3_attention", a.cache);
     const Backend b = detail::backend_of<Backend>(a.io);
     const ModelConfig& m = *a.io.model;
     Workspace& ws = *a.io.workspace;
@@ -417,19 +431,19 @@ struct Qwen3Attention {
 
     auto q = ws.take<bf16>(t, heads, m.head_dim);
     if constexpr (qk_norm_rope_cache == policy::QkNormRopeCache::fused) {
-      ops::qk_norm_rope_cache_fused<ops::RopeStyle::neox>(b, qkv, w.q_norm, w.k_norm, m.rms_eps,
-                                                          a.batch.positions, w.cos_sin,
-                                                          a.batch.slots, a.cache, q);
+      ops::qk_norm_rope_cache_fused<ops::RopeStyle::neox, kv_format>(
+          b, qkv, w.q_norm, w.k_norm, m.rms_eps, a.batch.positions, w.cos_sin, a.batch.slots, cache,
+          q);
     } else if constexpr (qk_norm_rope_cache == policy::QkNormRopeCache::separate) {
-      ops::qk_norm_rope_cache_separate<ops::RopeStyle::neox>(b, qkv, w.q_norm, w.k_norm, m.rms_eps,
-                                                             a.batch.positions, w.cos_sin,
-                                                             a.batch.slots, a.cache, q);
+      ops::qk_norm_rope_cache_separate<ops::RopeStyle::neox, kv_format>(
+          b, qkv, w.q_norm, w.k_norm, m.rms_eps, a.batch.positions, w.cos_sin, a.batch.slots, cache,
+          q);
     } else {
       static_assert(policy::unhandled<qk_norm_rope_cache>);
     }
     auto o = ws.take<bf16>(t, heads, m.head_dim);
     const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
-    ops::gqa_decode(b, q, a.cache, a.batch, scale, o);
+    ops::gqa_decode(b, q, cache, a.batch, scale, o);
     detail::gemm<format, gemm>(b, detail::to_gemm_input<format>(b, ws, detail::merge_heads(o)),
                                w.o_proj, a.io.out);
   }

@@ -45,18 +45,25 @@ class LayerWeights {
   DenseMlpWeights dense_;
 };
 
+// The scales of the fp8_tensor caches a DecodeState makes: its random contexts' keys and values
+// are standard normal, so 448 x scale (5.5 and 4.5) saturates about one element in 10^7 and 10^5.
+inline constexpr float state_key_scale = 0.0123f;
+inline constexpr float state_value_scale = 0.0101f;
+
 class DecodeState {
  public:
   // One sequence per entry of context_lens, each with its own context of that length (at least
   // its query tokens) and `query_tokens` query tokens (1: plain decode; more: the tokens a
-  // speculative step verifies), the last rows of its context.
+  // speculative step verifies), the last rows of its context; a GQA model's cache in format
+  // `kv_format`.
   DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed,
-              index_t query_tokens = 1);
+              index_t query_tokens = 1, ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row);
   // Rank tp's share of the state made alike at size 1: the same batch and residual; x as this
   // rank's partial sum (x / size on every rank for a power-of-two size, which sums back to x
   // exactly; otherwise x on rank 0 and zeros elsewhere); a GQA cache of KV heads `kv_heads` only.
   DecodeState(const ModelConfig& model, std::vector<std::int32_t> context_lens, std::uint64_t seed,
-              TpShape tp, Part kv_heads, index_t query_tokens = 1);
+              TpShape tp, Part kv_heads, index_t query_tokens = 1,
+              ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row);
   DecodeState(const DecodeState&) = delete;
   DecodeState& operator=(const DecodeState&) = delete;
 
@@ -67,7 +74,7 @@ class DecodeState {
   View2<bf16> out() const { return out_; }
   View2<bf16> intermediate() const { return intermediate_; }
   View3<bf16> mla_cache() const { return mla_cache_; }
-  ops::KvCacheFp8 kv_cache() const { return kv_cache_; }
+  ops::AnyKvCache kv_cache() const { return kv_cache_; }
 
  private:
   std::vector<std::int32_t> query_start_;
@@ -82,7 +89,7 @@ class DecodeState {
   View2<bf16> out_;
   View2<bf16> intermediate_;
   View3<bf16> mla_cache_;
-  ops::KvCacheFp8 kv_cache_;
+  ops::AnyKvCache kv_cache_;
 };
 
 }  // namespace atom::pipeline

@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "atom/env/config.hpp"
+#include "atom/ops/kv_format.hpp"
 
 namespace atom::policy {
 
@@ -30,10 +31,11 @@ using SelectRule = void (*)(std::uint8_t value, env::Environment&);
 // weight format), so a reference keeps its value.
 enum class AxisKind : std::uint8_t { fusion, choice };
 
-// Where an axis's value comes from: the ATOM_* variables, or the weights a block runs on (their
-// format is a property of the checkpoint, so a run sets it from the loaded weights; a Config
-// alone selects the axis's first value).
-enum class AxisSource : std::uint8_t { environment, weights };
+// Where an axis's value comes from: the ATOM_* variables, or the data a block runs on: its weights
+// (their format is a property of the checkpoint) or the caches it is given (their format is the
+// engine's). A run sets such an axis from what it loaded or was handed; a Config alone selects
+// the axis's first value.
+enum class AxisSource : std::uint8_t { environment, weights, caches };
 
 // Descriptor of one axis. `enumerators` are the C++ names of E's values (index = value), for the
 // generated code; `labels` the names in instance names, settings and messages.
@@ -70,8 +72,7 @@ inline void set_variable(env::Environment& e, env::Var v, std::string_view value
   e[std::string(env::spec(v).name)] = std::string(value);
 }
 
-// The axis value a Config selects.
-// The axis value a Config selects (an axis set by the weights: its first value).
+// The axis value a Config selects (an axis set by the weights or caches: its first value).
 template <class E, std::size_t N, std::size_t NVars>
 std::uint8_t read_value(const Axis<E, N, NVars>& a, const env::Config& c) {
   if constexpr (NVars == 0) {
@@ -82,7 +83,7 @@ std::uint8_t read_value(const Axis<E, N, NVars>& a, const env::Config& c) {
   }
 }
 
-// Settings that select value v of the axis (none for an axis set by the weights).
+// Settings that select value v of the axis (none for an axis set by the weights or caches).
 template <class E, std::size_t N, std::size_t NVars>
 void select_value(const Axis<E, N, NVars>& a, std::uint8_t v, env::Environment& e) {
   if constexpr (NVars != 0) {
@@ -198,9 +199,24 @@ inline constexpr Axis<WeightFormat, 3, 0> weight_format{
     .kind = AxisKind::choice,
     .source = AxisSource::weights};
 
+// The format of the GQA key/value cache a block reads and writes (ops/kv_format.hpp): atom's FP8
+// with a scale per row, FP8 with one scale per tensor (vLLM's and SGLang's), or bf16. Set from the
+// cache a run is given, never from the environment.
+using KvCacheFormat = ops::KvCacheFormat;
+inline constexpr Axis<KvCacheFormat, 3, 0> kv_cache_format{
+    .name = "kv_cache_format",
+    .tag = "kv",
+    .type_name = "KvCacheFormat",
+    .enumerators = {"fp8_row", "fp8_tensor", "bf16"},
+    .labels = {"fp8row", "fp8tensor", "bf16"},
+    .vars = {},
+    .kind = AxisKind::choice,
+    .source = AxisSource::caches};
+
 // Every axis, in key order.
-inline constexpr std::tuple axes{gemm_backend, bmm_format,  allreduce_norm,     input_norm_quant,
-                                 qk_norm,      moe_streams, qk_norm_rope_cache, weight_format};
+inline constexpr std::tuple axes{gemm_backend,       bmm_format,    allreduce_norm,
+                                 input_norm_quant,   qk_norm,       moe_streams,
+                                 qk_norm_rope_cache, weight_format, kv_cache_format};
 
 inline constexpr std::size_t axis_count = std::tuple_size_v<decltype(axes)>;
 
@@ -233,10 +249,10 @@ constexpr bool well_formed(const A& a) {
   if (a.name.empty() || a.tag.empty() || a.type_name.empty() || A::size < 2) return false;
   for (std::size_t v = 0; v < A::size; ++v)
     if (a.enumerators[v].empty() || a.labels[v].empty()) return false;
-  // An axis set by the weights has no variables and no rules; an environment axis without a
-  // written rule must be two-valued and fed by one boolean.
+  // An axis set by the weights or caches has no variables and no rules; an environment axis
+  // without a written rule must be two-valued and fed by one boolean.
   if ((a.read == nullptr) != (a.select == nullptr)) return false;
-  if (a.source == AxisSource::weights) return a.vars.empty() && a.read == nullptr;
+  if (a.source != AxisSource::environment) return a.vars.empty() && a.read == nullptr;
   return !a.vars.empty() && (a.read != nullptr || plain_rule_applies(a));
 }
 }  // namespace detail
@@ -260,7 +276,7 @@ static_assert(
     }(),
     "every axis needs a name, a tag, its enum's name, a name for each of its values, its own enum "
     "type, and either a written read/select rule pair or two values fed by one boolean variable "
-    "(an axis set by the weights: no variables and no rules)");
+    "(an axis set by the weights or caches: no variables and no rules)");
 
 // Which axes something reads, one bit per axis in the order of `axes`. (A bit mask rather than an
 // array of bools: GCC 12 confuses template instantiations over array-valued arguments.)
