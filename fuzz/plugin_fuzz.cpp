@@ -108,14 +108,15 @@ Arg<T> make_arg(FuzzedDataProvider& in, std::size_t needed, std::minstd_rand& bi
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   FuzzedDataProvider in(data, size);
   {
-    // The entry point: any version; versions 1 to 3 are handed out, the rest refused. Runs use
-    // version 3's table (the earlier versions' functions are its first ones).
+    // The entry point: any version; versions 1 to 4 are handed out, the rest refused. Runs use
+    // this header's table (the earlier versions' functions are its first ones).
     const atom_plugin_api* got = nullptr;
     const char* error = nullptr;
     const auto version = in.ConsumeIntegralInRange<int>(0, 7) < 7 ? ATOM_PLUGIN_ABI_VERSION
                                                                   : in.ConsumeIntegral<uint32_t>();
     const atom_plugin_status s = atom_plugin_get_api(version, &got, &error);
-    if ((s == ATOM_PLUGIN_OK) != (version >= 1 && version <= 3)) __builtin_trap();
+    if ((s == ATOM_PLUGIN_OK) != (version >= 1 && version <= ATOM_PLUGIN_ABI_VERSION))
+      __builtin_trap();
     if (s == ATOM_PLUGIN_OK && got->abi_version != version) __builtin_trap();
     if (s != ATOM_PLUGIN_OK && (error == nullptr || std::strlen(error) == 0)) __builtin_trap();
     if (s != ATOM_PLUGIN_OK) return 0;

@@ -1,8 +1,10 @@
 // Decode attention over paged caches (flash-decoding). On NVIDIA, tensor-core kernels: MLA over
-// bf16 tiles of latent rows staged once per block for up to 64 heads, GQA over the FP8 cache with
-// the codes converted in registers into f16 mma fragments for up to 8 heads of a kv head. Elsewhere
-// (and for GQA shapes the tensor-core kernel does not take) both share a SIMT kernel template; only
-// the staging of cache rows differs. All write one set of split partials that one combine reads.
+// bf16 tiles of latent rows staged once per block for up to 64 heads, GQA over the FP8 caches
+// (fp8_row and fp8_tensor: a row's scale is found through the scale views' strides, 0 for the
+// tensor's one) with the codes converted in registers into f16 mma fragments for up to 8 heads of
+// a kv head. Elsewhere (the bf16 GQA cache, GQA shapes the tensor-core kernel does not take, AMD)
+// all share a SIMT kernel template; only the staging of cache rows differs. All write one set of
+// split partials that one combine reads.
 
 #include "atom/ops/gpu/attention.hpp"
 
@@ -163,15 +165,21 @@ struct MlaSource {
 
 namespace {
 
-// The FP8 cache: a row of a kv head is head_dim key codes and head_dim value codes, each with
-// its scale; staged dequantized, to_float(code) * scale as the host computes it.
+// The GQA cache: a row of a kv head is head_dim key elements and head_dim value elements, staged
+// as the floats the host reads (PagedKvCache::element). FP8 codes (Code fp8_e4m3) come with the
+// row's scale, read through the scale views' strides (fp8_row: one per row; fp8_tensor: strides
+// 0, the tensor's one), and are staged as to_float(code) * scale; bf16 values (Code bf16) have no
+// scale and are staged as they are.
+template <class Code>
 struct GqaSource {
+  static constexpr bool scaled = std::is_same_v<Code, fp8_e4m3>;
+  static_assert(scaled || std::is_same_v<Code, bf16>);
   static constexpr int key_chunks = 2;  // head_dim <= 256
   static constexpr int value_chunks = 2;
   static constexpr int key_width = 256;
   static constexpr int value_width = 256;
-  const fp8_e4m3* key;
-  const fp8_e4m3* value;
+  const Code* key;
+  const Code* value;
   const float* key_scale;
   const float* value_scale;
   index_t key_strides[3];  // block, slot in block, head
@@ -183,42 +191,58 @@ struct GqaSource {
   __device__ int row_chunks(int key_dim, int value_dim) const {
     return (key_dim + value_dim) / vec_width;
   }
-  // Eight codes in x and y, the row's scale in z.
+  // FP8: eight codes in x and y, the row's scale in z. bf16: eight values.
   __device__ uint4 fetch(index_t block, index_t offset, int kv_head, int c, int key_dim) const {
     const bool is_value = c >= key_dim / vec_width;
     const int d0 = (is_value ? c - key_dim / vec_width : c) * vec_width;
     const index_t* s = is_value ? value_strides : key_strides;
-    const index_t* ss = is_value ? value_scale_strides : key_scale_strides;
-    const fp8_e4m3* codes =
+    const Code* codes =
         (is_value ? value : key) + block * s[0] + offset * s[1] + kv_head * s[2] + d0;
-    const float scale =
-        (is_value ? value_scale : key_scale)[block * ss[0] + offset * ss[1] + kv_head * ss[2]];
-    uint2 u;
-    if (vec) {
-      u = *reinterpret_cast<const uint2*>(codes);
+    if constexpr (scaled) {
+      const index_t* ss = is_value ? value_scale_strides : key_scale_strides;
+      const float scale =
+          (is_value ? value_scale : key_scale)[block * ss[0] + offset * ss[1] + kv_head * ss[2]];
+      uint2 u;
+      if (vec) {
+        u = *reinterpret_cast<const uint2*>(codes);
+      } else {
+        std::uint32_t w[2] = {0, 0};
+        for (int j = 0; j < vec_width; ++j)
+          w[j / 4] |= static_cast<std::uint32_t>(codes[j].bits) << (8 * (j % 4));
+        u = make_uint2(w[0], w[1]);
+      }
+      return make_uint4(u.x, u.y, __float_as_uint(scale), 0);
     } else {
-      std::uint32_t w[2] = {0, 0};
-      for (int j = 0; j < vec_width; ++j)
-        w[j / 4] |= static_cast<std::uint32_t>(codes[j].bits) << (8 * (j % 4));
-      u = make_uint2(w[0], w[1]);
+      if (vec) return *reinterpret_cast<const uint4*>(codes);
+      std::uint32_t w[4];
+      for (int j = 0; j < 4; ++j)
+        w[j] = static_cast<std::uint32_t>(codes[2 * j].bits) |
+               (static_cast<std::uint32_t>(codes[2 * j + 1].bits) << 16);
+      return make_uint4(w[0], w[1], w[2], w[3]);
     }
-    return make_uint4(u.x, u.y, __float_as_uint(scale), 0);
   }
   __device__ void store(const uint4& raw, int c, int key_dim, float* key_row,
                         float* value_row) const {
     const bool is_value = c >= key_dim / vec_width;
     const int d0 = (is_value ? c - key_dim / vec_width : c) * vec_width;
-    const float scale = __uint_as_float(raw.z);
     float* dst = (is_value ? value_row : key_row) + d0;
-    for (int j = 0; j < vec_width; ++j) {
-      const auto code = static_cast<std::uint8_t>((j < 4 ? raw.x : raw.y) >> (8 * (j % 4)));
-      dst[j] = mul(to_float(fp8_e4m3{code}), scale);
+    if constexpr (scaled) {
+      const float scale = __uint_as_float(raw.z);
+      for (int j = 0; j < vec_width; ++j) {
+        const auto code = static_cast<std::uint8_t>((j < 4 ? raw.x : raw.y) >> (8 * (j % 4)));
+        dst[j] = mul(to_float(fp8_e4m3{code}), scale);
+      }
+    } else {
+      unpack_bf16x8(raw, dst);
     }
   }
   __device__ static const float* value_row(const float*, const float* value_row) {
     return value_row;
   }
 };
+
+// The FP8 caches' source, which the tensor-core GQA kernel reads (bf16 goes through SIMT only).
+using Fp8GqaSource = GqaSource<fp8_e4m3>;
 
 struct MaxFloat {
   __device__ float operator()(float a, float b) const { return b > a ? b : a; }
@@ -787,7 +811,7 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   }
 }
 
-// Paged GQA over the FP8 cache with tensor cores (NVIDIA; e4m3 to f16 in hardware needs sm_89).
+// Paged GQA over the FP8 caches with tensor cores (NVIDIA; e4m3 to f16 in hardware needs sm_89).
 // A block takes one token, up to 8 query heads of one kv head and one context chunk with 4 warps;
 // warp w takes the chunk's 16-row steps w, w + 4, ..., staged by cp.async in a ring of its own in
 // shared memory (two steps in flight while it uses one: no block barrier until the warps merge,
@@ -844,7 +868,7 @@ struct GqaSlot {
 // Issues the copies of rows [j0, j0 + 16) into `slot` (rows from `end` on as zeros); false, with
 // nothing read, when their block id is outside the cache.
 template <int D>
-__device__ inline bool gqa_issue(GqaSlot<D>& slot, const DecodeArgs& a, const GqaSource& src,
+__device__ inline bool gqa_issue(GqaSlot<D>& slot, const DecodeArgs& a, const Fp8GqaSource& src,
                                  const std::int32_t* table, index_t j0, index_t end, int kv_head,
                                  int lane) {
   const int g = lane / 4;
@@ -929,7 +953,8 @@ constexpr int gqa_shared_bytes() {
 }
 
 template <int D>
-__global__ void __launch_bounds__(32 * gqa_warps, 4) gqa_mma_kernel(DecodeArgs a, GqaSource src) {
+__global__ void __launch_bounds__(32 * gqa_warps, 4)
+    gqa_mma_kernel(DecodeArgs a, Fp8GqaSource src) {
   static_assert(D == 64 || D == 128);
   gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
   constexpr int ksteps = D / 16;
@@ -1357,7 +1382,7 @@ bool gqa_mma_built(int device) {
 }
 
 template <int D>
-void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const GqaSource& src, index_t tokens,
+void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const Fp8GqaSource& src, index_t tokens,
                     index_t grid_y, int device) {
   plan_split(gpu, a, tokens, tokens * grid_y, 2 * multiprocessors(device), gqa_granule,
              gqa_granule);
@@ -1370,11 +1395,11 @@ void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const GqaSource& src, ind
   finish_split(a, tokens, stream, device);
 }
 
-// GQA: the tensor-core kernel where mma.sync and the e4m3 conversion exist, head_dim is 64 or
-// 128, a 16-row step lies in one cache block and the cache rows are 16-byte aligned; else the
-// SIMT kernel.
+// GQA over an FP8 cache: the tensor-core kernel where mma.sync and the e4m3 conversion exist,
+// head_dim is 64 or 128, a 16-row step lies in one cache block and the cache rows are 16-byte
+// aligned; else the SIMT kernel.
 template <bool Mma>
-void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const GqaSource& src,
+void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Fp8GqaSource& src,
                 index_t tokens, index_t kv_heads, bool rows_aligned) {
   if constexpr (Mma) {
     const bool shape = (a.key_dim == 64 || a.key_dim == 128) && a.block_size % gqa_rows == 0;
@@ -1458,7 +1483,8 @@ void mla_decode(const Gpu& gpu, View3<const bf16> q_latent, View3<const bf16> q_
   kernels::launch_mla<gpu::nvidia_ptx>(op, gpu, a, src, q_latent.size(0));
 }
 
-void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cache,
+template <KvCacheFormat F>
+void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCache<F>& cache,
                 const DecodeBatch& batch, float softmax_scale, View3<bf16> out) {
   constexpr std::string_view op = "gqa_decode";
   expect_gqa_decode_args(op, q, cache, batch, softmax_scale, out);
@@ -1471,16 +1497,19 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
       q, static_cast<int>(dim), static_cast<int>(dim), static_cast<int>(q.size(1) / kv_heads),
       batch, cache.num_blocks(), cache.block_size(), softmax_scale, out);
   a.q_vec = kernels::aligned(q.data, 16) && q.stride(0) % 8 == 0 && q.stride(1) % 8 == 0;
-  // Whether every row of codes starts `bytes`-aligned (a code is one byte).
-  const auto rows_aligned = [&](std::size_t bytes) {
+  using Code = typename ConstKvCache<F>::Code;
+  constexpr auto code_bytes = static_cast<index_t>(sizeof(Code));
+  // Whether every row of the key and value views starts `bytes`-aligned.
+  const auto rows_aligned = [&](index_t bytes) {
     const auto rows = [bytes](const auto& v) {
-      return kernels::aligned(v.data, bytes) && v.stride(0) % bytes == 0 &&
-             v.stride(1) % bytes == 0 && v.stride(2) % bytes == 0;
+      return kernels::aligned(v.data, static_cast<std::size_t>(bytes)) &&
+             v.stride(0) * code_bytes % bytes == 0 && v.stride(1) * code_bytes % bytes == 0 &&
+             v.stride(2) * code_bytes % bytes == 0;
     };
     return rows(cache.key) && rows(cache.value);
   };
-  const bool vec = rows_aligned(8);
-  const kernels::GqaSource src{
+  const bool vec = rows_aligned(kernels::vec_width * code_bytes);  // one load of 8 elements
+  const kernels::GqaSource<Code> src{
       cache.key.data,
       cache.value.data,
       cache.key_scale.data,
@@ -1490,7 +1519,19 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCacheFp8& cach
       {cache.key_scale.stride(0), cache.key_scale.stride(1), cache.key_scale.stride(2)},
       {cache.value_scale.stride(0), cache.value_scale.stride(1), cache.value_scale.stride(2)},
       vec};
-  kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned(16));
+  if constexpr (F == KvCacheFormat::bf16)
+    kernels::launch_decode(op, gpu, a, src, q.size(0), kv_heads);
+  else
+    kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned(16));
 }
+
+#define ATOM_GPU_GQA_DECODE(F)                                                      \
+  template void gqa_decode<KvCacheFormat::F>(const Gpu&, View3<const bf16>,         \
+                                             const ConstKvCache<KvCacheFormat::F>&, \
+                                             const DecodeBatch&, float, View3<bf16>);
+ATOM_GPU_GQA_DECODE(fp8_row)
+ATOM_GPU_GQA_DECODE(fp8_tensor)
+ATOM_GPU_GQA_DECODE(bf16)
+#undef ATOM_GPU_GQA_DECODE
 
 }  // namespace atom::ops

@@ -1,5 +1,5 @@
-// Cache writers: the MLA latent cache (a copy of kv_c and k_pe into the token's slot) and the FP8
-// paged KV cache (one warp per (token, head) row).
+// Cache writers: the MLA latent cache (a copy of kv_c and k_pe into the token's slot) and the paged
+// KV cache in each format (one warp per (token, head) row, stored by detail/kv_cache.hpp).
 
 #include "atom/ops/gpu/cache.hpp"
 
@@ -50,7 +50,8 @@ struct KvArgs {
 };
 
 // One block per token; warp w takes rows w, w + warps, ... of the token's k heads then v heads.
-__global__ void kv_cache_write_kernel(KvArgs a, KvCacheRows cache) {
+template <ops::KvCacheFormat F>
+__global__ void kv_cache_write_kernel(KvArgs a, KvCacheRows<F> cache) {
   const index_t t = blockIdx.x;
   const std::int64_t s = a.slots[t * a.slot_stride];
   if (s < 0 || s >= cache.capacity) return;
@@ -60,7 +61,7 @@ __global__ void kv_cache_write_kernel(KvArgs a, KvCacheRows cache) {
     const int h = is_value ? r - a.heads : r;
     const bf16* src = is_value ? a.v + t * a.v_strides[0] + h * a.v_strides[1]
                                : a.k + t * a.k_strides[0] + h * a.k_strides[1];
-    warp_quantize_kv_row(src, a.head_dim, cache.codes(is_value, s, h), cache.scale(is_value, s, h));
+    cache.warp_store(is_value, s, h, src, a.head_dim);
   }
 }
 
@@ -101,9 +102,10 @@ void mla_cache_write(const Gpu& gpu, View2<const bf16> kv_c, View2<const bf16> k
   ATOM_GPU_CHECK(hipGetLastError());
 }
 
-void kv_cache_write_fp8(const Gpu& gpu, View3<const bf16> k, View3<const bf16> v,
-                        View1<const std::int64_t> slots, const KvCacheFp8& cache) {
-  constexpr std::string_view op = "kv_cache_write_fp8";
+template <KvCacheFormat F>
+void kv_cache_write(const Gpu& gpu, View3<const bf16> k, View3<const bf16> v,
+                    View1<const std::int64_t> slots, const KvCache<F>& cache) {
+  constexpr std::string_view op = "kv_cache_write";
   const index_t tokens = k.size(0);
   expect_kv_cache(op, "cache", cache, -1, -1);
   const index_t heads = cache.kv_heads();
@@ -122,10 +124,19 @@ void kv_cache_write_fp8(const Gpu& gpu, View3<const bf16> k, View3<const bf16> v
                              slots.stride(0),
                              static_cast<int>(heads),
                              static_cast<int>(dim)};
-  kernels::kv_cache_write_kernel<<<static_cast<unsigned>(tokens), 256, 0,
-                                   static_cast<hipStream_t>(gpu.stream)>>>(
-      args, kernels::kv_cache_rows(cache));
+  kernels::kv_cache_write_kernel<F>
+      <<<static_cast<unsigned>(tokens), 256, 0, static_cast<hipStream_t>(gpu.stream)>>>(
+          args, kernels::kv_cache_rows(cache));
   ATOM_GPU_CHECK(hipGetLastError());
 }
+
+#define ATOM_GPU_KV_CACHE_WRITE(F)                                                                 \
+  template void kv_cache_write<KvCacheFormat::F>(const Gpu&, View3<const bf16>, View3<const bf16>, \
+                                                 View1<const std::int64_t>,                        \
+                                                 const KvCache<KvCacheFormat::F>&);
+ATOM_GPU_KV_CACHE_WRITE(fp8_row)
+ATOM_GPU_KV_CACHE_WRITE(fp8_tensor)
+ATOM_GPU_KV_CACHE_WRITE(bf16)
+#undef ATOM_GPU_KV_CACHE_WRITE
 
 }  // namespace atom::ops

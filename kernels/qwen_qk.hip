@@ -1,5 +1,5 @@
-// Qwen3's QK step: per-head Q/K RMSNorm + RoPE + FP8 paged KV-cache write in one launch, and the
-// separate chain of standalone GPU ops.
+// Qwen3's QK step: per-head Q/K RMSNorm + RoPE + paged KV-cache write (each format, stored by
+// detail/kv_cache.hpp) in one launch, and the separate chain of standalone GPU ops.
 
 #include "atom/ops/gpu/qwen_qk.hpp"
 
@@ -88,9 +88,9 @@ __device__ void norm_rope_head(bool active, const bf16* src, const bf16* weight,
 
 // Grid (tokens, head groups): block (t, g) takes heads g * qk_heads_per_block .. of token t in
 // the order q heads, k heads, v heads, one warp per head.
-template <ops::RopeStyle S>
+template <ops::RopeStyle S, ops::KvCacheFormat F>
 __global__ void __launch_bounds__(qk_threads)
-    qk_norm_rope_cache_kernel(QkArgs a, KvCacheRows cache) {
+    qk_norm_rope_cache_kernel(QkArgs a, KvCacheRows<F> cache) {
   constexpr int per_lane = static_cast<int>(ops::gpu_qk_max_head_dim) / gpu::warp_size;
   constexpr int max_warps = qk_threads / gpu::warp_size;
   __shared__ float normed[max_warps][ops::gpu_qk_max_head_dim];
@@ -113,11 +113,7 @@ __global__ void __launch_bounds__(qk_threads)
     const bool is_k = in_block && h >= a.q_heads && h < a.q_heads + a.kv_heads;
     const bool is_v = in_block && h >= a.q_heads + a.kv_heads && h < a.q_heads + 2 * a.kv_heads;
     const bf16* src = a.qkv + t * a.qkv_stride + static_cast<index_t>(h) * dim;
-    if (is_v && write_cache) {
-      const int kv_head = h - a.q_heads - a.kv_heads;
-      warp_quantize_kv_row(src, dim, cache.codes(true, slot, kv_head),
-                           cache.scale(true, slot, kv_head));
-    }
+    if (is_v && write_cache) cache.warp_store(true, slot, h - a.q_heads - a.kv_heads, src, dim);
     const bool rotate = is_q || (is_k && write_cache);
     float y[per_lane];
     norm_rope_head<S>(rotate, src, is_q ? a.q_weight : a.k_weight, dim, a.eps, cos_sin_row,
@@ -129,19 +125,7 @@ __global__ void __launch_bounds__(qk_threads)
         if (d < dim) out[d] = valid_position ? to_bf16(y[k]) : bf16_nan;
       }
     } else if (is_k && write_cache) {
-      // quantize_kv_row straight from the float result.
-      const int kv_head = h - a.q_heads;
-      float amax = 0.0f;
-      for (int k = 0; k < per_lane; ++k)
-        if (lane + k * gpu::warp_size < dim) amax = MaxOrdered{}(amax, kv_magnitude(y[k]));
-      amax = warp_reduce(amax, MaxOrdered{});
-      const float scale = kv_scale_for(amax);
-      fp8_e4m3* codes = cache.codes(false, slot, kv_head);
-      for (int k = 0; k < per_lane; ++k) {
-        const int d = lane + k * gpu::warp_size;
-        if (d < dim) codes[d] = to_fp8<Fp8Kind::e4m3fn>(div(y[k], scale));
-      }
-      if (lane == 0) *cache.scale(false, slot, kv_head) = scale;
+      cache.warp_store(false, slot, h - a.q_heads, y, dim);  // straight from the float result
     }
   }
 }
@@ -155,9 +139,9 @@ __global__ void __launch_bounds__(qk_threads)
 // warp converged; only loads and stores are predicated.
 inline constexpr int qk_vec_threads = 256;
 
-template <ops::RopeStyle S, int HeadLanes>
+template <ops::RopeStyle S, ops::KvCacheFormat F, int HeadLanes>
 __global__ void __launch_bounds__(qk_vec_threads)
-    qk_norm_rope_cache_vec_kernel(QkArgs a, KvCacheRows cache, index_t items) {
+    qk_norm_rope_cache_vec_kernel(QkArgs a, KvCacheRows<F> cache, index_t items) {
   constexpr int width = vec_width;
   const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
   const int head_lane = lane % HeadLanes;
@@ -267,21 +251,13 @@ __global__ void __launch_bounds__(qk_vec_threads)
           pack_bf16x8(out);
     }
   }
-  // quantize_kv_row on the rotated k or the raw v.
+  // The rotated k or the raw v into the cache.
   float kv[width];
-  float amax = 0.0f;
 #pragma unroll
-  for (int j = 0; j < width; ++j) {
-    kv[j] = is_v ? x[j] : rotated[j];
-    amax = MaxOrdered{}(amax, kv_magnitude(kv[j]));
-  }
-  amax = lanes_reduce<HeadLanes>(amax, MaxOrdered{});
-  if ((is_k || is_v) && write_cache) {
-    const int kv_head = is_v ? h - a.q_heads - a.kv_heads : h - a.q_heads;
-    const Fp8Divisor d(kv_scale_for(amax));
-    if (holds) *reinterpret_cast<uint2*>(cache.codes(is_v, slot, kv_head) + first) = fp8x8(kv, d);
-    if (head_lane == 0) *cache.scale(is_v, slot, kv_head) = d.scale;
-  }
+  for (int j = 0; j < width; ++j) kv[j] = is_v ? x[j] : rotated[j];
+  const int kv_head = is_v ? h - a.q_heads - a.kv_heads : h - a.q_heads;
+  cache.template lanes_store8<HeadLanes>((is_k || is_v) && write_cache, holds, is_v, slot, kv_head,
+                                         first, head_lane, kv);
 }
 
 struct QkShape {
@@ -293,10 +269,11 @@ struct QkShape {
 
 // The host op's boundary checks, less the two that read device memory (positions and slots are
 // checked in the kernels).
+template <ops::KvCacheFormat F>
 QkShape expect_qk_args(std::string_view op, View2<const bf16> qkv, View1<const bf16> q_norm_weight,
                        View1<const bf16> k_norm_weight, View1<const std::int64_t> positions,
                        View2<const float> cos_sin, View1<const std::int64_t> slots,
-                       const ops::KvCacheFp8& cache, View3<bf16> q_out) {
+                       const ops::KvCache<F>& cache, View3<bf16> q_out) {
   ops::expect_kv_cache(op, "cache", cache, -1, -1);
   const QkShape s{qkv.size(0), q_out.size(1), cache.kv_heads(), cache.head_dim()};
   expect(s.head_dim % 2 == 0, op,
@@ -323,23 +300,17 @@ QkShape expect_qk_args(std::string_view op, View2<const bf16> qkv, View1<const b
   return s;
 }
 
-// A cache tensor [blocks, block_size, heads, head_dim] whose head rows take 8-byte stores.
-bool aligned8_rows(const View4<fp8_e4m3>& v) {
-  return reinterpret_cast<std::uintptr_t>(v.data) % 8 == 0 && v.stride(0) % 8 == 0 &&
-         v.stride(1) % 8 == 0 && v.stride(2) % 8 == 0;
-}
-
 }  // namespace
 }  // namespace atom::kernels
 
 namespace atom::ops {
 
-template <RopeStyle S>
+template <RopeStyle S, KvCacheFormat F>
 void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
                               View1<const bf16> q_norm_weight, View1<const bf16> k_norm_weight,
                               float eps, View1<const std::int64_t> positions,
                               View2<const float> cos_sin, View1<const std::int64_t> slots,
-                              const KvCacheFp8& cache, View3<bf16> q_out) {
+                              const KvCache<F>& cache, View3<bf16> q_out) {
   const kernels::QkShape s =
       kernels::expect_qk_args("qk_norm_rope_cache_fused", qkv, q_norm_weight, k_norm_weight,
                               positions, cos_sin, slots, cache, q_out);
@@ -369,8 +340,8 @@ void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
                    q_out.stride(1) % kernels::vec_width == 0 &&
                    kernels::aligned16(q_norm_weight.data) &&
                    kernels::aligned16(k_norm_weight.data) && kernels::aligned16(cos_sin.data) &&
-                   cos_sin.stride(0) % 4 == 0 && kernels::aligned8_rows(cache.key) &&
-                   kernels::aligned8_rows(cache.value);
+                   cos_sin.stride(0) % 4 == 0 && kernels::lanes_store8_aligned(cache.key) &&
+                   kernels::lanes_store8_aligned(cache.value);
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   if (vec) {
     const index_t items = s.tokens * heads;
@@ -379,7 +350,7 @@ void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
       const index_t blocks = (items + per_block - 1) / per_block;
       expect(blocks <= 0x7fffffff, "qk_norm_rope_cache_fused",
              "too many tokens x heads (" + std::to_string(items) + ")");
-      kernels::qk_norm_rope_cache_vec_kernel<S, HeadLanes>
+      kernels::qk_norm_rope_cache_vec_kernel<S, F, HeadLanes>
           <<<static_cast<unsigned>(blocks), kernels::qk_vec_threads, 0, stream>>>(
               args, kernels::kv_cache_rows(cache), items);
     };
@@ -397,18 +368,18 @@ void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
     expect(groups <= 65535, "qk_norm_rope_cache_fused",
            "too many heads (" + std::to_string(heads) + ")");
     const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(groups));
-    kernels::qk_norm_rope_cache_kernel<S>
+    kernels::qk_norm_rope_cache_kernel<S, F>
         <<<grid, kernels::qk_threads, 0, stream>>>(args, kernels::kv_cache_rows(cache));
   }
   ATOM_GPU_CHECK(hipGetLastError());
 }
 
-template <RopeStyle S>
+template <RopeStyle S, KvCacheFormat F>
 void qk_norm_rope_cache_separate(const Gpu& gpu, View2<const bf16> qkv,
                                  View1<const bf16> q_norm_weight, View1<const bf16> k_norm_weight,
                                  float eps, View1<const std::int64_t> positions,
                                  View2<const float> cos_sin, View1<const std::int64_t> slots,
-                                 const KvCacheFp8& cache, View3<bf16> q_out) {
+                                 const KvCache<F>& cache, View3<bf16> q_out) {
   const kernels::QkShape s =
       kernels::expect_qk_args("qk_norm_rope_cache_separate", qkv, q_norm_weight, k_norm_weight,
                               positions, cos_sin, slots, cache, q_out);
@@ -431,20 +402,26 @@ void qk_norm_rope_cache_separate(const Gpu& gpu, View2<const bf16> qkv,
   const View3<const bf16> v{v_columns.data, {s.tokens, s.kv_heads, dim}, {qkv.stride(0), dim, 1}};
   rope<S>(gpu, positions, cos_sin, q_out);
   rope<S>(gpu, positions, cos_sin, k_rows);
-  kv_cache_write_fp8(gpu, k_rows, v, slots, cache);
+  kv_cache_write(gpu, View3<const bf16>(k_rows), v, slots, cache);
 }
 
-#define ATOM_INSTANTIATE_GPU_QK(S)                                                                 \
-  template void qk_norm_rope_cache_fused<S>(const Gpu&, View2<const bf16>, View1<const bf16>,      \
-                                            View1<const bf16>, float, View1<const std::int64_t>,   \
-                                            View2<const float>, View1<const std::int64_t>,         \
-                                            const KvCacheFp8&, View3<bf16>);                       \
-  template void qk_norm_rope_cache_separate<S>(                                                    \
+#define ATOM_INSTANTIATE_GPU_QK(S, F)                                                              \
+  template void qk_norm_rope_cache_fused<S, F>(                                                    \
       const Gpu&, View2<const bf16>, View1<const bf16>, View1<const bf16>, float,                  \
-      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCacheFp8&, \
+      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCache<F>&, \
+      View3<bf16>);                                                                                \
+  template void qk_norm_rope_cache_separate<S, F>(                                                 \
+      const Gpu&, View2<const bf16>, View1<const bf16>, View1<const bf16>, float,                  \
+      View1<const std::int64_t>, View2<const float>, View1<const std::int64_t>, const KvCache<F>&, \
       View3<bf16>);
+#define ATOM_INSTANTIATE_GPU_QK_FORMATS(S)              \
+  ATOM_INSTANTIATE_GPU_QK(S, KvCacheFormat::fp8_row)    \
+  ATOM_INSTANTIATE_GPU_QK(S, KvCacheFormat::fp8_tensor) \
+  ATOM_INSTANTIATE_GPU_QK(S, KvCacheFormat::bf16)
 
-ATOM_INSTANTIATE_GPU_QK(RopeStyle::neox)
-ATOM_INSTANTIATE_GPU_QK(RopeStyle::interleaved)
+ATOM_INSTANTIATE_GPU_QK_FORMATS(RopeStyle::neox)
+ATOM_INSTANTIATE_GPU_QK_FORMATS(RopeStyle::interleaved)
+#undef ATOM_INSTANTIATE_GPU_QK_FORMATS
+#undef ATOM_INSTANTIATE_GPU_QK
 
 }  // namespace atom::ops

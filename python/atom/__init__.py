@@ -1,12 +1,19 @@
 """atom's decode pipelines for host engines: DeepSeek-V3 and Qwen3-MoE decoder layers of a
 Hugging Face checkpoint, run on the engine's own buffers through libatom_plugin.so (its C ABI,
-version 2, over ctypes: nothing to compile).
+version 4, over ctypes: nothing to compile).
 
     import atom
     print(atom.register().architectures)
-    layer = atom.load_layer("/models/Qwen3-30B-A3B", 1)
-    out = layer(x, residual, (key, value, key_scale, value_scale), block_table, context_lens,
-                positions, slots, query_start)
+    layer = atom.load_layer("/models/Qwen3-30B-A3B", 1, kv_cache="bf16")
+    out = layer(x, residual, (key, value), block_table, context_lens, positions, slots,
+                query_start)
+
+A Qwen3 layer reads the KV cache format it was loaded for (kv_cache=): "fp8_row" (the default,
+atom's FP8 with a float scale per token and KV head: the cache is (key, value, key_scale,
+value_scale)), "fp8_tensor" (FP8 with one scale per tensor, vLLM's and SGLang's: (key, value,
+k_scale, v_scale), the scales float32 of one element each) or "bf16" ((key, value), or the engine's
+[2, num_blocks, block_size, kv_heads, head_dim] tensor). key and value are [num_blocks, block_size,
+kv_heads, head_dim] each. DeepSeek-V3's cache is its MLA latent cache whatever kv_cache says.
 
 Buffers are torch tensors (read by data_ptr(), contiguous, on the device the pipeline runs on)
 or, for the host backend, any contiguous Python buffer (array.array, bytearray, numpy arrays;
@@ -21,7 +28,11 @@ from collections import namedtuple
 from . import _abi
 from ._abi import PluginError
 
-__all__ = ["register", "load_layer", "Layer", "Registration", "PluginError"]
+__version__ = "0.3.0"  # ABI version 4
+__all__ = ["register", "load_layer", "Layer", "Registration", "PluginError", "KV_CACHE_FORMATS"]
+
+# The GQA cache formats a Qwen3 layer may be loaded for (Layer's kv_cache).
+KV_CACHE_FORMATS = tuple(_abi.KV_CACHE_KINDS)
 
 Architecture = namedtuple(
     "Architecture", "architecture layer_pipeline attention_pipeline moe_pipeline "
@@ -168,16 +179,25 @@ class Layer:
     attention and the layer's MLP, MoE or dense), "attention" or "moe". The workspace is sized at
     load for `max_tokens` tokens a call.
 
+    `kv_cache` is the format of the GQA key/value cache the layer reads and writes: "fp8_row"
+    (atom's own, the default), "fp8_tensor" or "bf16" (KV_CACHE_FORMATS; the header's "KV
+    caches"). A model whose cache is not GQA's (DeepSeek-V3's MLA latent cache) and the moe kind
+    ignore it; `self.kv_cache` is then None.
+
     `tp=(rank, size, all_reduce)` loads that rank's share of the layer for a tensor-parallel group
     the engine holds (the header's "Tensor parallelism"): `all_reduce(x, out, count, stream)`
     gets the addresses of `count` bf16 values and must write the group's sum of x to out (out may
     be x) on every rank; raising fails the call with PluginError COMMUNICATOR."""
 
     def __init__(self, checkpoint, layer, kind="layer", *, max_tokens=256, backend="auto",
-                 settings=None, registration=None, tp=None):
+                 kv_cache="fp8_row", settings=None, registration=None, tp=None):
+        if kv_cache not in _abi.KV_CACHE_KINDS:
+            raise ValueError(f"kv_cache is {kv_cache!r}, expected one of "
+                             f"{', '.join(map(repr, KV_CACHE_FORMATS))}")
         api = _abi.api()
         reg = registration if registration is not None else Registration(settings)
-        options = _abi.LoadOptions(str(backend).encode(), int(max_tokens))
+        options = _abi.LoadOptions(str(backend).encode(), int(max_tokens),
+                                   _abi.KV_CACHE_KINDS[kv_cache])
         self._handle = ctypes.c_void_p()
         args = (reg._handle, os.fspath(checkpoint).encode(), int(layer), str(kind).encode(),
                 ctypes.byref(options))
@@ -211,8 +231,12 @@ class Layer:
         self.hidden = info.hidden
         self.block_size = info.block_size
         self.max_position = info.max_position
+        # The ABI's cache kind by its name (ATOM_PLUGIN_CACHE_*, lower case), and for a GQA cache
+        # its format by the name it was loaded with.
         self.cache_kind = {_abi.CACHE_NONE: None, _abi.CACHE_MLA_LATENT: "mla_latent",
-                           _abi.CACHE_FP8_KV: "fp8_kv"}[info.cache_kind]
+                           _abi.CACHE_FP8_KV: "fp8_kv", _abi.CACHE_KV_FP8_TENSOR: "kv_fp8_tensor",
+                           _abi.CACHE_KV_BF16: "kv_bf16"}[info.cache_kind]
+        self.kv_cache = {k: name for name, k in _abi.KV_CACHE_KINDS.items()}.get(info.cache_kind)
         self.cache_row = info.cache_row
         self.kv_heads = info.cache_kv_heads
         self.head_dim = info.cache_head_dim
@@ -235,8 +259,13 @@ class Layer:
                  positions=None, slots=None, query_start=None, *, out=None, stream=None):
         """Runs the pipeline once on a per-sequence decode batch (atom_plugin.h states it):
         x, residual, out [tokens, hidden] bf16 (residual updated in place to x + residual);
-        cache: the MLA latent cache [num_blocks, block_size, kv_lora + rope] bf16, or the tuple
-        (key, value, key_scale, value_scale) of the FP8 cache; block_table [sequences,
+        cache: the MLA latent cache [num_blocks, block_size, kv_lora + rope] bf16, or the GQA
+        cache of the layer's kv_cache format, key and value [num_blocks, block_size, kv_heads,
+        head_dim] each: "fp8_row" (key, value, key_scale, value_scale), FP8 codes
+        (torch.float8_e4m3fn or uint8) and float32 scales [num_blocks, block_size, kv_heads];
+        "fp8_tensor" (key, value, k_scale, v_scale), FP8 codes and float32 scales of one element
+        each (read, never written); "bf16" (key, value) or the engine's one [2, num_blocks,
+        block_size, kv_heads, head_dim] tensor (vLLM's kv_cache); block_table [sequences,
         max_blocks] and context_lens [sequences] int32; positions and slots [tokens] int64 (slot
         -1: a padded token); query_start [sequences + 1] int32 (None: one token a sequence).
         `stream`: a torch.cuda.Stream or a cudaStream_t as an integer; on the GPU backend None means
@@ -284,13 +313,7 @@ class Layer:
                 args["mla_cache"] = _Arg("cache", cache, "bf16", True, on_gpu)
                 cache_count = args["mla_cache"].count
             else:
-                if not isinstance(cache, (tuple, list)) or len(cache) != 4:
-                    raise ValueError("cache must be the tuple (key, value, key_scale, "
-                                     "value_scale) of the FP8 cache")
-                for i, (name, kind) in enumerate((("key_cache", "fp8"), ("value_cache", "fp8"),
-                                                  ("key_scale", "float"),
-                                                  ("value_scale", "float"))):
-                    args[name] = _Arg(f"cache[{i}] ({name})", cache[i], kind, True, on_gpu)
+                args.update(self._kv_args(cache, on_gpu))
                 cache_count = args["key_cache"].count
             if cache_count % row != 0:
                 raise ValueError(f"cache holds {cache_count} values, not a multiple of a block's "
@@ -298,7 +321,7 @@ class Layer:
             num_blocks = cache_count // row
         a.shape = _abi.SequenceShape(tokens, sequences, max_blocks, num_blocks)
         for name, arg in args.items():
-            setattr(a, name, arg.pointer())
+            setattr(a, name, (arg.address or None) if name in _VOID_FIELDS else arg.pointer())
             setattr(a, name + "_count", arg.count)
         if stream is None and on_gpu:
             import torch  # a GPU pipeline runs on torch tensors: torch's current stream
@@ -306,6 +329,44 @@ class Layer:
         _abi.check(_abi.api().run_sequences(self._handle, ctypes.byref(a),
                                             _stream_handle(stream)))
         return out
+
+    def _kv_args(self, cache, on_gpu):
+        """The run's key/value cache buffers from `cache` in the layer's format (__call__)."""
+        fmt = self.kv_cache
+        if fmt == "bf16":
+            if hasattr(cache, "data_ptr") and hasattr(cache, "dim"):
+                if cache.dim() < 1 or cache.shape[0] != 2:
+                    raise ValueError(f"cache has shape {tuple(cache.shape)}; the bf16 cache is "
+                                     "(key, value) or one [2, num_blocks, block_size, kv_heads, "
+                                     "head_dim] tensor")
+                cache = (cache[0], cache[1])
+            if not isinstance(cache, (tuple, list)) or len(cache) != 2:
+                raise ValueError("cache must be (key, value) or one [2, num_blocks, block_size, "
+                                 "kv_heads, head_dim] tensor for the bf16 cache")
+            parts = (("key_cache", "bf16"), ("value_cache", "bf16"))
+        else:
+            scale = "key_scale, value_scale" if fmt == "fp8_row" else "k_scale, v_scale"
+            if not isinstance(cache, (tuple, list)) or len(cache) != 4:
+                raise ValueError(f"cache must be the tuple (key, value, {scale}) of the {fmt} "
+                                 "cache")
+            parts = (("key_cache", "fp8"), ("value_cache", "fp8"), ("key_scale", "float"),
+                     ("value_scale", "float"))
+        # fp8_tensor's scales are only read: a read-only buffer is fine (the plugin still wants
+        # them apart from the cache's other buffers).
+        args = {name: _Arg(f"cache[{i}] ({name})", cache[i], kind,
+                           not (fmt == "fp8_tensor" and kind == "float"), on_gpu)
+                for i, (name, kind) in enumerate(parts)}
+        if fmt == "fp8_tensor":
+            for name in ("key_scale", "value_scale"):
+                if args[name].count != 1:
+                    raise ValueError(f"cache[{2 if name == 'key_scale' else 3}] ({name}) holds "
+                                     f"{args[name].count} floats; the fp8_tensor cache has one "
+                                     "scale per tensor")
+        return args
+
+
+# The run args' fields that are void* (set by address).
+_VOID_FIELDS = {"key_cache", "value_cache"}
 
 
 def _like(x, count):
@@ -316,5 +377,6 @@ def _like(x, count):
 
 
 def load_layer(checkpoint, layer, kind="layer", **options):
-    """Layer(checkpoint, layer, kind, max_tokens=256, backend="auto", settings=None, tp=None)."""
+    """Layer(checkpoint, layer, kind, max_tokens=256, backend="auto", kv_cache="fp8_row",
+    settings=None, tp=None)."""
     return Layer(checkpoint, layer, kind, **options)

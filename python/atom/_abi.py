@@ -1,4 +1,4 @@
-"""The C ABI of libatom_plugin.so (include/atom/plugin/atom_plugin.h, version 3) in ctypes.
+"""The C ABI of libatom_plugin.so (include/atom/plugin/atom_plugin.h, version 4) in ctypes.
 
 The header is the definition; these mirrors follow it field by field, and a test compares every
 struct's size and field offsets with what a C compiler makes of the header.
@@ -6,9 +6,9 @@ struct's size and field offsets with what a C compiler makes of the header.
 import ctypes
 import os
 from ctypes import (POINTER, Structure, c_char_p, c_float, c_int32, c_int64, c_size_t,
-                    c_uint8, c_uint16, c_uint32, c_uint64, c_void_p)
+                    c_uint16, c_uint32, c_uint64, c_void_p)
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 ENTRY_POINT = "atom_plugin_get_api"
 
 OK = 0
@@ -19,7 +19,10 @@ STATUS_NAMES = {
     13: "COMMUNICATOR",
 }
 
-CACHE_NONE, CACHE_MLA_LATENT, CACHE_FP8_KV = 0, 1, 2
+CACHE_NONE, CACHE_MLA_LATENT, CACHE_FP8_KV, CACHE_KV_FP8_TENSOR, CACHE_KV_BF16 = 0, 1, 2, 3, 4
+# The GQA cache formats by the names atom uses (ops::kv_cache_format_name) and their kinds.
+KV_CACHE_KINDS = {"fp8_row": CACHE_FP8_KV, "fp8_tensor": CACHE_KV_FP8_TENSOR,
+                  "bf16": CACHE_KV_BF16}
 
 status = c_int32
 
@@ -61,8 +64,9 @@ def _counted(*names_and_types):
     return fields
 
 
-_CACHES = [("mla_cache", POINTER(c_uint16)), ("key_cache", POINTER(c_uint8)),
-           ("value_cache", POINTER(c_uint8)), ("key_scale", POINTER(c_float)),
+# key_cache and value_cache are void* (version 4): FP8 codes or bf16 by the cache kind.
+_CACHES = [("mla_cache", POINTER(c_uint16)), ("key_cache", c_void_p),
+           ("value_cache", c_void_p), ("key_scale", POINTER(c_float)),
            ("value_scale", POINTER(c_float))]
 _ACTIVATIONS = [("x", POINTER(c_uint16)), ("residual", POINTER(c_uint16)),
                 ("out", POINTER(c_uint16))]
@@ -81,7 +85,7 @@ class RunArgs(Structure):
 
 
 class LoadOptions(Structure):
-    _fields_ = [("backend", c_char_p), ("max_tokens", c_int64)]
+    _fields_ = [("backend", c_char_p), ("max_tokens", c_int64), ("kv_cache", c_int32)]
 
 
 class SequenceShape(Structure):
@@ -176,7 +180,7 @@ _api = None
 
 
 def api():
-    """The version 3 function table, loaded once."""
+    """The version 4 function table, loaded once."""
     global _api
     if _api is None:
         path = library_path()

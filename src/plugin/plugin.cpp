@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <limits>
@@ -17,6 +18,8 @@
 #include <new>
 #include <numeric>
 #include <set>
+#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -29,6 +32,7 @@
 #include "atom/model/checkpoint.hpp"
 #include "atom/model/decode.hpp"
 #include "atom/model/hf_config.hpp"
+#include "atom/ops/cache.hpp"
 #include "atom/ops/norm.hpp"
 #include "atom/pipeline/layer.hpp"
 #include "atom/pipeline/storage.hpp"
@@ -57,10 +61,14 @@ using AnyHandle =
                  dispatch::Handle<PipelineId::moe_block>,
                  dispatch::Handle<PipelineId::qwen3_attention>, pipeline::LayerHandles>;
 
+// The handle of `kind` at `point` (from the settings) with the blocks' weight formats and the
+// format of the GQA cache it will be given (the axis the other pipelines fold).
 AnyHandle resolve_handle(const plugin::ModelSpec& spec, plugin::Kind kind,
                          const pipeline::ModelConfig& model, pipeline::LayerKind layer_kind,
-                         policy::Point point, policy::WeightFormat attention_format,
-                         policy::WeightFormat mlp_format, policy::BackendId host) {
+                         policy::Point settings, ops::KvCacheFormat kv_format,
+                         policy::WeightFormat attention_format, policy::WeightFormat mlp_format,
+                         policy::BackendId host) {
+  const policy::Point point = settings.with(kv_format);
   if (kind == plugin::Kind::layer)
     return pipeline::resolve_layer(model, layer_kind, point, attention_format, mlp_format, host);
   const policy::Point a = point.with(attention_format);
@@ -109,6 +117,8 @@ struct atom_plugin_pipeline {
   const plugin::ModelSpec* spec = nullptr;
   plugin::Kind kind = plugin::Kind::layer;
   pipeline::ModelConfig model;
+  // The GQA cache format the handle reads (ABI 4's options.kv_cache); MLA and moe: unused.
+  ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row;
   std::string source;  // the preset, or the checkpoint folder
   // A loaded layer's checkpoint: its files stay open while the weights may map them.
   std::unique_ptr<model::HfCheckpoint> checkpoint;
@@ -438,7 +448,7 @@ atom_plugin_status create_pipeline(const atom_plugin_registration* r, const char
     auto p = std::make_unique<atom_plugin_pipeline>(
         *spec, k, model, *preset_it, r->config,
         resolve_handle(*spec, k, model, pipeline::LayerKind::moe, policy::point_from(r->config),
-                       mxfp4, mxfp4, policy::BackendId::host));
+                       ops::KvCacheFormat::fp8_row, mxfp4, mxfp4, policy::BackendId::host));
     p->weights = std::make_unique<pipeline::LayerWeights>(p->model, seed);
     p->blocks = pipeline::block_weights(p->model, p->layer_kind, *p->weights);
     *out = p.release();
@@ -453,10 +463,27 @@ bool reads_batch(plugin::Kind kind) {
   return kind != plugin::Kind::moe;
 }
 
+atom_plugin_cache_kind kv_cache_kind(ops::KvCacheFormat f) {
+  switch (f) {
+    case ops::KvCacheFormat::fp8_row:
+      return ATOM_PLUGIN_CACHE_FP8_KV;
+    case ops::KvCacheFormat::fp8_tensor:
+      return ATOM_PLUGIN_CACHE_KV_FP8_TENSOR;
+    case ops::KvCacheFormat::bf16:
+      return ATOM_PLUGIN_CACHE_KV_BF16;
+  }
+  throw std::logic_error("a KV cache format without a cache kind");
+}
+
 atom_plugin_cache_kind cache_kind_of(const atom_plugin_pipeline& p) {
   if (!reads_batch(p.kind)) return ATOM_PLUGIN_CACHE_NONE;
   return p.model.attention == pipeline::AttentionKind::mla ? ATOM_PLUGIN_CACHE_MLA_LATENT
-                                                           : ATOM_PLUGIN_CACHE_FP8_KV;
+                                                           : kv_cache_kind(p.kv_format);
+}
+
+// Whether the pipeline reads a GQA key/value cache (of any format).
+bool reads_kv_cache(const atom_plugin_pipeline& p) {
+  return reads_batch(p.kind) && p.model.attention == pipeline::AttentionKind::gqa;
 }
 
 // Elements of one cache slot: MLA's latent row, or the KV heads this rank's cache holds.
@@ -470,7 +497,7 @@ atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipe
   return guarded("pipeline_info", [&] {
     require(p, "pipeline");
     require(out, "out");
-    const bool fp8 = cache_kind_of(*p) == ATOM_PLUGIN_CACHE_FP8_KV;
+    const bool kv = reads_kv_cache(*p);
     *out = {p->spec->architecture,
             plugin::kind_name(p->kind),
             p->source.c_str(),
@@ -482,8 +509,8 @@ atom_plugin_status pipeline_info(const atom_plugin_pipeline* p, atom_plugin_pipe
             p->model.max_position,
             cache_kind_of(*p),
             cache_kind_of(*p) == ATOM_PLUGIN_CACHE_NONE ? 0 : cache_row(*p),
-            fp8 ? p->kv_heads.count : 0,
-            fp8 ? p->model.head_dim : 0};
+            kv ? p->kv_heads.count : 0,
+            kv ? p->model.head_dim : 0};
   });
 }
 
@@ -500,16 +527,32 @@ void expect_extent(std::string_view name, std::int64_t v, std::int64_t max) {
                                                   std::to_string(max));
 }
 
-// The cache buffers' element counts of either version's sizes.
+// The cache buffers' element counts of either version's sizes: the key/value caches in the
+// format's elements, its scales one per row (fp8_row), one per tensor (fp8_tensor) or none.
 template <class Sizes>
 void set_cache_sizes(const atom_plugin_pipeline& p, std::int64_t num_blocks, Sizes& z) {
   const auto slots = static_cast<std::size_t>(num_blocks * p.model.block_size);
   if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT) {
     z.mla_cache = slots * static_cast<std::size_t>(cache_row(p));
-  } else {
-    z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p));
-    z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.kv_heads.count);
+    return;
   }
+  z.key_cache = z.value_cache = slots * static_cast<std::size_t>(cache_row(p));
+  switch (p.kv_format) {
+    case ops::KvCacheFormat::fp8_row:
+      z.key_scale = z.value_scale = slots * static_cast<std::size_t>(p.kv_heads.count);
+      break;
+    case ops::KvCacheFormat::fp8_tensor:
+      z.key_scale = z.value_scale = 1;
+      break;
+    case ops::KvCacheFormat::bf16:
+      z.key_scale = z.value_scale = 0;
+      break;
+  }
+}
+
+// Bytes of one element of the key/value caches.
+std::size_t kv_element_size(const atom_plugin_pipeline& p) {
+  return p.kv_format == ops::KvCacheFormat::bf16 ? sizeof(bf16) : sizeof(fp8_e4m3);
 }
 
 atom_plugin_buffer_sizes sizes_for(const atom_plugin_pipeline& p,
@@ -634,7 +677,7 @@ struct RunViews {
   View2<bf16> residual, out;
   pipeline::DecodeBatch batch;
   View3<bf16> mla_cache;
-  ops::KvCacheFp8 kv_cache;
+  ops::AnyKvCache kv_cache;
   void* stream = nullptr;
 };
 
@@ -644,15 +687,34 @@ View3<bf16> mla_cache_view(const atom_plugin_pipeline& p, const Args& a) {
                    cache_row(p));
 }
 
+// One of the key/value caches, [num_blocks, block_size, kv_heads, head_dim] elements T.
+template <class T, class Args>
+View4<T> kv_codes(const atom_plugin_pipeline& p, const Args& a, void* data) {
+  return make_view(static_cast<T*>(data), a.shape.num_blocks, p.model.block_size, p.kv_heads.count,
+                   p.model.head_dim);
+}
+
+// The key/value cache of the pipeline's format over the run's buffers.
 template <class Args>
-ops::KvCacheFp8 kv_cache_view(const atom_plugin_pipeline& p, const Args& a) {
-  const index_t blocks = a.shape.num_blocks;
-  const index_t bs = p.model.block_size;
-  const index_t kvh = p.kv_heads.count;
-  const index_t d = p.model.head_dim;
-  return {make_view(reinterpret_cast<fp8_e4m3*>(a.key_cache), blocks, bs, kvh, d),
-          make_view(reinterpret_cast<fp8_e4m3*>(a.value_cache), blocks, bs, kvh, d),
+ops::AnyKvCache kv_cache_view(const atom_plugin_pipeline& p, const Args& a) {
+  switch (p.kv_format) {
+    case ops::KvCacheFormat::fp8_row: {
+      const index_t blocks = a.shape.num_blocks;
+      const index_t bs = p.model.block_size;
+      const index_t kvh = p.kv_heads.count;
+      return ops::KvCacheFp8{
+          kv_codes<fp8_e4m3>(p, a, a.key_cache), kv_codes<fp8_e4m3>(p, a, a.value_cache),
           make_view(a.key_scale, blocks, bs, kvh), make_view(a.value_scale, blocks, bs, kvh)};
+    }
+    case ops::KvCacheFormat::fp8_tensor:
+      return ops::per_tensor_fp8_cache(kv_codes<fp8_e4m3>(p, a, a.key_cache),
+                                       kv_codes<fp8_e4m3>(p, a, a.value_cache), a.key_scale,
+                                       a.value_scale);
+    case ops::KvCacheFormat::bf16:
+      return ops::bf16_cache(kv_codes<bf16>(p, a, a.key_cache),
+                             kv_codes<bf16>(p, a, a.value_cache));
+  }
+  throw std::logic_error("a KV cache format without views");
 }
 
 // The activations and the cache of the pipeline's cache kind (the moe kind ignores the cache's
@@ -669,7 +731,7 @@ RunViews activations(const atom_plugin_pipeline& p, const Args& a) {
              {}};
   if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_MLA_LATENT)
     v.mla_cache = mla_cache_view(p, a);
-  else if (cache_kind_of(p) == ATOM_PLUGIN_CACHE_FP8_KV)
+  else if (reads_kv_cache(p))
     v.kv_cache = kv_cache_view(p, a);
   return v;
 }
@@ -729,7 +791,7 @@ struct Run {
                          p.intermediate(v.x.size(0)),
                          v.batch,
                          mla ? v.mla_cache : View3<bf16>{},
-                         mla ? ops::KvCacheFp8{} : v.kv_cache,
+                         mla ? ops::AnyKvCache{} : v.kv_cache,
                          p.dual_stream_threshold,
                          {}});
   }
@@ -744,12 +806,17 @@ void run_views(atom_plugin_pipeline& p, const RunViews& v) {
 template <class Args, class Sizes>
 std::vector<Buffer> buffers_of(const atom_plugin_pipeline& p, const Args& a, const Sizes& n,
                                const std::vector<Buffer>& batch) {
-  thread_local std::string act, cache;
+  thread_local std::string act, cache, scale_layout;
   act = "[tokens, hidden] = [" + std::to_string(a.shape.tokens) + ", " +
         std::to_string(p.model.hidden) + "]";
   cache = "[num_blocks, block_size, ...] = [" + std::to_string(a.shape.num_blocks) + ", " +
           std::to_string(p.model.block_size) + ", ...]";
   const char* c = cache.c_str();
+  scale_layout = p.kv_format == ops::KvCacheFormat::fp8_tensor
+                     ? std::string("the fp8_tensor cache's one scale")
+                     : cache;
+  const char* scales = scale_layout.c_str();
+  const std::size_t kv = kv_element_size(p);
   std::vector<Buffer> all{
       {"x", a.x, a.x_count, 2, n.x, act.c_str(), false},
       {"residual", a.residual, a.residual_count, 2, n.residual, act.c_str(), true},
@@ -757,11 +824,31 @@ std::vector<Buffer> buffers_of(const atom_plugin_pipeline& p, const Args& a, con
   all.insert(all.end(), batch.begin(), batch.end());
   all.insert(all.end(),
              {{"mla_cache", a.mla_cache, a.mla_cache_count, 2, n.mla_cache, c, true},
-              {"key_cache", a.key_cache, a.key_cache_count, 1, n.key_cache, c, true},
-              {"value_cache", a.value_cache, a.value_cache_count, 1, n.value_cache, c, true},
-              {"key_scale", a.key_scale, a.key_scale_count, 4, n.key_scale, c, true},
-              {"value_scale", a.value_scale, a.value_scale_count, 4, n.value_scale, c, true}});
+              {"key_cache", a.key_cache, a.key_cache_count, kv, n.key_cache, c, true},
+              {"value_cache", a.value_cache, a.value_cache_count, kv, n.value_cache, c, true},
+              // fp8_tensor's scales are only read, but the cache ops take no scale shared with
+              // another view of the cache: checked as the written buffers are.
+              {"key_scale", a.key_scale, a.key_scale_count, 4, n.key_scale, scales, true},
+              {"value_scale", a.value_scale, a.value_scale_count, 4, n.value_scale, scales, true}});
   return all;
+}
+
+// A per-tensor FP8 cache's scales on the host backend: each positive and finite (on the GPU they
+// are device memory, not read before the launch).
+template <class Args>
+void expect_tensor_scales(const atom_plugin_pipeline& p, const Args& a) {
+  if (!reads_kv_cache(p) || p.kv_format != ops::KvCacheFormat::fp8_tensor ||
+      p.backend != policy::BackendId::host)
+    return;
+  for (const auto& [name, scale] :
+       {std::pair{"key_scale", a.key_scale[0]}, std::pair{"value_scale", a.value_scale[0]}})
+    if (!(scale > 0.0f) || !std::isfinite(scale)) {
+      std::ostringstream value;
+      value << scale;
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "args." + std::string(name) + "[0] is " + value.str() +
+                "; the fp8_tensor cache's scale must be positive and finite");
+    }
 }
 
 atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, void* stream) {
@@ -788,6 +875,7 @@ atom_plugin_status run(atom_plugin_pipeline* p, const atom_plugin_run_args* a, v
           false},
          {"context_lens", a->context_lens, a->context_lens_count, 4, n.context_lens, pt, false}}));
     if (reads_batch(p->kind)) expect_batch(*p, *a);
+    expect_tensor_scales(*p, *a);
     run_views(*p, views_of(*p, *a));
   });
 }
@@ -876,6 +964,7 @@ atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequ
     // A GPU pipeline's batch lives in device memory: its kernels check every entry instead.
     if (reads_batch(p->kind) && p->backend == policy::BackendId::host)
       expect_sequence_batch(*p, *a);
+    expect_tensor_scales(*p, *a);
     RunViews v = views_of(*p, *a);
     v.stream = stream;
     run_views(*p, v);
@@ -888,7 +977,7 @@ atom_plugin_status run_sequences(atom_plugin_pipeline* p, const atom_plugin_sequ
 void size_workspace(atom_plugin_pipeline& p) {
   const pipeline::DecodeState state(
       p.model, std::vector<std::int32_t>(static_cast<std::size_t>(p.max_tokens), 1), 1,
-      pipeline::tp_shape(p.comm.get()), p.kv_heads);
+      pipeline::tp_shape(p.comm.get()), p.kv_heads, 1, p.kv_format);
   const auto views = [](const auto& s) -> RunViews {
     return {s.x(), s.residual(), s.out(), s.batch(), s.mla_cache(), s.kv_cache()};
   };
@@ -939,10 +1028,50 @@ auto from_checkpoint(F&& read) {
   }
 }
 
+// The options a load through version `version`'s table was given: version 4's struct whole, the
+// earlier versions' up to kv_cache (which they end before: the cache is then the default).
+atom_plugin_load_options options_of(const atom_plugin_load_options* options,
+                                    std::uint32_t version) {
+  atom_plugin_load_options o{nullptr, default_max_tokens, ATOM_PLUGIN_CACHE_NONE};
+  if (options != nullptr)
+    std::memcpy(&o, options,
+                version >= 4 ? sizeof o : offsetof(atom_plugin_load_options, kv_cache));
+  return o;
+}
+
+// The GQA cache format options.kv_cache names. A value of no kind is refused for every model; the
+// MLA latent kind for a model whose cache is GQA's; the GQA kinds are ignored (fp8_row) where the
+// pipeline keeps no GQA cache.
+ops::KvCacheFormat kv_format_of(atom_plugin_cache_kind k, const pipeline::ModelConfig& m,
+                                plugin::Kind kind) {
+  const bool gqa = m.attention == pipeline::AttentionKind::gqa && reads_batch(kind);
+  const std::string expected =
+      "; expected ATOM_PLUGIN_CACHE_FP8_KV (2), ATOM_PLUGIN_CACHE_KV_FP8_TENSOR (3), "
+      "ATOM_PLUGIN_CACHE_KV_BF16 (4) or ATOM_PLUGIN_CACHE_NONE (0: the default, FP8_KV)";
+  switch (k) {
+    case ATOM_PLUGIN_CACHE_NONE:
+    case ATOM_PLUGIN_CACHE_FP8_KV:
+      return ops::KvCacheFormat::fp8_row;
+    case ATOM_PLUGIN_CACHE_KV_FP8_TENSOR:
+      return gqa ? ops::KvCacheFormat::fp8_tensor : ops::KvCacheFormat::fp8_row;
+    case ATOM_PLUGIN_CACHE_KV_BF16:
+      return gqa ? ops::KvCacheFormat::bf16 : ops::KvCacheFormat::fp8_row;
+    case ATOM_PLUGIN_CACHE_MLA_LATENT:
+      if (m.attention == pipeline::AttentionKind::mla || !reads_batch(kind))
+        return ops::KvCacheFormat::fp8_row;
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "options.kv_cache is ATOM_PLUGIN_CACHE_MLA_LATENT (1), but " + m.name +
+                " keeps a paged key/value cache, not MLA's latent one" + expected);
+    default:
+      raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+            "options.kv_cache is " + std::to_string(k) + ", not a cache kind" + expected);
+  }
+}
+
 // load_pipeline and load_pipeline_tp: rank `c` of its group (null: the whole layer).
 void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_t layer,
-          const char* kind, const atom_plugin_load_options* options,
-          const atom_plugin_communicator* c, atom_plugin_pipeline** out) {
+          const char* kind, const atom_plugin_load_options& o, const atom_plugin_communicator* c,
+          atom_plugin_pipeline** out) {
   require(r, "registration");
   require(checkpoint, "checkpoint");
   require(kind, "kind");
@@ -960,8 +1089,6 @@ void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_
                                                     ", expected 0.." + std::to_string(c->size - 1));
     tp = {c->rank, c->size};
   }
-  const atom_plugin_load_options o =
-      options != nullptr ? *options : atom_plugin_load_options{nullptr, default_max_tokens};
   const policy::BackendId backend = backend_named(o.backend == nullptr ? "auto" : o.backend);
   if (o.max_tokens < 1 || o.max_tokens > max_tokens)
     raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "options.max_tokens is " +
@@ -977,6 +1104,7 @@ void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_
     raise(ATOM_PLUGIN_ERROR_UNKNOWN_ARCHITECTURE,
           std::string(checkpoint) + " holds a model atom does not serve");
   const plugin::Kind k = served_kind(*r, *spec, kind);
+  const ops::KvCacheFormat kv_format = kv_format_of(o.kv_cache, m, k);
   if (layer < 0 || layer >= m.num_layers)
     raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
           "layer " + std::to_string(layer) + " is not a decoder layer of " + checkpoint +
@@ -995,8 +1123,9 @@ void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_
   const auto [attention_format, mlp_format] = model::block_formats(m, {layer, weights.get()});
   auto p = std::make_unique<atom_plugin_pipeline>(
       *spec, k, m, checkpoint, r->config,
-      resolve_handle(*spec, k, m, layer_kind, policy::point_from(r->config), attention_format,
-                     mlp_format, backend));
+      resolve_handle(*spec, k, m, layer_kind, policy::point_from(r->config), kv_format,
+                     attention_format, mlp_format, backend));
+  p->kv_format = kv_format;
   p->checkpoint = std::move(ckpt);
   p->weights = std::move(weights);
   p->layer_kind = layer_kind;
@@ -1021,14 +1150,19 @@ void load(const atom_plugin_registration* r, const char* checkpoint, std::int64_
   *out = p.release();
 }
 
+// The load functions of the tables of `Version`, which read that version's options struct.
+template <std::uint32_t Version>
 atom_plugin_status load_pipeline(const atom_plugin_registration* r, const char* checkpoint,
                                  std::int64_t layer, const char* kind,
                                  const atom_plugin_load_options* options,
                                  atom_plugin_pipeline** out) {
   if (out != nullptr) *out = nullptr;
-  return guarded("load_pipeline", [&] { load(r, checkpoint, layer, kind, options, nullptr, out); });
+  return guarded("load_pipeline", [&] {
+    load(r, checkpoint, layer, kind, options_of(options, Version), nullptr, out);
+  });
 }
 
+template <std::uint32_t Version>
 atom_plugin_status load_pipeline_tp(const atom_plugin_registration* r, const char* checkpoint,
                                     std::int64_t layer, const char* kind,
                                     const atom_plugin_load_options* options,
@@ -1037,7 +1171,7 @@ atom_plugin_status load_pipeline_tp(const atom_plugin_registration* r, const cha
   if (out != nullptr) *out = nullptr;
   return guarded("load_pipeline_tp", [&] {
     require(communicator, "communicator");
-    load(r, checkpoint, layer, kind, options, communicator, out);
+    load(r, checkpoint, layer, kind, options_of(options, Version), communicator, out);
   });
 }
 
@@ -1055,7 +1189,7 @@ atom_plugin_status workspace(const atom_plugin_pipeline* p, std::int64_t* max_to
   });
 }
 
-constexpr atom_plugin_api api_v3{3,
+constexpr atom_plugin_api api_v4{4,
                                  sizeof(atom_plugin_api),
                                  last_error,
                                  register_plugin,
@@ -1068,11 +1202,21 @@ constexpr atom_plugin_api api_v3{3,
                                  pipeline_info,
                                  buffer_sizes,
                                  run,
-                                 load_pipeline,
+                                 load_pipeline<4>,
                                  sequence_sizes,
                                  run_sequences,
                                  workspace,
-                                 load_pipeline_tp};
+                                 load_pipeline_tp<4>};
+
+// Version 3's table: version 4's functions, its loads reading the options up to kv_cache (the run
+// arguments are laid out alike in both versions: version 4 retyped the key and value caches only).
+constexpr atom_plugin_api version_3(atom_plugin_api t) {
+  t.abi_version = 3;
+  t.load_pipeline = load_pipeline<3>;
+  t.load_pipeline_tp = load_pipeline_tp<3>;
+  return t;
+}
+constexpr atom_plugin_api api_v3 = version_3(api_v4);
 
 // Version 2's table: version 3's, its struct ending before version 3's addition.
 constexpr atom_plugin_api version_2(atom_plugin_api t) {
@@ -1102,11 +1246,12 @@ extern "C" __attribute__((visibility("default"))) atom_plugin_status atom_plugin
   if (api != nullptr) *api = nullptr;
   const atom_plugin_status s = guarded("atom_plugin_get_api", [&] {
     require(api, "api");
-    if (abi_version < 1 || abi_version > 3)
+    if (abi_version < 1 || abi_version > 4)
       raise(ATOM_PLUGIN_ERROR_ABI_VERSION, "the host asks for ABI version " +
                                                std::to_string(abi_version) +
-                                               "; this plugin provides versions 1, 2 and 3");
-    *api = abi_version == 1 ? &api_v1 : abi_version == 2 ? &api_v2 : &api_v3;
+                                               "; this plugin provides versions 1 to 4");
+    static constexpr const atom_plugin_api* tables[] = {&api_v1, &api_v2, &api_v3, &api_v4};
+    *api = tables[abi_version - 1];
   });
   if (error != nullptr) *error = s == ATOM_PLUGIN_OK ? "" : last_error_text.c_str();
   return s;

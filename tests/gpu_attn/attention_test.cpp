@@ -1,7 +1,7 @@
 // GPU MLA and GQA decode attention against the host ops on the same inputs: ragged contexts over
 // shuffled block tables, both block sizes, strided queries (q_pe a slice of a wider q, GQA q a
-// slice of a packed qkv), the unaligned-cache path, the NaN contract for bad lengths and block
-// ids, and the shape checks.
+// slice of a packed qkv), the unaligned-cache path, GQA over each cache format (fp8_row,
+// fp8_tensor, bf16), the NaN contract for bad lengths and block ids, and the shape checks.
 //
 // Bound (atom/ops/gpu/attention.hpp): the GPU reassociates the fp32 sums (partial dots, online
 // softmax, split combine), so an element may land on the other side of a bf16 rounding boundary
@@ -13,8 +13,23 @@
 // GQA rounds to f16 (r = 2^-11; the weights are scaled so that the largest is 2^15, so that the
 // f16 subnormals, absolute error <= 2^-25 each, add at most n * 2^-40 of the largest, below 2^-26
 // for n < 2^14); its queries and FP8 codes convert to f16 exactly: e = 2^-10 (2^-11 plus the
-// float terms, with room). The SIMT kernel (AMD, and shapes the tensor-core GQA kernel does
-// not take) is float reassociation only and stays far inside both. NaN never passes.
+// float terms, with room); fp8_tensor takes the same kernels and bound (its one scale is read as
+// a row's through strides 0). The SIMT kernel (AMD, and shapes the tensor-core GQA kernel does
+// not take) is float reassociation only and stays far inside both.
+//
+// GQA over the bf16 cache runs the SIMT kernel, which stages exactly the floats the host reads,
+// so the two differ by float reassociation only: each score is a sum of D products, exact in
+// float (bf16 x bf16), added in another order (16 lane partials and a butterfly against one
+// ordered sum). Its rounding errors, each within half an ulp of a partial sum (|partial| < 2^6
+// for these inputs: an ulp of 2^-18), add like a random walk, about sqrt(D / 12) ulps rms on
+// either side; times the softmax scale (<= 2^-3) a score's error d is about 2^-19.5 rms for
+// D = 128. It changes a softmax weight relatively by d and the weighted mean of the values by at
+// most d / 2 * (max v - min v) <= d * max|v| (two rows of equal weight are the worst case); the
+// sums over the context (per lane, per tile, per split and in the combine) and expf (2 ulp) add a
+// few float ulps of max|v|. e = 2^-17 covers 5 rms of d (2^-17.2) times max|v| / 2 and those
+// ulps with room. It is not a worst-case bound (that grows as D and n ulps) but the size of
+// random roundings; an emulation of the kernel's operation order on such data (2.5M outputs)
+// stays below 2^-20.5. NaN never passes.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -23,6 +38,8 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "atom/gpu/device.hpp"
@@ -233,9 +250,10 @@ double bf16_ulp(double x) {
   return a < 0x1p-126 ? 0x1p-133 : std::ldexp(1.0, std::ilogb(a) - 7);
 }
 
-// The value term of the bound, e above, per op.
+// The value term of the bound, e above, per op (GQA over the bf16 cache: the SIMT kernel's).
 constexpr double mla_value_error = 0x1p-8;
 constexpr double gqa_value_error = 0x1p-10;
+constexpr double gqa_bf16_value_error = 0x1p-17;
 
 // Compares every element; the batch's bad tokens must be NaN in all their rows, its padded tokens
 // exactly zero (the host's are zero too).
@@ -356,75 +374,106 @@ struct GqaCase {
   index_t head_pad = 0;      // codes between kv heads: 8 leaves rows 8-byte but not 16-byte aligned
   bool wide_scales = false;  // value scales from 2^-32 to 2^7, one in 64 zero
   index_t q_offset = 0;      // q starts this many elements into its qkv row (1: not aligned)
+  float key_scale = 2.0f / 448.0f;  // fp8_tensor's scales
+  float value_scale = 2.0f / 448.0f;
 };
 
-struct Fp8Cache {
-  std::vector<fp8_e4m3> key, value;
+using ops::KvCacheFormat;
+template <KvCacheFormat F>
+using Format = std::integral_constant<KvCacheFormat, F>;
+
+// A GQA case's cache in format F: random finite FP8 codes (never zero) or bf16 values, values up to
+// about 2 (fp8_tensor: 448 times its scale). fp8_row: a scale per row (`wide`: value scales from
+// 2^-32 to 2^7, one in 64 zero); fp8_tensor: the case's two scales; bf16: none. Rows of dim
+// elements, `pad` more (also random: never read) between kv heads.
+template <KvCacheFormat F>
+struct RandomCache {
+  using Code = typename ops::ConstKvCache<F>::Code;
+  std::vector<Code> key, value;
   std::vector<float> key_scale, value_scale;
   double vmax = 0.0;
+
+  RandomCache(Rng& rng, const GqaCase& c, index_t slots) {
+    const std::size_t row = sz(c.dim + c.head_pad);
+    const auto codes = [&](std::vector<Code>& v) {
+      v.resize(sz(slots * c.kv_heads) * row);
+      for (auto& x : v) {
+        if constexpr (F == KvCacheFormat::bf16) {
+          x = atom::to_bf16(rng.nonzero(0.01f, 2.0f));
+        } else {
+          auto b = static_cast<std::uint8_t>(rng.next());
+          if ((b & 0x7f) == 0x7f || (b & 0x7f) == 0) b = static_cast<std::uint8_t>(b ^ 0x21);
+          x = fp8_e4m3{b};
+        }
+      }
+    };
+    const auto row_scales = [&](std::vector<float>& v, bool spread) {
+      v.resize(sz(slots * c.kv_heads));
+      for (auto& x : v) {
+        if (!spread) {
+          x = std::fabs(rng.nonzero(0.002f, 0.0045f));
+          continue;
+        }
+        const std::uint64_t r = rng.next();
+        x = r % 64 == 0 ? 0.0f
+                        : std::ldexp(std::fabs(rng.nonzero(0.5f, 1.0f)),
+                                     static_cast<int>(r / 64 % 40) - 32);
+      }
+    };
+    codes(key);
+    codes(value);
+    if constexpr (F == KvCacheFormat::fp8_row) {
+      row_scales(key_scale, false);
+      row_scales(value_scale, c.wide_scales);
+    } else if constexpr (F == KvCacheFormat::fp8_tensor) {
+      key_scale = {c.key_scale};
+      value_scale = {c.value_scale};
+    }
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      if (i % row >= sz(c.dim)) continue;
+      double x = atom::to_float(value[i]);
+      if constexpr (F == KvCacheFormat::fp8_row) x *= value_scale[i / row];
+      if constexpr (F == KvCacheFormat::fp8_tensor) x *= value_scale[0];
+      vmax = std::max(vmax, std::fabs(x));
+    }
+  }
 };
 
-// Random finite codes and scales: values up to about 2 (`wide`: value scales from 2^-32 to 2^7,
-// one in 64 zero). Rows of dim codes, `pad` more (also random: never read) between kv
-// heads.
-Fp8Cache random_fp8_cache(Rng& rng, index_t slots, index_t kv_heads, index_t dim, index_t pad,
-                          bool wide) {
-  Fp8Cache c;
-  const auto codes = [&](std::vector<fp8_e4m3>& v) {
-    v.resize(sz(slots * kv_heads * (dim + pad)));
-    for (auto& x : v) {
-      auto b = static_cast<std::uint8_t>(rng.next());
-      if ((b & 0x7f) == 0x7f || (b & 0x7f) == 0) b = static_cast<std::uint8_t>(b ^ 0x21);
-      x = fp8_e4m3{b};
-    }
+// The cache of a case over the given memory: rows head_stride apart, fp8_tensor's scales seen
+// through strides 0 (as per_tensor_fp8_cache builds them), bf16's scale views empty.
+template <KvCacheFormat F, class Code>
+ops::ConstKvCache<F> gqa_cache_view(const GqaCase& c, index_t num_blocks, const Code* k,
+                                    const Code* v, const float* ks, const float* vs) {
+  const index_t head_stride = c.dim + c.head_pad;
+  const auto codes = [&](const Code* p) {
+    return atom::View4<const Code>{
+        p,
+        {num_blocks, c.block_size, c.kv_heads, c.dim},
+        {c.block_size * c.kv_heads * head_stride, c.kv_heads * head_stride, head_stride, 1}};
   };
-  const auto scales = [&](std::vector<float>& v, bool spread) {
-    v.resize(sz(slots * kv_heads));
-    for (auto& x : v) {
-      if (!spread) {
-        x = std::fabs(rng.nonzero(0.002f, 0.0045f));
-        continue;
-      }
-      const std::uint64_t r = rng.next();
-      x = r % 64 == 0
-              ? 0.0f
-              : std::ldexp(std::fabs(rng.nonzero(0.5f, 1.0f)), static_cast<int>(r / 64 % 40) - 32);
-    }
-  };
-  codes(c.key);
-  codes(c.value);
-  scales(c.key_scale, false);
-  scales(c.value_scale, wide);
-  for (std::size_t i = 0; i < c.value.size(); ++i)
-    if (i % sz(dim + pad) < sz(dim))
-      c.vmax = std::max(c.vmax, std::fabs(static_cast<double>(atom::to_float(c.value[i])) *
-                                          c.value_scale[i / sz(dim + pad)]));
-  return c;
+  if constexpr (F == KvCacheFormat::fp8_row) {
+    return {codes(k), codes(v), make_view(ks, num_blocks, c.block_size, c.kv_heads),
+            make_view(vs, num_blocks, c.block_size, c.kv_heads)};
+  } else if constexpr (F == KvCacheFormat::fp8_tensor) {
+    const auto one = [&](const float* p) {
+      return atom::View3<const float>{p, {num_blocks, c.block_size, c.kv_heads}, {0, 0, 0}};
+    };
+    return {codes(k), codes(v), one(ks), one(vs)};
+  } else {
+    return {codes(k), codes(v), {}, {}};
+  }
 }
 
+template <KvCacheFormat F = KvCacheFormat::fp8_row>
 void run_gqa(Rng& rng, const GqaCase& c, const Batch& b) {
   const index_t tokens = b.tokens();
   const Table& table = b.table;
   // q is the q part of a packed [q | k | v] projection row.
   const index_t row = (c.q_heads + 2 * c.kv_heads) * c.dim;
   const std::vector<bf16> qkv = rng.bf16s(tokens * row);
-  const index_t head_stride = c.dim + c.head_pad;
-  const Fp8Cache cache = random_fp8_cache(rng, table.num_blocks * c.block_size, c.kv_heads, c.dim,
-                                          c.head_pad, c.wide_scales);
+  const RandomCache<F> cache(rng, c, table.num_blocks * c.block_size);
   const auto q_view = [&](const bf16* p, index_t n) {
     return atom::View3<const bf16>{p + c.q_offset, {n, c.q_heads, c.dim}, {row, c.dim, 1}};
-  };
-  const auto cache_view = [&](const fp8_e4m3* k, const fp8_e4m3* v, const float* ks,
-                              const float* vs) {
-    const auto codes = [&](const fp8_e4m3* p) {
-      return atom::View4<const fp8_e4m3>{
-          p,
-          {table.num_blocks, c.block_size, c.kv_heads, c.dim},
-          {c.block_size * c.kv_heads * head_stride, c.kv_heads * head_stride, head_stride, 1}};
-    };
-    return ops::ConstKvCacheFp8{codes(k), codes(v),
-                                make_view(ks, table.num_blocks, c.block_size, c.kv_heads),
-                                make_view(vs, table.num_blocks, c.block_size, c.kv_heads)};
   };
 
   std::vector<bf16> want(sz(tokens * c.q_heads * c.dim));
@@ -441,8 +490,8 @@ void run_gqa(Rng& rng, const GqaCase& c, const Batch& b) {
     const HostBatch hb = host_batch(b, good);
     std::vector<bf16> out(sz(g * c.q_heads * c.dim));
     ops::gqa_decode(host, q_view(q.data(), g),
-                    cache_view(cache.key.data(), cache.value.data(), cache.key_scale.data(),
-                               cache.value_scale.data()),
+                    gqa_cache_view<F>(c, table.num_blocks, cache.key.data(), cache.value.data(),
+                                      cache.key_scale.data(), cache.value_scale.data()),
                     hb.view(), c.scale, make_view(out.data(), g, c.q_heads, c.dim));
     for (index_t i = 0; i < g; ++i)
       std::copy_n(&out[sz(i * c.q_heads * c.dim)], c.q_heads * c.dim,
@@ -450,14 +499,17 @@ void run_gqa(Rng& rng, const GqaCase& c, const Batch& b) {
   }
 
   const gpu::Buffer<bf16> d_qkv(qkv);
-  const gpu::Buffer<fp8_e4m3> d_key(cache.key), d_value(cache.value);
+  const gpu::Buffer<typename RandomCache<F>::Code> d_key(cache.key), d_value(cache.value);
   const gpu::Buffer<float> d_ks(cache.key_scale), d_vs(cache.value_scale);
   const DeviceBatch d_batch(b);
   gpu::Buffer<bf16> d_out(poison<bf16>(want.size()));
   ops::gqa_decode(device, q_view(d_qkv.data(), tokens),
-                  cache_view(d_key.data(), d_value.data(), d_ks.data(), d_vs.data()),
+                  gqa_cache_view<F>(c, table.num_blocks, d_key.data(), d_value.data(), d_ks.data(),
+                                    d_vs.data()),
                   d_batch.view(b), c.scale, make_view(d_out.data(), tokens, c.q_heads, c.dim));
-  compare("gqa_decode", d_out.download(), want, c.q_heads * c.dim, cache.vmax, gqa_value_error, b);
+  compare(std::string("gqa_decode ") + std::string(ops::kv_cache_format_name(F)), d_out.download(),
+          want, c.q_heads * c.dim, cache.vmax,
+          F == KvCacheFormat::bf16 ? gqa_bf16_value_error : gqa_value_error, b);
 }
 
 const index_t token_counts[] = {1, 3, 17, 64};
@@ -571,6 +623,44 @@ TEST_CASE("gpu gqa_decode matches the host (Qwen3 32/4 heads and 8/8, head_dim 1
   run_gqa(rng, GqaCase{}, one_token_each(long_context, make_table(rng, long_context, 16, 0)));
 }
 
+// The same shapes over the other formats (wide_scales is fp8_row's). fp8_tensor takes the kernels
+// fp8_row takes, its one scale read through strides 0, under the same bound; its scales are 2/448
+// (values up to 2) and, in a second pass, 0.01 for the keys and 1.5 * 2^-36 for the values (the
+// tensor-core kernel folds the value scale into the weights' exponent). bf16 takes the SIMT
+// kernel, under its own bound. The last shape's rows (head_pad 4) take no 8-element loads in
+// either format; bf16's rows with head_pad 8 still do (16 bytes).
+TEMPLATE_TEST_CASE("gpu gqa_decode over fp8_tensor and bf16 caches matches the host", "",
+                   Format<KvCacheFormat::fp8_tensor>, Format<KvCacheFormat::bf16>) {
+  require_gpu();
+  constexpr KvCacheFormat F = TestType::value;
+  Rng rng(8 + static_cast<int>(F));
+  const GqaCase shapes[] = {{32, 4, 128, 16, 0.0884f},    {8, 8, 128, 64, 0.0884f},
+                            {32, 4, 64, 64, 0.125f},      {8, 8, 64, 16, 0.125f},
+                            {64, 2, 128, 32, 0.0884f},    {12, 4, 64, 16, 0.125f},
+                            {16, 2, 96, 16, 0.102f},      {32, 4, 128, 8, 0.0884f},
+                            {32, 4, 128, 16, 0.0884f, 8}, {32, 4, 128, 16, 0.0884f, 0, false, 1},
+                            {32, 4, 128, 16, 0.0884f, 4}};
+  std::vector<std::pair<float, float>> scales{{2.0f / 448.0f, 2.0f / 448.0f}};
+  if (F == KvCacheFormat::fp8_tensor) scales.emplace_back(0.01f, 0x1.8p-36f);
+  for (const auto& [key_scale, value_scale] : scales) {
+    for (GqaCase c : shapes) {
+      c.key_scale = key_scale;
+      c.value_scale = value_scale;
+      for (index_t tokens : token_counts) {
+        INFO(ops::kv_cache_format_name(F)
+             << ": q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim " << c.dim
+             << ", block_size " << c.block_size << ", head_pad " << c.head_pad << ", q offset "
+             << c.q_offset << ", scales " << key_scale << " / " << value_scale << ", tokens "
+             << tokens);
+        const std::vector<std::int32_t> lens = ragged_lengths(rng, tokens);
+        run_gqa<F>(rng, c, one_token_each(lens, make_table(rng, lens, c.block_size, 1)));
+      }
+    }
+  }
+  const std::vector<std::int32_t> long_context{12289};
+  run_gqa<F>(rng, GqaCase{}, one_token_each(long_context, make_table(rng, long_context, 16, 0)));
+}
+
 namespace {
 
 // Tokens 1..4 are bad: length 0, length past the table row, a block id past the cache in the
@@ -608,6 +698,9 @@ TEST_CASE("gpu decode attention: bad lengths and block ids give NaN rows, other 
     run_mla(rng, MlaCase{}, one_token_each(mla.lens, mla.table, mla.bad));
     const BadBatch gqa = bad_batch(rng, GqaCase{}.block_size, padding);
     run_gqa(rng, GqaCase{}, one_token_each(gqa.lens, gqa.table, gqa.bad));
+    run_gqa<KvCacheFormat::fp8_tensor>(rng, GqaCase{},
+                                       one_token_each(gqa.lens, gqa.table, gqa.bad));
+    run_gqa<KvCacheFormat::bf16>(rng, GqaCase{}, one_token_each(gqa.lens, gqa.table, gqa.bad));
   }
 }
 
@@ -635,6 +728,9 @@ TEST_CASE("gpu decode attention: sequences of several query tokens, padding, bad
       INFO("q_heads " << c.q_heads << ", dim " << c.dim);
       run_gqa(rng, c, with_queries(lens, counts, make_table(rng, lens, c.block_size, 1), 3));
     }
+    run_gqa<KvCacheFormat::bf16>(
+        rng, GqaCase{},
+        with_queries(lens, counts, make_table(rng, lens, GqaCase{}.block_size, 1), 3));
   }
   // Starts that do not begin at 0: the tokens before the first start are in no sequence's range
   // but before the last start, so they are NaN; the others are exact.
@@ -645,6 +741,7 @@ TEST_CASE("gpu decode attention: sequences of several query tokens, padding, bad
   b.bad = {true, false, false, false};
   run_mla(rng, MlaCase{}, b);
   run_gqa(rng, GqaCase{}, b);
+  run_gqa<KvCacheFormat::bf16>(rng, GqaCase{}, b);
 }
 
 TEST_CASE("gpu decode attention rejects bad shapes before launching") {
@@ -720,4 +817,25 @@ TEST_CASE("gpu decode attention rejects bad shapes before launching") {
       ops::gqa_decode(device, make_view(static_cast<const bf16*>(gout.data()), tokens, 3, 128), kv,
                       ct, 0.1f, make_view(gout.data(), tokens, 3, 128)),
       atom::ShapeError);
+  // An fp8_tensor cache whose scales are per row (strides not 0), a bf16 cache with scales.
+  const gpu::Buffer<fp8_e4m3> values(sz(blocks * block_size * 3 * 128));
+  const gpu::Buffer<float> value_scales(sz(blocks * block_size * 3));
+  const ops::ConstKvCache<KvCacheFormat::fp8_tensor> per_row{
+      kv.key, make_view(static_cast<const fp8_e4m3*>(values.data()), blocks, block_size, 3, 128),
+      kv.key_scale,
+      make_view(static_cast<const float*>(value_scales.data()), blocks, block_size, 3)};
+  CHECK_THROWS_WITH(
+      ops::gqa_decode(device, make_view(static_cast<const bf16*>(gq.data()), tokens, 3, 128),
+                      per_row, ct, 0.1f, make_view(gout.data(), tokens, 3, 128)),
+      Catch::Contains("one scale for the whole tensor"));
+  const gpu::Buffer<bf16> bf16_keys(sz(blocks * block_size * 3 * 128)),
+      bf16_values(sz(blocks * block_size * 3 * 128));
+  const ops::ConstKvCache<KvCacheFormat::bf16> scaled_bf16{
+      make_view(static_cast<const bf16*>(bf16_keys.data()), blocks, block_size, 3, 128),
+      make_view(static_cast<const bf16*>(bf16_values.data()), blocks, block_size, 3, 128),
+      kv.key_scale, per_row.value_scale};
+  CHECK_THROWS_WITH(
+      ops::gqa_decode(device, make_view(static_cast<const bf16*>(gq.data()), tokens, 3, 128),
+                      scaled_bf16, ct, 0.1f, make_view(gout.data(), tokens, 3, 128)),
+      Catch::Contains("a bf16 cache has no scales"));
 }

@@ -1,5 +1,6 @@
 /* A random ragged decode batch in host memory, laid out as atom_plugin_run_args wants it, for the
- * C tests of the plugin ABI. Deterministic in its seed. */
+ * C tests of the plugin ABI, with the cache of the pipeline's cache kind (the key/value caches FP8
+ * codes or, for ATOM_PLUGIN_CACHE_KV_BF16, bf16). Deterministic in its seed. */
 #ifndef ATOM_TESTS_PLUGIN_DECODE_BATCH_H
 #define ATOM_TESTS_PLUGIN_DECODE_BATCH_H
 
@@ -20,8 +21,9 @@ typedef struct decode_batch {
   int32_t* block_table;
   int32_t* context_lens;
   uint16_t* mla_cache;
-  uint8_t* key_cache;
-  uint8_t* value_cache;
+  void* key_cache; /* uint8_t FP8 codes, or uint16_t bf16 for ATOM_PLUGIN_CACHE_KV_BF16 */
+  void* value_cache;
+  size_t kv_element_size;
   float* key_scale;
   float* value_scale;
 } decode_batch;
@@ -68,6 +70,19 @@ static void batch_free(decode_batch* b) {
   free(b->key_scale);
   free(b->value_scale);
   memset(b, 0, sizeof *b);
+}
+
+/* `count` random key/value cache elements of `element_size` bytes: FP8 codes or bf16. */
+static void* batch_kv_cache(size_t count, size_t element_size, uint64_t* state) {
+  void* p = batch_alloc(count, element_size);
+  size_t i;
+  for (i = 0; i < count; ++i) {
+    if (element_size == 2)
+      ((uint16_t*)p)[i] = batch_random_bf16(state);
+    else
+      ((uint8_t*)p)[i] = batch_random_fp8(state);
+  }
+  return p;
 }
 
 /* Token t gets a context of 1 + (t * 37 + seed) % max_context positions, its own shuffled cache
@@ -129,10 +144,9 @@ static int batch_make(decode_batch* b, const atom_plugin_api* api,
   memset(b->out, 0xFF, b->sizes.out * sizeof(uint16_t));
   b->mla_cache = (uint16_t*)batch_alloc(b->sizes.mla_cache, sizeof(uint16_t));
   for (i = 0; i < (int64_t)b->sizes.mla_cache; ++i) b->mla_cache[i] = batch_random_bf16(&state);
-  b->key_cache = (uint8_t*)batch_alloc(b->sizes.key_cache, 1);
-  b->value_cache = (uint8_t*)batch_alloc(b->sizes.value_cache, 1);
-  for (i = 0; i < (int64_t)b->sizes.key_cache; ++i) b->key_cache[i] = batch_random_fp8(&state);
-  for (i = 0; i < (int64_t)b->sizes.value_cache; ++i) b->value_cache[i] = batch_random_fp8(&state);
+  b->kv_element_size = info.cache_kind == ATOM_PLUGIN_CACHE_KV_BF16 ? 2u : 1u;
+  b->key_cache = batch_kv_cache(b->sizes.key_cache, b->kv_element_size, &state);
+  b->value_cache = batch_kv_cache(b->sizes.value_cache, b->kv_element_size, &state);
   b->key_scale = (float*)batch_alloc(b->sizes.key_scale, sizeof(float));
   b->value_scale = (float*)batch_alloc(b->sizes.value_scale, sizeof(float));
   for (i = 0; i < (int64_t)b->sizes.key_scale; ++i)

@@ -5,13 +5,16 @@
  *   plugin_abi_test <libatom_plugin.so> registration <plugin 0|1> <attention 0|1>
  *   plugin_abi_test <libatom_plugin.so> settings | invalid-env | env-warning | version |
  *                                       bad-input | run
+ *   plugin_abi_test <libatom_plugin.so> kv-caches <Qwen3-MoE checkpoint folder>
  *
  * `registration` reads the process environment (ctest sets it per test) and checks that what is
  * registered is what the flags say; `invalid-env` expects ATOM_DISABLE_VLLM_PLUGIN to hold a
- * value that does not parse, `env-warning` ATOM_DISABLE_VLLM_PLUGN (a misspelt name) to be set. */
+ * value that does not parse, `env-warning` ATOM_DISABLE_VLLM_PLUGN (a misspelt name) to be set;
+ * `kv-caches` loads a layer of the checkpoint for each GQA cache kind (ABI 4). */
 #define _POSIX_C_SOURCE 200809L
 
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,8 +219,17 @@ static void test_version(atom_plugin_get_api_fn get_api) {
     error = NULL;
     CHECK(get_api(wrong[i], &a, &error) == ATOM_PLUGIN_ERROR_ABI_VERSION);
     CHECK(a == NULL);
-    CHECK(error != NULL && strstr(error, "provides versions 1, 2 and 3") != NULL);
+    CHECK(error != NULL && strstr(error, "provides versions 1 to 4") != NULL);
     CHECK(get_api(wrong[i], &a, NULL) == ATOM_PLUGIN_ERROR_ABI_VERSION);
+  }
+  /* The earlier versions are still answered, each with its own number and table size. */
+  for (i = 1; i < ATOM_PLUGIN_ABI_VERSION; ++i) {
+    static const size_t sizes[3] = {offsetof(atom_plugin_api, load_pipeline),
+                                    offsetof(atom_plugin_api, load_pipeline_tp),
+                                    sizeof(atom_plugin_api)};
+    a = NULL;
+    CHECK(get_api((uint32_t)i, &a, &error) == ATOM_PLUGIN_OK);
+    CHECK(a != NULL && a->abi_version == i && a->struct_size == sizes[i - 1]);
   }
   error = NULL;
   CHECK(get_api(ATOM_PLUGIN_ABI_VERSION, NULL, &error) == ATOM_PLUGIN_ERROR_NULL_POINTER);
@@ -478,6 +490,85 @@ static void test_run(void) {
   api->release_registration(r);
 }
 
+/* A layer of the Qwen3 checkpoint `dir` loaded for each GQA cache kind through version 4's
+ * options: its info and sizes say the kind (the scales per row, one per tensor, none), every kind
+ * runs (outputs written and finite, two runs alike) and has its bad buffers refused; version 3's
+ * table loads the default, FP8_KV, whatever follows max_tokens; a value of no kind is refused. */
+static void test_kv_caches(atom_plugin_get_api_fn get_api, const char* dir) {
+  static const atom_plugin_cache_kind cache_kinds[3] = {
+      ATOM_PLUGIN_CACHE_FP8_KV, ATOM_PLUGIN_CACHE_KV_FP8_TENSOR, ATOM_PLUGIN_CACHE_KV_BF16};
+  const char* const defaults[1] = {NULL};
+  const atom_plugin_api* v3 = NULL;
+  const char* error = NULL;
+  atom_plugin_registration* r = NULL;
+  atom_plugin_pipeline* p = NULL;
+  atom_plugin_pipeline_info info;
+  size_t k;
+  CHECK_OK(api->register_plugin(defaults, &r));
+  if (r == NULL) return;
+  for (k = 0; k < 3; ++k) {
+    const atom_plugin_load_options options = {"host", 17, cache_kinds[k]};
+    const int64_t tokens[2] = {3, 17};
+    size_t n;
+    p = NULL;
+    CHECK_OK(api->load_pipeline(r, dir, 1, "layer", &options, &p));
+    if (p == NULL) continue;
+    CHECK_OK(api->pipeline_info(p, &info));
+    CHECK(info.cache_kind == cache_kinds[k]);
+    CHECK(info.cache_kv_heads > 0 && info.cache_head_dim > 0);
+    CHECK(info.cache_row == info.cache_kv_heads * info.cache_head_dim);
+    for (n = 0; n < 2; ++n) {
+      decode_batch first;
+      decode_batch second;
+      size_t e;
+      size_t unwritten = 0;
+      const size_t rows = (size_t)(info.block_size * info.cache_kv_heads);
+      if (batch_make(&first, api, p, tokens[n], 40, 30 + n) != 0 ||
+          batch_make(&second, api, p, tokens[n], 40, 30 + n) != 0) {
+        CHECK(!"batch_make");
+        continue;
+      }
+      CHECK(first.sizes.key_cache ==
+            (size_t)first.args.shape.num_blocks * rows * (size_t)info.cache_head_dim);
+      CHECK(first.sizes.key_scale == (k == 0   ? (size_t)first.args.shape.num_blocks * rows
+                                      : k == 1 ? 1u
+                                               : 0u));
+      CHECK(first.sizes.value_scale == first.sizes.key_scale);
+      CHECK_OK(api->run(p, &first.args, NULL));
+      CHECK_OK(api->run(p, &second.args, NULL));
+      for (e = 0; e < first.sizes.out; ++e) unwritten += batch_bf16_nonfinite(first.out[e]);
+      CHECK(unwritten == 0);
+      CHECK(memcmp(first.out, second.out, first.sizes.out * 2) == 0);
+      CHECK(memcmp(first.key_cache, second.key_cache,
+                   first.sizes.key_cache * first.kv_element_size) == 0);
+      batch_free(&first);
+      batch_free(&second);
+    }
+    test_bad_run_args(p, 3);
+    api->destroy_pipeline(p);
+  }
+  {
+    atom_plugin_load_options bad = {"host", 4, 5};
+    p = (atom_plugin_pipeline*)&p;
+    CHECK_FAILS(api->load_pipeline(r, dir, 1, "layer", &bad, &p),
+                ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "options.kv_cache is 5, not a cache kind");
+    CHECK(p == NULL);
+    bad.kv_cache = ATOM_PLUGIN_CACHE_MLA_LATENT;
+    CHECK_FAILS(api->load_pipeline(r, dir, 1, "attention", &bad, &p),
+                ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "ATOM_PLUGIN_CACHE_MLA_LATENT");
+    /* Version 3's options end at max_tokens: what follows is not read. */
+    CHECK(get_api(3, &v3, &error) == ATOM_PLUGIN_OK);
+    p = NULL;
+    if (v3 != NULL) CHECK_OK(v3->load_pipeline(r, dir, 1, "layer", &bad, &p));
+    if (p != NULL) {
+      CHECK_OK(api->pipeline_info(p, &info));
+      CHECK(info.cache_kind == ATOM_PLUGIN_CACHE_FP8_KV);
+      api->destroy_pipeline(p);
+    }
+  }
+  api->release_registration(r);
+}
+
 int main(int argc, char** argv) {
   void* lib;
   atom_plugin_get_api_fn get_api;
@@ -516,6 +607,8 @@ int main(int argc, char** argv) {
     test_bad_input();
   else if (strcmp(mode, "run") == 0)
     test_run();
+  else if (strcmp(mode, "kv-caches") == 0 && argc == 4)
+    test_kv_caches(get_api, argv[3]);
   else {
     fprintf(stderr, "unknown mode '%s'\n", mode);
     return 2;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
@@ -44,7 +45,7 @@ Snapshot snapshot(const pipeline::DecodeState& s, bool mla) {
   if (mla) {
     r.mla_cache = bytes(s.mla_cache());
   } else {
-    const auto kv = s.kv_cache();
+    const auto kv = std::get<ops::KvCacheFp8>(s.kv_cache());  // the presets' caches: fp8_row
     r.key = bytes(kv.key);
     r.value = bytes(kv.value);
     r.key_scale = bytes(kv.key_scale);
@@ -147,10 +148,10 @@ std::string run_through_abi(const std::vector<const char*>& settings, const char
     a.mla_cache = reinterpret_cast<std::uint16_t*>(c.data);
     a.mla_cache_count = static_cast<std::size_t>(c.numel());
   } else {
-    const auto kv = s.kv_cache();
+    const auto kv = std::get<ops::KvCacheFp8>(s.kv_cache());
     a.shape.num_blocks = kv.num_blocks();
-    a.key_cache = reinterpret_cast<std::uint8_t*>(kv.key.data);
-    a.value_cache = reinterpret_cast<std::uint8_t*>(kv.value.data);
+    a.key_cache = kv.key.data;
+    a.value_cache = kv.value.data;
     a.key_cache_count = a.value_cache_count = static_cast<std::size_t>(kv.key.numel());
     a.key_scale = kv.key_scale.data;
     a.value_scale = kv.value_scale.data;

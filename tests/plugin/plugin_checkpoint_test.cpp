@@ -1,10 +1,12 @@
 // ABI version 2 through libatom_plugin.so: a layer of a committed tiny checkpoint (tests/model/hf,
 // in its bf16, FP8 and MXFP4 forms) loaded by load_pipeline and run by run_sequences on a
 // per-sequence batch (sequences of one and two query tokens, a padded token) matches the direct
-// C++ call on the same checkpoint bit for bit; the sized workspace; versions 1 and 2's tables; the
-// errors of bad folders, layers, kinds, options and batches, each before anything is written; and
+// C++ call on the same checkpoint bit for bit; the sized workspace; versions 1 to 3's tables; the
+// errors of bad folders, layers, kinds, options and batches, each before anything is written;
 // ABI 3's tensor-parallel ranks (load_pipeline_tp with an engine's communicator) against the same
-// ranks run by atom in its own group, bit for bit, with the errors of bad communicators.
+// ranks run by atom in its own group, bit for bit, with the errors of bad communicators; and ABI
+// 4's KV cache kinds (fp8_row, fp8_tensor, bf16 chosen at load) against atom's own instantiation
+// of the same format on the same cache, bit for bit, with the errors of bad kinds and scales.
 #include <dlfcn.h>
 
 #include <barrier>
@@ -12,8 +14,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "atom/dispatch/dispatch.hpp"
@@ -35,8 +40,21 @@ atom_plugin_get_api_fn get_api() {
 }
 
 const atom_plugin_api& api() {
-  static const atom_plugin_api& a = plugin_table(3);
+  static const atom_plugin_api& a = plugin_table(4);
   return a;
+}
+
+// The ABI's name of a GQA cache format (the value of options.kv_cache).
+atom_plugin_cache_kind cache_kind_of(ops::KvCacheFormat f) {
+  switch (f) {
+    case ops::KvCacheFormat::fp8_row:
+      return ATOM_PLUGIN_CACHE_FP8_KV;
+    case ops::KvCacheFormat::fp8_tensor:
+      return ATOM_PLUGIN_CACHE_KV_FP8_TENSOR;
+    case ops::KvCacheFormat::bf16:
+      return ATOM_PLUGIN_CACHE_KV_BF16;
+  }
+  return -1;
 }
 
 std::string checkpoint_dir(const char* model, const char* format) {
@@ -95,13 +113,26 @@ Batch batch_over(const pipeline::DecodeState& state, const std::vector<index_t>&
   return out;
 }
 
-// The caches and activations of one run, poisoned outputs, for both paths alike.
+// The caches and activations of one run, poisoned outputs, for both paths alike. The GQA cache in
+// its format: key and value as bytes (FP8 codes or bf16), the scales one per row (fp8_row), one
+// each (fp8_tensor) or none (bf16).
 struct Buffers {
   std::vector<bf16> x, residual, out, intermediate, mla_cache;
-  std::vector<fp8_e4m3> key, value;
+  std::vector<std::uint8_t> key, value;
   std::vector<float> key_scale, value_scale;
   index_t tokens = 0, num_blocks = 0, kv_heads = 0;
+  ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row;
+
+  std::size_t kv_element_size() const {
+    return kv_format == ops::KvCacheFormat::bf16 ? sizeof(bf16) : sizeof(fp8_e4m3);
+  }
 };
+
+template <class T>
+std::vector<std::uint8_t> bytes_of(const T* data, index_t n) {
+  const auto* p = reinterpret_cast<const std::uint8_t*>(data);
+  return {p, p + static_cast<std::size_t>(n) * sizeof(T)};
+}
 
 Buffers buffers_of(const pipeline::ModelConfig& m, const pipeline::DecodeState& s, index_t tokens) {
   Buffers b;
@@ -118,13 +149,22 @@ Buffers buffers_of(const pipeline::ModelConfig& m, const pipeline::DecodeState& 
     b.num_blocks = c.size(0);
     b.mla_cache.assign(c.data, c.data + c.numel());
   } else {
-    const auto kv = s.kv_cache();
-    b.num_blocks = kv.num_blocks();
-    b.kv_heads = kv.key.size(2);
-    b.key.assign(kv.key.data, kv.key.data + kv.key.numel());
-    b.value.assign(kv.value.data, kv.value.data + kv.value.numel());
-    b.key_scale.assign(kv.key_scale.data, kv.key_scale.data + kv.key_scale.numel());
-    b.value_scale.assign(kv.value_scale.data, kv.value_scale.data + kv.value_scale.numel());
+    std::visit(
+        [&](const auto& kv) {
+          constexpr ops::KvCacheFormat f = std::decay_t<decltype(kv)>::format;
+          b.kv_format = f;
+          b.num_blocks = kv.num_blocks();
+          b.kv_heads = kv.kv_heads();
+          b.key = bytes_of(kv.key.data, kv.key.numel());
+          b.value = bytes_of(kv.value.data, kv.value.numel());
+          // fp8_tensor's scale views repeat their one float (strides 0).
+          const index_t scales = f == ops::KvCacheFormat::fp8_row      ? kv.key_scale.numel()
+                                 : f == ops::KvCacheFormat::fp8_tensor ? 1
+                                                                       : 0;
+          b.key_scale.assign(kv.key_scale.data, kv.key_scale.data + scales);
+          b.value_scale.assign(kv.value_scale.data, kv.value_scale.data + scales);
+        },
+        s.kv_cache());
   }
   return b;
 }
@@ -133,23 +173,37 @@ View3<bf16> mla_view(const pipeline::ModelConfig& m, Buffers& b) {
   return make_view(b.mla_cache.data(), b.num_blocks, m.block_size, m.kv_lora_rank + m.qk_rope_dim);
 }
 
-ops::KvCacheFp8 kv_view(const pipeline::ModelConfig& m, Buffers& b) {
+// The GQA cache of the buffers, in their format, as atom's own run takes it.
+ops::AnyKvCache kv_view(const pipeline::ModelConfig& m, Buffers& b) {
+  const index_t n = b.num_blocks;
   const index_t bs = m.block_size;
   const index_t h = b.kv_heads;
-  return {make_view(b.key.data(), b.num_blocks, bs, h, m.head_dim),
-          make_view(b.value.data(), b.num_blocks, bs, h, m.head_dim),
-          make_view(b.key_scale.data(), b.num_blocks, bs, h),
-          make_view(b.value_scale.data(), b.num_blocks, bs, h)};
+  const index_t d = m.head_dim;
+  const auto codes = [&](std::vector<std::uint8_t>& v) {
+    return make_view(reinterpret_cast<fp8_e4m3*>(v.data()), n, bs, h, d);
+  };
+  switch (b.kv_format) {
+    case ops::KvCacheFormat::fp8_row:
+      return ops::KvCacheFp8{codes(b.key), codes(b.value), make_view(b.key_scale.data(), n, bs, h),
+                             make_view(b.value_scale.data(), n, bs, h)};
+    case ops::KvCacheFormat::fp8_tensor:
+      return ops::per_tensor_fp8_cache(codes(b.key), codes(b.value), b.key_scale.data(),
+                                       b.value_scale.data());
+    case ops::KvCacheFormat::bf16:
+      return ops::bf16_cache(make_view(reinterpret_cast<bf16*>(b.key.data()), n, bs, h, d),
+                             make_view(reinterpret_cast<bf16*>(b.value.data()), n, bs, h, d));
+  }
+  throw std::logic_error("unknown KV cache format");
 }
 
-// Layer `layer` of the checkpoint run directly (kind "layer", "attention" or "moe"); with `tp`,
-// as that rank of its group.
+// Layer `layer` of the checkpoint run directly (kind "layer", "attention" or "moe"), at the format
+// of the buffers' cache; with `tp`, as that rank of its group.
 std::string run_direct(const model::HfCheckpoint& ckpt, index_t layer, const std::string& kind,
                        const Batch& batch, Buffers& b, pipeline::TpComm* tp = nullptr) {
   const pipeline::ModelConfig& m = ckpt.model();
   const auto w = ckpt.layer(layer, pipeline::tp_shape(tp));
   const auto [fa, fm] = model::block_formats(m, {layer, w.get()});
-  const policy::Point point = policy::point_from(env::Config::from({}));
+  const policy::Point point = policy::point_from(env::Config::from({})).with(b.kv_format);
   const auto layer_kind = pipeline::layer_kind(m, layer);
   const bool mla = m.attention == pipeline::AttentionKind::mla;
   const bool moe = layer_kind == pipeline::LayerKind::moe;
@@ -172,7 +226,7 @@ std::string run_direct(const model::HfCheckpoint& ckpt, index_t layer, const std
                          make_view(b.intermediate.data(), t, m.hidden),
                          batch.view(),
                          mla ? mla_view(m, b) : View3<bf16>{},
-                         mla ? ops::KvCacheFp8{} : kv_view(m, b),
+                         mla ? ops::AnyKvCache{} : kv_view(m, b),
                          threshold,
                          {}});
     return handles.name();
@@ -214,11 +268,11 @@ atom_plugin_sequence_args args_of(const Batch& batch, Buffers& b) {
     a.mla_cache = reinterpret_cast<std::uint16_t*>(b.mla_cache.data());
     a.mla_cache_count = b.mla_cache.size();
   } else {
-    a.key_cache = reinterpret_cast<std::uint8_t*>(b.key.data());
-    a.value_cache = reinterpret_cast<std::uint8_t*>(b.value.data());
-    a.key_cache_count = a.value_cache_count = b.key.size();
-    a.key_scale = b.key_scale.data();
-    a.value_scale = b.value_scale.data();
+    a.key_cache = b.key.data();
+    a.value_cache = b.value.data();
+    a.key_cache_count = a.value_cache_count = b.key.size() / b.kv_element_size();
+    a.key_scale = b.key_scale.empty() ? nullptr : b.key_scale.data();
+    a.value_scale = b.value_scale.empty() ? nullptr : b.value_scale.data();
     a.key_scale_count = a.value_scale_count = b.key_scale.size();
   }
   return a;
@@ -234,14 +288,16 @@ struct Loaded {
   ~Loaded() { api().destroy_pipeline(p); }
 };
 
-void check_checkpoint(const char* model_name, const char* format, index_t layer, const char* kind) {
-  CAPTURE(model_name, format, layer, kind);
+// `kv_format`: the GQA cache the layer is loaded for (options.kv_cache) and atom's own run reads.
+void check_checkpoint(const char* model_name, const char* format, index_t layer, const char* kind,
+                      ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row) {
+  CAPTURE(model_name, format, layer, kind, ops::kv_cache_format_name(kv_format));
   const std::string dir = checkpoint_dir(model_name, format);
   const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::mmap);
   const pipeline::ModelConfig& m = ckpt.model();
   // Four sequences of two query tokens each over contexts 3, 17, 40 and 70; they keep 1, 2, 1
   // and 2 of them; one padded token follows.
-  const pipeline::DecodeState state(m, {3, 17, 40, 70}, 11 + Catch::rngSeed(), 2);
+  const pipeline::DecodeState state(m, {3, 17, 40, 70}, 11 + Catch::rngSeed(), 2, kv_format);
   const Batch batch = batch_over(state, {1, 2, 1, 2}, 1);
   const auto tokens = static_cast<index_t>(batch.slots.size());
   Buffers direct = buffers_of(m, state, tokens);
@@ -250,7 +306,7 @@ void check_checkpoint(const char* model_name, const char* format, index_t layer,
 
   Registration r;
   Loaded loaded;
-  const atom_plugin_load_options options{"host", 8};
+  const atom_plugin_load_options options{"host", 8, cache_kind_of(kv_format)};
   const auto status = api().load_pipeline(r.r, dir.c_str(), layer, kind, &options, &loaded.p);
   INFO(api().last_error());
   REQUIRE(status == ATOM_PLUGIN_OK);
@@ -258,6 +314,21 @@ void check_checkpoint(const char* model_name, const char* format, index_t layer,
   REQUIRE(api().pipeline_info(loaded.p, &info) == ATOM_PLUGIN_OK);
   CHECK(std::string(info.instance) == direct_instance);
   CHECK(std::string(info.preset) == dir);
+  const bool gqa = m.attention == pipeline::AttentionKind::gqa && std::string(kind) != "moe";
+  if (gqa) {
+    CHECK(info.cache_kind == cache_kind_of(kv_format));
+    CHECK(info.cache_kv_heads == abi.kv_heads);
+    CHECK(info.cache_head_dim == m.head_dim);
+    CHECK(info.cache_row == abi.kv_heads * m.head_dim);
+    // The sizes of the format: the caches in its elements, its scales per row, one or none.
+    const atom_plugin_sequence_shape shape{tokens, 4, batch.max_blocks, abi.num_blocks};
+    atom_plugin_sequence_sizes sizes{};
+    REQUIRE(api().sequence_sizes(loaded.p, &shape, &sizes) == ATOM_PLUGIN_OK);
+    CHECK(sizes.key_cache * abi.kv_element_size() == abi.key.size());
+    CHECK(sizes.value_cache == sizes.key_cache);
+    CHECK(sizes.key_scale == abi.key_scale.size());
+    CHECK(sizes.value_scale == abi.value_scale.size());
+  }
   std::int64_t max_tokens = 0;
   std::size_t bytes_before = 0;
   REQUIRE(api().workspace(loaded.p, &max_tokens, &bytes_before) == ATOM_PLUGIN_OK);
@@ -336,10 +407,11 @@ struct TestGroup {
 };
 
 // Rank r of `size` through load_pipeline_tp and run_sequences against the same rank run directly
-// in a HostTpGroup (pipeline::run_ranks), each on its share of one DecodeState.
-void check_tp(const char* model_name, const char* format, index_t layer, const char* kind,
-              int size) {
-  CAPTURE(model_name, format, layer, kind, size);
+// in a HostTpGroup (pipeline::run_ranks), each on its share of one DecodeState (its GQA cache in
+// `kv_format`).
+void check_tp(const char* model_name, const char* format, index_t layer, const char* kind, int size,
+              ops::KvCacheFormat kv_format = ops::KvCacheFormat::fp8_row) {
+  CAPTURE(model_name, format, layer, kind, size, ops::kv_cache_format_name(kv_format));
   const std::string dir = checkpoint_dir(model_name, format);
   const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::mmap);
   const pipeline::ModelConfig& m = ckpt.model();
@@ -351,7 +423,8 @@ void check_tp(const char* model_name, const char* format, index_t layer, const c
   const auto state_of = [&](int r) {
     const pipeline::TpShape tp{r, size};
     return std::make_unique<pipeline::DecodeState>(
-        m, contexts, seed, tp, pipeline::attention_split(m, tp, attention_format).kv_heads, 2);
+        m, contexts, seed, tp, pipeline::attention_split(m, tp, attention_format).kv_heads, 2,
+        kv_format);
   };
   std::vector<std::unique_ptr<pipeline::DecodeState>> states;
   for (int r = 0; r < size; ++r) states.push_back(state_of(r));
@@ -376,7 +449,7 @@ void check_tp(const char* model_name, const char* format, index_t layer, const c
     ranks.emplace_back([&, r] {
       const auto i = static_cast<std::size_t>(r);
       Loaded p;
-      const atom_plugin_load_options options{"host", 8};
+      const atom_plugin_load_options options{"host", 8, cache_kind_of(kv_format)};
       const atom_plugin_communicator c = group.communicator(r);
       loaded[i] = api().load_pipeline_tp(reg.r, dir.c_str(), layer, kind, &options, &c, &p.p);
       if (loaded[i] != ATOM_PLUGIN_OK) {
@@ -409,6 +482,7 @@ void check_tp(const char* model_name, const char* format, index_t layer, const c
     CHECK(same_bytes(abi[i].key, direct[i].key));
     CHECK(same_bytes(abi[i].value, direct[i].value));
     CHECK(same_bytes(abi[i].key_scale, direct[i].key_scale));
+    CHECK(same_bytes(abi[i].value_scale, direct[i].value_scale));
   }
 }
 
@@ -479,7 +553,7 @@ TEST_CASE("plugin ABI 3: a failing reduction is the communicator's error") {
   group.failing = 0;
   Loaded p;
   const atom_plugin_communicator c = group.communicator(0);
-  const atom_plugin_load_options options{"host", 8};
+  const atom_plugin_load_options options{"host", 8, ATOM_PLUGIN_CACHE_NONE};
   REQUIRE(api().load_pipeline_tp(reg.r, dir.c_str(), 1, "layer", &options, &c, &p.p) ==
           ATOM_PLUGIN_OK);
   const pipeline::TpShape tp{0, 2};
@@ -493,26 +567,171 @@ TEST_CASE("plugin ABI 3: a failing reduction is the communicator's error") {
              Catch::Contains("all_reduce_bf16 returned 7 on rank 0 of 2"));
 }
 
-TEST_CASE("plugin ABI 3: versions 1 and 2 are version 3's table without the later additions") {
+TEST_CASE("plugin ABI 4: versions 1 to 3 are version 4's table without the later additions") {
   const atom_plugin_api* v1 = nullptr;
   const atom_plugin_api* v2 = nullptr;
+  const atom_plugin_api* v3 = nullptr;
   const char* error = nullptr;
   REQUIRE(get_api()(1, &v1, &error) == ATOM_PLUGIN_OK);
   REQUIRE(get_api()(2, &v2, &error) == ATOM_PLUGIN_OK);
+  REQUIRE(get_api()(3, &v3, &error) == ATOM_PLUGIN_OK);
   CHECK(v1->abi_version == 1);
   CHECK(v1->struct_size == offsetof(atom_plugin_api, load_pipeline));
   CHECK(v1->run == api().run);
   CHECK(v2->abi_version == 2);
   CHECK(v2->struct_size == offsetof(atom_plugin_api, load_pipeline_tp));
-  CHECK(v2->load_pipeline == api().load_pipeline);
+  CHECK(v2->load_pipeline == v3->load_pipeline);  // versions 2 and 3 share the options struct
   CHECK(v2->workspace == api().workspace);
   CHECK(v2->load_pipeline_tp == nullptr);
-  CHECK(api().abi_version == 3);
+  CHECK(v3->abi_version == 3);
+  CHECK(v3->struct_size == sizeof(atom_plugin_api));  // version 4 adds no function
+  CHECK(v3->run_sequences == api().run_sequences);
+  CHECK(v3->sequence_sizes == api().sequence_sizes);
+  // Version 3's loads read the options up to kv_cache, version 4's the whole struct.
+  CHECK(v3->load_pipeline != api().load_pipeline);
+  CHECK(v3->load_pipeline_tp != api().load_pipeline_tp);
+  CHECK(api().abi_version == 4);
   CHECK(api().struct_size == sizeof(atom_plugin_api));
   const atom_plugin_api* none = nullptr;
-  CHECK(get_api()(4, &none, &error) == ATOM_PLUGIN_ERROR_ABI_VERSION);
-  CHECK(std::string(error).find("provides versions 1, 2 and 3") != std::string::npos);
+  CHECK(get_api()(5, &none, &error) == ATOM_PLUGIN_ERROR_ABI_VERSION);
+  CHECK(std::string(error).find("provides versions 1 to 4") != std::string::npos);
   CHECK(none == nullptr);
+}
+
+TEST_CASE("plugin ABI 4: Qwen3-MoE checkpoint layers on each KV cache format, bit for bit") {
+  for (const auto kv :
+       {ops::KvCacheFormat::fp8_row, ops::KvCacheFormat::fp8_tensor, ops::KvCacheFormat::bf16}) {
+    for (const char* format : {"bf16", "fp8", "mxfp4"}) {
+      check_checkpoint("qwen3-30b-a3b-tiny", format, 0, "layer", kv);  // dense
+      check_checkpoint("qwen3-30b-a3b-tiny", format, 1, "layer", kv);
+      check_checkpoint("qwen3-30b-a3b-tiny", format, 2, "attention", kv);
+    }
+    check_tp("qwen3-30b-a3b-tiny", "bf16", 1, "layer", 2, kv);
+    check_tp("qwen3-30b-a3b-tiny", "fp8", 2, "attention", 4, kv);  // KV heads replicated
+  }
+}
+
+// A Qwen3 layer loaded for `kv` through `table` with `options`; its pipeline_info.
+atom_plugin_pipeline_info loaded_info(const atom_plugin_api& table, const char* model_name,
+                                      index_t layer, const char* kind,
+                                      const atom_plugin_load_options& options) {
+  Registration r;
+  Loaded p;
+  const std::string dir = checkpoint_dir(model_name, "bf16");
+  const auto status = table.load_pipeline(r.r, dir.c_str(), layer, kind, &options, &p.p);
+  INFO(api().last_error());
+  REQUIRE(status == ATOM_PLUGIN_OK);
+  atom_plugin_pipeline_info info{};
+  REQUIRE(api().pipeline_info(p.p, &info) == ATOM_PLUGIN_OK);
+  info.instance = nullptr;  // the strings die with the pipeline
+  info.preset = nullptr;
+  return info;
+}
+
+TEST_CASE("plugin ABI 4: options.kv_cache, its default, and the kinds that ignore it") {
+  const atom_plugin_api& v3 = plugin_table(3);
+  // Version 3's struct ends at max_tokens: whatever follows it is not read (the cache FP8_KV).
+  const atom_plugin_load_options beyond{"host", 4, 99};
+  CHECK(loaded_info(v3, "qwen3-30b-a3b-tiny", 1, "layer", beyond).cache_kind ==
+        ATOM_PLUGIN_CACHE_FP8_KV);
+  CHECK(loaded_info(api(), "qwen3-30b-a3b-tiny", 1, "layer", {"host", 4, ATOM_PLUGIN_CACHE_NONE})
+            .cache_kind == ATOM_PLUGIN_CACHE_FP8_KV);
+  CHECK(ATOM_PLUGIN_CACHE_KV_FP8_ROW == ATOM_PLUGIN_CACHE_FP8_KV);
+  // The MLA cache and the moe kind keep their caches whatever the GQA kind asked for.
+  for (const atom_plugin_cache_kind k :
+       {ATOM_PLUGIN_CACHE_KV_BF16, ATOM_PLUGIN_CACHE_KV_FP8_TENSOR, ATOM_PLUGIN_CACHE_MLA_LATENT}) {
+    CAPTURE(k);
+    const atom_plugin_pipeline_info mla =
+        loaded_info(api(), "deepseek-v3-tiny", 1, "attention", {"host", 4, k});
+    CHECK(mla.cache_kind == ATOM_PLUGIN_CACHE_MLA_LATENT);
+    CHECK(mla.cache_kv_heads == 0);
+    const atom_plugin_pipeline_info moe =
+        loaded_info(api(), "qwen3-30b-a3b-tiny", 2, "moe", {"host", 4, k});
+    CHECK(moe.cache_kind == ATOM_PLUGIN_CACHE_NONE);
+  }
+
+  Registration r;
+  const std::string qwen = checkpoint_dir("qwen3-30b-a3b-tiny", "bf16");
+  const std::string ds = checkpoint_dir("deepseek-v3-tiny", "bf16");
+  const auto refused = [&](const std::string& dir, const atom_plugin_load_options& options,
+                           const std::string& says) {
+    atom_plugin_pipeline* p = reinterpret_cast<atom_plugin_pipeline*>(&r);
+    CHECK(api().load_pipeline(r.r, dir.c_str(), 1, "layer", &options, &p) ==
+          ATOM_PLUGIN_ERROR_INVALID_ARGUMENT);
+    CHECK(p == nullptr);
+    CHECK_THAT(std::string(api().last_error()),
+               Catch::Contains("load_pipeline") && Catch::Contains(says));
+  };
+  refused(qwen, {"host", 4, 5}, "options.kv_cache is 5, not a cache kind");
+  refused(ds, {"host", 4, -1}, "options.kv_cache is -1, not a cache kind");
+  refused(qwen, {"host", 4, ATOM_PLUGIN_CACHE_MLA_LATENT},
+          "options.kv_cache is ATOM_PLUGIN_CACHE_MLA_LATENT (1)");
+  TestGroup group(2);
+  const atom_plugin_communicator c = group.communicator(0);
+  atom_plugin_pipeline* p = nullptr;
+  const atom_plugin_load_options bad{"host", 4, 7};
+  CHECK(api().load_pipeline_tp(r.r, qwen.c_str(), 1, "layer", &bad, &c, &p) ==
+        ATOM_PLUGIN_ERROR_INVALID_ARGUMENT);
+  CHECK_THAT(std::string(api().last_error()),
+             Catch::Contains("load_pipeline_tp") && Catch::Contains("options.kv_cache is 7"));
+}
+
+TEST_CASE(
+    "plugin ABI 4: bad caches of the fp8_tensor and bf16 kinds are refused, nothing written") {
+  const std::string dir = checkpoint_dir("qwen3-30b-a3b-tiny", "bf16");
+  const auto ckpt = model::HfCheckpoint::open(dir, io::LoadMode::mmap);
+  const pipeline::ModelConfig& m = ckpt.model();
+  Registration r;
+  for (const auto kv : {ops::KvCacheFormat::fp8_tensor, ops::KvCacheFormat::bf16}) {
+    CAPTURE(ops::kv_cache_format_name(kv));
+    const pipeline::DecodeState state(m, {5, 9}, 3, 2, kv);
+    const Batch batch = batch_over(state, {2, 2}, 0);
+    Loaded loaded;
+    const atom_plugin_load_options options{"host", 4, cache_kind_of(kv)};
+    REQUIRE(api().load_pipeline(r.r, dir.c_str(), 1, "layer", &options, &loaded.p) ==
+            ATOM_PLUGIN_OK);
+    const auto refused = [&](const std::function<void(atom_plugin_sequence_args&, Buffers&)>& bad,
+                             atom_plugin_status want, const std::string& says) {
+      Buffers b = buffers_of(m, state, 4);
+      const Buffers before = b;
+      atom_plugin_sequence_args a = args_of(batch, b);
+      bad(a, b);
+      CHECK(api().run_sequences(loaded.p, &a, nullptr) == want);
+      CHECK_THAT(std::string(api().last_error()),
+                 Catch::Contains("run_sequences") && Catch::Contains(says));
+      CHECK(same_bytes(b.out, before.out));
+      CHECK(same_bytes(b.residual, before.residual));
+      CHECK(same_bytes(b.key, before.key));
+      CHECK(same_bytes(b.value, before.value));
+    };
+    refused([](auto& a, auto&) { --a.key_cache_count; }, ATOM_PLUGIN_ERROR_BUFFER_TOO_SMALL,
+            "args.key_cache holds");
+    refused([](auto& a, auto&) { a.value_cache = nullptr; }, ATOM_PLUGIN_ERROR_NULL_POINTER,
+            "args.value_cache is NULL");
+    if (kv == ops::KvCacheFormat::fp8_tensor) {
+      refused([](auto& a, auto&) { a.key_scale = nullptr; }, ATOM_PLUGIN_ERROR_NULL_POINTER,
+              "args.key_scale is NULL");
+      refused([](auto& a, auto&) { a.value_scale_count = 0; }, ATOM_PLUGIN_ERROR_BUFFER_TOO_SMALL,
+              "args.value_scale holds 0 elements; the fp8_tensor cache's one scale needs 1");
+      refused([](auto&, auto& b) { b.key_scale[0] = 0.0f; }, ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+              "args.key_scale[0] is 0");
+      refused([](auto&, auto& b) { b.value_scale[0] = std::nanf(""); },
+              ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "args.value_scale[0] is nan");
+      refused([](auto& a, auto& b) { a.key_scale = reinterpret_cast<float*>(b.key.data()); },
+              ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "args.key_cache overlaps args.key_scale");
+      // The cache's views (its two scales included) are distinct memory, as the cache ops take
+      // them: one float for both scales is refused before the run writes anything.
+      refused([](auto& a, auto&) { a.value_scale = a.key_scale; },
+              ATOM_PLUGIN_ERROR_INVALID_ARGUMENT, "args.key_scale overlaps args.value_scale");
+    } else {
+      // bf16 reads no scales: NULL is accepted.
+      Buffers b = buffers_of(m, state, 4);
+      atom_plugin_sequence_args a = args_of(batch, b);
+      CHECK(a.key_scale == nullptr);
+      CHECK(a.key_scale_count == 0);
+      CHECK(api().run_sequences(loaded.p, &a, nullptr) == ATOM_PLUGIN_OK);
+    }
+  }
 }
 
 TEST_CASE("plugin ABI 2: bad folders, layers, kinds and options are refused with their names") {
@@ -537,7 +756,7 @@ TEST_CASE("plugin ABI 2: bad folders, layers, kinds and options are refused with
           "has a dense MLP, not a MoE block", r.r);
   refused(ds.c_str(), 0, "mlp", nullptr, ATOM_PLUGIN_ERROR_UNKNOWN_NAME, "'mlp'", r.r);
   refused(nullptr, 0, "layer", nullptr, ATOM_PLUGIN_ERROR_NULL_POINTER, "'checkpoint'", r.r);
-  const atom_plugin_load_options gpu{"gpu", 8}, tpu{"tpu", 8}, none{"host", 0};
+  const atom_plugin_load_options gpu{"gpu", 8, 0}, tpu{"tpu", 8, 0}, none{"host", 0, 0};
   {
     // "gpu" runs only where the build has a GPU backend and a GPU is present; elsewhere the
     // refusal says which of the two is missing.
@@ -572,7 +791,7 @@ TEST_CASE("plugin ABI 2: bad per-sequence batches are refused before anything is
   const Batch good = batch_over(state, {2, 2}, 0);
   Registration r;
   Loaded loaded;
-  const atom_plugin_load_options options{nullptr, 4};
+  const atom_plugin_load_options options{nullptr, 4, ATOM_PLUGIN_CACHE_NONE};
   REQUIRE(api().load_pipeline(r.r, dir.c_str(), 1, "layer", &options, &loaded.p) == ATOM_PLUGIN_OK);
 
   const auto refused = [&](const Batch& batch, index_t tokens, const std::string& says) {

@@ -1,7 +1,8 @@
 /* Prints the layout of every struct of atom_plugin.h as JSON ({"name": {"size": N, "fields":
  * {"field": offset, ...}}, ...}), for the test that checks the Python binding's ctypes mirrors
- * against what the C compiler makes of the header. A field the header drops fails to compile; a
- * field it adds changes the struct's size. */
+ * against what the C compiler makes of the header, and under "constants" the values of the
+ * header's version and cache kinds the binding restates. A field the header drops fails to
+ * compile; a field it adds changes the struct's size. */
 #include <stddef.h>
 #include <stdio.h>
 
@@ -25,6 +26,7 @@ static void end(void) {
 
 #define BEGIN(s) begin(#s, sizeof(s))
 #define FIELD(s, f) field(#f, offsetof(s, f))
+#define CONSTANT(c) field(#c, (size_t)(c))
 #define COUNTED(s, f) \
   FIELD(s, f);        \
   FIELD(s, f##_count)
@@ -104,6 +106,7 @@ int main(void) {
   BEGIN(atom_plugin_load_options);
   FIELD(atom_plugin_load_options, backend);
   FIELD(atom_plugin_load_options, max_tokens);
+  FIELD(atom_plugin_load_options, kv_cache);
   end();
   BEGIN(atom_plugin_sequence_shape);
   FIELD(atom_plugin_sequence_shape, tokens);
@@ -168,6 +171,14 @@ int main(void) {
   FIELD(atom_plugin_api, workspace);
   FIELD(atom_plugin_api, load_pipeline_tp);
   end();
-  printf("}\n");
+  printf(", \"constants\": {");
+  first_field = 1;
+  CONSTANT(ATOM_PLUGIN_ABI_VERSION);
+  CONSTANT(ATOM_PLUGIN_CACHE_NONE);
+  CONSTANT(ATOM_PLUGIN_CACHE_MLA_LATENT);
+  CONSTANT(ATOM_PLUGIN_CACHE_FP8_KV);
+  CONSTANT(ATOM_PLUGIN_CACHE_KV_FP8_TENSOR);
+  CONSTANT(ATOM_PLUGIN_CACHE_KV_BF16);
+  printf("}}\n");
   return 0;
 }

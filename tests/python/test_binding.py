@@ -1,8 +1,9 @@
 """The Python binding (python/atom) on the host backend, through libatom_plugin.so:
 the ctypes mirrors against the C header's layout, registration under both variables, a
 checkpoint's decoder layers decoded through the binding equal to `atom-run --checkpoint` bit for
-bit (atom-run's decode is the one tests/model checks against transformers), and bad input raising
-an error that names the argument with nothing written.
+bit (atom-run's decode is the one tests/model checks against transformers), on each KV cache
+format (`--kv-cache`), and bad input raising an error that names the argument with nothing
+written.
 
 Environment: ATOM_PLUGIN_LIBRARY (libatom_plugin.so), ATOM_ABI_LAYOUT (the abi_layout program),
 ATOM_RUN (atom-run), ATOM_HF_DATA (tests/model/hf); python/ on PYTHONPATH.
@@ -45,6 +46,9 @@ class HostBuffers:
     def zeros(self, kind, n):
         return array.array(self.codes[kind], bytes(n * array.array(self.codes[kind]).itemsize))
 
+    def full(self, kind, n, value):
+        return array.array(self.codes[kind], [value] * n)
+
     def of(self, kind, values):
         return array.array(self.codes[kind], values)
 
@@ -62,7 +66,8 @@ def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), re
     layers-1, from empty caches; returns {name: F32 bytes} as atom-run --output writes them.
     `buffers` makes the buffers (HostBuffers, or torch tensors on a device); with `reduce` (a
     tensor-parallel rank: options hold tp) a layer's output is recorded as reduce(out), the sum
-    over the group of the ranks' partial outputs."""
+    over the group of the ranks' partial outputs. options may hold kv_cache: an fp8_tensor cache
+    gets the scales 1 (atom-run's for a checkpoint, which calibrates none)."""
     pipes = [atom.load_layer(checkpoint, l, max_tokens=len(inputs), **options)
              for l in range(layers)]
     p = pipes[0]
@@ -78,8 +83,11 @@ def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), re
         if p.cache_kind == "mla_latent":
             return buffers.zeros("bf16", blocks * bs * p.cache_row)
         row = blocks * bs * p.kv_heads
+        if p.kv_cache == "bf16":
+            return (buffers.zeros("bf16", row * p.head_dim), buffers.zeros("bf16", row * p.head_dim))
+        scales = 1 if p.kv_cache == "fp8_tensor" else row
         return (buffers.zeros("fp8", row * p.head_dim), buffers.zeros("fp8", row * p.head_dim),
-                buffers.zeros("float", row), buffers.zeros("float", row))
+                buffers.full("float", scales, 1.0), buffers.full("float", scales, 1.0))
 
     caches = [cache() for _ in pipes]
     outputs = {f"hidden.{s}.layer.{l}": [b""] * lens[s] for s in range(len(lens))
@@ -113,9 +121,9 @@ def decode_through_binding(checkpoint, inputs, layers, buffers=HostBuffers(), re
     return {k: b"".join(v) for k, v in outputs.items()}
 
 
-def atom_run_decode(model, fmt, layers, backend, tp=1):
-    """What `atom-run --checkpoint [--tp N]` writes for the model's input sequences, and the
-    inputs."""
+def atom_run_decode(model, fmt, layers, backend, tp=1, kv_cache="fp8_row"):
+    """What `atom-run --checkpoint [--tp N] [--kv-cache F]` writes for the model's input
+    sequences, and the inputs."""
     checkpoint = os.path.join(HF, model, fmt)
     source = read_safetensors(os.path.join(HF, model, "input.safetensors"))
     names = sorted(source, key=lambda k: int(k.split(".")[1]))
@@ -123,8 +131,8 @@ def atom_run_decode(model, fmt, layers, backend, tp=1):
         written = os.path.join(tmp, "out.safetensors")
         subprocess.run([os.environ["ATOM_RUN"], "--checkpoint", checkpoint, "--layers",
                         str(layers), "--input", os.path.join(HF, model, "input.safetensors"),
-                        "--output", written, "--backend", backend, "--tp", str(tp)], check=True,
-                       capture_output=True)
+                        "--output", written, "--backend", backend, "--tp", str(tp),
+                        "--kv-cache", kv_cache], check=True, capture_output=True)
         return read_safetensors(written), [source[k][2] for k in names]
 
 
@@ -132,6 +140,13 @@ class Layout(unittest.TestCase):
     def test_ctypes_mirrors_match_the_header(self):
         layout = json.loads(subprocess.run([os.environ["ATOM_ABI_LAYOUT"]], check=True,
                                            capture_output=True, text=True).stdout)
+        constants = layout.pop("constants")
+        self.assertEqual(constants, {
+            "ATOM_PLUGIN_ABI_VERSION": _abi.ABI_VERSION, "ATOM_PLUGIN_CACHE_NONE": _abi.CACHE_NONE,
+            "ATOM_PLUGIN_CACHE_MLA_LATENT": _abi.CACHE_MLA_LATENT,
+            "ATOM_PLUGIN_CACHE_FP8_KV": _abi.CACHE_FP8_KV,
+            "ATOM_PLUGIN_CACHE_KV_FP8_TENSOR": _abi.CACHE_KV_FP8_TENSOR,
+            "ATOM_PLUGIN_CACHE_KV_BF16": _abi.CACHE_KV_BF16})
         self.assertEqual(set(layout), set(_abi.STRUCTS))
         for name, mirror in _abi.STRUCTS.items():
             with self.subTest(struct=name):
@@ -148,6 +163,8 @@ class Register(unittest.TestCase):
         self.assertEqual([a.architecture for a in full.architectures],
                          ["DeepseekV3ForCausalLM", "Qwen3MoeForCausalLM"])
         self.assertEqual([b.name for b in full.attention_backends], ["mla", "paged_gqa"])
+        for fmt in atom.KV_CACHE_FORMATS:  # the GQA backend's cache formats, chosen at load
+            self.assertIn(fmt, full.attention_backends[1].cache_layout)
         self.assertEqual(full.architectures[0].layer_pipeline, "ds_layer")
         no_attention = atom.register({"ATOM_DISABLE_VLLM_PLUGIN_ATTENTION": "1"})
         self.assertEqual(no_attention.attention_backends, [])
@@ -173,13 +190,19 @@ class Register(unittest.TestCase):
         self.assertIn("ATOM_DISABLE_VLLM_PLUGIN", str(e.exception))
 
 
+def check_decode(test, model, fmt, kv_cache="fp8_row"):
+    """The checkpoint's first three layers through the binding equal atom-run's, bit for bit."""
+    want, inputs = atom_run_decode(model, fmt, 3, "host", kv_cache=kv_cache)
+    got = decode_through_binding(os.path.join(HF, model, fmt), inputs, 3, backend="host",
+                                 kv_cache=kv_cache)
+    for name, data in got.items():
+        test.assertEqual(want[name][0], "F32", name)
+        test.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
+
+
 class Decode(unittest.TestCase):
     def check(self, model, fmt):
-        want, inputs = atom_run_decode(model, fmt, 3, "host")
-        got = decode_through_binding(os.path.join(HF, model, fmt), inputs, 3, backend="host")
-        for name, data in got.items():
-            self.assertEqual(want[name][0], "F32", name)
-            self.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
+        check_decode(self, model, fmt)
 
     def test_qwen3_moe_checkpoints(self):
         for fmt in ("bf16", "fp8", "mxfp4"):
@@ -190,6 +213,109 @@ class Decode(unittest.TestCase):
         for fmt in ("bf16", "fp8", "mxfp4"):
             with self.subTest(format=fmt):
                 self.check("deepseek-v3-tiny", fmt)
+
+
+class KvCacheFormats(unittest.TestCase):
+    """kv_cache="fp8_row" | "fp8_tensor" | "bf16" (ABI 4): decodes equal to atom-run's of the
+    format, the layer's report of it, and bad caches of each format refused with nothing
+    written."""
+
+    def test_qwen3_moe_kv_cache_formats(self):
+        """Each KV cache format through the binding equals atom-run --kv-cache of it; the formats
+        differ from each other (the cache is read back: its rounding shows in the outputs)."""
+        outputs = {}
+        for kv in atom.KV_CACHE_FORMATS:
+            for fmt in ("bf16", "mxfp4"):
+                with self.subTest(kv_cache=kv, format=fmt):
+                    check_decode(self, "qwen3-30b-a3b-tiny", fmt, kv)
+            outputs[kv] = atom_run_decode("qwen3-30b-a3b-tiny", "bf16", 3, "host", kv_cache=kv)[0]
+        name = "hidden.0.layer.2"
+        self.assertNotEqual(outputs["bf16"][name][2], outputs["fp8_row"][name][2])
+        self.assertNotEqual(outputs["fp8_tensor"][name][2], outputs["fp8_row"][name][2])
+
+    def test_the_layer_says_its_format(self):
+        qwen = os.path.join(HF, "qwen3-30b-a3b-tiny", "bf16")
+        for kv, kind in (("fp8_row", "fp8_kv"), ("fp8_tensor", "kv_fp8_tensor"),
+                         ("bf16", "kv_bf16")):
+            layer = atom.load_layer(qwen, 1, max_tokens=1, backend="host", kv_cache=kv)
+            self.assertEqual((layer.kv_cache, layer.cache_kind), (kv, kind))
+            self.assertIn(f"kv-{kv.replace('_', '')}", layer.instance)
+        moe = atom.load_layer(qwen, 1, "moe", max_tokens=1, backend="host", kv_cache="bf16")
+        self.assertEqual((moe.kv_cache, moe.cache_kind), (None, None))
+        mla = atom.load_layer(os.path.join(HF, "deepseek-v3-tiny", "bf16"), 1, max_tokens=1,
+                              backend="host", kv_cache="bf16")
+        self.assertEqual((mla.kv_cache, mla.cache_kind), (None, "mla_latent"))
+
+    def layer(self, kv):
+        return atom.load_layer(os.path.join(HF, "qwen3-30b-a3b-tiny", "bf16"), 1, max_tokens=2,
+                               backend="host", kv_cache=kv)
+
+    def batch(self, layer):
+        h, bs = layer.hidden, layer.block_size
+        return dict(x=array.array("H", [0x3f80] * (2 * h)),
+                    residual=array.array("H", [0x3f00] * (2 * h)),
+                    out=array.array("H", [0x7fc1] * (2 * h)),
+                    block_table=array.array("i", [0, 1]), context_lens=array.array("i", [1, 1]),
+                    positions=array.array("q", [0, 0]), slots=array.array("q", [0, bs]))
+
+    def refused(self, layer, cache, error, says):
+        b = self.batch(layer)
+        with self.assertRaises(error) as e:
+            layer(b.pop("x"), b.pop("residual"), cache, **b)
+        self.assertIn(says, str(e.exception))
+        self.assertEqual(set(b["out"]), {0x7fc1})
+        for part in cache if isinstance(cache, tuple) else ():
+            if isinstance(part, array.array) and part.typecode in "BH":
+                self.assertEqual(set(part), {0}, "a cache was written")
+
+    def test_fp8_tensor_cache(self):
+        layer = self.layer("fp8_tensor")
+        codes = 2 * layer.block_size * layer.kv_heads * layer.head_dim
+        key, value = array.array("B", bytes(codes)), array.array("B", bytes(codes))
+        k_scale, v_scale = array.array("f", [0.05]), array.array("f", [0.04])
+        b = self.batch(layer)
+        layer(b.pop("x"), b.pop("residual"), (key, value, k_scale, v_scale), **b)
+        self.assertNotIn(0x7fc1, set(b["out"]))
+        self.assertNotEqual(set(key), {0})
+        self.assertEqual((k_scale[0], v_scale[0]), (array.array("f", [0.05])[0],
+                                                     array.array("f", [0.04])[0]))
+        # Read-only scales (the engine's constants) are accepted: the run only reads them.
+        b = self.batch(layer)
+        layer(b.pop("x"), b.pop("residual"),
+              (key, value, memoryview(k_scale).toreadonly(), v_scale), **b)
+        fresh = (array.array("B", bytes(codes)), array.array("B", bytes(codes)))
+        self.refused(layer, fresh + (k_scale,), ValueError,
+                     "cache must be the tuple (key, value, k_scale, v_scale)")
+        self.refused(layer, fresh + (array.array("f", [0.05, 0.05]), v_scale), ValueError,
+                     "cache[2] (key_scale) holds 2 floats; the fp8_tensor cache has one scale")
+        self.refused(layer, fresh + (k_scale, array.array("d", [0.04])), ValueError,
+                     "cache[3] (value_scale) holds items of format 'd'")
+        self.refused(layer, fresh + (k_scale, array.array("f", [0.0])), atom.PluginError,
+                     "args.value_scale[0] is 0")
+        self.refused(layer, (array.array("H", [0] * codes),) + fresh[1:] + (k_scale, v_scale),
+                     ValueError, "cache[0] (key_cache) holds items of format 'H'")
+
+    def test_bf16_cache(self):
+        layer = self.layer("bf16")
+        n = 2 * layer.block_size * layer.kv_heads * layer.head_dim
+        key, value = array.array("H", [0] * n), array.array("H", [0] * n)
+        b = self.batch(layer)
+        layer(b.pop("x"), b.pop("residual"), (key, value), **b)
+        self.assertNotIn(0x7fc1, set(b["out"]))
+        self.assertNotEqual(set(key), {0})
+        fresh = (array.array("H", [0] * n), array.array("H", [0] * n))
+        self.refused(layer, fresh + (array.array("f", [1.0]), array.array("f", [1.0])),
+                     ValueError, "cache must be (key, value)")
+        self.refused(layer, (array.array("B", bytes(n)), fresh[1]), ValueError,
+                     "cache[0] (key_cache) holds items of format 'B'")
+        self.refused(layer, (fresh[0], array.array("H", [0] * (n // 2))), atom.PluginError,
+                     "args.value_cache holds")
+
+    def test_unknown_format(self):
+        with self.assertRaises(ValueError) as e:
+            self.layer("fp16")
+        self.assertIn("kv_cache is 'fp16', expected one of 'fp8_row', 'fp8_tensor', 'bf16'",
+                      str(e.exception))
 
 
 class Group:

@@ -1,11 +1,12 @@
 """The binding with torch tensors (skipped, exit code 77, where torch is not installed): the
 README's Python snippet runs as written; torch tensors through the binding give the same bytes as
-Python buffers; torch's own bad input (dtype, layout, device) raises a ValueError naming the
-argument with nothing written. Where the plugin has a GPU backend and a GPU is present (the GPU
-build, on the GPU machine): a checkpoint's layers decoded through the binding on CUDA tensors
-equal `atom-run --checkpoint --backend gpu` bit for bit, a call captured in a torch.cuda.CUDAGraph
-and replayed equals the eager call bit for bit, and host tensors are refused. Same environment as
-test_binding.py."""
+Python buffers, in each KV cache format (the bf16 cache also as the engine's one [2, ...] tensor,
+the fp8_tensor cache as torch.float8_e4m3fn codes); torch's own bad input (dtype, layout, device)
+raises a ValueError naming the argument with nothing written. Where the plugin has a GPU backend
+and a GPU is present (the GPU build, on the GPU machine): a checkpoint's layers decoded through the
+binding on CUDA tensors equal `atom-run --checkpoint --backend gpu [--kv-cache F]` bit for bit (the
+fp8_row, bf16 and fp8_tensor caches), a call captured in a torch.cuda.CUDAGraph and replayed equals
+the eager call bit for bit, and host tensors are refused. Same environment as test_binding.py."""
 import array
 import ctypes
 import os
@@ -71,6 +72,55 @@ class Torch(unittest.TestCase):
         for t, b in zip(t_cache, b_cache):
             self.assertEqual(t.numpy().tobytes(), b.tobytes())
 
+    def test_kv_cache_formats_tensors_equal_buffers(self):
+        """The bf16 cache as vLLM's one [2, num_blocks, block_size, kv_heads, head_dim] tensor and
+        the fp8_tensor cache as float8_e4m3fn codes with one-element scales give the bytes that
+        Python buffers of the same values give."""
+        g = torch.Generator().manual_seed(7)
+        lens, table, slots_of = [5, 1], [0, 1], lambda bs: [4, bs]
+        for kv in ("bf16", "fp8_tensor"):
+            with self.subTest(kv_cache=kv):
+                layer = atom.load_layer(CHECKPOINT, 1, max_tokens=2, backend="host", kv_cache=kv)
+                h, bs = layer.hidden, layer.block_size
+                shape = (2, bs, layer.kv_heads, layer.head_dim)
+                x = torch.randn(2, h, generator=g).bfloat16()
+                residual = torch.randn(2, h, generator=g).bfloat16()
+                if kv == "bf16":
+                    t_cache = torch.randn((2,) + shape, generator=g).bfloat16()
+                    b_cache = tuple(array.array("H", t.view(torch.int16).numpy().tobytes())
+                                    for t in t_cache)
+                    t_arg = t_cache
+                else:
+                    codes = torch.randint(0, 126, (2,) + shape, generator=g, dtype=torch.uint8)
+                    scales = (torch.tensor([0.03]), torch.tensor([0.02]))
+                    b_cache = (array.array("B", codes[0].numpy().tobytes()),
+                               array.array("B", codes[1].numpy().tobytes()),
+                               array.array("f", [scales[0].item()]),
+                               array.array("f", [scales[1].item()]))
+                    t_cache = codes.view(torch.float8_e4m3fn)
+                    t_arg = (t_cache[0], t_cache[1]) + scales
+                bits = lambda t: array.array("H", t.contiguous().view(torch.int16).numpy().tobytes())
+                b_res, b_out = bits(residual), array.array("H", [0x7fc1] * (2 * h))
+                layer(bits(x), b_res, b_cache, array.array("i", table), array.array("i", lens),
+                      array.array("q", [4, 0]), array.array("q", slots_of(bs)), out=b_out)
+                t_res = residual.clone()
+                t_out = layer(x, t_res, t_arg, torch.tensor(table, dtype=torch.int32),
+                              torch.tensor(lens, dtype=torch.int32), torch.tensor([4, 0]),
+                              torch.tensor(slots_of(bs)))
+                self.assertEqual(bits(t_out), b_out)
+                self.assertEqual(bits(t_res), b_res)
+                raw = t_cache.view(torch.uint8) if kv == "fp8_tensor" else t_cache.view(torch.int16)
+                self.assertEqual(raw[0].numpy().tobytes(), b_cache[0].tobytes())
+                self.assertEqual(raw[1].numpy().tobytes(), b_cache[1].tobytes())
+        layer = atom.load_layer(CHECKPOINT, 1, max_tokens=2, backend="host", kv_cache="bf16")
+        with self.assertRaises(ValueError) as e:
+            layer(torch.zeros(1, layer.hidden, dtype=torch.bfloat16),
+                  torch.zeros(1, layer.hidden, dtype=torch.bfloat16),
+                  torch.zeros(3, 2, layer.block_size, layer.kv_heads, layer.head_dim,
+                              dtype=torch.bfloat16), torch.tensor([0], dtype=torch.int32),
+                  torch.tensor([1], dtype=torch.int32), torch.tensor([0]), torch.tensor([0]))
+        self.assertIn("cache has shape (3, 2,", str(e.exception))
+
     def test_bad_tensors(self):
         layer = atom.load_layer(CHECKPOINT, 1, max_tokens=2, backend="host")
         h, bs = layer.hidden, layer.block_size
@@ -110,6 +160,9 @@ class CudaBuffers:
     def zeros(self, kind, n):
         return self._typed(kind, torch.zeros(n, dtype=self.dtypes[kind], device="cuda"))
 
+    def full(self, kind, n, value):
+        return self._typed(kind, torch.full((n,), value, dtype=self.dtypes[kind], device="cuda"))
+
     def of(self, kind, values):
         return self._typed(kind, torch.tensor(values, dtype=self.dtypes[kind], device="cuda"))
 
@@ -148,6 +201,21 @@ class Cuda(unittest.TestCase):
                     got = decode_through_binding(
                         os.path.join(os.environ["ATOM_HF_DATA"], model, fmt), inputs, 3,
                         CudaBuffers(), backend="gpu")
+                    for name, data in got.items():
+                        self.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
+
+    def test_kv_cache_formats_equal_atom_run_on_the_gpu(self):
+        """A Qwen3 checkpoint's layers through the binding on a bf16 cache and on an fp8_tensor
+        cache (CUDA tensors; the scales, device tensors of one element, 1 as atom-run's) equal
+        `atom-run --checkpoint --backend gpu --kv-cache` of the same format, bit for bit."""
+        for kv in ("bf16", "fp8_tensor"):
+            for fmt in ("bf16", "fp8", "mxfp4"):
+                with self.subTest(kv_cache=kv, format=fmt):
+                    want, inputs = atom_run_decode("qwen3-30b-a3b-tiny", fmt, 3, "gpu",
+                                                   kv_cache=kv)
+                    got = decode_through_binding(
+                        os.path.join(os.environ["ATOM_HF_DATA"], "qwen3-30b-a3b-tiny", fmt),
+                        inputs, 3, CudaBuffers(), backend="gpu", kv_cache=kv)
                     for name, data in got.items():
                         self.assertTrue(data == want[name][2], f"{name} differs from atom-run's")
 

@@ -24,10 +24,19 @@
  * Strings returned in the info structs are owned by the plugin: those of registrations and
  * models live as long as the library is loaded, those of a pipeline until it is destroyed.
  *
- * Versions. atom_plugin_get_api answers version 3 (this header), 2 and 1. Version 2 adds the
- * functions after `run` in atom_plugin_api, version 3 load_pipeline_tp after them; an older
- * version's table is the same table without the later functions (its struct_size ends before
- * them), so a host compiled against version 1 or 2 keeps working unchanged.
+ * Versions. atom_plugin_get_api answers version 4 (this header), 3, 2 and 1:
+ *   1  registration, preset pipelines (create_pipeline) and the per-token run.
+ *   2  checkpoint layers (load_pipeline with atom_plugin_load_options), the per-sequence batch
+ *      (sequence_sizes, run_sequences), workspace, the GPU backend.
+ *   3  tensor parallelism (load_pipeline_tp, atom_plugin_communicator).
+ *   4  the GQA KV cache kinds (see KV caches): atom_plugin_load_options grows kv_cache at its
+ *      end; the run args' key_cache and value_cache are `void*` (same size and place as version
+ *      3's uint8_t*), their element type the pipeline's cache kind. No function is added.
+ * An older version's table is the same table without the later functions (its struct_size ends
+ * before them), and its load_pipeline / load_pipeline_tp read the options struct of that version
+ * (backend and max_tokens, up to kv_cache; the cache is then ATOM_PLUGIN_CACHE_FP8_KV), so a host
+ * compiled against version 1, 2 or 3 keeps working unchanged. The version a host asks for is the
+ * one whose structs it passes.
  *
  * Weights. A pipeline owns its weights: those of one decoder layer of a Hugging Face checkpoint
  * folder (load_pipeline, version 2), read in the formats the checkpoint stores, or deterministic
@@ -65,6 +74,31 @@
  * Threads. Registrations are immutable and may be shared between threads. A pipeline holds
  * scratch memory: run one pipeline from one thread at a time.
  *
+ * KV caches (version 4). A GQA model's attention (Qwen3: the "layer" and "attention" kinds) is
+ * loaded for one cache kind, options.kv_cache, and runs only on caches of that kind;
+ * pipeline_info's cache_kind says which. Each of key_cache and value_cache is
+ * [num_blocks, block_size, kv_heads, head_dim] contiguous (what vLLM's flash-attn backend's
+ * kv_cache[0] and kv_cache[1] are, SGLang's k_buffer and v_buffer of a layer), kv_heads the
+ * rank's (pipeline_info's cache_kv_heads):
+ *   ATOM_PLUGIN_CACHE_FP8_KV        (fp8_row, the default) FP8 e4m3 codes, one byte each, and
+ *                                   key_scale, value_scale [num_blocks, block_size, kv_heads]
+ *                                   float: a row's scale is its amax / 448, written by the run
+ *                                   with the row (atom's own format).
+ *   ATOM_PLUGIN_CACHE_KV_FP8_TENSOR (fp8_tensor) FP8 e4m3 codes, one byte each, and key_scale,
+ *                                   value_scale one float each (count 1): vLLM's and SGLang's
+ *                                   k_scale and v_scale. An element is code * scale; a row is
+ *                                   stored as to_fp8(x / scale), rounded to nearest even and
+ *                                   saturated to +-448. The scales are read, never written.
+ *   ATOM_PLUGIN_CACHE_KV_BF16       (bf16) bf16 values, two bytes each (as their 16 bits); no
+ *                                   scales (key_scale and value_scale are ignored, may be NULL).
+ * buffer_sizes and sequence_sizes give the counts of the pipeline's kind, in its elements. The
+ * checks before a run are the pointers, the counts and the overlaps of the buffers the kind reads
+ * (a missing scale is ATOM_PLUGIN_ERROR_NULL_POINTER naming args.key_scale or args.value_scale);
+ * on the host backend also the per-tensor scales' values (positive and finite). A GPU pipeline's
+ * scales are device memory, which the host cannot read without a sync: they are not checked, and
+ * a zero, negative or non-finite scale gives non-finite outputs, never a write outside the cache.
+ * The MLA latent cache (DeepSeek-V3) and the moe kind ignore options.kv_cache.
+ *
  * Tensor parallelism (version 3). load_pipeline_tp loads one rank's share of a layer: query heads
  * split across the ranks, GQA KV heads split while the size divides them (replicated beyond,
  * each rank holding the KV head of its query heads), MLA's latent cache replicated, routed
@@ -89,7 +123,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to the structs or the function table below. */
-#define ATOM_PLUGIN_ABI_VERSION 3u
+#define ATOM_PLUGIN_ABI_VERSION 4u
 #define ATOM_PLUGIN_ENTRY_POINT "atom_plugin_get_api"
 
 typedef int32_t atom_plugin_status;
@@ -141,10 +175,15 @@ typedef struct atom_plugin_attention_backend {
   const char* cache_layout; /* the KV cache it reads and writes, in words */
 } atom_plugin_attention_backend;
 
+/* The cache a pipeline reads and writes (see KV caches above for the GQA kinds). */
 typedef int32_t atom_plugin_cache_kind;
 #define ATOM_PLUGIN_CACHE_NONE 0       /* the MoE block reads no cache */
 #define ATOM_PLUGIN_CACHE_MLA_LATENT 1 /* bf16 [num_blocks, block_size, kv_lora + rope] */
 #define ATOM_PLUGIN_CACHE_FP8_KV 2     /* fp8 e4m3 key/value, float scale per token and head */
+#define ATOM_PLUGIN_CACHE_KV_FP8_ROW ATOM_PLUGIN_CACHE_FP8_KV /* version 4's name for it */
+#define ATOM_PLUGIN_CACHE_KV_FP8_TENSOR \
+  3 /* version 4: fp8 e4m3 key/value, one float scale each for key and value */
+#define ATOM_PLUGIN_CACHE_KV_BF16 4 /* version 4: bf16 key/value */
 
 typedef struct atom_plugin_pipeline_info {
   const char* architecture;
@@ -154,12 +193,12 @@ typedef struct atom_plugin_pipeline_info {
   const char* instance; /* the instantiation the settings selected */
   const char* backend;  /* "host" or "gpu" */
   int64_t hidden;
-  int64_t block_size;   /* tokens per KV-cache block */
-  int64_t max_position; /* positions must be below it */
-  atom_plugin_cache_kind cache_kind;
-  int64_t cache_row;      /* MLA: kv_lora + rope per slot; FP8 KV: kv_heads * head_dim */
-  int64_t cache_kv_heads; /* FP8 KV only, else 0 */
-  int64_t cache_head_dim; /* FP8 KV only, else 0 */
+  int64_t block_size;                /* tokens per KV-cache block */
+  int64_t max_position;              /* positions must be below it */
+  atom_plugin_cache_kind cache_kind; /* version 4: the kind options.kv_cache chose */
+  int64_t cache_row;      /* MLA: kv_lora + rope per slot; the GQA kinds: kv_heads * head_dim */
+  int64_t cache_kv_heads; /* the GQA kinds only (the rank's KV heads), else 0 */
+  int64_t cache_head_dim; /* the GQA kinds only, else 0 */
 } atom_plugin_pipeline_info;
 
 /* The size of a decode batch: `tokens` tokens, each with its own context, a block table of
@@ -177,8 +216,8 @@ typedef struct atom_plugin_buffer_sizes {
   size_t positions, slots;          /* int64 */
   size_t block_table, context_lens; /* int32 */
   size_t mla_cache;                 /* bf16 */
-  size_t key_cache, value_cache;    /* fp8 e4m3 codes, one byte each */
-  size_t key_scale, value_scale;    /* float */
+  size_t key_cache, value_cache;    /* the cache kind's elements: fp8 e4m3 codes or bf16 */
+  size_t key_scale, value_scale;    /* float: per row (FP8_KV), 1 (KV_FP8_TENSOR), 0 (KV_BF16) */
 } atom_plugin_buffer_sizes;
 
 /* One run on host-owned memory. bf16 values are passed as their 16 bits. Each pointer comes
@@ -194,8 +233,10 @@ typedef struct atom_plugin_buffer_sizes {
  *   context_lens [tokens]          context length including the token itself
  * and the cache of the pipeline's cache_kind (written at `slots`):
  *   mla_cache    [num_blocks, block_size, kv_lora + rope]
- *   key_cache, value_cache  [num_blocks, block_size, kv_heads, head_dim]
- *   key_scale, value_scale  [num_blocks, block_size, kv_heads] */
+ *   key_cache, value_cache  [num_blocks, block_size, kv_heads, head_dim], fp8 e4m3 codes (FP8_KV,
+ *                KV_FP8_TENSOR) or bf16 (KV_BF16); counts in those elements
+ *   key_scale, value_scale  FP8_KV: [num_blocks, block_size, kv_heads]; KV_FP8_TENSOR: [1] each
+ *                (two floats apart from each other and the caches), read only; KV_BF16: not read */
 typedef struct atom_plugin_run_args {
   atom_plugin_batch_shape shape;
   const uint16_t* x;
@@ -214,9 +255,9 @@ typedef struct atom_plugin_run_args {
   size_t context_lens_count;
   uint16_t* mla_cache;
   size_t mla_cache_count;
-  uint8_t* key_cache;
+  void* key_cache; /* version 4: void* (version 3: uint8_t*), its elements by the cache kind */
   size_t key_cache_count;
-  uint8_t* value_cache;
+  void* value_cache;
   size_t value_cache_count;
   float* key_scale;
   size_t key_scale_count;
@@ -233,6 +274,12 @@ typedef struct atom_plugin_load_options {
   /* The most tokens one run takes (1..2^24). The workspace is sized for it at creation: a run of
    * at most max_tokens tokens allocates nothing, a larger one is refused. */
   int64_t max_tokens;
+  /* Version 4: the GQA cache kind the pipeline reads (see KV caches): ATOM_PLUGIN_CACHE_FP8_KV,
+   * ATOM_PLUGIN_CACHE_KV_FP8_TENSOR or ATOM_PLUGIN_CACHE_KV_BF16; ATOM_PLUGIN_CACHE_NONE (0) for
+   * the default, FP8_KV. Ignored where the pipeline keeps no GQA cache (the MLA models, the moe
+   * kind); another value is ATOM_PLUGIN_ERROR_INVALID_ARGUMENT naming options.kv_cache. Read
+   * only through version 4's table: the versions before end their struct at max_tokens. */
+  atom_plugin_cache_kind kv_cache;
 } atom_plugin_load_options;
 
 /* Version 2: the size of a per-sequence decode batch. */
@@ -251,8 +298,8 @@ typedef struct atom_plugin_sequence_sizes {
   size_t context_lens, block_table; /* int32 */
   size_t positions, slots;          /* int64 */
   size_t mla_cache;                 /* bf16 */
-  size_t key_cache, value_cache;    /* fp8 e4m3 codes, one byte each */
-  size_t key_scale, value_scale;    /* float */
+  size_t key_cache, value_cache;    /* the cache kind's elements: fp8 e4m3 codes or bf16 */
+  size_t key_scale, value_scale;    /* float: per row (FP8_KV), 1 (KV_FP8_TENSOR), 0 (KV_BF16) */
 } atom_plugin_sequence_sizes;
 
 /* One run of the per-sequence batch on the caller's memory (host memory for a host pipeline,
@@ -292,9 +339,9 @@ typedef struct atom_plugin_sequence_args {
   size_t slots_count;
   uint16_t* mla_cache;
   size_t mla_cache_count;
-  uint8_t* key_cache;
+  void* key_cache; /* version 4: void* (version 3: uint8_t*), its elements by the cache kind */
   size_t key_cache_count;
-  uint8_t* value_cache;
+  void* value_cache;
   size_t value_cache_count;
   float* key_scale;
   size_t key_scale_count;
@@ -365,7 +412,7 @@ typedef struct atom_plugin_api {
    * 128x128 block scales, MXFP4), running the instantiation the registration's settings select
    * at those formats. The architecture is the checkpoint's own. A "layer" runs the layer's
    * attention and its MLP, MoE or dense as the config makes that layer; "moe" is refused for a
-   * dense layer. `options` may be NULL: the best backend, max_tokens 256. */
+   * dense layer. `options` may be NULL: the best backend, max_tokens 256, the cache FP8_KV. */
   atom_plugin_status (*load_pipeline)(const atom_plugin_registration* registration,
                                       const char* checkpoint, int64_t layer, const char* kind,
                                       const atom_plugin_load_options* options,

@@ -53,8 +53,10 @@ inline constexpr std::array<AttentionBackendSpec, 2> attention_backends{{
     {"mla", policy::PipelineId::mla_attention, "mla_attention",
      "bf16 latent cache [num_blocks, block_size, kv_lora + rope]"},
     {"paged_gqa", policy::PipelineId::qwen3_attention, "qwen3_attention",
-     "fp8 e4m3 key and value caches [num_blocks, block_size, kv_heads, head_dim] with float "
-     "scales [num_blocks, block_size, kv_heads]"},
+     "key and value caches [num_blocks, block_size, kv_heads, head_dim] in the format chosen at "
+     "load: fp8_row (fp8 e4m3 with float scales [num_blocks, block_size, kv_heads], the "
+     "default), fp8_tensor (fp8 e4m3 with one float scale each for key and value, vLLM's and "
+     "SGLang's k_scale and v_scale) or bf16"},
 }};
 
 // A model's pipelines by kind: its attention and MoE blocks, and as "layer" the decoder layer
