@@ -1,10 +1,11 @@
 // Decode attention over paged caches (flash-decoding). On NVIDIA, tensor-core kernels: MLA over
-// bf16 tiles of latent rows staged once per block for up to 64 heads, GQA over the FP8 caches
-// (fp8_row and fp8_tensor: a row's scale is found through the scale views' strides, 0 for the
-// tensor's one) with the codes converted in registers into f16 mma fragments for up to 8 heads of
-// a kv head. Elsewhere (the bf16 GQA cache, GQA shapes the tensor-core kernel does not take, AMD)
-// all share a SIMT kernel template; only the staging of cache rows differs. All write one set of
-// split partials that one combine reads.
+// bf16 tiles of latent rows staged once per block for up to 64 heads, GQA for up to 8 heads of a
+// kv head over every cache format, one kernel: the FP8 caches (fp8_row and fp8_tensor: a row's
+// scale is found through the scale views' strides, 0 for the tensor's one) with the codes
+// converted in registers into f16 mma fragments, the bf16 cache with its rows as bf16 fragments.
+// Elsewhere (GQA shapes the tensor-core kernel does not take, AMD) all share a SIMT kernel
+// template; only the staging of cache rows differs. All write one set of split partials that one
+// combine reads.
 
 #include "atom/ops/gpu/attention.hpp"
 
@@ -240,9 +241,6 @@ struct GqaSource {
     return value_row;
   }
 };
-
-// The FP8 caches' source, which the tensor-core GQA kernel reads (bf16 goes through SIMT only).
-using Fp8GqaSource = GqaSource<fp8_e4m3>;
 
 struct MaxFloat {
   __device__ float operator()(float a, float b) const { return b > a ? b : a; }
@@ -811,28 +809,34 @@ __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaS
   }
 }
 
-// Paged GQA over the FP8 caches with tensor cores (NVIDIA; e4m3 to f16 in hardware needs sm_89).
-// A block takes one token, up to 8 query heads of one kv head and one context chunk with 4 warps;
-// warp w takes the chunk's 16-row steps w, w + 4, ..., staged by cp.async in a ring of its own in
-// shared memory (two steps in flight while it uses one: no block barrier until the warps merge,
-// in warp order). The products are transposed so that the heads are the n = 8 columns of
-// m16n8k16 f16 mma.sync (a group of 8 heads fills it) and the cache rows and value columns its
-// m = 16 rows. Thread (g, q) = (lane / 4, lane % 4):
-//   S^T = K Q^T: the thread takes key bytes 64 c + 16 q .. + 15 (c < D/64) of rows g and 8 + g
-//     (so that the four q lanes of a row read 64 contiguous bytes) as A fragments: k step s takes
-//     word s of them, d = 64 (s / 4) + 16 q + 4 (s % 4) .. + 3, in Q (head g, the B fragment)
-//     as in K, so the dot product is unchanged. Q enters as f16 scaled per head by the power of
-//     two that puts its largest magnitude in [2^14, 2^15) (exact for bf16 queries); the score is
-//     the fp32 sum times scale, that power's inverse and the row's key scale. The thread holds
-//     the scores of rows g, 8 + g for heads 2q, 2q + 1.
-//   softmax: the value scale of row j enters its exponent, p_j = sign(s_j) 2^(t_j + log2|s_j| - m
-//     + 15) with m the running max of t + log2|s| (t in log2 units), so that P, rounded to f16,
-//     lies within 2^15 whatever the scales; the sum that normalizes adds 2^(t_j - m + 15) in
-//     float. P^T's two 8x8 halves are transposed in registers (movmatrix) into the B fragments
-//     of the next product.
-//   O^T += V^T P^T: the thread takes value bytes [g D/8, (g + 1) D/8) of rows 2q, 2q + 1, 8 + 2q,
-//     9 + 2q; byte 2i stands for row g of m tile i, byte 2i + 1 for its row 8 + g, so the thread
-//     ends with heads 2q, 2q + 1 at d = g D/8 .. + D/8 - 1.
+// Paged GQA with tensor cores (NVIDIA; e4m3 to f16 in hardware needs sm_89), one kernel for the
+// FP8 caches (Code fp8_e4m3: f16 mma.sync on converted codes) and the bf16 cache (Code bf16: bf16
+// mma.sync on the rows as they are). A block takes one token, up to 8 query heads of one kv head
+// and one context chunk with 4 warps; warp w takes the chunk's 16-row steps w, w + 4, ..., staged
+// by cp.async in a ring of its own in shared memory (two steps in flight while it uses one: no
+// block barrier until the warps merge, in warp order). The products are transposed so that the
+// heads are the n = 8 columns of m16n8k16 mma.sync (a group of 8 heads fills it) and the cache
+// rows and value columns its m = 16 rows. E is the element's bytes (1 FP8, 2 bf16); thread
+// (g, q) = (lane / 4, lane % 4):
+//   S^T = K Q^T: the thread takes key bytes 64 c + 16 q .. + 15 (c < D E / 64) of rows g and
+//     8 + g (so that the four q lanes of a row read 64 contiguous bytes) as A fragments: k step s
+//     takes four elements of them, FP8 word s (d = 64 (s / 4) + 16 q + 4 (s % 4) .. + 3, converted
+//     to f16 pairs), bf16 words 2 s and 2 s + 1 (d = 32 (s / 2) + 8 q + 4 (s % 2) .. + 3), in Q
+//     (head g, the B fragment) as in K, so the dot product is unchanged. FP8: Q enters as f16
+//     scaled per head by the power of two that puts its largest magnitude in [2^14, 2^15) (exact
+//     for bf16 queries); the score is the fp32 sum times scale, that power's inverse and the
+//     row's key scale. bf16: Q enters as it is; the score is the fp32 sum times scale. The thread
+//     holds the scores of rows g, 8 + g for heads 2q, 2q + 1.
+//   softmax: FP8: the value scale of row j enters its exponent, p_j = sign(s_j) 2^(t_j + log2|s_j|
+//     - m + 15) with m the running max of t + log2|s| (t in log2 units), so that P, rounded to
+//     f16, lies within 2^15 whatever the scales; the sum that normalizes adds 2^(t_j - m + 15) in
+//     float. bf16: no value scale, p_j = 2^(t_j - m) with m the running max of t, rounded to bf16
+//     (whose range is float's); the sum adds the same in float. P^T's two 8x8 halves are
+//     transposed in registers (movmatrix) into the B fragments of the next product.
+//   O^T += V^T P^T: the thread takes value elements [g D/8, (g + 1) D/8) of rows 2q, 2q + 1,
+//     8 + 2q, 9 + 2q; element 2i stands for row g of m tile i, element 2i + 1 for its row 8 + g
+//     (FP8: a word's bytes interleaved into code pairs; bf16: a word's halves paired across rows
+//     by byte_permute), so the thread ends with heads 2q, 2q + 1 at d = g D/8 .. + D/8 - 1.
 // Rows past the chunk are copied as zeros (score -inf). Needs block_size % 16 == 0 (a step lies in
 // one cache block) and 16-byte aligned rows.
 inline constexpr int gqa_warps = 4;
@@ -842,35 +846,49 @@ inline constexpr index_t gqa_granule = gqa_warps * gqa_rows;
 // The |value scale| floor: 2^(t - m + 15) stays finite.
 inline constexpr float gqa_min_scale = 0x1p-64f;
 
-// The codes thread (g, q) uses of one 16-row step, in registers.
-template <int D>
+// The elements thread (g, q) uses of one 16-row step, in registers (E bytes each).
+template <int D, class Code>
 struct GqaStep {
-  std::uint32_t key[2][D / 16];    // rows g, 8 + g: one word per k step
-  std::uint32_t value[4][D / 32];  // rows 2q, 2q + 1, 8 + 2q, 9 + 2q
+  static constexpr int bytes = static_cast<int>(sizeof(Code));
+  std::uint32_t key[2][D * bytes / 16];    // rows g, 8 + g: E words per k step
+  std::uint32_t value[4][D * bytes / 32];  // rows 2q, 2q + 1, 8 + 2q, 9 + 2q
 
   // The step row of value row r of thread q.
   __device__ static int value_row(int r, int q) { return 2 * q + (r & 1) + 8 * (r >> 1); }
 };
 
-// The same, staged: each thread copies (cp.async) the code bytes it later reads itself, so a
-// warp's ring of steps needs only cp.async.wait_group and, for the scales (lane l copies the key
+// The same, staged: each thread copies (cp.async) the bytes it later reads itself, so a warp's
+// ring of steps needs only cp.async.wait_group and, for the FP8 scales (lane l copies the key
 // scale of row l, lane 16 + l its value scale, and every thread reads the two rows it needs), a
 // warp barrier. [piece][lane]: conflict-free.
-template <int D>
-struct GqaSlot {
-  using Value = std::conditional_t<D == 128, uint4, uint2>;  // D / 8 bytes
-  static constexpr int key_pieces = D / 64;                  // 16-byte pieces of D / 4 bytes
+template <int D, class Code>
+struct GqaSlotRows {
+  static constexpr int bytes = static_cast<int>(sizeof(Code));
+  static constexpr int key_pieces = D * bytes / 64;  // 16-byte pieces of a row's D E / 4 bytes
+  static constexpr int value_bytes = D * bytes / 8;  // of a row: 8, 16 or 32
+  static constexpr int value_pieces = value_bytes > 16 ? value_bytes / 16 : 1;
+  static constexpr int piece_bytes = value_bytes / value_pieces;  // 8 or 16
+  using Value = std::conditional_t<piece_bytes == 16, uint4, uint2>;
   uint4 key[2 * key_pieces][32];
-  Value value[4][32];
+  Value value[4 * value_pieces][32];
+};
+
+template <int D, class Code>
+struct GqaSlot : GqaSlotRows<D, Code> {
   float scale[2][gqa_rows];  // key scales of the step's rows, then their value scales
 };
 
+template <int D>
+struct GqaSlot<D, bf16> : GqaSlotRows<D, bf16> {};  // no scales
+
 // Issues the copies of rows [j0, j0 + 16) into `slot` (rows from `end` on as zeros); false, with
 // nothing read, when their block id is outside the cache.
-template <int D>
-__device__ inline bool gqa_issue(GqaSlot<D>& slot, const DecodeArgs& a, const Fp8GqaSource& src,
-                                 const std::int32_t* table, index_t j0, index_t end, int kv_head,
-                                 int lane) {
+template <int D, class Code>
+__device__ inline bool gqa_issue(GqaSlot<D, Code>& slot, const DecodeArgs& a,
+                                 const GqaSource<Code>& src, const std::int32_t* table, index_t j0,
+                                 index_t end, int kv_head, int lane) {
+  using Rows = GqaSlotRows<D, Code>;
+  constexpr int piece = 16 / Rows::bytes;  // elements per 16 bytes
   const int g = lane / 4;
   const int q = lane % 4;
   // Context positions are int32 (context_lens), so 32-bit arithmetic finds the block.
@@ -881,58 +899,68 @@ __device__ inline bool gqa_issue(GqaSlot<D>& slot, const DecodeArgs& a, const Fp
   if (block < 0 || block >= a.num_blocks) return false;
   const index_t slot0 = j - column * block_size;
   const int left = static_cast<int>(end - j0);  // rows of the step inside the chunk
-  const fp8_e4m3* const key = src.key + block * src.key_strides[0] + slot0 * src.key_strides[1] +
-                              kv_head * src.key_strides[2] + 16 * q;
-  const fp8_e4m3* const value = src.value + block * src.value_strides[0] +
-                                slot0 * src.value_strides[1] + kv_head * src.value_strides[2] +
-                                g * (D / 8);
+  const Code* const key = src.key + block * src.key_strides[0] + slot0 * src.key_strides[1] +
+                          kv_head * src.key_strides[2] + piece * q;
+  const Code* const value = src.value + block * src.value_strides[0] +
+                            slot0 * src.value_strides[1] + kv_head * src.value_strides[2] +
+                            g * (D / 8);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = g + 8 * r;
-    const fp8_e4m3* const p = key + row * src.key_strides[1];
+    const Code* const p = key + row * src.key_strides[1];
 #pragma unroll
-    for (int c = 0; c < GqaSlot<D>::key_pieces; ++c)
-      cp_async_or_zero<16>(shared_address(&slot.key[r * GqaSlot<D>::key_pieces + c][lane]),
-                           p + 64 * c, row < left);
+    for (int c = 0; c < Rows::key_pieces; ++c)
+      cp_async_or_zero<16>(shared_address(&slot.key[r * Rows::key_pieces + c][lane]),
+                           p + 4 * piece * c, row < left);
   }
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    const int row = GqaStep<D>::value_row(r, q);
-    cp_async_or_zero<D / 8>(shared_address(&slot.value[r][lane]),
-                            value + row * src.value_strides[1], row < left);
+    const int row = GqaStep<D, Code>::value_row(r, q);
+    const Code* const p = value + row * src.value_strides[1];
+#pragma unroll
+    for (int c = 0; c < Rows::value_pieces; ++c)
+      cp_async_or_zero<Rows::piece_bytes>(
+          shared_address(&slot.value[r * Rows::value_pieces + c][lane]), p + piece * c, row < left);
   }
-  const int row = lane % gqa_rows;
-  const bool is_value = lane >= gqa_rows;
-  const float* const scales = is_value ? src.value_scale : src.key_scale;
-  const index_t* const ss = is_value ? src.value_scale_strides : src.key_scale_strides;
-  cp_async_or_zero<4>(shared_address(&slot.scale[is_value ? 1 : 0][row]),
-                      scales + block * ss[0] + (slot0 + row) * ss[1] + kv_head * ss[2], row < left);
+  if constexpr (GqaSource<Code>::scaled) {
+    const int row = lane % gqa_rows;
+    const bool is_value = lane >= gqa_rows;
+    const float* const scales = is_value ? src.value_scale : src.key_scale;
+    const index_t* const ss = is_value ? src.value_scale_strides : src.key_scale_strides;
+    cp_async_or_zero<4>(shared_address(&slot.scale[is_value ? 1 : 0][row]),
+                        scales + block * ss[0] + (slot0 + row) * ss[1] + kv_head * ss[2],
+                        row < left);
+  }
   return true;
 }
 
-template <int D>
-__device__ inline GqaStep<D> gqa_read(const GqaSlot<D>& slot, int lane) {
-  GqaStep<D> s;
+template <int D, class Code>
+__device__ inline GqaStep<D, Code> gqa_read(const GqaSlot<D, Code>& slot, int lane) {
+  using Rows = GqaSlotRows<D, Code>;
+  GqaStep<D, Code> s;
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
-    for (int c = 0; c < GqaSlot<D>::key_pieces; ++c) {
-      const uint4 v = slot.key[r * GqaSlot<D>::key_pieces + c][lane];
+    for (int c = 0; c < Rows::key_pieces; ++c) {
+      const uint4 v = slot.key[r * Rows::key_pieces + c][lane];
       s.key[r][4 * c] = v.x;
       s.key[r][4 * c + 1] = v.y;
       s.key[r][4 * c + 2] = v.z;
       s.key[r][4 * c + 3] = v.w;
     }
 #pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const auto v = slot.value[r][lane];
-    s.value[r][0] = v.x;
-    s.value[r][1] = v.y;
-    if constexpr (D == 128) {
-      s.value[r][2] = v.z;
-      s.value[r][3] = v.w;
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < Rows::value_pieces; ++c) {
+      constexpr int words = Rows::piece_bytes / 4;
+      const auto v = slot.value[r * Rows::value_pieces + c][lane];
+      s.value[r][words * c] = v.x;
+      s.value[r][words * c + 1] = v.y;
+      if constexpr (words == 4) {
+        s.value[r][words * c + 2] = v.z;
+        s.value[r][words * c + 3] = v.w;
+      }
     }
-  }
   return s;
 }
 
@@ -945,17 +973,32 @@ struct GqaMerge {
   float acc[gqa_warps - 1][D / 16 * 4][32];  // warps 1..: accumulators in fragment order
 };
 
-template <int D>
+// Dynamic shared memory of a block: FP8 4224 (D = 128) or 2176 (D = 64) bytes a slot, bf16 8192 or
+// 4096, 12 slots.
+template <int D, class Code>
 constexpr int gqa_shared_bytes() {
-  constexpr int ring = static_cast<int>(gqa_warps * gqa_stages * sizeof(GqaSlot<D>));
+  constexpr int ring = static_cast<int>(gqa_warps * gqa_stages * sizeof(GqaSlot<D, Code>));
   constexpr int merge = static_cast<int>(sizeof(GqaMerge<D>));
   return ring > merge ? ring : merge;
 }
 
-template <int D>
-__global__ void __launch_bounds__(32 * gqa_warps, 4)
-    gqa_mma_kernel(DecodeArgs a, Fp8GqaSource src) {
+// Blocks per multiprocessor the launch bounds ask for: 4 where 4 blocks' shared memory fits the
+// 228 KB of an sm_90 multiprocessor (1 KB reserved per block), else 2 (bf16 at D = 128: 96 KB a
+// block). Every shape fits sm_89's 99 KB per block.
+inline constexpr int gqa_multiprocessor_shared = 228 * 1024;
+template <int D, class Code>
+constexpr int gqa_min_blocks() {
+  constexpr int block = gqa_shared_bytes<D, Code>() + 1024;
+  static_assert(gqa_shared_bytes<D, Code>() <= 99 * 1024);
+  return 4 * block <= gqa_multiprocessor_shared ? 4 : 2;
+}
+
+template <int D, class Code>
+__global__ void __launch_bounds__(32 * gqa_warps, (gqa_min_blocks<D, Code>()))
+    gqa_mma_kernel(DecodeArgs a, GqaSource<Code> src) {
   static_assert(D == 64 || D == 128);
+  constexpr bool scaled = GqaSource<Code>::scaled;
+  constexpr float shift = scaled ? 15.0f : 0.0f;  // log2 of the weight at the running max
   gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
   constexpr int ksteps = D / 16;
   constexpr int mtiles = D / 16;  // of O^T
@@ -967,7 +1010,8 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
   const int lane = tid % 32;
   const int g = lane / 4;
   const int q = lane % 4;
-  GqaSlot<D>* const ring = reinterpret_cast<GqaSlot<D>*>(gqa_shared) + warp * gqa_stages;
+  GqaSlot<D, Code>* const ring =
+      reinterpret_cast<GqaSlot<D, Code>*>(gqa_shared) + warp * gqa_stages;
   auto& merge = *reinterpret_cast<GqaMerge<D>*>(gqa_shared);
   const index_t t = blockIdx.z;
   const int split = static_cast<int>(blockIdx.x);
@@ -990,12 +1034,13 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
   std::uint32_t qf[ksteps][2];
   float qmul[2];
   {
+    constexpr int piece = 16 / static_cast<int>(sizeof(Code));  // elements per 16 key bytes
     float x[D / 4];
-    // x[i] is d = 64 (i / 16) + 16 q + i % 16, the key bytes this thread copies.
+    // x[i] is d = 4 P (i / P) + P q + i % P with P = piece, the key elements this thread copies.
 #pragma unroll
     for (int c = 0; c < D / 32; ++c) {
-      const bf16* const qx =
-          a.q0 + t * a.q0_token + (h0 + g) * a.q0_head + 64 * (c / 2) + 16 * q + 8 * (c % 2);
+      const bf16* const qx = a.q0 + t * a.q0_token + (h0 + g) * a.q0_head +
+                             4 * piece * (8 * c / piece) + piece * q + 8 * c % piece;
       if (g >= heads) {
 #pragma unroll
         for (int i = 0; i < vec_width; ++i) x[c * vec_width + i] = 0.0f;
@@ -1006,26 +1051,38 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
         for (int i = 0; i < vec_width; ++i) x[c * vec_width + i] = to_float(qx[i]);
       }
     }
-    float amax = 0.0f;
+    if constexpr (scaled) {
+      float amax = 0.0f;
 #pragma unroll
-    for (int i = 0; i < D / 4; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-    amax = lanes_reduce<4>(amax, MaxFloat{});
-    int e = 0;
-    frexpf(amax, &e);         // amax < 2^e
-    e = e < -100 ? -100 : e;  // 2^(15 - e) stays a finite float
-    const float up = ldexpf(1.0f, 15 - e);
-    const float own = g < heads ? ldexpf(a.scale * log2e, e - 15) : 0.0f;
-    qmul[0] = __shfl(own, 8 * q);  // head 2q's factor, from lane 4 (2q)
-    qmul[1] = __shfl(own, 8 * q + 4);
+      for (int i = 0; i < D / 4; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+      amax = lanes_reduce<4>(amax, MaxFloat{});
+      int e = 0;
+      frexpf(amax, &e);         // amax < 2^e
+      e = e < -100 ? -100 : e;  // 2^(15 - e) stays a finite float
+      const float up = ldexpf(1.0f, 15 - e);
+      const float own = g < heads ? ldexpf(a.scale * log2e, e - 15) : 0.0f;
+      qmul[0] = __shfl(own, 8 * q);  // head 2q's factor, from lane 4 (2q)
+      qmul[1] = __shfl(own, 8 * q + 4);
 #pragma unroll
-    for (int s = 0; s < ksteps; ++s) {
-      qf[s][0] = pack_f16x2(x[4 * s] * up, x[4 * s + 1] * up);
-      qf[s][1] = pack_f16x2(x[4 * s + 2] * up, x[4 * s + 3] * up);
+      for (int s = 0; s < ksteps; ++s) {
+        qf[s][0] = pack_f16x2(x[4 * s] * up, x[4 * s + 1] * up);
+        qf[s][1] = pack_f16x2(x[4 * s + 2] * up, x[4 * s + 3] * up);
+      }
+    } else {
+      // bf16 queries as they are (the round trip through float is exact).
+      qmul[0] = a.scale * log2e;
+      qmul[1] = qmul[0];
+#pragma unroll
+      for (int s = 0; s < ksteps; ++s) {
+        qf[s][0] = pack_bf16x2(x[4 * s], x[4 * s + 1]);
+        qf[s][1] = pack_bf16x2(x[4 * s + 2], x[4 * s + 3]);
+      }
     }
   }
 
-  float m[2] = {attn_neg_inf, attn_neg_inf};  // running max of t + log2|s|, heads 2q, 2q + 1
-  float l[2] = {0.0f, 0.0f};                  // this thread's rows of the sum
+  // Running max of t + log2|s| (FP8) or t (bf16), heads 2q, 2q + 1.
+  float m[2] = {attn_neg_inf, attn_neg_inf};
+  float l[2] = {0.0f, 0.0f};     // this thread's rows of the sum
   std::uint32_t acc[mtiles][4];  // O^T: [i][2 e + h] is head 2q + h, d = g D/8 + 2i + e
 #pragma unroll
   for (int i = 0; i < mtiles; ++i)
@@ -1037,8 +1094,8 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
   const int steps = static_cast<int>((end - begin + gqa_rows - 1) / gqa_rows);
   const auto issue = [&](int k) {
     const int step = warp + k * gqa_warps;
-    if (step < steps && !gqa_issue<D>(ring[k % gqa_stages], a, src, table, begin + step * gqa_rows,
-                                      end, kv_head, lane))
+    if (step < steps && !gqa_issue<D, Code>(ring[k % gqa_stages], a, src, table,
+                                            begin + step * gqa_rows, end, kv_head, lane))
       bad = true;  // the slot keeps stale rows: computed on, never written out
     cp_async_commit();
   };
@@ -1051,40 +1108,51 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
     warp_barrier();
     issue(k + gqa_stages - 1);
     cp_async_wait<gqa_stages - 1>();
-    warp_barrier();  // the scales of this step were copied by other lanes
-    const GqaSlot<D>& slot = ring[k % gqa_stages];
-    const GqaStep<D> cur = gqa_read<D>(slot, lane);
+    if constexpr (scaled) warp_barrier();  // the scales of this step were copied by other lanes
+    const GqaSlot<D, Code>& slot = ring[k % gqa_stages];
+    const GqaStep<D, Code> cur = gqa_read<D, Code>(slot, lane);
     const int left = static_cast<int>(end - j0);
 
     // S^T: rows g, 8 + g (c[0], c[1]: heads 2q, 2q + 1 of row g; c[2], c[3]: of row 8 + g).
     std::uint32_t c[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int s = 0; s < ksteps; ++s) {
-      const std::uint32_t ka[4] = {
-          e4m3x2_to_f16x2<false>(cur.key[0][s]), e4m3x2_to_f16x2<false>(cur.key[1][s]),
-          e4m3x2_to_f16x2<true>(cur.key[0][s]), e4m3x2_to_f16x2<true>(cur.key[1][s])};
-      mma_f16_m16n8k16(c, ka, qf[s][0], qf[s][1]);
+      if constexpr (scaled) {
+        const std::uint32_t ka[4] = {
+            e4m3x2_to_f16x2<false>(cur.key[0][s]), e4m3x2_to_f16x2<false>(cur.key[1][s]),
+            e4m3x2_to_f16x2<true>(cur.key[0][s]), e4m3x2_to_f16x2<true>(cur.key[1][s])};
+        mma_f16_m16n8k16(c, ka, qf[s][0], qf[s][1]);
+      } else {
+        const std::uint32_t ka[4] = {cur.key[0][2 * s], cur.key[1][2 * s], cur.key[0][2 * s + 1],
+                                     cur.key[1][2 * s + 1]};
+        mma_bf16_m16n8k16(c, ka, qf[s][0], qf[s][1]);
+      }
     }
 
-    // Scores t (log2 units) and shifted exponents t + log2|s| of rows g, 8 + g.
+    // Scores t (log2 units) and shifted exponents of rows g, 8 + g: t + log2|s| (FP8), t (bf16).
     float score[2][2];  // [row][head]
     float shifted[2][2];
-    float vscale[2];
+    float vscale[2] = {1.0f, 1.0f};
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = g + 8 * r;
-      vscale[r] = slot.scale[1][row];
-      float vs = fabsf(vscale[r]);
-      vs = vs < gqa_min_scale ? gqa_min_scale : vs;  // NaN stays NaN
-      const float lg = __log2f(vs);
-      const float ks = slot.scale[0][row];
+      float lg = 0.0f;
+      float ks = 1.0f;
+      if constexpr (scaled) {
+        vscale[r] = slot.scale[1][row];
+        float vs = fabsf(vscale[r]);
+        vs = vs < gqa_min_scale ? gqa_min_scale : vs;  // NaN stays NaN
+        lg = __log2f(vs);
+        ks = slot.scale[0][row];
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        score[r][h] = row < left ? as_float(c[2 * r + h]) * qmul[h] * ks : attn_neg_inf;
-        shifted[r][h] = score[r][h] + lg;
+        const float s = as_float(c[2 * r + h]) * qmul[h];
+        score[r][h] = row < left ? (scaled ? s * ks : s) : attn_neg_inf;
+        shifted[r][h] = scaled ? score[r][h] + lg : score[r][h];
       }
     }
-    std::uint32_t pb[2];  // P^T halves (rows g and 8 + g; heads 2q, 2q + 1) as f16
+    std::uint32_t pb[2];  // P^T halves (rows g and 8 + g; heads 2q, 2q + 1) as f16 or bf16
     {
       float p[2][2];
 #pragma unroll
@@ -1094,13 +1162,18 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
         for (int offset = 4; offset < 32; offset *= 2)
           step_max = MaxFloat{}(step_max, __shfl_xor(step_max, offset));
         const float m_new = step_max > m[h] ? step_max : m[h];
-        const float base = (m_new == attn_neg_inf ? 0.0f : m_new) - 15.0f;
-        const float alpha = exp2f(m[h] - base - 15.0f);
+        const float base = (m_new == attn_neg_inf ? 0.0f : m_new) - shift;
+        const float alpha = exp2f(m[h] - base - shift);
         float sum = 0.0f;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          p[r][h] = copysignf(exp2f(shifted[r][h] - base), vscale[r]);
-          sum += exp2f(score[r][h] - base);
+          if constexpr (scaled) {
+            p[r][h] = copysignf(exp2f(shifted[r][h] - base), vscale[r]);
+            sum += exp2f(score[r][h] - base);
+          } else {
+            p[r][h] = exp2f(score[r][h] - base);  // 2^(t - m), the weight itself
+            sum += p[r][h];
+          }
         }
         l[h] = l[h] * alpha + sum;
         if (m_new != m[h]) {  // mostly not, once the max has settled: the warp skips it
@@ -1114,23 +1187,42 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
       }
       // Lane (g, q) holds P^T rows g (and 8 + g), columns 2q, 2q + 1; transposed it holds P^T
       // rows 2q, 2q + 1 (and 8 + 2q, 9 + 2q) of column g: the B fragment of V^T P^T.
-      pb[0] = transpose_8x8_b16(pack_f16x2(p[0][0], p[0][1]));
-      pb[1] = transpose_8x8_b16(pack_f16x2(p[1][0], p[1][1]));
+      if constexpr (scaled) {
+        pb[0] = transpose_8x8_b16(pack_f16x2(p[0][0], p[0][1]));
+        pb[1] = transpose_8x8_b16(pack_f16x2(p[1][0], p[1][1]));
+      } else {
+        pb[0] = transpose_8x8_b16(pack_bf16x2(p[0][0], p[0][1]));
+        pb[1] = transpose_8x8_b16(pack_bf16x2(p[1][0], p[1][1]));
+      }
     }
+    if constexpr (!scaled) {
 #pragma unroll
-    for (int w = 0; w < D / 32; ++w) {
-      // Byte i of word w of rows (2q, 2q + 1) and (8 + 2q, 9 + 2q), interleaved into code pairs:
-      // bytes 0, 1 are m tile 2w (its rows g, 8 + g), bytes 2, 3 m tile 2w + 1.
-      const std::uint32_t lo01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x5140);
-      const std::uint32_t hi01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x7362);
-      const std::uint32_t lo23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x5140);
-      const std::uint32_t hi23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x7362);
-      const std::uint32_t va0[4] = {e4m3x2_to_f16x2<false>(lo01), e4m3x2_to_f16x2<true>(lo01),
-                                    e4m3x2_to_f16x2<false>(lo23), e4m3x2_to_f16x2<true>(lo23)};
-      const std::uint32_t va1[4] = {e4m3x2_to_f16x2<false>(hi01), e4m3x2_to_f16x2<true>(hi01),
-                                    e4m3x2_to_f16x2<false>(hi23), e4m3x2_to_f16x2<true>(hi23)};
-      mma_f16_m16n8k16(acc[2 * w], va0, pb[0], pb[1]);
-      mma_f16_m16n8k16(acc[2 * w + 1], va1, pb[0], pb[1]);
+      for (int i = 0; i < mtiles; ++i) {
+        // Word i of rows 2q, 2q + 1 (and 8 + 2q, 9 + 2q) holds m tile i's rows g (low half) and
+        // 8 + g (high half): pairing the rows' low halves, then their high halves, gives the A
+        // fragment.
+        const std::uint32_t va[4] = {byte_permute(cur.value[0][i], cur.value[1][i], 0x5410),
+                                     byte_permute(cur.value[0][i], cur.value[1][i], 0x7632),
+                                     byte_permute(cur.value[2][i], cur.value[3][i], 0x5410),
+                                     byte_permute(cur.value[2][i], cur.value[3][i], 0x7632)};
+        mma_bf16_m16n8k16(acc[i], va, pb[0], pb[1]);
+      }
+    } else {
+#pragma unroll
+      for (int w = 0; w < D / 32; ++w) {
+        // Byte i of word w of rows (2q, 2q + 1) and (8 + 2q, 9 + 2q), interleaved into code pairs:
+        // bytes 0, 1 are m tile 2w (its rows g, 8 + g), bytes 2, 3 m tile 2w + 1.
+        const std::uint32_t lo01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x5140);
+        const std::uint32_t hi01 = byte_permute(cur.value[0][w], cur.value[1][w], 0x7362);
+        const std::uint32_t lo23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x5140);
+        const std::uint32_t hi23 = byte_permute(cur.value[2][w], cur.value[3][w], 0x7362);
+        const std::uint32_t va0[4] = {e4m3x2_to_f16x2<false>(lo01), e4m3x2_to_f16x2<true>(lo01),
+                                      e4m3x2_to_f16x2<false>(lo23), e4m3x2_to_f16x2<true>(lo23)};
+        const std::uint32_t va1[4] = {e4m3x2_to_f16x2<false>(hi01), e4m3x2_to_f16x2<true>(hi01),
+                                      e4m3x2_to_f16x2<false>(hi23), e4m3x2_to_f16x2<true>(hi23)};
+        mma_f16_m16n8k16(acc[2 * w], va0, pb[0], pb[1]);
+        mma_f16_m16n8k16(acc[2 * w + 1], va1, pb[0], pb[1]);
+      }
     }
   }
 
@@ -1159,14 +1251,14 @@ __global__ void __launch_bounds__(32 * gqa_warps, 4)
     float mx = attn_neg_inf;
 #pragma unroll
     for (int w = 0; w < gqa_warps; ++w) mx = merge.ml[w][0][r] > mx ? merge.ml[w][0][r] : mx;
-    const float base = (mx == attn_neg_inf ? 0.0f : mx) - 15.0f;
+    const float base = (mx == attn_neg_inf ? 0.0f : mx) - shift;
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < gqa_warps; ++w)
-      sum += exp2f(merge.ml[w][0][r] - base - 15.0f) * merge.ml[w][1][r];
+      sum += exp2f(merge.ml[w][0][r] - base - shift) * merge.ml[w][1][r];
     block_m[h] = mx == attn_neg_inf ? attn_neg_inf : base;
     block_l[h] = sum;
-    const float f = exp2f(m[h] - base - 15.0f);
+    const float f = exp2f(m[h] - base - shift);
 #pragma unroll
     for (int i = 0; i < mtiles; ++i) {
       acc[i][h] = __float_as_uint(as_float(acc[i][h]) * f);
@@ -1374,46 +1466,46 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
 
 // Whether this build's code for `device` has the tensor-core GQA kernel's body: it is compiled
 // for sm_89 and newer only (the PTX target of the loaded code, not the card, decides).
-template <int D>
+template <int D, class Code>
 bool gqa_mma_built(int device) {
   return once_per_device(device, [] {
-    return gpu::compiled_arch(reinterpret_cast<const void*>(gqa_mma_kernel<D>)) >= 89;
+    return gpu::compiled_arch(reinterpret_cast<const void*>(gqa_mma_kernel<D, Code>)) >= 89;
   });
 }
 
-template <int D>
-void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const Fp8GqaSource& src, index_t tokens,
+template <int D, class Code>
+void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const GqaSource<Code>& src, index_t tokens,
                     index_t grid_y, int device) {
   plan_split(gpu, a, tokens, tokens * grid_y, 2 * multiprocessors(device), gqa_granule,
              gqa_granule);
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(tokens));
-  constexpr int bytes = gqa_shared_bytes<D>();
-  allow_shared<gqa_mma_kernel<D>>(device, bytes);
-  gqa_mma_kernel<D><<<grid, 32 * gqa_warps, bytes, stream>>>(a, src);
+  constexpr int bytes = gqa_shared_bytes<D, Code>();
+  allow_shared<gqa_mma_kernel<D, Code>>(device, bytes);
+  gqa_mma_kernel<D, Code><<<grid, 32 * gqa_warps, bytes, stream>>>(a, src);
   finish_split(a, tokens, stream, device);
 }
 
-// GQA over an FP8 cache: the tensor-core kernel where mma.sync and the e4m3 conversion exist,
-// head_dim is 64 or 128, a 16-row step lies in one cache block and the cache rows are 16-byte
-// aligned; else the SIMT kernel.
-template <bool Mma>
-void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Fp8GqaSource& src,
+// GQA over any cache format: the tensor-core kernel where it is built (sm_89 and newer: mma.sync
+// and the e4m3 conversion), head_dim is 64 or 128, a 16-row step lies in one cache block and the
+// cache rows are 16-byte aligned; else the SIMT kernel.
+template <bool Mma, class Code>
+void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const GqaSource<Code>& src,
                 index_t tokens, index_t kv_heads, bool rows_aligned) {
   if constexpr (Mma) {
     const bool shape = (a.key_dim == 64 || a.key_dim == 128) && a.block_size % gqa_rows == 0;
     if (shape && rows_aligned && tokens > 0 && a.q_heads > 0) {
       const int device = current_device();
-      if (a.key_dim == 64 ? gqa_mma_built<64>(device) : gqa_mma_built<128>(device)) {
+      if (a.key_dim == 64 ? gqa_mma_built<64, Code>(device) : gqa_mma_built<128, Code>(device)) {
         expect_tokens(op, tokens);
         a.head_groups = (a.group + gqa_heads - 1) / gqa_heads;
         const index_t grid_y = kv_heads * a.head_groups;
         expect(grid_y <= 65535, op, "too many heads for the GPU kernel");
         if (a.key_dim == 64)
-          launch_gqa_mma<64>(gpu, a, src, tokens, grid_y, device);
+          launch_gqa_mma<64, Code>(gpu, a, src, tokens, grid_y, device);
         else
-          launch_gqa_mma<128>(gpu, a, src, tokens, grid_y, device);
+          launch_gqa_mma<128, Code>(gpu, a, src, tokens, grid_y, device);
         return;
       }
     }
@@ -1519,10 +1611,7 @@ void gqa_decode(const Gpu& gpu, View3<const bf16> q, const ConstKvCache<F>& cach
       {cache.key_scale.stride(0), cache.key_scale.stride(1), cache.key_scale.stride(2)},
       {cache.value_scale.stride(0), cache.value_scale.stride(1), cache.value_scale.stride(2)},
       vec};
-  if constexpr (F == KvCacheFormat::bf16)
-    kernels::launch_decode(op, gpu, a, src, q.size(0), kv_heads);
-  else
-    kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned(16));
+  kernels::launch_gqa<gpu::nvidia_ptx>(op, gpu, a, src, q.size(0), kv_heads, rows_aligned(16));
 }
 
 #define ATOM_GPU_GQA_DECODE(F)                                                      \

@@ -1,7 +1,7 @@
 // Warp-level tensor-core pieces for NVIDIA (sm_80 and newer) decode attention: bf16 and f16
 // mma.sync m16n8k16 with fp32 accumulators, ldmatrix fragment loads from shared memory, 16-byte
-// cp.async copies from global into shared memory, and the f16 conversions of the FP8 cache
-// (sm_89 and newer).
+// cp.async copies from global into shared memory, f16 and bf16 packing of float pairs, and the f16
+// conversions of the FP8 cache (sm_89 and newer).
 //
 // Every operand is passed as a 32-bit register ("r") so that hipcc, which checks inline-assembly
 // constraints for its own targets, parses this header; the functions are only ever instantiated
@@ -125,6 +125,16 @@ __device__ inline std::uint32_t pack_f16x2(float lo, float hi) {
   std::uint32_t d = 0;
   asm("{\n .reg .f32 lo, hi;\n mov.b32 lo, %1;\n mov.b32 hi, %2;\n"
       " cvt.rn.f16x2.f32 %0, hi, lo;\n}\n"
+      : "=r"(d)
+      : "r"(__float_as_uint(lo)), "r"(__float_as_uint(hi)));
+  return d;
+}
+
+// Two floats as a bf16 pair (round to nearest even), lo in the low half (sm_80 and newer).
+__device__ inline std::uint32_t pack_bf16x2(float lo, float hi) {
+  std::uint32_t d = 0;
+  asm("{\n .reg .f32 lo, hi;\n mov.b32 lo, %1;\n mov.b32 hi, %2;\n"
+      " cvt.rn.bf16x2.f32 %0, hi, lo;\n}\n"
       : "=r"(d)
       : "r"(__float_as_uint(lo)), "r"(__float_as_uint(hi)));
   return d;

@@ -4,32 +4,41 @@
 // fp8_tensor, bf16), the NaN contract for bad lengths and block ids, and the shape checks.
 //
 // Bound (atom/ops/gpu/attention.hpp): the GPU reassociates the fp32 sums (partial dots, online
-// softmax, split combine), so an element may land on the other side of a bf16 rounding boundary
-// and carry float error relative to the values it averages: |gpu - host| <=
+// softmax, split combine), so an element may land on the other side of a bf16 rounding boundary and
+// carry float error relative to the values it averages: |gpu - host| <=
 // ulp_bf16(max(|gpu|, |host|)) + e * max|v|, v over the cache's values. The tensor-core kernels
-// also round each softmax weight before the weighted sum of values, while the normalizing sum
-// stays in float: a weighted mean of values with relative weight errors <= r moves by at most
-// r * max|v|. MLA rounds to bf16 (r = 2^-9): e = 2^-8 (2^-9 plus the float terms, with room).
-// GQA rounds to f16 (r = 2^-11; the weights are scaled so that the largest is 2^15, so that the
-// f16 subnormals, absolute error <= 2^-25 each, add at most n * 2^-40 of the largest, below 2^-26
-// for n < 2^14); its queries and FP8 codes convert to f16 exactly: e = 2^-10 (2^-11 plus the
-// float terms, with room); fp8_tensor takes the same kernels and bound (its one scale is read as
-// a row's through strides 0). The SIMT kernel (AMD, and shapes the tensor-core GQA kernel does
-// not take) is float reassociation only and stays far inside both.
+// also round each softmax weight before the weighted sum of values, while the normalizing sum stays
+// in float: a weighted mean of values with relative weight errors <= r moves by at most r * max|v|.
+// MLA rounds to bf16 (r = 2^-9): e = 2^-8 (2^-9 plus the float terms, with room). GQA rounds to f16
+// (r = 2^-11; the weights are scaled so that the largest is 2^15, so that the f16 subnormals,
+// absolute error <= 2^-25 each, add at most n * 2^-40 of the largest, below 2^-26 for n < 2^14);
+// its queries and FP8 codes convert to f16 exactly: e = 2^-10 (2^-11 plus the float terms, with
+// room); fp8_tensor takes the same kernels and bound (its one scale is read as a row's through
+// strides 0). GQA over the bf16 cache on the tensor-core kernel rounds to bf16: its queries and
+// values enter the mma as they are (each score a sum of exact bf16 x bf16 products in fp32,
+// reassociated: the SIMT kernel's float terms below); its weights are 2^(t - m) <= 1 unscaled (bf16
+// has float's exponent range; weights under 2^-126, in the subnormals, are under 2^-126 of the
+// largest, 1, and add at most n * 2^-134), each rounded with relative error at most
+// 2^-8 / (1 + 2^-8) < 2^-8 - 2^-16.01 (bf16's 8 significant bits), so the mean moves by less than
+// that times max|v|: e = 2^-8 leaves 2^-16.01 * max|v| for the float terms, which the SIMT analysis
+// below puts at about 2^-17 (the size of random roundings, taking the tensor cores' fp32 sums as
+// accurate as float additions). The SIMT kernel (AMD, and shapes the tensor-core GQA kernel does
+// not take) is float reassociation only and stays far inside all three.
 //
-// GQA over the bf16 cache runs the SIMT kernel, which stages exactly the floats the host reads,
-// so the two differ by float reassociation only: each score is a sum of D products, exact in
-// float (bf16 x bf16), added in another order (16 lane partials and a butterfly against one
-// ordered sum). Its rounding errors, each within half an ulp of a partial sum (|partial| < 2^6
-// for these inputs: an ulp of 2^-18), add like a random walk, about sqrt(D / 12) ulps rms on
-// either side; times the softmax scale (<= 2^-3) a score's error d is about 2^-19.5 rms for
-// D = 128. It changes a softmax weight relatively by d and the weighted mean of the values by at
-// most d / 2 * (max v - min v) <= d * max|v| (two rows of equal weight are the worst case); the
+// GQA over the bf16 cache on shapes the tensor-core kernel does not take (head_dim not 64 or 128,
+// block size not a multiple of 16, rows not 16-byte aligned) runs the SIMT kernel, which stages
+// exactly the floats the host reads, so the two differ by float reassociation only: each score is a
+// sum of D products, exact in float (bf16 x bf16), added in another order (16 lane partials and a
+// butterfly against one ordered sum). Its rounding errors, each within half an ulp of a partial sum
+// (|partial| < 2^6 for these inputs: an ulp of 2^-18), add like a random walk, about sqrt(D / 12)
+// ulps rms on either side; times the softmax scale (<= 2^-3) a score's error d is about 2^-19.5 rms
+// for D = 128. It changes a softmax weight relatively by d and the weighted mean of the values by
+// at most d / 2 * (max v - min v) <= d * max|v| (two rows of equal weight are the worst case); the
 // sums over the context (per lane, per tile, per split and in the combine) and expf (2 ulp) add a
-// few float ulps of max|v|. e = 2^-17 covers 5 rms of d (2^-17.2) times max|v| / 2 and those
-// ulps with room. It is not a worst-case bound (that grows as D and n ulps) but the size of
-// random roundings; an emulation of the kernel's operation order on such data (2.5M outputs)
-// stays below 2^-20.5. NaN never passes.
+// few float ulps of max|v|. e = 2^-17 covers 5 rms of d (2^-17.2) times max|v| / 2 and those ulps
+// with room. It is not a worst-case bound (that grows as D and n ulps) but the size of random
+// roundings; an emulation of the kernel's operation order on such data (2.5M outputs) stays below
+// 2^-20.5. NaN never passes.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -250,9 +259,11 @@ double bf16_ulp(double x) {
   return a < 0x1p-126 ? 0x1p-133 : std::ldexp(1.0, std::ilogb(a) - 7);
 }
 
-// The value term of the bound, e above, per op (GQA over the bf16 cache: the SIMT kernel's).
+// The value term of the bound, e above, per op (GQA over the bf16 cache: the tensor-core
+// kernel's, the SIMT kernel's).
 constexpr double mla_value_error = 0x1p-8;
 constexpr double gqa_value_error = 0x1p-10;
+constexpr double gqa_bf16_mma_value_error = 0x1p-8;
 constexpr double gqa_bf16_value_error = 0x1p-17;
 
 // Compares every element; the batch's bad tokens must be NaN in all their rows, its padded tokens
@@ -464,6 +475,14 @@ ops::ConstKvCache<F> gqa_cache_view(const GqaCase& c, index_t num_blocks, const 
   }
 }
 
+// Whether a GQA case over the bf16 cache takes the tensor-core kernel on NVIDIA: head_dim 64 or
+// 128, block size a multiple of 16, rows (head_stride bf16 values apart; the buffers are 256-byte
+// aligned) 16-byte aligned. Elsewhere (AMD) it takes the SIMT kernel, inside the looser bound.
+bool bf16_takes_mma(const GqaCase& c) {
+  return (c.dim == 64 || c.dim == 128) && c.block_size % 16 == 0 &&
+         (c.dim + c.head_pad) * 2 % 16 == 0;
+}
+
 template <KvCacheFormat F = KvCacheFormat::fp8_row>
 void run_gqa(Rng& rng, const GqaCase& c, const Batch& b) {
   const index_t tokens = b.tokens();
@@ -509,7 +528,10 @@ void run_gqa(Rng& rng, const GqaCase& c, const Batch& b) {
                   d_batch.view(b), c.scale, make_view(d_out.data(), tokens, c.q_heads, c.dim));
   compare(std::string("gqa_decode ") + std::string(ops::kv_cache_format_name(F)), d_out.download(),
           want, c.q_heads * c.dim, cache.vmax,
-          F == KvCacheFormat::bf16 ? gqa_bf16_value_error : gqa_value_error, b);
+          F != KvCacheFormat::bf16
+              ? gqa_value_error
+              : (bf16_takes_mma(c) ? gqa_bf16_mma_value_error : gqa_bf16_value_error),
+          b);
 }
 
 const index_t token_counts[] = {1, 3, 17, 64};
@@ -626,9 +648,11 @@ TEST_CASE("gpu gqa_decode matches the host (Qwen3 32/4 heads and 8/8, head_dim 1
 // The same shapes over the other formats (wide_scales is fp8_row's). fp8_tensor takes the kernels
 // fp8_row takes, its one scale read through strides 0, under the same bound; its scales are 2/448
 // (values up to 2) and, in a second pass, 0.01 for the keys and 1.5 * 2^-36 for the values (the
-// tensor-core kernel folds the value scale into the weights' exponent). bf16 takes the SIMT
-// kernel, under its own bound. The last shape's rows (head_pad 4) take no 8-element loads in
-// either format; bf16's rows with head_pad 8 still do (16 bytes).
+// tensor-core kernel folds the value scale into the weights' exponent). bf16 takes the tensor-core
+// kernel on the shapes fp8_tensor does and on head_pad 8 (its rows stay 16-byte aligned), under
+// the bf16 tensor-core bound, and the SIMT kernel on head_dim 96, block size 8 and head_pad 4,
+// under the SIMT bound. The last shape's rows (head_pad 4) take no 8-element loads in either
+// format.
 TEMPLATE_TEST_CASE("gpu gqa_decode over fp8_tensor and bf16 caches matches the host", "",
                    Format<KvCacheFormat::fp8_tensor>, Format<KvCacheFormat::bf16>) {
   require_gpu();
