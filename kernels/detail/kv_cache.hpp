@@ -20,9 +20,10 @@ __device__ inline float kv_scale_for(float amax) {
   return amax > 0.0f ? div(amax, fp8_max<Fp8Kind::e4m3fn>) : 1.0f;
 }
 
-// quantize_kv_tensor's x / scale: correctly rounded; a NaN x keeps its sign, as the host's
-// division keeps it (the GPU's division returns the canonical NaN).
-__device__ inline float kv_tensor_quotient(float x, float scale) {
+// The FP8 formats' x / scale (quantize_kv_row's and quantize_kv_tensor's): correctly rounded; a
+// NaN x keeps its sign, as the host's division keeps it (the GPU's division returns the
+// canonical NaN).
+__device__ inline float kv_quotient(float x, float scale) {
   return is_nan_bits(bits_of(x)) ? x : div(x, scale);
 }
 
@@ -37,7 +38,7 @@ __device__ inline void warp_quantize_kv_row(const bf16* src, int n, fp8_e4m3* co
   amax = warp_reduce(amax, MaxOrdered{});
   const float scale = kv_scale_for(amax);
   for (int d = lane; d < n; d += gpu::warp_size)
-    codes[d] = to_fp8<Fp8Kind::e4m3fn>(div(to_float(src[d]), scale));
+    codes[d] = to_fp8<Fp8Kind::e4m3fn>(kv_quotient(to_float(src[d]), scale));
   if (lane == 0) *scale_out = scale;
 }
 
@@ -83,7 +84,7 @@ struct KvCacheRows {
     if constexpr (F == ops::KvCacheFormat::bf16)
       return to_bf16(x);
     else
-      return to_fp8<Fp8Kind::e4m3fn>(kv_tensor_quotient(x, s));
+      return to_fp8<Fp8Kind::e4m3fn>(kv_quotient(x, s));
   }
 
   // A row of n floats held by one warp, lane l holding element l + k * warp_size in x[k]. Every
@@ -101,7 +102,7 @@ struct KvCacheRows {
       const float s = kv_scale_for(amax);
       for (int k = 0; k < PerLane; ++k) {
         const int d = lane + k * gpu::warp_size;
-        if (d < n) out[d] = to_fp8<Fp8Kind::e4m3fn>(div(x[k], s));
+        if (d < n) out[d] = to_fp8<Fp8Kind::e4m3fn>(kv_quotient(x[k], s));
       }
       if (lane == 0) *scale(is_value, slot, head) = s;
     } else {
@@ -152,7 +153,7 @@ struct KvCacheRows {
         std::uint32_t pairs[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          pairs[j] = fp8x2(kv_tensor_quotient(x[2 * j], s), kv_tensor_quotient(x[2 * j + 1], s));
+          pairs[j] = fp8x2(kv_quotient(x[2 * j], s), kv_quotient(x[2 * j + 1], s));
         *reinterpret_cast<uint2*>(codes(is_value, slot, head) + first) =
             make_uint2(pairs[0] | (pairs[1] << 16), pairs[2] | (pairs[3] << 16));
       }
