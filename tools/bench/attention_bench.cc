@@ -1,6 +1,7 @@
 // Decode attention on the GPU: MLA (DeepSeek, latent cache of 576 bf16 per row, values its first
-// 512, block size 64) and GQA (Qwen3-30B-A3B, 32 q / 4 kv heads, head_dim 128, FP8 cache, block
-// size 16; "gqa-simt": the same cache bytes in rows the tensor-core kernel does not take).
+// 512, block size 64) and GQA (Qwen3-30B-A3B, 32 q / 4 kv heads, head_dim 128, block size 16,
+// each cache format: "gqa-<format>"; "-simt": the same cache bytes in rows the tensor-core kernel
+// does not take).
 // First the shape users deploy: DeepSeek-V3 at TP 8, 16 heads per rank (memory-bound); then
 // FlashMLA's own benchmark shapes (b = 128 sequences, s_k 4096 / 8192, h_q 16 / 32 / 64 / 128,
 // s_q 1 / 2 query tokens per sequence, causal within a sequence); then the GQA shapes. Prints
@@ -8,17 +9,19 @@
 // formulas (its tests/test_flash_mla.py) the bytes and FLOPs per second:
 //   bytes = (sum(s_k) * 576 + b * s_q * h_q * (576 + 512)) * 2,
 //   FLOPs = 2 * s_q * sum(s_k) * h_q * (576 + 512)
-// (GQA: the cache bytes, and 4 * T * ctx * 32 * 128 FLOPs), next to the device-to-device copy
-// bandwidth measured in the same run. Caches rotate over copies that exceed the L2 cache.
-// attention_bench_torch.py times the PyTorch peers on the same shapes.
-// Usage: atom-bench-attention
+// (GQA: the cache bytes of its format, and 4 * T * ctx * 32 * 128 FLOPs), next to the
+// device-to-device copy bandwidth measured in the same run. Caches rotate over copies that exceed
+// the L2 cache. attention_bench_torch.py times the PyTorch peers on the same shapes. Usage:
+// atom-bench-attention
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "atom/gpu/device.hpp"
+#include "atom/ops/cache.hpp"
 #include "atom/ops/gpu/attention.hpp"
 #include "atom/ops/gpu/norm.hpp"
 
@@ -168,43 +171,72 @@ void bench_mla(index_t heads, index_t sequences, index_t per, index_t ctx, doubl
          2 * f(per) * rows * f(heads) * (576 + 512), copy_gbps);
 }
 
-// `pad` codes between kv heads: 8 leaves the rows 8-byte aligned only, which the tensor-core
-// kernel does not take (the SIMT kernel's figure, on the same cache bytes).
+// GQA over a cache of format F. `pad` elements between kv heads: 8 leaves FP8 rows 8-byte aligned
+// only (bf16 rows: 4), which the tensor-core kernel does not take (the SIMT kernel's figure, on
+// the same cache bytes).
+template <ops::KvCacheFormat F>
 void bench_gqa(index_t tokens, index_t ctx, double copy_gbps, index_t pad = 0) {
+  using Code = typename ops::KvCache<F>::Code;
+  constexpr bool bf16_rows = F == ops::KvCacheFormat::bf16;
+  constexpr bool row_scales = F == ops::KvCacheFormat::fp8_row;
+  if (bf16_rows) pad /= 2;
   const index_t q_heads = 32, kv_heads = 4, dim = 128, bs = 16, stride = dim + pad;
   const index_t cols = (ctx + bs - 1) / bs, blocks = tokens * cols, slots = blocks * bs;
-  const std::size_t cache_bytes = sz(slots * kv_heads * (2 * stride + 8));
+  // Bytes of a cache slot of one kv head: its key and value rows and, in fp8_row, their scales.
+  const double row_bytes =
+      2.0 * static_cast<double>(dim * index_t{sizeof(Code)}) + (row_scales ? 8 : 0);
+  const std::size_t cache_bytes = sz(slots * kv_heads) * static_cast<std::size_t>(row_bytes);
   const int copies = copies_for(cache_bytes);
-  const std::vector<fp8_e4m3> host_codes = random_fp8(slots * kv_heads * stride);
-  const std::vector<float> host_scales(sz(slots * kv_heads), 0.004f);
+  std::vector<Code> host_codes;
+  if constexpr (bf16_rows)
+    host_codes = random_bf16(slots * kv_heads * stride);
+  else
+    host_codes = random_fp8(slots * kv_heads * stride);
+  const std::vector<float> host_scales(sz(row_scales ? slots * kv_heads : 2), 0.004f);
   struct Copy {
-    gpu::Buffer<fp8_e4m3> key, value;
-    gpu::Buffer<float> key_scale, value_scale;
+    gpu::Buffer<Code> key, value;
+    gpu::Buffer<float> scales;  // fp8_row: the keys', then the values'; fp8_tensor: one each
   };
   std::vector<Copy> caches;
   for (int c = 0; c < copies; ++c)
-    caches.push_back({gpu::Buffer<fp8_e4m3>(host_codes), gpu::Buffer<fp8_e4m3>(host_codes),
-                      gpu::Buffer<float>(host_scales), gpu::Buffer<float>(host_scales)});
+    caches.push_back(
+        {gpu::Buffer<Code>(host_codes), gpu::Buffer<Code>(host_codes),
+         gpu::Buffer<float>(row_scales ? std::vector<float>(2 * host_scales.size(), 0.004f)
+                                       : host_scales)});
   const gpu::Buffer<bf16> q(random_bf16(tokens * q_heads * dim));
   const Batch batch = batch_for(tokens, 1, ctx, bs, blocks);
   gpu::Buffer<bf16> out(sz(tokens * q_heads * dim));
   const double us = time_us([&](int i) {
-    const Copy& c = caches[sz(i % copies)];
-    const auto codes = [&](const gpu::Buffer<fp8_e4m3>& b) {
-      return atom::View4<const fp8_e4m3>{static_cast<const fp8_e4m3*>(b.data()),
-                                         {blocks, bs, kv_heads, dim},
-                                         {bs * kv_heads * stride, kv_heads * stride, stride, 1}};
+    Copy& c = caches[sz(i % copies)];
+    const auto codes = [&](gpu::Buffer<Code>& b) {
+      return atom::View4<Code>{b.data(),
+                               {blocks, bs, kv_heads, dim},
+                               {bs * kv_heads * stride, kv_heads * stride, stride, 1}};
     };
-    const ops::ConstKvCacheFp8 cache{
-        codes(c.key), codes(c.value),
-        make_view(static_cast<const float*>(c.key_scale.data()), blocks, bs, kv_heads),
-        make_view(static_cast<const float*>(c.value_scale.data()), blocks, bs, kv_heads)};
+    float* const scales = c.scales.data();
+    ops::KvCache<F> cache;
+    if constexpr (row_scales)
+      cache = {codes(c.key), codes(c.value), make_view(scales, blocks, bs, kv_heads),
+               make_view(scales + slots * kv_heads, blocks, bs, kv_heads)};
+    else if constexpr (bf16_rows)
+      cache = ops::bf16_cache(codes(c.key), codes(c.value));
+    else
+      cache = ops::per_tensor_fp8_cache(codes(c.key), codes(c.value), scales, scales + 1);
     ops::gqa_decode(ops::Gpu{}, make_view(static_cast<const bf16*>(q.data()), tokens, q_heads, dim),
                     cache, batch.view(), 0.0884f, make_view(out.data(), tokens, q_heads, dim));
   });
-  report(pad == 0 ? "gqa" : "gqa-simt", q_heads, tokens, 1, ctx, us,
-         static_cast<double>(tokens * ctx * kv_heads * (2 * dim + 8)),
+  const std::string kind =
+      "gqa-" + std::string(ops::kv_cache_format_name(F)) + (pad == 0 ? "" : "-simt");
+  report(kind.c_str(), q_heads, tokens, 1, ctx, us,
+         static_cast<double>(tokens * ctx * kv_heads) * row_bytes,
          4.0 * static_cast<double>(tokens * ctx * q_heads * dim), copy_gbps);
+}
+
+template <ops::KvCacheFormat F>
+void bench_gqa_shapes(double copy_gbps) {
+  for (index_t ctx : {4096, 16384}) bench_gqa<F>(1, ctx, copy_gbps);
+  for (index_t tokens : {4, 16, 64}) bench_gqa<F>(tokens, 4096, copy_gbps);
+  for (index_t tokens : {1, 64}) bench_gqa<F>(tokens, 4096, copy_gbps, 8);
 }
 
 }  // namespace
@@ -222,8 +254,9 @@ int main() {
   for (index_t ctx : {4096, 8192})
     for (index_t heads : {16, 32, 64, 128})
       for (index_t per : {1, 2}) bench_mla(heads, 128, per, ctx, copy_gbps);
-  for (index_t ctx : {4096, 16384}) bench_gqa(1, ctx, copy_gbps);
-  for (index_t tokens : {4, 16, 64}) bench_gqa(tokens, 4096, copy_gbps);
-  for (index_t tokens : {1, 64}) bench_gqa(tokens, 4096, copy_gbps, 8);
+  // GQA over each cache format.
+  bench_gqa_shapes<ops::KvCacheFormat::fp8_row>(copy_gbps);
+  bench_gqa_shapes<ops::KvCacheFormat::fp8_tensor>(copy_gbps);
+  bench_gqa_shapes<ops::KvCacheFormat::bf16>(copy_gbps);
   return 0;
 }
