@@ -43,6 +43,39 @@ void reference_head(RopeStyle style, const bf16* x, const bf16* weight, index_t 
   }
 }
 
+// The inputs both checks draw: qkv rows `pad` elements wider than the heads (a strided view when
+// pad > 0), norm weights, a RoPE table, random positions and slots.
+struct QkInputs {
+  index_t heads, pitch;
+  std::vector<bf16> buffer;
+  View2<const bf16> qkv;
+  std::vector<bf16> q_w, k_w;
+  float eps = 1e-6f;
+  index_t max_positions = 2053;
+  std::vector<float> table;
+  std::vector<std::int64_t> positions;
+  index_t block_size = 16;
+  index_t blocks;
+  std::vector<std::int64_t> slots;
+
+  QkInputs(const QkCase& c, std::uint64_t seed, index_t pad)
+      : heads(c.q_heads + 2 * c.kv_heads),
+        pitch(heads * c.dim + pad),
+        blocks(c.tokens / block_size + 2) {
+    Rng g = rng(static_cast<std::uint64_t>(c.tokens * 1000 + c.q_heads * 10 + c.dim) + seed);
+    buffer = random_bf16(g, c.tokens * pitch, 0.01f, 4.0f);
+    qkv = make_view(static_cast<const bf16*>(buffer.data()), c.tokens, pitch)
+              .slice(1, 0, heads * c.dim);
+    q_w = random_bf16(g, c.dim, 0.5f, 1.5f);
+    k_w = random_bf16(g, c.dim, 0.5f, 1.5f);
+    table = make_cos_sin_cache(max_positions, c.dim, 1000000.0);
+    positions.resize(z(c.tokens));
+    std::uniform_int_distribution<std::int64_t> pos(0, max_positions - 1);
+    for (auto& p : positions) p = pos(g);
+    slots = random_slots(g, c.tokens, blocks * block_size);
+  }
+};
+
 struct QkRun {
   Fp8Cache cache;
   std::vector<bf16> q_out;
@@ -55,24 +88,17 @@ template <RopeStyle S>
 void check_qk(const QkCase& c) {
   INFO("tokens " << c.tokens << ", q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim "
                  << c.dim << ", style " << (S == RopeStyle::neox ? "neox" : "interleaved"));
-  Rng g = rng(static_cast<std::uint64_t>(c.tokens * 1000 + c.q_heads * 10 + c.dim));
-  const index_t heads = c.q_heads + 2 * c.kv_heads;
-  // qkv rows are strided: the view is the first columns of a wider buffer.
-  const index_t pitch = heads * c.dim + 7;
-  const std::vector<bf16> buffer = random_bf16(g, c.tokens * pitch, 0.01f, 4.0f);
-  const View2<const bf16> qkv =
-      make_view(buffer.data(), c.tokens, pitch).slice(1, 0, heads * c.dim);
-  const std::vector<bf16> q_w = random_bf16(g, c.dim, 0.5f, 1.5f);
-  const std::vector<bf16> k_w = random_bf16(g, c.dim, 0.5f, 1.5f);
-  const float eps = 1e-6f;
-  const index_t max_positions = 2053;
-  const std::vector<float> table = make_cos_sin_cache(max_positions, c.dim, 1000000.0);
-  std::vector<std::int64_t> positions(z(c.tokens));
-  std::uniform_int_distribution<std::int64_t> pos(0, max_positions - 1);
-  for (auto& p : positions) p = pos(g);
-  const index_t block_size = 16;
-  const index_t blocks = c.tokens / block_size + 2;
-  const std::vector<std::int64_t> slots = random_slots(g, c.tokens, blocks * block_size);
+  const QkInputs in(c, 0, 7);
+  const View2<const bf16> qkv = in.qkv;
+  const std::vector<bf16>& q_w = in.q_w;
+  const std::vector<bf16>& k_w = in.k_w;
+  const float eps = in.eps;
+  const index_t max_positions = in.max_positions;
+  const std::vector<float>& table = in.table;
+  const std::vector<std::int64_t>& positions = in.positions;
+  const index_t block_size = in.block_size;
+  const index_t blocks = in.blocks;
+  const std::vector<std::int64_t>& slots = in.slots;
 
   QkRun fused(blocks, block_size, c), separate(blocks, block_size, c);
   const auto args = [&](QkRun& run) {
@@ -189,21 +215,17 @@ template <RopeStyle S>
 void check_qk_formats(const QkCase& c) {
   INFO("tokens " << c.tokens << ", q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim "
                  << c.dim << ", style " << (S == RopeStyle::neox ? "neox" : "interleaved"));
-  Rng g = rng(static_cast<std::uint64_t>(c.tokens * 1000 + c.q_heads * 10 + c.dim + 1));
-  const index_t heads = c.q_heads + 2 * c.kv_heads;
-  const std::vector<bf16> buffer = random_bf16(g, c.tokens * heads * c.dim, 0.01f, 4.0f);
-  const View2<const bf16> qkv = make_view(buffer.data(), c.tokens, heads * c.dim);
-  const std::vector<bf16> q_w = random_bf16(g, c.dim, 0.5f, 1.5f);
-  const std::vector<bf16> k_w = random_bf16(g, c.dim, 0.5f, 1.5f);
-  const float eps = 1e-6f;
-  const index_t max_positions = 2053;
-  const std::vector<float> table = make_cos_sin_cache(max_positions, c.dim, 1000000.0);
-  std::vector<std::int64_t> positions(z(c.tokens));
-  std::uniform_int_distribution<std::int64_t> pos(0, max_positions - 1);
-  for (auto& p : positions) p = pos(g);
-  const index_t block_size = 16;
-  const index_t blocks = c.tokens / block_size + 2;
-  const std::vector<std::int64_t> slots = random_slots(g, c.tokens, blocks * block_size);
+  const QkInputs in(c, 1, 0);
+  const View2<const bf16> qkv = in.qkv;
+  const std::vector<bf16>& q_w = in.q_w;
+  const std::vector<bf16>& k_w = in.k_w;
+  const float eps = in.eps;
+  const index_t max_positions = in.max_positions;
+  const std::vector<float>& table = in.table;
+  const std::vector<std::int64_t>& positions = in.positions;
+  const index_t block_size = in.block_size;
+  const index_t blocks = in.blocks;
+  const std::vector<std::int64_t>& slots = in.slots;
   const auto n = z(blocks * block_size * c.kv_heads * c.dim);
   const auto rows = [&](auto* data) {
     return make_view(data, blocks, block_size, c.kv_heads, c.dim);
