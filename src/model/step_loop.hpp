@@ -346,7 +346,7 @@ class StepLoop {
   // (amax / 448: per row in fp8_row, one per tensor in fp8_tensor), or bf16 values in [-1, 1].
   ops::AnyKvCache random_kv_cache(const pipeline::ModelConfig& m, index_t blocks,
                                   std::uint64_t seed) {
-    ops::AnyKvCache c = alloc_kv_cache(mem_, s_.point.get<policy::KvCacheFormat>(), blocks,
+    ops::AnyKvCache c = empty_kv_cache(mem_, s_.point.get<policy::KvCacheFormat>(), blocks,
                                        m.block_size, m.num_kv_heads, m.head_dim);
     std::visit(
         [&](const auto& k) {

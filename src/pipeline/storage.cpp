@@ -277,26 +277,8 @@ namespace {
 // fp8_tensor cache's scales are `scales` (key, value).
 ops::AnyKvCache alloc_kv_cache(Buffers& b, ops::KvCacheFormat f, index_t blocks, index_t bs,
                                index_t kvh, index_t d, std::pair<float, float> scales) {
-  using ops::KvCacheFormat;
-  switch (f) {
-    case KvCacheFormat::fp8_row:
-      return ops::KvCacheFp8{alloc<fp8_e4m3>(b, blocks, bs, kvh, d),
-                             alloc<fp8_e4m3>(b, blocks, bs, kvh, d),
-                             alloc<float>(b, blocks, bs, kvh), alloc<float>(b, blocks, bs, kvh)};
-    case KvCacheFormat::fp8_tensor: {
-      const auto key_scale = alloc<float>(b, 1);
-      const auto value_scale = alloc<float>(b, 1);
-      key_scale.data[0] = scales.first;
-      value_scale.data[0] = scales.second;
-      return ops::per_tensor_fp8_cache(alloc<fp8_e4m3>(b, blocks, bs, kvh, d),
-                                       alloc<fp8_e4m3>(b, blocks, bs, kvh, d), key_scale.data,
-                                       value_scale.data);
-    }
-    case KvCacheFormat::bf16:
-      return ops::bf16_cache(alloc<bf16>(b, blocks, bs, kvh, d),
-                             alloc<bf16>(b, blocks, bs, kvh, d));
-  }
-  throw std::invalid_argument("unknown KV cache format");
+  detail::BufferMemory mem{b};
+  return detail::empty_kv_cache(mem, f, blocks, bs, kvh, d, scales);
 }
 
 }  // namespace

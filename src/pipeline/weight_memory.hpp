@@ -8,11 +8,14 @@
 #include <cmath>
 #include <cstddef>
 #include <memory>
+#include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "atom/core/tensor.hpp"
 #include "atom/numeric/numeric.hpp"
 #include "atom/ops/bmm.hpp"
+#include "atom/ops/cache.hpp"
 #include "atom/ops/formats.hpp"
 #include "atom/ops/rope.hpp"
 #include "atom/pipeline/args.hpp"
@@ -114,6 +117,56 @@ inline LinearWeight as_linear(const ExpertWeights& s) {
       break;
   }
   return w;
+}
+
+// Host memory that `buffers` owns, as a Memory of model/decode_loop.hpp (zeroed alloc, put).
+struct BufferMemory {
+  Buffers& buffers;
+  template <class T>
+  T* alloc(std::size_t n) {
+    return detail::alloc<T>(buffers, static_cast<index_t>(n)).data;
+  }
+  template <class T>
+  void put(T* dst, const std::vector<T>& src) {
+    std::copy(src.begin(), src.end(), dst);
+  }
+};
+
+// An empty (zeroed) GQA cache of `blocks` blocks of kv_heads heads in format f, from `mem` (a
+// Memory: `template <class T> T* alloc(std::size_t)`, zeroed, and `put`); an fp8_tensor cache's
+// key and value scales are `tensor_scales` (1: the scale an engine's FP8 cache uses where the
+// checkpoint calibrates none).
+template <class Memory>
+ops::AnyKvCache empty_kv_cache(Memory& mem, ops::KvCacheFormat f, index_t blocks, index_t bs,
+                               index_t kv_heads, index_t head_dim,
+                               std::pair<float, float> tensor_scales = {1.0f, 1.0f}) {
+  const auto rows = [&]<class T>() {
+    return make_view(
+        mem.template alloc<T>(static_cast<std::size_t>(blocks * bs * kv_heads * head_dim)), blocks,
+        bs, kv_heads, head_dim);
+  };
+  const auto scales = [&] {
+    return make_view(mem.template alloc<float>(static_cast<std::size_t>(blocks * bs * kv_heads)),
+                     blocks, bs, kv_heads);
+  };
+  const auto tensor_scale = [&](float value) {
+    float* p = mem.template alloc<float>(1);
+    mem.put(p, std::vector<float>{value});
+    return p;
+  };
+  using ops::KvCacheFormat;
+  switch (f) {
+    case KvCacheFormat::fp8_row:
+      return ops::KvCacheFp8{rows.template operator()<fp8_e4m3>(),
+                             rows.template operator()<fp8_e4m3>(), scales(), scales()};
+    case KvCacheFormat::fp8_tensor:
+      return ops::per_tensor_fp8_cache(
+          rows.template operator()<fp8_e4m3>(), rows.template operator()<fp8_e4m3>(),
+          tensor_scale(tensor_scales.first), tensor_scale(tensor_scales.second));
+    case KvCacheFormat::bf16:
+      return ops::bf16_cache(rows.template operator()<bf16>(), rows.template operator()<bf16>());
+  }
+  throw std::invalid_argument("unknown KV cache format");
 }
 
 }  // namespace atom::pipeline::detail
