@@ -157,13 +157,13 @@ __global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
 }
 
 // CTA (x, slot): columns [cta_cols x, cta_cols (x + 1)) of the rows of the slot's expert.
-template <class T>
+template <class T, bool ByExpert>
 __global__ void __launch_bounds__(cta_threads) moe_gemm_dense(DenseGemmArgs<T> p, MoeRowsArgs m) {
   const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
-  for_each_expert_chunk<cta_rows>(p, m, col0, cta_cols,
-                                  [&](const DenseGemmArgs<T>& args, const GatheredRows& rows) {
-                                    dense_tile(args, rows, col0);
-                                  });
+  for_each_expert_chunk<cta_rows, ByExpert>(
+      p, m, col0, cta_cols, [&](const DenseGemmArgs<T>& args, const GatheredRows& rows) {
+        dense_tile(args, rows, col0);
+      });
 }
 
 }  // namespace
@@ -261,13 +261,19 @@ kernels::MoeRowsArgs routed_rows(const char* op, index_t a_rows, View2<const std
 }
 
 template <class T>
-void launch_routed(const Gpu& gpu, kernels::DenseGemmArgs<T> p, const kernels::MoeRowsArgs& m) {
+void launch_routed(const Gpu& gpu, kernels::DenseGemmArgs<T> p, kernels::MoeRowsArgs m) {
   p.m = m.rows;
   if (m.rows == 0 || p.n == 0) return;
-  const auto slots = static_cast<unsigned>(m.by_expert ? m.experts + 1 : m.rows);
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols)), slots);
-  kernels::moe_gemm_dense<T>
-      <<<grid, kernels::cta_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(p, m);
+  const auto stream = static_cast<hipStream_t>(gpu.stream);
+  const auto columns = static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols));
+  if (m.by_expert) {
+    kernels::group_rows_by_expert(gpu, m);
+    const dim3 grid(columns, static_cast<unsigned>(m.experts + 1));
+    kernels::moe_gemm_dense<T, true><<<grid, kernels::cta_threads, 0, stream>>>(p, m);
+  } else {
+    const dim3 grid(columns, static_cast<unsigned>(m.rows));
+    kernels::moe_gemm_dense<T, false><<<grid, kernels::cta_threads, 0, stream>>>(p, m);
+  }
   ATOM_GPU_CHECK(hipGetLastError());
 }
 

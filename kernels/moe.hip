@@ -19,6 +19,7 @@
 #include "detail/moe_rows.hpp"
 #include "detail/reduce.hpp"
 #include "detail/rows.hpp"
+#include "detail/stream_scratch.hpp"
 
 namespace atom::kernels {
 namespace {
@@ -410,24 +411,89 @@ __global__ void __launch_bounds__(combine_threads)
 
 // ---- routed expert GEMM ----
 
-template <int NT, int U>
+inline constexpr int group_threads = 1024;
+inline constexpr int group_span = 4 * group_threads;  // buckets counted per pass
+
+__device__ inline int row_bucket(const MoeRowsArgs& m, int r) {
+  const int e = routed_expert(m, r);
+  return bad_expert(m, e) ? m.experts : e;
+}
+
+// One CTA: for each span of buckets (experts, then the bucket of bad ids), count the rows of each
+// bucket, scan the counts into offsets, and scatter the rows through a cursor per bucket.
+__global__ void __launch_bounds__(group_threads)
+    group_rows_kernel(MoeRowsArgs m, int* rows, int* offsets) {
+  __shared__ int count[group_span];
+  __shared__ int sums[group_threads];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int buckets = m.experts + 1;
+  int base = 0;  // rows in the buckets of earlier spans
+  for (int b0 = 0; b0 < buckets; b0 += group_span) {
+    const int span = buckets - b0 < group_span ? buckets - b0 : group_span;
+    for (int i = tid; i < span; i += group_threads) count[i] = 0;
+    __syncthreads();
+    for (int r = tid; r < m.rows; r += group_threads) {
+      const int b = row_bucket(m, r) - b0;
+      if (b >= 0 && b < span) atomicAdd(&count[b], 1);
+    }
+    __syncthreads();
+    // Thread i owns buckets [4 i, 4 i + 4); the owners' sums are scanned in shared memory.
+    constexpr int per = group_span / group_threads;
+    int own[per];
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < per; ++j) {
+      const int i = tid * per + j;
+      own[j] = i < span ? count[i] : 0;
+      sum += own[j];
+    }
+    sums[tid] = sum;
+    __syncthreads();
+    for (int d = 1; d < group_threads; d *= 2) {
+      const int v = tid >= d ? sums[tid - d] : 0;
+      __syncthreads();
+      sums[tid] += v;
+      __syncthreads();
+    }
+    int at = base + sums[tid] - sum;
+#pragma unroll
+    for (int j = 0; j < per; ++j) {
+      const int i = tid * per + j;
+      if (i < span) {
+        offsets[b0 + i] = at;
+        count[i] = at;
+      }
+      at += own[j];
+    }
+    base += sums[group_threads - 1];
+    __syncthreads();
+    for (int r = tid; r < m.rows; r += group_threads) {
+      const int b = row_bucket(m, r) - b0;
+      if (b >= 0 && b < span) rows[atomicAdd(&count[b], 1)] = r;
+    }
+    __syncthreads();
+  }
+  if (tid == 0) offsets[buckets] = base;
+}
+
+template <int NT, int U, bool ByExpert>
 __global__ void __launch_bounds__(32 * mma_decode_max_warps)
     moe_mma_decode(A4W4Args p, MoeRowsArgs m) {
   const int n_tile = static_cast<int>(blockIdx.x);
-  for_each_expert_chunk<8 * NT>(p, m, 16 * n_tile, 16,
-                                [&](const A4W4Args& args, const GatheredRows& rows) {
-                                  mma_decode_tile<NT, U>(args, rows, n_tile);
-                                });
+  for_each_expert_chunk<8 * NT, ByExpert>(p, m, 16 * n_tile, 16,
+                                          [&](const A4W4Args& args, const GatheredRows& rows) {
+                                            mma_decode_tile<NT, U>(args, rows, n_tile);
+                                          });
 }
 
-template <int MT, int U>
+template <int MT, int U, bool ByExpert>
 __global__ void __launch_bounds__(32 * portable_decode_max_groups)
     moe_portable_decode(A4W4Args p, MoeRowsArgs m) {
   const int n_tile = static_cast<int>(blockIdx.x);
-  for_each_expert_chunk<MT>(p, m, 8 * n_tile, 8,
-                            [&](const A4W4Args& args, const GatheredRows& rows) {
-                              portable_decode_tile<MT, U>(args, rows, 0, n_tile);
-                            });
+  for_each_expert_chunk<MT, ByExpert>(p, m, 8 * n_tile, 8,
+                                      [&](const A4W4Args& args, const GatheredRows& rows) {
+                                        portable_decode_tile<MT, U>(args, rows, 0, n_tile);
+                                      });
 }
 
 // One thread per output, each row reading its own expert: the matrix-core layout where no
@@ -464,10 +530,12 @@ void launch_moe_matrix_core(const A4W4Args& p, const MoeRowsArgs& m, index_t pad
   // Two token tiles per chunk only where experts average more than one tile's rows: the tile
   // multiplies both whatever its row count, so a second tile would double the work of a chunk
   // of at most 8 rows.
-  if (m.by_expert && m.rows > 8 * m.experts)
-    moe_mma_decode<2, moe_decode_u><<<grid, block, 0, stream>>>(p, m);
+  if (!m.by_expert)
+    moe_mma_decode<1, moe_decode_u, false><<<grid, block, 0, stream>>>(p, m);
+  else if (m.rows > 8 * m.experts)
+    moe_mma_decode<2, moe_decode_u, true><<<grid, block, 0, stream>>>(p, m);
   else
-    moe_mma_decode<1, moe_decode_u><<<grid, block, 0, stream>>>(p, m);
+    moe_mma_decode<1, moe_decode_u, true><<<grid, block, 0, stream>>>(p, m);
 }
 
 void launch_moe_portable(const A4W4Args& p, const MoeRowsArgs& m, index_t padded_n, unsigned slots,
@@ -476,12 +544,24 @@ void launch_moe_portable(const A4W4Args& p, const MoeRowsArgs& m, index_t padded
   const dim3 grid(static_cast<unsigned>(padded_n / 8), slots);
   const auto block = static_cast<unsigned>(32 * groups);
   if (m.by_expert)
-    moe_portable_decode<4, moe_decode_u><<<grid, block, 0, stream>>>(p, m);
+    moe_portable_decode<4, moe_decode_u, true><<<grid, block, 0, stream>>>(p, m);
   else
-    moe_portable_decode<1, moe_decode_u><<<grid, block, 0, stream>>>(p, m);
+    moe_portable_decode<1, moe_decode_u, false><<<grid, block, 0, stream>>>(p, m);
 }
 
 }  // namespace
+
+void group_rows_by_expert(const ops::Gpu& gpu, MoeRowsArgs& m) {
+  static const char owner = 0;
+  const auto ints = static_cast<std::size_t>(m.rows) + static_cast<std::size_t>(m.experts) + 2;
+  auto* scratch = static_cast<int*>(stream_scratch(&owner, gpu, ints * sizeof(int)));
+  m.expert_rows = scratch;
+  m.expert_offsets = scratch + m.rows;
+  group_rows_kernel<<<1, group_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
+      m, scratch, scratch + m.rows);
+  ATOM_GPU_CHECK(hipGetLastError());
+}
+
 }  // namespace atom::kernels
 
 namespace atom::ops {
@@ -822,8 +902,10 @@ void moe_gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, View2<const std::int32_t> 
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   const index_t padded_n = Layout::padded_n(w.n());
   if constexpr (G == GemmBackend::portable) {
+    if (m.by_expert) kernels::group_rows_by_expert(gpu, m);
     kernels::launch_moe_portable(p, m, padded_n, slots, stream);
   } else if constexpr (gpu::nvidia_ptx) {
+    if (m.by_expert) kernels::group_rows_by_expert(gpu, m);
     kernels::launch_moe_matrix_core<G>(p, m, padded_n, slots, stream);
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(w.n(), 256)), static_cast<unsigned>(rows));

@@ -1,17 +1,19 @@
-// The routed expert GEMMs' rows: which rows of ids name a CTA's expert, gathered in shared memory
-// and handed to a dense GEMM tile (the MXFP4 decode tiles of kernels/detail/gemm_*_decode.hpp, the
-// bf16 and FP8 block tiles of kernels/gemm_dense.hip) a chunk at a time, with the weight pointers
-// moved to that expert. No scratch memory and no sort pass: every CTA finds its own rows in ids.
+// The routed expert GEMMs' rows: which rows of ids name a CTA's expert, handed to a dense GEMM
+// tile (the MXFP4 decode tiles of kernels/detail/gemm_*_decode.hpp, the bf16 and FP8 block tiles
+// of kernels/gemm_dense.hip) a chunk at a time, with the weight pointers moved to that expert.
 //
 // Grid y is the CTA's slot. By row (R <= E, decode): slot s serves expert ids[s] if no earlier
 // row names it (the first row of an expert leads it), so each expert present is served once; an
-// id outside [0, E) makes its own row NaN. By expert (R > E): slot e serves expert e, and slot E
-// writes the NaN rows of bad ids.
+// id outside [0, E) makes its own row NaN. Each CTA finds its rows in ids itself (at most E ids),
+// without scratch memory or another launch. By expert (R > E): the rows are grouped by expert
+// once per call, on the device (group_rows_by_expert), and slot e serves expert e's rows from that
+// list; slot E writes the rows of ids outside [0, E).
 #pragma once
 
 #include <cstdint>
 
 #include "atom/gpu/runtime.hpp"
+#include "atom/ops/gpu.hpp"
 #include "atom/ops/moe.hpp"
 #include "gemm_args.hpp"
 
@@ -30,7 +32,16 @@ struct MoeRowsArgs {
   index_t expert_stride;        // weight elements (code bytes, values) from one expert to the next
   index_t expert_scale_stride;  // weight scales from one expert to the next
   bool by_expert;
+  // By expert: expert e's rows are expert_rows[expert_offsets[e], expert_offsets[e + 1]), in no
+  // particular order; bucket E holds the rows of ids outside [0, E) (ops::no_expert included).
+  const int* expert_rows;
+  const int* expert_offsets;  // [E + 2]
 };
+
+// Fills m.expert_rows and m.expert_offsets for m.by_expert from m.ids on gpu's stream (one launch
+// of one CTA; the list lives in the stream's scratch, which an eager call sizes before a graph
+// capture, as for the ops' other scratch).
+void group_rows_by_expert(const ops::Gpu& gpu, MoeRowsArgs& m);
 
 // The GEMM arguments of one expert: each argument struct of a routed GEMM has an overload, found
 // by argument-dependent lookup, that moves its weight pointers to expert e.
@@ -67,51 +78,32 @@ __device__ inline void write_unserved_row(const Args& p, int expert, int row, in
     if (col0 + c < p.n) p.out[static_cast<index_t>(row) * p.out_stride + col0 + c] = v;
 }
 
-// Runs tile(args, rows) for every chunk of at most C rows of this CTA's expert, args being p with
-// the expert's weight (at_expert) and the chunk's row count. Args has the output's `out`,
-// `out_stride`, `n` and the row count `m`. The CTA's output columns are [col0, col0 + cols) (for
-// NaN rows). Every thread of the CTA calls it; the decisions are uniform.
-//
-// The rows are gathered a window (one per thread) at a time, and a chunk runs only when it is
-// full or the last window is gathered: the rows of the expert found in several windows share
-// chunks, so each chunk's weight slice is read once per C rows whatever T and the CTA's size.
+// The by-row path of for_each_expert_chunk: the rows of this slot's expert are gathered a window
+// (one per thread) at a time, and a chunk runs only when it is full or the last window is
+// gathered.
 template <int C, class Args, class Tile>
-__device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m, int col0,
-                                             int cols, Tile tile) {
-  __shared__ int list[moe_max_window + C];
-  __shared__ int count;
+__device__ inline void for_each_row_led_chunk(const Args& p, const MoeRowsArgs& m, int col0,
+                                              int cols, Tile tile) {
   const int tid = static_cast<int>(threadIdx.x);
   const int window = static_cast<int>(blockDim.x);
   const int slot = static_cast<int>(blockIdx.y);
-  int expert = slot;
-  int start = 0;
-  if (m.by_expert) {
-    if (slot == m.experts) {
-      for (int r = tid; r < m.rows; r += window) {
-        const int e = routed_expert(m, r);
-        if (bad_expert(m, e)) write_unserved_row(p, e, r, col0, cols, 0, 1);
-      }
-      return;
-    }
-  } else {
-    expert = routed_expert(m, slot);
-    if (bad_expert(m, expert)) {
-      write_unserved_row(p, expert, slot, col0, cols, tid, window);
-      return;
-    }
-    // Only the expert's first row leads it.
-    for (int w0 = 0; w0 < slot; w0 += window) {
-      const int r = w0 + tid;
-      if (__syncthreads_or(r < slot && routed_expert(m, r) == expert)) return;
-    }
-    start = slot;
+  __shared__ int list[moe_max_window + C];
+  __shared__ int count;
+  const int expert = routed_expert(m, slot);
+  if (bad_expert(m, expert)) {
+    write_unserved_row(p, expert, slot, col0, cols, tid, window);
+    return;
+  }
+  // Only the expert's first row leads it.
+  for (int w0 = 0; w0 < slot; w0 += window) {
+    const int r = w0 + tid;
+    if (__syncthreads_or(r < slot && routed_expert(m, r) == expert)) return;
   }
   Args args = at_expert(p, m, expert);
   if (tid == 0) count = 0;
   __syncthreads();
-  for (int w0 = start; w0 < m.rows; w0 += window) {
+  for (int w0 = slot; w0 < m.rows; w0 += window) {
     // At most C - 1 rows are carried into this window, so the list has room for all it finds.
-    // The order within a chunk is free: each output row's arithmetic does not depend on it.
     const int r = w0 + tid;
     if (r < m.rows && routed_expert(m, r) == expert) list[atomicAdd(&count, 1)] = r;
     __syncthreads();
@@ -131,6 +123,39 @@ __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m
     if (tid < carried) list[tid] = moved;
     if (tid == 0) count = carried;
     __syncthreads();
+  }
+}
+
+// Runs tile(args, rows) for every chunk of at most C rows of this CTA's expert, args being p with
+// the expert's weight (at_expert) and the chunk's row count. Args has the output's `out`,
+// `out_stride`, `n` and the row count `m`. The CTA's output columns are [col0, col0 + cols) (for
+// NaN rows). Every thread of the CTA calls it; the decisions are uniform. The order of rows within
+// a chunk is free: each output row's arithmetic does not depend on it. ByExpert is m.by_expert, a
+// template argument so that each kernel holds one of the two paths (and the registers it needs).
+template <int C, bool ByExpert, class Args, class Tile>
+__device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m, int col0,
+                                             int cols, Tile tile) {
+  if constexpr (ByExpert) {
+    const int tid = static_cast<int>(threadIdx.x);
+    const int window = static_cast<int>(blockDim.x);
+    const int slot = static_cast<int>(blockIdx.y);
+    const int begin = m.expert_offsets[slot];
+    const int end = m.expert_offsets[slot + 1];
+    if (slot == m.experts) {
+      for (int i = begin + tid; i < end; i += window) {
+        const int r = m.expert_rows[i];
+        write_unserved_row(p, routed_expert(m, r), r, col0, cols, 0, 1);
+      }
+      return;
+    }
+    Args args = at_expert(p, m, slot);
+    for (int c0 = begin; c0 < end; c0 += C) {
+      args.m = end - c0 < C ? end - c0 : C;
+      tile(args, GatheredRows{m.expert_rows + c0, m.k, m.a_per_token});
+      __syncthreads();
+    }
+  } else {
+    for_each_row_led_chunk<C>(p, m, col0, cols, tile);
   }
 }
 

@@ -139,8 +139,8 @@ void check_a8w8(const Case& c, index_t block_n) {
 }
 
 // Decode-sized batches (T * k <= E: a CTA per row, each expert led by its first row) and larger
-// ones (a CTA per expert); an expert with more rows than one chunk (16) and than one gathering
-// window (128 or 256 rows).
+// ones (rows grouped by expert first, a CTA per expert); an expert with more rows than one chunk
+// (16): 300 rows each at T = 300.
 std::vector<Case> cases(index_t bad_every) {
   std::vector<Case> all;
   for (const bool per_slot : {false, true}) {

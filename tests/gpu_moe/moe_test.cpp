@@ -527,10 +527,9 @@ TEST_CASE("gpu moe: expert GEMM, Qwen3 expert shapes") {
   REQUIRE(have_gpu());
   check_moe_gemm(32, 1536, 2048, 8, {1, 3, 8});
   check_moe_gemm(32, 2048, 768, 8, {1, 3, 8});
-  // More rows than experts: each CTA serves one expert, its rows gathered over several windows
-  // (a CTA of the 768-deep GEMM has 96 threads: 9 windows of T = 97's 776 rows; of the 2048-deep
-  // one 256: 2 windows at T = 64) and run in full chunks of two token tiles; at T = 5 (at most 8
-  // rows per expert on average) of one.
+  // More rows than experts: the rows are grouped by expert first, each CTA serves one expert's
+  // rows in chunks of two token tiles (T = 64, 97: more than 8 rows per expert on average) or of
+  // one (T = 5).
   check_moe_gemm(32, 2048, 768, 8, {5, 97});
   check_moe_gemm(32, 1536, 2048, 8, {5, 64});
 }
@@ -540,6 +539,9 @@ TEST_CASE("gpu moe: expert GEMM, tiny preset shapes and many tokens") {
   check_moe_gemm(16, 128, 256, 4, test_tokens);
   check_moe_gemm(16, 256, 64, 4, test_tokens);
   check_moe_gemm(5, 17, 96, 1, {1, 17});
+  // More buckets (experts and the one of bad ids) than one counting pass of the grouping holds
+  // (4096): two passes.
+  check_moe_gemm(4099, 17, 64, 2, {2051}, true, true);
 }
 
 TEST_CASE("gpu moe: an expert id out of range gives a NaN row") {

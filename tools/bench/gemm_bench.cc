@@ -13,7 +13,8 @@
 // followed by each decode kernel (format "mxfp4-asm:<kernel>", GemmDecodeKernel) so that one run
 // compares them. gemm_bench_torch.py times the PyTorch peers on the same rows and prints the
 // joint table.
-// Usage: atom-bench-gemm [OUT_CSV] [--decode] (--decode: M = 1 and 16, T = 4, no BMMs) |
+// Usage: atom-bench-gemm [OUT_CSV] [--decode | --experts] (--decode: M = 1 and 16, T = 4, no
+// BMMs; --experts: only the grouped expert GEMMs, T = 4, 64, 256) |
 // atom-bench-gemm --profile (one launch of each decode kernel at M = 1 on 7168 -> 2112 and
 // 2048 -> 7168, for a profiler).
 #include <algorithm>
@@ -416,9 +417,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   Report report;
-  const bool decode_only = argc > 2 && std::string(argv[2]) == "--decode";
-  if (argc > 3 || (argc > 2 && !decode_only)) {
-    std::fputs("usage: atom-bench-gemm [OUT_CSV] [--decode] | atom-bench-gemm --profile\n", stderr);
+  const std::string mode = argc > 2 ? argv[2] : "";
+  const bool decode_only = mode == "--decode";
+  const bool experts_only = mode == "--experts";
+  if (argc > 3 || (argc > 2 && !decode_only && !experts_only)) {
+    std::fputs(
+        "usage: atom-bench-gemm [OUT_CSV] [--decode | --experts] | atom-bench-gemm --profile\n",
+        stderr);
     return 2;
   }
   constexpr const char* header = "kind,format,model,weight,M,N,K,us,weight_bytes\n";
@@ -451,9 +456,10 @@ int main(int argc, char** argv) {
       decode_only ? std::vector<index_t>{1, 16} : std::vector<index_t>{1, 4, 16, 64, 128, 256};
   const std::vector<index_t> ts =
       decode_only ? std::vector<index_t>{4} : std::vector<index_t>{4, 64, 256};
-  for (const Shape& s : dense) bench_dense(report, stream, s, ms);
+  if (!experts_only)
+    for (const Shape& s : dense) bench_dense(report, stream, s, ms);
   for (const Shape& s : experts) bench_experts(report, stream, s, ts);
-  if (decode_only) return 0;
+  if (decode_only || experts_only) return 0;
   for (const index_t tokens : {1, 16, 128}) {
     bench_bmm(report, stream, tokens, 128, 512, 128);
     bench_bmm(report, stream, tokens, 128, 128, 512);

@@ -92,7 +92,10 @@ PreparedMxfp4Experts<G> prepare_experts(const Mxfp4Experts& host_weights);
 // Out row r = t * k + j is gemm_a4w4 of a[t] (a has T rows) or a[r] (a has T * k rows) with
 // expert ids(t, j). ids [T, k] (device), out [T * k, N] bf16. The rows of each expert are
 // gathered on the device and run through the decode GEMM kernels of backend G, the CTAs of an
-// expert reading its weight once per 8 or 16 rows (matrix core) or 1 or 4 rows (portable).
+// expert reading its weight once per 8 or 16 rows (matrix core) or 1 or 4 rows (portable). Where
+// rows outnumber experts (T * k > E), a first launch groups the rows by expert into a per-thread,
+// per-stream device buffer that grows on demand (growing synchronizes the device; capture a graph
+// only after a call of the same or a larger T * k and E), as do the routed GEMMs below.
 template <policy::GemmBackend G>
 void moe_gemm_a4w4(const Gpu&, const Mxfp4Act& a, View2<const std::int32_t> ids,
                    const PreparedMxfp4Experts<G>& w, View2<bf16> out);
