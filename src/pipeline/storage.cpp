@@ -271,18 +271,6 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::Wei
   }
 }
 
-namespace {
-
-// An empty GQA cache of format f over fresh buffers, [blocks, bs, kv_heads, head_dim]; an
-// fp8_tensor cache's scales are `scales` (key, value).
-ops::AnyKvCache alloc_kv_cache(Buffers& b, ops::KvCacheFormat f, index_t blocks, index_t bs,
-                               index_t kvh, index_t d, std::pair<float, float> scales) {
-  detail::BufferMemory mem{b};
-  return detail::empty_kv_cache(mem, f, blocks, bs, kvh, d, scales);
-}
-
-}  // namespace
-
 DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
                          std::uint64_t seed, index_t query_tokens, ops::KvCacheFormat kv_format)
     : context_lens_(std::move(context_lens)) {
@@ -351,8 +339,9 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
     ops::mla_cache_write(host, kv_c, k_pe, prior_view, mla_cache_);
   } else {
     const index_t kvh = m.num_kv_heads;
-    kv_cache_ = alloc_kv_cache(b, kv_format, total_blocks, bs, kvh, m.head_dim,
-                               {state_key_scale, state_value_scale});
+    detail::BufferMemory mem{b};
+    kv_cache_ = detail::empty_kv_cache(mem, kv_format, total_blocks, bs, kvh, m.head_dim,
+                                       {state_key_scale, state_value_scale});
     auto k = alloc<bf16>(b, prior, kvh, m.head_dim);
     auto v = alloc<bf16>(b, prior, kvh, m.head_dim);
     fill_bf16(k, r, 0.0f, 1.0f);
@@ -381,7 +370,8 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
         const float* const value_scale = full.value_scale.data;
         const std::pair<float, float> scales =
             key_scale != nullptr ? std::pair{key_scale[0], value_scale[0]} : std::pair{1.0f, 1.0f};
-        kv_cache_ = alloc_kv_cache(buffers_, full.format, blocks, bs, h, d, scales);
+        detail::BufferMemory mem{buffers_};
+        kv_cache_ = detail::empty_kv_cache(mem, full.format, blocks, bs, h, d, scales);
         const auto& part = std::get<std::decay_t<decltype(full)>>(kv_cache_);
         for (index_t blk = 0; blk < blocks; ++blk)
           for (index_t s = 0; s < bs; ++s)

@@ -89,34 +89,24 @@ void check_qk(const QkCase& c) {
   INFO("tokens " << c.tokens << ", q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim "
                  << c.dim << ", style " << (S == RopeStyle::neox ? "neox" : "interleaved"));
   const QkInputs in(c, 0, 7);
-  const View2<const bf16> qkv = in.qkv;
-  const std::vector<bf16>& q_w = in.q_w;
-  const std::vector<bf16>& k_w = in.k_w;
-  const float eps = in.eps;
-  const index_t max_positions = in.max_positions;
-  const std::vector<float>& table = in.table;
-  const std::vector<std::int64_t>& positions = in.positions;
-  const index_t block_size = in.block_size;
-  const index_t blocks = in.blocks;
-  const std::vector<std::int64_t>& slots = in.slots;
 
-  QkRun fused(blocks, block_size, c), separate(blocks, block_size, c);
+  QkRun fused(in.blocks, in.block_size, c), separate(in.blocks, in.block_size, c);
   const auto args = [&](QkRun& run) {
-    return std::tuple{make_view(q_w.data(), c.dim),
-                      make_view(k_w.data(), c.dim),
-                      make_view(positions.data(), c.tokens),
-                      make_view(table.data(), max_positions, c.dim),
-                      make_view(slots.data(), c.tokens),
+    return std::tuple{make_view(in.q_w.data(), c.dim),
+                      make_view(in.k_w.data(), c.dim),
+                      make_view(in.positions.data(), c.tokens),
+                      make_view(in.table.data(), in.max_positions, c.dim),
+                      make_view(in.slots.data(), c.tokens),
                       run.cache.view(),
                       make_view(run.q_out.data(), c.tokens, c.q_heads, c.dim)};
   };
   {
     const auto [qw, kw, p, cs, sl, cache, q_out] = args(fused);
-    qk_norm_rope_cache_fused<S>(Host{}, qkv, qw, kw, eps, p, cs, sl, cache, q_out);
+    qk_norm_rope_cache_fused<S>(Host{}, in.qkv, qw, kw, in.eps, p, cs, sl, cache, q_out);
   }
   {
     const auto [qw, kw, p, cs, sl, cache, q_out] = args(separate);
-    qk_norm_rope_cache_separate<S>(Host{}, qkv, qw, kw, eps, p, cs, sl, cache, q_out);
+    qk_norm_rope_cache_separate<S>(Host{}, in.qkv, qw, kw, in.eps, p, cs, sl, cache, q_out);
   }
 
   std::size_t q_bad = 0, q_diff_bad = 0, k_bad = 0, k_diff_bad = 0, scale_bad = 0, v_bad = 0;
@@ -124,9 +114,9 @@ void check_qk(const QkCase& c) {
   double fused_error = 0.0, separate_error = 0.0;
   std::vector<double> ref, pair_norm;
   for (index_t t = 0; t < c.tokens; ++t) {
-    const float* row = &table[z(positions[z(t)] * c.dim)];
+    const float* row = &in.table[z(in.positions[z(t)] * c.dim)];
     for (index_t h = 0; h < c.q_heads; ++h) {
-      reference_head(S, &qkv(t, h * c.dim), q_w.data(), c.dim, eps, row, ref, pair_norm);
+      reference_head(S, &in.qkv(t, h * c.dim), in.q_w.data(), c.dim, in.eps, row, ref, pair_norm);
       for (index_t d = 0; d < c.dim; ++d) {
         const std::size_t at = z((t * c.q_heads + h) * c.dim + d);
         const double f = value(fused.q_out[at]), s = value(separate.q_out[at]);
@@ -139,10 +129,10 @@ void check_qk(const QkCase& c) {
         separate_error += std::fabs(s - ref[z(d)]);
       }
     }
-    const std::int64_t slot = slots[z(t)];
+    const std::int64_t slot = in.slots[z(t)];
     if (slot < 0) continue;
     for (index_t h = 0; h < c.kv_heads; ++h) {
-      reference_head(S, &qkv(t, (c.q_heads + h) * c.dim), k_w.data(), c.dim, eps, row, ref,
+      reference_head(S, &in.qkv(t, (c.q_heads + h) * c.dim), in.k_w.data(), c.dim, in.eps, row, ref,
                      pair_norm);
       const std::size_t row_at = z(slot * c.kv_heads + h);
       const float f_scale = fused.cache.key_scale[row_at];
@@ -176,7 +166,7 @@ void check_qk(const QkCase& c) {
       // v: both quantize the same bf16 input, bit for bit.
       std::vector<double> v(z(c.dim));
       for (index_t d = 0; d < c.dim; ++d)
-        v[z(d)] = value(qkv(t, (c.q_heads + c.kv_heads + h) * c.dim + d));
+        v[z(d)] = value(in.qkv(t, (c.q_heads + c.kv_heads + h) * c.dim + d));
       v_bad +=
           check_fp8_row(v, &fused.cache.value[row_at * z(c.dim)], fused.cache.value_scale[row_at]);
       v_bad += fused.cache.value_scale[row_at] != separate.cache.value_scale[row_at];
@@ -195,12 +185,12 @@ void check_qk(const QkCase& c) {
   // Keeping the intermediate in float is measurably closer to float64.
   if (c.tokens * c.q_heads * c.dim >= 1000) CHECK(fused_error < separate_error);
   // Padding tokens wrote nothing; rows nobody owns keep their poison.
-  std::vector<bool> owned(z(blocks * block_size), false);
-  for (std::int64_t s : slots)
+  std::vector<bool> owned(z(in.blocks * in.block_size), false);
+  for (std::int64_t s : in.slots)
     if (s >= 0) owned[z(s)] = true;
   std::size_t touched = 0;
   for (const QkRun* run : {&fused, &separate})
-    for (index_t s = 0; s < blocks * block_size; ++s)
+    for (index_t s = 0; s < in.blocks * in.block_size; ++s)
       for (index_t i = 0; i < c.kv_heads * c.dim && !owned[z(s)]; ++i)
         touched += run->cache.key[z(s * c.kv_heads * c.dim + i)].bits != 0xff ||
                    run->cache.value[z(s * c.kv_heads * c.dim + i)].bits != 0xff;
@@ -216,39 +206,29 @@ void check_qk_formats(const QkCase& c) {
   INFO("tokens " << c.tokens << ", q_heads " << c.q_heads << ", kv_heads " << c.kv_heads << ", dim "
                  << c.dim << ", style " << (S == RopeStyle::neox ? "neox" : "interleaved"));
   const QkInputs in(c, 1, 0);
-  const View2<const bf16> qkv = in.qkv;
-  const std::vector<bf16>& q_w = in.q_w;
-  const std::vector<bf16>& k_w = in.k_w;
-  const float eps = in.eps;
-  const index_t max_positions = in.max_positions;
-  const std::vector<float>& table = in.table;
-  const std::vector<std::int64_t>& positions = in.positions;
-  const index_t block_size = in.block_size;
-  const index_t blocks = in.blocks;
-  const std::vector<std::int64_t>& slots = in.slots;
-  const auto n = z(blocks * block_size * c.kv_heads * c.dim);
+  const auto n = z(in.blocks * in.block_size * c.kv_heads * c.dim);
   const auto rows = [&](auto* data) {
-    return make_view(data, blocks, block_size, c.kv_heads, c.dim);
+    return make_view(data, in.blocks, in.block_size, c.kv_heads, c.dim);
   };
   // Scales that put the normed keys (|k| up to a few units) in the middle of the FP8 range and
   // saturate the largest values (up to 4 x 0.01..4 summed in no GEMM here: v is qkv's input).
   float scales[2][2] = {{0.011f, 0.007f}, {0.011f, 0.007f}};  // [fused, separate][key, value]
 
-  QkRun row_run(blocks, block_size, c);
+  QkRun row_run(in.blocks, in.block_size, c);
   std::vector<bf16> q_out[2][2];  // [format: fp8_tensor, bf16][fused, separate]
   std::vector<fp8_e4m3> key8[2], value8[2];
   std::vector<bf16> key16[2], value16[2];
   const auto call = [&](bool fused, const auto& cache, std::vector<bf16>& q) {
     q.assign(z(c.tokens * c.q_heads * c.dim), bf16_nan);
     const auto out = make_view(q.data(), c.tokens, c.q_heads, c.dim);
-    const auto qw = make_view(q_w.data(), c.dim), kw = make_view(k_w.data(), c.dim);
-    const auto p = make_view(positions.data(), c.tokens);
-    const auto cs = make_view(table.data(), max_positions, c.dim);
-    const auto sl = make_view(slots.data(), c.tokens);
+    const auto qw = make_view(in.q_w.data(), c.dim), kw = make_view(in.k_w.data(), c.dim);
+    const auto p = make_view(in.positions.data(), c.tokens);
+    const auto cs = make_view(in.table.data(), in.max_positions, c.dim);
+    const auto sl = make_view(in.slots.data(), c.tokens);
     if (fused)
-      qk_norm_rope_cache_fused<S>(Host{}, qkv, qw, kw, eps, p, cs, sl, cache, out);
+      qk_norm_rope_cache_fused<S>(Host{}, in.qkv, qw, kw, in.eps, p, cs, sl, cache, out);
     else
-      qk_norm_rope_cache_separate<S>(Host{}, qkv, qw, kw, eps, p, cs, sl, cache, out);
+      qk_norm_rope_cache_separate<S>(Host{}, in.qkv, qw, kw, in.eps, p, cs, sl, cache, out);
   };
   for (int v = 0; v < 2; ++v) {
     key8[v].assign(n, fp8_nan);
@@ -276,14 +256,14 @@ void check_qk_formats(const QkCase& c) {
 
   std::size_t k_bad = 0, v_bad = 0, untouched_bad = 0;
   std::vector<double> ref, pair_norm;
-  std::vector<bool> owned(z(blocks * block_size), false);
+  std::vector<bool> owned(z(in.blocks * in.block_size), false);
   for (index_t t = 0; t < c.tokens; ++t) {
-    const std::int64_t slot = slots[z(t)];
+    const std::int64_t slot = in.slots[z(t)];
     if (slot < 0) continue;
     owned[z(slot)] = true;
-    const float* row = &table[z(positions[z(t)] * c.dim)];
+    const float* row = &in.table[z(in.positions[z(t)] * c.dim)];
     for (index_t h = 0; h < c.kv_heads; ++h) {
-      reference_head(S, &qkv(t, (c.q_heads + h) * c.dim), k_w.data(), c.dim, eps, row, ref,
+      reference_head(S, &in.qkv(t, (c.q_heads + h) * c.dim), in.k_w.data(), c.dim, in.eps, row, ref,
                      pair_norm);
       for (index_t d = 0; d < c.dim; ++d) {
         const std::size_t at = z((slot * c.kv_heads + h) * c.dim + d);
@@ -308,14 +288,14 @@ void check_qk_formats(const QkCase& c) {
                        fp8_half_step((std::fabs(r) + tol) / scale) * scale * (1.0 + 1e-6) + tol);
         }
         // v: both variants store the same bf16 input alike.
-        const bf16 vx = qkv(t, (c.q_heads + c.kv_heads + h) * c.dim + d);
+        const bf16 vx = in.qkv(t, (c.q_heads + c.kv_heads + h) * c.dim + d);
         v_bad += value16[0][at].bits != vx.bits || value16[1][at].bits != vx.bits;
         v_bad += value8[0][at].bits != quantize_kv_tensor(to_float(vx), 0.007f).bits ||
                  value8[1][at].bits != value8[0][at].bits;
       }
     }
   }
-  for (index_t s = 0; s < blocks * block_size; ++s)
+  for (index_t s = 0; s < in.blocks * in.block_size; ++s)
     for (index_t i = 0; i < c.kv_heads * c.dim && !owned[z(s)]; ++i) {
       const std::size_t at = z(s * c.kv_heads * c.dim + i);
       for (int v = 0; v < 2; ++v)
