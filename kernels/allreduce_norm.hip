@@ -71,8 +71,8 @@ void launch_fused(const FusedArgs& args, const Out& out, bool vec, int multiproc
   const auto go = [&]<int Chunks, bool Vec>() {
     const int resident = resident_blocks<Out, Chunks, Vec>(shape.threads, multiprocessors);
     const auto grid = static_cast<unsigned>(std::min<index_t>(args.rows, resident));
-    allreduce_add_rms_norm_kernel<Out, Chunks, Vec>
-        <<<grid, static_cast<unsigned>(shape.threads), 0, stream>>>(args, out);
+    gpu::launch(allreduce_add_rms_norm_kernel<Out, Chunks, Vec>, grid,
+                static_cast<unsigned>(shape.threads), 0, stream, args, out);
   };
   const auto pick = [&]<int Chunks>() {
     if (vec)
@@ -94,10 +94,10 @@ void launch_fused(const FusedArgs& args, const Out& out, bool vec, int multiproc
       pick.template operator()<8>();
       break;
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 __global__ void fill_words_kernel(std::uint32_t* p, std::size_t words, std::uint32_t value) {
+  gpu::start_after_prior_grid();
   const std::size_t step = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
        i += step)
@@ -223,10 +223,9 @@ void TpGroup::Impl::map_peers() {
   const std::size_t bytes = 2 * static_cast<std::size_t>(size()) * slot_bytes;
   ATOM_GPU_CHECK(hipMalloc(&region, bytes));
   const std::size_t words = bytes / sizeof(std::uint32_t);
-  kernels::fill_words_kernel<<<
-      static_cast<unsigned>(std::min<std::size_t>(1024, (words + 255) / 256)), 256, 0, stream>>>(
-      static_cast<std::uint32_t*>(region), words, kernels::empty_mark_pair);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::fill_words_kernel,
+              static_cast<unsigned>(std::min<std::size_t>(1024, (words + 255) / 256)), 256, 0,
+              stream, static_cast<std::uint32_t*>(region), words, kernels::empty_mark_pair);
   hipIpcMemHandle_t handle;
   ATOM_GPU_CHECK(hipIpcGetMemHandle(&handle, region));
   client->set("tp/ipc/" + std::to_string(r), kernels::to_hex(&handle, sizeof handle));

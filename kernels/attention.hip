@@ -254,7 +254,7 @@ struct MaxFloat {
 template <class Source>
 __global__ void __launch_bounds__(attn_lanes* attn_max_heads)
     decode_kernel(DecodeArgs a, Source src) {
-  gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
+  gpu::start_after_prior_grid();
   __shared__ float keys[attn_tile][Source::key_width];
   __shared__ float values[attn_tile][Source::value_width > 0 ? Source::value_width : 1];
   __shared__ index_t row_block[attn_tile];
@@ -420,6 +420,7 @@ __global__ void __launch_bounds__(attn_lanes* attn_max_heads)
 // value_dim / 4 column groups, lanes of them side by side), so that the whole block has loads in
 // flight; the lanes' sums then meet in shared memory in lane order.
 __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArgs a) {
+  gpu::start_after_prior_grid();
   __shared__ float weight[attn_max_splits];
   __shared__ float scratch[attn_combine_threads];
   __shared__ float4 lane_sum[attn_combine_threads];
@@ -427,8 +428,7 @@ __global__ void __launch_bounds__(attn_combine_threads) combine_kernel(DecodeArg
   const index_t t = blockIdx.x / a.q_heads;
   const index_t h = blockIdx.x % a.q_heads;
   bf16* o = a.out + t * a.out_token + h * a.out_head;
-  const ops::TokenContext c = context_of(a, t);  // not the decode kernel's: read first
-  gpu::wait_for_prior_grid();
+  const ops::TokenContext c = context_of(a, t);
   if (c.padding || c.bad) {
     for (int d = tid; d < a.value_dim; d += attn_combine_threads)
       o[d] = c.padding ? bf16{} : attn_nan;
@@ -520,7 +520,7 @@ constexpr int mla_shared_bytes() {
 
 template <int MT, bool Vec>
 __global__ void __launch_bounds__(128 * MT, 1) mla_mma_kernel(DecodeArgs a, MlaSource src) {
-  gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
+  gpu::start_after_prior_grid();
   constexpr int heads = 16 * MT;
   constexpr int threads = 128 * MT;
   constexpr int n_tiles = 16 / MT;  // value n8 tiles per warp
@@ -996,10 +996,10 @@ constexpr int gqa_min_blocks() {
 template <int D, class Code>
 __global__ void __launch_bounds__(32 * gqa_warps, (gqa_min_blocks<D, Code>()))
     gqa_mma_kernel(DecodeArgs a, GqaSource<Code> src) {
+  gpu::start_after_prior_grid();
   static_assert(D == 64 || D == 128);
   constexpr bool scaled = GqaSource<Code>::scaled;
   constexpr float shift = scaled ? 15.0f : 0.0f;  // log2 of the weight at the running max
-  gpu::allow_dependents();  // the combine may launch: it waits for this grid's partials
   constexpr int ksteps = D / 16;
   constexpr int mtiles = D / 16;  // of O^T
   constexpr float log2e = 1.4426950408889634f;
@@ -1368,23 +1368,12 @@ void plan_split(const ops::Gpu& gpu, DecodeArgs& a, index_t tokens, index_t bloc
   }
 }
 
-// Whether the combine may be launched as a programmatic dependent of the decode kernel on
-// `device` (its code then waits for the decode kernel's partials).
-bool combine_programmatic(int device) {
-  return once_per_device(device, [] {
-    return gpu::nvidia_ptx &&
-           gpu::compiled_arch(reinterpret_cast<const void*>(combine_kernel)) >= 90;
-  });
-}
-
-// The launch that just went out, checked, then the combine when the context was split; on
-// sm_90 the combine launches while the decode kernel runs and waits for its partials.
-void finish_split(const DecodeArgs& a, index_t tokens, hipStream_t stream, int device) {
-  ATOM_GPU_CHECK(hipGetLastError());
+// The combine when the context was split; on sm_90 it launches while the decode kernel runs and
+// waits for its partials (gpu::launch).
+void finish_split(const DecodeArgs& a, index_t tokens, hipStream_t stream) {
   if (a.splits > 1)
-    gpu::launch_dependent(combine_programmatic(device), combine_kernel,
-                          dim3(static_cast<unsigned>(tokens * a.q_heads)),
-                          dim3(attn_combine_threads), 0, stream, a);
+    gpu::launch(combine_kernel, static_cast<unsigned>(tokens * a.q_heads), attn_combine_threads, 0,
+                stream, a);
 }
 
 void expect_tokens(std::string_view op, index_t tokens) {
@@ -1410,9 +1399,9 @@ void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   const dim3 grid(static_cast<unsigned>(a.splits), static_cast<unsigned>(grid_y),
                   static_cast<unsigned>(tokens));
-  decode_kernel<Source>
-      <<<grid, static_cast<unsigned>(heads_per_block * attn_lanes), 0, stream>>>(a, src);
-  finish_split(a, tokens, stream, device);
+  gpu::launch(decode_kernel<Source>, grid, static_cast<unsigned>(heads_per_block * attn_lanes), 0,
+              stream, a, src);
+  finish_split(a, tokens, stream);
 }
 
 // Lets Kernel take `bytes` of dynamic shared memory on `device` (once per host thread and device).
@@ -1429,7 +1418,7 @@ void launch_mla_kernel(const dim3& grid, hipStream_t stream, const DecodeArgs& a
                        const MlaSource& src, int device) {
   constexpr int bytes = mla_shared_bytes<MT>();
   allow_shared<mla_mma_kernel<MT, Vec>>(device, bytes);
-  mla_mma_kernel<MT, Vec><<<grid, 128 * MT, bytes, stream>>>(a, src);
+  gpu::launch(mla_mma_kernel<MT, Vec>, grid, 128 * MT, bytes, stream, a, src);
 }
 
 // MLA: the tensor-core kernel where mma.sync exists (one block of 16, 32 or 64 heads per
@@ -1460,7 +1449,7 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
       if (mt == 2) launch_mla_kernel<2, false>(grid, stream, a, src, device);
       if (mt == 4) launch_mla_kernel<4, false>(grid, stream, a, src, device);
     }
-    finish_split(a, tokens, stream, device);
+    finish_split(a, tokens, stream);
   }
 }
 
@@ -1483,8 +1472,8 @@ void launch_gqa_mma(const ops::Gpu& gpu, DecodeArgs a, const GqaSource<Code>& sr
                   static_cast<unsigned>(tokens));
   constexpr int bytes = gqa_shared_bytes<D, Code>();
   allow_shared<gqa_mma_kernel<D, Code>>(device, bytes);
-  gqa_mma_kernel<D, Code><<<grid, 32 * gqa_warps, bytes, stream>>>(a, src);
-  finish_split(a, tokens, stream, device);
+  gpu::launch(gqa_mma_kernel<D, Code>, grid, 32 * gqa_warps, bytes, stream, a, src);
+  finish_split(a, tokens, stream);
 }
 
 // GQA over any cache format: the tensor-core kernel where it is built (sm_89 and newer: mma.sync

@@ -58,6 +58,7 @@ struct Mxfp4Args {
 // Per group of 128 along K: an exact-product sum in increasing k, then acc += partial * scale;
 // the head scale last (each operation rounded once, as on the host).
 __global__ void __launch_bounds__(bmm_threads) bmm_fp8_kernel(Fp8Args p) {
+  gpu::start_after_prior_grid();
   const int n = static_cast<int>(blockIdx.x) * bmm_threads + static_cast<int>(threadIdx.x);
   const int h = static_cast<int>(blockIdx.y);
   const int t0 = static_cast<int>(blockIdx.z) * bmm_tokens;
@@ -95,6 +96,7 @@ __global__ void __launch_bounds__(bmm_threads) bmm_fp8_kernel(Fp8Args p) {
 
 // bf16 activations times exactly dequantized MXFP4 weights, summed in increasing k.
 __global__ void __launch_bounds__(bmm_threads) bmm_mxfp4_kernel(Mxfp4Args p) {
+  gpu::start_after_prior_grid();
   const int n = static_cast<int>(blockIdx.x) * bmm_threads + static_cast<int>(threadIdx.x);
   const int h = static_cast<int>(blockIdx.y);
   const int t0 = static_cast<int>(blockIdx.z) * bmm_tokens;
@@ -167,8 +169,8 @@ void bmm_fp8(const Gpu& gpu, const Fp8GroupAct& a, const Fp8HeadWeight& w, View3
   p.out = out.data;
   p.out_t_stride = out.strides[0];
   p.out_h_stride = out.strides[1];
-  bmm_fp8_kernel<<<bmm_grid(p.s), bmm_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(p);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(bmm_fp8_kernel, bmm_grid(p.s), bmm_threads, 0, static_cast<hipStream_t>(gpu.stream),
+              p);
 }
 
 void bmm_mxfp4(const Gpu& gpu, View3<const bf16> a, const Mxfp4HeadWeight& w, View3<bf16> out) {
@@ -204,8 +206,8 @@ void bmm_mxfp4(const Gpu& gpu, View3<const bf16> a, const Mxfp4HeadWeight& w, Vi
   p.out = out.data;
   p.out_t_stride = out.strides[0];
   p.out_h_stride = out.strides[1];
-  bmm_mxfp4_kernel<<<bmm_grid(p.s), bmm_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(p);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(bmm_mxfp4_kernel, bmm_grid(p.s), bmm_threads, 0, static_cast<hipStream_t>(gpu.stream),
+              p);
 }
 
 }  // namespace atom::ops

@@ -27,6 +27,7 @@ struct MlaArgs {
 };
 
 __global__ void mla_cache_write_kernel(MlaArgs a) {
+  gpu::start_after_prior_grid();
   const index_t t = blockIdx.x;
   const std::int64_t s = a.slots[t * a.slot_stride];
   if (s < 0 || s >= a.capacity) return;
@@ -52,6 +53,7 @@ struct KvArgs {
 // One block per token; warp w takes rows w, w + warps, ... of the token's k heads then v heads.
 template <ops::KvCacheFormat F>
 __global__ void kv_cache_write_kernel(KvArgs a, KvCacheRows<F> cache) {
+  gpu::start_after_prior_grid();
   const index_t t = blockIdx.x;
   const std::int64_t s = a.slots[t * a.slot_stride];
   if (s < 0 || s >= cache.capacity) return;
@@ -97,9 +99,8 @@ void mla_cache_write(const Gpu& gpu, View2<const bf16> kv_c, View2<const bf16> k
                               cache.size(0) * cache.size(1),
                               static_cast<int>(kv_lora),
                               static_cast<int>(rope_dim)};
-  kernels::mla_cache_write_kernel<<<static_cast<unsigned>(tokens), 128, 0,
-                                    static_cast<hipStream_t>(gpu.stream)>>>(args);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::mla_cache_write_kernel, static_cast<unsigned>(tokens), 128, 0,
+              static_cast<hipStream_t>(gpu.stream), args);
 }
 
 template <KvCacheFormat F>
@@ -124,10 +125,8 @@ void kv_cache_write(const Gpu& gpu, View3<const bf16> k, View3<const bf16> v,
                              slots.stride(0),
                              static_cast<int>(heads),
                              static_cast<int>(dim)};
-  kernels::kv_cache_write_kernel<F>
-      <<<static_cast<unsigned>(tokens), 256, 0, static_cast<hipStream_t>(gpu.stream)>>>(
-          args, kernels::kv_cache_rows(cache));
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::kv_cache_write_kernel<F>, static_cast<unsigned>(tokens), 256, 0,
+              static_cast<hipStream_t>(gpu.stream), args, kernels::kv_cache_rows(cache));
 }
 
 #define ATOM_GPU_KV_CACHE_WRITE(F)                                                                 \

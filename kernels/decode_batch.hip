@@ -11,12 +11,14 @@ namespace atom::kernels {
 namespace {
 
 __global__ void advance_decode_kernel(ops::DecodeCursor b, index_t block_size) {
+  gpu::start_after_prior_grid();
   const index_t s = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (s < b.context_lens.size(0)) ops::advance_sequence(b, s, block_size);
 }
 
 template <class T>
 __global__ void fill_uniform_kernel(T* out, index_t n, std::uint64_t seed, float lo, float hi) {
+  gpu::start_after_prior_grid();
   for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<index_t>(gridDim.x) * blockDim.x)
     out[i] = ops::hash_value<T>(seed, static_cast<std::uint64_t>(i), lo, hi);
@@ -35,9 +37,8 @@ void advance_decode(const Gpu& gpu, const DecodeCursor& b, index_t block_size) {
   if (sequences == 0) return;
   constexpr unsigned threads = 128;
   const auto blocks = static_cast<unsigned>((sequences + threads - 1) / threads);
-  kernels::advance_decode_kernel<<<blocks, threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
-      b, block_size);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::advance_decode_kernel, blocks, threads, 0,
+              static_cast<hipStream_t>(gpu.stream), b, block_size);
 }
 
 template <class T>
@@ -47,9 +48,8 @@ void fill_uniform(const Gpu& gpu, View1<T> out, std::uint64_t seed, float lo, fl
   constexpr unsigned threads = 256;
   const index_t want = (out.size(0) + threads - 1) / threads;
   const auto blocks = static_cast<unsigned>(want < 65536 ? want : 65536);
-  kernels::fill_uniform_kernel<<<blocks, threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
-      out.data, out.size(0), seed, lo, hi);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::fill_uniform_kernel<T>, blocks, threads, 0,
+              static_cast<hipStream_t>(gpu.stream), out.data, out.size(0), seed, lo, hi);
 }
 
 template void fill_uniform(const Gpu&, View1<bf16>, std::uint64_t, float, float);

@@ -94,7 +94,7 @@ unsigned grid_extent(index_t n) {
 template <int MT, int NG, int KW, bool PREFETCH>
 void launch_mma(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
   const dim3 grid(grid_extent(padded_n / (8 * NG)), grid_extent(ceil_div(p.m, 16 * MT)));
-  kernels::gemm_a4w4_mma<MT, NG, KW, PREFETCH><<<grid, 32 * KW, 0, stream>>>(p);
+  gpu::launch(kernels::gemm_a4w4_mma<MT, NG, KW, PREFETCH>, grid, 32 * KW, 0, stream, p);
 }
 
 // Warps per CTA for a decode kernel whose warps take U k tiles at a time: enough to cover K in
@@ -108,8 +108,8 @@ template <int NT, int U>
 void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
   constexpr int max_warps = kernels::mma_decode_dense_warps<NT, U>;
   const int warps = decode_warps(p.k_tiles, U, max_warps);
-  kernels::gemm_a4w4_mma_decode<NT, U, max_warps>
-      <<<grid_extent(padded_n / 16), static_cast<unsigned>(32 * warps), 0, stream>>>(p);
+  gpu::launch(kernels::gemm_a4w4_mma_decode<NT, U, max_warps>, grid_extent(padded_n / 16),
+              static_cast<unsigned>(32 * warps), 0, stream, p);
 }
 
 template <int NT>
@@ -161,8 +161,8 @@ template <int MT, int U>
 void launch_portable_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
   const int groups = decode_warps(p.k_tiles, U, kernels::portable_decode_max_groups);
   const dim3 grid(grid_extent(ceil_div(p.m, MT)), grid_extent(padded_n / 8));
-  kernels::gemm_a4w4_portable_decode<MT, U>
-      <<<grid, static_cast<unsigned>(32 * groups), 0, stream>>>(p);
+  gpu::launch(kernels::gemm_a4w4_portable_decode<MT, U>, grid, static_cast<unsigned>(32 * groups),
+              0, stream, p);
 }
 
 template <int U>
@@ -194,9 +194,9 @@ void launch_portable(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeKer
   }
   const dim3 grid(grid_extent(padded_n / 8), grid_extent(ceil_div(p.m, kernels::portable_rows)));
   if (p.k_tiles >= 8)
-    kernels::gemm_a4w4_portable<8><<<grid, 256, 0, stream>>>(p);
+    gpu::launch(kernels::gemm_a4w4_portable<8>, grid, 256, 0, stream, p);
   else
-    kernels::gemm_a4w4_portable<4><<<grid, 128, 0, stream>>>(p);
+    gpu::launch(kernels::gemm_a4w4_portable<4>, grid, 128, 0, stream, p);
 }
 
 }  // namespace
@@ -252,9 +252,8 @@ void gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& 
     launch_matrix_core<G>(p, padded_n, decode, stream);
   } else {
     const dim3 grid(grid_extent(ceil_div(w.n(), 256)), grid_extent(rows));
-    kernels::gemm_a4w4_by_index<Layout><<<grid, 256, 0, stream>>>(p);
+    gpu::launch(kernels::gemm_a4w4_by_index<Layout>, grid, 256, 0, stream, p);
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 template class PreparedMxfp4Weight<GemmBackend::matrix_core>;

@@ -147,6 +147,7 @@ __device__ inline void dense_tile(const DenseGemmArgs<T>& p, const Rows& rows, i
 // CTA (x, y): columns [cta_cols x, cta_cols (x + 1)) of the row chunks y, y + gridDim.y, ...
 template <class T>
 __global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
+  gpu::start_after_prior_grid();
   const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
   for (int row0 = static_cast<int>(blockIdx.y) * cta_rows; row0 < p.m;
        row0 += static_cast<int>(gridDim.y) * cta_rows) {
@@ -159,6 +160,7 @@ __global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
 // CTA (x, slot): columns [cta_cols x, cta_cols (x + 1)) of the rows of the slot's expert.
 template <class T, bool ByExpert>
 __global__ void __launch_bounds__(cta_threads) moe_gemm_dense(DenseGemmArgs<T> p, MoeRowsArgs m) {
+  gpu::start_after_prior_grid();
   const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
   for_each_expert_chunk<cta_rows, ByExpert>(
       p, m, col0, cta_cols, [&](const DenseGemmArgs<T>& args, const GatheredRows& rows) {
@@ -226,9 +228,8 @@ void launch_dense(const Gpu& gpu, kernels::DenseGemmArgs<T> p, index_t rows) {
   if (p.m == 0 || p.n == 0) return;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols)),
                   static_cast<unsigned>(std::min(ceil_div(p.m, kernels::cta_rows), max_grid_y)));
-  kernels::gemm_dense<T>
-      <<<grid, kernels::cta_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(p);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::gemm_dense<T>, grid, kernels::cta_threads, 0,
+              static_cast<hipStream_t>(gpu.stream), p);
 }
 
 // The routed GEMMs' checks that follow those of a and w (as the host op makes them), and the
@@ -269,12 +270,11 @@ void launch_routed(const Gpu& gpu, kernels::DenseGemmArgs<T> p, kernels::MoeRows
   if (m.by_expert) {
     kernels::group_rows_by_expert(gpu, m);
     const dim3 grid(columns, static_cast<unsigned>(m.experts + 1));
-    kernels::moe_gemm_dense<T, true><<<grid, kernels::cta_threads, 0, stream>>>(p, m);
+    gpu::launch(kernels::moe_gemm_dense<T, true>, grid, kernels::cta_threads, 0, stream, p, m);
   } else {
     const dim3 grid(columns, static_cast<unsigned>(m.rows));
-    kernels::moe_gemm_dense<T, false><<<grid, kernels::cta_threads, 0, stream>>>(p, m);
+    gpu::launch(kernels::moe_gemm_dense<T, false>, grid, kernels::cta_threads, 0, stream, p, m);
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 }  // namespace

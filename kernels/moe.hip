@@ -93,6 +93,7 @@ template <bool Vec>
 __global__ void __launch_bounds__(router_threads)
     router_gemm(const bf16* a, index_t a_stride, const bf16* w, index_t w_stride, float* out,
                 index_t out_stride, int tokens, int experts, int hidden) {
+  gpu::start_after_prior_grid();
   const int e0 = static_cast<int>(blockIdx.x) * router_experts;
   const int t0 = static_cast<int>(blockIdx.y) * router_tokens;
   float acc[router_tokens][router_experts] = {};
@@ -188,6 +189,7 @@ __global__ void __launch_bounds__(route_threads)
     grouped_topk_kernel(const float* logits, index_t logits_stride, const float* bias, int experts,
                         int n_group, int topk_group, float routed_scaling, std::int32_t* ids,
                         index_t ids_stride, float* weights, index_t weights_stride, int k) {
+  gpu::start_after_prior_grid();
   extern __shared__ float values[];
   float* sig = values;
   float* choice = values + experts;
@@ -260,6 +262,7 @@ __global__ void __launch_bounds__(route_threads)
     softmax_topk_kernel(const float* logits, index_t logits_stride, int experts, bool renormalize,
                         std::int32_t* ids, index_t ids_stride, float* weights,
                         index_t weights_stride, int k) {
+  gpu::start_after_prior_grid();
   extern __shared__ float prob[];
   __shared__ Ranked scratch[route_threads / 32];
   __shared__ float sum;
@@ -312,6 +315,7 @@ __global__ void __launch_bounds__(route_threads)
 // One row per CTA: y = gate / (1 + exp(-gate)) * up in float, stored by the quantizers' epilogue.
 template <class Out, int Chunks, bool Vec>
 __global__ void silu_mul_kernel(const bf16* gate_up, index_t stride, int inter, Out out) {
+  gpu::start_after_prior_grid();
   __shared__ std::uint32_t max_scratch[32];
   const index_t row = blockIdx.x;
   RowValues<Chunks> gate;
@@ -334,9 +338,11 @@ void launch_silu_chunks(const bf16* gate_up, index_t stride, index_t rows, int i
   const auto grid = static_cast<unsigned>(rows);
   const auto block = static_cast<unsigned>(threads);
   if (vec)
-    silu_mul_kernel<Out, Chunks, true><<<grid, block, 0, stream>>>(gate_up, stride, inter, out);
+    gpu::launch(silu_mul_kernel<Out, Chunks, true>, grid, block, 0, stream, gate_up, stride, inter,
+                out);
   else
-    silu_mul_kernel<Out, Chunks, false><<<grid, block, 0, stream>>>(gate_up, stride, inter, out);
+    gpu::launch(silu_mul_kernel<Out, Chunks, false>, grid, block, 0, stream, gate_up, stride, inter,
+                out);
 }
 
 template <class Out>
@@ -367,7 +373,6 @@ void launch_silu(const ops::Gpu& gpu, View2<const bf16> gate_up, index_t inter, 
       launch_silu_chunks<8>(gate_up.data, s, rows, i, out, vec, shape.threads, stream);
       break;
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 // ---- combine ----
@@ -381,6 +386,7 @@ __global__ void __launch_bounds__(combine_threads)
     combine_kernel(const bf16* expert_out, index_t expert_stride, const float* weights,
                    index_t weights_stride, const bf16* shared, index_t shared_stride, bf16* out,
                    index_t out_stride, int k, int hidden) {
+  gpu::start_after_prior_grid();
   const index_t t = blockIdx.y;
   const int base =
       (static_cast<int>(blockIdx.x) * combine_threads + static_cast<int>(threadIdx.x)) * vec_width;
@@ -423,6 +429,7 @@ __device__ inline int row_bucket(const MoeRowsArgs& m, int r) {
 // bucket, scan the counts into offsets, and scatter the rows through a cursor per bucket.
 __global__ void __launch_bounds__(group_threads)
     group_rows_kernel(MoeRowsArgs m, int* rows, int* offsets) {
+  gpu::start_after_prior_grid();
   __shared__ int count[group_span];
   __shared__ int sums[group_threads];
   const int tid = static_cast<int>(threadIdx.x);
@@ -479,6 +486,7 @@ __global__ void __launch_bounds__(group_threads)
 template <int NT, int U, bool ByExpert>
 __global__ void __launch_bounds__(32 * mma_decode_max_warps)
     moe_mma_decode(A4W4Args p, MoeRowsArgs m) {
+  gpu::start_after_prior_grid();
   const int n_tile = static_cast<int>(blockIdx.x);
   for_each_expert_chunk<8 * NT, ByExpert>(p, m, 16 * n_tile, 16,
                                           [&](const A4W4Args& args, const GatheredRows& rows) {
@@ -489,6 +497,7 @@ __global__ void __launch_bounds__(32 * mma_decode_max_warps)
 template <int MT, int U, bool ByExpert>
 __global__ void __launch_bounds__(32 * portable_decode_max_groups)
     moe_portable_decode(A4W4Args p, MoeRowsArgs m) {
+  gpu::start_after_prior_grid();
   const int n_tile = static_cast<int>(blockIdx.x);
   for_each_expert_chunk<MT, ByExpert>(p, m, 8 * n_tile, 8,
                                       [&](const A4W4Args& args, const GatheredRows& rows) {
@@ -500,6 +509,7 @@ __global__ void __launch_bounds__(32 * portable_decode_max_groups)
 // inline PTX is available (AMD).
 template <class Layout>
 __global__ void __launch_bounds__(256) moe_by_index(A4W4Args p, MoeRowsArgs m) {
+  gpu::start_after_prior_grid();
   const int col = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   const int row = static_cast<int>(blockIdx.y);
   if (col >= p.n) return;
@@ -531,11 +541,11 @@ void launch_moe_matrix_core(const A4W4Args& p, const MoeRowsArgs& m, index_t pad
   // multiplies both whatever its row count, so a second tile would double the work of a chunk
   // of at most 8 rows.
   if (!m.by_expert)
-    moe_mma_decode<1, moe_decode_u, false><<<grid, block, 0, stream>>>(p, m);
+    gpu::launch(moe_mma_decode<1, moe_decode_u, false>, grid, block, 0, stream, p, m);
   else if (m.rows > 8 * m.experts)
-    moe_mma_decode<2, moe_decode_u, true><<<grid, block, 0, stream>>>(p, m);
+    gpu::launch(moe_mma_decode<2, moe_decode_u, true>, grid, block, 0, stream, p, m);
   else
-    moe_mma_decode<1, moe_decode_u, true><<<grid, block, 0, stream>>>(p, m);
+    gpu::launch(moe_mma_decode<1, moe_decode_u, true>, grid, block, 0, stream, p, m);
 }
 
 void launch_moe_portable(const A4W4Args& p, const MoeRowsArgs& m, index_t padded_n, unsigned slots,
@@ -544,9 +554,9 @@ void launch_moe_portable(const A4W4Args& p, const MoeRowsArgs& m, index_t padded
   const dim3 grid(static_cast<unsigned>(padded_n / 8), slots);
   const auto block = static_cast<unsigned>(32 * groups);
   if (m.by_expert)
-    moe_portable_decode<4, moe_decode_u, true><<<grid, block, 0, stream>>>(p, m);
+    gpu::launch(moe_portable_decode<4, moe_decode_u, true>, grid, block, 0, stream, p, m);
   else
-    moe_portable_decode<1, moe_decode_u, false><<<grid, block, 0, stream>>>(p, m);
+    gpu::launch(moe_portable_decode<1, moe_decode_u, false>, grid, block, 0, stream, p, m);
 }
 
 }  // namespace
@@ -557,9 +567,8 @@ void group_rows_by_expert(const ops::Gpu& gpu, MoeRowsArgs& m) {
   auto* scratch = static_cast<int*>(stream_scratch(&owner, gpu, ints * sizeof(int)));
   m.expert_rows = scratch;
   m.expert_offsets = scratch + m.rows;
-  group_rows_kernel<<<1, group_threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(
-      m, scratch, scratch + m.rows);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(group_rows_kernel, 1, group_threads, 0, static_cast<hipStream_t>(gpu.stream), m,
+              scratch, scratch + m.rows);
 }
 
 }  // namespace atom::kernels
@@ -623,12 +632,11 @@ void gemm_bf16(const Gpu& gpu, View2<const bf16> a, View2<const bf16> w, View2<f
   const auto e = static_cast<int>(experts);
   const auto h = static_cast<int>(hidden);
   if (vec)
-    kernels::router_gemm<true><<<grid, kernels::router_threads, 0, stream>>>(
-        a.data, a.stride(0), w.data, w.stride(0), out.data, out.stride(0), t, e, h);
+    gpu::launch(kernels::router_gemm<true>, grid, kernels::router_threads, 0, stream, a.data,
+                a.stride(0), w.data, w.stride(0), out.data, out.stride(0), t, e, h);
   else
-    kernels::router_gemm<false><<<grid, kernels::router_threads, 0, stream>>>(
-        a.data, a.stride(0), w.data, w.stride(0), out.data, out.stride(0), t, e, h);
-  ATOM_GPU_CHECK(hipGetLastError());
+    gpu::launch(kernels::router_gemm<false>, grid, kernels::router_threads, 0, stream, a.data,
+                a.stride(0), w.data, w.stride(0), out.data, out.stride(0), t, e, h);
 }
 
 void route_grouped_topk(const Gpu& gpu, View2<const float> logits, View1<const float> bias,
@@ -656,12 +664,10 @@ void route_grouped_topk(const Gpu& gpu, View2<const float> logits, View1<const f
              std::to_string(kernels::route_threads));
   if (tokens == 0) return;
   const auto stream = static_cast<hipStream_t>(gpu.stream);
-  kernels::grouped_topk_kernel<<<static_cast<unsigned>(tokens), kernels::route_threads,
-                                 routing_shared_bytes(2 * experts), stream>>>(
-      logits.data, logits.stride(0), bias.data, static_cast<int>(experts), n_group, topk_group,
-      routed_scaling, ids.data, ids.stride(0), weights.data, weights.stride(0),
-      static_cast<int>(ids.shape[1]));
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::grouped_topk_kernel, static_cast<unsigned>(tokens), kernels::route_threads,
+              routing_shared_bytes(2 * experts), stream, logits.data, logits.stride(0), bias.data,
+              static_cast<int>(experts), n_group, topk_group, routed_scaling, ids.data,
+              ids.stride(0), weights.data, weights.stride(0), static_cast<int>(ids.shape[1]));
 }
 
 void route_softmax_topk(const Gpu& gpu, View2<const float> logits, bool renormalize,
@@ -676,11 +682,10 @@ void route_softmax_topk(const Gpu& gpu, View2<const float> logits, bool renormal
   expect_gpu_routing_size(op, experts, ids.shape[1]);
   if (tokens == 0) return;
   const auto stream = static_cast<hipStream_t>(gpu.stream);
-  kernels::softmax_topk_kernel<<<static_cast<unsigned>(tokens), kernels::route_threads,
-                                 routing_shared_bytes(experts), stream>>>(
-      logits.data, logits.stride(0), static_cast<int>(experts), renormalize, ids.data,
-      ids.stride(0), weights.data, weights.stride(0), static_cast<int>(ids.shape[1]));
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::softmax_topk_kernel, static_cast<unsigned>(tokens), kernels::route_threads,
+              routing_shared_bytes(experts), stream, logits.data, logits.stride(0),
+              static_cast<int>(experts), renormalize, ids.data, ids.stride(0), weights.data,
+              weights.stride(0), static_cast<int>(ids.shape[1]));
 }
 
 template <class Epi>
@@ -755,20 +760,22 @@ void moe_combine(const Gpu& gpu, View2<const bf16> expert_out, View2<const float
   const bf16* shared = has_shared ? shared_out.data : nullptr;
   const index_t shared_stride = has_shared ? shared_out.stride(0) : 0;
   if (vec)
-    kernels::combine_kernel<true><<<grid, kernels::combine_threads, 0, stream>>>(
-        expert_out.data, expert_out.stride(0), weights.data, weights.stride(0), shared,
-        shared_stride, out.data, out.stride(0), static_cast<int>(k), static_cast<int>(hidden));
+    gpu::launch(kernels::combine_kernel<true>, grid, kernels::combine_threads, 0, stream,
+                expert_out.data, expert_out.stride(0), weights.data, weights.stride(0), shared,
+                shared_stride, out.data, out.stride(0), static_cast<int>(k),
+                static_cast<int>(hidden));
   else
-    kernels::combine_kernel<false><<<grid, kernels::combine_threads, 0, stream>>>(
-        expert_out.data, expert_out.stride(0), weights.data, weights.stride(0), shared,
-        shared_stride, out.data, out.stride(0), static_cast<int>(k), static_cast<int>(hidden));
-  ATOM_GPU_CHECK(hipGetLastError());
+    gpu::launch(kernels::combine_kernel<false>, grid, kernels::combine_threads, 0, stream,
+                expert_out.data, expert_out.stride(0), weights.data, weights.stride(0), shared,
+                shared_stride, out.data, out.stride(0), static_cast<int>(k),
+                static_cast<int>(hidden));
 }
 
 namespace {
 __global__ void localize_kernel(const std::int32_t* ids, index_t ids_stride, std::int32_t first,
                                 std::int32_t count, std::int32_t* out, index_t out_stride,
                                 int tokens, int k) {
+  gpu::start_after_prior_grid();
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   if (i >= tokens * k) return;
   const index_t t = i / k;
@@ -786,11 +793,9 @@ void localize_experts(const Gpu& gpu, View2<const std::int32_t> ids, std::int32_
   if (n == 0) return;
   expect(n <= INT_MAX, op, "ids hold too many slots");
   constexpr int threads = 256;
-  localize_kernel<<<static_cast<unsigned>(ceil_div(n, index_t{threads})), threads, 0,
-                    static_cast<hipStream_t>(gpu.stream)>>>(
-      ids.data, ids.stride(0), first, count, out.data, out.stride(0),
-      static_cast<int>(ids.shape[0]), static_cast<int>(ids.shape[1]));
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(localize_kernel, static_cast<unsigned>(ceil_div(n, index_t{threads})), threads, 0,
+              static_cast<hipStream_t>(gpu.stream), ids.data, ids.stride(0), first, count, out.data,
+              out.stride(0), static_cast<int>(ids.shape[0]), static_cast<int>(ids.shape[1]));
 }
 
 template <GemmBackend G>
@@ -909,9 +914,8 @@ void moe_gemm_a4w4(const Gpu& gpu, const Mxfp4Act& a, View2<const std::int32_t> 
     kernels::launch_moe_matrix_core<G>(p, m, padded_n, slots, stream);
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(w.n(), 256)), static_cast<unsigned>(rows));
-    kernels::moe_by_index<Layout><<<grid, 256, 0, stream>>>(p, m);
+    gpu::launch(kernels::moe_by_index<Layout>, grid, 256, 0, stream, p, m);
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 template class PreparedMxfp4Experts<GemmBackend::matrix_core>;

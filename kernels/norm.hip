@@ -21,6 +21,7 @@ namespace {
 // kernel for the plain norms below streaming_rows (decode), so those sizes keep it.
 template <Prologue P, class Out, int Chunks, bool Vec>
 __global__ void rms_norm_block_kernel(NormArgs a, Out out) {
+  gpu::start_after_prior_grid();
   __shared__ float sum_scratch[32];
   __shared__ std::uint32_t max_scratch[32];
   const index_t row = blockIdx.x;
@@ -56,6 +57,7 @@ struct QkArgs {
 
 template <class QOut, int Chunks, bool Vec>
 __global__ void qk_norm_fused_kernel(QkArgs a, QOut q_out) {
+  gpu::start_after_prior_grid();
   __shared__ float sum_scratch[32];
   __shared__ std::uint32_t max_scratch[32];
   const index_t row = blockIdx.x;
@@ -76,6 +78,7 @@ __global__ void qk_norm_fused_kernel(QkArgs a, QOut q_out) {
 
 __global__ void copy_kernel(const bf16* src, index_t src_stride, bf16* dst, index_t dst_stride,
                             index_t rows, index_t cols, bool vec) {
+  gpu::start_after_prior_grid();
   const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x;
   const index_t first = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (index_t row = blockIdx.y; row < rows; row += gridDim.y) {
@@ -175,20 +178,18 @@ void launch_norm(const ops::Gpu& gpu, const NormArgs& args, index_t rows, const 
   if (P == Prologue::norm && rows < streaming_rows) {
     const RowShape shape = row_shape(args.cols);
     with_shape(shape, vec, [&]<int Chunks, bool Vec>() {
-      rms_norm_block_kernel<P, Out, Chunks, Vec>
-          <<<static_cast<unsigned>(rows), static_cast<unsigned>(shape.threads), 0,
-             stream_of(gpu)>>>(args, out);
+      gpu::launch(rms_norm_block_kernel<P, Out, Chunks, Vec>, static_cast<unsigned>(rows),
+                  static_cast<unsigned>(shape.threads), 0, stream_of(gpu), args, out);
     });
   } else {
     const GroupShape shape = norm_shape(args.cols, rows, weight_of<P, Out>());
     const index_t blocks = (rows + shape.rows_per_block - 1) / shape.rows_per_block;
     with_shape(RowShape{shape.chunks, shape.threads()}, vec, [&]<int Chunks, bool Vec>() {
-      rms_norm_kernel<P, Out, Chunks, Vec>
-          <<<static_cast<unsigned>(blocks), static_cast<unsigned>(shape.threads()), 0,
-             stream_of(gpu)>>>(args, rows, shape.group, out);
+      gpu::launch(rms_norm_kernel<P, Out, Chunks, Vec>, static_cast<unsigned>(blocks),
+                  static_cast<unsigned>(shape.threads()), 0, stream_of(gpu), args, rows,
+                  shape.group, out);
     });
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 }  // namespace
@@ -309,11 +310,10 @@ void qk_norm_fused(const Gpu& gpu, View2<const bf16> qkv_a, View1<const bf16> q_
   const kernels::RowShape shape = kernels::row_shape(std::max(q_lora, kv_lora));
   const auto rows = kernels::rows_of(q_out);
   kernels::with_shape(shape, vec, [&]<int Chunks, bool Vec>() {
-    kernels::qk_norm_fused_kernel<decltype(rows), Chunks, Vec>
-        <<<static_cast<unsigned>(tokens), static_cast<unsigned>(shape.threads), 0,
-           kernels::stream_of(gpu)>>>(args, rows);
+    gpu::launch(kernels::qk_norm_fused_kernel<decltype(rows), Chunks, Vec>,
+                static_cast<unsigned>(tokens), static_cast<unsigned>(shape.threads), 0,
+                kernels::stream_of(gpu), args, rows);
   });
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 void copy(const Gpu& gpu, View2<const bf16> src, View2<bf16> dst) {
@@ -332,10 +332,10 @@ void copy(const Gpu& gpu, View2<const bf16> src, View2<bf16> dst) {
   const index_t per_row = std::max<index_t>(
       1, std::min<index_t>((items + threads - 1) / threads, (132 * 4 + rows - 1) / rows));
   const index_t grid_rows = std::min<index_t>(rows, 65535);
-  kernels::copy_kernel<<<dim3(static_cast<unsigned>(per_row), static_cast<unsigned>(grid_rows)),
-                         threads, 0, kernels::stream_of(gpu)>>>(src.data, src.stride(0), dst.data,
-                                                                dst.stride(0), rows, cols, vec);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::copy_kernel,
+              dim3(static_cast<unsigned>(per_row), static_cast<unsigned>(grid_rows)), threads, 0,
+              kernels::stream_of(gpu), src.data, src.stride(0), dst.data, dst.stride(0), rows, cols,
+              vec);
 }
 
 double copy_gbs(const Gpu& gpu, index_t values) {

@@ -14,6 +14,7 @@ namespace {
 
 template <class Out, int Chunks, bool Vec>
 __global__ void quantize_kernel(const bf16* x, index_t x_stride, int cols, Out out) {
+  gpu::start_after_prior_grid();
   __shared__ std::uint32_t max_scratch[32];
   const index_t row = blockIdx.x;
   RowValues<Chunks> y;
@@ -25,13 +26,11 @@ template <int Chunks, class Out>
 void launch_chunks(const bf16* x, index_t x_stride, index_t rows, int cols, const Out& out,
                    bool vec, int threads, hipStream_t stream) {
   if (vec)
-    quantize_kernel<Out, Chunks, true>
-        <<<static_cast<unsigned>(rows), static_cast<unsigned>(threads), 0, stream>>>(x, x_stride,
-                                                                                     cols, out);
+    gpu::launch(quantize_kernel<Out, Chunks, true>, static_cast<unsigned>(rows),
+                static_cast<unsigned>(threads), 0, stream, x, x_stride, cols, out);
   else
-    quantize_kernel<Out, Chunks, false>
-        <<<static_cast<unsigned>(rows), static_cast<unsigned>(threads), 0, stream>>>(x, x_stride,
-                                                                                     cols, out);
+    gpu::launch(quantize_kernel<Out, Chunks, false>, static_cast<unsigned>(rows),
+                static_cast<unsigned>(threads), 0, stream, x, x_stride, cols, out);
 }
 
 template <class Out>
@@ -61,7 +60,6 @@ void launch_quantize(const ops::Gpu& gpu, View2<const bf16> x, const Out& out, b
       launch_chunks<8>(x.data, x.stride(0), rows, c, out, vec, shape.threads, stream);
       break;
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 }  // namespace

@@ -91,6 +91,7 @@ __device__ void norm_rope_head(bool active, const bf16* src, const bf16* weight,
 template <ops::RopeStyle S, ops::KvCacheFormat F>
 __global__ void __launch_bounds__(qk_threads)
     qk_norm_rope_cache_kernel(QkArgs a, KvCacheRows<F> cache) {
+  gpu::start_after_prior_grid();
   constexpr int per_lane = static_cast<int>(ops::gpu_qk_max_head_dim) / gpu::warp_size;
   constexpr int max_warps = qk_threads / gpu::warp_size;
   __shared__ float normed[max_warps][ops::gpu_qk_max_head_dim];
@@ -142,6 +143,7 @@ inline constexpr int qk_vec_threads = 256;
 template <ops::RopeStyle S, ops::KvCacheFormat F, int HeadLanes>
 __global__ void __launch_bounds__(qk_vec_threads)
     qk_norm_rope_cache_vec_kernel(QkArgs a, KvCacheRows<F> cache, index_t items) {
+  gpu::start_after_prior_grid();
   constexpr int width = vec_width;
   const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
   const int head_lane = lane % HeadLanes;
@@ -350,9 +352,9 @@ void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
       const index_t blocks = (items + per_block - 1) / per_block;
       expect(blocks <= 0x7fffffff, "qk_norm_rope_cache_fused",
              "too many tokens x heads (" + std::to_string(items) + ")");
-      kernels::qk_norm_rope_cache_vec_kernel<S, F, HeadLanes>
-          <<<static_cast<unsigned>(blocks), kernels::qk_vec_threads, 0, stream>>>(
-              args, kernels::kv_cache_rows(cache), items);
+      gpu::launch(kernels::qk_norm_rope_cache_vec_kernel<S, F, HeadLanes>,
+                  static_cast<unsigned>(blocks), kernels::qk_vec_threads, 0, stream, args,
+                  kernels::kv_cache_rows(cache), items);
     };
     const index_t lanes = s.head_dim / kernels::vec_width;
     if (lanes <= 4)
@@ -368,10 +370,9 @@ void qk_norm_rope_cache_fused(const Gpu& gpu, View2<const bf16> qkv,
     expect(groups <= 65535, "qk_norm_rope_cache_fused",
            "too many heads (" + std::to_string(heads) + ")");
     const dim3 grid(static_cast<unsigned>(s.tokens), static_cast<unsigned>(groups));
-    kernels::qk_norm_rope_cache_kernel<S, F>
-        <<<grid, kernels::qk_threads, 0, stream>>>(args, kernels::kv_cache_rows(cache));
+    gpu::launch(kernels::qk_norm_rope_cache_kernel<S, F>, grid, kernels::qk_threads, 0, stream,
+                args, kernels::kv_cache_rows(cache));
   }
-  ATOM_GPU_CHECK(hipGetLastError());
 }
 
 template <RopeStyle S, KvCacheFormat F>

@@ -29,6 +29,7 @@ inline constexpr bf16 bf16_nan{0x7fc0};
 // One block per token, one thread per rotated pair.
 template <ops::RopeStyle S>
 __global__ void rope_kernel(RopeArgs a) {
+  gpu::start_after_prior_grid();
   const index_t t = blockIdx.x;
   const std::int64_t p = a.positions[t * a.position_stride];
   const bool valid = p >= 0 && p < a.max_positions;
@@ -88,9 +89,8 @@ void rope(const Gpu& gpu, View1<const std::int64_t> positions, View2<const float
                                static_cast<int>(rot_dim)};
   const index_t pairs = x.size(1) * rot_dim / 2;
   const auto threads = static_cast<unsigned>(std::min<index_t>(256, (pairs + 63) / 64 * 64));
-  kernels::rope_kernel<S>
-      <<<static_cast<unsigned>(tokens), threads, 0, static_cast<hipStream_t>(gpu.stream)>>>(args);
-  ATOM_GPU_CHECK(hipGetLastError());
+  gpu::launch(kernels::rope_kernel<S>, static_cast<unsigned>(tokens), threads, 0,
+              static_cast<hipStream_t>(gpu.stream), args);
 }
 
 template void rope<RopeStyle::neox>(const Gpu&, View1<const std::int64_t>, View2<const float>,

@@ -3,13 +3,29 @@
 #include "atom/gpu/runtime.hpp"
 
 #include <atomic>
+#include <utility>
+#include <vector>
 
 namespace atom::gpu {
 
 namespace {
 std::atomic<std::size_t> live_device{0};
 std::atomic<std::size_t> live_pinned{0};
+
+// Compiled with every kernel of the library: the code loaded for a device is the same for all.
+__global__ void loaded_code_probe() {}
 }  // namespace
+
+bool programmatic_launches() {
+  if constexpr (!nvidia_ptx) return false;
+  int device = 0;
+  ATOM_GPU_CHECK(hipGetDevice(&device));
+  thread_local std::vector<std::pair<int, bool>> known;  // per host thread: no lock
+  for (const auto& [d, answer] : known)
+    if (d == device) return answer;
+  known.emplace_back(device, compiled_arch(reinterpret_cast<const void*>(loaded_code_probe)) >= 90);
+  return known.back().second;
+}
 
 const char* backend_name() {
 #if defined(__HIPCC__)

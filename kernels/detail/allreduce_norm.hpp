@@ -135,6 +135,7 @@ __device__ inline bool take_row(bf16* src, int cols, RowValues<Chunks>& v, std::
 
 template <class Out, int Chunks, bool Vec>
 __global__ void allreduce_add_rms_norm_kernel(FusedArgs a, Out out) {
+  gpu::start_after_prior_grid();
   __shared__ float sum_scratch[32];
   __shared__ std::uint32_t max_scratch[32];
   __shared__ std::uint32_t call_shared;

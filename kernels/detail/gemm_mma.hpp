@@ -125,6 +125,7 @@ __device__ inline void multiply_stage(const MmaStage<MT, NG>& s, float (&acc)[MT
 // warp order. PREFETCH loads the next k tile's operands before multiplying the current one.
 template <int MT, int NG, int KW, bool PREFETCH>
 __global__ void __launch_bounds__(32 * KW) gemm_a4w4_mma(A4W4Args p) {
+  gpu::start_after_prior_grid();
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int group0 = static_cast<int>(blockIdx.x) * NG;

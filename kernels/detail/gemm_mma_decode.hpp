@@ -224,6 +224,7 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
 // CTA x computes output features [16 x, 16 x + 16) of all M rows with up to MaxWarps warps.
 template <int NT, int U, int MaxWarps>
 __global__ void __launch_bounds__(32 * MaxWarps, 1) gemm_a4w4_mma_decode(A4W4Args p) {
+  gpu::start_after_prior_grid();
   mma_decode_tile<NT, U, DenseRows, MaxWarps>(p, DenseRows{}, static_cast<int>(blockIdx.x));
 }
 

@@ -19,6 +19,7 @@ inline constexpr int portable_rows = 8;
 // meet in a fixed butterfly and the groups in shared memory, in group order.
 template <int KW>
 __global__ void __launch_bounds__(32 * KW) gemm_a4w4_portable(A4W4Args p) {
+  gpu::start_after_prior_grid();
   const int group = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int n_group = static_cast<int>(blockIdx.x);
@@ -107,6 +108,7 @@ __device__ inline float by_index_output(const A4W4Args& p, int row, int col) {
 // until an MFMA kernel exists).
 template <class Layout>
 __global__ void __launch_bounds__(256) gemm_a4w4_by_index(A4W4Args p) {
+  gpu::start_after_prior_grid();
   const int col = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
   const int row = static_cast<int>(blockIdx.y);
   if (col >= p.n) return;

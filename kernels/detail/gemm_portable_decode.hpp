@@ -162,6 +162,7 @@ __device__ inline void portable_decode_tile(const A4W4Args& p, const Rows& rows,
 template <int MT, int U>
 __global__ void __launch_bounds__(32 * portable_decode_max_groups)
     gemm_a4w4_portable_decode(A4W4Args p) {
+  gpu::start_after_prior_grid();
   portable_decode_tile<MT, U>(p, DenseRows{}, static_cast<int>(blockIdx.x) * MT,
                               static_cast<int>(blockIdx.y));
 }

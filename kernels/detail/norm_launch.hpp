@@ -28,6 +28,7 @@ struct NormArgs {
 // recomputes y = (x * r) * w from them as normalize_row does.
 template <Prologue P, class Out, int Chunks, bool Vec>
 __global__ void rms_norm_kernel(NormArgs a, index_t rows, int group, Out out) {
+  gpu::start_after_prior_grid();
   __shared__ float sum_scratch[32];
   __shared__ std::uint32_t max_scratch[32];
   const RowLane at = group_lane(group);

@@ -78,11 +78,10 @@ __device__ inline uint4 load_volatile_16(const void* p) {
 #endif
 }
 
-// Programmatic dependent launch (NVIDIA sm_90 and newer): a kernel launched with
-// gpu::launch_dependent may start while the stream's previous kernel still runs, once every block
-// of that kernel has called allow_dependents() or exited; it calls wait_for_prior_grid() before
-// it reads anything the previous kernel writes, which returns once that kernel has completed and
-// its memory is visible. Elsewhere both are no-ops (and launch_dependent a plain launch).
+// Programmatic dependent launch (NVIDIA sm_90 and newer): a kernel that gpu::launch starts may
+// begin while the stream's previous kernel still runs, once every block of that kernel has called
+// allow_dependents() or exited; wait_for_prior_grid() returns once the previous kernel has
+// completed and its memory is visible. Elsewhere both are no-ops (and gpu::launch a plain launch).
 __device__ inline void allow_dependents() {
 #if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -93,6 +92,17 @@ __device__ inline void wait_for_prior_grid() {
 #if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// The first statement of every kernel that gpu::launch starts: once the stream's previous kernel
+// has completed (its writes visible), the next kernel may launch, so that its blocks are resident
+// and its launch is paid while this one runs. At most two kernels of a stream are in flight: the
+// next one waits here for this one. First, before any early return: a kernel that returned
+// without waiting could complete before its predecessor, and the kernel after it, which waits only
+// for this one, would read what the predecessor had not written yet.
+__device__ inline void start_after_prior_grid() {
+  wait_for_prior_grid();
+  allow_dependents();
 }
 
 }  // namespace atom::gpu

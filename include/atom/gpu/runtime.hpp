@@ -12,6 +12,7 @@
 
 #include <string>
 
+#include "atom/gpu/arch.hpp"
 #include "atom/gpu/device.hpp"
 
 namespace atom::gpu {
@@ -42,15 +43,21 @@ inline int compiled_arch(const void* kernel) {
   return attr.ptxVersion;
 }
 
-// Launches kernel<<<grid, block, shared, stream>>>(args...), checked. With `programmatic` (NVIDIA
-// only; the caller asks for it only where the kernel's code calls wait_for_prior_grid(), i.e.
-// compiled_arch >= 90), as a programmatic dependent of the stream's previous kernel
-// (atom/gpu/arch.hpp), so that its launch overlaps that kernel's run.
+// Whether this library's device code, as loaded for the current device, was compiled for sm_90 or
+// newer on NVIDIA, i.e. its kernels wait in start_after_prior_grid(). Asked once per device and
+// host thread.
+bool programmatic_launches();
+
+// Launches one of atom's kernels, checked: kernel<<<grid, block, shared, stream>>>(args...), and
+// where programmatic_launches(), as a programmatic dependent of the stream's previous kernel, so
+// that its launch overlaps that kernel's run. Its first statement is start_after_prior_grid()
+// (atom/gpu/arch.hpp; a test holds every kernel of kernels/ to it), so each kernel of a stream
+// still sees every write of the kernels before it, in eager launches and in captured graphs alike.
 template <class... Params, class... Args>
-void launch_dependent(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block,
-                      std::size_t shared, hipStream_t stream, const Args&... args) {
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared,
+            hipStream_t stream, const Args&... args) {
 #if defined(__CUDACC__) && !defined(__HIPCC__)
-  if (programmatic) {
+  if (programmatic_launches()) {
     cudaLaunchAttribute attr{};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
@@ -64,8 +71,6 @@ void launch_dependent(bool programmatic, void (*kernel)(Params...), dim3 grid, d
     ATOM_GPU_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...));
     return;
   }
-#else
-  (void)programmatic;
 #endif
   kernel<<<grid, block, shared, stream>>>(args...);
   ATOM_GPU_CHECK(hipGetLastError());
