@@ -1311,25 +1311,8 @@ __global__ void __launch_bounds__(32 * gqa_warps, (gqa_min_blocks<D, Code>()))
   }
 }
 
-int current_device() {
-  int device = 0;
-  ATOM_GPU_CHECK(hipGetDevice(&device));
-  return device;
-}
-
-// compute() for `device`, asked once per host thread and device: a fact of the device or of the
-// code loaded for it. Each call site (its own lambda type) keeps its own answers.
-template <class F>
-auto once_per_device(int device, F compute) -> decltype(compute()) {
-  thread_local std::vector<std::pair<int, decltype(compute())>> known;
-  for (const auto& [d, answer] : known)
-    if (d == device) return answer;
-  known.emplace_back(device, compute());
-  return known.back().second;
-}
-
 int multiprocessors(int device) {
-  return once_per_device(device, [device] {
+  return gpu::once_per_device(device, [device] {
     hipDeviceProp_t p;
     ATOM_GPU_CHECK(hipGetDeviceProperties(&p, device));
     return p.multiProcessorCount;
@@ -1393,7 +1376,7 @@ void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const
   a.head_groups = (a.group + heads_per_block - 1) / heads_per_block;
   const index_t grid_y = kv_heads * a.head_groups;
   expect(grid_y <= 65535, op, "too many heads for the GPU kernel");
-  const int device = current_device();
+  const int device = gpu::current_device();
   plan_split(gpu, a, tokens, tokens * grid_y, 4 * multiprocessors(device), attn_tile,
              attn_min_chunk);
   const auto stream = static_cast<hipStream_t>(gpu.stream);
@@ -1407,7 +1390,7 @@ void launch_decode(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const
 // Lets Kernel take `bytes` of dynamic shared memory on `device` (once per host thread and device).
 template <auto Kernel>
 void allow_shared(int device, int bytes) {
-  once_per_device(device, [bytes] {
+  gpu::once_per_device(device, [bytes] {
     gpu::allow_dynamic_shared(Kernel, bytes);
     return true;
   });
@@ -1434,7 +1417,7 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
     const int mt = a.q_heads <= 16 ? 1 : (a.q_heads <= 32 ? 2 : 4);
     const index_t head_groups = (a.q_heads + 16 * mt - 1) / (16 * mt);
     expect(head_groups <= 65535, op, "too many heads for the GPU kernel");
-    const int device = current_device();
+    const int device = gpu::current_device();
     plan_split(gpu, a, tokens, tokens * head_groups, multiprocessors(device), mla_rows,
                mla_min_chunk);
     const auto stream = static_cast<hipStream_t>(gpu.stream);
@@ -1457,7 +1440,7 @@ void launch_mla(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Ml
 // for sm_89 and newer only (the PTX target of the loaded code, not the card, decides).
 template <int D, class Code>
 bool gqa_mma_built(int device) {
-  return once_per_device(device, [] {
+  return gpu::once_per_device(device, [] {
     return gpu::compiled_arch(reinterpret_cast<const void*>(gqa_mma_kernel<D, Code>)) >= 89;
   });
 }
@@ -1485,7 +1468,7 @@ void launch_gqa(std::string_view op, const ops::Gpu& gpu, DecodeArgs a, const Gq
   if constexpr (Mma) {
     const bool shape = (a.key_dim == 64 || a.key_dim == 128) && a.block_size % gqa_rows == 0;
     if (shape && rows_aligned && tokens > 0 && a.q_heads > 0) {
-      const int device = current_device();
+      const int device = gpu::current_device();
       if (a.key_dim == 64 ? gqa_mma_built<64, Code>(device) : gqa_mma_built<128, Code>(device)) {
         expect_tokens(op, tokens);
         a.head_groups = (a.group + gqa_heads - 1) / gqa_heads;

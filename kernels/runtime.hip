@@ -3,8 +3,6 @@
 #include "atom/gpu/runtime.hpp"
 
 #include <atomic>
-#include <utility>
-#include <vector>
 
 namespace atom::gpu {
 
@@ -18,13 +16,9 @@ __global__ void loaded_code_probe() {}
 
 bool programmatic_launches() {
   if constexpr (!nvidia_ptx) return false;
-  int device = 0;
-  ATOM_GPU_CHECK(hipGetDevice(&device));
-  thread_local std::vector<std::pair<int, bool>> known;  // per host thread: no lock
-  for (const auto& [d, answer] : known)
-    if (d == device) return answer;
-  known.emplace_back(device, compiled_arch(reinterpret_cast<const void*>(loaded_code_probe)) >= 90);
-  return known.back().second;
+  return once_per_device(current_device(), [] {
+    return compiled_arch(reinterpret_cast<const void*>(loaded_code_probe)) >= 90;
+  });
 }
 
 const char* backend_name() {

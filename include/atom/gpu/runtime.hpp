@@ -11,6 +11,8 @@
 #endif
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "atom/gpu/arch.hpp"
 #include "atom/gpu/device.hpp"
@@ -33,6 +35,24 @@ namespace atom::gpu {
   } while (0)
 
 namespace atom::gpu {
+
+// The device current on this host thread.
+inline int current_device() {
+  int device = 0;
+  ATOM_GPU_CHECK(hipGetDevice(&device));
+  return device;
+}
+
+// compute() for `device`, asked once per host thread and device: a fact of the device or of the
+// code loaded for it. Each call site (its own lambda type) keeps its own answers.
+template <class F>
+auto once_per_device(int device, F compute) -> decltype(compute()) {
+  thread_local std::vector<std::pair<int, decltype(compute())>> known;
+  for (const auto& [d, answer] : known)
+    if (d == device) return answer;
+  known.emplace_back(device, compute());
+  return known.back().second;
+}
 
 // The PTX architecture that `kernel`'s code loaded for the current device was compiled for, as
 // major * 10 + minor (90 for sm_90): what its device code may assume, which can be older than
