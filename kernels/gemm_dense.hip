@@ -1,7 +1,8 @@
 // The GEMMs over weights in their logical layout on the GPU: bf16 (gemm_a16w16) and FP8 e4m3 with
 // block scales (gemm_a8w8_block), dense and routed over experts (moe_gemm_a16w16,
-// moe_gemm_a8w8_block). One simple tile serves all four; the routed forms gather each expert's
-// rows with kernels/detail/moe_rows.hpp. Written for correctness; tuning is a later step.
+// moe_gemm_a8w8_block). One SIMT tile serves all four: each lane streams 16-byte pieces of its
+// warp's four weight rows and of up to four activation rows, so that a warp's load moves 512
+// bytes; the routed forms gather each expert's rows with kernels/detail/moe_rows.hpp.
 
 #include <algorithm>
 #include <climits>
@@ -14,6 +15,7 @@
 #include "atom/ops/gpu/gemm.hpp"
 #include "atom/ops/gpu/moe.hpp"
 #include "detail/moe_rows.hpp"
+#include "detail/ptx.hpp"
 #include "detail/reduce.hpp"
 #include "detail/rows.hpp"
 
@@ -50,8 +52,8 @@ __device__ inline DenseGemmArgs<T> at_expert(DenseGemmArgs<T> p, const MoeRowsAr
   return p;
 }
 
-// A warp computes tile_rows x tile_cols outputs at a time; the CTA's warps take consecutive column
-// groups, cta_cols columns in all, for up to cta_rows rows.
+// A warp computes up to tile_rows x tile_cols outputs at a time; the CTA's warps take consecutive
+// column groups, cta_cols columns in all, for up to cta_rows rows.
 inline constexpr int tile_rows = 4;
 inline constexpr int tile_cols = 4;
 inline constexpr int cta_warps = 4;
@@ -68,34 +70,133 @@ struct RowRange {
   __device__ int out(int i) const { return first + i; }
 };
 
-// acc[i][j] += a[i][k] * w[j][k] for k = k_begin, k_begin + W, ... below k_end (W the warp
-// size), each product rounded to float and then added, as the host does.
+// A lane reads k in pieces of 16 bytes: 8 bf16 values or 16 FP8 codes, four 32-bit words of
+// per_word values each. An FP8 piece lies in one group of 128 columns.
 template <class T>
-__device__ inline void add_products(const T* const (&a)[tile_rows], const T* const (&w)[tile_cols],
-                                    int k_begin, int k_end, float (&acc)[tile_rows][tile_cols]) {
-  for (int k = k_begin; k < k_end; k += gpu::warp_size) {
-    float av[tile_rows];
-    float wv[tile_cols];
+inline constexpr int piece = 16 / static_cast<int>(sizeof(T));
+template <class T>
+inline constexpr int per_word = 4 / static_cast<int>(sizeof(T));
+static_assert(static_cast<int>(ops::fp8_group) % piece<fp8_e4m3> == 0);
+
+// Values [k0, k0 + piece) of row as their bits: one 16-byte access where the operands allow it
+// (Vec: 16-byte aligned rows and a whole piece), else one value at a time with zero bits past k.
+template <bool Vec, class T>
+__device__ inline uint4 load_piece(const T* row, int k0, int k) {
+  if constexpr (Vec) {
+    return *reinterpret_cast<const uint4*>(row + k0);
+  } else {
+    std::uint32_t words[4] = {};
 #pragma unroll
-    for (int i = 0; i < tile_rows; ++i) av[i] = to_float(a[i][k]);
-#pragma unroll
-    for (int j = 0; j < tile_cols; ++j) wv[j] = to_float(w[j][k]);
-#pragma unroll
-    for (int i = 0; i < tile_rows; ++i)
-#pragma unroll
-      for (int j = 0; j < tile_cols; ++j) acc[i][j] = add(acc[i][j], mul(av[i], wv[j]));
+    for (int j = 0; j < piece<T>; ++j)
+      if (k0 + j < k)
+        words[j / per_word<T>] |= static_cast<std::uint32_t>(row[k0 + j].bits)
+                                  << (8 * static_cast<int>(sizeof(T)) * (j % per_word<T>));
+    return make_uint4(words[0], words[1], words[2], words[3]);
   }
 }
 
-// Outputs (rows.out(i), n) for i < p.m and n in [col0, col0 + cta_cols): warp w takes columns
-// [col0 + 4 w, col0 + 4 w + 4), 4 rows at a time. Lane L sums the products of k = L, L + W, ...;
-// for FP8, per group g of 128 columns, it multiplies its partial sum by the host's scale product
-// a_scale[m, g] * w_scale[n / block_n, g] and adds it to its accumulator, in increasing g. The
-// lanes then meet in a butterfly. Rows and columns past the tile read the last valid one and store
-// nothing. No barrier: each warp works on its own.
-template <class T, class Rows>
-__device__ inline void dense_tile(const DenseGemmArgs<T>& p, const Rows& rows, int col0) {
+__device__ inline std::uint32_t word_of(const uint4& u, int q) {
+  return q == 0 ? u.x : q == 1 ? u.y : q == 2 ? u.z : u.w;
+}
+
+// The values of one word of a piece as floats, exactly (the lowest bits first; NaN codes NaN).
+template <class T>
+__device__ inline void unpack_word(std::uint32_t w, float (&v)[per_word<T>]) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    v[0] = to_float(bf16{static_cast<std::uint16_t>(w & 0xffffu)});
+    v[1] = to_float(bf16{static_cast<std::uint16_t>(w >> 16)});
+  } else if constexpr (gpu::fp8_e4m3fn_cvt) {
+    f16x2_to_float2(e4m3x2_to_f16x2<false>(w), v[0], v[1]);
+    f16x2_to_float2(e4m3x2_to_f16x2<true>(w), v[2], v[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < per_word<T>; ++j)
+      v[j] = to_float(fp8_e4m3{static_cast<std::uint8_t>(w >> (8 * j))});
+  }
+}
+
+// Outputs (rows.out(r0 + i), n_of[j]) for i < R of the warp's columns. Lane L takes the pieces
+// k0 = piece * (L + W j) (W the warp size) in increasing order: each product is added to a float
+// sum by one fused multiply-add (the product of two bf16 or two e4m3 values is exact in float
+// unless it underflows, so this rounds as the host's product-then-add does). For FP8 each piece's
+// sum starts at zero, is multiplied by the host's scale product a_scale[m, g] * w_scale[n /
+// block_n, g] of its group g, and added to the lane's accumulator. The lanes then meet in a
+// butterfly.
+template <int R, bool Vec, class T, class Rows>
+__device__ inline void dense_rows(const DenseGemmArgs<T>& p, const Rows& rows, int r0, int n0,
+                                  const int (&n_of)[tile_cols],
+                                  const T* const (&w_row)[tile_cols]) {
+  constexpr int V = piece<T>;
   const int lane = static_cast<int>(threadIdx.x) % gpu::warp_size;
+  int a_of[R];
+  const T* a_row[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    a_of[i] = rows.a(r0 + i);
+    a_row[i] = p.a + static_cast<index_t>(a_of[i]) * p.a_stride;
+  }
+  float acc[R][tile_cols] = {};
+  for (int k0 = lane * V; k0 < p.k; k0 += gpu::warp_size * V) {
+    uint4 w_bits[tile_cols];
+    uint4 a_bits[R];
+#pragma unroll
+    for (int j = 0; j < tile_cols; ++j) w_bits[j] = load_piece<Vec>(w_row[j], k0, p.k);
+#pragma unroll
+    for (int i = 0; i < R; ++i) a_bits[i] = load_piece<Vec>(a_row[i], k0, p.k);
+    float sum[R][tile_cols];
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int j = 0; j < tile_cols; ++j) sum[i][j] = block_scaled<T> ? 0.0f : acc[i][j];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      float wv[tile_cols][per_word<T>];
+      float av[R][per_word<T>];
+#pragma unroll
+      for (int j = 0; j < tile_cols; ++j) unpack_word<T>(word_of(w_bits[j], q), wv[j]);
+#pragma unroll
+      for (int i = 0; i < R; ++i) unpack_word<T>(word_of(a_bits[i], q), av[i]);
+#pragma unroll
+      for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < tile_cols; ++j)
+#pragma unroll
+          for (int e = 0; e < per_word<T>; ++e)
+            sum[i][j] = __fmaf_rn(av[i][e], wv[j][e], sum[i][j]);
+    }
+    if constexpr (block_scaled<T>) {
+      const int g = k0 / static_cast<int>(ops::fp8_group);
+#pragma unroll
+      for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < tile_cols; ++j) {
+          const float scale =
+              mul(p.a_scale[static_cast<index_t>(a_of[i]) * p.a_scale_stride + g],
+                  p.w_scale[static_cast<index_t>(n_of[j] / p.block_n) * p.w_scale_stride + g]);
+          acc[i][j] = add(acc[i][j], mul(sum[i][j], scale));
+        }
+    } else {
+#pragma unroll
+      for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < tile_cols; ++j) acc[i][j] = sum[i][j];
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < tile_cols; ++j) {
+      const float total = warp_reduce(acc[i][j], Sum{});
+      if (lane == i * tile_cols + j && n0 + j < p.n)
+        p.out[static_cast<index_t>(rows.out(r0 + i)) * p.out_stride + n0 + j] = to_bf16(total);
+    }
+}
+
+// Outputs (rows.out(i), n) for i < p.m and n in [col0, col0 + cta_cols): warp w takes columns
+// [col0 + 4 w, col0 + 4 w + 4), 4 rows at a time, then 2, then 1 (dense_rows). Columns past the
+// tile read the last valid one and store nothing. No barrier: each warp works on its own.
+template <bool Vec, class T, class Rows>
+__device__ inline void dense_tile(const DenseGemmArgs<T>& p, const Rows& rows, int col0) {
   const int n0 = col0 + static_cast<int>(threadIdx.x) / gpu::warp_size * tile_cols;
   if (n0 >= p.n) return;
   int n_of[tile_cols];
@@ -105,47 +206,18 @@ __device__ inline void dense_tile(const DenseGemmArgs<T>& p, const Rows& rows, i
     n_of[j] = min(n0 + j, p.n - 1);
     w_row[j] = p.w + static_cast<index_t>(n_of[j]) * p.w_stride;
   }
-  for (int r0 = 0; r0 < p.m; r0 += tile_rows) {
-    int a_of[tile_rows];
-    const T* a_row[tile_rows];
-#pragma unroll
-    for (int i = 0; i < tile_rows; ++i) {
-      a_of[i] = rows.a(min(r0 + i, p.m - 1));
-      a_row[i] = p.a + static_cast<index_t>(a_of[i]) * p.a_stride;
-    }
-    float acc[tile_rows][tile_cols] = {};
-    if constexpr (block_scaled<T>) {
-      for (int k0 = 0; k0 < p.k; k0 += static_cast<int>(ops::fp8_group)) {
-        float partial[tile_rows][tile_cols] = {};
-        add_products(a_row, w_row, k0 + lane, min(k0 + static_cast<int>(ops::fp8_group), p.k),
-                     partial);
-        const int g = k0 / static_cast<int>(ops::fp8_group);
-#pragma unroll
-        for (int i = 0; i < tile_rows; ++i)
-#pragma unroll
-          for (int j = 0; j < tile_cols; ++j) {
-            const float scale =
-                mul(p.a_scale[static_cast<index_t>(a_of[i]) * p.a_scale_stride + g],
-                    p.w_scale[static_cast<index_t>(n_of[j] / p.block_n) * p.w_scale_stride + g]);
-            acc[i][j] = add(acc[i][j], mul(partial[i][j], scale));
-          }
-      }
-    } else {
-      add_products(a_row, w_row, lane, p.k, acc);
-    }
-#pragma unroll
-    for (int i = 0; i < tile_rows; ++i)
-#pragma unroll
-      for (int j = 0; j < tile_cols; ++j) {
-        const float sum = warp_reduce(acc[i][j], Sum{});
-        if (lane == i * tile_cols + j && r0 + i < p.m && n0 + j < p.n)
-          p.out[static_cast<index_t>(rows.out(r0 + i)) * p.out_stride + n0 + j] = to_bf16(sum);
-      }
+  int r0 = 0;
+  for (; r0 + tile_rows <= p.m; r0 += tile_rows)
+    dense_rows<tile_rows, Vec>(p, rows, r0, n0, n_of, w_row);
+  if (p.m - r0 >= 2) {
+    dense_rows<2, Vec>(p, rows, r0, n0, n_of, w_row);
+    r0 += 2;
   }
+  if (r0 < p.m) dense_rows<1, Vec>(p, rows, r0, n0, n_of, w_row);
 }
 
 // CTA (x, y): columns [cta_cols x, cta_cols (x + 1)) of the row chunks y, y + gridDim.y, ...
-template <class T>
+template <class T, bool Vec>
 __global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
   gpu::start_after_prior_grid();
   const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
@@ -153,18 +225,18 @@ __global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
        row0 += static_cast<int>(gridDim.y) * cta_rows) {
     DenseGemmArgs<T> chunk = p;
     chunk.m = min(cta_rows, p.m - row0);
-    dense_tile(chunk, RowRange{row0}, col0);
+    dense_tile<Vec>(chunk, RowRange{row0}, col0);
   }
 }
 
 // CTA (x, slot): columns [cta_cols x, cta_cols (x + 1)) of the rows of the slot's expert.
-template <class T, bool ByExpert>
+template <class T, bool ByExpert, bool Vec>
 __global__ void __launch_bounds__(cta_threads) moe_gemm_dense(DenseGemmArgs<T> p, MoeRowsArgs m) {
   gpu::start_after_prior_grid();
   const int col0 = static_cast<int>(blockIdx.x) * cta_cols;
   for_each_expert_chunk<cta_rows, ByExpert>(
       p, m, col0, cta_cols, [&](const DenseGemmArgs<T>& args, const GatheredRows& rows) {
-        dense_tile(args, rows, col0);
+        dense_tile<Vec>(args, rows, col0);
       });
 }
 
@@ -222,14 +294,26 @@ kernels::DenseGemmArgs<fp8_e4m3> fp8_args(const Fp8GroupAct& a, View2<const fp8_
   return p;
 }
 
+// Whether every piece of a lane is one aligned 16-byte access: aligned rows (and experts), K a
+// whole number of pieces.
+template <class T>
+bool whole_pieces(const kernels::DenseGemmArgs<T>& p, index_t expert_stride) {
+  constexpr index_t v = kernels::piece<T>;
+  return kernels::aligned16(p.a) && kernels::aligned16(p.w) && p.a_stride % v == 0 &&
+         p.w_stride % v == 0 && expert_stride % v == 0 && p.k % v == 0;
+}
+
 template <class T>
 void launch_dense(const Gpu& gpu, kernels::DenseGemmArgs<T> p, index_t rows) {
   p.m = static_cast<int>(rows);
   if (p.m == 0 || p.n == 0) return;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols)),
                   static_cast<unsigned>(std::min(ceil_div(p.m, kernels::cta_rows), max_grid_y)));
-  gpu::launch(kernels::gemm_dense<T>, grid, kernels::cta_threads, 0,
-              static_cast<hipStream_t>(gpu.stream), p);
+  const auto stream = static_cast<hipStream_t>(gpu.stream);
+  if (whole_pieces(p, 0))
+    gpu::launch(kernels::gemm_dense<T, true>, grid, kernels::cta_threads, 0, stream, p);
+  else
+    gpu::launch(kernels::gemm_dense<T, false>, grid, kernels::cta_threads, 0, stream, p);
 }
 
 // The routed GEMMs' checks that follow those of a and w (as the host op makes them), and the
@@ -261,6 +345,17 @@ kernels::MoeRowsArgs routed_rows(const char* op, index_t a_rows, View2<const std
   return m;
 }
 
+template <class T, bool ByExpert>
+void launch_routed(const kernels::DenseGemmArgs<T>& p, const kernels::MoeRowsArgs& m, dim3 grid,
+                   hipStream_t stream) {
+  if (whole_pieces(p, m.expert_stride))
+    gpu::launch(kernels::moe_gemm_dense<T, ByExpert, true>, grid, kernels::cta_threads, 0, stream,
+                p, m);
+  else
+    gpu::launch(kernels::moe_gemm_dense<T, ByExpert, false>, grid, kernels::cta_threads, 0, stream,
+                p, m);
+}
+
 template <class T>
 void launch_routed(const Gpu& gpu, kernels::DenseGemmArgs<T> p, kernels::MoeRowsArgs m) {
   p.m = m.rows;
@@ -269,11 +364,9 @@ void launch_routed(const Gpu& gpu, kernels::DenseGemmArgs<T> p, kernels::MoeRows
   const auto columns = static_cast<unsigned>(ceil_div(p.n, kernels::cta_cols));
   if (m.by_expert) {
     kernels::group_rows_by_expert(gpu, m);
-    const dim3 grid(columns, static_cast<unsigned>(m.experts + 1));
-    gpu::launch(kernels::moe_gemm_dense<T, true>, grid, kernels::cta_threads, 0, stream, p, m);
+    launch_routed<T, true>(p, m, dim3(columns, static_cast<unsigned>(m.experts + 1)), stream);
   } else {
-    const dim3 grid(columns, static_cast<unsigned>(m.rows));
-    gpu::launch(kernels::moe_gemm_dense<T, false>, grid, kernels::cta_threads, 0, stream, p, m);
+    launch_routed<T, false>(p, m, dim3(columns, static_cast<unsigned>(m.rows)), stream);
   }
 }
 

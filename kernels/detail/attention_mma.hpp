@@ -1,7 +1,7 @@
 // Warp-level tensor-core pieces for NVIDIA (sm_80 and newer) decode attention: bf16 and f16
 // mma.sync m16n8k16 with fp32 accumulators, ldmatrix fragment loads from shared memory, 16-byte
-// cp.async copies from global into shared memory, f16 and bf16 packing of float pairs, and the f16
-// conversions of the FP8 cache (sm_89 and newer).
+// cp.async copies from global into shared memory, and f16 and bf16 packing of float pairs (the f16
+// conversions of the FP8 cache are in ptx.hpp).
 //
 // Every operand is passed as a 32-bit register ("r") so that hipcc, which checks inline-assembly
 // constraints for its own targets, parses this header; the functions are only ever instantiated
@@ -137,22 +137,6 @@ __device__ inline std::uint32_t pack_bf16x2(float lo, float hi) {
       " cvt.rn.bf16x2.f32 %0, hi, lo;\n}\n"
       : "=r"(d)
       : "r"(__float_as_uint(lo)), "r"(__float_as_uint(hi)));
-  return d;
-}
-
-// The two e4m3fn codes in the low (High = false) or high 16 bits of x as an f16 pair, the lower
-// byte in the low half; exact (sm_89 and newer).
-template <bool High>
-__device__ inline std::uint32_t e4m3x2_to_f16x2(std::uint32_t x) {
-  std::uint32_t d = 0;
-  if constexpr (High)
-    asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;\n}\n"
-        : "=r"(d)
-        : "r"(x));
-  else
-    asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}\n"
-        : "=r"(d)
-        : "r"(x));
   return d;
 }
 

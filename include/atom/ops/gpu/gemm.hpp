@@ -182,19 +182,21 @@ void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, V
 // checkpoint stores them), with no preparation step. The host checks shapes exactly as the host
 // ops do; any M, N, K >= 0 up to INT_MAX / 2 each.
 //
-// Arithmetic: every product is rounded to float as the host rounds it (exact for two e4m3 values,
-// and for two bf16 values unless it underflows), and the products are added in float, in another
-// order than the host's increasing k: each lane of a warp sums its own k (every 32nd or 64th), the
-// lanes then meet in a butterfly. That summation tree is at most K deep, so, with
+// Arithmetic: every product is added to a float sum with one rounding (a fused multiply-add; the
+// product of two e4m3 values, or of two bf16 values unless it underflows, is exact in float, so
+// this is the host's product rounded once), in another order than the host's increasing k: each
+// lane of a warp sums its own pieces of k (8 bf16 or 16 FP8 consecutive values, every 32nd or
+// 64th piece), the lanes then meet in a butterfly. That summation tree is at most K deep, so, with
 // S = sum_k |a_k w_k|:
 // - gemm_a16w16: each float result is within K * 2^-24 * S of the exact sum, as is the host's;
 //   the bf16 outputs differ from the host's by at most 2K * 2^-24 * S plus one bf16 ulp.
-// - gemm_a8w8_block: per group g of 128 columns, each lane's partial sum of code products is
-//   multiplied by the host's scale product a_scale[m, g] * w_scale[n / block_n, g] (one float
-//   multiplication, as on the host) and added to the lane's accumulator in increasing g. With
-//   G = ceil(K / 128) and S over the values those scales give, each float result is within
-//   (min(K, 128) + G + 1) * 2^-24 * S of the exact value, and the bf16 outputs differ from the
-//   host's by at most twice that plus one bf16 ulp.
+// - gemm_a8w8_block: each lane's sum of the code products of one piece (which lies in one group g
+//   of 128 columns) is multiplied by the host's scale product a_scale[m, g] * w_scale[n /
+//   block_n, g] (one float multiplication, as on the host) and added to the lane's accumulator in
+//   increasing k. With G = ceil(K / 128) and S over the values those scales give, each float
+//   result is within (min(K, 128) + G + 1) * 2^-24 * S of the exact value (a piece's sum is at
+//   most 16 deep, a lane's accumulator at most G, the butterfly 6), and the bf16 outputs differ
+//   from the host's by at most twice that plus one bf16 ulp.
 // A NaN value or scale makes the outputs it reaches NaN, as on the host.
 
 // a [M, K] bf16, w [N, K] bf16, out [M, N] bf16.
