@@ -108,7 +108,8 @@ template <int NT, int U>
 void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, hipStream_t stream) {
   constexpr int max_warps = kernels::mma_decode_dense_warps<NT, U>;
   const int warps = decode_warps(p.k_tiles, U, max_warps);
-  gpu::launch(kernels::gemm_a4w4_mma_decode<NT, U, max_warps>, grid_extent(padded_n / 16),
+  const index_t chunks = ceil_div(p.m, 8 * NT);
+  gpu::launch(kernels::gemm_a4w4_mma_decode<NT, U, max_warps>, grid_extent(padded_n / 16 * chunks),
               static_cast<unsigned>(32 * warps), 0, stream, p);
 }
 
@@ -129,13 +130,18 @@ void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeK
   }
 }
 
+// The matrix-core backend's streaming decode kernels serve M up to this many rows, in chunks of 16
+// beyond 16 (each chunk streams the weight again, mostly from L2), rather than the tiled kernel,
+// which is far slower at these sizes (docs/bench-notes.md).
+constexpr int decode_stream_rows = 64;
+
 // Decode sizes (M <= 16) stream the weight once. split_k: enough warps must be in flight to cover
 // the memory latency, so K is split over more warps per CTA when there are few CTAs. A template,
 // so that builds without inline PTX never instantiate the mma kernels.
 template <GemmBackend G>
 void launch_matrix_core(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeKernel decode,
                         hipStream_t stream) {
-  if (p.m <= 16 && decode != GemmDecodeKernel::split_k) {
+  if (p.m <= decode_stream_rows && decode != GemmDecodeKernel::split_k) {
     if (p.m <= 8)
       launch_mma_decode<1>(p, padded_n, decode, stream);
     else

@@ -15,7 +15,6 @@
 #include "atom/ops/gpu/gemm.hpp"
 #include "atom/ops/gpu/moe.hpp"
 #include "detail/moe_rows.hpp"
-#include "detail/ptx.hpp"
 #include "detail/reduce.hpp"
 #include "detail/rows.hpp"
 
@@ -63,13 +62,6 @@ inline constexpr int cta_rows = 16;
 inline constexpr int cta_threads = cta_warps * launch_warp;
 static_assert(cta_threads <= moe_max_window, "a CTA gathers at most moe_max_window rows at once");
 
-// Rows [first, first + m) of the dense GEMM.
-struct RowRange {
-  int first;
-  __device__ int a(int i) const { return first + i; }
-  __device__ int out(int i) const { return first + i; }
-};
-
 // A lane reads k in pieces of 16 bytes: 8 bf16 values or 16 FP8 codes, four 32-bit words of
 // per_word values each. An FP8 piece lies in one group of 128 columns.
 template <class T>
@@ -105,13 +97,8 @@ __device__ inline void unpack_word(std::uint32_t w, float (&v)[per_word<T>]) {
   if constexpr (std::is_same_v<T, bf16>) {
     v[0] = to_float(bf16{static_cast<std::uint16_t>(w & 0xffffu)});
     v[1] = to_float(bf16{static_cast<std::uint16_t>(w >> 16)});
-  } else if constexpr (gpu::fp8_e4m3fn_cvt) {
-    f16x2_to_float2(e4m3x2_to_f16x2<false>(w), v[0], v[1]);
-    f16x2_to_float2(e4m3x2_to_f16x2<true>(w), v[2], v[3]);
   } else {
-#pragma unroll
-    for (int j = 0; j < per_word<T>; ++j)
-      v[j] = to_float(fp8_e4m3{static_cast<std::uint8_t>(w >> (8 * j))});
+    unpack_e4m3x4(w, v);
   }
 }
 
@@ -225,7 +212,7 @@ __global__ void __launch_bounds__(cta_threads) gemm_dense(DenseGemmArgs<T> p) {
        row0 += static_cast<int>(gridDim.y) * cta_rows) {
     DenseGemmArgs<T> chunk = p;
     chunk.m = min(cta_rows, p.m - row0);
-    dense_tile<Vec>(chunk, RowRange{row0}, col0);
+    dense_tile<Vec>(chunk, DenseRows{row0}, col0);
   }
 }
 

@@ -25,11 +25,13 @@ struct A4W4Args {
   int k_tiles;  // k tiles of the weight layout
 };
 
-// Which row of `a` and of `out` each of a CTA's rows is. The dense GEMM's rows are the identity;
-// the routed expert GEMM (kernels/detail/moe_rows.hpp) gathers the rows that share an expert.
+// Which row of `a` and of `out` each of a CTA's rows is. The dense GEMM's rows are consecutive
+// from `first`; the routed expert GEMM (kernels/detail/moe_rows.hpp) gathers the rows that share
+// an expert.
 struct DenseRows {
-  __device__ int a(int i) const { return i; }
-  __device__ int out(int i) const { return i; }
+  int first = 0;
+  __device__ int a(int i) const { return first + i; }
+  __device__ int out(int i) const { return first + i; }
 };
 
 // 2 * e2m1(code) as an integer in [-12, 12]: magnitudes 0, 1, 2, 3, 4, 6, 8, 12 packed in nibbles.

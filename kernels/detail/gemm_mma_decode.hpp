@@ -221,11 +221,19 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   __syncthreads();
 }
 
-// CTA x computes output features [16 x, 16 x + 16) of all M rows with up to MaxWarps warps.
+// CTA x computes output features [16 (x / C), 16 (x / C) + 16) of the rows [8 NT (x % C),
+// 8 NT (x % C) + 8 NT), C = ceil(M / (8 NT)) row chunks (one where M <= 8 NT): the chunks of one
+// feature tile are neighbours in launch order, so that they meet its weight bytes in L2.
 template <int NT, int U, int MaxWarps>
 __global__ void __launch_bounds__(32 * MaxWarps, 1) gemm_a4w4_mma_decode(A4W4Args p) {
   gpu::start_after_prior_grid();
-  mma_decode_tile<NT, U, DenseRows, MaxWarps>(p, DenseRows{}, static_cast<int>(blockIdx.x));
+  constexpr int chunk_rows = 8 * NT;
+  const int chunks = (p.m + chunk_rows - 1) / chunk_rows;
+  const int x = static_cast<int>(blockIdx.x);
+  const int first = x % chunks * chunk_rows;
+  A4W4Args chunk = p;
+  chunk.m = p.m - first < chunk_rows ? p.m - first : chunk_rows;
+  mma_decode_tile<NT, U, DenseRows, MaxWarps>(chunk, DenseRows{first}, x / chunks);
 }
 
 }  // namespace atom::kernels

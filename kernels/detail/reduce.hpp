@@ -1,5 +1,5 @@
 // Device helpers shared by the kernels: float operations rounded one at a time, warp and block
-// reductions, and bf16 vector packing.
+// reductions, bf16 vector packing and e4m3 unpacking.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +7,7 @@
 #include "atom/gpu/arch.hpp"
 #include "atom/gpu/runtime.hpp"
 #include "atom/numeric/numeric.hpp"
+#include "ptx.hpp"
 
 namespace atom::kernels {
 
@@ -113,6 +114,18 @@ __device__ inline uint4 pack_bf16x8(const float* in) {
     words[i] = static_cast<std::uint32_t>(to_bf16(in[2 * i]).bits) |
                (static_cast<std::uint32_t>(to_bf16(in[2 * i + 1]).bits) << 16);
   return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
+// The four e4m3fn codes of w (the lowest byte first) as floats, exactly, as to_float gives them
+// (NaN codes NaN): by the conversion instructions where the target has them.
+__device__ inline void unpack_e4m3x4(std::uint32_t w, float (&v)[4]) {
+  if constexpr (gpu::fp8_e4m3fn_cvt) {
+    f16x2_to_float2(e4m3x2_to_f16x2<false>(w), v[0], v[1]);
+    f16x2_to_float2(e4m3x2_to_f16x2<true>(w), v[2], v[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = to_float(fp8_e4m3{static_cast<std::uint8_t>(w >> (8 * j))});
+  }
 }
 
 }  // namespace atom::kernels

@@ -155,9 +155,10 @@ PreparedMxfp4Weight<G> prepare_weight(const Mxfp4Weight& host_weight);
 template <policy::GemmBackend G>
 Mxfp4WeightHost unshuffle(const PreparedMxfp4Weight<G>& w);
 
-// The kernels that can serve decode sizes (M <= 16). `split_k` is the first version (a CTA's
-// warps take interleaved k tiles, one tile ahead); `stream_u<U>` has each warp issue the loads of
-// U consecutive k tiles before it multiplies any of them, with cheaper per-byte arithmetic (see
+// The kernels that can serve decode sizes (M <= 16; the matrix-core backend's stream_u<U> kernels
+// on NVIDIA also serve M <= 64, 16 rows per CTA). `split_k` is the first version (a CTA's warps
+// take interleaved k tiles, one tile ahead); `stream_u<U>` has each warp issue the loads of U
+// consecutive k tiles before it multiplies any of them, with cheaper per-byte arithmetic (see
 // kernels/detail/gemm_*_decode.hpp). All compute the same function within the same bound.
 enum class GemmDecodeKernel : std::uint8_t { split_k, stream_u1, stream_u2, stream_u4, stream_u8 };
 
@@ -170,8 +171,9 @@ inline constexpr GemmDecodeKernel default_decode_kernel = GemmDecodeKernel::stre
 template <policy::GemmBackend G>
 void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, View2<bf16> out);
 
-// The same with the decode kernel named (ignored for M > 16, and by the matrix-core backend on
-// AMD, which has one kernel): for comparing the variants in one benchmark run and in the tests.
+// The same with the decode kernel named (ignored for M > 16, or M > 64 by the matrix-core backend
+// on NVIDIA, and by the matrix-core backend on AMD, which has one kernel): for comparing the
+// variants in one benchmark run and in the tests.
 template <policy::GemmBackend G>
 void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, View2<bf16> out,
                GemmDecodeKernel decode);
