@@ -131,13 +131,13 @@ void launch_mma_decode(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeK
 }
 
 // The matrix-core backend's streaming decode kernels serve M up to this many rows, in chunks of 16
-// beyond 16 (each chunk streams the weight again, mostly from L2), rather than the tiled kernel,
-// which is far slower at these sizes (docs/bench-notes.md).
+// beyond 16 (each chunk streams the weight again, mostly from L2), rather than the tiled kernel:
+// with them DeepSeek-V3's decode step at T = 64 took 35% less (docs/bench-notes.md).
 constexpr int decode_stream_rows = 64;
 
-// Decode sizes (M <= 16) stream the weight once. split_k: enough warps must be in flight to cover
-// the memory latency, so K is split over more warps per CTA when there are few CTAs. A template,
-// so that builds without inline PTX never instantiate the mma kernels.
+// Decode sizes (M <= decode_stream_rows) stream the weight, once per 16 rows. split_k: enough warps
+// must be in flight to cover the memory latency, so K is split over more warps per CTA when there
+// are few CTAs. A template, so that builds without inline PTX never instantiate the mma kernels.
 template <GemmBackend G>
 void launch_matrix_core(const kernels::A4W4Args& p, index_t padded_n, GemmDecodeKernel decode,
                         hipStream_t stream) {

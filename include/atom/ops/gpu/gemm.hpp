@@ -197,8 +197,9 @@ void gemm_a4w4(const Gpu&, const Mxfp4Act& a, const PreparedMxfp4Weight<G>& w, V
 //   block_n, g] (one float multiplication, as on the host) and added to the lane's accumulator in
 //   increasing k. With G = ceil(K / 128) and S over the values those scales give, each float
 //   result is within (min(K, 128) + G + 1) * 2^-24 * S of the exact value (a piece's sum is at
-//   most 16 deep, a lane's accumulator at most G, the butterfly 6), and the bf16 outputs differ
-//   from the host's by at most twice that plus one bf16 ulp.
+//   most min(K, 16) deep, a lane's accumulator at most G, the butterfly 6, each scale product
+//   one rounding), and the bf16 outputs differ from the host's by at most twice that plus one
+//   bf16 ulp.
 // A NaN value or scale makes the outputs it reaches NaN, as on the host.
 
 // a [M, K] bf16, w [N, K] bf16, out [M, N] bf16.
