@@ -29,12 +29,12 @@
 #include <vector>
 
 #include "atom/gpu/device.hpp"
-#include "atom/gpu/graph.hpp"
 #include "atom/ops/gpu/bmm.hpp"
 #include "atom/ops/gpu/decode_batch.hpp"
 #include "atom/ops/gpu/gemm.hpp"
 #include "atom/ops/gpu/moe.hpp"
 #include "atom/ops/gpu/norm.hpp"
+#include "graph_timing.hpp"
 
 namespace {
 
@@ -47,8 +47,8 @@ using atom::policy::GemmBackend;
 namespace gpu = atom::gpu;
 namespace ops = atom::ops;
 
-constexpr int graph_calls = 20;
-constexpr int replays = 10;
+using atom::bench::graph_calls;
+using atom::bench::graph_us;
 constexpr std::size_t rotate_bytes = std::size_t{256} << 20;
 
 std::mt19937_64 engine(2026);
@@ -78,26 +78,6 @@ std::vector<e8m0> random_scales(index_t n) {
 int copies_for(std::size_t bytes) {
   return static_cast<int>(
       std::clamp<std::size_t>(rotate_bytes / std::max<std::size_t>(bytes, 1) + 1, 2, 16));
-}
-
-// Median microseconds per call of call(i) in graph replay on `stream` (see the top).
-template <class Call>
-double graph_us(gpu::Stream& stream, Call call) {
-  for (int i = 0; i < graph_calls; ++i) call(i);
-  stream.synchronize();
-  const gpu::Graph graph = gpu::Graph::capture(stream.handle(), [&] {
-    for (int i = 0; i < graph_calls; ++i) call(i);
-  });
-  graph.replay(stream.handle());
-  gpu::StreamMarks marks(stream.handle());
-  for (int r = 0; r < replays; ++r) {
-    marks.mark();
-    graph.replay(stream.handle());
-  }
-  marks.mark();
-  std::vector<double> ms = marks.intervals_ms();
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2] * 1000.0 / graph_calls;
 }
 
 struct Report {
