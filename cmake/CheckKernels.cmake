@@ -1,7 +1,8 @@
 # cmake -DROOT=<repo> -P CheckKernels.cmake
 # Fails naming every kernel of kernels/ whose body does not begin with
-# gpu::start_after_prior_grid(): gpu::launch starts each kernel as a programmatic dependent of the
-# stream's previous one, which is correct only where the kernel waits first (atom/gpu/arch.hpp).
+# gpu::start_after_prior_grid() or gpu::start_after_prior_grid(before): gpu::launch starts each
+# kernel as a programmatic dependent of the stream's previous one, which is correct only where the
+# kernel waits first (atom/gpu/arch.hpp).
 cmake_policy(VERSION 3.25)
 file(GLOB_RECURSE files ${ROOT}/kernels/*.hip ${ROOT}/kernels/*.hpp)
 set(bad)
@@ -20,7 +21,7 @@ foreach(f IN LISTS files)
     string(SUBSTRING "${text}" ${open} -1 text)
     string(STRIP "${text}" body)
     math(EXPR count "${count} + 1")
-    if(NOT body MATCHES "^(gpu::start_after_prior_grid\\(\\);|})")
+    if(NOT body MATCHES "^(gpu::start_after_prior_grid\\(|})")
       string(REGEX REPLACE "[ \n]+" " " head "${head}")
       file(RELATIVE_PATH name ${ROOT} ${f})
       list(APPEND bad "${name}: ${head}")

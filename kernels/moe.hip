@@ -483,15 +483,28 @@ __global__ void __launch_bounds__(group_threads)
   if (tid == 0) offsets[buckets] = base;
 }
 
-template <int NT, int U, bool ByExpert>
-__global__ void __launch_bounds__(32 * mma_decode_max_warps)
+// The routed MXFP4 kernel in two widths: up to mma_decode_max_warps warps (K of many k tiles), and
+// up to moe_narrow_warps warps, three CTAs per multiprocessor (K of at most moe_narrow_warps * U
+// k tiles, which those warps read in one round: Qwen3-30B-A3B's 2048 and 768). A CTA of one round
+// spends much of its life finding its rows and reducing its partial sums, so a third resident CTA
+// keeps more weight loads in flight (H100: the Qwen3 step -9% at T = 4, docs/bench-notes.md).
+inline constexpr int moe_narrow_warps = 8;
+
+constexpr int moe_decode_min_ctas(int max_warps) {
+  return max_warps == moe_narrow_warps ? 3 : 1;
+}
+
+template <int NT, int U, bool ByExpert, int MaxWarps>
+__global__ void __launch_bounds__(32 * MaxWarps, moe_decode_min_ctas(MaxWarps))
     moe_mma_decode(A4W4Args p, MoeRowsArgs m) {
   gpu::start_after_prior_grid();
   const int n_tile = static_cast<int>(blockIdx.x);
-  for_each_expert_chunk<8 * NT, ByExpert>(p, m, 16 * n_tile, 16,
-                                          [&](const A4W4Args& args, const GatheredRows& rows) {
-                                            mma_decode_tile<NT, U>(args, rows, n_tile);
-                                          });
+  for_each_expert_chunk<8 * NT, ByExpert>(
+      p, m, 16 * n_tile, 16,
+      [&](const A4W4Args& args, const GatheredRows& rows) {
+        mma_decode_tile<NT, U, GatheredRows, MaxWarps>(args, rows, n_tile);
+      },
+      [&](const A4W4Args& args) { prefetch_mma_decode_tile(args, n_tile); });
 }
 
 template <int MT, int U, bool ByExpert>
@@ -531,21 +544,36 @@ int moe_decode_warps(int k_tiles, int u, int max_warps) {
 
 inline constexpr int moe_decode_u = 2;
 
+template <int NT, bool ByExpert, int MaxWarps>
+void launch_moe_mma(const A4W4Args& p, const MoeRowsArgs& m, dim3 grid, hipStream_t stream) {
+  const int warps = moe_decode_warps(p.k_tiles, moe_decode_u, MaxWarps);
+  gpu::launch(moe_mma_decode<NT, moe_decode_u, ByExpert, MaxWarps>, grid,
+              static_cast<unsigned>(32 * warps), 0, stream, p, m);
+}
+
+// One token tile: the narrow kernel where its warps read K in one round.
+template <bool ByExpert>
+void launch_moe_mma_one_tile(const A4W4Args& p, const MoeRowsArgs& m, dim3 grid,
+                             hipStream_t stream) {
+  if (p.k_tiles <= moe_narrow_warps * moe_decode_u)
+    launch_moe_mma<1, ByExpert, moe_narrow_warps>(p, m, grid, stream);
+  else
+    launch_moe_mma<1, ByExpert, mma_decode_max_warps>(p, m, grid, stream);
+}
+
 template <policy::GemmBackend G>
 void launch_moe_matrix_core(const A4W4Args& p, const MoeRowsArgs& m, index_t padded_n,
                             unsigned slots, hipStream_t stream) {
-  const int warps = moe_decode_warps(p.k_tiles, moe_decode_u, mma_decode_max_warps);
   const dim3 grid(static_cast<unsigned>(padded_n / 16), slots);
-  const auto block = static_cast<unsigned>(32 * warps);
   // Two token tiles per chunk only where experts average more than one tile's rows: the tile
   // multiplies both whatever its row count, so a second tile would double the work of a chunk
   // of at most 8 rows.
   if (!m.by_expert)
-    gpu::launch(moe_mma_decode<1, moe_decode_u, false>, grid, block, 0, stream, p, m);
+    launch_moe_mma_one_tile<false>(p, m, grid, stream);
   else if (m.rows > 8 * m.experts)
-    gpu::launch(moe_mma_decode<2, moe_decode_u, true>, grid, block, 0, stream, p, m);
+    launch_moe_mma<2, true, mma_decode_max_warps>(p, m, grid, stream);
   else
-    gpu::launch(moe_mma_decode<1, moe_decode_u, true>, grid, block, 0, stream, p, m);
+    launch_moe_mma_one_tile<true>(p, m, grid, stream);
 }
 
 void launch_moe_portable(const A4W4Args& p, const MoeRowsArgs& m, index_t padded_n, unsigned slots,

@@ -63,6 +63,17 @@ __device__ inline std::uint32_t e2m1x4_positive(std::uint32_t x) {
   return byte_permute(0x03020100u, 0x0C080604u, x);
 }
 
+// Output features [16 n_tile, 16 n_tile + 16)'s weight codes and scales, fetched into L2 by the
+// CTA's first thread: the feature tile's two 8-row tiles lie next to each other, k_tiles tiles of
+// 512 bytes and of 32 scales each (the reads of mma_decode_tile below).
+__device__ inline void prefetch_mma_decode_tile(const A4W4Args& p, int n_tile) {
+  if (threadIdx.x != 0) return;
+  const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
+  const auto tiles = static_cast<std::uint32_t>(2 * p.k_tiles);
+  gpu::prefetch_l2(p.w_packed + tile_row * 512, tiles * 512);
+  gpu::prefetch_l2(p.w_scale + tile_row * 32, tiles * 32);
+}
+
 // NT tiles of 8 tokens (M <= 8 NT), output features [16 n_tile, 16 n_tile + 16): token i reads
 // row rows.a(i) of a and writes row rows.out(i) of out. Every thread of the CTA calls it, with at
 // most MaxWarps warps.
@@ -221,14 +232,20 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   __syncthreads();
 }
 
+__device__ inline int row_chunks(int m, int chunk_rows) {
+  return (m + chunk_rows - 1) / chunk_rows;
+}
+
 // CTA x computes output features [16 (x / C), 16 (x / C) + 16) of the rows [8 NT (x % C),
 // 8 NT (x % C) + 8 NT), C = ceil(M / (8 NT)) row chunks (one where M <= 8 NT): the chunks of one
 // feature tile are neighbours in launch order, so that they meet its weight bytes in L2.
+// The weights are fetched into L2 before the wait, while the previous kernel still runs.
 template <int NT, int U, int MaxWarps>
 __global__ void __launch_bounds__(32 * MaxWarps, 1) gemm_a4w4_mma_decode(A4W4Args p) {
-  gpu::start_after_prior_grid();
+  gpu::start_after_prior_grid(
+      [&] { prefetch_mma_decode_tile(p, static_cast<int>(blockIdx.x) / row_chunks(p.m, 8 * NT)); });
   constexpr int chunk_rows = 8 * NT;
-  const int chunks = (p.m + chunk_rows - 1) / chunk_rows;
+  const int chunks = row_chunks(p.m, chunk_rows);
   const int x = static_cast<int>(blockIdx.x);
   const int first = x % chunks * chunk_rows;
   A4W4Args chunk = p;

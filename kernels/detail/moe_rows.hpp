@@ -81,9 +81,9 @@ __device__ inline void write_unserved_row(const Args& p, int expert, int row, in
 // The by-row path of for_each_expert_chunk: the rows of this slot's expert are gathered a window
 // (one per thread) at a time, and a chunk runs only when it is full or the last window is
 // gathered.
-template <int C, class Args, class Tile>
+template <int C, class Args, class Tile, class Prefetch>
 __device__ inline void for_each_row_led_chunk(const Args& p, const MoeRowsArgs& m, int col0,
-                                              int cols, Tile tile) {
+                                              int cols, Tile tile, Prefetch prefetch) {
   const int tid = static_cast<int>(threadIdx.x);
   const int window = static_cast<int>(blockDim.x);
   const int slot = static_cast<int>(blockIdx.y);
@@ -94,12 +94,15 @@ __device__ inline void for_each_row_led_chunk(const Args& p, const MoeRowsArgs& 
     write_unserved_row(p, expert, slot, col0, cols, tid, window);
     return;
   }
+  // The weight is fetched while the rows are found; a slot that does not lead its expert fetches
+  // the same bytes as the one that does, which L2 serves once.
+  Args args = at_expert(p, m, expert);
+  prefetch(args);
   // Only the expert's first row leads it.
   for (int w0 = 0; w0 < slot; w0 += window) {
     const int r = w0 + tid;
     if (__syncthreads_or(r < slot && routed_expert(m, r) == expert)) return;
   }
-  Args args = at_expert(p, m, expert);
   if (tid == 0) count = 0;
   __syncthreads();
   for (int w0 = slot; w0 < m.rows; w0 += window) {
@@ -126,15 +129,23 @@ __device__ inline void for_each_row_led_chunk(const Args& p, const MoeRowsArgs& 
   }
 }
 
+// The prefetch of a tile that takes none.
+struct NoPrefetch {
+  template <class Args>
+  __device__ void operator()(const Args&) const {}
+};
+
 // Runs tile(args, rows) for every chunk of at most C rows of this CTA's expert, args being p with
-// the expert's weight (at_expert) and the chunk's row count. Args has the output's `out`,
-// `out_stride`, `n` and the row count `m`. The CTA's output columns are [col0, col0 + cols) (for
-// NaN rows). Every thread of the CTA calls it; the decisions are uniform. The order of rows within
-// a chunk is free: each output row's arithmetic does not depend on it. ByExpert is m.by_expert, a
-// template argument so that each kernel holds one of the two paths (and the registers it needs).
-template <int C, bool ByExpert, class Args, class Tile>
+// the expert's weight (at_expert) and the chunk's row count, after prefetch(args) (a hint: fetch
+// the CTA's weight bytes into L2; none by default) as soon as the expert is known. Args has the
+// output's `out`, `out_stride`, `n` and the row count `m`. The CTA's output columns are [col0, col0
+// + cols) (for NaN rows). Every thread of the CTA calls it; the decisions are uniform. The order of
+// rows within a chunk is free: each output row's arithmetic does not depend on it. ByExpert is
+// m.by_expert, a template argument so that each kernel holds one of the two paths (and the
+// registers it needs).
+template <int C, bool ByExpert, class Args, class Tile, class Prefetch = NoPrefetch>
 __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m, int col0,
-                                             int cols, Tile tile) {
+                                             int cols, Tile tile, Prefetch prefetch = {}) {
   if constexpr (ByExpert) {
     const int tid = static_cast<int>(threadIdx.x);
     const int window = static_cast<int>(blockDim.x);
@@ -149,13 +160,14 @@ __device__ inline void for_each_expert_chunk(const Args& p, const MoeRowsArgs& m
       return;
     }
     Args args = at_expert(p, m, slot);
+    if (begin < end) prefetch(args);
     for (int c0 = begin; c0 < end; c0 += C) {
       args.m = end - c0 < C ? end - c0 : C;
       tile(args, GatheredRows{m.expert_rows + c0, m.k, m.a_per_token});
       __syncthreads();
     }
   } else {
-    for_each_row_led_chunk<C>(p, m, col0, cols, tile);
+    for_each_row_led_chunk<C>(p, m, col0, cols, tile, prefetch);
   }
 }
 

@@ -105,6 +105,31 @@ __device__ inline void start_after_prior_grid() {
   allow_dependents();
 }
 
+// Fetches [p, p + bytes) into L2 in the background: a hint for bytes the kernel reads soon
+// (cp.async.bulk.prefetch, NVIDIA sm_90 and newer; elsewhere, or where p is not 16-byte aligned,
+// nothing). L2 is where every writer's bytes meet, so a prefetch never makes a read stale, even of
+// bytes that the previous kernel still writes.
+__device__ inline void prefetch_l2(const void* p, std::uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && __CUDA_ARCH__ >= 900
+  if (reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && bytes >= 16)
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes / 16 * 16)
+                 : "memory");
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// start_after_prior_grid() for a kernel that knows before the wait which bytes it reads first:
+// before() (prefetch_l2 of its weights, say) runs while the previous kernel still runs, so that
+// the fetch overlaps that kernel's tail and this kernel's launch. before() may read only what no
+// kernel of the stream writes: kernel arguments and the block's own coordinates.
+template <class Before>
+__device__ inline void start_after_prior_grid(Before before) {
+  before();
+  start_after_prior_grid();
+}
+
 }  // namespace atom::gpu
 #endif
 
