@@ -63,15 +63,25 @@ __device__ inline std::uint32_t e2m1x4_positive(std::uint32_t x) {
   return byte_permute(0x03020100u, 0x0C080604u, x);
 }
 
-// Output features [16 n_tile, 16 n_tile + 16)'s weight codes and scales, fetched into L2 by the
-// CTA's first thread: the feature tile's two 8-row tiles lie next to each other, k_tiles tiles of
-// 512 bytes and of 32 scales each (the reads of mma_decode_tile below).
+// Where output features [16 n_tile, 16 n_tile + 16) start in the weight: the feature tile's two
+// 8-row tiles lie next to each other, k_tiles k tiles of 512 code bytes and of 32 scales each.
+struct DecodeTileWeight {
+  const std::uint8_t* codes;
+  const std::uint8_t* scales;
+};
+
+__device__ inline DecodeTileWeight decode_tile_weight(const A4W4Args& p, int n_tile) {
+  const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
+  return {p.w_packed + tile_row * 512, p.w_scale + tile_row * 32};
+}
+
+// The feature tile's codes and scales fetched into L2 by the CTA's first thread.
 __device__ inline void prefetch_mma_decode_tile(const A4W4Args& p, int n_tile) {
   if (threadIdx.x != 0) return;
-  const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
+  const DecodeTileWeight w = decode_tile_weight(p, n_tile);
   const auto tiles = static_cast<std::uint32_t>(2 * p.k_tiles);
-  gpu::prefetch_l2(p.w_packed + tile_row * 512, tiles * 512);
-  gpu::prefetch_l2(p.w_scale + tile_row * 32, tiles * 32);
+  gpu::prefetch_l2(w.codes, tiles * 512);
+  gpu::prefetch_l2(w.scales, tiles * 32);
 }
 
 // NT tiles of 8 tokens (M <= 8 NT), output features [16 n_tile, 16 n_tile + 16): token i reads
@@ -93,7 +103,6 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4;
   const int t = lane % 4;
-  const index_t tile_row = static_cast<index_t>(2 * n_tile) * p.k_tiles;
   const int last_block = p.k / mx_block - 1;
   // Token g's word t of each block (B fragment) and its scales.
   const std::uint8_t* a_words[NT];
@@ -107,8 +116,9 @@ __device__ inline void mma_decode_tile(const A4W4Args& p, const Rows& rows, int 
   }
   // This lane's bytes of the warp's first weight tile (rows 16 n_tile + [0, 8)); the second
   // (rows + [8, 16)) is k_tiles tiles further, and a k tile is 512 bytes and 32 scales further.
-  const std::uint8_t* w_words = p.w_packed + tile_row * 512 + lane * 16;
-  const std::uint8_t* w_scales = p.w_scale + tile_row * 32 + lane;
+  const DecodeTileWeight tile_weight = decode_tile_weight(p, n_tile);
+  const std::uint8_t* w_words = tile_weight.codes + lane * 16;
+  const std::uint8_t* w_scales = tile_weight.scales + lane;
   const index_t half_tiles = p.k_tiles;
   float acc[NT][4] = {};
   for (int base = warp * U; base < p.k_tiles; base += warps * U) {
