@@ -170,13 +170,21 @@ __device__ inline Ranked block_best(Ranked v, Ranked* scratch) {
   return best;
 }
 
-// Whether any logit of the row is NaN; if so the row's slots are ids -1, weights NaN.
-__device__ inline bool nan_row(const float* row, int experts, std::int32_t* ids, float* weights,
-                               int k) {
-  bool nan = false;
-  for (int e = static_cast<int>(threadIdx.x); e < experts; e += route_threads)
-    nan = nan || is_nan_bits(bits_of(row[e]));
-  if (!__syncthreads_or(nan)) return false;
+// Whether the host op rejects the row: a NaN logit, and for softmax also a +inf or no finite
+// logit (atom/ops/moe.hpp). If so the row's slots are ids -1, weights NaN.
+template <bool Softmax>
+__device__ inline bool rejected_row(const float* row, int experts, std::int32_t* ids,
+                                    float* weights, int k) {
+  bool bad = false;
+  bool finite = false;
+  for (int e = static_cast<int>(threadIdx.x); e < experts; e += route_threads) {
+    const std::uint32_t u = bits_of(row[e]);
+    bad = bad || is_nan_bits(u) || (Softmax && u == float_inf_bits);
+    finite = finite || is_finite_bits(u);
+  }
+  bool rejected = __syncthreads_or(bad);
+  if constexpr (Softmax) rejected = !__syncthreads_or(finite) || rejected;
+  if (!rejected) return false;
   for (int j = static_cast<int>(threadIdx.x); j < k; j += route_threads) {
     ids[j] = -1;
     weights[j] = float_of(float_quiet_nan_bits);
@@ -187,8 +195,9 @@ __device__ inline bool nan_row(const float* row, int experts, std::int32_t* ids,
 // One CTA per token; shared memory: sigmoid and choice score per expert.
 __global__ void __launch_bounds__(route_threads)
     grouped_topk_kernel(const float* logits, index_t logits_stride, const float* bias, int experts,
-                        int n_group, int topk_group, float routed_scaling, std::int32_t* ids,
-                        index_t ids_stride, float* weights, index_t weights_stride, int k) {
+                        int n_group, int topk_group, bool renormalize, float routed_scaling,
+                        std::int32_t* ids, index_t ids_stride, float* weights,
+                        index_t weights_stride, int k) {
   gpu::start_after_prior_grid();
   extern __shared__ float values[];
   float* sig = values;
@@ -202,7 +211,7 @@ __global__ void __launch_bounds__(route_threads)
   const float* row = logits + t * logits_stride;
   std::int32_t* id_row = ids + t * ids_stride;
   float* weight_row = weights + t * weights_stride;
-  if (nan_row(row, experts, id_row, weight_row, k)) return;
+  if (rejected_row<false>(row, experts, id_row, weight_row, k)) return;
   for (int e = tid; e < experts; e += route_threads) {
     sig[e] = div(1.0f, add(1.0f, host_expf(-row[e])));
     choice[e] = add(sig[e], bias[e]);
@@ -250,9 +259,11 @@ __global__ void __launch_bounds__(route_threads)
   if (tid == 0) {
     float total = 0.0f;
     for (int j = 0; j < k; ++j) total = add(total, sig[chosen[j]]);
+    const float denominator = add(total, ops::grouped_topk_epsilon);
     for (int j = 0; j < k; ++j) {
       id_row[j] = chosen[j];
-      weight_row[j] = mul(div(sig[chosen[j]], total), routed_scaling);
+      const float s = sig[chosen[j]];
+      weight_row[j] = mul(renormalize ? div(s, denominator) : s, routed_scaling);
     }
   }
 }
@@ -272,7 +283,7 @@ __global__ void __launch_bounds__(route_threads)
   const float* row = logits + t * logits_stride;
   std::int32_t* id_row = ids + t * ids_stride;
   float* weight_row = weights + t * weights_stride;
-  if (nan_row(row, experts, id_row, weight_row, k)) return;
+  if (rejected_row<true>(row, experts, id_row, weight_row, k)) return;
   // The maximum is order-free; the lowest index among equal maxima is the same value.
   Ranked mine{0.0f, -1};
   for (int e = tid; e < experts; e += route_threads)
@@ -607,17 +618,6 @@ using policy::GemmBackend;
 
 namespace {
 
-void expect_routing_outputs(const char* op, index_t tokens, index_t experts,
-                            View2<std::int32_t> ids, View2<float> weights) {
-  expect_view(op, "ids", ids, {tokens, -1});
-  const index_t k = ids.shape[1];
-  expect(k >= 1 && k <= experts, op,
-         "argument 'ids' asks for " + std::to_string(k) + " experts per token, expected 1.." +
-             std::to_string(experts));
-  expect_view(op, "weights", weights, {tokens, k});
-  expect_disjoint(op, "weights", weights, "ids", ids);
-}
-
 // The GPU routing kernels keep each token's experts in shared memory and choose up to one slot
 // per thread.
 void expect_gpu_routing_size(const char* op, index_t experts, index_t k) {
@@ -668,24 +668,12 @@ void gemm_bf16(const Gpu& gpu, View2<const bf16> a, View2<const bf16> w, View2<f
 }
 
 void route_grouped_topk(const Gpu& gpu, View2<const float> logits, View1<const float> bias,
-                        int n_group, int topk_group, float routed_scaling, View2<std::int32_t> ids,
-                        View2<float> weights) {
+                        int n_group, int topk_group, bool renormalize, float routed_scaling,
+                        View2<std::int32_t> ids, View2<float> weights) {
   constexpr const char* op = "route_grouped_topk";
-  expect_view(op, "logits", logits, {-1, -1});
+  expect_grouped_topk_args(op, logits, bias, n_group, topk_group, ids, weights);
   const index_t tokens = logits.shape[0];
   const index_t experts = logits.shape[1];
-  expect_view(op, "bias", bias, {experts});
-  expect(n_group >= 1 && experts % n_group == 0, op,
-         "n_group = " + std::to_string(n_group) + " must divide the " + std::to_string(experts) +
-             " experts");
-  expect(topk_group >= 1 && topk_group <= n_group, op,
-         "topk_group = " + std::to_string(topk_group) +
-             " must be in 1..n_group = " + std::to_string(n_group));
-  const index_t group_size = experts / n_group;
-  expect_routing_outputs(op, tokens, topk_group * group_size, ids, weights);
-  expect_disjoint(op, "ids", ids, "logits", logits);
-  expect_disjoint(op, "weights", weights, "logits", logits);
-  expect_disjoint(op, "weights", weights, "bias", bias);
   expect_gpu_routing_size(op, experts, ids.shape[1]);
   expect(n_group <= kernels::route_threads, op,
          "n_group = " + std::to_string(n_group) + " exceeds the GPU routing limit of " +
@@ -694,19 +682,16 @@ void route_grouped_topk(const Gpu& gpu, View2<const float> logits, View1<const f
   const auto stream = static_cast<hipStream_t>(gpu.stream);
   gpu::launch(kernels::grouped_topk_kernel, static_cast<unsigned>(tokens), kernels::route_threads,
               routing_shared_bytes(2 * experts), stream, logits.data, logits.stride(0), bias.data,
-              static_cast<int>(experts), n_group, topk_group, routed_scaling, ids.data,
+              static_cast<int>(experts), n_group, topk_group, renormalize, routed_scaling, ids.data,
               ids.stride(0), weights.data, weights.stride(0), static_cast<int>(ids.shape[1]));
 }
 
 void route_softmax_topk(const Gpu& gpu, View2<const float> logits, bool renormalize,
                         View2<std::int32_t> ids, View2<float> weights) {
   constexpr const char* op = "route_softmax_topk";
-  expect_view(op, "logits", logits, {-1, -1});
+  expect_softmax_topk_args(op, logits, ids, weights);
   const index_t tokens = logits.shape[0];
   const index_t experts = logits.shape[1];
-  expect_routing_outputs(op, tokens, experts, ids, weights);
-  expect_disjoint(op, "ids", ids, "logits", logits);
-  expect_disjoint(op, "weights", weights, "logits", logits);
   expect_gpu_routing_size(op, experts, ids.shape[1]);
   if (tokens == 0) return;
   const auto stream = static_cast<hipStream_t>(gpu.stream);

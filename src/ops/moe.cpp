@@ -25,6 +25,19 @@ void expect_no_nan(const char* op, const char* arg, const float* values, index_t
                    ", column " + std::to_string(i));
 }
 
+// Softmax is defined on a row only if it holds no NaN, no +inf and a finite logit (-inf alone is
+// a masked expert, of probability 0).
+void expect_softmax_row(const char* op, const float* row, index_t n, index_t t) {
+  expect_no_nan(op, "logits", row, n, t);
+  for (index_t e = 0; e < n; ++e)
+    if (row[e] == std::numeric_limits<float>::infinity())
+      fail(op, "argument 'logits' holds +inf at row " + std::to_string(t) + ", column " +
+                   std::to_string(e) + " (softmax is undefined there)");
+  expect(std::any_of(row, row + n, [](float x) { return std::isfinite(x); }), op,
+         "argument 'logits' holds no finite value in row " + std::to_string(t) +
+             " (softmax is undefined there)");
+}
+
 // Indices [0, n) ordered by descending key, the lower index first among equal keys; only the
 // first `count` are needed. Keys are NaN-free (checked by the callers).
 void rank_descending(const std::vector<float>& key, std::vector<index_t>& order, index_t count) {
@@ -34,25 +47,27 @@ void rank_descending(const std::vector<float>& key, std::vector<index_t>& order,
   });
 }
 
-void expect_routing_outputs(const char* op, index_t tokens, index_t experts,
+// ids and weights [T, k] for 1 <= k <= the experts a token can choose from; none aliases another
+// or the logits.
+void expect_routing_outputs(std::string_view op, View2<const float> logits, index_t choosable,
                             View2<std::int32_t> ids, View2<float> weights) {
-  expect_view(op, "ids", ids, {tokens, -1});
+  expect_view(op, "ids", ids, {logits.shape[0], -1});
   const index_t k = ids.shape[1];
-  expect(k >= 1 && k <= experts, op,
+  expect(k >= 1 && k <= choosable, op,
          "argument 'ids' asks for " + std::to_string(k) + " experts per token, expected 1.." +
-             std::to_string(experts));
-  expect_view(op, "weights", weights, {tokens, k});
+             std::to_string(choosable));
+  expect_view(op, "weights", weights, {logits.shape[0], k});
   expect_disjoint(op, "weights", weights, "ids", ids);
+  expect_disjoint(op, "ids", ids, "logits", logits);
+  expect_disjoint(op, "weights", weights, "logits", logits);
 }
 
 }  // namespace
 
-void route_grouped_topk(const Host&, View2<const float> logits, View1<const float> bias,
-                        int n_group, int topk_group, float routed_scaling, View2<std::int32_t> ids,
-                        View2<float> weights) {
-  constexpr const char* op = "route_grouped_topk";
+void expect_grouped_topk_args(std::string_view op, View2<const float> logits,
+                              View1<const float> bias, int n_group, int topk_group,
+                              View2<std::int32_t> ids, View2<float> weights) {
   expect_view(op, "logits", logits, {-1, -1});
-  const index_t tokens = logits.shape[0];
   const index_t experts = logits.shape[1];
   expect_view(op, "bias", bias, {experts});
   expect(n_group >= 1 && experts % n_group == 0, op,
@@ -61,11 +76,24 @@ void route_grouped_topk(const Host&, View2<const float> logits, View1<const floa
   expect(topk_group >= 1 && topk_group <= n_group, op,
          "topk_group = " + std::to_string(topk_group) +
              " must be in 1..n_group = " + std::to_string(n_group));
-  const index_t group_size = experts / n_group;
-  expect_routing_outputs(op, tokens, topk_group * group_size, ids, weights);
-  expect_disjoint(op, "ids", ids, "logits", logits);
-  expect_disjoint(op, "weights", weights, "logits", logits);
+  expect_routing_outputs(op, logits, topk_group * (experts / n_group), ids, weights);
   expect_disjoint(op, "weights", weights, "bias", bias);
+}
+
+void expect_softmax_topk_args(std::string_view op, View2<const float> logits,
+                              View2<std::int32_t> ids, View2<float> weights) {
+  expect_view(op, "logits", logits, {-1, -1});
+  expect_routing_outputs(op, logits, logits.shape[1], ids, weights);
+}
+
+void route_grouped_topk(const Host&, View2<const float> logits, View1<const float> bias,
+                        int n_group, int topk_group, bool renormalize, float routed_scaling,
+                        View2<std::int32_t> ids, View2<float> weights) {
+  constexpr const char* op = "route_grouped_topk";
+  expect_grouped_topk_args(op, logits, bias, n_group, topk_group, ids, weights);
+  const index_t tokens = logits.shape[0];
+  const index_t experts = logits.shape[1];
+  const index_t group_size = experts / n_group;
   // Finite bias keeps every choice score finite (sigmoid is in [0, 1]), so scores always order.
   for (index_t e = 0; e < experts; ++e)
     if (!std::isfinite(bias(e)))
@@ -116,10 +144,11 @@ void route_grouped_topk(const Host&, View2<const float> logits, View1<const floa
     rank_descending(kept_choice, expert_order, k);
     float total = 0.0f;
     for (index_t j = 0; j < k; ++j) total += sig[at(kept_experts[at(expert_order[at(j)])])];
+    const float denominator = total + grouped_topk_epsilon;
     for (index_t j = 0; j < k; ++j) {
       const index_t e = kept_experts[at(expert_order[at(j)])];
       ids(t, j) = static_cast<std::int32_t>(e);
-      weights(t, j) = sig[at(e)] / total * routed_scaling;
+      weights(t, j) = (renormalize ? sig[at(e)] / denominator : sig[at(e)]) * routed_scaling;
     }
   }
 }
@@ -127,18 +156,15 @@ void route_grouped_topk(const Host&, View2<const float> logits, View1<const floa
 void route_softmax_topk(const Host&, View2<const float> logits, bool renormalize,
                         View2<std::int32_t> ids, View2<float> weights) {
   constexpr const char* op = "route_softmax_topk";
-  expect_view(op, "logits", logits, {-1, -1});
+  expect_softmax_topk_args(op, logits, ids, weights);
   const index_t tokens = logits.shape[0];
   const index_t experts = logits.shape[1];
-  expect_routing_outputs(op, tokens, experts, ids, weights);
-  expect_disjoint(op, "ids", ids, "logits", logits);
-  expect_disjoint(op, "weights", weights, "logits", logits);
   const index_t k = ids.shape[1];
   std::vector<float> prob(at(experts));
   std::vector<index_t> order(at(experts));
   for (index_t t = 0; t < tokens; ++t) {
     const float* row = logits[t].data;
-    expect_no_nan(op, "logits", row, experts, t);
+    expect_softmax_row(op, row, experts, t);
     const float peak = *std::max_element(row, row + experts);
     float sum = 0.0f;
     for (index_t e = 0; e < experts; ++e) {

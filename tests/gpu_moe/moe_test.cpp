@@ -140,12 +140,12 @@ Routing gpu_routing_outputs(const gpu::Buffer<std::int32_t>& ids,
 }
 
 void expect_same_routing(const Routing& got, const Routing& ref, index_t tokens, index_t k,
-                         const std::vector<bool>& nan_token) {
+                         const std::vector<bool>& rejected) {
   index_t bad = 0;
   for (index_t t = 0; t < tokens; ++t)
     for (index_t j = 0; j < k; ++j) {
       const std::size_t i = at(t * k + j);
-      if (nan_token[at(t)]) {
+      if (rejected[at(t)]) {
         if (got.ids[i] != -1 || !std::isnan(got.weights[i])) ++bad;
       } else if (got.ids[i] != ref.ids[i] || bits(got.weights[i]) != bits(ref.weights[i])) {
         ++bad;
@@ -154,26 +154,49 @@ void expect_same_routing(const Routing& got, const Routing& ref, index_t tokens,
   CHECK(bad == 0);
 }
 
-// Some tokens get a NaN logit (when `with_nan`); the host routes the others.
-std::vector<bool> plant_nans(std::vector<float>& logits, index_t tokens, index_t experts,
-                             bool with_nan) {
-  std::vector<bool> nan_token(at(tokens), false);
-  if (!with_nan) return nan_token;
+// Non-finite logits (when `non_finite`), by token t: t % 5 == 0 one NaN, 1 one +inf, 2 a row of
+// -inf, 3 three -inf. Returns the tokens the host op rejects: the NaN ones, and for softmax also
+// the +inf ones and the rows of -inf. The host routes the others (sigmoid of +-inf is 1 and 0; a
+// softmax -inf is probability 0).
+std::vector<bool> plant_non_finite(std::vector<float>& logits, index_t tokens, index_t experts,
+                                   bool non_finite, bool softmax) {
+  std::vector<bool> rejected(at(tokens), false);
+  if (!non_finite) return rejected;
   std::uniform_int_distribution<index_t> expert(0, experts - 1);
-  for (index_t t = 0; t < tokens; t += 5) {
-    nan_token[at(t)] = true;
-    logits[at(t * experts + expert(rng()))] = std::nanf("");
+  for (index_t t = 0; t < tokens; ++t) {
+    float* row = logits.data() + t * experts;
+    switch (t % 5) {
+      case 0:
+        row[expert(rng())] = std::nanf("");
+        rejected[at(t)] = true;
+        break;
+      case 1:
+        row[expert(rng())] = INFINITY;
+        rejected[at(t)] = softmax;
+        break;
+      case 2:
+        std::fill_n(row, experts, -INFINITY);
+        rejected[at(t)] = softmax;
+        break;
+      case 3:
+        for (int i = 0; i < 3; ++i) row[expert(rng())] = -INFINITY;
+        // A row of one expert has no finite logit left.
+        rejected[at(t)] = softmax && experts == 1;
+        break;
+      default:
+        break;
+    }
   }
-  return nan_token;
+  return rejected;
 }
 
-// The host's routing of the tokens without NaN (a NaN token's rows are left as they are).
+// The host's routing of the tokens it accepts (a rejected token's rows are left as they are).
 template <class RouteHost>
 Routing host_routing(const std::vector<float>& logits, index_t tokens, index_t experts, index_t k,
-                     const std::vector<bool>& nan_token, RouteHost route) {
+                     const std::vector<bool>& rejected, RouteHost route) {
   Routing ref{std::vector<std::int32_t>(at(tokens * k), -1), std::vector<float>(at(tokens * k))};
   for (index_t t = 0; t < tokens; ++t) {
-    if (nan_token[at(t)]) continue;
+    if (rejected[at(t)]) continue;
     route(make_view(logits.data() + t * experts, 1, experts),
           make_view(ref.ids.data() + t * k, 1, k), make_view(ref.weights.data() + t * k, 1, k));
   }
@@ -181,17 +204,19 @@ Routing host_routing(const std::vector<float>& logits, index_t tokens, index_t e
 }
 
 void check_grouped(index_t tokens, index_t experts, int n_group, int topk_group, index_t k,
-                   bool ties, bool with_nan) {
-  INFO("T = " << tokens << ", E = " << experts << ", ties " << ties << ", NaN " << with_nan);
+                   bool ties, bool non_finite, bool renormalize = true) {
+  INFO("T = " << tokens << ", E = " << experts << ", n_group " << n_group << ", topk_group "
+              << topk_group << ", k " << k << ", ties " << ties << ", non-finite " << non_finite
+              << ", renormalize " << renormalize);
   std::vector<float> logits =
       ties ? tied_floats(tokens * experts, 6) : random_floats(tokens * experts, 4.0f);
   const std::vector<float> bias = ties ? tied_floats(experts, 3) : random_floats(experts, 0.5f);
-  const std::vector<bool> nan_token = plant_nans(logits, tokens, experts, with_nan);
+  const std::vector<bool> rejected = plant_non_finite(logits, tokens, experts, non_finite, false);
   constexpr float scaling = 2.5f;
   const Routing ref =
-      host_routing(logits, tokens, experts, k, nan_token, [&](auto l, auto ids, auto weights) {
+      host_routing(logits, tokens, experts, k, rejected, [&](auto l, auto ids, auto weights) {
         ops::route_grouped_topk(Host{}, l, make_view(bias.data(), experts), n_group, topk_group,
-                                scaling, ids, weights);
+                                renormalize, scaling, ids, weights);
       });
   gpu::Buffer<float> logits_dev(logits);
   gpu::Buffer<float> bias_dev(bias);
@@ -199,20 +224,20 @@ void check_grouped(index_t tokens, index_t experts, int n_group, int topk_group,
   auto weights = poisoned<float>(tokens * k);
   ops::route_grouped_topk(
       Gpu{}, make_view(static_cast<const float*>(logits_dev.data()), tokens, experts),
-      make_view(static_cast<const float*>(bias_dev.data()), experts), n_group, topk_group, scaling,
-      make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
-  expect_same_routing(gpu_routing_outputs(ids, weights), ref, tokens, k, nan_token);
+      make_view(static_cast<const float*>(bias_dev.data()), experts), n_group, topk_group,
+      renormalize, scaling, make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
+  expect_same_routing(gpu_routing_outputs(ids, weights), ref, tokens, k, rejected);
 }
 
 void check_softmax(index_t tokens, index_t experts, index_t k, bool renormalize, bool ties,
-                   bool with_nan) {
-  INFO("T = " << tokens << ", E = " << experts << ", renormalize " << renormalize << ", ties "
-              << ties << ", NaN " << with_nan);
+                   bool non_finite) {
+  INFO("T = " << tokens << ", E = " << experts << ", k " << k << ", renormalize " << renormalize
+              << ", ties " << ties << ", non-finite " << non_finite);
   std::vector<float> logits =
       ties ? tied_floats(tokens * experts, 5) : random_floats(tokens * experts, 6.0f);
-  const std::vector<bool> nan_token = plant_nans(logits, tokens, experts, with_nan);
+  const std::vector<bool> rejected = plant_non_finite(logits, tokens, experts, non_finite, true);
   const Routing ref =
-      host_routing(logits, tokens, experts, k, nan_token, [&](auto l, auto ids, auto weights) {
+      host_routing(logits, tokens, experts, k, rejected, [&](auto l, auto ids, auto weights) {
         ops::route_softmax_topk(Host{}, l, renormalize, ids, weights);
       });
   gpu::Buffer<float> logits_dev(logits);
@@ -221,7 +246,7 @@ void check_softmax(index_t tokens, index_t experts, index_t k, bool renormalize,
   ops::route_softmax_topk(
       Gpu{}, make_view(static_cast<const float*>(logits_dev.data()), tokens, experts), renormalize,
       make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
-  expect_same_routing(gpu_routing_outputs(ids, weights), ref, tokens, k, nan_token);
+  expect_same_routing(gpu_routing_outputs(ids, weights), ref, tokens, k, rejected);
 }
 
 // ---- silu_mul ----
@@ -478,6 +503,9 @@ TEST_CASE("gpu moe: grouped top-k routing equals the host bit for bit") {
   }
   check_grouped(17, 256, 8, 4, 8, false, true);
   check_grouped(64, 16, 4, 2, 4, true, true);
+  // norm_topk_prob false: s * routed_scaling.
+  check_grouped(17, 256, 8, 4, 8, false, true, false);
+  check_grouped(3, 16, 4, 2, 4, true, false, false);
 }
 
 TEST_CASE("gpu moe: softmax top-k routing equals the host bit for bit") {
@@ -491,6 +519,7 @@ TEST_CASE("gpu moe: softmax top-k routing equals the host bit for bit") {
   check_softmax(17, 128, 8, true, false, true);
   check_softmax(64, 16, 4, false, true, true);
   check_softmax(3, 769, 17, true, false, false);
+  check_softmax(5, 1, 1, true, false, true);
 }
 
 TEST_CASE("gpu moe: silu_mul with bf16 and MXFP4 outputs equals the host") {

@@ -80,12 +80,14 @@ void ref_grouped_topk(const float* logits, const float* bias, index_t experts, i
 }
 
 void check_grouped(const std::vector<float>& logits, const std::vector<float>& bias, index_t tokens,
-                   index_t experts, int n_group, int topk_group, index_t k, float scaling) {
+                   index_t experts, int n_group, int topk_group, index_t k, float scaling,
+                   bool renormalize = true) {
+  INFO("renormalize " << renormalize);
   std::vector<std::int32_t> ids(at(tokens * k), -1);
   std::vector<float> weights(at(tokens * k), float_poison);
   ops::route_grouped_topk(host, atom::make_view(logits.data(), tokens, experts),
-                          atom::make_view(bias.data(), experts), n_group, topk_group, scaling,
-                          atom::make_view(ids.data(), tokens, k),
+                          atom::make_view(bias.data(), experts), n_group, topk_group, renormalize,
+                          scaling, atom::make_view(ids.data(), tokens, k),
                           atom::make_view(weights.data(), tokens, k));
   index_t id_bad = 0;
   std::vector<double> want_w(at(tokens * k));
@@ -98,7 +100,8 @@ void check_grouped(const std::vector<float>& logits, const std::vector<float>& b
     for (index_t j = 0; j < k; ++j) total += sig[at(ref[at(j)])];
     for (index_t j = 0; j < k; ++j) {
       id_bad += ids[at(t * k + j)] != ref[at(j)];
-      want_w[at(t * k + j)] = sig[at(ref[at(j)])] / total * scaling;
+      const double s = sig[at(ref[at(j)])];
+      want_w[at(t * k + j)] = (renormalize ? s / (total + 1e-20) : s) * scaling;
     }
   }
   CHECK(id_bad == 0);
@@ -124,7 +127,9 @@ TEST_CASE("route_grouped_topk matches a brute-force reference") {
     const index_t tokens = 5;
     const auto logits = random_floats(tokens * cfg.experts, 0.01f, 4.0f);
     const auto bias = random_floats(cfg.experts, 0.001f, 0.1f);
-    check_grouped(logits, bias, tokens, cfg.experts, cfg.n_group, cfg.topk_group, cfg.k, 2.5f);
+    for (const bool renormalize : {true, false})
+      check_grouped(logits, bias, tokens, cfg.experts, cfg.n_group, cfg.topk_group, cfg.k, 2.5f,
+                    renormalize);
   }
 }
 
@@ -135,7 +140,7 @@ TEST_CASE("route_grouped_topk breaks ties toward the lower index") {
     std::vector<std::int32_t> ids(3);
     std::vector<float> w(3);
     ops::route_grouped_topk(host, atom::make_view(logits.data(), 1, 16),
-                            atom::make_view(bias.data(), 16), 4, 2, 1.0f,
+                            atom::make_view(bias.data(), 16), 4, 2, true, 1.0f,
                             atom::make_view(ids.data(), 1, 3), atom::make_view(w.data(), 1, 3));
     CHECK(ids == std::vector<std::int32_t>{0, 1, 2});
     for (float x : w) CHECK(x == Approx(1.0 / 3.0).epsilon(1e-6));
@@ -154,12 +159,12 @@ TEST_CASE("route_grouped_topk breaks ties toward the lower index") {
     std::vector<std::int32_t> ids(4);
     std::vector<float> w(4);
     ops::route_grouped_topk(host, atom::make_view(logits.data(), 1, 16),
-                            atom::make_view(bias.data(), 16), 4, 2, 2.5f,
+                            atom::make_view(bias.data(), 16), 4, 2, true, 2.5f,
                             atom::make_view(ids.data(), 1, 4), atom::make_view(w.data(), 1, 4));
     CHECK(ids == std::vector<std::int32_t>{5, 13, 6, 14});
     // Only one group kept: the tie goes to group 1, and inside it 4 and 7 tie.
     ops::route_grouped_topk(host, atom::make_view(logits.data(), 1, 16),
-                            atom::make_view(bias.data(), 16), 4, 1, 2.5f,
+                            atom::make_view(bias.data(), 16), 4, 1, true, 2.5f,
                             atom::make_view(ids.data(), 1, 4), atom::make_view(w.data(), 1, 4));
     CHECK(ids == std::vector<std::int32_t>{5, 6, 4, 7});
     check_grouped(logits, bias, 1, 16, 4, 1, 4, 2.5f);
@@ -173,6 +178,32 @@ TEST_CASE("route_grouped_topk breaks ties toward the lower index") {
     const std::vector<float> bias(at(experts), 0.125f);
     check_grouped(logits, bias, tokens, experts, 8, 3, 6, 2.5f);
   }
+}
+
+TEST_CASE("route_grouped_topk routes infinite logits as sigmoid 1 and 0") {
+  // +inf: s = 1, c = 1 + bias; -inf: s = 0, c = bias. Both order like finite scores.
+  const index_t tokens = 3, experts = 16;
+  // |logit| <= 2 elsewhere: every finite c is at most sigmoid(2) + 0.1 < 1, below the +inf ones.
+  auto logits = random_floats(tokens * experts, 0.01f, 2.0f);
+  const auto bias = random_floats(experts, 0.001f, 0.1f);
+  logits[at(0 * experts + 11)] = INFINITY;
+  logits[at(0 * experts + 2)] = -INFINITY;
+  for (index_t e = 0; e < experts; ++e) logits[at(1 * experts + e)] = -INFINITY;
+  logits[at(2 * experts + 4)] = INFINITY;
+  logits[at(2 * experts + 5)] = INFINITY;
+  for (const bool renormalize : {true, false})
+    check_grouped(logits, bias, tokens, experts, 4, 2, 5, 2.5f, renormalize);
+  std::vector<std::int32_t> ids(at(tokens * 5));
+  std::vector<float> w(at(tokens * 5));
+  ops::route_grouped_topk(host, atom::make_view(logits.data(), tokens, experts),
+                          atom::make_view(bias.data(), experts), 4, 2, true, 2.5f,
+                          atom::make_view(ids.data(), tokens, 5),
+                          atom::make_view(w.data(), tokens, 5));
+  CHECK(ids[0] == 11);
+  // A row of -inf: every s is 0, so the weights are 0 / (0 + 1e-20) = 0 (as the model's).
+  for (index_t j = 0; j < 5; ++j) CHECK(w[at(5 + j)] == 0.0f);
+  CHECK(std::min(ids[10], ids[11]) == 4);
+  CHECK(std::max(ids[10], ids[11]) == 5);
 }
 
 TEST_CASE("route_softmax_topk picks the largest probabilities") {
@@ -231,6 +262,23 @@ TEST_CASE("route_softmax_topk picks the largest probabilities") {
                           atom::make_view(ids.data(), 1, 4), atom::make_view(w.data(), 1, 4));
   CHECK(ids == std::vector<std::int32_t>{0, 1, 2, 3});
   for (float x : w) CHECK(x == Approx(0.25).epsilon(1e-6));
+}
+
+TEST_CASE("route_softmax_topk gives a -inf logit probability 0, chosen last by index") {
+  std::vector<float> logits(12, -INFINITY);
+  logits[7] = 0.5f;
+  logits[3] = 1.5f;
+  std::vector<std::int32_t> ids(4);
+  std::vector<float> w(4, float_poison);
+  for (const bool renormalize : {false, true}) {
+    ops::route_softmax_topk(host, atom::make_view(logits.data(), 1, 12), renormalize,
+                            atom::make_view(ids.data(), 1, 4), atom::make_view(w.data(), 1, 4));
+    CHECK(ids == std::vector<std::int32_t>{3, 7, 0, 1});
+    const double p3 = 1.0 / (1.0 + std::exp(-1.0));
+    CHECK(w[0] == Approx(p3).epsilon(1e-6));
+    CHECK(w[1] == Approx(1.0 - p3).epsilon(1e-6));
+    CHECK((w[2] == 0.0f && w[3] == 0.0f));
+  }
 }
 
 TEST_CASE("silu_mul matches float64 and its fused MXFP4 form is bounded by the separate chain") {

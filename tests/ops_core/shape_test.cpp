@@ -215,17 +215,20 @@ TEST_CASE("moe ops reject wrong shapes and arguments") {
   const auto wv = atom::make_view(weights.data(), 2, 4);
   require_shape_error(
       [&] {
-        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 15), 4, 2, 1.0f, iv, wv);
+        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 15), 4, 2, true, 1.0f, iv,
+                                wv);
       },
       {"route_grouped_topk", "'bias'", "expected [16]"});
   require_shape_error(
       [&] {
-        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 16), 3, 2, 1.0f, iv, wv);
+        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 16), 3, 2, true, 1.0f, iv,
+                                wv);
       },
       {"route_grouped_topk", "n_group = 3"});
   require_shape_error(
       [&] {
-        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 16), 4, 5, 1.0f, iv, wv);
+        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 16), 4, 5, true, 1.0f, iv,
+                                wv);
       },
       {"route_grouped_topk", "topk_group = 5"});
   // k = 4 experts from a single group of 4 is fine; k = 5 is not.
@@ -233,7 +236,7 @@ TEST_CASE("moe ops reject wrong shapes and arguments") {
   std::vector<float> w5(10);
   require_shape_error(
       [&] {
-        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 16), 4, 1, 1.0f,
+        ops::route_grouped_topk(host, lv, atom::make_view(bias.data(), 16), 4, 1, true, 1.0f,
                                 atom::make_view(ids5.data(), 2, 5),
                                 atom::make_view(w5.data(), 2, 5));
       },
@@ -251,15 +254,31 @@ TEST_CASE("moe ops reject wrong shapes and arguments") {
   require_shape_error(
       [&] {
         ops::route_grouped_topk(host, atom::make_view(nan_logits.data(), 2, 16),
-                                atom::make_view(bias.data(), 16), 4, 2, 1.0f, iv, wv);
+                                atom::make_view(bias.data(), 16), 4, 2, true, 1.0f, iv, wv);
       },
       {"route_grouped_topk", "'logits'", "NaN"});
+
+  std::vector<float> inf_logits = logits;
+  inf_logits[21] = INFINITY;
+  require_shape_error(
+      [&] {
+        ops::route_softmax_topk(host, atom::make_view(inf_logits.data(), 2, 16), true, iv, wv);
+      },
+      {"route_softmax_topk", "'logits'", "+inf at row 1, column 5"});
+  std::vector<float> masked_logits = logits;
+  std::fill_n(masked_logits.begin() + 16, 16, -INFINITY);
+  require_shape_error(
+      [&] {
+        ops::route_softmax_topk(host, atom::make_view(masked_logits.data(), 2, 16), true, iv, wv);
+      },
+      {"route_softmax_topk", "'logits'", "no finite value in row 1"});
 
   std::vector<float> inf_bias = bias;
   inf_bias[3] = INFINITY;
   require_shape_error(
       [&] {
-        ops::route_grouped_topk(host, lv, atom::make_view(inf_bias.data(), 16), 4, 2, 1.0f, iv, wv);
+        ops::route_grouped_topk(host, lv, atom::make_view(inf_bias.data(), 16), 4, 2, true, 1.0f,
+                                iv, wv);
       },
       {"route_grouped_topk", "'bias'", "non-finite value at column 3"});
 

@@ -92,7 +92,7 @@ void bench(const Model& md, index_t tokens, std::FILE* csv) {
     line("route", graph_us(stream, [&](int) {
            ops::route_grouped_topk(g, lv,
                                    make_view(static_cast<const float*>(bias.data()), md.experts), 8,
-                                   4, 2.5f, ids_v, weights_v);
+                                   4, true, 2.5f, ids_v, weights_v);
          }));
   else
     line("route",

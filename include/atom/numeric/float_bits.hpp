@@ -23,6 +23,9 @@ inline constexpr std::uint32_t float_quiet_nan_bits = 0x7fc00000u;
 ATOM_HD constexpr bool is_nan_bits(std::uint32_t bits) {
   return (bits & float_abs_mask) > float_inf_bits;
 }
+ATOM_HD constexpr bool is_finite_bits(std::uint32_t bits) {
+  return (bits & float_abs_mask) < float_inf_bits;
+}
 
 // 2^e for -126 <= e <= 127, built from the exponent field so it is exact.
 ATOM_HD constexpr float exact_pow2(int e) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "atom/core/tensor.hpp"
 #include "atom/numeric/host_device.hpp"
@@ -15,23 +16,39 @@ namespace atom::ops {
 // routed GEMMs write its row as zeros and read no weight for it.
 inline constexpr std::int32_t no_expert = -2;
 
+// What DeepSeek-V3's routing adds to the sum of the chosen sigmoids before dividing by it (as
+// the model does: chosen sigmoids that are all 0 give weights 0, not NaN).
+inline constexpr float grouped_topk_epsilon = 1e-20f;
+
 // DeepSeek-V3 routing (noaux_tc). logits [T, E], bias [E], ids and weights [T, k].
 // In float: s_e = 1 / (1 + exp(-logit_e)), c_e = s_e + bias_e. The E experts form n_group
 // consecutive groups of E / n_group; a group's score is the sum of its two largest c (its only
 // c when a group holds one expert). The topk_group best groups are kept; the k experts with the
-// largest c among them are chosen, in descending c (slot order). weights_j = s_j / (sum of the
-// chosen s, in slot order) * routed_scaling. Ties (equal group scores, equal c) go to the lower
-// index. NaN logits and non-finite bias values are rejected.
+// largest c among them are chosen, in descending c (slot order). With S the sum of the chosen s
+// in slot order: weights_j = s_j / (S + grouped_topk_epsilon) * routed_scaling when renormalize
+// (norm_topk_prob), else s_j * routed_scaling. Ties (equal group scores, equal c) go to the lower
+// index. Logits of +-inf are defined (s = 1 or 0); NaN logits and non-finite bias values are
+// rejected.
 void route_grouped_topk(const Host&, View2<const float> logits, View1<const float> bias,
-                        int n_group, int topk_group, float routed_scaling, View2<std::int32_t> ids,
-                        View2<float> weights);
+                        int n_group, int topk_group, bool renormalize, float routed_scaling,
+                        View2<std::int32_t> ids, View2<float> weights);
 
 // Qwen3 routing. logits [T, E], ids and weights [T, k]. In float: p = softmax(logits)
 // (max-subtracted exp, sum in expert order); the k largest p in descending order, ties to the
 // lower index; weights = p, or p / (sum of the chosen p, in slot order) when renormalize.
-// NaN logits are rejected.
+// A logit of -inf is an expert of probability 0 (chosen after every other, by index); a row
+// holding a NaN, a +inf or no finite logit is rejected (softmax is undefined there).
 void route_softmax_topk(const Host&, View2<const float> logits, bool renormalize,
                         View2<std::int32_t> ids, View2<float> weights);
+
+// The checks both backends run on the routing ops' arguments before touching data: shapes,
+// n_group and topk_group, k, aliasing. The host ops then check the values (NaN logits, bias);
+// device ops cannot read them without a sync and give those rows a defined result instead.
+void expect_grouped_topk_args(std::string_view op, View2<const float> logits,
+                              View1<const float> bias, int n_group, int topk_group,
+                              View2<std::int32_t> ids, View2<float> weights);
+void expect_softmax_topk_args(std::string_view op, View2<const float> logits,
+                              View2<std::int32_t> ids, View2<float> weights);
 
 // gate_up [R, 2I] (gate columns first, then up); out [R, I] in Epi's format with
 // y = silu(gate) * up = gate / (1 + exp(-gate)) * up in float. Epi::Mxfp4 quantizes the float y

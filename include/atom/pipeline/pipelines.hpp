@@ -488,7 +488,8 @@ struct MoeBlock {
     auto weights = ws.take<float>(t, k);
     if (m.router == RouterKind::sigmoid_grouped)
       ops::route_grouped_topk(b, logits, w.router_bias, static_cast<int>(m.n_group),
-                              static_cast<int>(m.topk_group), m.routed_scaling, ids, weights);
+                              static_cast<int>(m.topk_group), m.renormalize, m.routed_scaling, ids,
+                              weights);
     else
       ops::route_softmax_topk(b, logits, m.renormalize, ids, weights);
 

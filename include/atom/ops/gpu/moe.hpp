@@ -2,9 +2,10 @@
 // `const Gpu&` first; views are device memory). The host checks shapes exactly as the host ops
 // do; the data itself stays on the device, so what the host op rejects by looking at values is
 // given a defined device-side result instead:
-// - routing: a token with a NaN logit gets ids -1 and NaN weights in every slot (the other tokens
-//   are routed normally). route_grouped_topk's bias must be finite (not checked on the device:
-//   a non-finite bias gives unspecified choices, never an out-of-bounds access).
+// - routing: a token whose logits the host op rejects (a NaN; for route_softmax_topk also a +inf
+//   or no finite logit) gets ids -1 and NaN weights in every slot (the other tokens are routed
+//   normally). route_grouped_topk's bias must be finite (not checked on the device: a non-finite
+//   bias gives unspecified choices, never an out-of-bounds access).
 // - moe_gemm_a4w4, moe_gemm_a16w16, moe_gemm_a8w8_block: an id outside [0, E) makes that output
 //   row NaN, except no_expert, whose row is zeros (as on the host); nothing is read through it.
 //
@@ -37,8 +38,8 @@ namespace atom::ops {
 void gemm_bf16(const Gpu&, View2<const bf16> a, View2<const bf16> w, View2<float> out);
 
 void route_grouped_topk(const Gpu&, View2<const float> logits, View1<const float> bias, int n_group,
-                        int topk_group, float routed_scaling, View2<std::int32_t> ids,
-                        View2<float> weights);
+                        int topk_group, bool renormalize, float routed_scaling,
+                        View2<std::int32_t> ids, View2<float> weights);
 
 void route_softmax_topk(const Gpu&, View2<const float> logits, bool renormalize,
                         View2<std::int32_t> ids, View2<float> weights);
