@@ -1,17 +1,22 @@
 // libFuzzer target: the plugin ABI's argument checks, through the C entry points a host calls. The
 // input chooses the ABI version, the settings list (known and unknown names, any values), the
-// architecture, kind and preset (the tiny presets, or arbitrary strings), version 1's per-token
-// run or version 2's per-sequence run, the batch shape, each buffer's element count and pointer
-// (exact, short, NULL or aliasing another), and every batch entry (query starts, positions,
-// slots, block ids, context lengths, in and around their ranges). Each call
-// must return a status of the ABI with a message naming what was wrong, or run; a crash, a
-// sanitizer report, a failure without a message or an unknown status is a finding.
+// pipeline: a preset's (create_pipeline: architecture, kind and preset, the tiny presets or
+// arbitrary strings) or a layer of one of the tiny MXFP4 checkpoints (load_pipeline, or
+// load_pipeline_tp with a communicator of any rank and size whose all-reduce succeeds or fails;
+// the folder, layer, kind and load options: backend, max_tokens and KV cache kind, in and around
+// their ranges), version 1's per-token run or version 2's per-sequence run, the batch shape, each
+// buffer's element count and pointer (exact, short, NULL or aliasing another), the caches in the
+// pipeline's cache kind, and every batch entry (query starts, positions, slots, block ids,
+// context lengths, in and around their ranges). Each call must return a status of the ABI with a
+// message naming what was wrong, or run; a crash, a sanitizer report, a failure without a message
+// or an unknown status is a finding.
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
@@ -26,11 +31,18 @@ namespace {
 
 const atom_plugin_api* api = nullptr;
 
+// A finding names the status and the message before it stops.
+[[noreturn]] void finding(atom_plugin_status s, const char* why) {
+  std::fprintf(stderr, "finding: %s (status %d, message \"%s\")\n", why, static_cast<int>(s),
+               api->last_error());
+  __builtin_trap();
+}
+
 void check(atom_plugin_status s) {
-  if (s < ATOM_PLUGIN_OK || s > ATOM_PLUGIN_ERROR_CHECKPOINT) __builtin_trap();
+  if (s < ATOM_PLUGIN_OK || s > ATOM_PLUGIN_ERROR_COMMUNICATOR) finding(s, "an unknown status");
   // INTERNAL means a check let bad input through to code that then failed.
-  if (s == ATOM_PLUGIN_ERROR_INTERNAL) __builtin_trap();
-  if (s != ATOM_PLUGIN_OK && std::strlen(api->last_error()) == 0) __builtin_trap();
+  if (s == ATOM_PLUGIN_ERROR_INTERNAL) finding(s, "an internal error");
+  if (s != ATOM_PLUGIN_OK && std::strlen(api->last_error()) == 0) finding(s, "no message");
 }
 
 // Choices read from the input: 0, what an exhausted input reads, is always the common case.
@@ -155,13 +167,49 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(api->model(reg, in.ConsumeIntegralInRange<std::size_t>(0, info.model_count + 1), &m));
   if (architectures.empty()) architectures.emplace_back("DeepseekV3ForCausalLM");
 
-  // Only the tiny presets: the full-size ones generate gigabytes of weights.
-  const std::string architecture = pick(in, architectures);
   const std::string kind = pick(in, {"layer", "attention", "moe"});
-  const std::string preset = pick(in, {"deepseek-v3-tiny", "qwen3-30b-a3b-tiny"});
   atom_plugin_pipeline* p = nullptr;
-  s = api->create_pipeline(reg, architecture.c_str(), kind.c_str(), preset.c_str(),
-                           in.ConsumeIntegralInRange<std::uint64_t>(0, 3), &p);
+  const int source = in.ConsumeIntegralInRange<int>(0, 2);
+  if (source == 0) {
+    // Only the tiny presets: the full-size ones generate gigabytes of weights.
+    const std::string architecture = pick(in, architectures);
+    const std::string preset = pick(in, {"deepseek-v3-tiny", "qwen3-30b-a3b-tiny"});
+    s = api->create_pipeline(reg, architecture.c_str(), kind.c_str(), preset.c_str(),
+                             in.ConsumeIntegralInRange<std::uint64_t>(0, 3), &p);
+  } else {
+    // A checkpoint folder (or the folder above them, which holds no config.json), any layer of
+    // its three and around them, load options NULL or of the input's choosing.
+    const std::string root = ATOM_FUZZ_HF_DATA;
+    const std::string checkpoint =
+        pick(in, {root + "/qwen3-30b-a3b-tiny/mxfp4", root + "/deepseek-v3-tiny/mxfp4", root});
+    const auto layer = around<std::int64_t>(in, 0, 2);
+    const std::string backend = pick(in, {"host", "auto", "gpu"});
+    atom_plugin_load_options options{in.ConsumeBool() ? backend.c_str() : nullptr,
+                                     around<std::int64_t>(in, 1, 16),
+                                     around<atom_plugin_cache_kind>(in, 0, 4)};
+    const atom_plugin_load_options* o =
+        in.ConsumeIntegralInRange<int>(0, 7) == 7 ? nullptr : &options;
+    if (source == 1) {
+      s = api->load_pipeline(reg, checkpoint.c_str(), layer, kind.c_str(), o, &p);
+    } else {
+      // The others' shares are zero (the identity), or the all-reduce fails.
+      static constexpr auto identity = [](void*, const std::uint16_t* x, std::uint16_t* out,
+                                          std::uint64_t count, void*) -> std::int32_t {
+        std::memmove(out, x, count * sizeof(std::uint16_t));
+        return 0;
+      };
+      static constexpr auto failing = [](void*, const std::uint16_t*, std::uint16_t*, std::uint64_t,
+                                         void*) -> std::int32_t { return 1; };
+      const auto size = around<std::int32_t>(in, 1, 4);
+      const int reduce = in.ConsumeIntegralInRange<int>(0, 15);
+      const atom_plugin_communicator c{around<std::int32_t>(in, 0, size - 1), size, nullptr,
+                                       reduce == 15   ? nullptr
+                                       : reduce == 14 ? +failing
+                                                      : +identity};
+      s = api->load_pipeline_tp(reg, checkpoint.c_str(), layer, kind.c_str(), o,
+                                in.ConsumeIntegralInRange<int>(0, 15) == 15 ? nullptr : &c, &p);
+    }
+  }
   check(s);
   api->release_registration(reg);
   if (s != ATOM_PLUGIN_OK) return 0;
@@ -206,8 +254,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto table = make_arg<std::int32_t>(in, n.block_table, bits, raw);
   auto context = make_arg<std::int32_t>(in, n.context_lens, bits, raw);
   auto mla = make_arg<std::uint16_t>(in, n.mla_cache, bits, raw);
-  auto key = make_arg<std::uint8_t>(in, n.key_cache, bits, raw);
-  auto value = make_arg<std::uint8_t>(in, n.value_cache, bits, raw);
+  // The GQA caches in the pipeline's kind: bf16 values or FP8 codes.
+  const bool bf16_cache = pi.cache_kind == ATOM_PLUGIN_CACHE_KV_BF16;
+  auto key16 = make_arg<std::uint16_t>(in, bf16_cache ? n.key_cache : 0, bits, raw);
+  auto value16 = make_arg<std::uint16_t>(in, bf16_cache ? n.value_cache : 0, bits, raw);
+  auto key8 = make_arg<std::uint8_t>(in, bf16_cache ? 0 : n.key_cache, bits, raw);
+  auto value8 = make_arg<std::uint8_t>(in, bf16_cache ? 0 : n.value_cache, bits, raw);
+  struct Cache {
+    void* data;
+    std::size_t count;
+  };
+  const Cache key = bf16_cache ? Cache{key16.data, key16.count} : Cache{key8.data, key8.count};
+  const Cache value =
+      bf16_cache ? Cache{value16.data, value16.count} : Cache{value8.data, value8.count};
   auto key_scale = make_arg<float>(in, n.key_scale, bits, raw);
   auto value_scale = make_arg<float>(in, n.value_scale, bits, raw);
   // The moe kind ignores the cache extents, which may then be anything: ranges from clamped ones.
@@ -228,7 +287,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::int32_t previous = i == 0 ? 0 : starts.storage[i - 1];
     starts.storage[i] =
         i == 0 ? around<std::int32_t>(in, 0, 0)
-               : around<std::int32_t>(in, previous, std::min<std::int64_t>(previous + 3, tokens));
+               : around<std::int32_t>(in, previous,
+                                      std::min<std::int64_t>(std::int64_t{previous} + 3, tokens));
   }
   for (auto& v : table.storage) v = around<std::int32_t>(in, 0, blocks - 1);
   for (auto& v : context.storage) v = around<std::int32_t>(in, 1, width * pi.block_size);

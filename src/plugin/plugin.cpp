@@ -555,9 +555,20 @@ std::size_t kv_element_size(const atom_plugin_pipeline& p) {
   return p.kv_format == ops::KvCacheFormat::bf16 ? sizeof(bf16) : sizeof(fp8_e4m3);
 }
 
+// A run's token count: within the ABI's limit and the pipeline's max_tokens (its workspace and
+// a tensor-parallel rank's reduction scratch are sized for that many at load; version 1's
+// pipelines have no bound and size on demand).
+void expect_tokens(const atom_plugin_pipeline& p, std::int64_t tokens) {
+  expect_extent("tokens", tokens, max_tokens);
+  if (p.max_tokens > 0 && tokens > p.max_tokens)
+    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
+          "shape.tokens is " + std::to_string(tokens) + ", above the pipeline's max_tokens " +
+              std::to_string(p.max_tokens) + " (atom_plugin_load_options.max_tokens)");
+}
+
 atom_plugin_buffer_sizes sizes_for(const atom_plugin_pipeline& p,
                                    const atom_plugin_batch_shape& s) {
-  expect_extent("tokens", s.tokens, max_tokens);
+  expect_tokens(p, s.tokens);
   const auto t = static_cast<std::size_t>(s.tokens);
   const auto act = t * static_cast<std::size_t>(p.model.hidden);
   atom_plugin_buffer_sizes z{};
@@ -886,11 +897,7 @@ constexpr std::int64_t default_max_tokens = 256;
 
 atom_plugin_sequence_sizes sequence_sizes_for(const atom_plugin_pipeline& p,
                                               const atom_plugin_sequence_shape& s) {
-  expect_extent("tokens", s.tokens, max_tokens);
-  if (p.max_tokens > 0 && s.tokens > p.max_tokens)
-    raise(ATOM_PLUGIN_ERROR_INVALID_ARGUMENT,
-          "shape.tokens is " + std::to_string(s.tokens) + ", above the pipeline's max_tokens " +
-              std::to_string(p.max_tokens) + " (atom_plugin_load_options.max_tokens)");
+  expect_tokens(p, s.tokens);
   const auto t = static_cast<std::size_t>(s.tokens);
   atom_plugin_sequence_sizes z{};
   z.x = z.residual = z.out = t * static_cast<std::size_t>(p.model.hidden);

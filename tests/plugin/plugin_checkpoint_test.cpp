@@ -567,6 +567,28 @@ TEST_CASE("plugin ABI 3: a failing reduction is the communicator's error") {
              Catch::Contains("all_reduce_bf16 returned 7 on rank 0 of 2"));
 }
 
+TEST_CASE("plugin ABI 3: version 1's run of a loaded rank keeps to its max_tokens") {
+  // The rank's reduction scratch is sized at load for max_tokens tokens, as the workspace is: a
+  // per-token batch of more is refused by name, as a per-sequence one is.
+  const std::string dir = checkpoint_dir("qwen3-30b-a3b-tiny", "bf16");
+  Registration reg;
+  TestGroup group(2);
+  Loaded p;
+  const atom_plugin_communicator c = group.communicator(1);
+  const atom_plugin_load_options options{"host", 4, ATOM_PLUGIN_CACHE_NONE};
+  REQUIRE(api().load_pipeline_tp(reg.r, dir.c_str(), 1, "layer", &options, &c, &p.p) ==
+          ATOM_PLUGIN_OK);
+  const atom_plugin_batch_shape shape{5, 2, 8};
+  atom_plugin_buffer_sizes z{};
+  CHECK(api().buffer_sizes(p.p, &shape, &z) == ATOM_PLUGIN_ERROR_INVALID_ARGUMENT);
+  CHECK_THAT(std::string(api().last_error()), Catch::Contains("above the pipeline's max_tokens 4"));
+  atom_plugin_run_args a{};
+  a.shape = shape;
+  CHECK(api().run(p.p, &a, nullptr) == ATOM_PLUGIN_ERROR_INVALID_ARGUMENT);
+  CHECK_THAT(std::string(api().last_error()),
+             Catch::Contains("run") && Catch::Contains("above the pipeline's max_tokens 4"));
+}
+
 TEST_CASE("plugin ABI 4: versions 1 to 3 are version 4's table without the later additions") {
   const atom_plugin_api* v1 = nullptr;
   const atom_plugin_api* v2 = nullptr;
