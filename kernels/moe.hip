@@ -170,16 +170,18 @@ __device__ inline Ranked block_best(Ranked v, Ranked* scratch) {
   return best;
 }
 
-// Whether the host op rejects the row: a NaN logit, and for softmax also a +inf or no finite
-// logit (atom/ops/moe.hpp). If so the row's slots are ids -1, weights NaN.
+// Whether the host op rejects the row: a NaN logit, for softmax also a +inf or no finite logit,
+// and for the grouped routing a non-finite bias value (`bias`, null for softmax; atom/ops/moe.hpp).
+// If so the row's slots are ids -1, weights NaN.
 template <bool Softmax>
-__device__ inline bool rejected_row(const float* row, int experts, std::int32_t* ids,
-                                    float* weights, int k) {
+__device__ inline bool rejected_row(const float* row, const float* bias, int experts,
+                                    std::int32_t* ids, float* weights, int k) {
   bool bad = false;
   bool finite = false;
   for (int e = static_cast<int>(threadIdx.x); e < experts; e += route_threads) {
     const std::uint32_t u = bits_of(row[e]);
     bad = bad || is_nan_bits(u) || (Softmax && u == float_inf_bits);
+    if constexpr (!Softmax) bad = bad || !is_finite_bits(bits_of(bias[e]));
     finite = finite || is_finite_bits(u);
   }
   bool rejected = __syncthreads_or(bad);
@@ -211,7 +213,7 @@ __global__ void __launch_bounds__(route_threads)
   const float* row = logits + t * logits_stride;
   std::int32_t* id_row = ids + t * ids_stride;
   float* weight_row = weights + t * weights_stride;
-  if (rejected_row<false>(row, experts, id_row, weight_row, k)) return;
+  if (rejected_row<false>(row, bias, experts, id_row, weight_row, k)) return;
   for (int e = tid; e < experts; e += route_threads) {
     sig[e] = div(1.0f, add(1.0f, host_expf(-row[e])));
     choice[e] = add(sig[e], bias[e]);
@@ -283,7 +285,7 @@ __global__ void __launch_bounds__(route_threads)
   const float* row = logits + t * logits_stride;
   std::int32_t* id_row = ids + t * ids_stride;
   float* weight_row = weights + t * weights_stride;
-  if (rejected_row<true>(row, experts, id_row, weight_row, k)) return;
+  if (rejected_row<true>(row, nullptr, experts, id_row, weight_row, k)) return;
   // The maximum is order-free; the lowest index among equal maxima is the same value.
   Ranked mine{0.0f, -1};
   for (int e = tid; e < experts; e += route_threads)

@@ -508,6 +508,28 @@ TEST_CASE("gpu moe: grouped top-k routing equals the host bit for bit") {
   check_grouped(3, 16, 4, 2, 4, true, false, false);
 }
 
+TEST_CASE("gpu moe: a non-finite bias value gives every token the NaN row") {
+  REQUIRE(have_gpu());
+  for (const float bad : {INFINITY, -INFINITY, std::nanf("")}) {
+    const index_t tokens = 17, experts = 256, k = 8;
+    const std::vector<float> logits = random_floats(tokens * experts, 4.0f);
+    std::vector<float> bias = random_floats(experts, 0.5f);
+    bias[at(experts - 3)] = bad;
+    gpu::Buffer<float> logits_dev(logits);
+    gpu::Buffer<float> bias_dev(bias);
+    auto ids = poisoned<std::int32_t>(tokens * k);
+    auto weights = poisoned<float>(tokens * k);
+    ops::route_grouped_topk(
+        Gpu{}, make_view(static_cast<const float*>(logits_dev.data()), tokens, experts),
+        make_view(static_cast<const float*>(bias_dev.data()), experts), 8, 4, true, 2.5f,
+        make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
+    const Routing none{std::vector<std::int32_t>(at(tokens * k)),
+                       std::vector<float>(at(tokens * k))};
+    expect_same_routing(gpu_routing_outputs(ids, weights), none, tokens, k,
+                        std::vector<bool>(at(tokens), true));
+  }
+}
+
 TEST_CASE("gpu moe: softmax top-k routing equals the host bit for bit") {
   REQUIRE(have_gpu());
   for (const index_t t : test_tokens)

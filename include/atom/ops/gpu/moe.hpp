@@ -4,8 +4,8 @@
 // given a defined device-side result instead:
 // - routing: a token whose logits the host op rejects (a NaN; for route_softmax_topk also a +inf
 //   or no finite logit) gets ids -1 and NaN weights in every slot (the other tokens are routed
-//   normally). route_grouped_topk's bias must be finite (not checked on the device: a non-finite
-//   bias gives unspecified choices, never an out-of-bounds access).
+//   normally); a non-finite value in route_grouped_topk's bias, which the host op rejects too,
+//   gives every token that row.
 // - moe_gemm_a4w4, moe_gemm_a16w16, moe_gemm_a8w8_block: an id outside [0, E) makes that output
 //   row NaN, except no_expert, whose row is zeros (as on the host); nothing is read through it.
 //
