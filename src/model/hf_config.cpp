@@ -401,16 +401,17 @@ void read_quantization(const Reader& root, ModelConfig& m) {
     const json weight = global.value("weight", json());
     if (!weight.is_object()) q.fail("global_quant_config.weight", weight, "expected an object");
     expect_mxfp4_spec(q, "global_quant_config.weight", weight);
+    // atom's MXFP4 GEMMs quantize their inputs to MXFP4 (W4A4): a weight-only export (W4A16)
+    // would run with other arithmetic than the model's, so it is refused rather than run so.
     const json input = global.value("input_tensors", json());
-    if (!input.is_null()) {
-      if (!input.is_object())
-        q.fail("global_quant_config.input_tensors", input, "expected an object or null");
-      expect_mxfp4_spec(q, "global_quant_config.input_tensors", input);
-      if (input.value("is_dynamic", json()) != true)
-        q.fail("global_quant_config.input_tensors.is_dynamic", input.value("is_dynamic", json()),
-               "not supported (atom quantizes activations dynamically)");
-      m.quant.mxfp4_activations = true;
-    }
+    if (!input.is_object())
+      q.fail("global_quant_config.input_tensors", input,
+             "not supported (atom's MXFP4 GEMMs quantize their inputs to MXFP4: expected the "
+             "input spec of a weight-and-activation export, not a weight-only one)");
+    expect_mxfp4_spec(q, "global_quant_config.input_tensors", input);
+    if (input.value("is_dynamic", json()) != true)
+      q.fail("global_quant_config.input_tensors.is_dynamic", input.value("is_dynamic", json()),
+             "not supported (atom quantizes activations dynamically)");
     for (const char* k : {"output_tensors", "bias"})
       if (!global.value(k, json()).is_null())
         q.fail(std::string("global_quant_config.") + k, global.at(k),

@@ -37,9 +37,6 @@ struct QuantConfig {
   // fp8_block: weight_block_size [block_n, block_k] (rows, columns of one scale).
   index_t block_n = 0;
   index_t block_k = 0;
-  // mxfp4_quark: the activations entering quantized GEMMs are MXFP4 too (input_tensors), quantized
-  // dynamically.
-  bool mxfp4_activations = false;
   // Modules kept in bf16: fp8's modules_to_not_convert, quark's exclude.
   std::vector<ModulePattern> unquantized;
 };
