@@ -254,19 +254,29 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto table = make_arg<std::int32_t>(in, n.block_table, bits, raw);
   auto context = make_arg<std::int32_t>(in, n.context_lens, bits, raw);
   auto mla = make_arg<std::uint16_t>(in, n.mla_cache, bits, raw);
-  // The GQA caches in the pipeline's kind: bf16 values or FP8 codes.
-  const bool bf16_cache = pi.cache_kind == ATOM_PLUGIN_CACHE_KV_BF16;
-  auto key16 = make_arg<std::uint16_t>(in, bf16_cache ? n.key_cache : 0, bits, raw);
-  auto value16 = make_arg<std::uint16_t>(in, bf16_cache ? n.value_cache : 0, bits, raw);
-  auto key8 = make_arg<std::uint8_t>(in, bf16_cache ? 0 : n.key_cache, bits, raw);
-  auto value8 = make_arg<std::uint8_t>(in, bf16_cache ? 0 : n.value_cache, bits, raw);
+  // The GQA caches in the pipeline's kind: bf16 values or FP8 codes (the moved storage keeps
+  // its buffer, so `data` stays valid).
   struct Cache {
-    void* data;
-    std::size_t count;
+    Arg<std::uint16_t> bf16;
+    Arg<std::uint8_t> fp8;
+    void* data = nullptr;
+    std::size_t count = 0;
   };
-  const Cache key = bf16_cache ? Cache{key16.data, key16.count} : Cache{key8.data, key8.count};
-  const Cache value =
-      bf16_cache ? Cache{value16.data, value16.count} : Cache{value8.data, value8.count};
+  const auto cache_arg = [&](std::size_t needed) {
+    Cache c;
+    if (pi.cache_kind == ATOM_PLUGIN_CACHE_KV_BF16) {
+      c.bf16 = make_arg<std::uint16_t>(in, needed, bits, raw);
+      c.data = c.bf16.data;
+      c.count = c.bf16.count;
+    } else {
+      c.fp8 = make_arg<std::uint8_t>(in, needed, bits, raw);
+      c.data = c.fp8.data;
+      c.count = c.fp8.count;
+    }
+    return c;
+  };
+  const Cache key = cache_arg(n.key_cache);
+  const Cache value = cache_arg(n.value_cache);
   auto key_scale = make_arg<float>(in, n.key_scale, bits, raw);
   auto value_scale = make_arg<float>(in, n.value_scale, bits, raw);
   // The moe kind ignores the cache extents, which may then be anything: ranges from clamped ones.
