@@ -155,9 +155,9 @@ void expect_same_routing(const Routing& got, const Routing& ref, index_t tokens,
 }
 
 // Non-finite logits (when `non_finite`), by token t: t % 5 == 0 one NaN, 1 one +inf, 2 a row of
-// -inf, 3 three -inf. Returns the tokens the host op rejects: the NaN ones, and for softmax also
-// the +inf ones and the rows of -inf. The host routes the others (sigmoid of +-inf is 1 and 0; a
-// softmax -inf is probability 0).
+// -inf, 3 three -inf. Returns the tokens the host op rejects, read off the rows: a NaN, and for
+// softmax also a +inf or no finite logit. The host routes the others (sigmoid of +-inf is 1 and
+// 0; a softmax -inf is probability 0).
 std::vector<bool> plant_non_finite(std::vector<float>& logits, index_t tokens, index_t experts,
                                    bool non_finite, bool softmax) {
   std::vector<bool> rejected(at(tokens), false);
@@ -165,27 +165,15 @@ std::vector<bool> plant_non_finite(std::vector<float>& logits, index_t tokens, i
   std::uniform_int_distribution<index_t> expert(0, experts - 1);
   for (index_t t = 0; t < tokens; ++t) {
     float* row = logits.data() + t * experts;
-    switch (t % 5) {
-      case 0:
-        row[expert(rng())] = std::nanf("");
-        rejected[at(t)] = true;
-        break;
-      case 1:
-        row[expert(rng())] = INFINITY;
-        rejected[at(t)] = softmax;
-        break;
-      case 2:
-        std::fill_n(row, experts, -INFINITY);
-        rejected[at(t)] = softmax;
-        break;
-      case 3:
-        for (int i = 0; i < 3; ++i) row[expert(rng())] = -INFINITY;
-        // A row of one expert has no finite logit left.
-        rejected[at(t)] = softmax && experts == 1;
-        break;
-      default:
-        break;
-    }
+    if (t % 5 == 0) row[expert(rng())] = std::nanf("");
+    if (t % 5 == 1) row[expert(rng())] = INFINITY;
+    if (t % 5 == 2) std::fill_n(row, experts, -INFINITY);
+    if (t % 5 == 3)
+      for (int i = 0; i < 3; ++i) row[expert(rng())] = -INFINITY;
+    const auto any = [&](auto pred) { return std::any_of(row, row + experts, pred); };
+    rejected[at(t)] = any([](float x) { return std::isnan(x); }) ||
+                      (softmax && (any([](float x) { return x == INFINITY; }) ||
+                                   !any([](float x) { return std::isfinite(x); })));
   }
   return rejected;
 }
