@@ -22,18 +22,6 @@ using detail::alloc;
 using detail::Buffers;
 using detail::rope_table;
 
-struct Random {
-  std::mt19937_64 rng;
-  std::normal_distribution<float> normal{0.0f, 1.0f};
-  float operator()(float mean, float stddev) { return mean + stddev * normal(rng); }
-};
-
-template <int R>
-void fill_bf16(View<bf16, R> v, Random& r, float mean, float stddev) {
-  bf16* p = v.data;
-  for (index_t i = 0; i < v.numel(); ++i) p[i] = to_bf16(r(mean, stddev));
-}
-
 // Random weights are drawn in parallel by a counter-based generator: value i of a layer's j-th
 // tensor is a function of the seed, j and i alone, so a layer's bits do not depend on the number
 // of threads, and no tensor is ever held whole as floats. The values before quantization are the
@@ -113,9 +101,18 @@ void draw_rows(Stream s, index_t groups, index_t per, index_t k, index_t granule
   });
 }
 
-void fill_bf16(View1<bf16> v, Stream s, float mean, float stddev) {
-  for (index_t i = 0; i < v.numel(); ++i)
-    v(i) = to_bf16(mean + stddev * s.normal(static_cast<std::uint64_t>(i)));
+// A contiguous view's values, drawn in parallel chunks: value i is mean + stddev * s.normal(i),
+// whatever the thread count.
+template <int R>
+void fill_bf16(View<bf16, R> v, Stream s, float mean, float stddev) {
+  constexpr index_t chunk = index_t{1} << 20;
+  bf16* const p = v.data;
+  const index_t n = v.numel();
+  parallel_tasks(ops::ceil_div(n, chunk), [&](index_t c) {
+    const index_t end = std::min(n, (c + 1) * chunk);
+    for (index_t i = c * chunk; i < end; ++i)
+      p[i] = to_bf16(mean + stddev * s.normal(static_cast<std::uint64_t>(i)));
+  });
 }
 
 // All h * n * k values at once (the per-head quantizers need a head whole): a few MB.
@@ -274,7 +271,8 @@ LayerWeights::LayerWeights(const ModelConfig& m, std::uint64_t seed, policy::Wei
 DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context_lens,
                          std::uint64_t seed, index_t query_tokens, ops::KvCacheFormat kv_format)
     : context_lens_(std::move(context_lens)) {
-  Random r{std::mt19937_64(seed)};
+  // Drawn like the weights, in parallel, from other streams than the weights of the same seed.
+  Draws r(~seed);
   if (query_tokens < 1)
     throw std::invalid_argument("query tokens per sequence must be at least 1, got " +
                                 std::to_string(query_tokens));
@@ -294,7 +292,7 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
   for (const auto len : context_lens_) total_blocks += (len + bs - 1) / bs;
   std::vector<std::int32_t> pool(static_cast<std::size_t>(total_blocks));
   std::iota(pool.begin(), pool.end(), 0);
-  std::shuffle(pool.begin(), pool.end(), r.rng);
+  std::shuffle(pool.begin(), pool.end(), std::mt19937_64(seed));
   block_table_.assign(static_cast<std::size_t>(sequences * std::max<index_t>(max_blocks_, 1)), 0);
   std::size_t next = 0;
   std::vector<std::int64_t> prior_slots;
@@ -316,27 +314,39 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
 
   Buffers& b = buffers_;
   x_ = alloc<bf16>(b, t, m.hidden);
-  fill_bf16(x_, r, 0.0f, 1.0f);
+  fill_bf16(x_, r.next(), 0.0f, 1.0f);
   residual_ = alloc<bf16>(b, t, m.hidden);
-  fill_bf16(residual_, r, 0.0f, 1.0f);
+  fill_bf16(residual_, r.next(), 0.0f, 1.0f);
   out_ = alloc<bf16>(b, t, m.hidden);
   intermediate_ = alloc<bf16>(b, t, m.hidden);
   const bf16 poison = to_bf16(std::nanf(""));
   std::fill_n(out_.data, out_.numel(), poison);
   std::fill_n(intermediate_.data, intermediate_.numel(), poison);
 
-  // The caches hold random earlier context, written by the cache ops themselves.
+  // The caches hold random earlier context, written by the cache ops themselves, on chunks of
+  // the earlier rows in parallel (the slots are distinct, so the chunks write disjoint rows).
   const auto prior = static_cast<index_t>(prior_slots.size());
-  const auto prior_view = make_view(static_cast<const std::int64_t*>(prior_slots.data()), prior);
+  const auto prior_rows = [&](const auto& write) {
+    constexpr index_t chunk = index_t{1} << 14;
+    parallel_tasks(ops::ceil_div(prior, chunk), [&](index_t c) {
+      const index_t first = c * chunk;
+      const index_t n = std::min(chunk, prior - first);
+      write(first, n, make_view(static_cast<const std::int64_t*>(prior_slots.data()) + first, n));
+    });
+  };
   const ops::Host host;
   if (m.attention == AttentionKind::mla) {
     mla_cache_ = alloc<bf16>(b, total_blocks, bs, m.kv_lora_rank + m.qk_rope_dim);
-    fill_bf16(mla_cache_, r, 0.0f, 1.0f);
+    fill_bf16(mla_cache_, r.next(), 0.0f, 1.0f);
     auto kv_c = alloc<bf16>(b, prior, m.kv_lora_rank);
     auto k_pe = alloc<bf16>(b, prior, m.qk_rope_dim);
-    fill_bf16(kv_c, r, 0.0f, 1.0f);
-    fill_bf16(k_pe, r, 0.0f, 1.0f);
-    ops::mla_cache_write(host, kv_c, k_pe, prior_view, mla_cache_);
+    fill_bf16(kv_c, r.next(), 0.0f, 1.0f);
+    fill_bf16(k_pe, r.next(), 0.0f, 1.0f);
+    prior_rows([&](index_t first, index_t n, View1<const std::int64_t> slots) {
+      ops::mla_cache_write(host, make_view(kv_c.data + first * kv_c.size(1), n, kv_c.size(1)),
+                           make_view(k_pe.data + first * k_pe.size(1), n, k_pe.size(1)), slots,
+                           mla_cache_);
+    });
   } else {
     const index_t kvh = m.num_kv_heads;
     detail::BufferMemory mem{b};
@@ -344,9 +354,16 @@ DecodeState::DecodeState(const ModelConfig& m, std::vector<std::int32_t> context
                                        {state_key_scale, state_value_scale});
     auto k = alloc<bf16>(b, prior, kvh, m.head_dim);
     auto v = alloc<bf16>(b, prior, kvh, m.head_dim);
-    fill_bf16(k, r, 0.0f, 1.0f);
-    fill_bf16(v, r, 0.0f, 1.0f);
-    std::visit([&](const auto& c) { ops::kv_cache_write(host, k, v, prior_view, c); }, kv_cache_);
+    fill_bf16(k, r.next(), 0.0f, 1.0f);
+    fill_bf16(v, r.next(), 0.0f, 1.0f);
+    const index_t row = kvh * m.head_dim;
+    prior_rows([&](index_t first, index_t n, View1<const std::int64_t> slots) {
+      const auto rows = [&](View3<bf16> x) {
+        return make_view(static_cast<const bf16*>(x.data) + first * row, n, kvh, m.head_dim);
+      };
+      std::visit([&](const auto& c) { ops::kv_cache_write(host, rows(k), rows(v), slots, c); },
+                 kv_cache_);
+    });
   }
 }
 
