@@ -191,6 +191,21 @@ Routing host_routing(const std::vector<float>& logits, index_t tokens, index_t e
   return ref;
 }
 
+// route_grouped_topk on the GPU over copies of logits and bias, into poisoned outputs.
+Routing gpu_grouped(const std::vector<float>& logits, const std::vector<float>& bias,
+                    index_t tokens, index_t experts, int n_group, int topk_group, bool renormalize,
+                    float scaling, index_t k) {
+  gpu::Buffer<float> logits_dev(logits);
+  gpu::Buffer<float> bias_dev(bias);
+  auto ids = poisoned<std::int32_t>(tokens * k);
+  auto weights = poisoned<float>(tokens * k);
+  ops::route_grouped_topk(
+      Gpu{}, make_view(static_cast<const float*>(logits_dev.data()), tokens, experts),
+      make_view(static_cast<const float*>(bias_dev.data()), experts), n_group, topk_group,
+      renormalize, scaling, make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
+  return gpu_routing_outputs(ids, weights);
+}
+
 void check_grouped(index_t tokens, index_t experts, int n_group, int topk_group, index_t k,
                    bool ties, bool non_finite, bool renormalize = true) {
   INFO("T = " << tokens << ", E = " << experts << ", n_group " << n_group << ", topk_group "
@@ -206,15 +221,9 @@ void check_grouped(index_t tokens, index_t experts, int n_group, int topk_group,
         ops::route_grouped_topk(Host{}, l, make_view(bias.data(), experts), n_group, topk_group,
                                 renormalize, scaling, ids, weights);
       });
-  gpu::Buffer<float> logits_dev(logits);
-  gpu::Buffer<float> bias_dev(bias);
-  auto ids = poisoned<std::int32_t>(tokens * k);
-  auto weights = poisoned<float>(tokens * k);
-  ops::route_grouped_topk(
-      Gpu{}, make_view(static_cast<const float*>(logits_dev.data()), tokens, experts),
-      make_view(static_cast<const float*>(bias_dev.data()), experts), n_group, topk_group,
-      renormalize, scaling, make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
-  expect_same_routing(gpu_routing_outputs(ids, weights), ref, tokens, k, rejected);
+  expect_same_routing(
+      gpu_grouped(logits, bias, tokens, experts, n_group, topk_group, renormalize, scaling, k), ref,
+      tokens, k, rejected);
 }
 
 void check_softmax(index_t tokens, index_t experts, index_t k, bool renormalize, bool ties,
@@ -503,18 +512,10 @@ TEST_CASE("gpu moe: a non-finite bias value gives every token the NaN row") {
     const std::vector<float> logits = random_floats(tokens * experts, 4.0f);
     std::vector<float> bias = random_floats(experts, 0.5f);
     bias[at(experts - 3)] = bad;
-    gpu::Buffer<float> logits_dev(logits);
-    gpu::Buffer<float> bias_dev(bias);
-    auto ids = poisoned<std::int32_t>(tokens * k);
-    auto weights = poisoned<float>(tokens * k);
-    ops::route_grouped_topk(
-        Gpu{}, make_view(static_cast<const float*>(logits_dev.data()), tokens, experts),
-        make_view(static_cast<const float*>(bias_dev.data()), experts), 8, 4, true, 2.5f,
-        make_view(ids.data(), tokens, k), make_view(weights.data(), tokens, k));
     const Routing none{std::vector<std::int32_t>(at(tokens * k)),
                        std::vector<float>(at(tokens * k))};
-    expect_same_routing(gpu_routing_outputs(ids, weights), none, tokens, k,
-                        std::vector<bool>(at(tokens), true));
+    expect_same_routing(gpu_grouped(logits, bias, tokens, experts, 8, 4, true, 2.5f, k), none,
+                        tokens, k, std::vector<bool>(at(tokens), true));
   }
 }
 
